@@ -1,0 +1,2 @@
+//! The `pagemig` command.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Criterion benchmarks of the copy engines.
+fn main() {}

@@ -1,0 +1,184 @@
+//! Copy engines: one trait, several ways to move bytes.
+//!
+//! [`CpuEngine`] copies on the calling thread (memcpy, non-temporal stores, `rep movsb`);
+//! [`Pool`] splits a batch by bytes over long-lived worker threads pinned by a [`Placement`].
+//! All engines give byte-identical results for any length and alignment.
+
+mod kernels;
+mod op;
+mod placement;
+mod pool;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+pub use op::CopyOp;
+pub use placement::{Placement, PlacementError, Route};
+pub use pool::{Piece, Pool, PoolError, split_by_bytes};
+
+/// What a copy did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CopyStats {
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Ops in the batch.
+    pub ops: u64,
+    /// Threads that copied (1 for an engine that copies on the caller's thread).
+    pub threads: usize,
+}
+
+/// Why a copy did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CopyError {
+    /// The engine cannot run on this machine.
+    #[error("copy engine {engine} is not available here: {reason}")]
+    Unavailable {
+        /// The engine.
+        engine: EngineKind,
+        /// Which check failed.
+        reason: String,
+    },
+    /// A pool worker panicked while copying; its share of the batch may be incomplete.
+    #[error("copy worker {worker} (cpu {cpu}) panicked: {message}")]
+    WorkerPanicked {
+        /// Worker index in the pool.
+        worker: usize,
+        /// CPU the worker is pinned to.
+        cpu: u32,
+        /// The panic message.
+        message: String,
+    },
+    /// A pool worker thread is gone, so its share was not copied.
+    #[error("copy worker {worker} (cpu {cpu}) has exited")]
+    WorkerGone {
+        /// Worker index in the pool.
+        worker: usize,
+        /// CPU the worker was pinned to.
+        cpu: u32,
+    },
+}
+
+/// Something that copies batches of non-overlapping byte ranges.
+pub trait CopyEngine: Send + Sync {
+    /// Short name for tables and reports (`memcpy`, `nt-avx2`, `pool(4 x memcpy)`).
+    fn name(&self) -> String;
+
+    /// Copies every op of the batch; returns when all bytes are copied, or says what failed.
+    fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError>;
+}
+
+/// The kinds of CPU copy engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineKind {
+    /// `memcpy` from the C library.
+    Memcpy,
+    /// Non-temporal (streaming) stores that bypass the cache for the destination.
+    Nt,
+    /// The x86 `rep movsb` string instruction.
+    Movsb,
+}
+
+impl EngineKind {
+    /// Every kind, in table order.
+    pub const ALL: [EngineKind; 3] = [EngineKind::Memcpy, EngineKind::Nt, EngineKind::Movsb];
+
+    /// The name used on the command line and in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Memcpy => "memcpy",
+            EngineKind::Nt => "nt",
+            EngineKind::Movsb => "movsb",
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        EngineKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown copy engine {s:?} (expected memcpy, nt or movsb)"))
+    }
+}
+
+/// An engine that copies on the calling thread.
+///
+/// ```
+/// use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind};
+/// let src = vec![7u8; 10_000];
+/// let mut dst = vec![0u8; 10_000];
+/// let engine = CpuEngine::new(EngineKind::Nt).unwrap();
+/// engine.copy(&[CopyOp::new(&src, &mut dst)]).unwrap();
+/// assert_eq!(src, dst);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct CpuEngine {
+    kind: EngineKind,
+    variant: &'static str,
+    kernel: unsafe fn(*mut u8, *const u8, usize),
+}
+
+impl CpuEngine {
+    /// The best variant of `kind` for this CPU, or why there is none.
+    pub fn new(kind: EngineKind) -> Result<Self, CopyError> {
+        let (variant, kernel): (&'static str, unsafe fn(*mut u8, *const u8, usize)) = match kind {
+            EngineKind::Memcpy => ("memcpy", kernels::memcpy),
+            #[cfg(target_arch = "x86_64")]
+            EngineKind::Nt => match kernels::avx2_stream_kernel() {
+                Some(k) => ("nt-avx2", k),
+                None => ("nt-sse2", kernels::stream_sse2),
+            },
+            // No streaming-store kernel for this architecture: plain copies, named honestly.
+            #[cfg(not(target_arch = "x86_64"))]
+            EngineKind::Nt => ("nt-portable", kernels::memcpy),
+            #[cfg(target_arch = "x86_64")]
+            EngineKind::Movsb => ("movsb", kernels::rep_movsb),
+            #[cfg(not(target_arch = "x86_64"))]
+            EngineKind::Movsb => {
+                return Err(CopyError::Unavailable {
+                    engine: kind,
+                    reason: "rep movsb is an x86_64 instruction".into(),
+                });
+            }
+        };
+        Ok(Self {
+            kind,
+            variant,
+            kernel,
+        })
+    }
+
+    /// The engine's kind.
+    pub fn kind(&self) -> EngineKind {
+        self.kind
+    }
+}
+
+impl CopyEngine for CpuEngine {
+    fn name(&self) -> String {
+        self.variant.to_owned()
+    }
+
+    fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        let mut bytes = 0;
+        for op in batch {
+            op.run(self.kernel);
+            bytes += op.len() as u64;
+        }
+        Ok(CopyStats {
+            bytes,
+            ops: batch.len() as u64,
+            threads: 1,
+        })
+    }
+}

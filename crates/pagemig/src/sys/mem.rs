@@ -1,0 +1,164 @@
+//! Anonymous memory mappings that unmap themselves on drop.
+
+use std::ffi::c_void;
+use std::hint::black_box;
+use std::ptr::NonNull;
+
+use rustix::mm::{Advice, MapFlags, ProtFlags};
+
+use super::{Errno, SysError};
+use crate::topology::NodeSet;
+
+/// Size of a transparent huge page on x86_64 and most arm64 kernels.
+pub const HUGE_PAGE_SIZE: usize = 2 << 20;
+
+/// The kernel's base page size.
+pub fn base_page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// Private anonymous memory owned by this value, unmapped when it is dropped.
+///
+/// Like a `Vec<u8>` that the kernel zero-fills lazily: pages take memory on first touch, on the
+/// node that the mapping's memory policy ([`Mapping::bind`]) says.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Mapping owns its pages exclusively, like Vec<u8>; shared access is through &self
+// (read-only slices) and writes need &mut self, so sending or sharing it is as safe as for Vec.
+unsafe impl Send for Mapping {}
+// SAFETY: see Send; &Mapping only gives out shared slices.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of private anonymous read-write memory; `len` must not be zero.
+    pub fn anonymous(len: usize) -> Result<Self, SysError> {
+        Self::anonymous_aligned(len, 1)
+    }
+
+    /// Maps `len` bytes whose start is a multiple of `align` (a power of two), so that 2 MB
+    /// ranges can be backed by transparent huge pages.
+    pub fn anonymous_aligned(len: usize, align: usize) -> Result<Self, SysError> {
+        if len == 0 || !align.is_power_of_two() {
+            return Err(SysError::new("mmap", Errno::INVAL));
+        }
+        let page = base_page_size();
+        let slack = if align > page { align } else { 0 };
+        let total = len
+            .checked_add(slack)
+            .ok_or(SysError::new("mmap", Errno::NOMEM))?;
+        // SAFETY: a new anonymous mapping at an address the kernel picks aliases nothing.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                total,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| SysError::new("mmap", e))? as usize;
+        let start = base.next_multiple_of(align.max(1));
+        let head = start - base;
+        let tail = total - head - len.next_multiple_of(page);
+        // SAFETY: both pieces lie inside the mapping made above and outside [start, start+len).
+        unsafe {
+            if head > 0 {
+                rustix::mm::munmap(base as *mut c_void, head)
+                    .map_err(|e| SysError::new("munmap", e))?;
+            }
+            if tail > 0 {
+                let at = start + len.next_multiple_of(page);
+                rustix::mm::munmap(at as *mut c_void, tail)
+                    .map_err(|e| SysError::new("munmap", e))?;
+            }
+        }
+        let ptr = NonNull::new(start as *mut u8).ok_or(SysError::new("mmap", Errno::NOMEM))?;
+        Ok(Self { ptr, len })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a mapping has at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Start address.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The memory as bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is mapped readable for the life of self; writes need &mut self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The memory as mutable bytes.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: mapped read-write for the life of self, and &mut self makes this borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Asks for transparent huge pages (`MADV_HUGEPAGE`); the kernel may still use small pages.
+    pub fn advise_huge_pages(&self) -> Result<(), SysError> {
+        // SAFETY: the range is this mapping; MADV_HUGEPAGE changes no contents.
+        unsafe { rustix::mm::madvise(self.ptr.as_ptr().cast(), self.len, Advice::LinuxHugepage) }
+            .map_err(|e| SysError::new("madvise(MADV_HUGEPAGE)", e))
+    }
+
+    /// Binds the mapping's memory to `nodes` (`mbind(MPOL_BIND)`), moving pages that are already
+    /// present (`MPOL_MF_MOVE | MPOL_MF_STRICT`).
+    pub fn bind(&self, nodes: &NodeSet) -> Result<(), SysError> {
+        super::numa::mbind_bind(self.ptr.as_ptr() as usize, self.len, nodes)
+    }
+
+    /// Touches every page so that it is allocated now, under the mapping's memory policy, without
+    /// changing any byte.
+    pub fn populate(&mut self) {
+        let page = base_page_size();
+        let bytes = self.as_mut_slice();
+        for i in (0..bytes.len()).step_by(page) {
+            // black_box keeps the store: the compiler cannot prove it writes the same value.
+            bytes[i] = black_box(bytes[i]);
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the range was mapped by anonymous_aligned and nothing borrows it any more.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_mapping_is_aligned_and_usable() {
+        let mut m = Mapping::anonymous_aligned(3 * HUGE_PAGE_SIZE + 123, HUGE_PAGE_SIZE).unwrap();
+        assert_eq!(m.as_ptr() as usize % HUGE_PAGE_SIZE, 0);
+        assert!(m.as_slice().iter().all(|&b| b == 0));
+        m.as_mut_slice().fill(7);
+        m.populate();
+        assert!(m.as_slice().iter().all(|&b| b == 7));
+        m.advise_huge_pages().unwrap();
+    }
+
+    #[test]
+    fn zero_length_is_an_error() {
+        assert_eq!(Mapping::anonymous(0).unwrap_err().errno, Errno::INVAL);
+        assert_eq!(
+            Mapping::anonymous_aligned(10, 3).unwrap_err().errno,
+            Errno::INVAL
+        );
+    }
+}

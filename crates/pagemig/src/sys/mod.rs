@@ -1,0 +1,37 @@
+//! Every raw system call pagemig makes, behind safe, typed wrappers.
+//!
+//! This is the only module that talks to the kernel directly (`mmap`, `mbind`, `move_pages`,
+//! `sched_setaffinity`, ...). Each wrapper documents what it needs from its caller and turns the
+//! kernel's errno into a [`SysError`] that names the call.
+#![allow(unsafe_code)]
+
+mod mem;
+mod numa;
+mod thread;
+
+pub use mem::{HUGE_PAGE_SIZE, Mapping, base_page_size};
+pub use numa::{PageNode, query_page_nodes};
+pub use rustix::io::Errno;
+pub use thread::{allowed_cpus, pin_current_thread};
+
+/// A system call that failed, with the kernel's error number kept as a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{call} failed: {errno}")]
+pub struct SysError {
+    /// The system call, as named in its man page.
+    pub call: &'static str,
+    /// What the kernel returned.
+    pub errno: Errno,
+}
+
+impl SysError {
+    pub(crate) fn new(call: &'static str, errno: Errno) -> Self {
+        Self { call, errno }
+    }
+
+    /// Captures `errno` after a raw libc call returned -1.
+    fn last(call: &'static str) -> Self {
+        let raw = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        Self::new(call, Errno::from_raw_os_error(raw))
+    }
+}

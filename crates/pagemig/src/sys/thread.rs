@@ -1,0 +1,26 @@
+//! CPU affinity of threads.
+
+use rustix::thread::{CpuSet as RawCpuSet, sched_getaffinity, sched_setaffinity};
+
+use super::{Errno, SysError};
+use crate::topology::CpuSet;
+
+/// CPUs the calling thread may run on (its affinity mask).
+pub fn allowed_cpus() -> Result<CpuSet, SysError> {
+    let raw = sched_getaffinity(None).map_err(|e| SysError::new("sched_getaffinity", e))?;
+    Ok((0..RawCpuSet::MAX_CPU)
+        .filter(|&c| raw.is_set(c))
+        .map(|c| c as u32)
+        .collect())
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_current_thread(cpu: u32) -> Result<(), SysError> {
+    let cpu = cpu as usize;
+    if cpu >= RawCpuSet::MAX_CPU {
+        return Err(SysError::new("sched_setaffinity", Errno::INVAL));
+    }
+    let mut raw = RawCpuSet::new();
+    raw.set(cpu);
+    sched_setaffinity(None, &raw).map_err(|e| SysError::new("sched_setaffinity", e))
+}

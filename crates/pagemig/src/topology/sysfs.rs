@@ -1,0 +1,245 @@
+//! Reading [`Topology`] from a sysfs tree.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use super::{CacheDomain, CpuSet, IdSet, MemoryTier, Node, NodeSet, Topology, TopologyError};
+
+fn read_opt(path: &Path) -> Result<Option<String>, TopologyError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(TopologyError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn read_required(path: &Path) -> Result<String, TopologyError> {
+    read_opt(path)?.ok_or_else(|| TopologyError::Read {
+        path: path.to_owned(),
+        source: ErrorKind::NotFound.into(),
+    })
+}
+
+fn parse_list(path: &Path, text: &str) -> Result<IdSet, TopologyError> {
+    text.parse()
+        .map_err(|e: super::ListError| TopologyError::Parse {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })
+}
+
+fn read_list(path: &Path) -> Result<Option<IdSet>, TopologyError> {
+    read_opt(path)?.map(|t| parse_list(path, &t)).transpose()
+}
+
+/// `numbered(dir, "node")` lists the ids N of entries `dirN` under `dir`, sorted.
+fn numbered(dir: &Path, prefix: &str) -> Result<Vec<u32>, TopologyError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(TopologyError::Read {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut ids: Vec<u32> = entries
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix(prefix)?
+                .parse()
+                .ok()
+        })
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Parses `Node 0 MemTotal:  24567000 kB` lines into bytes by field name.
+fn parse_meminfo(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            let key = key.split_whitespace().last()?;
+            let mut words = value.split_whitespace();
+            let n: u64 = words.next()?.parse().ok()?;
+            let scale = if words.next() == Some("kB") { 1024 } else { 1 };
+            Some((key.to_owned(), n * scale))
+        })
+        .collect()
+}
+
+/// Parses a cache `size` file such as `32768K` or `1M` into bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (digits, scale) = match t.as_bytes().last()? {
+        b'K' => (&t[..t.len() - 1], 1 << 10),
+        b'M' => (&t[..t.len() - 1], 1 << 20),
+        b'G' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    digits.parse::<u64>().ok().map(|n| n * scale)
+}
+
+pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
+    let cpu_dir = root.join("devices/system/cpu");
+    let node_dir = root.join("devices/system/node");
+    let online_cpus = parse_list(
+        &cpu_dir.join("online"),
+        &read_required(&cpu_dir.join("online"))?,
+    )?;
+
+    let nodes = match read_list(&node_dir.join("online"))? {
+        Some(online) => read_nodes(&node_dir, &online, &online_cpus)?,
+        // A kernel built without NUMA: one node holding every CPU.
+        None => vec![Node {
+            id: 0,
+            cpus: online_cpus.clone(),
+            mem_total: 0,
+            mem_free: 0,
+            has_memory: true,
+            distances: BTreeMap::from([(0, 10)]),
+        }],
+    };
+
+    let l3_domains = read_l3_domains(&cpu_dir, &online_cpus, &nodes)?;
+    let tiers = read_tiers(&root.join("devices/virtual/memory_tiering"))?;
+    Ok(Topology {
+        nodes,
+        online_cpus,
+        l3_domains,
+        tiers,
+    })
+}
+
+fn read_nodes(
+    node_dir: &Path,
+    online: &NodeSet,
+    online_cpus: &CpuSet,
+) -> Result<Vec<Node>, TopologyError> {
+    let has_memory = read_list(&node_dir.join("has_memory"))?;
+    let mut nodes = Vec::new();
+    for id in online.iter() {
+        let dir = node_dir.join(format!("node{id}"));
+        let cpus = read_list(&dir.join("cpulist"))?
+            .unwrap_or_default()
+            .intersection(online_cpus);
+        let mem = parse_meminfo(&read_opt(&dir.join("meminfo"))?.unwrap_or_default());
+        let mem_total = mem.get("MemTotal").copied().unwrap_or(0);
+        let distance_path = dir.join("distance");
+        let distances = match read_opt(&distance_path)? {
+            Some(text) => {
+                let values = text
+                    .split_whitespace()
+                    .map(str::parse::<u32>)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| TopologyError::Parse {
+                        path: distance_path.clone(),
+                        detail: e.to_string(),
+                    })?;
+                // The kernel writes one distance per online node, in id order.
+                online.iter().zip(values).collect()
+            }
+            None => BTreeMap::new(),
+        };
+        nodes.push(Node {
+            id,
+            cpus,
+            mem_total,
+            mem_free: mem.get("MemFree").copied().unwrap_or(0),
+            has_memory: has_memory
+                .as_ref()
+                .map_or(mem_total > 0, |set| set.contains(id)),
+            distances,
+        });
+    }
+    Ok(nodes)
+}
+
+/// Groups online CPUs by the CPUs sharing their level-3 cache; CPUs without a described L3
+/// are grouped by node.
+fn read_l3_domains(
+    cpu_dir: &Path,
+    online_cpus: &CpuSet,
+    nodes: &[Node],
+) -> Result<Vec<CacheDomain>, TopologyError> {
+    let mut groups: BTreeMap<u32, (CpuSet, Option<u64>)> = BTreeMap::new();
+    for cpu in online_cpus.iter() {
+        let cache_dir = cpu_dir.join(format!("cpu{cpu}/cache"));
+        let mut found = None;
+        for index in numbered(&cache_dir, "index")? {
+            let dir = cache_dir.join(format!("index{index}"));
+            if read_opt(&dir.join("level"))?.as_deref().map(str::trim) != Some("3") {
+                continue;
+            }
+            if let Some(shared) = read_list(&dir.join("shared_cpu_list"))? {
+                let size = read_opt(&dir.join("size"))?.as_deref().and_then(parse_size);
+                found = Some((shared.intersection(online_cpus), size));
+                break;
+            }
+        }
+        let (cpus, size) = found.unwrap_or_else(|| {
+            let node_cpus = nodes
+                .iter()
+                .find(|n| n.cpus.contains(cpu))
+                .map(|n| n.cpus.clone());
+            (
+                node_cpus.unwrap_or_else(|| [cpu].into_iter().collect()),
+                None,
+            )
+        });
+        let first = cpus.iter().next().unwrap_or(cpu);
+        groups.entry(first).or_insert((cpus, size));
+    }
+    Ok(groups
+        .into_values()
+        .enumerate()
+        .map(|(index, (cpus, size))| CacheDomain {
+            index,
+            nodes: nodes
+                .iter()
+                .filter(|n| !n.cpus.intersection(&cpus).is_empty())
+                .map(|n| n.id)
+                .collect(),
+            cpus,
+            size,
+        })
+        .collect())
+}
+
+fn read_tiers(dir: &Path) -> Result<Vec<MemoryTier>, TopologyError> {
+    let mut tiers = Vec::new();
+    for id in numbered(dir, "memory_tier")? {
+        let path: PathBuf = dir.join(format!("memory_tier{id}/nodelist"));
+        if let Some(nodes) = read_list(&path)? {
+            tiers.push(MemoryTier { id, nodes });
+        }
+    }
+    Ok(tiers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_and_sizes() {
+        let m = parse_meminfo(
+            "Node 1 MemTotal:       1000 kB\nNode 1 MemFree:   10 kB\nNode 1 HugePages_Total:     0\n",
+        );
+        assert_eq!(m["MemTotal"], 1_024_000);
+        assert_eq!(m["MemFree"], 10_240);
+        assert_eq!(m["HugePages_Total"], 0);
+        assert_eq!(parse_size("32768K"), Some(32 << 20));
+        assert_eq!(parse_size("1M\n"), Some(1 << 20));
+        assert_eq!(parse_size("junk"), None);
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the pagemig library on this machine (no second NUMA node needed).
+
+mod engines;
+mod fake_sysfs;
+mod placement;
+mod pool;
+mod topology;
