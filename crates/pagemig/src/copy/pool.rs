@@ -4,8 +4,9 @@
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvError, Sender, TryRecvError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::{CopyEngine, CopyError, CopyOp, CopyStats};
 use crate::sys::{self, SysError};
@@ -14,6 +15,26 @@ use crate::topology::CpuId;
 /// Share boundaries fall on multiples of this many bytes of the batch, so that two workers never
 /// write the same cache line of page-aligned destinations.
 const SPLIT_ALIGN: usize = 64;
+
+/// How long a worker waiting for its next task, or a caller waiting for workers, polls before it
+/// sleeps. Waking a sleeping thread costs tens of microseconds on virtual machines (an IPI to a
+/// halted vCPU), more than copying a small batch; migrations come in bursts, so a short poll
+/// catches the next task or reply while the thread is still awake.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// `rx.recv()`, polling for up to `SPIN` before sleeping.
+fn recv_spinning<T>(rx: &Receiver<T>) -> Result<T, RecvError> {
+    let start = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Ok(v),
+            Err(TryRecvError::Disconnected) => return Err(RecvError),
+            // Yield rather than spin: the waiting caller may share a CPU with a worker.
+            Err(TryRecvError::Empty) if start.elapsed() < SPIN => std::thread::yield_now(),
+            Err(TryRecvError::Empty) => return rx.recv(),
+        }
+    }
+}
 
 /// A piece of one op: `len` bytes at `offset` of op number `op`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +258,7 @@ impl<E: CopyEngine + 'static> Pool<E> {
         // Wait for every task that was sent: until then a worker may still touch the batch's
         // memory. recv fails only once every task's sender is dropped, i.e. no task is left.
         for _ in 0..sent {
-            match done_rx.recv() {
+            match recv_spinning(&done_rx) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     first_error.get_or_insert(e);
@@ -257,7 +278,7 @@ impl<E: CopyEngine + 'static> Pool<E> {
 }
 
 fn run_worker<E: CopyEngine>(engine: &E, index: usize, cpu: CpuId, tasks: Receiver<Task>) {
-    for task in tasks {
+    while let Ok(task) = recv_spinning(&tasks) {
         let result = catch_unwind(AssertUnwindSafe(|| {
             let ops: Vec<CopyOp<'_>> = task
                 .chunks

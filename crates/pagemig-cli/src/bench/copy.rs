@@ -1,0 +1,464 @@
+//! `pagemig bench copy`: copy engines alone, in the shape of the kernel work's tables.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
+use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
+use pagemig::topology::{CpuSet, NodeId, NodeSet, Topology};
+
+use super::{Cell, OutputArgs, PageTable, Report, Row, page_size_label, parse_page_size};
+use crate::machine::Machine;
+
+/// Arguments of `pagemig bench copy`.
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// Page sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_page_size, default_value = "4k,64k,2m")]
+    page_size: Vec<usize>,
+    /// Rows: pages per migration, comma-separated [default: 1,2,4…1024; …4096 for 4 KB pages;
+    /// …256 for 2 MB pages with --quick].
+    #[arg(long, value_delimiter = ',')]
+    pages: Vec<usize>,
+    /// Worker counts of the mt_N columns [default: 1,2,4… and the number of usable CPUs].
+    #[arg(long, value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Engines measured alone on the calling thread, one column each, whole batch per call.
+    #[arg(long, value_delimiter = ',', default_value = "nt,movsb")]
+    engines: Vec<EngineKind>,
+    /// Engine that the mt_N workers run (non-temporal stores reach the large-copy limit).
+    #[arg(long, default_value = "nt")]
+    pool_engine: EngineKind,
+    /// Where mt_N workers run: spread (over L3 domains), near-dst, near-src, or a CPU list.
+    #[arg(long, default_value = "near-dst", value_parser = parse_placement)]
+    placement: Placement,
+    /// Node holding the source pages [default: the first node with memory].
+    #[arg(long)]
+    from: Option<NodeId>,
+    /// Node receiving the copies [default: the source node].
+    #[arg(long)]
+    to: Option<NodeId>,
+    /// Repetitions per cell [default: 7; 3 with --quick].
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Fewer rows, repetitions and bytes: under a minute on 2 cores.
+    #[arg(long)]
+    quick: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+fn parse_placement(text: &str) -> Result<Placement, String> {
+    match text {
+        "spread" => Ok(Placement::SpreadL3),
+        "near-dst" => Ok(Placement::NearDst),
+        "near-src" => Ok(Placement::NearSrc),
+        list => list
+            .parse::<CpuSet>()
+            .map(Placement::Explicit)
+            .map_err(|e| format!("expected spread, near-dst, near-src or a CPU list: {e}")),
+    }
+}
+
+/// Sizes that set how long the run takes.
+struct Budget {
+    reps: usize,
+    /// Bytes copied per timed sample (many migrations for small rows).
+    sample_bytes: usize,
+    /// Minimum size of each buffer, so that small rows walk through memory instead of copying
+    /// the same cache-hot page again and again.
+    working_set: usize,
+    /// Size of the buffers of the `limit` measurement.
+    limit_bytes: usize,
+}
+
+impl Budget {
+    fn new(quick: bool, reps: Option<usize>) -> Self {
+        let mib = 1 << 20;
+        if quick {
+            Budget {
+                reps: reps.unwrap_or(3),
+                sample_bytes: 16 * mib,
+                working_set: 32 * mib,
+                limit_bytes: 128 * mib,
+            }
+        } else {
+            Budget {
+                reps: reps.unwrap_or(7),
+                sample_bytes: 64 * mib,
+                working_set: 128 * mib,
+                limit_bytes: 256 * mib,
+            }
+        }
+    }
+}
+
+fn default_rows(page_size: usize, quick: bool) -> Vec<usize> {
+    let max = match page_size {
+        4096 => 4096,
+        s if s >= HUGE_PAGE_SIZE && quick => 256,
+        _ => 1024,
+    };
+    std::iter::successors(Some(1), |n| Some(n * 2))
+        .take_while(|&n| n <= max)
+        .collect()
+}
+
+fn default_threads(usable: usize) -> Vec<usize> {
+    let mut t: Vec<usize> = std::iter::successors(Some(1), |n| Some(n * 2))
+        .take_while(|&n| n < usable)
+        .collect();
+    t.push(usable.max(1));
+    t
+}
+
+/// A column of the table and how it copies one migration.
+enum Column {
+    /// One memcpy call per page, on the calling thread, as the kernel's folio copy.
+    Vanilla,
+    /// The whole batch in one call of an engine, on the calling thread.
+    Engine(CpuEngine),
+    /// The batch split over this many pool workers.
+    Mt(usize),
+}
+
+impl Column {
+    fn name(&self) -> String {
+        match self {
+            Column::Vanilla => "vanilla".into(),
+            Column::Engine(e) => e.kind().to_string(),
+            Column::Mt(n) => format!("mt_{n}"),
+        }
+    }
+}
+
+/// A source and a destination buffer on their nodes, every page touched.
+struct Buffers {
+    src: Mapping,
+    dst: Mapping,
+}
+
+impl Buffers {
+    fn new(len: usize, page_size: usize, from: NodeId, to: NodeId) -> anyhow::Result<Self> {
+        let place = |node: NodeId, fill: u8| -> anyhow::Result<Mapping> {
+            let align = page_size.min(HUGE_PAGE_SIZE);
+            let mut m = Mapping::anonymous_aligned(len, align)
+                .with_context(|| format!("mapping {} MiB", len >> 20))?;
+            if page_size >= HUGE_PAGE_SIZE {
+                m.advise_huge_pages()?;
+            }
+            m.bind(&NodeSet::from_iter([node]))
+                .with_context(|| format!("binding {} MiB to node {node}", len >> 20))?;
+            m.as_mut_slice().fill(fill);
+            m.populate();
+            Ok(m)
+        };
+        Ok(Buffers {
+            src: place(from, 0x5A)?,
+            dst: place(to, 0)?,
+        })
+    }
+
+    /// Copies migration number `i` (pages `i*pages..` of the buffer, wrapping) with `column`.
+    fn migrate(
+        &mut self,
+        column: &Column,
+        pool: &Pool<CpuEngine>,
+        memcpy: &CpuEngine,
+        page_size: usize,
+        pages: usize,
+        i: usize,
+    ) -> anyhow::Result<()> {
+        let bytes = page_size * pages;
+        let slots = self.src.len() / bytes;
+        let off = (i % slots) * bytes;
+        let src = &self.src.as_slice()[off..off + bytes];
+        let dst = &mut self.dst.as_mut_slice()[off..off + bytes];
+        let pairs = src
+            .chunks_exact(page_size)
+            .zip(dst.chunks_exact_mut(page_size));
+        match column {
+            Column::Vanilla => {
+                for (s, d) in pairs {
+                    memcpy.copy(&[CopyOp::new(s, d)])?;
+                }
+            }
+            Column::Engine(e) => {
+                let ops: Vec<CopyOp<'_>> = pairs.map(|(s, d)| CopyOp::new(s, d)).collect();
+                e.copy(&ops)?;
+            }
+            Column::Mt(n) => {
+                let ops: Vec<CopyOp<'_>> = pairs.map(|(s, d)| CopyOp::new(s, d)).collect();
+                pool.copy_with(&ops, *n)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Times `reps` samples of `per_sample` calls of `step(i)`, each moving `bytes`; GB/s.
+fn measure(
+    reps: usize,
+    per_sample: usize,
+    bytes: usize,
+    mut step: impl FnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<Option<Cell>> {
+    step(0)?; // warm-up: first use of the pool's threads, page tables, caches
+    let mut samples = Vec::with_capacity(reps);
+    for r in 0..reps {
+        let start = Instant::now();
+        for i in 0..per_sample {
+            step(1 + r * per_sample + i)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        samples.push((bytes * per_sample) as f64 / secs / 1e9);
+    }
+    Ok(Cell::from_samples(samples))
+}
+
+fn check_node(topo: &Topology, node: NodeId, role: &str) -> anyhow::Result<()> {
+    match topo.node(node) {
+        None => bail!(
+            "{role} node {node} does not exist or is offline (nodes with memory: {})",
+            topo.memory_nodes()
+        ),
+        Some(n) if !n.has_memory => bail!(
+            "{role} node {node} has no memory (nodes with memory: {})",
+            topo.memory_nodes()
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
+pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let topo = Topology::detect().context("reading the topology from /sys")?;
+    let allowed = sys::allowed_cpus()?;
+    let usable = allowed.intersection(&topo.online_cpus);
+    let from = match args.from {
+        Some(n) => n,
+        None => topo
+            .memory_nodes()
+            .iter()
+            .next()
+            .context("no node has memory")?,
+    };
+    let to = args.to.unwrap_or(from);
+    check_node(&topo, from, "source")?;
+    check_node(&topo, to, "destination")?;
+    if args.threads.contains(&0) {
+        bail!("--threads: a column needs at least one worker");
+    }
+    if args.pages.contains(&0) {
+        bail!("--pages: a row needs at least one page");
+    }
+    let budget = Budget::new(args.quick, args.reps);
+    if budget.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let threads = if args.threads.is_empty() {
+        default_threads(usable.len())
+    } else {
+        args.threads.clone()
+    };
+    let max_workers = threads.iter().copied().max().unwrap_or(1);
+    let route = Route {
+        from: Some(from),
+        to: Some(to),
+    };
+    let cpus = args
+        .placement
+        .choose(&topo, route, &allowed, max_workers)
+        .context("placing copy workers")?;
+    let memcpy = CpuEngine::new(EngineKind::Memcpy)?;
+    let pool =
+        Pool::new(CpuEngine::new(args.pool_engine)?, &cpus).context("starting copy workers")?;
+
+    let mut columns = vec![Column::Vanilla];
+    for &kind in &args.engines {
+        columns.push(Column::Engine(CpuEngine::new(kind)?));
+    }
+    columns.extend(threads.iter().map(|&n| Column::Mt(n)));
+
+    // Rows whose buffers do not fit in 80% of the free memory of the nodes are left out, with a
+    // note: a full run asks for 2 GiB per buffer for 1024 pages of 2 MB.
+    let free = |node: NodeId| topo.node(node).map_or(0, |n| n.mem_free) as usize / 10 * 8;
+    let fits = |bytes: usize| {
+        let len = bytes.max(budget.working_set);
+        if from == to {
+            2 * len <= free(from)
+        } else {
+            len <= free(from) && len <= free(to)
+        }
+    };
+    let nodes = if from == to {
+        format!("node {from}")
+    } else {
+        format!("nodes {from} and {to}")
+    };
+    if !fits(budget.limit_bytes) {
+        bail!(
+            "{nodes} has too little free memory for {} MiB copy buffers",
+            budget.limit_bytes >> 20
+        );
+    }
+    let mut notes = Vec::new();
+    let plan: Vec<(usize, Vec<usize>)> = args
+        .page_size
+        .iter()
+        .map(|&ps| {
+            let rows = if args.pages.is_empty() { default_rows(ps, args.quick) } else { args.pages.clone() };
+            let (kept, dropped): (Vec<usize>, Vec<usize>) = rows.into_iter().partition(|&n| fits(n * ps));
+            if !dropped.is_empty() {
+                notes.push(format!(
+                    "{} pages: rows {dropped:?} left out, their buffers do not fit in the free memory of {nodes}",
+                    page_size_label(ps)
+                ));
+            }
+            (ps, kept)
+        })
+        .collect();
+    let limit_engines: Vec<CpuEngine> = EngineKind::ALL
+        .into_iter()
+        .filter_map(|k| CpuEngine::new(k).ok())
+        .collect();
+    let cells: usize = plan
+        .iter()
+        .map(|(_, rows)| rows.len() * columns.len())
+        .sum();
+    let progress = ProgressBar::new((cells + limit_engines.len() * 2) as u64).with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
+            .expect("valid progress template"),
+    );
+
+    let (limit, limit_note) = measure_limit(&budget, &limit_engines, &cpus, from, to, &progress)?;
+    let mut tables = Vec::new();
+    for (page_size, rows) in &plan {
+        let page_size = *page_size;
+        let largest = rows.iter().max().copied().unwrap_or(1) * page_size;
+        let len = largest.max(budget.working_set).next_multiple_of(largest);
+        let mut bufs = Buffers::new(len, page_size, from, to)?;
+        let mut table = PageTable {
+            page_size,
+            columns: columns
+                .iter()
+                .map(Column::name)
+                .chain(["limit".into()])
+                .collect(),
+            rows: Vec::new(),
+        };
+        for &pages in rows {
+            let bytes = pages * page_size;
+            let per_sample = budget.sample_bytes.div_ceil(bytes);
+            let mut cells = Vec::with_capacity(columns.len() + 1);
+            for column in &columns {
+                progress.set_message(format!(
+                    "{} x {pages} {}",
+                    page_size_label(page_size),
+                    column.name()
+                ));
+                cells.push(measure(budget.reps, per_sample, bytes, |i| {
+                    bufs.migrate(column, &pool, &memcpy, page_size, pages, i)
+                })?);
+                progress.inc(1);
+            }
+            cells.push(limit);
+            table.rows.push(Row { pages, cells });
+        }
+        tables.push(table);
+    }
+    progress.finish_and_clear();
+
+    notes.extend([
+        format!("copies from node {from} to node {to}; mt_N workers run {} on CPUs {:?} ({:?})", pool.engine().name(), cpus, args.placement),
+        format!(
+            "vanilla copies one page per call on one thread; {} copy the whole batch per call on one thread",
+            args.engines.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+        limit_note,
+    ]);
+    let report = Report {
+        bench: "copy",
+        unit: "GB/s",
+        machine: Machine::describe(&topo, &allowed),
+        notes,
+        tables,
+    };
+    report.emit(&args.output, out)
+}
+
+/// The best large-buffer copy bandwidth of any engine, on one thread or on all pool workers.
+fn measure_limit(
+    budget: &Budget,
+    engines: &[CpuEngine],
+    cpus: &[u32],
+    from: NodeId,
+    to: NodeId,
+    progress: &ProgressBar,
+) -> anyhow::Result<(Option<Cell>, String)> {
+    let mut bufs = Buffers::new(budget.limit_bytes, HUGE_PAGE_SIZE, from, to)?;
+    let chunk = HUGE_PAGE_SIZE;
+    let pages = budget.limit_bytes / chunk;
+    let mut best: Option<(Cell, String)> = None;
+    for engine in engines {
+        let pool = Pool::new(*engine, cpus).context("starting copy workers")?;
+        for column in [Column::Engine(*engine), Column::Mt(cpus.len())] {
+            progress.set_message(format!("limit: {} {}", engine.name(), column.name()));
+            let cell = measure(budget.reps, 1, budget.limit_bytes, |i| {
+                bufs.migrate(&column, &pool, engine, chunk, pages, i)
+            })?;
+            progress.inc(1);
+            let what = match column {
+                Column::Mt(n) => format!("{} on {n} workers", engine.name()),
+                _ => format!("{} on one thread", engine.name()),
+            };
+            if let Some(c) = cell
+                && best.as_ref().is_none_or(|(b, _)| c.median > b.median)
+            {
+                best = Some((c, what));
+            }
+        }
+    }
+    Ok(match best {
+        Some((cell, what)) => (
+            Some(cell),
+            format!(
+                "limit = best copy of one {} MiB buffer: {what}",
+                budget.limit_bytes >> 20
+            ),
+        ),
+        None => (None, "limit not measured".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        assert_eq!(default_rows(4096, true).last(), Some(&4096));
+        assert_eq!(default_rows(2 << 20, true).last(), Some(&256));
+        assert_eq!(default_rows(2 << 20, false).last(), Some(&1024));
+        assert_eq!(default_rows(65536, false).len(), 11);
+        assert_eq!(default_threads(2), [1, 2]);
+        assert_eq!(default_threads(6), [1, 2, 4, 6]);
+        assert_eq!(default_threads(8), [1, 2, 4, 8]);
+        assert_eq!(default_threads(1), [1]);
+    }
+
+    #[test]
+    fn placements_parse() {
+        assert_eq!(parse_placement("spread"), Ok(Placement::SpreadL3));
+        assert_eq!(
+            parse_placement("0-1"),
+            Ok(Placement::Explicit("0-1".parse().unwrap()))
+        );
+        assert!(
+            parse_placement("near")
+                .unwrap_err()
+                .contains("expected spread")
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! `pagemig bench`: the kernel work's tables (rows: pages per migration; columns: vanilla,
+//! engines, mt_1 … mt_N), measured on this machine.
+
+mod copy;
+mod plot;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
+use serde::Serialize;
+
+use crate::machine::Machine;
+
+/// `pagemig bench …`
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Copy engines alone: vanilla page-by-page copy against batched engines and worker pools.
+    Copy(copy::CopyArgs),
+}
+
+pub fn run(cmd: BenchCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Copy(args) => copy::run(&args, out),
+    }
+}
+
+/// How results are written, shared by every bench.
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
+    /// Print JSON (with min/median/max of every cell) instead of tables.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// Print CSV (one line per cell, with min/median/max) instead of tables.
+    #[arg(long)]
+    csv: bool,
+    /// Also draw GB/s against pages per migration into this PNG file.
+    #[arg(long, value_name = "FILE.png", value_parser = parse_png_path)]
+    plot: Option<PathBuf>,
+}
+
+/// Checked before measuring, so that a typo does not cost a whole run.
+fn parse_png_path(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("png") => Ok(path),
+        _ => Err(format!("{text}: only .png files are drawn")),
+    }
+}
+
+/// A page size given as `4k`, `64K`, `2m` or a number of bytes.
+pub fn parse_page_size(text: &str) -> Result<usize, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let (digits, scale) = match t.strip_suffix(['k', 'm', 'g']) {
+        Some(d) if t.ends_with('k') => (d, 1 << 10),
+        Some(d) if t.ends_with('m') => (d, 1 << 20),
+        Some(d) => (d, 1 << 30),
+        None => (t.as_str(), 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("bad page size {text:?}: expected e.g. 4k, 64k, 2m"))?;
+    let size = n * scale;
+    if !size.is_power_of_two() || size < 4096 {
+        return Err(format!(
+            "bad page size {text:?}: must be a power of two of at least 4k"
+        ));
+    }
+    Ok(size)
+}
+
+/// `4096` → `4K`, `2097152` → `2M`.
+pub fn page_size_label(size: usize) -> String {
+    if size >= 1 << 20 {
+        format!("{}M", size >> 20)
+    } else {
+        format!("{}K", size >> 10)
+    }
+}
+
+/// One measured cell: GB/s over several repetitions.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Cell {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+    pub samples: usize,
+}
+
+impl Cell {
+    /// Summarises GB/s samples; `None` when there are none.
+    pub fn from_samples(mut gbps: Vec<f64>) -> Option<Cell> {
+        if gbps.is_empty() {
+            return None;
+        }
+        gbps.sort_by(f64::total_cmp);
+        let n = gbps.len();
+        let median = if n % 2 == 1 {
+            gbps[n / 2]
+        } else {
+            (gbps[n / 2 - 1] + gbps[n / 2]) / 2.0
+        };
+        Some(Cell {
+            min: gbps[0],
+            median,
+            max: gbps[n - 1],
+            samples: n,
+        })
+    }
+}
+
+/// A row: one migration size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub pages: usize,
+    /// One entry per column of the table; `None` where the column was not measured.
+    pub cells: Vec<Option<Cell>>,
+}
+
+/// The table of one page size.
+#[derive(Debug, Clone, Serialize)]
+pub struct PageTable {
+    pub page_size: usize,
+    pub columns: Vec<String>,
+    pub rows: Vec<Row>,
+}
+
+/// A whole bench run: machine, tables (GB/s) and notes on how it was measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub bench: &'static str,
+    pub unit: &'static str,
+    pub machine: Machine,
+    pub notes: Vec<String>,
+    pub tables: Vec<PageTable>,
+}
+
+#[derive(Serialize)]
+struct CsvLine<'a> {
+    bench: &'a str,
+    page_size: usize,
+    pages: usize,
+    column: &'a str,
+    min_gbps: f64,
+    median_gbps: f64,
+    max_gbps: f64,
+    samples: usize,
+}
+
+impl Report {
+    /// Writes the report as tables, JSON or CSV, and draws the plot if asked.
+    pub fn emit(&self, args: &OutputArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+        if args.json {
+            serde_json::to_writer_pretty(&mut *out, self)?;
+            writeln!(out)?;
+        } else if args.csv {
+            self.write_csv(out)?;
+        } else {
+            self.write_tables(out)?;
+        }
+        if let Some(path) = &args.plot {
+            plot::draw(self, path).with_context(|| format!("drawing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn write_csv(&self, out: &mut dyn Write) -> anyhow::Result<()> {
+        let mut w = csv::Writer::from_writer(out);
+        for t in &self.tables {
+            for r in &t.rows {
+                for (column, cell) in t.columns.iter().zip(&r.cells) {
+                    let Some(c) = cell else { continue };
+                    w.serialize(CsvLine {
+                        bench: self.bench,
+                        page_size: t.page_size,
+                        pages: r.pages,
+                        column,
+                        min_gbps: c.min,
+                        median_gbps: c.median,
+                        max_gbps: c.max,
+                        samples: c.samples,
+                    })?;
+                }
+            }
+        }
+        w.flush()?;
+        Ok(())
+    }
+
+    fn write_tables(&self, out: &mut dyn Write) -> anyhow::Result<()> {
+        writeln!(
+            out,
+            "pagemig bench {} ({}, median of repetitions)",
+            self.bench, self.unit
+        )?;
+        writeln!(out, "machine: {}", self.machine)?;
+        for note in &self.notes {
+            writeln!(out, "note: {note}")?;
+        }
+        for t in &self.tables {
+            let mut table = Table::new();
+            table.load_preset(UTF8_FULL_CONDENSED);
+            let mut header = vec![format!("{} pages", page_size_label(t.page_size))];
+            header.extend(t.columns.iter().cloned());
+            table.set_header(header);
+            for r in &t.rows {
+                let mut row = vec![r.pages.to_string()];
+                row.extend(
+                    r.cells
+                        .iter()
+                        .map(|c| c.map_or("-".into(), |c| format!("{:.2}", c.median))),
+                );
+                table.add_row(row);
+            }
+            for col in 0..=t.columns.len() {
+                if let Some(c) = table.column_mut(col) {
+                    c.set_cell_alignment(CellAlignment::Right);
+                }
+            }
+            writeln!(out, "\n{table}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_sizes() {
+        assert_eq!(parse_page_size("4k"), Ok(4096));
+        assert_eq!(parse_page_size("64K"), Ok(65536));
+        assert_eq!(parse_page_size("2m"), Ok(2 << 20));
+        assert_eq!(parse_page_size("8192"), Ok(8192));
+        assert!(parse_page_size("3k").unwrap_err().contains("power of two"));
+        assert!(parse_page_size("x").unwrap_err().contains("bad page size"));
+        assert_eq!(page_size_label(2 << 20), "2M");
+        assert_eq!(page_size_label(65536), "64K");
+    }
+
+    #[test]
+    fn cell_statistics() {
+        let c = Cell::from_samples(vec![3.0, 1.0, 2.0, 10.0]).unwrap();
+        assert_eq!((c.min, c.median, c.max, c.samples), (1.0, 2.5, 10.0, 4));
+        assert!(Cell::from_samples(vec![]).is_none());
+    }
+}

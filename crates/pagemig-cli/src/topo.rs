@@ -1,0 +1,112 @@
+//! `pagemig topo`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use pagemig::topology::Topology;
+
+/// Arguments of `pagemig topo`.
+#[derive(Debug, clap::Args)]
+pub struct TopoArgs {
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Read this sysfs tree instead of /sys (for saved or synthetic machine layouts).
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    sysfs: PathBuf,
+}
+
+pub fn run(args: &TopoArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let topo = Topology::from_sysfs(&args.sysfs)
+        .with_context(|| format!("reading the topology under {}", args.sysfs.display()))?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &topo)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{}", render(&topo))?;
+    Ok(())
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn render(topo: &Topology) -> String {
+    let mut nodes = Table::new();
+    nodes.load_preset(UTF8_FULL_CONDENSED);
+    let mut header = vec![
+        "node",
+        "kind",
+        "tier",
+        "GiB total",
+        "GiB free",
+        "CPUs",
+        "L3 domains",
+    ];
+    let ids: Vec<String> = topo.nodes.iter().map(|n| format!("→{}", n.id)).collect();
+    header.extend(ids.iter().map(String::as_str));
+    nodes.set_header(header);
+    for n in &topo.nodes {
+        let kind = if n.is_memory_only() {
+            "memory-only"
+        } else if n.has_memory {
+            "cpu+memory"
+        } else {
+            "cpu-only"
+        };
+        let domains: Vec<String> = topo
+            .l3_domains
+            .iter()
+            .filter(|d| d.nodes.contains(n.id))
+            .map(|d| d.index.to_string())
+            .collect();
+        let mut row = vec![
+            n.id.to_string(),
+            kind.to_owned(),
+            topo.node_tier(n.id).map_or("-".into(), |t| t.to_string()),
+            gib(n.mem_total),
+            gib(n.mem_free),
+            if n.cpus.is_empty() {
+                "-".into()
+            } else {
+                n.cpus.to_string()
+            },
+            if domains.is_empty() {
+                "-".into()
+            } else {
+                domains.join(",")
+            },
+        ];
+        row.extend(
+            topo.nodes
+                .iter()
+                .map(|to| n.distances.get(&to.id).map_or("-".into(), u32::to_string)),
+        );
+        nodes.add_row(row);
+    }
+    let mut caches = Table::new();
+    caches.load_preset(UTF8_FULL_CONDENSED);
+    caches.set_header(["L3 domain", "CPUs", "nodes", "size"]);
+    for d in &topo.l3_domains {
+        caches.add_row([
+            d.index.to_string(),
+            d.cpus.to_string(),
+            d.nodes.to_string(),
+            d.size.map_or("-".into(), |s| format!("{} MiB", s >> 20)),
+        ]);
+    }
+    let tiers = if topo.tiers.is_empty() {
+        "memory tiers: not exposed by this kernel".to_owned()
+    } else {
+        let list: Vec<String> = topo
+            .tiers
+            .iter()
+            .map(|t| format!("tier {}: nodes {}", t.id, t.nodes))
+            .collect();
+        format!("memory tiers (fastest first): {}", list.join("; "))
+    };
+    format!("NUMA nodes (→N: distance to node N)\n{nodes}\n{caches}\n{tiers}")
+}

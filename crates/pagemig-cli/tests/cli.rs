@@ -1,0 +1,168 @@
+//! The `pagemig` binary as a user runs it: outputs, exit codes and error messages.
+
+use std::fs;
+use std::process::{Command, Output};
+
+fn pagemig(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pagemig"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A tiny, fast `bench copy` run.
+const TINY: &[&str] = &[
+    "bench",
+    "copy",
+    "--quick",
+    "--page-size",
+    "4k,2m",
+    "--pages",
+    "1,4",
+    "--reps",
+    "1",
+    "--threads",
+    "1,2",
+];
+
+#[test]
+fn topo_reads_a_saved_sysfs_tree() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let w = |rel: &str, text: &str| {
+        let p = dir.path().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    };
+    w("devices/system/cpu/online", "0-3\n");
+    w("devices/system/node/online", "0-1\n");
+    w("devices/system/node/has_memory", "0-1\n");
+    w("devices/system/node/node0/cpulist", "0-3\n");
+    w("devices/system/node/node0/distance", "10 20\n");
+    w("devices/system/node/node1/cpulist", "\n");
+    w("devices/system/node/node1/distance", "20 10\n");
+    w(
+        "devices/system/node/node1/meminfo",
+        "Node 1 MemTotal: 1048576 kB\n",
+    );
+    let o = pagemig(&["topo", "--sysfs", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("memory-only"), "{text}");
+    assert!(text.contains("not exposed"), "{text}");
+    let o = pagemig(&["topo", "--json", "--sysfs", dir.path().to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["nodes"][1]["mem_total"], 1u64 << 30);
+    assert_eq!(json["nodes"][0]["cpus"], "0-3");
+}
+
+#[test]
+fn topo_of_a_missing_tree_is_an_error() {
+    let o = pagemig(&["topo", "--sysfs", "/nonexistent"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("error: reading the topology under /nonexistent"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bench_copy_table_json_csv_and_plot() {
+    let o = pagemig(TINY);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for want in [
+        "machine:", "4K pages", "2M pages", "vanilla", "nt", "movsb", "mt_1", "mt_2", "limit",
+    ] {
+        assert!(text.contains(want), "missing {want}: {text}");
+    }
+
+    let o = pagemig(&[TINY, &["--json"]].concat());
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tables = json["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 2);
+    assert_eq!(tables[1]["page_size"], 2 << 20);
+    let columns = tables[0]["columns"].as_array().unwrap();
+    assert_eq!(columns.first().unwrap(), "vanilla");
+    assert_eq!(columns.last().unwrap(), "limit");
+    let cell = &tables[0]["rows"][1]["cells"][0];
+    assert!(cell["min"].as_f64().unwrap() > 0.0);
+    assert!(cell["min"].as_f64() <= cell["median"].as_f64());
+    assert!(cell["median"].as_f64() <= cell["max"].as_f64());
+    assert!(json["machine"]["kernel"].as_str().unwrap().len() > 1);
+
+    let dir = tempfile::TempDir::new().unwrap();
+    let png = dir.path().join("copy.png");
+    let o = pagemig(&[TINY, &["--csv", "--plot", png.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = stdout(&o);
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "bench,page_size,pages,column,min_gbps,median_gbps,max_gbps,samples"
+    );
+    // 2 page sizes x 2 rows x (vanilla, nt, movsb, mt_1, mt_2, limit)
+    assert_eq!(lines.count(), 2 * 2 * 6);
+    assert_eq!(&fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+#[test]
+fn bad_input_names_the_problem() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["bench", "copy", "--to", "4096"],
+            "destination node 4096 does not exist",
+        ),
+        (
+            &["bench", "copy", "--from", "999"],
+            "source node 999 does not exist",
+        ),
+        (&["bench", "copy", "--page-size", "3k"], "power of two"),
+        (
+            &["bench", "copy", "--placement", "0-x"],
+            "bad list \"0-x\": not a number in \"0-x\"",
+        ),
+        (
+            &["bench", "copy", "--placement", "5000", "--quick"],
+            "outside the allowed set",
+        ),
+        (
+            &["bench", "copy", "--engines", "dma"],
+            "unknown copy engine \"dma\"",
+        ),
+        (&["bench", "copy", "--threads", "0"], "at least one worker"),
+        (
+            &[
+                "bench", "copy", "--quick", "--pages", "1", "--plot", "x.svg",
+            ],
+            "only .png",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = pagemig(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn broken_pipe_is_not_an_error() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pagemig"))
+        .args(["topo", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
