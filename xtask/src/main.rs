@@ -1,4 +1,7 @@
-//! `cargo xtask test`: everything CI checks, in the order a developer wants to see failures.
+//! `cargo xtask test`: everything CI checks, in the order a developer wants to see failures;
+//! `cargo xtask guest-test`: real migration between nodes inside QEMU guests.
+
+mod guest;
 
 use std::process::Command;
 
@@ -14,8 +17,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Format check, clippy with -D warnings, and every test of the workspace.
+    /// Format check, clippy with -D warnings, every test of the workspace, then the guest tests.
     Test,
+    /// Boot QEMU guests with several NUMA shapes and run the guest tests in each (installs QEMU
+    /// with apt and downloads a kernel into target/guest when missing).
+    GuestTest {
+        /// Only the shapes whose name contains this (2-nodes, 4-nodes, memory-only, balancing).
+        #[arg(long)]
+        shape: Option<String>,
+        /// Arguments for the test binary (a test name filter, --nocapture).
+        args: Vec<String>,
+    },
 }
 
 /// Runs `cargo ARGS`, failing with the command line if it fails.
@@ -44,7 +56,9 @@ fn main() -> anyhow::Result<()> {
                 "warnings",
             ])?;
             cargo(&["test", "--workspace"])?;
+            guest::test(None, &[])?;
         }
+        Cmd::GuestTest { shape, args } => guest::test(shape.as_deref(), &args)?,
     }
     Ok(())
 }

@@ -2,6 +2,8 @@
 
 mod bench;
 mod machine;
+mod migrate;
+mod stat;
 mod topo;
 
 use std::io::{self, Write};
@@ -24,22 +26,36 @@ enum Command {
     /// Measure copy engines and migration paths; print the kernel work's tables.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Move the pages of running processes to a node (selective, parallel migratepages).
+    Migrate(migrate::MigrateArgs),
+    /// Show where a process's memory is, per node and mapping (like numastat -p).
+    Stat(stat::StatArgs),
 }
 
-fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+/// Exit status when some requested pages did not move (errors exit with 2).
+const EXIT_INCOMPLETE: u8 = 1;
+
+fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Topo(args) => topo::run(&args, out),
-        Command::Bench(cmd) => bench::run(cmd, out),
+        Command::Topo(args) => topo::run(&args, out)?,
+        Command::Bench(cmd) => bench::run(cmd, out)?,
+        Command::Migrate(args) => {
+            if let migrate::Outcome::Incomplete = migrate::run(&args, out)? {
+                return Ok(ExitCode::from(EXIT_INCOMPLETE));
+            }
+        }
+        Command::Stat(args) => stat::run(&args, out)?,
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    let result = run(cli, &mut out).and_then(|()| out.flush().map_err(Into::into));
+    let result = run(cli, &mut out).and_then(|code| out.flush().map(|()| code).map_err(Into::into));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         // A table piped into `head`: the reader is gone, nothing went wrong.
         Err(e)
             if e.downcast_ref::<io::Error>()

@@ -3,9 +3,13 @@
 //!
 //! - [`topology`]: nodes, CPUs, L3 cache domains and memory tiers, from sysfs.
 //! - [`copy`]: the [`copy::CopyEngine`] trait, CPU engines and the pinned worker [`copy::Pool`].
+//! - [`migrate`]: moving pages of any process between nodes (the kernel path).
+//! - [`account`]: what a migration did, per page and per phase.
 //! - [`sys`]: the safe wrappers over every system call pagemig makes.
 #![deny(unsafe_code)]
 
+pub mod account;
 pub mod copy;
+pub mod migrate;
 pub mod sys;
 pub mod topology;

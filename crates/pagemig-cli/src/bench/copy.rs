@@ -1,15 +1,17 @@
 //! `pagemig bench copy`: copy engines alone, in the shape of the kernel work's tables.
 
 use std::io::Write;
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
-use pagemig::topology::{CpuSet, NodeId, NodeSet, Topology};
+use pagemig::topology::{NodeId, NodeSet, Topology};
 
-use super::{Cell, OutputArgs, PageTable, Report, Row, page_size_label, parse_page_size};
+use super::{
+    Cell, OutputArgs, PageTable, Report, Row, check_node, default_rows, default_threads, measure,
+    page_size_label, parse_page_size, parse_placement,
+};
 use crate::machine::Machine;
 
 /// Arguments of `pagemig bench copy`.
@@ -50,18 +52,6 @@ pub struct CopyArgs {
     output: OutputArgs,
 }
 
-fn parse_placement(text: &str) -> Result<Placement, String> {
-    match text {
-        "spread" => Ok(Placement::SpreadL3),
-        "near-dst" => Ok(Placement::NearDst),
-        "near-src" => Ok(Placement::NearSrc),
-        list => list
-            .parse::<CpuSet>()
-            .map(Placement::Explicit)
-            .map_err(|e| format!("expected spread, near-dst, near-src or a CPU list: {e}")),
-    }
-}
-
 /// Sizes that set how long the run takes.
 struct Budget {
     reps: usize,
@@ -93,25 +83,6 @@ impl Budget {
             }
         }
     }
-}
-
-fn default_rows(page_size: usize, quick: bool) -> Vec<usize> {
-    let max = match page_size {
-        4096 => 4096,
-        s if s >= HUGE_PAGE_SIZE && quick => 256,
-        _ => 1024,
-    };
-    std::iter::successors(Some(1), |n| Some(n * 2))
-        .take_while(|&n| n <= max)
-        .collect()
-}
-
-fn default_threads(usable: usize) -> Vec<usize> {
-    let mut t: Vec<usize> = std::iter::successors(Some(1), |n| Some(n * 2))
-        .take_while(|&n| n < usable)
-        .collect();
-    t.push(usable.max(1));
-    t
 }
 
 /// A column of the table and how it copies one migration.
@@ -195,40 +166,6 @@ impl Buffers {
             }
         }
         Ok(())
-    }
-}
-
-/// Times `reps` samples of `per_sample` calls of `step(i)`, each moving `bytes`; GB/s.
-fn measure(
-    reps: usize,
-    per_sample: usize,
-    bytes: usize,
-    mut step: impl FnMut(usize) -> anyhow::Result<()>,
-) -> anyhow::Result<Option<Cell>> {
-    step(0)?; // warm-up: first use of the pool's threads, page tables, caches
-    let mut samples = Vec::with_capacity(reps);
-    for r in 0..reps {
-        let start = Instant::now();
-        for i in 0..per_sample {
-            step(1 + r * per_sample + i)?;
-        }
-        let secs = start.elapsed().as_secs_f64();
-        samples.push((bytes * per_sample) as f64 / secs / 1e9);
-    }
-    Ok(Cell::from_samples(samples))
-}
-
-fn check_node(topo: &Topology, node: NodeId, role: &str) -> anyhow::Result<()> {
-    match topo.node(node) {
-        None => bail!(
-            "{role} node {node} does not exist or is offline (nodes with memory: {})",
-            topo.memory_nodes()
-        ),
-        Some(n) if !n.has_memory => bail!(
-            "{role} node {node} has no memory (nodes with memory: {})",
-            topo.memory_nodes()
-        ),
-        Some(_) => Ok(()),
     }
 }
 
@@ -430,35 +367,4 @@ fn measure_limit(
         ),
         None => (None, "limit not measured".into()),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults() {
-        assert_eq!(default_rows(4096, true).last(), Some(&4096));
-        assert_eq!(default_rows(2 << 20, true).last(), Some(&256));
-        assert_eq!(default_rows(2 << 20, false).last(), Some(&1024));
-        assert_eq!(default_rows(65536, false).len(), 11);
-        assert_eq!(default_threads(2), [1, 2]);
-        assert_eq!(default_threads(6), [1, 2, 4, 6]);
-        assert_eq!(default_threads(8), [1, 2, 4, 8]);
-        assert_eq!(default_threads(1), [1]);
-    }
-
-    #[test]
-    fn placements_parse() {
-        assert_eq!(parse_placement("spread"), Ok(Placement::SpreadL3));
-        assert_eq!(
-            parse_placement("0-1"),
-            Ok(Placement::Explicit("0-1".parse().unwrap()))
-        );
-        assert!(
-            parse_placement("near")
-                .unwrap_err()
-                .contains("expected spread")
-        );
-    }
 }

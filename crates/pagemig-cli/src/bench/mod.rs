@@ -7,9 +7,15 @@ mod plot;
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
 use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
+
+use pagemig::copy::Placement;
+use pagemig::sys::HUGE_PAGE_SIZE;
+use pagemig::topology::{CpuSet, NodeId, Topology};
 
 use crate::machine::Machine;
 
@@ -70,12 +76,82 @@ pub fn parse_page_size(text: &str) -> Result<usize, String> {
     Ok(size)
 }
 
+/// A worker placement: `spread`, `near-dst`, `near-src`, or a CPU list.
+pub fn parse_placement(text: &str) -> Result<Placement, String> {
+    match text {
+        "spread" => Ok(Placement::SpreadL3),
+        "near-dst" => Ok(Placement::NearDst),
+        "near-src" => Ok(Placement::NearSrc),
+        list => list
+            .parse::<CpuSet>()
+            .map(Placement::Explicit)
+            .map_err(|e| format!("expected spread, near-dst, near-src or a CPU list: {e}")),
+    }
+}
+
 /// `4096` → `4K`, `2097152` → `2M`.
 pub fn page_size_label(size: usize) -> String {
     if size >= 1 << 20 {
         format!("{}M", size >> 20)
     } else {
         format!("{}K", size >> 10)
+    }
+}
+
+/// Default rows: 1, 2, 4 … pages per migration; up to 4096 for 4 KB pages, 1024 otherwise, and
+/// 256 for 2 MB pages with `--quick`.
+pub fn default_rows(page_size: usize, quick: bool) -> Vec<usize> {
+    let max = match page_size {
+        4096 => 4096,
+        s if s >= HUGE_PAGE_SIZE && quick => 256,
+        _ => 1024,
+    };
+    std::iter::successors(Some(1), |n| Some(n * 2))
+        .take_while(|&n| n <= max)
+        .collect()
+}
+
+/// Default mt_N columns: 1, 2, 4 … and the number of usable CPUs.
+pub fn default_threads(usable: usize) -> Vec<usize> {
+    let mut t: Vec<usize> = std::iter::successors(Some(1), |n| Some(n * 2))
+        .take_while(|&n| n < usable)
+        .collect();
+    t.push(usable.max(1));
+    t
+}
+
+/// Times `reps` samples of `per_sample` calls of `step(i)`, each moving `bytes`; GB/s.
+pub fn measure(
+    reps: usize,
+    per_sample: usize,
+    bytes: usize,
+    mut step: impl FnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<Option<Cell>> {
+    step(0)?; // warm-up: first use of the pool's threads, page tables, caches
+    let mut samples = Vec::with_capacity(reps);
+    for r in 0..reps {
+        let start = Instant::now();
+        for i in 0..per_sample {
+            step(1 + r * per_sample + i)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        samples.push((bytes * per_sample) as f64 / secs / 1e9);
+    }
+    Ok(Cell::from_samples(samples))
+}
+
+/// Refuses a node that does not exist or has no memory; `role` says which (source, destination).
+pub fn check_node(topo: &Topology, node: NodeId, role: &str) -> anyhow::Result<()> {
+    match topo.node(node) {
+        None => bail!(
+            "{role} node {node} does not exist or is offline (nodes with memory: {})",
+            topo.memory_nodes()
+        ),
+        Some(n) if !n.has_memory => bail!(
+            "{role} node {node} has no memory (nodes with memory: {})",
+            topo.memory_nodes()
+        ),
+        Some(_) => Ok(()),
     }
 }
 
@@ -238,6 +314,32 @@ mod tests {
         assert!(parse_page_size("x").unwrap_err().contains("bad page size"));
         assert_eq!(page_size_label(2 << 20), "2M");
         assert_eq!(page_size_label(65536), "64K");
+    }
+
+    #[test]
+    fn placements_parse() {
+        assert_eq!(parse_placement("spread"), Ok(Placement::SpreadL3));
+        assert_eq!(
+            parse_placement("0-1"),
+            Ok(Placement::Explicit("0-1".parse().unwrap()))
+        );
+        assert!(
+            parse_placement("near")
+                .unwrap_err()
+                .contains("expected spread")
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(default_rows(4096, true).last(), Some(&4096));
+        assert_eq!(default_rows(2 << 20, true).last(), Some(&256));
+        assert_eq!(default_rows(2 << 20, false).last(), Some(&1024));
+        assert_eq!(default_rows(65536, false).len(), 11);
+        assert_eq!(default_threads(2), [1, 2]);
+        assert_eq!(default_threads(6), [1, 2, 4, 6]);
+        assert_eq!(default_threads(8), [1, 2, 4, 8]);
+        assert_eq!(default_threads(1), [1]);
     }
 
     #[test]

@@ -58,38 +58,73 @@ pub enum PageNode {
     Error(Errno),
 }
 
-/// Asks the kernel on which node each page is (`move_pages` with no target nodes).
+/// `MPOL_MF_MOVE_ALL`: also move pages mapped by other processes (needs `CAP_SYS_NICE`).
+const MPOL_MF_MOVE_ALL: c_int = 1 << 2;
+
+/// `move_pages(2)`: moves page `pages[i]` of process `pid` (0: the caller) to node `nodes[i]`
+/// and writes the node it is on afterwards, or `-errno`, into `status[i]`. With `nodes`
+/// `None` it only reports where each page is.
 ///
-/// `pid` 0 is the calling process. Addresses are page addresses in that process; they are not
-/// dereferenced here, so any value is safe to pass.
-pub fn query_page_nodes(pid: i32, pages: &[usize]) -> Result<Vec<PageNode>, SysError> {
-    let mut status = vec![0 as c_int; pages.len()];
-    // SAFETY: with nodes == NULL move_pages only reads `pages` and writes `status`, both of
-    // `pages.len()` entries and alive across the call; it changes no memory of any process.
+/// Returns the number of pages left behind for transient reasons (busy, locked), which the
+/// status array details. `move_all` also moves pages shared with other processes. Moving pages
+/// changes where they are, never what they hold, so any address may be passed.
+///
+/// # Panics
+/// If `status` (or `nodes`) is not as long as `pages`.
+pub fn move_pages(
+    pid: i32,
+    pages: &[usize],
+    nodes: Option<&[i32]>,
+    status: &mut [i32],
+    move_all: bool,
+) -> Result<usize, SysError> {
+    assert_eq!(pages.len(), status.len(), "move_pages: status length");
+    if let Some(n) = nodes {
+        assert_eq!(pages.len(), n.len(), "move_pages: nodes length");
+    }
+    let flags = if move_all {
+        MPOL_MF_MOVE_ALL
+    } else {
+        MPOL_MF_MOVE as c_int
+    };
+    // SAFETY: the kernel reads `pages` and `nodes` and writes `status`, all `pages.len()` entries
+    // long and alive across the call; migration preserves the contents of every page.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_move_pages,
             pid as c_long,
             pages.len() as c_ulong,
             pages.as_ptr(),
-            std::ptr::null::<c_int>(),
+            nodes.map_or(std::ptr::null(), <[i32]>::as_ptr),
             status.as_mut_ptr(),
-            0 as c_long,
+            flags as c_long,
         )
     };
     if rc < 0 {
-        return Err(SysError::last("move_pages"));
+        Err(SysError::last("move_pages"))
+    } else {
+        Ok(rc as usize)
     }
-    Ok(status
-        .into_iter()
-        .map(|s| {
-            if s >= 0 {
-                PageNode::Node(s as u32)
-            } else {
-                PageNode::Error(Errno::from_raw_os_error(-s))
-            }
-        })
-        .collect())
+}
+
+/// Asks the kernel on which node each page is (`move_pages` with no target nodes).
+///
+/// `pid` 0 is the calling process. Addresses are page addresses in that process.
+pub fn query_page_nodes(pid: i32, pages: &[usize]) -> Result<Vec<PageNode>, SysError> {
+    let mut status = vec![0; pages.len()];
+    move_pages(pid, pages, None, &mut status, false)?;
+    Ok(status.into_iter().map(PageNode::from_status).collect())
+}
+
+impl PageNode {
+    /// Decodes one entry of a `move_pages` status array.
+    pub fn from_status(status: i32) -> Self {
+        if status >= 0 {
+            PageNode::Node(status as u32)
+        } else {
+            PageNode::Error(Errno::from_raw_os_error(-status))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! CPU affinity of threads.
 
+use std::time::Duration;
+
 use rustix::thread::{CpuSet as RawCpuSet, sched_getaffinity, sched_setaffinity};
+use rustix::time::{ClockId, clock_gettime};
 
 use super::{Errno, SysError};
 use crate::topology::CpuSet;
@@ -23,4 +26,10 @@ pub fn pin_current_thread(cpu: u32) -> Result<(), SysError> {
     let mut raw = RawCpuSet::new();
     raw.set(cpu);
     sched_setaffinity(None, &raw).map_err(|e| SysError::new("sched_setaffinity", e))
+}
+
+/// CPU time the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_time() -> Duration {
+    let t = clock_gettime(ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }

@@ -1,0 +1,287 @@
+//! `pagemig migrate`: move pages of running processes to a node.
+
+use std::io::Write;
+use std::ops::Range;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use pagemig::account::Report;
+use pagemig::copy::{Placement, Route};
+use pagemig::migrate::kernel::{self, KernelPlan, ProcessRequest, Progress, Selection};
+use pagemig::migrate::{Process, check_target};
+use pagemig::sys;
+use pagemig::topology::{NodeId, NodeSet, Topology};
+
+use crate::bench::parse_placement;
+
+/// Arguments of `pagemig migrate`.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// Processes whose pages move: pids or `self`, comma-separated or repeated.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pid: Vec<Process>,
+    /// Target node.
+    #[arg(long)]
+    to: NodeId,
+    /// Only pages now on these nodes (numactl list syntax: 0-2,4).
+    #[arg(long)]
+    from: Option<NodeSet>,
+    /// Only this address range, START-END in hex (0x7f00…) or decimal; repeatable.
+    #[arg(long, value_parser = parse_range, conflicts_with = "mapping")]
+    range: Vec<Range<usize>>,
+    /// Only mappings whose path contains this (`[heap]`, `[stack]`, `libfoo.so`), or
+    /// `anonymous` for memory without a file.
+    #[arg(long)]
+    mapping: Option<String>,
+    /// Threads calling move_pages: `auto` (the usable CPUs nearest the target, at most one per
+    /// batch) or a number.
+    #[arg(long, default_value = "auto")]
+    threads: Threads,
+    /// Pages per move_pages call.
+    #[arg(long, default_value_t = 4096)]
+    batch: usize,
+    /// Longest time any one kernel call may stall the target, in milliseconds: batches adapt
+    /// to the measured cost per page.
+    #[arg(long, value_name = "MS")]
+    max_stall: Option<f64>,
+    /// Where the threads run: near-dst, near-src, spread, or a CPU list.
+    #[arg(long, default_value = "near-dst", value_parser = parse_placement)]
+    placement: Placement,
+    /// Also move pages shared with other processes (MPOL_MF_MOVE_ALL; needs CAP_SYS_NICE).
+    #[arg(long)]
+    all: bool,
+    /// Say what would move; move nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Exit 0 even when some pages could not move.
+    #[arg(long)]
+    best_effort: bool,
+    /// Print the reports as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `auto` or a thread count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Threads {
+    Auto,
+    Count(usize),
+}
+
+impl std::str::FromStr for Threads {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Threads::Auto),
+            _ => match s.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Threads::Count(n)),
+                _ => Err(format!("expected auto or a positive number, got {s:?}")),
+            },
+        }
+    }
+}
+
+fn parse_address(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => usize::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.map_err(|_| format!("{t:?} is not an address (hex with 0x, or decimal)"))
+}
+
+fn parse_range(text: &str) -> Result<Range<usize>, String> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("bad range {text:?}: expected START-END"))?;
+    let start = parse_address(a).map_err(|e| format!("bad range {text:?}: start {e}"))?;
+    let end = parse_address(b).map_err(|e| format!("bad range {text:?}: end {e}"))?;
+    if start >= end {
+        return Err(format!(
+            "bad range {text:?}: the end is not after the start"
+        ));
+    }
+    Ok(start..end)
+}
+
+/// What the command's exit status says.
+pub enum Outcome {
+    /// Every requested page is on the target.
+    Complete,
+    /// Some pages did not move (and --best-effort was not given).
+    Incomplete,
+}
+
+pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let topo = Topology::detect().context("reading the topology from /sys")?;
+    check_target(&topo, args.to)?;
+    let allowed = sys::allowed_cpus()?;
+    let plan = plan(args, &topo, &allowed)?;
+    let selection = match (&args.range, &args.mapping) {
+        (ranges, _) if !ranges.is_empty() => Selection::Ranges(ranges.clone()),
+        (_, Some(pattern)) => Selection::Mappings(pattern.clone()),
+        _ => Selection::All,
+    };
+    let mut reports = Vec::new();
+    for &process in &args.pid {
+        let request = ProcessRequest {
+            process,
+            to: args.to,
+            from: args.from.clone(),
+            selection: selection.clone(),
+            dry_run: args.dry_run,
+        };
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{elapsed_precise}] {wide_bar} {pos}/{len} pages",
+            )
+            .expect("valid progress template"),
+        );
+        bar.set_message(format!("{process} → node {}", args.to));
+        let report = kernel::migrate_process(&topo, &request, &plan, &|p| match p {
+            Progress::Planned(n) => bar.set_length(n),
+            Progress::Moved(n) => bar.inc(n),
+        })
+        .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
+        bar.finish_and_clear();
+        if !args.json {
+            render(&report, out)?;
+        }
+        reports.push(report);
+    }
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &reports)?;
+        writeln!(out)?;
+    }
+    let incomplete = reports.iter().any(|r| r.pages_not_moved() > 0);
+    Ok(if incomplete && !args.best_effort && !args.dry_run {
+        Outcome::Incomplete
+    } else {
+        Outcome::Complete
+    })
+}
+
+fn plan(args: &MigrateArgs, topo: &Topology, allowed: &NodeSet) -> anyhow::Result<KernelPlan> {
+    if args.batch == 0 {
+        anyhow::bail!("--batch must be at least one page");
+    }
+    let threads = match args.threads {
+        Threads::Count(n) => n,
+        Threads::Auto => allowed.intersection(&topo.online_cpus).len().max(1),
+    };
+    let route = Route {
+        from: args.from.as_ref().and_then(|f| f.iter().next()),
+        to: Some(args.to),
+    };
+    let cpus = args
+        .placement
+        .choose(topo, route, allowed, threads)
+        .context("placing the migration threads")?;
+    let max_stall = match args.max_stall {
+        Some(ms) if ms > 0.0 && ms.is_finite() => Some(Duration::from_secs_f64(ms / 1e3)),
+        Some(ms) => anyhow::bail!("--max-stall {ms}: must be a positive number of milliseconds"),
+        None => None,
+    };
+    Ok(KernelPlan {
+        cpus,
+        batch: args.batch,
+        max_stall,
+        move_all: args.all,
+    })
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
+    let verb = if r.dry_run { "would move" } else { "moved" };
+    writeln!(
+        out,
+        "{} → node {}: {verb} {} pages ({}) in {}, {:.2} GB/s, {} thread(s)",
+        r.process,
+        r.to,
+        r.pages_moved,
+        mib(r.bytes_moved),
+        ms(r.phases.moving),
+        r.gbps(),
+        r.calls.threads
+    )?;
+    writeln!(
+        out,
+        "  requested {} pages of {} KiB; already on node {}: {}; not moved: {}",
+        r.pages_requested,
+        r.page_size >> 10,
+        r.to,
+        r.pages_already_on_target,
+        r.pages_not_moved()
+    )?;
+    for (cause, pages) in &r.pages_failed {
+        writeln!(out, "    {pages} pages: {cause}")?;
+    }
+    if !r.pages_left_by_node.is_empty() {
+        let left: Vec<String> = r
+            .pages_left_by_node
+            .iter()
+            .map(|(n, p)| format!("{p} on node {n}"))
+            .collect();
+        writeln!(out, "    left behind: {}", left.join(", "))?;
+    }
+    if r.process_exited {
+        writeln!(
+            out,
+            "  the process exited during the migration; counts are what moved before"
+        )?;
+    }
+    if !r.dry_run {
+        writeln!(
+            out,
+            "  kernel calls: {}, longest {} (the longest stall), median {}, last batch {} pages",
+            r.calls.calls,
+            ms(r.calls.longest),
+            ms(r.calls.median),
+            r.calls.final_batch
+        )?;
+    }
+    writeln!(
+        out,
+        "  phases: scan {}, query {}, move {}, verify {}; wall {}; CPU time of movers {}",
+        ms(r.phases.scan),
+        ms(r.phases.query),
+        ms(r.phases.moving),
+        ms(r.phases.verify),
+        ms(r.wall),
+        ms(r.calls.cpu_time)
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_threads_parse() {
+        assert_eq!(parse_range("0x1000-0x3000"), Ok(0x1000..0x3000));
+        assert_eq!(parse_range("4096-8192"), Ok(4096..8192));
+        assert!(
+            parse_range("0x3000-0x1000")
+                .unwrap_err()
+                .contains("not after")
+        );
+        assert!(
+            parse_range("0x10zz-0x20")
+                .unwrap_err()
+                .contains("start \"0x10zz\" is not an address")
+        );
+        assert!(parse_range("12").unwrap_err().contains("START-END"));
+        assert_eq!("auto".parse(), Ok(Threads::Auto));
+        assert_eq!("3".parse(), Ok(Threads::Count(3)));
+        assert!("0".parse::<Threads>().is_err());
+    }
+}

@@ -1,0 +1,792 @@
+//! Real migration between NUMA nodes, proved with the kernel's own answers (move_pages queries
+//! and /proc/PID/numa_maps). Needs two or more nodes with memory: `cargo xtask guest-test` runs
+//! this binary inside QEMU guests of several NUMA shapes. On a machine with one node every test
+//! prints why it skipped.
+//!
+//! The binary is also its own victim process: `victim_entry` runs a writer when the
+//! `PAGEMIG_VICTIM` variable is set, so that another process's memory can be migrated while it
+//! keeps writing.
+#![allow(unsafe_code)]
+#![allow(
+    clippy::single_range_in_vec_init,
+    reason = "a selection is a list of ranges"
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use pagemig::account::{FailureCause, Report};
+use pagemig::migrate::kernel::{self, KernelPlan, ProcessRequest, Selection};
+use pagemig::migrate::{MigrateError, Process, procfs};
+use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping, PageNode};
+use pagemig::topology::{NodeId, NodeSet, Topology};
+
+const PAGE: usize = 4096;
+
+/// Says why a test did not run. Written to stderr directly: libtest hides `eprintln!` output
+/// of tests that pass.
+fn skip(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "skipped {test}: {why}");
+}
+
+/// The topology when it has at least two nodes with memory; otherwise prints why the test is
+/// skipped.
+fn multi_node(test: &str) -> Option<Topology> {
+    let topo = Topology::detect().unwrap();
+    if topo.memory_nodes().len() >= 2 {
+        Some(topo)
+    } else {
+        skip(
+            test,
+            &format!(
+                "needs 2 NUMA nodes with memory, this machine has {}; `cargo xtask guest-test` runs it in QEMU guests",
+                topo.memory_nodes()
+            ),
+        );
+        None
+    }
+}
+
+fn cpu_nodes(topo: &Topology) -> Vec<NodeId> {
+    topo.nodes
+        .iter()
+        .filter(|n| n.has_memory && !n.cpus.is_empty())
+        .map(|n| n.id)
+        .collect()
+}
+
+fn all_cpus() -> Vec<u32> {
+    sys::allowed_cpus().unwrap().iter().collect()
+}
+
+/// A buffer of `pages` pages bound to `node`, filled with a pattern that depends on `seed`.
+fn filled(pages: usize, node: NodeId, seed: u8) -> Mapping {
+    let mut m = Mapping::anonymous(pages * PAGE).unwrap();
+    m.bind(&NodeSet::from_iter([node])).unwrap();
+    for (i, b) in m.as_mut_slice().iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8;
+    }
+    m
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn page_addrs(start: usize, len: usize) -> Vec<usize> {
+    (start..start + len).step_by(PAGE).collect()
+}
+
+/// Asserts, with the kernel's answer, that every page is on `node`.
+fn assert_on(process: Process, start: usize, len: usize, node: NodeId) {
+    let placed = kernel::query(process, &page_addrs(start, len)).unwrap();
+    let off: Vec<_> = placed
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| **p != PageNode::Node(node))
+        .take(5)
+        .collect();
+    assert!(off.is_empty(), "pages not on node {node}: {off:?}");
+}
+
+/// Bytes of the mapping containing `addr` on each node, from numa_maps.
+fn numa_maps_bytes(process: Process, addr: usize) -> std::collections::BTreeMap<NodeId, u64> {
+    procfs::placement(process)
+        .unwrap()
+        .into_iter()
+        .find(|a| a.area.start <= addr && addr < a.area.end)
+        .map(|a| a.bytes_per_node)
+        .unwrap_or_default()
+}
+
+fn range_request(process: Process, start: usize, len: usize, to: NodeId) -> ProcessRequest {
+    ProcessRequest {
+        process,
+        to,
+        from: None,
+        selection: Selection::Ranges(vec![start..start + len]),
+        dry_run: false,
+    }
+}
+
+fn migrate(req: &ProcessRequest, plan: &KernelPlan) -> Report {
+    let topo = Topology::detect().unwrap();
+    let r = kernel::migrate_process(&topo, req, plan, &|_| {}).unwrap();
+    // Every requested page is accounted for exactly once.
+    assert_eq!(
+        r.pages_requested,
+        r.pages_moved + r.pages_already_on_target + r.pages_not_moved(),
+        "{r:#?}"
+    );
+    r
+}
+
+#[test]
+fn own_pages_land_on_every_node_serial_and_parallel() {
+    let Some(topo) = multi_node("own_pages_land_on_every_node_serial_and_parallel") else {
+        return;
+    };
+    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
+    let home = cpu_nodes(&topo)[0];
+    let pages = 4096;
+    let m = filled(pages, home, 1);
+    let (start, len) = (m.as_ptr() as usize, m.len());
+    let sum = checksum(m.as_slice());
+    assert_on(Process::Current, start, len, home);
+    let plans = [
+        KernelPlan::serial(4096),
+        KernelPlan::parallel(all_cpus(), 256),
+    ];
+    for (k, &to) in nodes
+        .iter()
+        .filter(|&&n| n != home)
+        .chain([&home])
+        .enumerate()
+    {
+        let plan = &plans[k % 2];
+        let r = migrate(&range_request(Process::Current, start, len, to), plan);
+        assert_eq!(r.pages_moved, pages as u64, "{r:#?}");
+        assert_eq!(r.pages_not_moved(), 0, "{r:#?}");
+        assert_eq!(r.bytes_moved, (pages * PAGE) as u64);
+        assert_on(Process::Current, start, len, to);
+        assert_eq!(
+            numa_maps_bytes(Process::Current, start).get(&to),
+            Some(&((pages * PAGE) as u64))
+        );
+        assert_eq!(
+            checksum(m.as_slice()),
+            sum,
+            "contents changed moving to node {to}"
+        );
+        eprintln!(
+            "moved {pages} pages to node {to} with {} thread(s), {} calls",
+            r.calls.threads, r.calls.calls
+        );
+        if !plan.cpus.is_empty() {
+            assert!(r.calls.threads > 1, "{r:#?}");
+        }
+    }
+}
+
+#[test]
+fn selection_by_node_and_dry_run() {
+    let Some(topo) = multi_node("selection_by_node_and_dry_run") else {
+        return;
+    };
+    let nodes = cpu_nodes(&topo);
+    let (a, b) = (
+        nodes[0],
+        topo.memory_nodes().iter().find(|&n| n != nodes[0]).unwrap(),
+    );
+    let m = filled(64, a, 2);
+    let (start, len) = (m.as_ptr() as usize, m.len());
+    // Move the first half to b, then ask to move only pages on b back to a.
+    migrate(
+        &range_request(Process::Current, start, len / 2, b),
+        &KernelPlan::serial(64),
+    );
+    let mut req = range_request(Process::Current, start, len, a);
+    req.dry_run = true;
+    let dry = migrate(&req, &KernelPlan::serial(64));
+    assert_eq!((dry.pages_moved, dry.pages_already_on_target), (32, 32));
+    assert_on(Process::Current, start, len / 2, b);
+    req.dry_run = false;
+    req.from = Some(NodeSet::from_iter([b]));
+    let r = migrate(&req, &KernelPlan::serial(64));
+    assert_eq!((r.pages_requested, r.pages_moved), (32, 32), "{r:#?}");
+    assert_on(Process::Current, start, len, a);
+}
+
+#[test]
+fn max_stall_shrinks_batches() {
+    let Some(topo) = multi_node("max_stall_shrinks_batches") else {
+        return;
+    };
+    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
+    let m = filled(2048, nodes[0], 3);
+    let mut plan = KernelPlan::parallel(all_cpus(), 4096);
+    // Far below the cost of one page here, so batches must drop to a handful of pages.
+    plan.max_stall = Some(Duration::from_micros(20));
+    let r = migrate(
+        &range_request(Process::Current, m.as_ptr() as usize, m.len(), nodes[1]),
+        &plan,
+    );
+    assert_eq!(r.pages_moved, 2048, "{r:#?}");
+    assert!(r.calls.final_batch < 16, "{r:#?}");
+    assert!(r.calls.calls > 2048 / 16, "{r:#?}");
+}
+
+/// AnonHugePages of the mapping containing `addr`, from /proc/self/smaps, in kB.
+fn anon_huge_kb(addr: usize) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && let Some((a, b)) = range.split_once('-')
+            && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        {
+            inside = a <= addr && addr < b;
+        } else if inside && let Some(v) = line.strip_prefix("AnonHugePages:") {
+            return v.trim().trim_end_matches("kB").trim().parse().unwrap();
+        }
+    }
+    0
+}
+
+#[test]
+fn transparent_huge_pages_move_and_report_whether_they_stay_huge() {
+    let Some(topo) = multi_node("transparent_huge_pages_move") else {
+        return;
+    };
+    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
+    let len = 4 * HUGE_PAGE_SIZE;
+    let mut m = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE).unwrap();
+    m.advise_huge_pages().unwrap();
+    m.bind(&NodeSet::from_iter([nodes[0]])).unwrap();
+    m.as_mut_slice()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i % 251) as u8);
+    let sum = checksum(m.as_slice());
+    let start = m.as_ptr() as usize;
+    let huge_before = anon_huge_kb(start);
+    for (round, &to) in [nodes[1], nodes[0]].iter().enumerate() {
+        let plan = if round == 0 {
+            KernelPlan::serial(4096)
+        } else {
+            KernelPlan::parallel(all_cpus(), 512)
+        };
+        let r = migrate(&range_request(Process::Current, start, len, to), &plan);
+        assert_eq!(r.pages_moved, (len / PAGE) as u64, "{r:#?}");
+        assert_on(Process::Current, start, len, to);
+        assert_eq!(checksum(m.as_slice()), sum);
+        eprintln!(
+            "THP: AnonHugePages {huge_before} kB before, {} kB after moving to node {to}",
+            anon_huge_kb(start)
+        );
+    }
+}
+
+// ---- another process that keeps writing while it is migrated ----
+
+/// A victim process (this binary in victim mode) and the range it writes to.
+struct Victim {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    start: usize,
+    len: usize,
+}
+
+impl Victim {
+    fn spawn(mode: &str, pages: usize, node: NodeId) -> Victim {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "victim_entry", "--nocapture", "--test-threads=1"])
+            .env("PAGEMIG_VICTIM", mode)
+            .env("PAGEMIG_VICTIM_PAGES", pages.to_string())
+            .env("PAGEMIG_VICTIM_NODE", node.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        // libtest has already written "test victim_entry ... " on the same line.
+        let ready = lines
+            .by_ref()
+            .map(|l| l.unwrap())
+            .find_map(|l| l.split_once("READY ").map(|(_, rest)| rest.to_owned()))
+            .expect("victim said READY");
+        let mut f = ready.split_whitespace();
+        let start = usize::from_str_radix(f.next().unwrap().trim_start_matches("0x"), 16).unwrap();
+        let len = f.next().unwrap().parse().unwrap();
+        // Keep draining the victim's output so that it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            lines.for_each(|l| eprintln!("victim: {}", l.unwrap_or_default()))
+        });
+        let stdin = child.stdin.take();
+        Victim {
+            child,
+            stdin,
+            start,
+            len,
+        }
+    }
+
+    fn pid(&self) -> Process {
+        Process::Pid(self.child.id())
+    }
+
+    /// Tells the victim to stop, and returns whether it found every write it made.
+    fn finish(mut self) -> bool {
+        let mut stdin = self.stdin.take().unwrap();
+        let _ = stdin.write_all(b"stop\n");
+        drop(stdin);
+        self.child.wait().unwrap().success()
+    }
+}
+
+fn counter(bytes: &[u8], i: usize) -> u64 {
+    u64::from_ne_bytes(bytes[i * PAGE..i * PAGE + 8].try_into().unwrap())
+}
+
+fn fill_byte(i: usize, j: usize) -> u8 {
+    (i as u8).wrapping_mul(13) ^ (j as u8)
+}
+
+/// The victim: writes counters into every page until told to stop, then checks that it can
+/// read back every write (and the untouched bytes), exiting 0 only then.
+fn run_victim(mode: &str) -> ! {
+    let pages: usize = std::env::var("PAGEMIG_VICTIM_PAGES")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let node: NodeId = std::env::var("PAGEMIG_VICTIM_NODE")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut m = if mode == "shared" {
+        shared_anonymous(pages * PAGE)
+    } else {
+        Mapping::anonymous(pages * PAGE).unwrap()
+    };
+    m.bind(&NodeSet::from_iter([node])).unwrap();
+    for i in 0..pages {
+        for j in 8..PAGE {
+            m.as_mut_slice()[i * PAGE + j] = fill_byte(i, j);
+        }
+    }
+    if mode == "shared" {
+        // A child maps the same pages, so that each has two mappers. fork copies no page table
+        // entries of a shared mapping: the child must touch every page itself, and says when
+        // it has through a pipe.
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two descriptors into `fds`.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the child only reads memory and makes async-signal-safe calls before _exit.
+        if unsafe { libc::fork() } == 0 {
+            let base = m.as_ptr();
+            // SAFETY: as above; `base` points to `pages` pages mapped in the child too.
+            unsafe {
+                for i in 0..pages {
+                    std::ptr::read_volatile(base.add(i * PAGE));
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::write(fds[1], b"x".as_ptr().cast(), 1);
+                libc::sleep(600);
+                libc::_exit(0);
+            }
+        }
+        let mut byte = [0u8; 1];
+        // SAFETY: reads one byte into `byte`.
+        let got = unsafe { libc::read(fds[0], byte.as_mut_ptr().cast(), 1) };
+        assert_eq!(got, 1);
+    }
+    println!("READY {:#x} {}", m.as_ptr() as usize, m.len());
+    std::io::stdout().flush().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        flag.store(true, Ordering::Relaxed);
+    });
+    let mut total = 0u64;
+    let bytes = m.as_mut_slice();
+    'outer: loop {
+        for i in 0..pages {
+            let c = counter(bytes, i) + 1;
+            bytes[i * PAGE..i * PAGE + 8].copy_from_slice(&c.to_ne_bytes());
+            total += 1;
+            if total.is_multiple_of(1024) && stop.load(Ordering::Relaxed) {
+                break 'outer;
+            }
+        }
+    }
+    let rounds = total / pages as u64;
+    let extra = (total % pages as u64) as usize;
+    let mut ok = true;
+    for i in 0..pages {
+        let want = rounds + u64::from(i < extra);
+        if counter(bytes, i) != want {
+            println!(
+                "VICTIM-BAD page {i}: counter {} but wrote it {want} times",
+                counter(bytes, i)
+            );
+            ok = false;
+            break;
+        }
+        if (8..PAGE).any(|j| bytes[i * PAGE + j] != fill_byte(i, j)) {
+            println!("VICTIM-BAD page {i}: contents changed");
+            ok = false;
+            break;
+        }
+    }
+    println!(
+        "VICTIM-{} total writes {total}",
+        if ok { "OK" } else { "BAD" }
+    );
+    std::process::exit(if ok { 0 } else { 1 })
+}
+
+/// An anonymous shared mapping, so that a forked child maps the same pages.
+fn shared_anonymous(len: usize) -> Mapping {
+    // Mapping has no shared constructor (pagemig never needs one); build it from a private one
+    // replaced in place with MAP_SHARED | MAP_FIXED at the same address.
+    let m = Mapping::anonymous(len).unwrap();
+    // SAFETY: replaces exactly the range that `m` owns; `m` unmaps it on drop as before.
+    let p = unsafe {
+        libc::mmap(
+            m.as_ptr() as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p as usize, m.as_ptr() as usize);
+    m
+}
+
+#[test]
+fn victim_entry() {
+    if let Ok(mode) = std::env::var("PAGEMIG_VICTIM") {
+        run_victim(&mode);
+    }
+}
+
+#[test]
+fn another_process_keeps_every_write_while_it_moves_back_and_forth() {
+    let Some(topo) = multi_node("another_process_keeps_every_write") else {
+        return;
+    };
+    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
+    let victim = Victim::spawn("writer", 4096, nodes[0]);
+    let (start, len) = (victim.start, victim.len);
+    let mut plans = vec![
+        KernelPlan::serial(512),
+        KernelPlan::parallel(all_cpus(), 128),
+    ];
+    let mut stalled = KernelPlan::parallel(all_cpus(), 1024);
+    stalled.max_stall = Some(Duration::from_millis(2));
+    plans.push(stalled);
+    for round in 0..6 {
+        let to = nodes[(round + 1) % nodes.len()];
+        let r = migrate(
+            &range_request(victim.pid(), start, len, to),
+            &plans[round % plans.len()],
+        );
+        assert_eq!(r.pages_not_moved(), 0, "{r:#?}");
+        assert_on(victim.pid(), start, len, to);
+    }
+    assert!(
+        victim.finish(),
+        "the victim lost a write (see its output above)"
+    );
+}
+
+#[test]
+fn shared_pages_need_move_all() {
+    let Some(topo) = multi_node("shared_pages_need_move_all") else {
+        return;
+    };
+    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
+    let victim = Victim::spawn("shared", 64, nodes[0]);
+    let req = range_request(victim.pid(), victim.start, victim.len, nodes[1]);
+    let r = migrate(&req, &KernelPlan::serial(64));
+    assert_eq!(
+        r.pages_failed.get(&FailureCause::Shared),
+        Some(&64),
+        "{r:#?}"
+    );
+    assert_eq!(r.pages_moved, 0);
+    let mut plan = KernelPlan::serial(64);
+    plan.move_all = true;
+    let r = migrate(&req, &plan);
+    assert_eq!(r.pages_moved, 64, "{r:#?}");
+    assert!(victim.finish());
+}
+
+#[test]
+fn a_process_that_exits_mid_migration_is_reported_cleanly() {
+    let Some(topo) = multi_node("a_process_that_exits_mid_migration") else {
+        return;
+    };
+    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
+    let mut victim = Victim::spawn("writer", 8192, nodes[0]);
+    let req = range_request(victim.pid(), victim.start, victim.len, nodes[1]);
+    let pid = victim.child.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let result =
+        kernel::migrate_process(&topo, &req, &KernelPlan::parallel(all_cpus(), 64), &|_| {});
+    killer.join().unwrap();
+    let _ = victim.child.wait();
+    match result {
+        Ok(r) => {
+            assert!(
+                r.pages_moved + r.pages_already_on_target + r.pages_not_moved()
+                    == r.pages_requested,
+                "{r:#?}"
+            );
+            eprintln!(
+                "exit mid-migration: moved {} of {}, process_exited={}",
+                r.pages_moved, r.pages_requested, r.process_exited
+            );
+            if r.pages_moved < r.pages_requested {
+                assert!(r.process_exited, "{r:#?}");
+            }
+        }
+        Err(MigrateError::NoSuchProcess { .. }) => {
+            eprintln!("exit mid-migration: gone before the scan")
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+    // Once it is gone, the error says so.
+    let err = kernel::migrate_process(&topo, &req, &KernelPlan::serial(64), &|_| {}).unwrap_err();
+    assert!(matches!(err, MigrateError::NoSuchProcess { .. }), "{err}");
+}
+
+#[test]
+fn a_full_target_node_leaves_pages_behind_intact() {
+    let Some(topo) = multi_node("a_full_target_node") else {
+        return;
+    };
+    let Some(small) = topo.nodes.iter().find(|n| n.is_memory_only()) else {
+        skip(
+            "a_full_target_node",
+            "needs a memory-only node (the CXL-like guest shape)",
+        );
+        return;
+    };
+    let home = cpu_nodes(&topo)[0];
+    let free = topo.node(small.id).unwrap().mem_free as usize;
+    let pages = (free + (64 << 20)) / PAGE;
+    let m = filled(pages, home, 4);
+    let sum = checksum(m.as_slice());
+    let r = migrate(
+        &range_request(Process::Current, m.as_ptr() as usize, m.len(), small.id),
+        &KernelPlan::parallel(all_cpus(), 4096),
+    );
+    eprintln!(
+        "full target: moved {}, failed {:?}",
+        r.pages_moved, r.pages_failed
+    );
+    assert!(r.pages_moved > 0, "{r:#?}");
+    assert!(
+        r.pages_failed
+            .get(&FailureCause::NoMemory)
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "{r:#?}"
+    );
+    assert_eq!(
+        r.pages_left_by_node.get(&home).copied(),
+        Some(r.pages_not_moved()),
+        "{r:#?}"
+    );
+    assert_eq!(checksum(m.as_slice()), sum, "contents changed");
+}
+
+/// Registers `len` bytes at `ptr` as an io_uring fixed buffer: the kernel pins those pages for
+/// long-term DMA, which is what makes pages unmovable in practice (RDMA and VFIO pin the same
+/// way). Returns the ring, whose closing unpins them; `None` where io_uring is not available.
+fn pin_with_io_uring(ptr: usize, len: usize) -> Option<libc::c_int> {
+    let mut params = [0u8; 120]; // struct io_uring_params
+    // SAFETY: io_uring_setup writes into `params`, 120 bytes as the kernel's struct.
+    let fd =
+        unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) } as libc::c_int;
+    if fd < 0 {
+        return None;
+    }
+    let iov = libc::iovec {
+        iov_base: ptr as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: IORING_REGISTER_BUFFERS (0) reads one iovec; the range lies in a live mapping of
+    // the caller, which stays mapped until the ring is closed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            fd,
+            0,
+            &iov as *const libc::iovec,
+            1,
+        )
+    };
+    (rc == 0).then_some(fd)
+}
+
+#[test]
+fn pinned_pages_are_reported_and_the_rest_moves() {
+    let Some(topo) = multi_node("pinned_pages_are_reported") else {
+        return;
+    };
+    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
+    let m = filled(256, nodes[0], 5);
+    let start = m.as_ptr() as usize;
+    // Pin 8 pages in the middle of the range.
+    let Some(ring) = pin_with_io_uring(start + 100 * PAGE, 8 * PAGE) else {
+        skip("pinned_pages", "io_uring is not available in this kernel");
+        return;
+    };
+    let sum = checksum(m.as_slice());
+    let r = migrate(
+        &range_request(Process::Current, start, m.len(), nodes[1]),
+        &KernelPlan::parallel(all_cpus(), 64),
+    );
+    eprintln!(
+        "pinned: moved {}, failed {:?}",
+        r.pages_moved, r.pages_failed
+    );
+    assert_eq!(r.pages_failed.get(&FailureCause::Busy), Some(&8), "{r:#?}");
+    assert_eq!(r.pages_moved, 248, "{r:#?}");
+    assert_eq!(checksum(m.as_slice()), sum);
+    // SAFETY: closing the ring unpins the pages.
+    unsafe { libc::close(ring) };
+}
+
+// ---- the pagemig command, as a user runs it ----
+
+fn pagemig_bin() -> String {
+    std::env::var("PAGEMIG_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_pagemig").to_owned())
+}
+
+fn pagemig(args: &[&str]) -> Output {
+    Command::new(pagemig_bin()).args(args).output().unwrap()
+}
+
+#[test]
+fn cli_migrate_stat_and_errors() {
+    let Some(topo) = multi_node("cli_migrate_stat_and_errors") else {
+        return;
+    };
+    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
+    let victim = Victim::spawn("writer", 2048, nodes[0]);
+    let pid = victim.child.id().to_string();
+    let range = format!("{:#x}-{:#x}", victim.start, victim.start + victim.len);
+    let to = nodes[1].to_string();
+
+    let o = pagemig(&[
+        "migrate",
+        "--pid",
+        &pid,
+        "--to",
+        &to,
+        "--range",
+        &range,
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json[0]["pages_moved"], 2048, "{json}");
+    assert_on(victim.pid(), victim.start, victim.len, nodes[1]);
+
+    let o = pagemig(&["stat", "--pid", &pid, "--json"]);
+    let areas: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let area = areas
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["area"]["start"].as_u64() == Some(victim.start as u64))
+        .unwrap();
+    assert_eq!(area["bytes_per_node"][&to], (2048 * PAGE) as u64, "{area}");
+    let o = pagemig(&["stat", "--pid", &pid]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("node {to}")));
+
+    // The whole process, with --max-stall, back to the first node: file pages shared with
+    // other processes may stay (exit 1 lists them), the victim's pages all move.
+    let o = pagemig(&[
+        "migrate",
+        "--pid",
+        &pid,
+        "--to",
+        &nodes[0].to_string(),
+        "--max-stall",
+        "5",
+        "--best-effort",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("longest"));
+    assert_on(victim.pid(), victim.start, victim.len, nodes[0]);
+    assert!(victim.finish());
+
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["migrate", "--pid", "999999", "--to", "0"],
+            "process 999999 does not exist",
+        ),
+        (
+            &["migrate", "--pid", "1", "--to", "9"],
+            "node 9 does not exist or is offline",
+        ),
+        (
+            &["migrate", "--pid", "1", "--to", "0", "--mapping", "no-such"],
+            "no mapping of process 1 matches \"no-such\"",
+        ),
+        (
+            &[
+                "migrate",
+                "--pid",
+                "1",
+                "--to",
+                "0",
+                "--range",
+                "0x2000-0x1000",
+            ],
+            "the end is not after the start",
+        ),
+        (
+            &["migrate", "--pid", "1", "--to", "0", "--from", "0-x"],
+            "bad list \"0-x\"",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = pagemig(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn cli_without_permission_explains_why() {
+    let Some(_) = multi_node("cli_without_permission_explains_why") else {
+        return;
+    };
+    use std::os::unix::process::CommandExt;
+    // As nobody, pid 1 (root's init) may not be read or moved.
+    let o = Command::new(pagemig_bin())
+        .args(["migrate", "--pid", "1", "--to", "0"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no permission") && err.contains("CAP_SYS_NICE"),
+        "{err}"
+    );
+}

@@ -1,0 +1,188 @@
+//! Moving pages between nodes.
+//!
+//! [`kernel`] moves pages of any process the caller may ptrace with `move_pages(2)`, in batches
+//! split over pinned threads; [`procfs`] reads which pages a process has and where they are.
+
+pub mod kernel;
+pub mod procfs;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+use crate::copy::PlacementError;
+use crate::sys::SysError;
+use crate::topology::{CpuId, NodeId, NodeSet, Topology};
+
+/// The process whose pages move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Process {
+    /// The calling process.
+    Current,
+    /// Another process (or this one) by pid.
+    Pid(u32),
+}
+
+impl Process {
+    /// The pid argument of `move_pages`: 0 for the calling process.
+    pub fn raw(self) -> i32 {
+        match self {
+            Process::Current => 0,
+            Process::Pid(p) => p as i32,
+        }
+    }
+
+    /// `/proc/self/FILE` or `/proc/PID/FILE`.
+    pub fn proc_path(self, file: &str) -> PathBuf {
+        match self {
+            Process::Current => PathBuf::from(format!("/proc/self/{file}")),
+            Process::Pid(p) => PathBuf::from(format!("/proc/{p}/{file}")),
+        }
+    }
+}
+
+impl fmt::Display for Process {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Process::Current => f.write_str("the calling process"),
+            Process::Pid(p) => write!(f, "process {p}"),
+        }
+    }
+}
+
+impl FromStr for Process {
+    type Err = String;
+    /// `self` or a pid.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "self" => Ok(Process::Current),
+            _ => s
+                .parse::<u32>()
+                .ok()
+                .filter(|&p| p > 0 && p <= i32::MAX as u32)
+                .map(Process::Pid)
+                .ok_or_else(|| format!("bad pid {s:?}: expected a positive number or \"self\"")),
+        }
+    }
+}
+
+impl Serialize for Process {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Process::Current => s.serialize_str("self"),
+            Process::Pid(p) => s.serialize_u32(*p),
+        }
+    }
+}
+
+/// Why pages could not be moved at all. Per-page failures are not errors: they are counted in
+/// the [`crate::account::Report`].
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The process does not exist, or exited before anything was moved.
+    #[error("{process} does not exist (or has exited)")]
+    NoSuchProcess {
+        /// The process.
+        process: Process,
+    },
+    /// The caller may not read or move the process's pages.
+    #[error(
+        "no permission to read or move the pages of {process}: the caller needs ptrace access to it \
+         (the same user, with kernel.yama.ptrace_scope allowing it, or CAP_SYS_PTRACE); moving pages \
+         of another user's process or shared pages also needs CAP_SYS_NICE"
+    )]
+    PermissionDenied {
+        /// The process.
+        process: Process,
+    },
+    /// The node is not online.
+    #[error("node {node} does not exist or is offline (online nodes: {online})")]
+    NoSuchNode {
+        /// The node asked for.
+        node: NodeId,
+        /// The online nodes.
+        online: NodeSet,
+    },
+    /// The node has no memory (a CPU-only node).
+    #[error("node {node} has no memory (nodes with memory: {with_memory})")]
+    NodeWithoutMemory {
+        /// The node asked for.
+        node: NodeId,
+        /// Nodes that have memory.
+        with_memory: NodeSet,
+    },
+    /// An address range that is empty, backwards or not mapped.
+    #[error("bad range {start:#x}-{end:#x}: {reason}")]
+    BadRange {
+        /// First address.
+        start: usize,
+        /// End address.
+        end: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// No mapping matches a `--mapping` pattern.
+    #[error(
+        "no mapping of {process} matches {pattern:?} (see /proc/PID/maps; \"anonymous\" selects memory without a file)"
+    )]
+    NoMatchingMapping {
+        /// The process.
+        process: Process,
+        /// The pattern.
+        pattern: String,
+    },
+    /// A /proc file could not be read.
+    #[error("cannot read {path}")]
+    Proc {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A system call failed for a reason not listed above.
+    #[error("{process}: {source}")]
+    Sys {
+        /// The process.
+        process: Process,
+        /// The call and errno.
+        #[source]
+        source: SysError,
+    },
+    /// A worker thread could not be pinned to its CPU.
+    #[error("cannot pin a migration thread to cpu {cpu}")]
+    Pin {
+        /// The CPU.
+        cpu: CpuId,
+        /// The kernel's answer.
+        #[source]
+        source: SysError,
+    },
+    /// The OS refused to start a migration thread.
+    #[error("cannot start a migration thread")]
+    Spawn {
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No CPUs could be chosen for the threads.
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+}
+
+/// Refuses a target node that is offline, unknown or has no memory, before anything moves.
+pub fn check_target(topology: &Topology, node: NodeId) -> Result<(), MigrateError> {
+    match topology.node(node) {
+        None => Err(MigrateError::NoSuchNode {
+            node,
+            online: topology.nodes.iter().map(|n| n.id).collect(),
+        }),
+        Some(n) if !n.has_memory => Err(MigrateError::NodeWithoutMemory {
+            node,
+            with_memory: topology.memory_nodes(),
+        }),
+        Some(_) => Ok(()),
+    }
+}

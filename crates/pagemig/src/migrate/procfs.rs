@@ -1,0 +1,266 @@
+//! What `/proc/PID` says about a process's memory: mappings, present pages, pages per node.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, ErrorKind};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+
+use serde::Serialize;
+
+use super::{MigrateError, Process};
+use crate::sys;
+use crate::topology::NodeId;
+
+/// Whether the process has exited: gone from /proc, or a zombie whose memory is already freed
+/// (the kernel then answers `move_pages` with `EINVAL`, not `ESRCH`).
+pub fn has_exited(process: Process) -> bool {
+    match std::fs::read_to_string(process.proc_path("stat")) {
+        // The state follows the command name, which is in parentheses and may contain spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| matches!(state, "Z" | "X" | "x")),
+        Err(_) => true,
+    }
+}
+
+/// One mapping of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmArea {
+    /// First address.
+    pub start: usize,
+    /// One past the last address.
+    pub end: usize,
+    /// Permissions as the kernel writes them (`rw-p`).
+    pub perms: String,
+    /// File path, `[heap]`, `[stack]`, ...; empty for anonymous memory.
+    pub path: String,
+}
+
+impl VmArea {
+    /// The path, or `anonymous`.
+    pub fn name(&self) -> &str {
+        if self.path.is_empty() {
+            "anonymous"
+        } else {
+            &self.path
+        }
+    }
+
+    /// Whether the pattern of `--mapping` selects this area: `anonymous` (no path), or the
+    /// path itself or any part of it (`[heap]`, `libc.so`, `/data/file`).
+    pub fn matches(&self, pattern: &str) -> bool {
+        if pattern == "anonymous" {
+            self.path.is_empty()
+        } else {
+            !self.path.is_empty() && self.path.contains(pattern)
+        }
+    }
+
+    /// Kernel-provided areas whose pages cannot migrate (`[vdso]`, `[vvar]`, `[vsyscall]`).
+    pub fn is_special(&self) -> bool {
+        matches!(
+            self.path.as_str(),
+            "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]" | "[uprobes]"
+        )
+    }
+
+    /// Whether the area is shared (`s` in the permissions) rather than private.
+    pub fn is_shared(&self) -> bool {
+        self.perms.ends_with('s')
+    }
+}
+
+fn io_error(process: Process, file: &str, e: io::Error) -> MigrateError {
+    match (e.kind(), e.raw_os_error()) {
+        (ErrorKind::NotFound, _) | (_, Some(libc::ESRCH)) => {
+            MigrateError::NoSuchProcess { process }
+        }
+        (ErrorKind::PermissionDenied, _) => MigrateError::PermissionDenied { process },
+        _ => MigrateError::Proc {
+            path: process.proc_path(file),
+            source: e,
+        },
+    }
+}
+
+fn read_text(process: Process, file: &str) -> Result<String, MigrateError> {
+    std::fs::read_to_string(process.proc_path(file)).map_err(|e| io_error(process, file, e))
+}
+
+fn parse_hex_range(text: &str) -> Option<(usize, usize)> {
+    let (a, b) = text.split_once('-')?;
+    Some((
+        usize::from_str_radix(a, 16).ok()?,
+        usize::from_str_radix(b, 16).ok()?,
+    ))
+}
+
+/// The mappings of a process, in address order.
+pub fn read_maps(process: Process) -> Result<Vec<VmArea>, MigrateError> {
+    let text = read_text(process, "maps")?;
+    text.lines()
+        .map(|line| {
+            let mut f = line.splitn(6, ' ');
+            let range = f.next().unwrap_or_default();
+            let perms = f.next().unwrap_or_default();
+            let path = f.nth(3).unwrap_or_default().trim_start();
+            let (start, end) = parse_hex_range(range).ok_or_else(|| MigrateError::Proc {
+                path: process.proc_path("maps"),
+                source: io::Error::new(ErrorKind::InvalidData, format!("bad line {line:?}")),
+            })?;
+            Ok(VmArea {
+                start,
+                end,
+                perms: perms.to_owned(),
+                path: path.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Appends to `out` the addresses of the pages of `range` that are present in memory (not
+/// swapped out, never touched or freed), from `/proc/PID/pagemap`.
+pub fn present_pages(
+    process: Process,
+    range: Range<usize>,
+    out: &mut Vec<usize>,
+) -> Result<(), MigrateError> {
+    const PRESENT: u64 = 1 << 63;
+    const CHUNK: usize = 1 << 16;
+    let page = sys::base_page_size();
+    let file =
+        File::open(process.proc_path("pagemap")).map_err(|e| io_error(process, "pagemap", e))?;
+    let mut buf = vec![0u8; CHUNK * 8];
+    let mut addr = range.start / page * page;
+    while addr < range.end {
+        let n = ((range.end - addr).div_ceil(page)).min(CHUNK);
+        let bytes = &mut buf[..n * 8];
+        file.read_exact_at(bytes, (addr / page * 8) as u64)
+            .map_err(|e| io_error(process, "pagemap", e))?;
+        for (i, entry) in bytes.chunks_exact(8).enumerate() {
+            let entry = u64::from_ne_bytes(entry.try_into().expect("8-byte chunk"));
+            if entry & PRESENT != 0 {
+                out.push(addr + i * page);
+            }
+        }
+        addr += n * page;
+    }
+    Ok(())
+}
+
+/// Memory of one mapping per node, from `/proc/PID/numa_maps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AreaPlacement {
+    /// The mapping.
+    pub area: VmArea,
+    /// Bytes present on each node.
+    pub bytes_per_node: BTreeMap<NodeId, u64>,
+    /// Size of the pages the kernel counts in (4 KiB, or the hugetlb page size).
+    pub kernel_page_size: u64,
+}
+
+/// Where the memory of each mapping of a process is: what `numastat -p` shows.
+pub fn placement(process: Process) -> Result<Vec<AreaPlacement>, MigrateError> {
+    let maps = read_maps(process)?;
+    let text = read_text(process, "numa_maps")?;
+    let mut by_start: BTreeMap<usize, (BTreeMap<NodeId, u64>, u64)> = BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some(start) = words.next().and_then(|w| usize::from_str_radix(w, 16).ok()) else {
+            continue;
+        };
+        let mut counts = BTreeMap::new();
+        let mut page_kb = 4;
+        for w in words {
+            if let Some((key, value)) = w.split_once('=') {
+                if let (Some(node), Ok(n)) = (key.strip_prefix('N'), value.parse::<u64>()) {
+                    if let Ok(node) = node.parse::<NodeId>() {
+                        counts.insert(node, n);
+                    }
+                } else if key == "kernelpagesize_kB" {
+                    page_kb = value.parse().unwrap_or(4);
+                }
+            }
+        }
+        let size = page_kb * 1024;
+        by_start.insert(
+            start,
+            (
+                counts.into_iter().map(|(n, c)| (n, c * size)).collect(),
+                size,
+            ),
+        );
+    }
+    Ok(maps
+        .into_iter()
+        .map(|area| {
+            let (bytes_per_node, kernel_page_size) = by_start
+                .remove(&area.start)
+                .unwrap_or((BTreeMap::new(), 4096));
+            AreaPlacement {
+                area,
+                bytes_per_node,
+                kernel_page_size,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_maps_and_present_pages() {
+        let maps = read_maps(Process::Current).unwrap();
+        assert!(maps.iter().any(|a| a.path == "[stack]"));
+        assert!(maps.windows(2).all(|w| w[0].end <= w[1].start));
+        let mut m = sys::Mapping::anonymous(8 * 4096).unwrap();
+        m.as_mut_slice()[3 * 4096] = 1;
+        m.as_mut_slice()[5 * 4096 + 17] = 1;
+        let start = m.as_ptr() as usize;
+        let mut pages = Vec::new();
+        present_pages(Process::Current, start..start + 8 * 4096, &mut pages).unwrap();
+        assert_eq!(pages, [start + 3 * 4096, start + 5 * 4096]);
+        let area = maps.iter().find(|a| a.path == "[stack]").unwrap();
+        assert!(area.matches("[stack]") && area.matches("stack") && !area.matches("anonymous"));
+    }
+
+    #[test]
+    fn numa_maps_counts_touched_pages() {
+        let mut m = sys::Mapping::anonymous(64 * 4096).unwrap();
+        m.as_mut_slice()[..10 * 4096].fill(3);
+        let start = m.as_ptr() as usize;
+        let areas = placement(Process::Current).unwrap();
+        let area = areas
+            .iter()
+            .find(|a| a.area.start <= start && start < a.area.end)
+            .unwrap();
+        let total: u64 = area.bytes_per_node.values().sum();
+        assert!(total >= 10 * 4096, "{area:?}");
+    }
+
+    #[test]
+    fn exited_processes_are_recognised() {
+        assert!(!has_exited(Process::Current));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = Process::Pid(child.id());
+        // Until it is reaped, the child is a zombie.
+        while !has_exited(pid) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        child.wait().unwrap();
+        assert!(has_exited(pid));
+    }
+
+    #[test]
+    fn missing_process_is_reported() {
+        let gone = Process::Pid(u32::MAX / 2);
+        assert!(matches!(
+            read_maps(gone),
+            Err(MigrateError::NoSuchProcess { .. })
+        ));
+    }
+}

@@ -1,0 +1,430 @@
+//! `cargo xtask guest-test`: the guest test binary inside QEMU guests with several NUMA shapes.
+//!
+//! The development and CI machines have one NUMA node; a TCG-emulated guest with 2-4 nodes can
+//! really move pages between nodes. Downloads (the guest kernel) are cached in `target/guest`.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A guest machine layout.
+struct Shape {
+    name: &'static str,
+    /// Nodes with CPUs and memory.
+    cpu_nodes: u32,
+    /// Memory per CPU node, MiB.
+    node_mb: u32,
+    /// Memory-only (CXL-like) nodes after the CPU nodes, and their memory.
+    memory_only: u32,
+    memory_only_mb: u32,
+    /// vCPUs, split evenly over the CPU nodes.
+    smp: u32,
+    /// Automatic NUMA balancing on (it is on in production).
+    balancing: bool,
+    /// Only tests whose name contains this.
+    filter: Option<&'static str>,
+}
+
+const SHAPES: &[Shape] = &[
+    Shape {
+        name: "2-nodes",
+        cpu_nodes: 2,
+        node_mb: 1024,
+        memory_only: 0,
+        memory_only_mb: 0,
+        smp: 4,
+        balancing: false,
+        filter: None,
+    },
+    Shape {
+        name: "4-nodes",
+        cpu_nodes: 4,
+        node_mb: 512,
+        memory_only: 0,
+        memory_only_mb: 0,
+        smp: 4,
+        balancing: false,
+        filter: None,
+    },
+    Shape {
+        name: "2-nodes-plus-memory-only",
+        cpu_nodes: 2,
+        node_mb: 768,
+        memory_only: 1,
+        memory_only_mb: 384,
+        smp: 4,
+        balancing: false,
+        filter: None,
+    },
+    Shape {
+        name: "2-nodes-numa-balancing",
+        cpu_nodes: 2,
+        node_mb: 1024,
+        memory_only: 0,
+        memory_only_mb: 0,
+        smp: 4,
+        balancing: true,
+        filter: Some("another_process"),
+    },
+];
+
+/// The guest's init: mounts, describes the NUMA layout, runs the tests, reports their status.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+N=/sys/devices/system/node
+echo "GUEST-UP kernel=$(uname -r) cpus=$(nproc) nodes=$(cat $N/online) has_memory=$(cat $N/has_memory) has_cpu=$(cat $N/has_cpu) numa_balancing=$(cat /proc/sys/kernel/numa_balancing)"
+export PAGEMIG_BIN=/bin/pagemig RUST_BACKTRACE=1
+set --
+[ -f /test.args ] && while IFS= read -r a; do set -- "$@" "$a"; done < /test.args
+cd /tmp
+/tests/guest --test-threads=1 "$@"
+rc=$?
+echo "GUEST-EXIT=$rc"
+poweroff -f
+"#;
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
+}
+
+/// QEMU, busybox, cpio and the Debian tools that fetch the kernel, installed with apt if missing.
+fn ensure_tools() -> anyhow::Result<()> {
+    let needed = ["qemu-system-x86_64", "cpio", "file"];
+    let busybox = Path::new("/bin/busybox").exists();
+    if needed.iter().all(|p| have(p)) && busybox {
+        return Ok(());
+    }
+    if !have("apt-get") || !is_root() {
+        bail!(
+            "guest tests need qemu-system-x86, busybox-static, cpio and file: run as root on Debian, or install them"
+        );
+    }
+    eprintln!("xtask: installing qemu-system-x86 busybox-static cpio file");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "qemu-system-x86",
+            "busybox-static",
+            "cpio",
+            "file",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The guest kernel: Debian's 6.12 image (userfaultfd write-protect, UFFDIO_MOVE), resolved
+/// through its meta package because the ABI name rotates, cached in `dir`.
+fn ensure_kernel(dir: &Path) -> anyhow::Result<PathBuf> {
+    let kernel = dir.join("vmlinuz");
+    if kernel.exists() {
+        return Ok(kernel);
+    }
+    fs::create_dir_all(dir)?;
+    let meta = std::env::var("PAGEMIG_GUEST_KERNEL_META")
+        .unwrap_or_else(|_| "linux-image-6.12-amd64".into());
+    let mut deps = output(Command::new("apt-cache").args(["depends", &meta]))?;
+    if !deps.contains("Depends: linux-image-") {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        deps = output(Command::new("apt-cache").args(["depends", &meta]))?;
+    }
+    let package = deps
+        .lines()
+        .find_map(|l| {
+            l.trim().strip_prefix("Depends: ").filter(|p| {
+                p.starts_with("linux-image-")
+                    && p.as_bytes().get(12).is_some_and(u8::is_ascii_digit)
+            })
+        })
+        .with_context(|| format!("apt-cache depends {meta} names no kernel package"))?
+        .to_owned();
+    eprintln!("xtask: downloading {package} for the guest kernel");
+    run(Command::new("apt-get")
+        .args(["download", &package])
+        .current_dir(dir))?;
+    let deb = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    let script = format!(
+        "dpkg-deb --fsys-tarfile '{}' | tar -xOf - --wildcards './boot/vmlinuz-*' > '{}.part'",
+        deb.display(),
+        kernel.display()
+    );
+    run(Command::new("sh").args(["-c", &script]))?;
+    fs::remove_file(&deb)?;
+    fs::rename(kernel.with_extension("part"), &kernel)?;
+    Ok(kernel)
+}
+
+/// Builds the guest test binary and `pagemig`, statically linked and optimised (emulation is
+/// slow enough); returns their paths.
+fn build_static() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "pagemig-cli",
+            "--test",
+            "guest",
+            "--no-run",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--message-format=json-render-diagnostics",
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the guest tests")?;
+    if !out.status.success() {
+        bail!("building the guest tests failed");
+    }
+    let mut test = None;
+    let mut bin = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(exe) = msg["executable"].as_str() else {
+            continue;
+        };
+        match msg["target"]["name"].as_str() {
+            Some("guest") => test = Some(PathBuf::from(exe)),
+            Some("pagemig") => bin = Some(PathBuf::from(exe)),
+            _ => {}
+        }
+    }
+    let test = test.context("cargo did not report the guest test binary")?;
+    let bin = bin.unwrap_or_else(|| test.parent().unwrap().parent().unwrap().join("pagemig"));
+    for b in [&test, &bin] {
+        let kind = output(Command::new("file").arg("-L").arg(b))?;
+        if !kind.contains("statically linked") && !kind.contains("static-pie") {
+            bail!("{} is not statically linked: {kind}", b.display());
+        }
+    }
+    Ok((test, bin))
+}
+
+/// An uncompressed newc initramfs (gunzip is slow under emulation) with busybox, the init,
+/// the tests and pagemig.
+fn initramfs(work: &Path, test: &Path, bin: &Path, args: &[String]) -> anyhow::Result<PathBuf> {
+    let root = work.join("root");
+    let _ = fs::remove_dir_all(&root);
+    for d in ["bin", "tests", "proc", "sys", "dev", "tmp"] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox"))?;
+    fs::copy(test, root.join("tests/guest"))?;
+    fs::copy(bin, root.join("bin/pagemig"))?;
+    fs::write(root.join("init"), INIT)?;
+    fs::write(
+        root.join("test.args"),
+        args.iter().map(|a| format!("{a}\n")).collect::<String>(),
+    )?;
+    run(Command::new("chmod").args(["755"]).arg(root.join("init")))?;
+    let image = work.join("initrd.cpio");
+    let script = format!(
+        "cd '{}' && find . -print0 | cpio --null -o -H newc --quiet > '{}'",
+        root.display(),
+        image.display()
+    );
+    run(Command::new("sh").args(["-c", &script]))?;
+    Ok(image)
+}
+
+/// Boots one guest, streams its console, returns the tests' exit status.
+fn boot(
+    shape: &Shape,
+    kernel: &Path,
+    initrd: &Path,
+    log: &Path,
+    timeout: Duration,
+) -> anyhow::Result<i32> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    let total = shape.cpu_nodes * shape.node_mb + shape.memory_only * shape.memory_only_mb;
+    cmd.args([
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-smp",
+        &shape.smp.to_string(),
+        "-m",
+        &format!("{total}M"),
+    ]);
+    let per = shape.smp / shape.cpu_nodes;
+    for i in 0..shape.cpu_nodes + shape.memory_only {
+        let mb = if i < shape.cpu_nodes {
+            shape.node_mb
+        } else {
+            shape.memory_only_mb
+        };
+        cmd.args(["-object", &format!("memory-backend-ram,id=m{i},size={mb}M")]);
+        if i < shape.cpu_nodes {
+            let lo = i * per;
+            let hi = if i == shape.cpu_nodes - 1 {
+                shape.smp - 1
+            } else {
+                lo + per - 1
+            };
+            cmd.args([
+                "-numa",
+                &format!("node,nodeid={i},cpus={lo}-{hi},memdev=m{i}"),
+            ]);
+        } else {
+            cmd.args(["-numa", &format!("node,nodeid={i},memdev=m{i}")]);
+        }
+    }
+    let balancing = if shape.balancing {
+        "numa_balancing=enable"
+    } else {
+        "numa_balancing=disable"
+    };
+    cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
+    cmd.args([
+        "-append",
+        &format!("console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off {balancing}"),
+    ]);
+    cmd.args([
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-nodefaults",
+    ]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut log_file = fs::File::create(log)?;
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut exit = None;
+    loop {
+        let left = timeout.checked_sub(started.elapsed()).unwrap_or_default();
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r').to_owned();
+                println!("{line}");
+                writeln!(log_file, "{line}")?;
+                if let Some(code) = line.strip_prefix("GUEST-EXIT=") {
+                    exit = code.trim().parse().ok();
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                bail!("guest {} timed out after {timeout:?}", shape.name);
+            }
+        }
+    }
+    let _ = child.wait();
+    exit.with_context(|| {
+        format!(
+            "guest {} ended without a GUEST-EXIT line (see {})",
+            shape.name,
+            log.display()
+        )
+    })
+}
+
+/// Builds, boots every shape (or those whose name contains `only`), fails if any test failed.
+pub fn test(only: Option<&str>, extra_args: &[String]) -> anyhow::Result<()> {
+    ensure_tools()?;
+    let target = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("target");
+    let dir = target.join("guest");
+    let kernel = ensure_kernel(&dir)?;
+    let (test, bin) = build_static()?;
+    let mut failed = Vec::new();
+    for shape in SHAPES
+        .iter()
+        .filter(|s| only.is_none_or(|o| s.name.contains(o)))
+    {
+        let work = dir.join(shape.name);
+        fs::create_dir_all(&work)?;
+        let mut args: Vec<String> = shape.filter.map(str::to_owned).into_iter().collect();
+        args.extend(extra_args.iter().cloned());
+        let initrd = initramfs(&work, &test, &bin, &args)?;
+        println!(
+            "==== guest {} ({} CPU nodes x {} MiB, {} memory-only x {} MiB, {} vCPUs, NUMA balancing {})",
+            shape.name,
+            shape.cpu_nodes,
+            shape.node_mb,
+            shape.memory_only,
+            shape.memory_only_mb,
+            shape.smp,
+            if shape.balancing { "on" } else { "off" }
+        );
+        let started = Instant::now();
+        let code = boot(
+            shape,
+            &kernel,
+            &initrd,
+            &work.join("console.log"),
+            Duration::from_secs(900),
+        )?;
+        println!(
+            "==== guest {}: exit {code} in {:.0?}",
+            shape.name,
+            started.elapsed()
+        );
+        if code != 0 {
+            failed.push(shape.name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("guest tests failed in: {}", failed.join(", "));
+    }
+    Ok(())
+}
