@@ -221,23 +221,6 @@ fn max_stall_shrinks_batches() {
     assert!(r.calls.calls > 2048 / 16, "{r:#?}");
 }
 
-/// AnonHugePages of the mapping containing `addr`, from /proc/self/smaps, in kB.
-fn anon_huge_kb(addr: usize) -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let mut inside = false;
-    for line in smaps.lines() {
-        if let Some((range, _)) = line.split_once(' ')
-            && let Some((a, b)) = range.split_once('-')
-            && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-        {
-            inside = a <= addr && addr < b;
-        } else if inside && let Some(v) = line.strip_prefix("AnonHugePages:") {
-            return v.trim().trim_end_matches("kB").trim().parse().unwrap();
-        }
-    }
-    0
-}
-
 #[test]
 fn transparent_huge_pages_move_and_report_whether_they_stay_huge() {
     let Some(topo) = multi_node("transparent_huge_pages_move") else {
@@ -254,7 +237,7 @@ fn transparent_huge_pages_move_and_report_whether_they_stay_huge() {
         .for_each(|(i, b)| *b = (i % 251) as u8);
     let sum = checksum(m.as_slice());
     let start = m.as_ptr() as usize;
-    let huge_before = anon_huge_kb(start);
+    let huge_before = procfs::anon_huge_bytes(Process::Current, start).unwrap() >> 10;
     for (round, &to) in [nodes[1], nodes[0]].iter().enumerate() {
         let plan = if round == 0 {
             KernelPlan::serial(4096)
@@ -267,7 +250,7 @@ fn transparent_huge_pages_move_and_report_whether_they_stay_huge() {
         assert_eq!(checksum(m.as_slice()), sum);
         eprintln!(
             "THP: AnonHugePages {huge_before} kB before, {} kB after moving to node {to}",
-            anon_huge_kb(start)
+            procfs::anon_huge_bytes(Process::Current, start).unwrap() >> 10
         );
     }
 }
@@ -788,5 +771,49 @@ fn cli_without_permission_explains_why() {
     assert!(
         err.contains("no permission") && err.contains("CAP_SYS_NICE"),
         "{err}"
+    );
+}
+
+#[test]
+fn cli_bench_migrate_kernel_table() {
+    let Some(_) = multi_node("cli_bench_migrate_kernel_table") else {
+        return;
+    };
+    let o = pagemig(&[
+        "bench",
+        "migrate",
+        "--path",
+        "kernel",
+        "--quick",
+        "--page-size",
+        "4k,2m",
+        "--pages",
+        "1,8",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tables = json["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 2, "{json}");
+    for t in tables {
+        assert_eq!(t["columns"][0], "vanilla");
+        assert_eq!(t["columns"][1], "mt_1");
+        for row in t["rows"].as_array().unwrap() {
+            for cell in row["cells"].as_array().unwrap() {
+                assert!(cell["median"].as_f64().unwrap() > 0.0, "{row}");
+            }
+        }
+    }
+    assert!(
+        !json["notes"].to_string().contains("did not reach"),
+        "{}",
+        json["notes"]
     );
 }

@@ -14,7 +14,9 @@ use crate::topology::NodeId;
 /// Why a page did not move, from the kernel's per-page status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FailureCause {
-    /// Pinned (DMA, io_uring buffers, RDMA) or busy (locked, under writeback): `EBUSY`, `EAGAIN`.
+    /// Pinned (DMA, io_uring buffers, RDMA) or busy (locked, under writeback): `EBUSY`,
+    /// `EAGAIN`, or left behind by the kernel for a transient reason without a per-page status
+    /// (which also happens when the target node runs short of memory).
     Busy,
     /// Not present: never touched, swapped out or freed meanwhile (`ENOENT`).
     NotPresent,
@@ -68,7 +70,9 @@ impl FailureCause {
 impl fmt::Display for FailureCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FailureCause::Busy => f.write_str("pinned or busy (EBUSY)"),
+            FailureCause::Busy => f.write_str(
+                "pinned or busy (EBUSY, or left behind by the kernel for a transient reason)",
+            ),
             FailureCause::NotPresent => f.write_str("not present (ENOENT)"),
             FailureCause::NotMapped => f.write_str("not mapped (EFAULT)"),
             FailureCause::NoMemory => f.write_str("no memory on the target node (ENOMEM)"),

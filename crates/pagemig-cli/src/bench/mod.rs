@@ -2,6 +2,7 @@
 //! engines, mt_1 … mt_N), measured on this machine.
 
 mod copy;
+mod migrate;
 mod plot;
 
 use std::io::Write;
@@ -24,11 +25,14 @@ use crate::machine::Machine;
 pub enum BenchCommand {
     /// Copy engines alone: vanilla page-by-page copy against batched engines and worker pools.
     Copy(copy::CopyArgs),
+    /// Real migrations between two nodes: vanilla move_pages against mt_N threads.
+    Migrate(migrate::MigrateBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Copy(args) => copy::run(&args, out),
+        BenchCommand::Migrate(args) => migrate::run(&args, out),
     }
 }
 

@@ -150,6 +150,28 @@ pub fn present_pages(
     Ok(())
 }
 
+/// Bytes of transparent huge pages (`AnonHugePages` in `/proc/PID/smaps`) in the mapping that
+/// contains `addr`; 0 when no mapping does.
+pub fn anon_huge_bytes(process: Process, addr: usize) -> Result<u64, MigrateError> {
+    let smaps = read_text(process, "smaps")?;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if let Some((start, end)) = parse_hex_range(first) {
+            inside = start <= addr && addr < end;
+        } else if inside && let Some(kb) = line.strip_prefix("AnonHugePages:") {
+            return Ok(kb
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+                * 1024);
+        }
+    }
+    Ok(0)
+}
+
 /// Memory of one mapping per node, from `/proc/PID/numa_maps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AreaPlacement {
@@ -226,6 +248,19 @@ mod tests {
         assert_eq!(pages, [start + 3 * 4096, start + 5 * 4096]);
         let area = maps.iter().find(|a| a.path == "[stack]").unwrap();
         assert!(area.matches("[stack]") && area.matches("stack") && !area.matches("anonymous"));
+    }
+
+    #[test]
+    fn huge_page_bytes_follow_madvise() {
+        let mut m =
+            sys::Mapping::anonymous_aligned(4 * sys::HUGE_PAGE_SIZE, sys::HUGE_PAGE_SIZE).unwrap();
+        m.advise_no_huge_pages().unwrap();
+        m.as_mut_slice().fill(1);
+        assert_eq!(
+            anon_huge_bytes(Process::Current, m.as_ptr() as usize).unwrap(),
+            0
+        );
+        assert_eq!(anon_huge_bytes(Process::Current, 4096).unwrap(), 0);
     }
 
     #[test]

@@ -113,6 +113,13 @@ impl Mapping {
             .map_err(|e| SysError::new("madvise(MADV_HUGEPAGE)", e))
     }
 
+    /// Asks for base pages only (`MADV_NOHUGEPAGE`), so that every page is a 4 KiB page.
+    pub fn advise_no_huge_pages(&self) -> Result<(), SysError> {
+        // SAFETY: the range is this mapping; MADV_NOHUGEPAGE changes no contents.
+        unsafe { rustix::mm::madvise(self.ptr.as_ptr().cast(), self.len, Advice::LinuxNoHugepage) }
+            .map_err(|e| SysError::new("madvise(MADV_NOHUGEPAGE)", e))
+    }
+
     /// Binds the mapping's memory to `nodes` (`mbind(MPOL_BIND)`), moving pages that are already
     /// present (`MPOL_MF_MOVE | MPOL_MF_STRICT`).
     pub fn bind(&self, nodes: &NodeSet) -> Result<(), SysError> {
@@ -151,6 +158,7 @@ mod tests {
         m.populate();
         assert!(m.as_slice().iter().all(|&b| b == 7));
         m.advise_huge_pages().unwrap();
+        m.advise_no_huge_pages().unwrap();
     }
 
     #[test]
