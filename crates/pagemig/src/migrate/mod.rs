@@ -186,3 +186,64 @@ pub fn check_target(topology: &Topology, node: NodeId) -> Result<(), MigrateErro
         Some(_) => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::topology::Node;
+
+    fn node(id: NodeId, cpus: &str, has_memory: bool) -> Node {
+        Node {
+            id,
+            cpus: cpus.parse().unwrap(),
+            mem_total: if has_memory { 1 << 30 } else { 0 },
+            mem_free: 0,
+            has_memory,
+            distances: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn targets_are_checked_before_anything_moves() {
+        let topo = Topology {
+            nodes: vec![
+                node(0, "0-3", true),
+                node(1, "4-7", false),
+                node(3, "", true),
+            ],
+            online_cpus: "0-7".parse().unwrap(),
+            l3_domains: Vec::new(),
+            tiers: Vec::new(),
+        };
+        assert!(check_target(&topo, 0).is_ok());
+        assert!(
+            check_target(&topo, 3).is_ok(),
+            "a memory-only node is a fine target"
+        );
+        let e = check_target(&topo, 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "node 1 has no memory (nodes with memory: 0,3)"
+        );
+        let e = check_target(&topo, 2).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "node 2 does not exist or is offline (online nodes: 0-1,3)"
+        );
+    }
+
+    #[test]
+    fn pids_parse() {
+        assert_eq!("self".parse(), Ok(Process::Current));
+        assert_eq!("42".parse(), Ok(Process::Pid(42)));
+        assert!("0".parse::<Process>().unwrap_err().contains("bad pid"));
+        assert!("-3".parse::<Process>().is_err());
+        assert_eq!(
+            Process::Pid(7).proc_path("maps"),
+            PathBuf::from("/proc/7/maps")
+        );
+        assert_eq!(Process::Current.raw(), 0);
+    }
+}
