@@ -237,7 +237,7 @@ fn transparent_huge_pages_move_and_report_whether_they_stay_huge() {
         .for_each(|(i, b)| *b = (i % 251) as u8);
     let sum = checksum(m.as_slice());
     let start = m.as_ptr() as usize;
-    let huge_before = procfs::anon_huge_bytes(Process::Current, start).unwrap() >> 10;
+    let huge_before = procfs::anon_huge_bytes(Process::Current, start..start + len).unwrap() >> 10;
     for (round, &to) in [nodes[1], nodes[0]].iter().enumerate() {
         let plan = if round == 0 {
             KernelPlan::serial(4096)
@@ -250,7 +250,7 @@ fn transparent_huge_pages_move_and_report_whether_they_stay_huge() {
         assert_eq!(checksum(m.as_slice()), sum);
         eprintln!(
             "THP: AnonHugePages {huge_before} kB before, {} kB after moving to node {to}",
-            procfs::anon_huge_bytes(Process::Current, start).unwrap() >> 10
+            procfs::anon_huge_bytes(Process::Current, start..start + len).unwrap() >> 10
         );
     }
 }

@@ -190,7 +190,8 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             .with_context(|| format!("binding {} MiB to node {from}", largest >> 20))?;
         buf.as_mut_slice().fill(0x5A);
         if page_size >= HUGE_PAGE_SIZE {
-            let huge = procfs::anon_huge_bytes(Process::Current, buf.as_ptr() as usize)?;
+            let start = buf.as_ptr() as usize;
+            let huge = procfs::anon_huge_bytes(Process::Current, start..start + largest)?;
             notes.push(format!(
                 "{} pages: {} of {} MiB are transparent huge pages",
                 page_size_label(page_size),

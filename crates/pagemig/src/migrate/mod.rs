@@ -1,10 +1,12 @@
 //! Moving pages between nodes.
 //!
 //! [`kernel`] moves pages of any process the caller may ptrace with `move_pages(2)`, in batches
-//! split over pinned threads; [`procfs`] reads which pages a process has and where they are.
+//! split over pinned threads; [`remap`] moves the calling process's own memory with a copy
+//! engine and `mremap`; [`procfs`] reads which pages a process has and where they are.
 
 pub mod kernel;
 pub mod procfs;
+pub mod remap;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -150,26 +150,27 @@ pub fn present_pages(
     Ok(())
 }
 
-/// Bytes of transparent huge pages (`AnonHugePages` in `/proc/PID/smaps`) in the mapping that
-/// contains `addr`; 0 when no mapping does.
-pub fn anon_huge_bytes(process: Process, addr: usize) -> Result<u64, MigrateError> {
+/// Bytes of transparent huge pages (`AnonHugePages` in `/proc/PID/smaps`) in the mappings that
+/// overlap `range` (whole mappings: smaps counts no finer).
+pub fn anon_huge_bytes(process: Process, range: Range<usize>) -> Result<u64, MigrateError> {
     let smaps = read_text(process, "smaps")?;
     let mut inside = false;
+    let mut total = 0;
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or_default();
         if let Some((start, end)) = parse_hex_range(first) {
-            inside = start <= addr && addr < end;
+            inside = start < range.end && range.start < end;
         } else if inside && let Some(kb) = line.strip_prefix("AnonHugePages:") {
-            return Ok(kb
+            total += kb
                 .trim()
                 .trim_end_matches("kB")
                 .trim()
                 .parse::<u64>()
                 .unwrap_or(0)
-                * 1024);
+                * 1024;
         }
     }
-    Ok(0)
+    Ok(total)
 }
 
 /// Memory of one mapping per node, from `/proc/PID/numa_maps`.
@@ -256,11 +257,12 @@ mod tests {
             sys::Mapping::anonymous_aligned(4 * sys::HUGE_PAGE_SIZE, sys::HUGE_PAGE_SIZE).unwrap();
         m.advise_no_huge_pages().unwrap();
         m.as_mut_slice().fill(1);
+        let start = m.as_ptr() as usize;
         assert_eq!(
-            anon_huge_bytes(Process::Current, m.as_ptr() as usize).unwrap(),
+            anon_huge_bytes(Process::Current, start..start + m.len()).unwrap(),
             0
         );
-        assert_eq!(anon_huge_bytes(Process::Current, 4096).unwrap(), 0);
+        assert_eq!(anon_huge_bytes(Process::Current, 4096..8192).unwrap(), 0);
     }
 
     #[test]

@@ -136,6 +136,50 @@ impl Mapping {
             bytes[i] = black_box(bytes[i]);
         }
     }
+
+    /// Allocates the pages of `range` (byte offsets) now, under the mapping's memory policy
+    /// (`MADV_POPULATE_WRITE`, which fails with `ENOMEM` where touching would fault).
+    pub fn populate_range(&self, range: std::ops::Range<usize>) -> Result<(), SysError> {
+        if range.start >= range.end || range.end > self.len {
+            return Err(SysError::new("madvise(MADV_POPULATE_WRITE)", Errno::INVAL));
+        }
+        // SAFETY: the range lies inside this mapping; populating changes no byte.
+        unsafe {
+            rustix::mm::madvise(
+                self.ptr.as_ptr().add(range.start).cast(),
+                range.end - range.start,
+                Advice::LinuxPopulateWrite,
+            )
+        }
+        .map_err(|e| SysError::new("madvise(MADV_POPULATE_WRITE)", e))
+    }
+
+    /// Moves this mapping's pages to `[at, at + len)` with `mremap(MREMAP_FIXED)`, replacing
+    /// whatever was mapped there; the pages keep their contents and node.
+    ///
+    /// # Safety
+    /// `[at, at + len)` must be page-aligned memory of this process that the caller owns and
+    /// expects to change: any reference into it sees this mapping's bytes afterwards.
+    pub unsafe fn replace(self, at: usize) -> Result<(), (Mapping, SysError)> {
+        // SAFETY: the source is this mapping (consumed on success, so it is not unmapped twice);
+        // the caller vouches for the destination.
+        let moved = unsafe {
+            rustix::mm::mremap_fixed(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                self.len,
+                rustix::mm::MremapFlags::MAYMOVE,
+                at as *mut c_void,
+            )
+        };
+        match moved {
+            Ok(_) => {
+                std::mem::forget(self);
+                Ok(())
+            }
+            Err(e) => Err((self, SysError::new("mremap", e))),
+        }
+    }
 }
 
 impl Drop for Mapping {
@@ -159,6 +203,25 @@ mod tests {
         assert!(m.as_slice().iter().all(|&b| b == 7));
         m.advise_huge_pages().unwrap();
         m.advise_no_huge_pages().unwrap();
+    }
+
+    #[test]
+    fn replace_moves_pages_over_another_range() {
+        let page = base_page_size();
+        let mut old = Mapping::anonymous(4 * page).unwrap();
+        old.as_mut_slice().fill(1);
+        let mut new = Mapping::anonymous(4 * page).unwrap();
+        new.as_mut_slice().fill(2);
+        new.populate_range(0..page).unwrap();
+        let at = old.as_ptr() as usize;
+        // SAFETY: `old` owns the destination, and nothing borrows it.
+        unsafe { new.replace(at) }.unwrap();
+        assert!(old.as_slice().iter().all(|&b| b == 2));
+        let small = Mapping::anonymous(page).unwrap();
+        assert_eq!(
+            small.populate_range(0..2 * page).unwrap_err().errno,
+            Errno::INVAL
+        );
     }
 
     #[test]

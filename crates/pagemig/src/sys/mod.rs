@@ -8,11 +8,13 @@
 mod mem;
 mod numa;
 mod thread;
+mod uffd;
 
 pub use mem::{HUGE_PAGE_SIZE, Mapping, base_page_size};
 pub use numa::{PageNode, move_pages, query_page_nodes};
 pub use rustix::io::Errno;
 pub use thread::{allowed_cpus, pin_current_thread, thread_cpu_time};
+pub use uffd::Uffd;
 
 /// A system call that failed, with the kernel's error number kept as a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,129 @@
+//! userfaultfd in write-protect mode: stop writers to a range while its pages are copied.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use linux_raw_sys::general::{
+    UFFD_API, UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY,
+    UFFDIO_REGISTER_MODE_WP, uffd_msg, uffdio_api, uffdio_range, uffdio_register,
+    uffdio_writeprotect,
+};
+use linux_raw_sys::ioctl::{UFFDIO_API, UFFDIO_REGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT};
+use rustix::mm::UserfaultfdFlags;
+
+use super::{Errno, SysError};
+
+/// `UFFDIO_WRITEPROTECT_MODE_WP`.
+const MODE_WP: u64 = 1;
+
+/// A userfaultfd that can write-protect ranges of this process, unpopulated pages included.
+///
+/// Writers to a protected range block in the kernel until [`Uffd::wake`]; readers never block.
+/// Closing it (drop) releases any writer still waiting.
+#[derive(Debug)]
+pub struct Uffd {
+    fd: OwnedFd,
+}
+
+impl Uffd {
+    /// Opens a userfaultfd with write-protect support for unpopulated pages (Linux 6.4+).
+    /// Fails with `EPERM` where `vm.unprivileged_userfaultfd` forbids it, and with `EINVAL` (from
+    /// `UFFDIO_API`) on kernels without `WP_UNPOPULATED`.
+    pub fn open_write_protect() -> Result<Self, SysError> {
+        let flags = UserfaultfdFlags::CLOEXEC
+            | UserfaultfdFlags::NONBLOCK
+            | UserfaultfdFlags::from_bits_retain(UFFD_USER_MODE_ONLY);
+        // SAFETY: a new userfaultfd registers nothing; only ranges this process passes to
+        // register_write_protect are affected, and only while the fd lives.
+        let fd = unsafe { rustix::mm::userfaultfd(flags) }
+            .map_err(|e| SysError::new("userfaultfd", e))?;
+        let uffd = Uffd { fd };
+        let mut api = uffdio_api {
+            api: UFFD_API as u64,
+            features: (UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_UNPOPULATED) as u64,
+            ioctls: 0,
+        };
+        uffd.ioctl("ioctl(UFFDIO_API)", UFFDIO_API, &mut api)?;
+        Ok(uffd)
+    }
+
+    fn ioctl<T>(&self, call: &'static str, request: u32, arg: &mut T) -> Result<(), SysError> {
+        // SAFETY: every caller passes the argument struct that `request` is defined with.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), request as _, arg as *mut T) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(SysError::last(call))
+        }
+    }
+
+    /// Registers `[start, start + len)` for write-protect faults. The range must be page-aligned
+    /// anonymous memory of this process.
+    pub fn register_write_protect(&self, start: usize, len: usize) -> Result<(), SysError> {
+        let mut reg = uffdio_register {
+            range: uffdio_range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: UFFDIO_REGISTER_MODE_WP as u64,
+            ioctls: 0,
+        };
+        self.ioctl("ioctl(UFFDIO_REGISTER)", UFFDIO_REGISTER, &mut reg)
+    }
+
+    /// Write-protects a registered range: from now on writes to it wait for [`Uffd::wake`].
+    pub fn write_protect(&self, start: usize, len: usize) -> Result<(), SysError> {
+        let mut wp = uffdio_writeprotect {
+            range: uffdio_range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: MODE_WP,
+        };
+        self.ioctl("ioctl(UFFDIO_WRITEPROTECT)", UFFDIO_WRITEPROTECT, &mut wp)
+    }
+
+    /// Lifts the write protection of a registered range and wakes its writers.
+    pub fn unprotect(&self, start: usize, len: usize) -> Result<(), SysError> {
+        let mut wp = uffdio_writeprotect {
+            range: uffdio_range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: 0,
+        };
+        self.ioctl("ioctl(UFFDIO_WRITEPROTECT)", UFFDIO_WRITEPROTECT, &mut wp)
+    }
+
+    /// Wakes every writer waiting on `[start, start + len)`; they retry their write.
+    pub fn wake(&self, start: usize, len: usize) -> Result<(), SysError> {
+        let mut range = uffdio_range {
+            start: start as u64,
+            len: len as u64,
+        };
+        self.ioctl("ioctl(UFFDIO_WAKE)", UFFDIO_WAKE, &mut range)
+    }
+
+    /// Reads and discards the fault messages queued so far; returns how many there were (the
+    /// writes that waited).
+    pub fn drain(&self) -> Result<usize, SysError> {
+        let mut msgs = [std::mem::MaybeUninit::<uffd_msg>::uninit(); 16];
+        let mut count = 0;
+        loop {
+            let size = std::mem::size_of_val(&msgs);
+            // SAFETY: read writes at most `size` bytes into `msgs`; uffd_msg is plain data.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), msgs.as_mut_ptr().cast(), size) };
+            if n < 0 {
+                let e = SysError::last("read(userfaultfd)");
+                return if e.errno == Errno::AGAIN {
+                    Ok(count)
+                } else {
+                    Err(e)
+                };
+            }
+            count += n as usize / std::mem::size_of::<uffd_msg>();
+            if (n as usize) < size {
+                return Ok(count);
+            }
+        }
+    }
+}
