@@ -25,8 +25,8 @@ struct Shape {
     smp: u32,
     /// Automatic NUMA balancing on (it is on in production).
     balancing: bool,
-    /// Only tests whose name contains this.
-    filter: Option<&'static str>,
+    /// Only tests whose name contains one of these (all tests when empty).
+    filters: &'static [&'static str],
 }
 
 const SHAPES: &[Shape] = &[
@@ -38,7 +38,7 @@ const SHAPES: &[Shape] = &[
         memory_only_mb: 0,
         smp: 4,
         balancing: false,
-        filter: None,
+        filters: &[],
     },
     Shape {
         name: "4-nodes",
@@ -48,7 +48,7 @@ const SHAPES: &[Shape] = &[
         memory_only_mb: 0,
         smp: 4,
         balancing: false,
-        filter: None,
+        filters: &[],
     },
     Shape {
         name: "2-nodes-plus-memory-only",
@@ -58,7 +58,7 @@ const SHAPES: &[Shape] = &[
         memory_only_mb: 384,
         smp: 4,
         balancing: false,
-        filter: None,
+        filters: &[],
     },
     Shape {
         name: "2-nodes-numa-balancing",
@@ -68,7 +68,7 @@ const SHAPES: &[Shape] = &[
         memory_only_mb: 0,
         smp: 4,
         balancing: true,
-        filter: Some("another_process"),
+        filters: &["another_process", "writers_lose"],
     },
 ];
 
@@ -86,8 +86,10 @@ export PAGEMIG_BIN=/bin/pagemig RUST_BACKTRACE=1
 set --
 [ -f /test.args ] && while IFS= read -r a; do set -- "$@" "$a"; done < /test.args
 cd /tmp
-/tests/guest --test-threads=1 "$@"
-rc=$?
+rc=0
+for t in /tests/*; do
+  "$t" --test-threads=1 "$@" || rc=$?
+done
 echo "GUEST-EXIT=$rc"
 poweroff -f
 "#;
@@ -192,22 +194,27 @@ fn ensure_kernel(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(kernel)
 }
 
-/// Builds the guest test binary and `pagemig`, statically linked and optimised (emulation is
+/// Test binaries that run inside the guests.
+const GUEST_TESTS: [&str; 2] = ["guest", "remap"];
+
+/// Builds the guest test binaries and `pagemig`, statically linked and optimised (emulation is
 /// slow enough); returns their paths.
-fn build_static() -> anyhow::Result<(PathBuf, PathBuf)> {
+fn build_static() -> anyhow::Result<(Vec<PathBuf>, PathBuf)> {
+    let mut args = vec![
+        "test",
+        "--release",
+        "-p",
+        "pagemig-cli",
+        "--no-run",
+        "--target",
+        "x86_64-unknown-linux-gnu",
+        "--message-format=json-render-diagnostics",
+    ];
+    for t in GUEST_TESTS {
+        args.extend(["--test", t]);
+    }
     let out = Command::new(env!("CARGO"))
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "pagemig-cli",
-            "--test",
-            "guest",
-            "--no-run",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(&args)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .stderr(Stdio::inherit())
         .output()
@@ -215,7 +222,7 @@ fn build_static() -> anyhow::Result<(PathBuf, PathBuf)> {
     if !out.status.success() {
         bail!("building the guest tests failed");
     }
-    let mut test = None;
+    let mut tests = Vec::new();
     let mut bin = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -225,32 +232,50 @@ fn build_static() -> anyhow::Result<(PathBuf, PathBuf)> {
             continue;
         };
         match msg["target"]["name"].as_str() {
-            Some("guest") => test = Some(PathBuf::from(exe)),
             Some("pagemig") => bin = Some(PathBuf::from(exe)),
+            Some(name) if GUEST_TESTS.contains(&name) => {
+                tests.push((name.to_owned(), PathBuf::from(exe)))
+            }
             _ => {}
         }
     }
-    let test = test.context("cargo did not report the guest test binary")?;
-    let bin = bin.unwrap_or_else(|| test.parent().unwrap().parent().unwrap().join("pagemig"));
-    for b in [&test, &bin] {
+    if tests.len() != GUEST_TESTS.len() {
+        bail!(
+            "cargo reported {} of the {} guest test binaries",
+            tests.len(),
+            GUEST_TESTS.len()
+        );
+    }
+    tests.sort();
+    let tests: Vec<PathBuf> = tests.into_iter().map(|(_, p)| p).collect();
+    let bin = bin.unwrap_or_else(|| tests[0].parent().unwrap().parent().unwrap().join("pagemig"));
+    for b in tests.iter().chain([&bin]) {
         let kind = output(Command::new("file").arg("-L").arg(b))?;
         if !kind.contains("statically linked") && !kind.contains("static-pie") {
             bail!("{} is not statically linked: {kind}", b.display());
         }
     }
-    Ok((test, bin))
+    Ok((tests, bin))
 }
 
 /// An uncompressed newc initramfs (gunzip is slow under emulation) with busybox, the init,
 /// the tests and pagemig.
-fn initramfs(work: &Path, test: &Path, bin: &Path, args: &[String]) -> anyhow::Result<PathBuf> {
+fn initramfs(
+    work: &Path,
+    tests: &[PathBuf],
+    bin: &Path,
+    args: &[String],
+) -> anyhow::Result<PathBuf> {
     let root = work.join("root");
     let _ = fs::remove_dir_all(&root);
     for d in ["bin", "tests", "proc", "sys", "dev", "tmp"] {
         fs::create_dir_all(root.join(d))?;
     }
     fs::copy("/bin/busybox", root.join("bin/busybox"))?;
-    fs::copy(test, root.join("tests/guest"))?;
+    for t in tests {
+        let name = t.file_name().context("test binary without a name")?;
+        fs::copy(t, root.join("tests").join(name))?;
+    }
     fs::copy(bin, root.join("bin/pagemig"))?;
     fs::write(root.join("init"), INIT)?;
     fs::write(
@@ -385,7 +410,7 @@ pub fn test(only: Option<&str>, extra_args: &[String]) -> anyhow::Result<()> {
         .join("target");
     let dir = target.join("guest");
     let kernel = ensure_kernel(&dir)?;
-    let (test, bin) = build_static()?;
+    let (tests, bin) = build_static()?;
     let mut failed = Vec::new();
     for shape in SHAPES
         .iter()
@@ -393,9 +418,9 @@ pub fn test(only: Option<&str>, extra_args: &[String]) -> anyhow::Result<()> {
     {
         let work = dir.join(shape.name);
         fs::create_dir_all(&work)?;
-        let mut args: Vec<String> = shape.filter.map(str::to_owned).into_iter().collect();
+        let mut args: Vec<String> = shape.filters.iter().map(|f| (*f).to_owned()).collect();
         args.extend(extra_args.iter().cloned());
-        let initrd = initramfs(&work, &test, &bin, &args)?;
+        let initrd = initramfs(&work, &tests, &bin, &args)?;
         println!(
             "==== guest {} ({} CPU nodes x {} MiB, {} memory-only x {} MiB, {} vCPUs, NUMA balancing {})",
             shape.name,

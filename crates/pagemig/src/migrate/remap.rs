@@ -309,8 +309,11 @@ pub unsafe fn migrate_range(
         };
         let t = Instant::now();
         let new = Mapping::anonymous_aligned(b_end - pos, unit).map_err(|e| undo(failed(e)))?;
+        // The new pages have the size of the old ones.
         if huge {
             new.advise_huge_pages().map_err(|e| undo(failed(e)))?;
+        } else {
+            new.advise_no_huge_pages().map_err(|e| undo(failed(e)))?;
         }
         new.bind(&NodeSet::from_iter([to]))
             .map_err(|e| undo(failed(e)))?;

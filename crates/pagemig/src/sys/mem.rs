@@ -126,9 +126,15 @@ impl Mapping {
         super::numa::mbind_bind(self.ptr.as_ptr() as usize, self.len, nodes)
     }
 
-    /// Touches every page so that it is allocated now, under the mapping's memory policy, without
-    /// changing any byte.
+    /// Allocates every page now, under the mapping's memory policy, without changing any byte.
+    ///
+    /// Faults the pages in for writing (`MADV_POPULATE_WRITE`, Linux 5.14+; older kernels get
+    /// each page written with its own value). Not read-then-write: reading first would map the
+    /// huge zero page, and writing then splits it into small pages.
     pub fn populate(&mut self) {
+        if self.populate_range(0..self.len).is_ok() {
+            return;
+        }
         let page = base_page_size();
         let bytes = self.as_mut_slice();
         for i in (0..bytes.len()).step_by(page) {
