@@ -166,3 +166,42 @@ fn broken_pipe_is_not_an_error() {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn bench_migrate_remap_same_node_has_phases() {
+    let o = pagemig(&[
+        "bench",
+        "migrate",
+        "--path",
+        "remap",
+        "--same-node",
+        "--quick",
+        "--page-size",
+        "2m",
+        "--pages",
+        "1,4",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    if stderr(&o).contains("userfaultfd") {
+        eprintln!("skipped: {}", stderr(&o));
+        return;
+    }
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        json["tables"][0]["columns"],
+        serde_json::json!(["mt_1"]),
+        "no vanilla on one node"
+    );
+    let phases = json["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2);
+    for p in phases {
+        assert!(p["copy_ms"].as_f64().unwrap() > 0.0, "{p}");
+        let share = p["copy_share"].as_f64().unwrap();
+        assert!(share > 0.0 && share <= 1.0, "{p}");
+    }
+}

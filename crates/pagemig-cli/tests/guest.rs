@@ -817,3 +817,43 @@ fn cli_bench_migrate_kernel_table() {
         json["notes"]
     );
 }
+
+#[test]
+fn cli_bench_migrate_remap_between_nodes() {
+    let Some(_) = multi_node("cli_bench_migrate_remap_between_nodes") else {
+        return;
+    };
+    let o = pagemig(&[
+        "bench",
+        "migrate",
+        "--path",
+        "remap",
+        "--quick",
+        "--page-size",
+        "4k,2m",
+        "--pages",
+        "1,8",
+        "--reps",
+        "1",
+        "--threads",
+        "1,2",
+        "--json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        json["tables"][0]["columns"],
+        serde_json::json!(["vanilla", "mt_1", "mt_2"])
+    );
+    assert_eq!(json["phases"].as_array().unwrap().len(), 2 * 2 * 2);
+    assert!(
+        !json["notes"].to_string().contains("did not reach"),
+        "{}",
+        json["notes"]
+    );
+}

@@ -62,7 +62,7 @@ fn addresses_contents_and_untouched_pages_are_kept() {
         batch_bytes: 2 << 20,
     };
     for to in [b, a] {
-        let r = remap::migrate_mapping(&topo, &mut m, to, &plan).unwrap();
+        let r = remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan).unwrap();
         assert_eq!(m.as_ptr() as usize, start);
         assert_eq!(r.pages_copied, (pages - pages / 8) as u64, "{r:#?}");
         assert_eq!(r.pages_untouched, (pages / 8) as u64);
@@ -285,7 +285,7 @@ fn a_failed_copy_leaves_every_page_usable_where_it_was() {
         engine: &Failing,
         batch_bytes: 1 << 20,
     };
-    let err = remap::migrate_mapping(&topo, &mut m, b, &plan).unwrap_err();
+    let err = remap::migrate_mapping(&topo, &mut m, 0..64 * PAGE, b, &plan).unwrap_err();
     assert!(
         matches!(err, RemapError::Copy { moved_until, .. } if moved_until == m.as_ptr() as usize),
         "{err}"

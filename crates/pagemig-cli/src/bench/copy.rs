@@ -321,6 +321,7 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         machine: Machine::describe(&topo, &allowed),
         notes,
         tables,
+        phases: Vec::new(),
     };
     report.emit(&args.output, out)
 }

@@ -4,15 +4,16 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use pagemig::copy::{Placement, Route};
+use pagemig::copy::{CpuEngine, EngineKind, Placement, Pool, Route};
 use pagemig::migrate::kernel::{self, KernelPlan};
+use pagemig::migrate::remap::{self, RemapPhases, RemapPlan};
 use pagemig::migrate::{Process, procfs};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
 
 use super::{
-    OutputArgs, PageTable, Report, Row, check_node, default_rows, default_threads, measure,
-    page_size_label, parse_page_size,
+    OutputArgs, PageTable, PhaseRow, Report, Row, check_node, default_rows, default_threads,
+    measure, page_size_label, parse_page_size,
 };
 use crate::machine::Machine;
 
@@ -22,6 +23,9 @@ pub enum PathKind {
     /// move_pages(2): `vanilla` is one call with every page, as migratepages does; `mt_N` is N
     /// pinned threads each moving a share.
     Kernel,
+    /// The remap path for the process's own memory: `mt_N` write-protects, copies with N pool
+    /// workers and remaps, one batch per migration; `vanilla` is move_pages of the same pages.
+    Remap,
 }
 
 /// Arguments of `pagemig bench migrate`.
@@ -45,6 +49,10 @@ pub struct MigrateBenchArgs {
     /// The other node [default: the next node with memory].
     #[arg(long)]
     to: Option<NodeId>,
+    /// With --path remap: run the pipeline from --from to the same node, to measure its overhead
+    /// on a machine with one node (no vanilla column then: the kernel would move nothing).
+    #[arg(long)]
+    same_node: bool,
     /// Repetitions per cell [default: 7; 3 with --quick].
     #[arg(long)]
     reps: Option<usize>,
@@ -55,7 +63,14 @@ pub struct MigrateBenchArgs {
     output: OutputArgs,
 }
 
-/// Pages that move back and forth between the two nodes, one migration at a time.
+/// How one column moves a block.
+enum Mover {
+    Kernel(KernelPlan),
+    Remap(Pool<CpuEngine>),
+}
+
+/// Pages that move back and forth between two nodes (or from a node to itself), one migration
+/// at a time.
 struct Block {
     buf: Mapping,
     /// Where the block's pages are now.
@@ -65,54 +80,92 @@ struct Block {
 }
 
 impl Block {
-    /// Moves the first `pages` pages to the other node with `plan`; one address per page (the
-    /// head of a huge page moves all of it).
+    /// Moves the first `pages` pages to the other node; adds the remap phases to `phases`.
     fn migrate(
         &mut self,
+        topo: &Topology,
         pages: usize,
-        a: NodeId,
-        b: NodeId,
-        plan: &KernelPlan,
+        (a, b): (NodeId, NodeId),
+        mover: &Mover,
+        phases: &mut RemapPhases,
     ) -> anyhow::Result<()> {
         let to = if self.at == a { b } else { a };
         let start = self.buf.as_ptr() as usize;
-        let addrs: Vec<usize> = (0..pages).map(|i| start + i * self.page_size).collect();
-        let moved = kernel::move_pages(Process::Current, &addrs, &vec![to; pages], plan, &|_| {})?;
-        self.pages_failed += moved.status.iter().filter(|&&s| s != to as i32).count() as u64;
+        match mover {
+            Mover::Kernel(plan) => {
+                // One address per page: the head of a huge page moves all of it.
+                let addrs: Vec<usize> = (0..pages).map(|i| start + i * self.page_size).collect();
+                let moved =
+                    kernel::move_pages(Process::Current, &addrs, &vec![to; pages], plan, &|_| {})?;
+                self.pages_failed +=
+                    moved.status.iter().filter(|&&s| s != to as i32).count() as u64;
+            }
+            Mover::Remap(pool) => {
+                let bytes = pages * self.page_size;
+                let plan = RemapPlan {
+                    engine: pool,
+                    batch_bytes: bytes,
+                };
+                let r = remap::migrate_mapping(topo, &mut self.buf, 0..bytes, to, &plan)?;
+                self.pages_failed += r.pages_copied - r.pages_on_target;
+                phases.protect += r.phases.protect;
+                phases.alloc += r.phases.alloc;
+                phases.copy += r.phases.copy;
+                phases.remap += r.phases.remap;
+                phases.wake += r.phases.wake;
+            }
+        }
         self.at = to;
         Ok(())
     }
 }
 
-pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let topo = Topology::detect().context("reading the topology from /sys")?;
+/// The two nodes: `--from`/`--to`, or the first two nodes with memory.
+fn nodes(args: &MigrateBenchArgs, topo: &Topology) -> anyhow::Result<(NodeId, NodeId)> {
     let memory = topo.memory_nodes();
-    if memory.len() < 2 {
+    if args.same_node && args.path != PathKind::Remap {
+        bail!("--same-node measures the remap pipeline only: add --path remap");
+    }
+    if memory.len() < 2 && !args.same_node {
         bail!(
             "bench migrate needs two nodes with memory, and this machine has memory on node {memory} only: \
-             run it on a multi-node machine (or in a guest: cargo xtask guest-test; guest timings are emulation timings)"
+             run it on a multi-node machine (or in a guest: cargo xtask guest-test; guest timings are emulation timings), \
+             or measure the remap pipeline's overhead with --path remap --same-node"
         );
     }
+    let first_with_cpus = topo
+        .nodes
+        .iter()
+        .find(|n| n.has_memory && !n.cpus.is_empty())
+        .map(|n| n.id);
     let from = match args.from {
         Some(n) => n,
-        None => topo
-            .nodes
-            .iter()
-            .find(|n| n.has_memory && !n.cpus.is_empty())
-            .map_or_else(|| memory.iter().next().unwrap_or(0), |n| n.id),
+        None => first_with_cpus
+            .or(memory.iter().next())
+            .context("no node has memory")?,
     };
-    let to = match args.to {
-        Some(n) => n,
-        None => memory
+    let to = match (args.to, args.same_node) {
+        (Some(n), _) => n,
+        (None, true) => from,
+        (None, false) => memory
             .iter()
             .find(|&n| n != from)
             .context("no second node with memory")?,
     };
-    check_node(&topo, from, "source")?;
-    check_node(&topo, to, "destination")?;
-    if from == to {
-        bail!("--from and --to are both node {from}: a migration needs two nodes");
+    check_node(topo, from, "source")?;
+    check_node(topo, to, "destination")?;
+    match (from == to, args.same_node) {
+        (true, false) => bail!(
+            "--from and --to are both node {from}: a migration needs two nodes (or --path remap --same-node)"
+        ),
+        (false, true) => bail!("--same-node with two different nodes ({from}, {to}): give one"),
+        _ => Ok((from, to)),
     }
+}
+
+pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let topo = Topology::detect().context("reading the topology from /sys")?;
+    let (from, to) = nodes(args, &topo)?;
     if args.threads.contains(&0) || args.pages.contains(&0) {
         bail!("--threads and --pages need positive numbers");
     }
@@ -129,28 +182,47 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         args.threads.clone()
     };
     let max_threads = threads.iter().copied().max().unwrap_or(1);
+    let route = Route {
+        from: Some(from),
+        to: Some(to),
+    };
     let cpus: Vec<CpuId> = Placement::NearDst
-        .choose(
-            &topo,
-            Route {
-                from: Some(from),
-                to: Some(to),
-            },
-            &allowed,
-            max_threads,
-        )
+        .choose(&topo, route, &allowed, max_threads)
         .context("placing the migration threads")?;
+    // Migrations to the same node would move nothing in the kernel: no vanilla column then.
+    let with_vanilla = from != to;
+    let mut movers: Vec<(String, Mover)> = Vec::new();
+    if with_vanilla {
+        movers.push(("vanilla".into(), Mover::Kernel(KernelPlan::serial(1))));
+    }
+    for &n in &threads {
+        let mover = match args.path {
+            PathKind::Kernel => Mover::Kernel(KernelPlan::parallel(cpus[..n].to_vec(), 0)),
+            PathKind::Remap => Mover::Remap(
+                Pool::new(CpuEngine::new(EngineKind::Nt)?, &cpus[..n])
+                    .context("starting copy workers")?,
+            ),
+        };
+        movers.push((format!("mt_{n}"), mover));
+    }
     let free = |n: NodeId| topo.node(n).map_or(0, |n| n.mem_free) as usize / 10 * 8;
 
-    let mut notes = vec![
-        format!(
-            "pages move between node {from} and node {to}, alternately; one address per page (the head of a huge page)"
+    let mut notes = vec![match args.path {
+        PathKind::Kernel => format!(
+            "kernel path between node {from} and node {to}: vanilla is one move_pages call with every page on the calling thread; \
+             mt_N: N threads on CPUs {cpus:?}, each moving a share in one call; one address per page (the head of a huge page)"
         ),
-        format!(
-            "vanilla: one move_pages call with every page on the calling thread; mt_N: N threads on CPUs {:?} each moving a share in one call",
-            &cpus
+        PathKind::Remap => format!(
+            "remap path, node {from} {} node {to}: mt_N write-protects, copies with N non-temporal workers on CPUs {cpus:?}, \
+             remaps and wakes, one batch per migration{}",
+            if from == to { "to" } else { "<->" },
+            if with_vanilla {
+                "; vanilla is move_pages of the same pages"
+            } else {
+                ""
+            }
         ),
-    ];
+    }];
     let mut plan_rows = Vec::new();
     for &ps in &args.page_size {
         let rows = if args.pages.is_empty() {
@@ -158,29 +230,32 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         } else {
             args.pages.clone()
         };
+        // The remap path holds old and new pages of a migration at once.
+        let copies = if args.path == PathKind::Remap { 2 } else { 1 };
         let (kept, dropped): (Vec<usize>, Vec<usize>) = rows
             .into_iter()
-            .partition(|&n| n * ps <= free(from).min(free(to)));
+            .partition(|&n| copies * n * ps <= free(from).min(free(to)));
         if !dropped.is_empty() {
-            notes.push(format!("{} pages: rows {dropped:?} left out, they do not fit in the free memory of both nodes", page_size_label(ps)));
+            notes.push(format!(
+                "{} pages: rows {dropped:?} left out, they do not fit in the free memory of the nodes",
+                page_size_label(ps)
+            ));
         }
         if !kept.is_empty() {
             plan_rows.push((ps, kept));
         }
     }
-    let columns: Vec<String> = std::iter::once("vanilla".to_owned())
-        .chain(threads.iter().map(|n| format!("mt_{n}")))
-        .collect();
-    let cells: usize = plan_rows.iter().map(|(_, r)| r.len() * columns.len()).sum();
+    let cells: usize = plan_rows.iter().map(|(_, r)| r.len() * movers.len()).sum();
     let progress = ProgressBar::new(cells as u64).with_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
             .expect("valid progress template"),
     );
 
     let mut tables = Vec::new();
+    let mut phase_rows = Vec::new();
     for (page_size, rows) in plan_rows {
         let largest = rows.iter().max().copied().unwrap_or(1) * page_size;
-        let mut buf = Mapping::anonymous_aligned(largest, page_size.min(HUGE_PAGE_SIZE))?;
+        let mut buf = Mapping::anonymous_aligned(largest, HUGE_PAGE_SIZE)?;
         if page_size >= HUGE_PAGE_SIZE {
             buf.advise_huge_pages()?;
         } else {
@@ -188,6 +263,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         buf.bind(&NodeSet::from_iter([from]))
             .with_context(|| format!("binding {} MiB to node {from}", largest >> 20))?;
+        buf.populate();
         buf.as_mut_slice().fill(0x5A);
         if page_size >= HUGE_PAGE_SIZE {
             let start = buf.as_ptr() as usize;
@@ -207,24 +283,27 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         };
         let mut table = PageTable {
             page_size,
-            columns: columns.clone(),
+            columns: movers.iter().map(|(n, _)| n.clone()).collect(),
             rows: Vec::new(),
         };
         for &pages in &rows {
             let bytes = pages * page_size;
             let per_sample = sample_bytes.div_ceil(bytes);
             let mut cells = Vec::new();
-            for (c, name) in columns.iter().enumerate() {
+            for (name, mover) in &mut movers {
                 progress.set_message(format!("{} x {pages} {name}", page_size_label(page_size)));
-                let plan = if c == 0 {
-                    KernelPlan::serial(pages)
-                } else {
-                    let n = threads[c - 1];
-                    KernelPlan::parallel(cpus[..n].to_vec(), pages.div_ceil(n))
-                };
+                if let Mover::Kernel(plan) = mover {
+                    plan.batch = pages.div_ceil(plan.cpus.len().max(1));
+                }
+                let mut phases = RemapPhases::default();
+                let mut runs = 0u32;
                 cells.push(measure(reps, per_sample, bytes, |_| {
-                    block.migrate(pages, from, to, &plan)
+                    runs += 1;
+                    block.migrate(&topo, pages, (from, to), mover, &mut phases)
                 })?);
+                if let Mover::Remap(_) = mover {
+                    phase_rows.push(PhaseRow::new(page_size, pages, name, &phases, runs));
+                }
                 progress.inc(1);
             }
             table.rows.push(Row { pages, cells });
@@ -239,12 +318,17 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         tables.push(table);
     }
     progress.finish_and_clear();
+    let bench = match args.path {
+        PathKind::Kernel => "migrate --path kernel",
+        PathKind::Remap => "migrate --path remap",
+    };
     let report = Report {
-        bench: "migrate --path kernel",
+        bench,
         unit: "GB/s",
         machine: Machine::describe(&topo, &allowed),
         notes,
         tables,
+        phases: phase_rows,
     };
     report.emit(&args.output, out)
 }

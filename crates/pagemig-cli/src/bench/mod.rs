@@ -15,6 +15,7 @@ use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
 use pagemig::copy::Placement;
+use pagemig::migrate::remap::RemapPhases;
 use pagemig::sys::HUGE_PAGE_SIZE;
 use pagemig::topology::{CpuSet, NodeId, Topology};
 
@@ -206,6 +207,51 @@ pub struct PageTable {
     pub rows: Vec<Row>,
 }
 
+/// Where the time of one remap cell went, per migration.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseRow {
+    pub page_size: usize,
+    pub pages: usize,
+    pub column: String,
+    pub protect_ms: f64,
+    pub alloc_ms: f64,
+    pub copy_ms: f64,
+    pub remap_ms: f64,
+    pub wake_ms: f64,
+    /// Copy as a share of protect + copy + remap + wake: the pipeline once pre-faulted pages
+    /// take allocation off the hot path.
+    pub copy_share: f64,
+}
+
+impl PhaseRow {
+    /// Averages `phases`, summed over `runs` migrations.
+    pub fn new(
+        page_size: usize,
+        pages: usize,
+        column: &str,
+        phases: &RemapPhases,
+        runs: u32,
+    ) -> Self {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3 / f64::from(runs.max(1));
+        let pipeline = phases.pipeline().as_secs_f64();
+        PhaseRow {
+            page_size,
+            pages,
+            column: column.to_owned(),
+            protect_ms: ms(phases.protect),
+            alloc_ms: ms(phases.alloc),
+            copy_ms: ms(phases.copy),
+            remap_ms: ms(phases.remap),
+            wake_ms: ms(phases.wake),
+            copy_share: if pipeline > 0.0 {
+                phases.copy.as_secs_f64() / pipeline
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
 /// A whole bench run: machine, tables (GB/s) and notes on how it was measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -214,6 +260,9 @@ pub struct Report {
     pub machine: Machine,
     pub notes: Vec<String>,
     pub tables: Vec<PageTable>,
+    /// Time per phase of remap cells (empty for other benches).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseRow>,
 }
 
 #[derive(Serialize)]
@@ -299,6 +348,38 @@ impl Report {
                 }
             }
             writeln!(out, "\n{table}")?;
+        }
+        if !self.phases.is_empty() {
+            let mut table = Table::new();
+            table.load_preset(UTF8_FULL_CONDENSED);
+            table.set_header([
+                "page",
+                "pages",
+                "column",
+                "protect ms",
+                "alloc ms",
+                "copy ms",
+                "remap ms",
+                "wake ms",
+                "copy share",
+            ]);
+            for p in &self.phases {
+                table.add_row([
+                    page_size_label(p.page_size),
+                    p.pages.to_string(),
+                    p.column.clone(),
+                    format!("{:.3}", p.protect_ms),
+                    format!("{:.3}", p.alloc_ms),
+                    format!("{:.3}", p.copy_ms),
+                    format!("{:.3}", p.remap_ms),
+                    format!("{:.3}", p.wake_ms),
+                    format!("{:.0}%", p.copy_share * 100.0),
+                ]);
+            }
+            writeln!(
+                out,
+                "\nTime per migration by phase (copy share: of protect + copy + remap + wake)\n{table}"
+            )?;
         }
         Ok(())
     }

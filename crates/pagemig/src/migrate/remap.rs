@@ -376,16 +376,21 @@ pub unsafe fn migrate_range(
     Ok(report)
 }
 
-/// Moves all of `mapping` to node `to` with the remap path, keeping its address: the owned,
-/// node-placed buffer of this library (see [`Mapping::bind`]).
+/// Moves the bytes `range` (page-aligned offsets) of `mapping` to node `to` with the remap path,
+/// keeping their addresses: the owned, node-placed buffer of this library (see [`Mapping::bind`]).
 pub fn migrate_mapping(
     topology: &Topology,
     mapping: &mut Mapping,
+    range: Range<usize>,
     to: NodeId,
     plan: &RemapPlan<'_>,
 ) -> Result<RemapReport, RemapError> {
-    let len = mapping.len().next_multiple_of(sys::base_page_size());
+    let start = mapping.as_ptr() as usize + range.start;
+    let len = range
+        .end
+        .min(mapping.len().next_multiple_of(sys::base_page_size()))
+        .saturating_sub(range.start);
     // SAFETY: `mapping` is anonymous private memory that this exclusive borrow keeps every
-    // other reference away from for the whole call.
-    unsafe { migrate_range(topology, mapping.as_ptr() as usize, len, to, plan) }
+    // other reference away from for the whole call; the range lies inside it.
+    unsafe { migrate_range(topology, start, len, to, plan) }
 }
