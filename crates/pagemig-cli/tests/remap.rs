@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pagemig::copy::{CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, Pool};
 use pagemig::migrate::remap::{self, RemapError, RemapPlan};
+use pagemig::migrate::reservoir::Reservoirs;
 use pagemig::migrate::{Process, kernel, procfs};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping, PageNode, Uffd};
 use pagemig::topology::{NodeId, NodeSet, Topology};
@@ -60,6 +61,7 @@ fn addresses_contents_and_untouched_pages_are_kept() {
     let plan = RemapPlan {
         engine: &pool,
         batch_bytes: 2 << 20,
+        reservoirs: None,
     };
     for to in [b, a] {
         let r = remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan).unwrap();
@@ -87,7 +89,7 @@ fn addresses_contents_and_untouched_pages_are_kept() {
 /// Four writers increment counters (one per page) at pseudo-random pages and count their own
 /// increments; a reader checks that no counter ever goes backwards. After many migrations back
 /// and forth, every counter equals the sum of the writers' counts.
-fn writers_lose_nothing(test: &str, huge: bool) {
+fn writers_lose_nothing(test: &str, huge: bool, reservoir: bool) {
     let Some((topo, a, b)) = setup(test) else {
         return;
     };
@@ -147,17 +149,28 @@ fn writers_lose_nothing(test: &str, huge: bool) {
         })
     };
     let pool = pool();
+    let reservoirs = Reservoirs::new(4 * pages * PAGE);
     let plan = RemapPlan {
         engine: &pool,
         batch_bytes: 2 * HUGE_PAGE_SIZE,
+        reservoirs: reservoir.then_some(&reservoirs),
     };
     let mut waited = 0;
+    let mut from_reservoir = 0;
     for round in 0..12 {
         let to = if round % 2 == 0 { b } else { a };
         // SAFETY: the mapping is anonymous private; the threads touch it only through atomics.
         let r = unsafe { remap::migrate_range(&topo, base, m.len(), to, &plan) }.unwrap();
         assert_eq!(r.pages_on_target, pages as u64, "{r:#?}");
         waited += r.writes_waited;
+        from_reservoir += r.pages_from_reservoir;
+    }
+    if reservoir {
+        // Every migration after the first two takes its pages from the other one's old pages.
+        assert!(
+            from_reservoir >= 10 * pages as u64,
+            "{from_reservoir} pages from the reservoir"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let mut expected = vec![0u64; pages];
@@ -203,12 +216,30 @@ fn writers_lose_nothing(test: &str, huge: bool) {
 
 #[test]
 fn four_writers_lose_no_increment_4k() {
-    writers_lose_nothing("four_writers_lose_no_increment_4k", false);
+    writers_lose_nothing("four_writers_lose_no_increment_4k", false, false);
+}
+
+#[test]
+fn four_writers_lose_no_increment_4k_with_reservoirs() {
+    writers_lose_nothing(
+        "four_writers_lose_no_increment_4k_with_reservoirs",
+        false,
+        true,
+    );
+}
+
+#[test]
+fn four_writers_lose_no_increment_2m_with_reservoirs() {
+    writers_lose_nothing(
+        "four_writers_lose_no_increment_2m_with_reservoirs",
+        true,
+        true,
+    );
 }
 
 #[test]
 fn four_writers_lose_no_increment_2m() {
-    writers_lose_nothing("four_writers_lose_no_increment_2m", true);
+    writers_lose_nothing("four_writers_lose_no_increment_2m", true, false);
 }
 
 #[test]
@@ -220,6 +251,7 @@ fn what_cannot_be_remapped_is_refused_by_name() {
     let plan = RemapPlan {
         engine: &pool,
         batch_bytes: 1 << 20,
+        reservoirs: None,
     };
     // SAFETY: each call is refused before it touches anything.
     unsafe {
@@ -284,6 +316,7 @@ fn a_failed_copy_leaves_every_page_usable_where_it_was() {
     let plan = RemapPlan {
         engine: &Failing,
         batch_bytes: 1 << 20,
+        reservoirs: None,
     };
     let err = remap::migrate_mapping(&topo, &mut m, 0..64 * PAGE, b, &plan).unwrap_err();
     assert!(
@@ -302,4 +335,59 @@ fn a_failed_copy_leaves_every_page_usable_where_it_was() {
             .iter()
             .all(|p| *p == PageNode::Node(a))
     );
+}
+
+#[test]
+fn recycled_pages_never_show_their_old_contents() {
+    let Some((topo, a, b)) = setup("recycled_pages_never_show_their_old_contents") else {
+        return;
+    };
+    let pages = 512;
+    let len = pages * PAGE;
+    let pool = pool();
+    let reservoirs = Reservoirs::new(2 * len);
+    let plan = RemapPlan {
+        engine: &pool,
+        batch_bytes: len,
+        reservoirs: Some(&reservoirs),
+    };
+    let buffer = |node: NodeId| {
+        let m = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE).unwrap();
+        m.advise_no_huge_pages().unwrap();
+        m.bind(&NodeSet::from_iter([node])).unwrap();
+        m
+    };
+    // X's pages hold a secret; moving X a -> b leaves them in node a's reservoir.
+    let mut x = buffer(a);
+    x.as_mut_slice().fill(0xAA);
+    let r = remap::migrate_mapping(&topo, &mut x, 0..len, b, &plan).unwrap();
+    assert_eq!(r.pages_recycled, pages as u64, "{r:#?}");
+    // Y, with every 8th page never touched, moves b -> a on X's old pages.
+    let mut y = buffer(b);
+    for i in (0..pages).filter(|i| i % 8 != 0) {
+        y.as_mut_slice()[i * PAGE..(i + 1) * PAGE].fill(0x55);
+    }
+    let r = remap::migrate_mapping(&topo, &mut y, 0..len, a, &plan).unwrap();
+    assert_eq!(r.pages_from_reservoir, pages as u64, "{r:#?}");
+    let start = y.as_ptr() as usize;
+    let placed = on_node(start, len, PAGE);
+    for (i, (page, place)) in y.as_slice().chunks_exact(PAGE).zip(&placed).enumerate() {
+        if i % 8 == 0 {
+            assert!(
+                page.iter().all(|&b| b == 0),
+                "untouched page {i} shows old contents"
+            );
+            assert!(
+                !matches!(place, PageNode::Node(_)),
+                "untouched page {i} holds memory"
+            );
+        } else {
+            assert!(
+                page.iter().all(|&b| b == 0x55),
+                "page {i} lost its contents"
+            );
+            assert_eq!(*place, PageNode::Node(a));
+        }
+    }
+    assert!(x.as_slice().iter().all(|&b| b == 0xAA), "X changed");
 }

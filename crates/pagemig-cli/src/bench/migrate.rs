@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pagemig::copy::{CpuEngine, EngineKind, Placement, Pool, Route};
 use pagemig::migrate::kernel::{self, KernelPlan};
 use pagemig::migrate::remap::{self, RemapPhases, RemapPlan};
+use pagemig::migrate::reservoir::Reservoirs;
 use pagemig::migrate::{Process, procfs};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
@@ -53,6 +54,10 @@ pub struct MigrateBenchArgs {
     /// on a machine with one node (no vanilla column then: the kernel would move nothing).
     #[arg(long)]
     same_node: bool,
+    /// With --path remap: allocate new pages and free old ones on every migration, instead of
+    /// taking and recycling them through per-node reservoirs.
+    #[arg(long)]
+    no_reservoir: bool,
     /// Repetitions per cell [default: 7; 3 with --quick].
     #[arg(long)]
     reps: Option<usize>,
@@ -87,6 +92,7 @@ impl Block {
         pages: usize,
         (a, b): (NodeId, NodeId),
         mover: &Mover,
+        reservoirs: Option<&Reservoirs>,
         phases: &mut RemapPhases,
     ) -> anyhow::Result<()> {
         let to = if self.at == a { b } else { a };
@@ -105,6 +111,7 @@ impl Block {
                 let plan = RemapPlan {
                     engine: pool,
                     batch_bytes: bytes,
+                    reservoirs,
                 };
                 let r = remap::migrate_mapping(topo, &mut self.buf, 0..bytes, to, &plan)?;
                 self.pages_failed += r.pages_copied - r.pages_on_target;
@@ -214,8 +221,13 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         ),
         PathKind::Remap => format!(
             "remap path, node {from} {} node {to}: mt_N write-protects, copies with N non-temporal workers on CPUs {cpus:?}, \
-             remaps and wakes, one batch per migration{}",
+             remaps and wakes, one batch per migration, {}{}",
             if from == to { "to" } else { "<->" },
+            if args.no_reservoir {
+                "new pages allocated, old ones freed"
+            } else {
+                "new pages from per-node reservoirs, old ones recycled into them"
+            },
             if with_vanilla {
                 "; vanilla is move_pages of the same pages"
             } else {
@@ -296,10 +308,16 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     plan.batch = pages.div_ceil(plan.cpus.len().max(1));
                 }
                 let mut phases = RemapPhases::default();
+                // Per cell, so that its chunks have this row's size; the warm-up fills it.
+                let reservoirs = Reservoirs::new(3 * bytes);
+                let reservoirs = (!args.no_reservoir).then_some(&reservoirs);
                 let mut runs = 0u32;
-                cells.push(measure(reps, per_sample, bytes, |_| {
-                    runs += 1;
-                    block.migrate(&topo, pages, (from, to), mover, &mut phases)
+                let mut warm_up = RemapPhases::default();
+                cells.push(measure(reps, per_sample, bytes, |i| {
+                    // The warm-up (step 0) fills the reservoirs: its phases are not counted.
+                    let into = if i == 0 { &mut warm_up } else { &mut phases };
+                    runs += u32::from(i > 0);
+                    block.migrate(&topo, pages, (from, to), mover, reservoirs, into)
                 })?);
                 if let Mover::Remap(_) = mover {
                     phase_rows.push(PhaseRow::new(page_size, pages, name, &phases, runs));

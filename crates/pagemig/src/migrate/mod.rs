@@ -7,6 +7,7 @@
 pub mod kernel;
 pub mod procfs;
 pub mod remap;
+pub mod reservoir;
 
 use std::fmt;
 use std::path::PathBuf;

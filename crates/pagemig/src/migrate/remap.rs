@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::reservoir::Reservoirs;
 use super::{Process, procfs};
 use crate::copy::{CopyEngine, CopyError, CopyOp};
 use crate::sys::{self, HUGE_PAGE_SIZE, Mapping, PageNode, SysError, Uffd};
@@ -150,6 +151,10 @@ pub struct RemapReport {
     pub pages_on_target: u64,
     /// Batches (one protect, copy, remap and wake each).
     pub batches: u64,
+    /// Pages whose new memory came from a reservoir, already faulted in.
+    pub pages_from_reservoir: u64,
+    /// Old pages kept in a reservoir instead of being freed.
+    pub pages_recycled: u64,
     /// Writes that waited for their batch.
     pub writes_waited: u64,
     /// Time per step.
@@ -195,24 +200,43 @@ fn check_range(start: usize, end: usize) -> Result<(), RemapError> {
 }
 
 /// Runs of consecutive pages of `[start, end)` that hold memory of their own, as byte offsets
-/// from `start`. Pages never touched, and pages only read (which map the shared zero page) are
-/// left out: the kernel's placement query answers `ENOENT`/`EFAULT` for both.
-fn present_runs(start: usize, end: usize) -> Result<Vec<Range<usize>>, SysError> {
+/// from `start`, and the node of the first such page. Pages never touched, and pages only read
+/// (which map the shared zero page) are left out: the kernel's placement query answers
+/// `ENOENT`/`EFAULT` for both.
+fn present_runs(start: usize, end: usize) -> Result<(Vec<Range<usize>>, Option<NodeId>), SysError> {
     let page = sys::base_page_size();
     let pages: Vec<usize> = (start..end).step_by(page).collect();
     let placed = sys::query_page_nodes(0, &pages)?;
     let mut runs: Vec<Range<usize>> = Vec::new();
+    let mut first = None;
     for (p, place) in pages.into_iter().zip(placed) {
-        if !matches!(place, PageNode::Node(_)) {
+        let PageNode::Node(node) = place else {
             continue;
-        }
+        };
+        first.get_or_insert(node);
         let off = p - start;
         match runs.last_mut() {
             Some(r) if r.end == off => r.end += page,
             _ => runs.push(off..off + page),
         }
     }
-    Ok(runs)
+    Ok((runs, first))
+}
+
+/// The parts of `0..len` not covered by `runs` (sorted, disjoint).
+fn holes(runs: &[Range<usize>], len: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for r in runs {
+        if r.start > pos {
+            out.push(pos..r.start);
+        }
+        pos = r.end;
+    }
+    if pos < len {
+        out.push(pos..len);
+    }
+    out
 }
 
 /// How the remap path runs.
@@ -222,6 +246,10 @@ pub struct RemapPlan<'a> {
     /// Bytes per batch: writers to a batch wait while it moves. Rounded to 2 MB where the range
     /// is 2 MB aligned.
     pub batch_bytes: usize,
+    /// Where new pages come from and old pages go, instead of being allocated and freed. With
+    /// them, accesses to a batch's pages that are not there yet (never touched, or between the
+    /// two remaps) wait for the batch too.
+    pub reservoirs: Option<&'a Reservoirs>,
 }
 
 /// Moves `[start, start + len)` of the calling process to node `to`, keeping its addresses and
@@ -268,6 +296,8 @@ pub unsafe fn migrate_range(
         pages_untouched: 0,
         pages_on_target: 0,
         batches: 0,
+        pages_from_reservoir: 0,
+        pages_recycled: 0,
         writes_waited: 0,
         phases: RemapPhases::default(),
         wall: Duration::ZERO,
@@ -282,7 +312,7 @@ pub unsafe fn migrate_range(
             moved_until: pos,
             source,
         };
-        let runs = present_runs(pos, b_end).map_err(failed)?;
+        let (runs, from_node) = present_runs(pos, b_end).map_err(failed)?;
         let present: usize = runs.iter().map(|r| r.end - r.start).sum();
         let free = topology.node(to).map_or(0, |n| n.mem_free);
         if present as u64 > free {
@@ -297,7 +327,7 @@ pub unsafe fn migrate_range(
 
         // Writers wait from here until the wake.
         let t = Instant::now();
-        uffd.register_write_protect(pos, b_end - pos)
+        uffd.register(pos, b_end - pos, plan.reservoirs.is_some())
             .map_err(failed)?;
         uffd.write_protect(pos, b_end - pos).map_err(failed)?;
         report.phases.protect += t.elapsed();
@@ -308,18 +338,33 @@ pub unsafe fn migrate_range(
             e
         };
         let t = Instant::now();
-        let new = Mapping::anonymous_aligned(b_end - pos, unit).map_err(|e| undo(failed(e)))?;
-        // The new pages have the size of the old ones.
-        if huge {
-            new.advise_huge_pages().map_err(|e| undo(failed(e)))?;
-        } else {
-            new.advise_no_huge_pages().map_err(|e| undo(failed(e)))?;
-        }
-        new.bind(&NodeSet::from_iter([to]))
-            .map_err(|e| undo(failed(e)))?;
-        for r in &runs {
-            new.populate_range(r.clone()).map_err(|e| undo(failed(e)))?;
-        }
+        let reserved = plan.reservoirs.and_then(|r| r.take(to, huge, b_end - pos));
+        let new = match reserved {
+            Some(mut m) => {
+                // Drop the stale pages the copy will not overwrite.
+                for h in holes(&runs, b_end - pos) {
+                    m.discard(h).map_err(|e| undo(failed(e)))?;
+                }
+                report.pages_from_reservoir += ((b_end - pos) / page) as u64;
+                m
+            }
+            None => {
+                let new =
+                    Mapping::anonymous_aligned(b_end - pos, unit).map_err(|e| undo(failed(e)))?;
+                // The new pages have the size of the old ones.
+                if huge {
+                    new.advise_huge_pages().map_err(|e| undo(failed(e)))?;
+                } else {
+                    new.advise_no_huge_pages().map_err(|e| undo(failed(e)))?;
+                }
+                new.bind(&NodeSet::from_iter([to]))
+                    .map_err(|e| undo(failed(e)))?;
+                for r in &runs {
+                    new.populate_range(r.clone()).map_err(|e| undo(failed(e)))?;
+                }
+                new
+            }
+        };
         report.phases.alloc += t.elapsed();
 
         let t = Instant::now();
@@ -348,9 +393,34 @@ pub unsafe fn migrate_range(
         report.phases.copy += t.elapsed();
 
         let t = Instant::now();
+        // With reservoirs, first move the old pages out into a chunk for the source node's
+        // reservoir; the range stays mapped but empty, and accesses to it wait (MISSING).
+        let mut recycled = None;
+        if let (Some(_), Some(node)) = (plan.reservoirs, from_node) {
+            let mut old =
+                Mapping::anonymous_aligned(b_end - pos, unit).map_err(|e| undo(failed(e)))?;
+            // SAFETY: [pos, b_end) is the caller's anonymous private memory, copied into `new`
+            // above; it gets `new`'s pages right below, and accesses wait until then.
+            match unsafe { old.take_pages_from(0, pos, b_end - pos) } {
+                Ok(()) => recycled = Some((node, old)),
+                // The range spans several mappings (earlier batches of other sizes): a chunk
+                // made of pieces could not be remapped in one call later, so this batch's old
+                // pages are freed by the remap instead.
+                Err(e) if e.errno == sys::Errno::FAULT => {}
+                Err(e) => return Err(undo(failed(e))),
+            }
+        }
         // SAFETY: the caller owns [pos, b_end) (checked anonymous private above) and accepts
         // identical bytes in place; writers are blocked until the wake below.
-        unsafe { new.replace(pos) }.map_err(|(_, e)| undo(failed(e)))?;
+        if let Err((_, e)) = unsafe { new.replace(pos) } {
+            // Put the old pages back where they were before waking anyone.
+            if let Some((_, old)) = recycled {
+                // SAFETY: [pos, b_end) is the caller's range, emptied just above by moving these
+                // very pages out.
+                let _ = unsafe { old.replace(pos) };
+            }
+            return Err(undo(failed(e)));
+        }
         report.phases.remap += t.elapsed();
 
         // Read the fault messages before waking: a woken fault takes its message with it.
@@ -358,6 +428,12 @@ pub unsafe fn migrate_range(
         report.writes_waited += uffd.drain().map_err(failed)? as u64;
         uffd.wake(pos, b_end - pos).map_err(failed)?;
         report.phases.wake += t.elapsed();
+        if let (Some(r), Some((node, old))) = (plan.reservoirs, recycled) {
+            let pages = (old.len() / page) as u64;
+            if r.give(node, huge, old) {
+                report.pages_recycled += pages;
+            }
+        }
 
         let pages: Vec<usize> = runs
             .iter()

@@ -160,6 +160,59 @@ impl Mapping {
         .map_err(|e| SysError::new("madvise(MADV_POPULATE_WRITE)", e))
     }
 
+    /// Drops the pages of `range` (byte offsets, page-aligned): they read as zero again and take
+    /// no memory until written (`MADV_DONTNEED`).
+    pub fn discard(&mut self, range: std::ops::Range<usize>) -> Result<(), SysError> {
+        if range.start >= range.end || range.end > self.len {
+            return Err(SysError::new("madvise(MADV_DONTNEED)", Errno::INVAL));
+        }
+        // SAFETY: the range lies inside this mapping, which &mut self borrows exclusively;
+        // dropping its pages is the documented effect.
+        unsafe {
+            rustix::mm::madvise(
+                self.ptr.as_ptr().add(range.start).cast(),
+                range.end - range.start,
+                Advice::LinuxDontNeed,
+            )
+        }
+        .map_err(|e| SysError::new("madvise(MADV_DONTNEED)", e))
+    }
+
+    /// Moves the pages of `[src, src + len)` to offset `offset` of this mapping (`mremap` with
+    /// `MREMAP_FIXED` and `MREMAP_DONTUNMAP`): the pages there are dropped, and the source stays
+    /// mapped with no pages, so that its next access faults. The source must lie within one
+    /// mapping of the process (the kernel answers `EFAULT` otherwise). Moving a whole other
+    /// mapping over offset 0 keeps this one a single mapping, as [`Mapping::replace`] needs.
+    ///
+    /// # Safety
+    /// `[src, src + len)` must be page-aligned private anonymous memory of this process that the
+    /// caller owns and expects to lose its pages; no reference into it may be used as if it still
+    /// held them.
+    pub unsafe fn take_pages_from(
+        &mut self,
+        offset: usize,
+        src: usize,
+        len: usize,
+    ) -> Result<(), SysError> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(SysError::new("mremap(MREMAP_DONTUNMAP)", Errno::INVAL));
+        }
+        let flags = rustix::mm::MremapFlags::MAYMOVE | rustix::mm::MremapFlags::DONTUNMAP;
+        // SAFETY: the destination lies inside this mapping, borrowed exclusively; the caller
+        // vouches for the source.
+        unsafe {
+            rustix::mm::mremap_fixed(
+                src as *mut c_void,
+                len,
+                len,
+                flags,
+                self.ptr.as_ptr().add(offset).cast(),
+            )
+        }
+        .map(|_| ())
+        .map_err(|e| SysError::new("mremap(MREMAP_DONTUNMAP)", e))
+    }
+
     /// Moves this mapping's pages to `[at, at + len)` with `mremap(MREMAP_FIXED)`, replacing
     /// whatever was mapped there; the pages keep their contents and node.
     ///

@@ -4,8 +4,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use linux_raw_sys::general::{
     UFFD_API, UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY,
-    UFFDIO_REGISTER_MODE_WP, uffd_msg, uffdio_api, uffdio_range, uffdio_register,
-    uffdio_writeprotect,
+    UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP, uffd_msg, uffdio_api, uffdio_range,
+    uffdio_register, uffdio_writeprotect,
 };
 use linux_raw_sys::ioctl::{UFFDIO_API, UFFDIO_REGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT};
 use rustix::mm::UserfaultfdFlags;
@@ -56,15 +56,21 @@ impl Uffd {
         }
     }
 
-    /// Registers `[start, start + len)` for write-protect faults. The range must be page-aligned
-    /// anonymous memory of this process.
-    pub fn register_write_protect(&self, start: usize, len: usize) -> Result<(), SysError> {
+    /// Registers `[start, start + len)` for write-protect faults, and with `missing` also for
+    /// faults on pages that are not there (those wait for [`Uffd::wake`] too). The range must be
+    /// page-aligned anonymous memory of this process.
+    pub fn register(&self, start: usize, len: usize, missing: bool) -> Result<(), SysError> {
+        let missing = if missing {
+            UFFDIO_REGISTER_MODE_MISSING
+        } else {
+            0
+        };
         let mut reg = uffdio_register {
             range: uffdio_range {
                 start: start as u64,
                 len: len as u64,
             },
-            mode: UFFDIO_REGISTER_MODE_WP as u64,
+            mode: (UFFDIO_REGISTER_MODE_WP | missing) as u64,
             ioctls: 0,
         };
         self.ioctl("ioctl(UFFDIO_REGISTER)", UFFDIO_REGISTER, &mut reg)
