@@ -287,6 +287,14 @@ fn what_cannot_be_remapped_is_refused_by_name() {
             "{err}"
         );
         assert!(err.to_string().contains(&exe.path), "{err}");
+        let mut locked = Mapping::anonymous(4 * PAGE).unwrap();
+        locked.populate();
+        if libc::mlock(locked.as_ptr().cast(), 4 * PAGE) == 0 {
+            let start = locked.as_ptr() as usize;
+            let err = remap::migrate_range(&topo, start, 4 * PAGE, a, &plan).unwrap_err();
+            assert!(matches!(err, RemapError::Locked { .. }), "{err}");
+            assert!(err.to_string().contains("locked in memory"), "{err}");
+        }
     }
 }
 
@@ -390,4 +398,101 @@ fn recycled_pages_never_show_their_old_contents() {
         }
     }
     assert!(x.as_slice().iter().all(|&b| b == 0xAA), "X changed");
+}
+
+/// Forbids userfaultfd to this process with a seccomp filter (what Docker's default profile
+/// does), so that the fallback to the kernel path really happens.
+fn forbid_userfaultfd() {
+    // BPF: load the syscall number; if it is userfaultfd, fail with EPERM; else allow.
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let filter = [
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_userfaultfd as u32,
+        },
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: no_new_privs, then a filter program that the kernel copies during the call.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        let rc = libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        );
+        assert_eq!(rc, 0);
+    }
+}
+
+#[test]
+fn without_userfaultfd_the_kernel_path_moves_own_memory() {
+    // The filter lasts for the whole process: run in a child process, this same test binary.
+    if std::env::var_os("PAGEMIG_FORBID_UFFD").is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "without_userfaultfd_the_kernel_path_moves_own_memory",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("PAGEMIG_FORBID_UFFD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        return;
+    }
+    forbid_userfaultfd();
+    assert!(Uffd::open_write_protect().is_err());
+    let topo = Topology::detect().unwrap();
+    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
+    let (a, b) = (nodes[0], *nodes.get(1).unwrap_or(&nodes[0]));
+    let mut m = Mapping::anonymous(64 * PAGE).unwrap();
+    m.bind(&NodeSet::from_iter([a])).unwrap();
+    m.as_mut_slice().fill(3);
+    let pool = pool();
+    let plan = RemapPlan {
+        engine: &pool,
+        batch_bytes: 1 << 20,
+        reservoirs: None,
+    };
+    let kernel_plan = pagemig::migrate::kernel::KernelPlan::serial(64);
+    // SAFETY: `m` is anonymous private memory that no other thread touches.
+    let moved =
+        unsafe { remap::migrate_own(&topo, m.as_ptr() as usize, m.len(), b, &plan, &kernel_plan) }
+            .unwrap();
+    match moved {
+        remap::OwnMigration::Kernel { report, why } => {
+            assert!(why.contains("userfaultfd"), "{why}");
+            assert_eq!(
+                report.pages_moved + report.pages_already_on_target,
+                64,
+                "{report:#?}"
+            );
+        }
+        other => panic!("expected the kernel path: {other:?}"),
+    }
+    assert!(
+        on_node(m.as_ptr() as usize, m.len(), PAGE)
+            .iter()
+            .all(|p| *p == PageNode::Node(b))
+    );
+    assert!(m.as_slice().iter().all(|&x| x == 3));
 }

@@ -173,6 +173,27 @@ pub fn anon_huge_bytes(process: Process, range: Range<usize>) -> Result<u64, Mig
     Ok(total)
 }
 
+/// The first mapping overlapping `range` that is locked in memory (`lo` in the `VmFlags` of
+/// `/proc/PID/smaps`: mlock, mlockall, MAP_LOCKED), if any.
+pub fn first_locked(
+    process: Process,
+    range: Range<usize>,
+) -> Result<Option<Range<usize>>, MigrateError> {
+    let smaps = read_text(process, "smaps")?;
+    let mut current = None;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if let Some((start, end)) = parse_hex_range(first) {
+            current = (start < range.end && range.start < end).then_some(start..end);
+        } else if let (Some(area), Some(flags)) = (&current, line.strip_prefix("VmFlags:"))
+            && flags.split_whitespace().any(|f| f == "lo")
+        {
+            return Ok(Some(area.clone()));
+        }
+    }
+    Ok(None)
+}
+
 /// Memory of one mapping per node, from `/proc/PID/numa_maps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AreaPlacement {

@@ -64,6 +64,19 @@ pub enum RemapError {
         /// Its permissions.
         perms: String,
     },
+    /// Part of the range is locked in memory: a remap would drop the lock.
+    #[error(
+        "{start:#x}-{end:#x} is locked in memory (mlock): the remap path would drop the lock; unlock it or use the kernel path"
+    )]
+    Locked {
+        /// Start of the locked mapping.
+        start: usize,
+        /// End.
+        end: usize,
+    },
+    /// The fallback to the kernel path failed.
+    #[error(transparent)]
+    Kernel(#[from] super::MigrateError),
     /// The target node cannot hold the batch.
     #[error(
         "node {node} has {free} bytes free, too few for a batch of {need} bytes; nothing of {start:#x}-{end:#x} moved"
@@ -195,6 +208,14 @@ fn check_range(start: usize, end: usize) -> Result<(), RemapError> {
     }
     if pos < end {
         return Err(RemapError::NotMapped { start: pos, end });
+    }
+    if let Some(locked) = procfs::first_locked(Process::Current, start..end)
+        .map_err(|_| RemapError::NotMapped { start, end })?
+    {
+        return Err(RemapError::Locked {
+            start: locked.start,
+            end: locked.end,
+        });
     }
     Ok(())
 }
@@ -469,4 +490,54 @@ pub fn migrate_mapping(
     // SAFETY: `mapping` is anonymous private memory that this exclusive borrow keeps every
     // other reference away from for the whole call; the range lies inside it.
     unsafe { migrate_range(topology, start, len, to, plan) }
+}
+
+/// How [`migrate_own`] moved the memory.
+#[derive(Debug)]
+pub enum OwnMigration {
+    /// By the remap path.
+    Remap(RemapReport),
+    /// By the kernel path, because the remap path is not available here.
+    Kernel {
+        /// What the kernel path did.
+        report: crate::account::Report,
+        /// Why the remap path was not used.
+        why: String,
+    },
+}
+
+/// Moves `[start, start + len)` of the calling process to node `to` with the remap path, or with
+/// the kernel path (`move_pages`) where userfaultfd write-protect is not available (an old
+/// kernel, or a seccomp profile that forbids userfaultfd); the result says which and why.
+///
+/// # Safety
+/// As [`migrate_range`].
+pub unsafe fn migrate_own(
+    topology: &Topology,
+    start: usize,
+    len: usize,
+    to: NodeId,
+    plan: &RemapPlan<'_>,
+    kernel_plan: &super::kernel::KernelPlan,
+) -> Result<OwnMigration, RemapError> {
+    // SAFETY: forwarded from the caller.
+    match unsafe { migrate_range(topology, start, len, to, plan) } {
+        Ok(report) => Ok(OwnMigration::Remap(report)),
+        Err(e @ RemapError::Unsupported { .. }) => {
+            let range = start..start + len;
+            let request = super::kernel::ProcessRequest {
+                process: Process::Current,
+                to,
+                from: None,
+                selection: super::kernel::Selection::Ranges(vec![range]),
+                dry_run: false,
+            };
+            let report = super::kernel::migrate_process(topology, &request, kernel_plan, &|_| {})?;
+            Ok(OwnMigration::Kernel {
+                report,
+                why: e.to_string(),
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
