@@ -496,3 +496,51 @@ fn without_userfaultfd_the_kernel_path_moves_own_memory() {
     );
     assert!(m.as_slice().iter().all(|&x| x == 3));
 }
+
+#[test]
+fn a_target_node_that_fills_up_stops_with_every_page_usable() {
+    let Some((topo, a, _)) = setup("a_target_node_that_fills_up_stops") else {
+        return;
+    };
+    let Some(small) = topo.nodes.iter().find(|n| n.is_memory_only()).map(|n| n.id) else {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped a_target_node_that_fills_up_stops: needs a memory-only node (the CXL-like guest shape)"
+        );
+        return;
+    };
+    let free = pagemig::topology::node_free_bytes(small).unwrap() as usize;
+    let len = (free + (64 << 20)).next_multiple_of(HUGE_PAGE_SIZE);
+    let mut m = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE).unwrap();
+    m.advise_no_huge_pages().unwrap();
+    m.bind(&NodeSet::from_iter([a])).unwrap();
+    for (i, chunk) in m.as_mut_slice().chunks_exact_mut(PAGE).enumerate() {
+        chunk.fill(i as u8);
+    }
+    let pool = pool();
+    let plan = RemapPlan {
+        engine: &pool,
+        batch_bytes: 16 << 20,
+        reservoirs: None,
+    };
+    let start = m.as_ptr() as usize;
+    let err = remap::migrate_mapping(&topo, &mut m, 0..len, small, &plan).unwrap_err();
+    let RemapError::NoMemory { moved_until, .. } = err else {
+        panic!("expected NoMemory: {err}")
+    };
+    assert!(moved_until > start && moved_until < start + len, "{err}");
+    let placed = on_node(start, len, PAGE);
+    for (i, p) in placed.iter().enumerate() {
+        let want = if start + i * PAGE < moved_until {
+            small
+        } else {
+            a
+        };
+        assert_eq!(*p, PageNode::Node(want), "page {i}: {err}");
+    }
+    for (i, chunk) in m.as_mut_slice().chunks_exact_mut(PAGE).enumerate() {
+        assert!(chunk.iter().all(|&b| b == i as u8), "page {i} changed");
+        chunk[0] = !chunk[0];
+    }
+}

@@ -12,17 +12,22 @@ use super::{MigrateError, Process};
 use crate::sys;
 use crate::topology::NodeId;
 
-/// Whether the process has exited: gone from /proc, or a zombie whose memory is already freed
-/// (the kernel then answers `move_pages` with `EINVAL`, not `ESRCH`).
+/// Whether the process has exited or is exiting: gone from /proc, a zombie, or without memory
+/// any more (`VmSize` missing from its status). The kernel then answers `move_pages` with
+/// `EINVAL`, not `ESRCH`.
 pub fn has_exited(process: Process) -> bool {
-    match std::fs::read_to_string(process.proc_path("stat")) {
+    let zombie = match std::fs::read_to_string(process.proc_path("stat")) {
         // The state follows the command name, which is in parentheses and may contain spaces.
         Ok(stat) => stat
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| matches!(state, "Z" | "X" | "x")),
         Err(_) => true,
-    }
+    };
+    zombie
+        || std::fs::read_to_string(process.proc_path("status")).map_or(true, |status| {
+            !status.lines().any(|l| l.starts_with("VmSize:"))
+        })
 }
 
 /// One mapping of `/proc/PID/maps`.

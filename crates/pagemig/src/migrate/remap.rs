@@ -77,21 +77,25 @@ pub enum RemapError {
     /// The fallback to the kernel path failed.
     #[error(transparent)]
     Kernel(#[from] super::MigrateError),
-    /// The target node cannot hold the batch.
+    /// The target node cannot hold the next batch: pages below `moved_until` are on it, the
+    /// others where they were.
     #[error(
-        "node {node} has {free} bytes free, too few for a batch of {need} bytes; nothing of {start:#x}-{end:#x} moved"
+        "node {node} has {free} bytes free, too few for the next batch ({need} bytes of {start:#x}-{end:#x}); \
+         pages below {moved_until:#x} are on node {node}, the others where they were"
     )]
     NoMemory {
         /// Target node.
         node: NodeId,
-        /// Bytes needed.
+        /// Bytes the batch needs.
         need: u64,
-        /// Bytes free.
+        /// Bytes free on the node.
         free: u64,
-        /// Batch start.
+        /// The range asked for.
         start: usize,
-        /// Batch end.
+        /// Its end.
         end: usize,
+        /// Pages below this address moved.
+        moved_until: usize,
     },
     /// A system call failed in the middle: pages before `moved_until` are on the target node,
     /// the others on their old node.
@@ -293,13 +297,7 @@ pub unsafe fn migrate_range(
     let end = start
         .checked_add(len)
         .ok_or(RemapError::Misaligned { start, len })?;
-    super::check_target(topology, to).map_err(|_| RemapError::NoMemory {
-        node: to,
-        need: len as u64,
-        free: 0,
-        start,
-        end,
-    })?;
+    super::check_target(topology, to)?;
     check_range(start, end)?;
     let uffd = Uffd::open_write_protect().map_err(|source| RemapError::Unsupported { source })?;
     let aligned = start.is_multiple_of(HUGE_PAGE_SIZE) && len.is_multiple_of(HUGE_PAGE_SIZE);
@@ -335,14 +333,22 @@ pub unsafe fn migrate_range(
         };
         let (runs, from_node) = present_runs(pos, b_end).map_err(failed)?;
         let present: usize = runs.iter().map(|r| r.end - r.start).sum();
-        let free = topology.node(to).map_or(0, |n| n.mem_free);
-        if present as u64 > free {
+        // Read now, not from the topology: earlier batches used some. Keep a margin above the
+        // node's watermarks: filling a node that a mapping is bound to invokes the OOM killer.
+        let free = crate::topology::node_free_bytes(to).unwrap_or(0);
+        let total = topology.node(to).map_or(0, |n| n.mem_total);
+        let margin = (total / 16).max(32 << 20);
+        let reserved = plan
+            .reservoirs
+            .is_some_and(|r| r.holds(to, huge, b_end - pos));
+        if !reserved && present as u64 + margin > free {
             return Err(RemapError::NoMemory {
                 node: to,
                 need: present as u64,
                 free,
-                start: pos,
-                end: b_end,
+                start,
+                end,
+                moved_until: pos,
             });
         }
 

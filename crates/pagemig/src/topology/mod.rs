@@ -172,6 +172,13 @@ impl Topology {
     }
 }
 
+/// Free memory of `node` now, in bytes (`MemFree` of `/sys/devices/system/node/nodeN/meminfo`).
+pub fn node_free_bytes(node: NodeId) -> Option<u64> {
+    let text =
+        std::fs::read_to_string(format!("/sys/devices/system/node/node{node}/meminfo")).ok()?;
+    sysfs::parse_meminfo(&text).get("MemFree").copied()
+}
+
 /// The CPU's marketing name from `/proc/cpuinfo` (the machine architecture where there is none).
 pub fn cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

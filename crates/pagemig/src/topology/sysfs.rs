@@ -64,7 +64,7 @@ fn numbered(dir: &Path, prefix: &str) -> Result<Vec<u32>, TopologyError> {
 }
 
 /// Parses `Node 0 MemTotal:  24567000 kB` lines into bytes by field name.
-fn parse_meminfo(text: &str) -> BTreeMap<String, u64> {
+pub(super) fn parse_meminfo(text: &str) -> BTreeMap<String, u64> {
     text.lines()
         .filter_map(|line| {
             let (key, value) = line.split_once(':')?;
