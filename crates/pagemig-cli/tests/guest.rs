@@ -32,12 +32,13 @@ fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "skipped {test}: {why}");
 }
 
-/// The topology when it has at least two nodes with memory; otherwise prints why the test is
-/// skipped.
-fn multi_node(test: &str) -> Option<Topology> {
+/// The topology and its nodes with memory when there are at least two; otherwise prints why the
+/// test is skipped.
+fn multi_node(test: &str) -> Option<(Topology, Vec<NodeId>)> {
     let topo = Topology::detect().unwrap();
-    if topo.memory_nodes().len() >= 2 {
-        Some(topo)
+    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
+    if nodes.len() >= 2 {
+        Some((topo, nodes))
     } else {
         skip(
             test,
@@ -128,10 +129,9 @@ fn migrate(req: &ProcessRequest, plan: &KernelPlan) -> Report {
 
 #[test]
 fn own_pages_land_on_every_node_serial_and_parallel() {
-    let Some(topo) = multi_node("own_pages_land_on_every_node_serial_and_parallel") else {
+    let Some((topo, nodes)) = multi_node("own_pages_land_on_every_node_serial_and_parallel") else {
         return;
     };
-    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
     let home = cpu_nodes(&topo)[0];
     let pages = 4096;
     let m = filled(pages, home, 1);
@@ -175,7 +175,7 @@ fn own_pages_land_on_every_node_serial_and_parallel() {
 
 #[test]
 fn selection_by_node_and_dry_run() {
-    let Some(topo) = multi_node("selection_by_node_and_dry_run") else {
+    let Some((topo, _)) = multi_node("selection_by_node_and_dry_run") else {
         return;
     };
     let nodes = cpu_nodes(&topo);
@@ -204,10 +204,9 @@ fn selection_by_node_and_dry_run() {
 
 #[test]
 fn max_stall_shrinks_batches() {
-    let Some(topo) = multi_node("max_stall_shrinks_batches") else {
+    let Some((_, nodes)) = multi_node("max_stall_shrinks_batches") else {
         return;
     };
-    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
     let m = filled(2048, nodes[0], 3);
     let mut plan = KernelPlan::parallel(all_cpus(), 4096);
     // Far below the cost of one page here, so batches must drop to a handful of pages.
@@ -223,10 +222,9 @@ fn max_stall_shrinks_batches() {
 
 #[test]
 fn transparent_huge_pages_move_and_report_whether_they_stay_huge() {
-    let Some(topo) = multi_node("transparent_huge_pages_move") else {
+    let Some((_, nodes)) = multi_node("transparent_huge_pages_move") else {
         return;
     };
-    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
     let len = 4 * HUGE_PAGE_SIZE;
     let mut m = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE).unwrap();
     m.advise_huge_pages().unwrap();
@@ -445,10 +443,9 @@ fn victim_entry() {
 
 #[test]
 fn another_process_keeps_every_write_while_it_moves_back_and_forth() {
-    let Some(topo) = multi_node("another_process_keeps_every_write") else {
+    let Some((_, nodes)) = multi_node("another_process_keeps_every_write") else {
         return;
     };
-    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
     let victim = Victim::spawn("writer", 4096, nodes[0]);
     let (start, len) = (victim.start, victim.len);
     let mut plans = vec![
@@ -475,10 +472,9 @@ fn another_process_keeps_every_write_while_it_moves_back_and_forth() {
 
 #[test]
 fn shared_pages_need_move_all() {
-    let Some(topo) = multi_node("shared_pages_need_move_all") else {
+    let Some((_, nodes)) = multi_node("shared_pages_need_move_all") else {
         return;
     };
-    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
     let victim = Victim::spawn("shared", 64, nodes[0]);
     let req = range_request(victim.pid(), victim.start, victim.len, nodes[1]);
     let r = migrate(&req, &KernelPlan::serial(64));
@@ -497,10 +493,9 @@ fn shared_pages_need_move_all() {
 
 #[test]
 fn a_process_that_exits_mid_migration_is_reported_cleanly() {
-    let Some(topo) = multi_node("a_process_that_exits_mid_migration") else {
+    let Some((topo, nodes)) = multi_node("a_process_that_exits_mid_migration") else {
         return;
     };
-    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
     let mut victim = Victim::spawn("writer", 8192, nodes[0]);
     let req = range_request(victim.pid(), victim.start, victim.len, nodes[1]);
     let pid = victim.child.id();
@@ -540,7 +535,7 @@ fn a_process_that_exits_mid_migration_is_reported_cleanly() {
 
 #[test]
 fn a_full_target_node_leaves_pages_behind_intact() {
-    let Some(topo) = multi_node("a_full_target_node") else {
+    let Some((topo, _)) = multi_node("a_full_target_node") else {
         return;
     };
     let Some(small) = topo.nodes.iter().find(|n| n.is_memory_only()) else {
@@ -611,10 +606,9 @@ fn pin_with_io_uring(ptr: usize, len: usize) -> Option<libc::c_int> {
 
 #[test]
 fn pinned_pages_are_reported_and_the_rest_moves() {
-    let Some(topo) = multi_node("pinned_pages_are_reported") else {
+    let Some((_, nodes)) = multi_node("pinned_pages_are_reported") else {
         return;
     };
-    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
     let m = filled(256, nodes[0], 5);
     let start = m.as_ptr() as usize;
     // Pin 8 pages in the middle of the range.
@@ -650,10 +644,9 @@ fn pagemig(args: &[&str]) -> Output {
 
 #[test]
 fn cli_migrate_stat_and_errors() {
-    let Some(topo) = multi_node("cli_migrate_stat_and_errors") else {
+    let Some((_, nodes)) = multi_node("cli_migrate_stat_and_errors") else {
         return;
     };
-    let nodes: Vec<NodeId> = topo.memory_nodes().iter().collect();
     let victim = Victim::spawn("writer", 2048, nodes[0]);
     let pid = victim.child.id().to_string();
     let range = format!("{:#x}-{:#x}", victim.start, victim.start + victim.len);

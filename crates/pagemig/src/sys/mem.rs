@@ -143,39 +143,42 @@ impl Mapping {
         }
     }
 
-    /// Allocates the pages of `range` (byte offsets) now, under the mapping's memory policy
-    /// (`MADV_POPULATE_WRITE`, which fails with `ENOMEM` where touching would fault).
-    pub fn populate_range(&self, range: std::ops::Range<usize>) -> Result<(), SysError> {
+    /// `madvise` on `range` (byte offsets) of this mapping.
+    fn advise_range(
+        &self,
+        range: std::ops::Range<usize>,
+        advice: Advice,
+        call: &'static str,
+    ) -> Result<(), SysError> {
         if range.start >= range.end || range.end > self.len {
-            return Err(SysError::new("madvise(MADV_POPULATE_WRITE)", Errno::INVAL));
+            return Err(SysError::new(call, Errno::INVAL));
         }
-        // SAFETY: the range lies inside this mapping; populating changes no byte.
+        // SAFETY: the range lies inside this mapping; the callers' advice either changes no byte
+        // or is taken under &mut self (discard).
         unsafe {
             rustix::mm::madvise(
                 self.ptr.as_ptr().add(range.start).cast(),
                 range.end - range.start,
-                Advice::LinuxPopulateWrite,
+                advice,
             )
         }
-        .map_err(|e| SysError::new("madvise(MADV_POPULATE_WRITE)", e))
+        .map_err(|e| SysError::new(call, e))
+    }
+
+    /// Allocates the pages of `range` (byte offsets) now, under the mapping's memory policy
+    /// (`MADV_POPULATE_WRITE`, which fails with `ENOMEM` where touching would fault).
+    pub fn populate_range(&self, range: std::ops::Range<usize>) -> Result<(), SysError> {
+        self.advise_range(
+            range,
+            Advice::LinuxPopulateWrite,
+            "madvise(MADV_POPULATE_WRITE)",
+        )
     }
 
     /// Drops the pages of `range` (byte offsets, page-aligned): they read as zero again and take
     /// no memory until written (`MADV_DONTNEED`).
     pub fn discard(&mut self, range: std::ops::Range<usize>) -> Result<(), SysError> {
-        if range.start >= range.end || range.end > self.len {
-            return Err(SysError::new("madvise(MADV_DONTNEED)", Errno::INVAL));
-        }
-        // SAFETY: the range lies inside this mapping, which &mut self borrows exclusively;
-        // dropping its pages is the documented effect.
-        unsafe {
-            rustix::mm::madvise(
-                self.ptr.as_ptr().add(range.start).cast(),
-                range.end - range.start,
-                Advice::LinuxDontNeed,
-            )
-        }
-        .map_err(|e| SysError::new("madvise(MADV_DONTNEED)", e))
+        self.advise_range(range, Advice::LinuxDontNeed, "madvise(MADV_DONTNEED)")
     }
 
     /// Moves the pages of `[src, src + len)` to offset `offset` of this mapping (`mremap` with

@@ -78,24 +78,21 @@ impl Uffd {
 
     /// Write-protects a registered range: from now on writes to it wait for [`Uffd::wake`].
     pub fn write_protect(&self, start: usize, len: usize) -> Result<(), SysError> {
-        let mut wp = uffdio_writeprotect {
-            range: uffdio_range {
-                start: start as u64,
-                len: len as u64,
-            },
-            mode: MODE_WP,
-        };
-        self.ioctl("ioctl(UFFDIO_WRITEPROTECT)", UFFDIO_WRITEPROTECT, &mut wp)
+        self.set_write_protect(start, len, MODE_WP)
     }
 
     /// Lifts the write protection of a registered range and wakes its writers.
     pub fn unprotect(&self, start: usize, len: usize) -> Result<(), SysError> {
+        self.set_write_protect(start, len, 0)
+    }
+
+    fn set_write_protect(&self, start: usize, len: usize, mode: u64) -> Result<(), SysError> {
         let mut wp = uffdio_writeprotect {
             range: uffdio_range {
                 start: start as u64,
                 len: len as u64,
             },
-            mode: 0,
+            mode,
         };
         self.ioctl("ioctl(UFFDIO_WRITEPROTECT)", UFFDIO_WRITEPROTECT, &mut wp)
     }
