@@ -401,6 +401,37 @@ fn boot(
     })
 }
 
+/// Boots that die before user space starts (no `GUEST-UP` line) are tried again, up to three
+/// times: under multi-threaded TCG the kernel sometimes trips over its own code patching
+/// (`Oops: int3` during early boot). A guest whose tests started is never booted again.
+fn boot_until_user_space(
+    shape: &Shape,
+    kernel: &Path,
+    initrd: &Path,
+    log: &Path,
+) -> anyhow::Result<i32> {
+    const TRIES: u32 = 3;
+    let mut attempt = 1;
+    loop {
+        match boot(shape, kernel, initrd, log, Duration::from_secs(900)) {
+            Ok(code) => return Ok(code),
+            Err(e)
+                if attempt < TRIES
+                    && !fs::read_to_string(log)
+                        .unwrap_or_default()
+                        .contains("GUEST-UP") =>
+            {
+                println!(
+                    "==== guest {}: the kernel died before user space ({e:#}); booting again",
+                    shape.name
+                );
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Builds, boots every shape (or those whose name contains `only`), fails if any test failed.
 pub fn test(only: Option<&str>, extra_args: &[String]) -> anyhow::Result<()> {
     ensure_tools()?;
@@ -432,13 +463,7 @@ pub fn test(only: Option<&str>, extra_args: &[String]) -> anyhow::Result<()> {
             if shape.balancing { "on" } else { "off" }
         );
         let started = Instant::now();
-        let code = boot(
-            shape,
-            &kernel,
-            &initrd,
-            &work.join("console.log"),
-            Duration::from_secs(900),
-        )?;
+        let code = boot_until_user_space(shape, &kernel, &initrd, &work.join("console.log"))?;
         println!(
             "==== guest {}: exit {code} in {:.0?}",
             shape.name,
