@@ -3,14 +3,14 @@
 use std::io::Write;
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{NodeId, NodeSet, Topology};
 
 use super::{
     Cell, OutputArgs, PageTable, Report, Row, check_node, default_rows, default_threads, measure,
-    page_size_label, parse_page_size, parse_placement,
+    page_size_label, parse_page_size, parse_placement, progress_bar, usable_free,
 };
 use crate::machine::Machine;
 
@@ -220,7 +220,7 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 
     // Rows whose buffers do not fit in 80% of the free memory of the nodes are left out, with a
     // note: a full run asks for 2 GiB per buffer for 1024 pages of 2 MB.
-    let free = |node: NodeId| topo.node(node).map_or(0, |n| n.mem_free) as usize / 10 * 8;
+    let free = |node: NodeId| usable_free(&topo, node);
     let fits = |bytes: usize| {
         let len = bytes.max(budget.working_set);
         if from == to {
@@ -264,10 +264,7 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         .iter()
         .map(|(_, rows)| rows.len() * columns.len())
         .sum();
-    let progress = ProgressBar::new((cells + limit_engines.len() * 2) as u64).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
-            .expect("valid progress template"),
-    );
+    let progress = progress_bar((cells + limit_engines.len() * 2) as u64);
 
     let (limit, limit_note) = measure_limit(&budget, &limit_engines, &cpus, from, to, &progress)?;
     let mut tables = Vec::new();

@@ -3,7 +3,6 @@
 use std::io::Write;
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use pagemig::copy::{CpuEngine, EngineKind, Placement, Pool, Route};
 use pagemig::migrate::kernel::{self, KernelPlan};
 use pagemig::migrate::remap::{self, RemapPhases, RemapPlan};
@@ -14,7 +13,7 @@ use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
 
 use super::{
     OutputArgs, PageTable, PhaseRow, Report, Row, check_node, default_rows, default_threads,
-    measure, page_size_label, parse_page_size,
+    measure, page_size_label, parse_page_size, progress_bar, usable_free,
 };
 use crate::machine::Machine;
 
@@ -212,7 +211,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         };
         movers.push((format!("mt_{n}"), mover));
     }
-    let free = |n: NodeId| topo.node(n).map_or(0, |n| n.mem_free) as usize / 10 * 8;
+    let free = |n: NodeId| usable_free(&topo, n);
 
     let mut notes = vec![match args.path {
         PathKind::Kernel => format!(
@@ -258,10 +257,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     }
     let cells: usize = plan_rows.iter().map(|(_, r)| r.len() * movers.len()).sum();
-    let progress = ProgressBar::new(cells as u64).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
-            .expect("valid progress template"),
-    );
+    let progress = progress_bar(cells as u64);
 
     let mut tables = Vec::new();
     let mut phase_rows = Vec::new();

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use pagemig::copy::Placement;
@@ -143,6 +144,19 @@ pub fn measure(
         samples.push((bytes * per_sample) as f64 / secs / 1e9);
     }
     Ok(Cell::from_samples(samples))
+}
+
+/// Bytes a bench may take on `node`: 80% of its free memory.
+pub fn usable_free(topo: &Topology, node: NodeId) -> usize {
+    topo.node(node).map_or(0, |n| n.mem_free) as usize / 10 * 8
+}
+
+/// The progress bar of every bench, on stderr (hidden when stderr is not a terminal).
+pub fn progress_bar(cells: u64) -> ProgressBar {
+    ProgressBar::new(cells).with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
+            .expect("valid progress template"),
+    )
 }
 
 /// Refuses a node that does not exist or has no memory; `role` says which (source, destination).

@@ -71,10 +71,15 @@ pub struct Moved {
     pub process_exited: bool,
 }
 
+/// Whether a failed call means the process is gone: `ESRCH`, or `EINVAL` from a process that is
+/// exiting (its memory is freed before /proc shows it as a zombie).
+fn is_gone(process: Process, e: &SysError) -> bool {
+    e.errno == Errno::SRCH || (e.errno == Errno::INVAL && procfs::has_exited(process))
+}
+
 fn sys_error(process: Process, e: SysError) -> MigrateError {
     match e.errno {
-        Errno::SRCH => MigrateError::NoSuchProcess { process },
-        Errno::INVAL if procfs::has_exited(process) => MigrateError::NoSuchProcess { process },
+        _ if is_gone(process, &e) => MigrateError::NoSuchProcess { process },
         Errno::PERM | Errno::ACCESS => MigrateError::PermissionDenied { process },
         _ => MigrateError::Sys { process, source: e },
     }
@@ -122,18 +127,17 @@ impl Group<'_> {
                 break;
             }
             let end = (start + want).min(self.pages.len());
+            let first_call = out.durations.len();
             match self.move_batch(&self.pages[start..end], &mut targets, &mut out.durations) {
                 Ok(status) => {
                     out.pieces.push((start, status));
                     (self.progress)((end - start) as u64);
-                    if let Some(&took) = out.durations.last() {
+                    // The first call of the batch had all its pages; retries had fewer.
+                    if let Some(&took) = out.durations.get(first_call) {
                         self.adapt(took, end - start);
                     }
                 }
-                Err(e)
-                    if e.errno == Errno::SRCH
-                        || (e.errno == Errno::INVAL && procfs::has_exited(self.process)) =>
-                {
+                Err(e) if is_gone(self.process, &e) => {
                     self.exited.store(true, Ordering::Relaxed);
                     self.stop.store(true, Ordering::Relaxed);
                 }
