@@ -78,6 +78,7 @@ const INIT: &str = r#"#!/bin/busybox sh
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 N=/sys/devices/system/node

@@ -1,6 +1,7 @@
-//! The `pagemig` command: topology, copy benchmarks, and (in later versions) migration.
+//! The `pagemig` command: topology, benchmarks, calibration and migration.
 
 mod bench;
+mod calibrate;
 mod machine;
 mod migrate;
 mod stat;
@@ -30,6 +31,8 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Show where a process's memory is, per node and mapping (like numastat -p).
     Stat(stat::StatArgs),
+    /// Measure copy engines and move_pages on this machine; save the cost model the planner uses.
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 /// Exit status when some requested pages did not move (errors exit with 2).
@@ -45,11 +48,14 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Stat(args) => stat::run(&args, out)?,
+        Command::Calibrate(args) => calibrate::run(&args, out)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
+    // `migrate --charge target` runs this program again, inside the target's cgroup.
+    pagemig::migrate::helper::serve_if_helper();
     let cli = Cli::parse();
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());

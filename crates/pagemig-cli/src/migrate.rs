@@ -8,10 +8,14 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use pagemig::account::Report;
 use pagemig::copy::{Placement, Route};
+use pagemig::migrate::helper::ChargeTo;
 use pagemig::migrate::kernel::{self, KernelPlan, ProcessRequest, Progress, Selection};
-use pagemig::migrate::{Process, check_target};
+use pagemig::migrate::{MigrateError, Process, check_target};
+use pagemig::policy::{Job, KernelChoice, Planner, Resources};
 use pagemig::sys;
 use pagemig::topology::{NodeId, NodeSet, Topology};
+
+use crate::calibrate::ModelArgs;
 
 use crate::bench::parse_placement;
 
@@ -34,8 +38,8 @@ pub struct MigrateArgs {
     /// `anonymous` for memory without a file.
     #[arg(long)]
     mapping: Option<String>,
-    /// Threads calling move_pages: `auto` (the usable CPUs nearest the target, at most one per
-    /// batch) or a number.
+    /// Threads calling move_pages: `auto` (the planner's choice from the migration's size, the
+    /// cost model, the affinity mask, cgroup cpu.max and load) or a number.
     #[arg(long, default_value = "auto")]
     threads: Threads,
     /// Pages per move_pages call.
@@ -45,9 +49,19 @@ pub struct MigrateArgs {
     /// to the measured cost per page.
     #[arg(long, value_name = "MS")]
     max_stall: Option<f64>,
-    /// Where the threads run: near-dst, near-src, spread, or a CPU list.
-    #[arg(long, default_value = "near-dst", value_parser = parse_placement)]
-    placement: Placement,
+    /// Where the threads run: near-dst, near-src, spread, or a CPU list [default: the planner's
+    /// choice: near the target, or near the source for a memory-only target].
+    #[arg(long, value_parser = parse_placement)]
+    placement: Option<Placement>,
+    /// Who pays for the CPU time: `caller`, or `target` (helper processes in the target
+    /// process's cgroup make the calls).
+    #[arg(long, value_enum, default_value = "caller")]
+    charge: Charge,
+    /// Print the plan and why it was chosen.
+    #[arg(long)]
+    explain: bool,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Also move pages shared with other processes (MPOL_MF_MOVE_ALL; needs CAP_SYS_NICE).
     #[arg(long)]
     all: bool,
@@ -60,6 +74,13 @@ pub struct MigrateArgs {
     /// Print the reports as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Who pays for a migration's CPU time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Charge {
+    Caller,
+    Target,
 }
 
 /// `auto` or a thread count.
@@ -116,12 +137,24 @@ pub enum Outcome {
 pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let topo = Topology::detect().context("reading the topology from /sys")?;
     check_target(&topo, args.to)?;
-    let allowed = sys::allowed_cpus()?;
-    let plan = plan(args, &topo, &allowed)?;
+    if args.batch == 0 {
+        anyhow::bail!("--batch must be at least one page");
+    }
+    let max_stall = match args.max_stall {
+        Some(ms) if ms > 0.0 && ms.is_finite() => Some(Duration::from_secs_f64(ms / 1e3)),
+        Some(ms) => anyhow::bail!("--max-stall {ms}: must be a positive number of milliseconds"),
+        None => None,
+    };
+    let loaded = args.model.load()?;
+    let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?);
     let selection = match (&args.range, &args.mapping) {
         (ranges, _) if !ranges.is_empty() => Selection::Ranges(ranges.clone()),
         (_, Some(pattern)) => Selection::Mappings(pattern.clone()),
         _ => Selection::All,
+    };
+    let route = Route {
+        from: args.from.as_ref().and_then(|f| f.iter().next()),
+        to: Some(args.to),
     };
     let mut reports = Vec::new();
     for &process in &args.pid {
@@ -139,12 +172,51 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             .expect("valid progress template"),
         );
         bar.set_message(format!("{process} → node {}", args.to));
-        let report = kernel::migrate_process(&topo, &request, &plan, &|p| match p {
+        let explained = std::sync::Mutex::new(None);
+        let choose = |bytes: u64| -> Result<KernelPlan, MigrateError> {
+            let choice = plan(args, &planner, route, bytes)?;
+            let cpus = choice.cpus.clone();
+            *explained.lock().expect("not poisoned") = Some(choice);
+            Ok(KernelPlan {
+                cpus,
+                batch: args.batch,
+                max_stall,
+                move_all: args.all,
+                charge: match args.charge {
+                    Charge::Caller => ChargeTo::Caller,
+                    Charge::Target => ChargeTo::Target,
+                },
+            })
+        };
+        let report = kernel::migrate_process_planned(&topo, &request, &choose, &|p| match p {
             Progress::Planned(n) => bar.set_length(n),
             Progress::Moved(n) => bar.inc(n),
         })
         .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
         bar.finish_and_clear();
+        if let Some(why) = explained.into_inner().expect("not poisoned")
+            && args.explain
+        {
+            let text = format!(
+                "plan for {process}: {} thread(s) on CPUs {:?}, {} pages per call, charged to the {}; {}\n  why: {}",
+                why.cpus.len(),
+                why.cpus,
+                args.batch,
+                if args.charge == Charge::Target {
+                    "target's cgroup"
+                } else {
+                    "caller"
+                },
+                loaded.source,
+                why.why.join("\n  why: ")
+            );
+            // JSON goes to stdout alone.
+            if args.json {
+                eprintln!("{text}");
+            } else {
+                writeln!(out, "{text}")?;
+            }
+        }
         if !args.json {
             render(&report, out)?;
         }
@@ -162,33 +234,37 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     })
 }
 
-fn plan(args: &MigrateArgs, topo: &Topology, allowed: &NodeSet) -> anyhow::Result<KernelPlan> {
-    if args.batch == 0 {
-        anyhow::bail!("--batch must be at least one page");
-    }
+/// The threads' CPUs for a migration of `bytes`: the planner's, or as the options say.
+fn plan(
+    args: &MigrateArgs,
+    planner: &Planner<'_>,
+    route: Route,
+    bytes: u64,
+) -> Result<KernelChoice, MigrateError> {
+    let page = sys::base_page_size() as u64;
+    let mut choice = planner.plan_kernel(Job { bytes, route }, args.batch as u64 * page)?;
     let threads = match args.threads {
-        Threads::Count(n) => n,
-        Threads::Auto => allowed.intersection(&topo.online_cpus).len().max(1),
+        Threads::Count(n) => {
+            choice
+                .why
+                .insert(0, format!("{n} thread(s): --threads {n}"));
+            n
+        }
+        Threads::Auto => choice.cpus.len(),
     };
-    let route = Route {
-        from: args.from.as_ref().and_then(|f| f.iter().next()),
-        to: Some(args.to),
-    };
-    let cpus = args
-        .placement
-        .choose(topo, route, allowed, threads)
-        .context("placing the migration threads")?;
-    let max_stall = match args.max_stall {
-        Some(ms) if ms > 0.0 && ms.is_finite() => Some(Duration::from_secs_f64(ms / 1e3)),
-        Some(ms) => anyhow::bail!("--max-stall {ms}: must be a positive number of milliseconds"),
+    let placement = match &args.placement {
+        Some(p) => {
+            choice.why.push(format!("placement {p:?}: --placement"));
+            Some(p.clone())
+        }
+        None if threads != choice.cpus.len() => Some(planner.placement(route).0),
         None => None,
     };
-    Ok(KernelPlan {
-        cpus,
-        batch: args.batch,
-        max_stall,
-        move_all: args.all,
-    })
+    if let Some(p) = placement {
+        let allowed = &planner.resources().allowed;
+        choice.cpus = p.choose(planner.topology(), route, allowed, threads)?;
+    }
+    Ok(choice)
 }
 
 fn mib(bytes: u64) -> String {
@@ -250,14 +326,37 @@ fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "  phases: scan {}, query {}, move {}, verify {}; wall {}; CPU time of movers {}",
+        "  phases: scan {}, query {}, move {}, verify {}; wall {}",
         ms(r.phases.scan),
         ms(r.phases.query),
         ms(r.phases.moving),
         ms(r.phases.verify),
         ms(r.wall),
-        ms(r.calls.cpu_time)
     )?;
+    if !r.dry_run {
+        let each: Vec<String> = r.calls.thread_cpu.iter().map(|d| ms(*d)).collect();
+        writeln!(
+            out,
+            "  CPU time of the moving threads: {} ({})",
+            ms(r.calls.cpu_time),
+            each.join(", ")
+        )?;
+        let c = &r.charged_to;
+        let who = match c.to {
+            ChargeTo::Caller => "the caller",
+            ChargeTo::Target => "the target (helper process in its cgroup)",
+        };
+        match (&c.cgroup, c.usage()) {
+            (Some(cg), Some(used)) => writeln!(
+                out,
+                "  charged to {who}: cgroup {cg}, cpu.stat usage {} -> {} us (+{})",
+                c.usage_before_usec.unwrap_or(0),
+                c.usage_after_usec.unwrap_or(0),
+                ms(used)
+            )?,
+            _ => writeln!(out, "  charged to {who} (no cgroup v2 usage to show)")?,
+        }
+    }
     Ok(())
 }
 

@@ -7,6 +7,8 @@ use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use pagemig::topology::Topology;
 
+use crate::calibrate::{ModelArgs, summary};
+
 /// Arguments of `pagemig topo`.
 #[derive(Debug, clap::Args)]
 pub struct TopoArgs {
@@ -16,6 +18,8 @@ pub struct TopoArgs {
     /// Read this sysfs tree instead of /sys (for saved or synthetic machine layouts).
     #[arg(long, value_name = "DIR", default_value = "/sys")]
     sysfs: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 pub fn run(args: &TopoArgs, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -27,6 +31,17 @@ pub fn run(args: &TopoArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         return Ok(());
     }
     writeln!(out, "{}", render(&topo))?;
+    let loaded = args.model.load()?;
+    match &loaded.model {
+        Some(m) => {
+            writeln!(out, "\n{}", loaded.source)?;
+            if let Some(why) = m.mismatch(&pagemig::policy::MachineId::of(&topo)) {
+                writeln!(out, "not used here: {why}")?;
+            }
+            write!(out, "{}", summary(m))?;
+        }
+        None => writeln!(out, "\n{}: run `pagemig calibrate`", loaded.source)?,
+    }
     Ok(())
 }
 

@@ -3,11 +3,12 @@
 use std::fs;
 use std::process::{Command, Output};
 
+/// Runs pagemig without a saved cost model (the user's cache is not read).
 fn pagemig(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pagemig"))
-        .args(args)
-        .output()
-        .unwrap()
+    pagemig_with_cache(
+        std::path::Path::new("/nonexistent-pagemig-test-cache"),
+        args,
+    )
 }
 
 fn stderr(o: &Output) -> String {
@@ -80,7 +81,17 @@ fn bench_copy_table_json_csv_and_plot() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     for want in [
-        "machine:", "4K pages", "2M pages", "vanilla", "nt", "movsb", "mt_1", "mt_2", "limit",
+        "machine:",
+        "4K pages",
+        "2M pages",
+        "vanilla",
+        "nt",
+        "movsb",
+        "mt_1",
+        "mt_2",
+        "auto",
+        "limit",
+        "built-in quick calibration",
     ] {
         assert!(text.contains(want), "missing {want}: {text}");
     }
@@ -109,8 +120,8 @@ fn bench_copy_table_json_csv_and_plot() {
         lines.next().unwrap(),
         "bench,page_size,pages,column,min_gbps,median_gbps,max_gbps,samples"
     );
-    // 2 page sizes x 2 rows x (vanilla, nt, movsb, mt_1, mt_2, limit)
-    assert_eq!(lines.count(), 2 * 2 * 6);
+    // 2 page sizes x 2 rows x (vanilla, nt, movsb, mt_1, mt_2, auto, limit)
+    assert_eq!(lines.count(), 2 * 2 * 7);
     assert_eq!(&fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
 }
 
@@ -194,14 +205,172 @@ fn bench_migrate_remap_same_node_has_phases() {
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         json["tables"][0]["columns"],
-        serde_json::json!(["mt_1"]),
+        serde_json::json!(["mt_1", "auto"]),
         "no vanilla on one node"
     );
     let phases = json["phases"].as_array().unwrap();
-    assert_eq!(phases.len(), 2);
+    assert_eq!(phases.len(), 4, "2 rows x (mt_1, auto)");
     for p in phases {
         assert!(p["copy_ms"].as_f64().unwrap() > 0.0, "{p}");
         let share = p["copy_share"].as_f64().unwrap();
         assert!(share > 0.0 && share <= 1.0, "{p}");
     }
+}
+
+fn pagemig_with_cache(cache: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pagemig"))
+        .args(args)
+        .env("XDG_CACHE_HOME", cache)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn calibrate_saves_a_model_that_topo_and_bench_use() {
+    let cache = tempfile::TempDir::new().unwrap();
+    let o = pagemig_with_cache(cache.path(), &["calibrate", "--quick"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let path = cache.path().join("pagemig/model.json");
+    assert!(
+        stdout(&o).contains(&format!("saved {}", path.display())),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("bandwidth stops growing at"),
+        "{}",
+        stdout(&o)
+    );
+    let model: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(model["copy"].as_array().unwrap().len() >= 8);
+
+    let o = pagemig_with_cache(cache.path(), &["topo"]);
+    assert!(
+        stdout(&o).contains(&format!("cost model {}", path.display())),
+        "{}",
+        stdout(&o)
+    );
+
+    let mut args = TINY.to_vec();
+    args.push("--json");
+    let o = pagemig_with_cache(cache.path(), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains(&format!("from the cost model {}", path.display())),
+        "{notes}"
+    );
+    assert!(notes.contains("auto reached 0.95"), "{notes}");
+    for t in report["tables"].as_array().unwrap() {
+        assert!(
+            t["columns"].as_array().unwrap().contains(&"auto".into()),
+            "{t}"
+        );
+    }
+
+    fs::write(&path, "not json").unwrap();
+    let o = pagemig_with_cache(cache.path(), &["topo"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("is not a pagemig cost model"),
+        "{}",
+        stderr(&o)
+    );
+    let o = pagemig(&["topo", "--model", "/nonexistent/model.json"]);
+    assert!(
+        stderr(&o).contains("/nonexistent/model.json: No such file"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A process with some memory to point `migrate` at; killed on drop.
+struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    fn new() -> Self {
+        Sleeper(Command::new("sleep").arg("60").spawn().unwrap())
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn migrate_explains_its_plan() {
+    let cache = tempfile::TempDir::new().unwrap();
+    let sleeper = Sleeper::new();
+    let pid = sleeper.0.id().to_string();
+    let o = pagemig_with_cache(
+        cache.path(),
+        &[
+            "migrate",
+            "--pid",
+            &pid,
+            "--to",
+            "0",
+            "--explain",
+            "--best-effort",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!("plan for process {pid}: 1 thread(s)")),
+        "{out}"
+    );
+    assert!(out.contains("why: kernel path not calibrated"), "{out}");
+    assert!(out.contains("charged to the caller"), "{out}");
+}
+
+#[test]
+fn charge_target_bills_a_cgroup_made_by_the_test() {
+    let Ok(root) = pagemig::cgroup::mount_point() else {
+        eprintln!("skipped charge_target_bills_a_cgroup_made_by_the_test: no cgroup v2 hierarchy");
+        return;
+    };
+    let dir = root.join(format!("pagemig-cli-test-{}", std::process::id()));
+    if let Err(e) = fs::create_dir(&dir) {
+        eprintln!(
+            "skipped charge_target_bills_a_cgroup_made_by_the_test: cannot create {}: {e}",
+            dir.display()
+        );
+        return;
+    }
+    let sleeper = Sleeper::new();
+    let pid = sleeper.0.id().to_string();
+    fs::write(dir.join("cgroup.procs"), &pid).unwrap();
+    let o = pagemig(&[
+        "migrate",
+        "--pid",
+        &pid,
+        "--to",
+        "0",
+        "--charge",
+        "target",
+        "--json",
+        "--best-effort",
+    ]);
+    drop(sleeper);
+    let _ = fs::remove_dir(&dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = &r[0]["charged_to"];
+    assert_eq!(c["to"], "target", "{r}");
+    assert_eq!(
+        c["cgroup"],
+        format!("/{}", dir.file_name().unwrap().to_str().unwrap()),
+        "{r}"
+    );
+    // The helper process ran in the new cgroup: it has used CPU time since it was made empty.
+    assert!(
+        c["usage_after_usec"].as_u64().unwrap() > c["usage_before_usec"].as_u64().unwrap(),
+        "{r}"
+    );
 }

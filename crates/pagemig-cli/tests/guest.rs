@@ -265,7 +265,17 @@ struct Victim {
 
 impl Victim {
     fn spawn(mode: &str, pages: usize, node: NodeId) -> Victim {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        Victim::spawn_as(mode, pages, node, None)
+    }
+
+    /// As `spawn`, running as user and group `uid` when given.
+    fn spawn_as(mode: &str, pages: usize, node: NodeId, uid: Option<u32>) -> Victim {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        let mut child = command
             .args(["--exact", "victim_entry", "--nocapture", "--test-threads=1"])
             .env("PAGEMIG_VICTIM", mode)
             .env("PAGEMIG_VICTIM_PAGES", pages.to_string())
@@ -798,6 +808,7 @@ fn cli_bench_migrate_kernel_table() {
     for t in tables {
         assert_eq!(t["columns"][0], "vanilla");
         assert_eq!(t["columns"][1], "mt_1");
+        assert_eq!(t["columns"].as_array().unwrap().last().unwrap(), "auto");
         for row in t["rows"].as_array().unwrap() {
             for cell in row["cells"].as_array().unwrap() {
                 assert!(cell["median"].as_f64().unwrap() > 0.0, "{row}");
@@ -841,12 +852,183 @@ fn cli_bench_migrate_remap_between_nodes() {
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         json["tables"][0]["columns"],
-        serde_json::json!(["vanilla", "mt_1", "mt_2"])
+        serde_json::json!(["vanilla", "mt_1", "mt_2", "auto"])
     );
-    assert_eq!(json["phases"].as_array().unwrap().len(), 2 * 2 * 2);
+    assert_eq!(
+        json["phases"].as_array().unwrap().len(),
+        2 * 2 * 3,
+        "rows x (mt_1, mt_2, auto)"
+    );
     assert!(
         !json["notes"].to_string().contains("did not reach"),
         "{}",
         json["notes"]
     );
+}
+
+// ---- who pays: --charge target ----
+
+/// A cgroup v2 directory made for one test, removed when dropped (after its processes exit).
+struct TestCgroup {
+    dir: std::path::PathBuf,
+    path: String,
+}
+
+impl TestCgroup {
+    fn new(test: &str) -> Option<TestCgroup> {
+        let root = match pagemig::cgroup::mount_point() {
+            Ok(r) => r,
+            Err(e) => {
+                skip(test, &e.to_string());
+                return None;
+            }
+        };
+        let name = format!("pagemig-{test}-{}", std::process::id());
+        let dir = root.join(&name);
+        if let Err(e) = std::fs::create_dir(&dir) {
+            skip(test, &format!("cannot create {}: {e}", dir.display()));
+            return None;
+        }
+        Some(TestCgroup {
+            dir,
+            path: format!("/{name}"),
+        })
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+#[test]
+fn cli_charge_target_bills_the_target_cgroup() {
+    let test = "cli_charge_target_bills_the_target_cgroup";
+    let Some((_, nodes)) = multi_node(test) else {
+        return;
+    };
+    let Some(cg) = TestCgroup::new(test) else {
+        return;
+    };
+    let victim = Victim::spawn("writer", 8192, nodes[0]);
+    cg.add(victim.child.id());
+    let pid = victim.child.id().to_string();
+    for (charge, to) in [("target", nodes[1]), ("caller", nodes[0])] {
+        let o = pagemig(&[
+            "migrate",
+            "--pid",
+            &pid,
+            "--to",
+            &to.to_string(),
+            "--mapping",
+            "anonymous",
+            "--charge",
+            charge,
+            "--best-effort",
+            "--json",
+            "--threads",
+            "2",
+        ]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let r = &json(&o)[0];
+        assert!(r["pages_moved"].as_u64().unwrap() >= 8192, "{r}");
+        let c = &r["charged_to"];
+        assert_eq!(c["to"], charge, "{r}");
+        let used_ms = (c["usage_after_usec"].as_u64().unwrap()
+            - c["usage_before_usec"].as_u64().unwrap()) as f64
+            / 1e3;
+        let calls = &r["calls"];
+        let threads: Vec<f64> = calls["thread_cpu_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let cpu_ms = calls["cpu_time_ms"].as_f64().unwrap();
+        let move_ms = r["phases"]["move_ms"].as_f64().unwrap();
+        // The thread clocks' own bounds: one entry per thread, each no more than the wall time
+        // of the move phase, summing to the total.
+        assert_eq!(
+            threads.len() as u64,
+            calls["threads"].as_u64().unwrap(),
+            "{r}"
+        );
+        assert!(
+            threads.iter().all(|&t| t > 0.0 && t <= move_ms + 1.0),
+            "{r}"
+        );
+        assert!((threads.iter().sum::<f64>() - cpu_ms).abs() < 0.01, "{r}");
+        if charge == "target" {
+            assert_eq!(c["cgroup"], cg.path.as_str(), "{r}");
+            // The helper's threads ran in the victim's cgroup: it paid at least their time.
+            assert!(
+                used_ms >= cpu_ms * 0.9,
+                "cgroup used {used_ms} ms, threads {cpu_ms} ms: {r}"
+            );
+        } else {
+            let caller = pagemig::cgroup::Cgroup::of(Process::Current).unwrap();
+            assert_eq!(c["cgroup"], caller.path.as_str(), "{r}");
+        }
+    }
+    assert!(victim.finish(), "the victim lost a write");
+}
+
+#[test]
+fn cli_charge_target_refuses_a_cgroup_it_cannot_enter() {
+    let test = "cli_charge_target_refuses_a_cgroup_it_cannot_enter";
+    let Some((_, nodes)) = multi_node(test) else {
+        return;
+    };
+    let Some(cg) = TestCgroup::new(test) else {
+        return;
+    };
+    use std::os::unix::process::CommandExt;
+    // nobody may move its own process's pages, but not write root's cgroup.procs.
+    let victim = Victim::spawn_as("writer", 1024, nodes[0], Some(65534));
+    cg.add(victim.child.id());
+    let o = Command::new(pagemig_bin())
+        .args([
+            "migrate",
+            "--pid",
+            &victim.child.id().to_string(),
+            "--to",
+            &nodes[1].to_string(),
+        ])
+        .args(["--charge", "target"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot place a helper process in cgroup {}",
+            cg.path
+        )) && err.contains("nothing was moved")
+            && err.contains("ermission denied"),
+        "{err}"
+    );
+    assert_on(victim.pid(), victim.start, victim.len, nodes[0]);
+    assert!(victim.finish());
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 use crate::migrate::Process;
+use crate::migrate::helper::ChargeTo;
 use crate::sys::Errno;
 use crate::topology::NodeId;
 
@@ -97,6 +98,10 @@ fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1e3)
 }
 
+fn millis_each<S: Serializer>(ds: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ds.iter().map(|d| d.as_secs_f64() * 1e3))
+}
+
 /// The kernel calls of a migration: how many, and how long the target was held by each.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CallStats {
@@ -112,31 +117,74 @@ pub struct CallStats {
     pub final_batch: usize,
     /// Threads that made calls.
     pub threads: usize,
-    /// CPU time of those threads (their thread CPU clocks).
+    /// CPU time of those threads (their thread CPU clocks), in all.
     #[serde(rename = "cpu_time_ms", serialize_with = "millis")]
     pub cpu_time: Duration,
+    /// CPU time of each thread.
+    #[serde(rename = "thread_cpu_ms", serialize_with = "millis_each")]
+    pub thread_cpu: Vec<Duration>,
 }
 
 impl CallStats {
+    /// Call statistics from their summary and the CPU time of each thread.
+    pub fn new(
+        calls: u64,
+        longest: Duration,
+        median: Duration,
+        final_batch: usize,
+        thread_cpu: Vec<Duration>,
+    ) -> Self {
+        CallStats {
+            calls,
+            longest,
+            median,
+            final_batch,
+            threads: thread_cpu.len(),
+            cpu_time: thread_cpu.iter().sum(),
+            thread_cpu,
+        }
+    }
+
     /// Summarises call durations.
     pub fn from_durations(
         mut durations: Vec<Duration>,
         final_batch: usize,
-        threads: usize,
-        cpu_time: Duration,
+        thread_cpu: Vec<Duration>,
     ) -> Self {
         durations.sort_unstable();
-        CallStats {
-            calls: durations.len() as u64,
-            longest: durations.last().copied().unwrap_or_default(),
-            median: durations
+        CallStats::new(
+            durations.len() as u64,
+            durations.last().copied().unwrap_or_default(),
+            durations
                 .get(durations.len() / 2)
                 .copied()
                 .unwrap_or_default(),
             final_batch,
-            threads,
-            cpu_time,
-        }
+            thread_cpu,
+        )
+    }
+}
+
+/// Which cgroup paid for a migration's CPU time, and what its `cpu.stat` said before and after.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Charge {
+    /// Whether the caller or the target paid.
+    pub to: ChargeTo,
+    /// The paying cgroup's path (`None` without a cgroup v2 hierarchy).
+    pub cgroup: Option<String>,
+    /// Its `usage_usec` before and after the move phase.
+    pub usage_before_usec: Option<u64>,
+    /// See `usage_before_usec`.
+    pub usage_after_usec: Option<u64>,
+}
+
+impl Charge {
+    /// CPU time the paying cgroup used during the move phase (all its tasks).
+    pub fn usage(&self) -> Option<Duration> {
+        Some(Duration::from_micros(
+            self.usage_after_usec?
+                .saturating_sub(self.usage_before_usec?),
+        ))
     }
 }
 
@@ -189,6 +237,8 @@ pub struct Report {
     pub wall: Duration,
     /// The process exited during the migration; counts are what moved before.
     pub process_exited: bool,
+    /// Who paid for the CPU time.
+    pub charged_to: Charge,
 }
 
 impl Report {

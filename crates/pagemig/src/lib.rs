@@ -4,12 +4,16 @@
 //! - [`topology`]: nodes, CPUs, L3 cache domains and memory tiers, from sysfs.
 //! - [`copy`]: the [`copy::CopyEngine`] trait, CPU engines and the pinned worker [`copy::Pool`].
 //! - [`migrate`]: moving pages of any process between nodes (the kernel path).
-//! - [`account`]: what a migration did, per page and per phase.
+//! - [`policy`]: the planner and its calibrated cost model.
+//! - [`account`]: what a migration did, per page and per phase, and who paid for it.
+//! - [`cgroup`]: cgroup v2 membership, CPU quota and usage.
 //! - [`sys`]: the safe wrappers over every system call pagemig makes.
 #![deny(unsafe_code)]
 
 pub mod account;
+pub mod cgroup;
 pub mod copy;
 pub mod migrate;
+pub mod policy;
 pub mod sys;
 pub mod topology;

@@ -5,13 +5,15 @@ use std::io::Write;
 use anyhow::{Context, bail};
 use indicatif::ProgressBar;
 use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
+use pagemig::policy::{AutoEngine, Copier, Planner, Resources};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{NodeId, NodeSet, Topology};
 
 use super::{
     Cell, OutputArgs, PageTable, Report, Row, check_node, default_rows, default_threads, measure,
-    page_size_label, parse_page_size, parse_placement, progress_bar, usable_free,
+    measure_row, page_size_label, parse_page_size, parse_placement, progress_bar, usable_free,
 };
+use crate::calibrate::ModelArgs;
 use crate::machine::Machine;
 
 /// Arguments of `pagemig bench copy`.
@@ -48,6 +50,8 @@ pub struct CopyArgs {
     /// Fewer rows, repetitions and bytes: under a minute on 2 cores.
     #[arg(long)]
     quick: bool,
+    #[command(flatten)]
+    model: ModelArgs,
     #[command(flatten)]
     output: OutputArgs,
 }
@@ -93,6 +97,8 @@ enum Column {
     Engine(CpuEngine),
     /// The batch split over this many pool workers.
     Mt(usize),
+    /// The whole batch in one call of the planner's engine for its size.
+    Auto(AutoEngine),
 }
 
 impl Column {
@@ -101,6 +107,7 @@ impl Column {
             Column::Vanilla => "vanilla".into(),
             Column::Engine(e) => e.kind().to_string(),
             Column::Mt(n) => format!("mt_{n}"),
+            Column::Auto(_) => "auto".into(),
         }
     }
 }
@@ -164,6 +171,10 @@ impl Buffers {
                 let ops: Vec<CopyOp<'_>> = pairs.map(|(s, d)| CopyOp::new(s, d)).collect();
                 pool.copy_with(&ops, *n)?;
             }
+            Column::Auto(auto) => {
+                let ops: Vec<CopyOp<'_>> = pairs.map(|(s, d)| CopyOp::new(s, d)).collect();
+                auto.copy(&ops)?;
+            }
         }
         Ok(())
     }
@@ -217,6 +228,17 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         columns.push(Column::Engine(CpuEngine::new(kind)?));
     }
     columns.extend(threads.iter().map(|&n| Column::Mt(n)));
+    let loaded = args.model.load_or_measure(&topo)?;
+    let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?);
+    let auto = AutoEngine::new(&planner, route).context("starting the auto column's engine")?;
+    let mut notes = vec![format!(
+        "auto: the planner's choice per batch size, from the {}",
+        loaded.source
+    )];
+    for &ps in &args.page_size {
+        notes.push(auto_choices(&auto, ps, &rows_of(args, ps)));
+    }
+    columns.push(Column::Auto(auto));
 
     // Rows whose buffers do not fit in 80% of the free memory of the nodes are left out, with a
     // note: a full run asks for 2 GiB per buffer for 1024 pages of 2 MB.
@@ -240,12 +262,11 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             budget.limit_bytes >> 20
         );
     }
-    let mut notes = Vec::new();
     let plan: Vec<(usize, Vec<usize>)> = args
         .page_size
         .iter()
         .map(|&ps| {
-            let rows = if args.pages.is_empty() { default_rows(ps, args.quick) } else { args.pages.clone() };
+            let rows = rows_of(args, ps);
             let (kept, dropped): (Vec<usize>, Vec<usize>) = rows.into_iter().partition(|&n| fits(n * ps));
             if !dropped.is_empty() {
                 notes.push(format!(
@@ -285,18 +306,11 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         for &pages in rows {
             let bytes = pages * page_size;
             let per_sample = budget.sample_bytes.div_ceil(bytes);
-            let mut cells = Vec::with_capacity(columns.len() + 1);
-            for column in &columns {
-                progress.set_message(format!(
-                    "{} x {pages} {}",
-                    page_size_label(page_size),
-                    column.name()
-                ));
-                cells.push(measure(budget.reps, per_sample, bytes, |i| {
-                    bufs.migrate(column, &pool, &memcpy, page_size, pages, i)
-                })?);
-                progress.inc(1);
-            }
+            progress.set_message(format!("{} x {pages}", page_size_label(page_size)));
+            let mut cells = measure_row(budget.reps, per_sample, bytes, columns.len(), |c, i| {
+                bufs.migrate(&columns[c], &pool, &memcpy, page_size, pages, i)
+            })?;
+            progress.inc(columns.len() as u64);
             cells.push(limit);
             table.rows.push(Row { pages, cells });
         }
@@ -304,6 +318,7 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     progress.finish_and_clear();
 
+    notes.extend(auto_verdict(&tables));
     notes.extend([
         format!("copies from node {from} to node {to}; mt_N workers run {} on CPUs {:?} ({:?})", pool.engine().name(), cpus, args.placement),
         format!(
@@ -321,6 +336,81 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         phases: Vec::new(),
     };
     report.emit(&args.output, out)
+}
+
+/// Rows of the table of `page_size` pages.
+fn rows_of(args: &CopyArgs, page_size: usize) -> Vec<usize> {
+    if args.pages.is_empty() {
+        default_rows(page_size, args.quick)
+    } else {
+        args.pages.clone()
+    }
+}
+
+/// What `auto` chose for each row, runs of rows with the same choice merged.
+fn auto_choices(auto: &AutoEngine, page_size: usize, rows: &[usize]) -> String {
+    let mut runs: Vec<(usize, usize, Copier)> = Vec::new();
+    for &pages in rows {
+        let copier = auto.plan((pages * page_size) as u64).copier;
+        match runs.last_mut() {
+            Some(run) if run.2 == copier => run.1 = pages,
+            _ => runs.push((pages, pages, copier)),
+        }
+    }
+    let parts: Vec<String> = runs
+        .iter()
+        .map(|(a, b, c)| {
+            if a == b {
+                format!("{a}: {c}")
+            } else {
+                format!("{a}-{b}: {c}")
+            }
+        })
+        .collect();
+    format!(
+        "auto for {} pages: {}",
+        page_size_label(page_size),
+        parts.join("; ")
+    )
+}
+
+/// How `auto` did against the other columns on every row: the bar is at least 0.95 of the best
+/// fixed column and never below vanilla.
+fn auto_verdict(tables: &[PageTable]) -> Option<String> {
+    let mut rows = 0;
+    let mut met = 0;
+    let mut below_vanilla = 0;
+    let mut worst: Option<(f64, String)> = None;
+    for t in tables {
+        let auto = t.columns.iter().position(|c| c == "auto")?;
+        for r in &t.rows {
+            let Some(a) = r.cells[auto] else { continue };
+            let best = r
+                .cells
+                .iter()
+                .zip(&t.columns)
+                .filter(|(_, name)| *name != "auto" && *name != "limit")
+                .filter_map(|(c, _)| c.map(|c| c.median))
+                .fold(0.0, f64::max);
+            if best <= 0.0 {
+                continue;
+            }
+            rows += 1;
+            let ratio = a.median / best;
+            met += usize::from(ratio >= 0.95);
+            below_vanilla += usize::from(r.cells[0].is_some_and(|v| a.median < v.median));
+            if worst.as_ref().is_none_or(|w| ratio < w.0) {
+                worst = Some((
+                    ratio,
+                    format!("{} x {}", page_size_label(t.page_size), r.pages),
+                ));
+            }
+        }
+    }
+    let (ratio, at) = worst?;
+    Some(format!(
+        "auto reached 0.95 of the best fixed column on {met} of {rows} rows (lowest {ratio:.2}, at {at}); below vanilla on {below_vanilla} rows"
+    ))
 }
 
 /// The best large-buffer copy bandwidth of any engine, on one thread or on all pool workers.

@@ -3,11 +3,12 @@
 use std::io::Write;
 
 use anyhow::{Context, bail};
-use pagemig::copy::{CpuEngine, EngineKind, Placement, Pool, Route};
+use pagemig::copy::{CopyEngine, CpuEngine, EngineKind, Placement, Pool, Route};
 use pagemig::migrate::kernel::{self, KernelPlan};
 use pagemig::migrate::remap::{self, RemapPhases, RemapPlan};
 use pagemig::migrate::reservoir::Reservoirs;
 use pagemig::migrate::{Process, procfs};
+use pagemig::policy::{AutoEngine, Job, Planner, Resources};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
 
@@ -15,6 +16,7 @@ use super::{
     OutputArgs, PageTable, PhaseRow, Report, Row, check_node, default_rows, default_threads,
     measure, page_size_label, parse_page_size, progress_bar, usable_free,
 };
+use crate::calibrate::ModelArgs;
 use crate::machine::Machine;
 
 /// Which migration path is measured.
@@ -64,13 +66,17 @@ pub struct MigrateBenchArgs {
     #[arg(long)]
     quick: bool,
     #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
     output: OutputArgs,
 }
 
 /// How one column moves a block.
 enum Mover {
     Kernel(KernelPlan),
-    Remap(Pool<CpuEngine>),
+    /// The kernel path with the planner's threads for each row's size.
+    KernelAuto(KernelPlan),
+    Remap(Box<dyn CopyEngine>),
 }
 
 /// Pages that move back and forth between two nodes (or from a node to itself), one migration
@@ -97,7 +103,7 @@ impl Block {
         let to = if self.at == a { b } else { a };
         let start = self.buf.as_ptr() as usize;
         match mover {
-            Mover::Kernel(plan) => {
+            Mover::Kernel(plan) | Mover::KernelAuto(plan) => {
                 // One address per page: the head of a huge page moves all of it.
                 let addrs: Vec<usize> = (0..pages).map(|i| start + i * self.page_size).collect();
                 let moved =
@@ -105,10 +111,10 @@ impl Block {
                 self.pages_failed +=
                     moved.status.iter().filter(|&&s| s != to as i32).count() as u64;
             }
-            Mover::Remap(pool) => {
+            Mover::Remap(engine) => {
                 let bytes = pages * self.page_size;
                 let plan = RemapPlan {
-                    engine: pool,
+                    engine: engine.as_ref(),
                     batch_bytes: bytes,
                     reservoirs,
                 };
@@ -204,36 +210,53 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     for &n in &threads {
         let mover = match args.path {
             PathKind::Kernel => Mover::Kernel(KernelPlan::parallel(cpus[..n].to_vec(), 0)),
-            PathKind::Remap => Mover::Remap(
+            PathKind::Remap => Mover::Remap(Box::new(
                 Pool::new(CpuEngine::new(EngineKind::Nt)?, &cpus[..n])
                     .context("starting copy workers")?,
-            ),
+            )),
         };
         movers.push((format!("mt_{n}"), mover));
     }
+    let loaded = args.model.load_or_measure(&topo)?;
+    let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?);
+    movers.push((
+        "auto".into(),
+        match args.path {
+            PathKind::Kernel => Mover::KernelAuto(KernelPlan::serial(0)),
+            PathKind::Remap => Mover::Remap(Box::new(
+                AutoEngine::new(&planner, route).context("starting the auto column's engine")?,
+            )),
+        },
+    ));
     let free = |n: NodeId| usable_free(&topo, n);
 
-    let mut notes = vec![match args.path {
-        PathKind::Kernel => format!(
-            "kernel path between node {from} and node {to}: vanilla is one move_pages call with every page on the calling thread; \
+    let mut notes = vec![
+        format!(
+            "auto: the planner's choice for each row, from the {}",
+            loaded.source
+        ),
+        match args.path {
+            PathKind::Kernel => format!(
+                "kernel path between node {from} and node {to}: vanilla is one move_pages call with every page on the calling thread; \
              mt_N: N threads on CPUs {cpus:?}, each moving a share in one call; one address per page (the head of a huge page)"
-        ),
-        PathKind::Remap => format!(
-            "remap path, node {from} {} node {to}: mt_N write-protects, copies with N non-temporal workers on CPUs {cpus:?}, \
+            ),
+            PathKind::Remap => format!(
+                "remap path, node {from} {} node {to}: mt_N write-protects, copies with N non-temporal workers on CPUs {cpus:?}, \
              remaps and wakes, one batch per migration, {}{}",
-            if from == to { "to" } else { "<->" },
-            if args.no_reservoir {
-                "new pages allocated, old ones freed"
-            } else {
-                "new pages from per-node reservoirs, old ones recycled into them"
-            },
-            if with_vanilla {
-                "; vanilla is move_pages of the same pages"
-            } else {
-                ""
-            }
-        ),
-    }];
+                if from == to { "to" } else { "<->" },
+                if args.no_reservoir {
+                    "new pages allocated, old ones freed"
+                } else {
+                    "new pages from per-node reservoirs, old ones recycled into them"
+                },
+                if with_vanilla {
+                    "; vanilla is move_pages of the same pages"
+                } else {
+                    ""
+                }
+            ),
+        },
+    ];
     let mut plan_rows = Vec::new();
     for &ps in &args.page_size {
         let rows = if args.pages.is_empty() {
@@ -300,7 +323,15 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let mut cells = Vec::new();
             for (name, mover) in &mut movers {
                 progress.set_message(format!("{} x {pages} {name}", page_size_label(page_size)));
-                if let Mover::Kernel(plan) = mover {
+                if let Mover::KernelAuto(plan) = mover {
+                    let job = Job {
+                        bytes: bytes as u64,
+                        route,
+                    };
+                    // Any number of calls: the row's pages are then split over the threads.
+                    plan.cpus = planner.plan_kernel(job, page_size as u64)?.cpus;
+                }
+                if let Mover::Kernel(plan) | Mover::KernelAuto(plan) = mover {
                     plan.batch = pages.div_ceil(plan.cpus.len().max(1));
                 }
                 let mut phases = RemapPhases::default();

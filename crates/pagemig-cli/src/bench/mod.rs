@@ -133,17 +133,41 @@ pub fn measure(
     bytes: usize,
     mut step: impl FnMut(usize) -> anyhow::Result<()>,
 ) -> anyhow::Result<Option<Cell>> {
-    step(0)?; // warm-up: first use of the pool's threads, page tables, caches
-    let mut samples = Vec::with_capacity(reps);
-    for r in 0..reps {
-        let start = Instant::now();
-        for i in 0..per_sample {
-            step(1 + r * per_sample + i)?;
-        }
-        let secs = start.elapsed().as_secs_f64();
-        samples.push((bytes * per_sample) as f64 / secs / 1e9);
+    let mut cells = measure_row(reps, per_sample, bytes, 1, |_, i| step(i))?;
+    Ok(cells.pop().flatten())
+}
+
+/// Longer than a pool worker polls for its next task before it sleeps.
+const IDLE_POOLS: std::time::Duration = std::time::Duration::from_micros(300);
+
+/// As [`measure`] for `columns` columns of one row: `step(column, i)`. The columns take turns
+/// sample by sample, so that noise from elsewhere on the machine (a neighbour's burst, a
+/// frequency change) spreads over all of them and their ratios stay fair.
+pub fn measure_row(
+    reps: usize,
+    per_sample: usize,
+    bytes: usize,
+    columns: usize,
+    mut step: impl FnMut(usize, usize) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Option<Cell>>> {
+    for c in 0..columns {
+        step(c, 0)?; // warm-up: first use of the pool's threads, page tables, caches
     }
-    Ok(Cell::from_samples(samples))
+    let mut samples = vec![Vec::with_capacity(reps); columns];
+    for r in 0..reps {
+        for (c, column) in samples.iter_mut().enumerate() {
+            // Workers of the previous column's pool poll for a while before they sleep; let them
+            // fall asleep first, or this column's sample pays for their polling.
+            std::thread::sleep(IDLE_POOLS);
+            let start = Instant::now();
+            for i in 0..per_sample {
+                step(c, 1 + r * per_sample + i)?;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            column.push((bytes * per_sample) as f64 / secs / 1e9);
+        }
+    }
+    Ok(samples.into_iter().map(Cell::from_samples).collect())
 }
 
 /// Bytes a bench may take on `node`: 80% of its free memory.

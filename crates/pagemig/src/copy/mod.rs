@@ -11,6 +11,7 @@ mod pool;
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +20,7 @@ pub use placement::{Placement, PlacementError, Route};
 pub use pool::{Piece, Pool, PoolError, split_by_bytes};
 
 /// What a copy did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CopyStats {
     /// Bytes copied.
     pub bytes: u64,
@@ -27,6 +28,9 @@ pub struct CopyStats {
     pub ops: u64,
     /// Threads that copied (1 for an engine that copies on the caller's thread).
     pub threads: usize,
+    /// CPU time of pool worker threads on this batch, from their thread CPU clocks (zero when
+    /// the calling thread copied: its time is the caller's to measure).
+    pub worker_cpu: Duration,
 }
 
 /// Why a copy did not complete.
@@ -179,6 +183,7 @@ impl CopyEngine for CpuEngine {
             bytes,
             ops: batch.len() as u64,
             threads: 1,
+            worker_cpu: Duration::ZERO,
         })
     }
 }

@@ -95,7 +95,8 @@ struct Chunk {
 
 struct Task {
     chunks: Vec<Chunk>,
-    done: Sender<Result<(), CopyError>>,
+    /// Replies with the worker's CPU time on the task.
+    done: Sender<Result<Duration, CopyError>>,
 }
 
 struct Worker {
@@ -223,6 +224,7 @@ impl<E: CopyEngine + 'static> Pool<E> {
         let shares = split_by_bytes(&lens, n, SPLIT_ALIGN);
         let (done_tx, done_rx) = mpsc::channel();
         let mut sent = 0;
+        let mut worker_cpu = Duration::ZERO;
         let mut first_error = None;
         for (index, share) in shares.into_iter().enumerate() {
             if share.is_empty() {
@@ -259,7 +261,7 @@ impl<E: CopyEngine + 'static> Pool<E> {
         // memory. recv fails only once every task's sender is dropped, i.e. no task is left.
         for _ in 0..sent {
             match recv_spinning(&done_rx) {
-                Ok(Ok(())) => {}
+                Ok(Ok(cpu)) => worker_cpu += cpu,
                 Ok(Err(e)) => {
                     first_error.get_or_insert(e);
                 }
@@ -272,6 +274,7 @@ impl<E: CopyEngine + 'static> Pool<E> {
                 bytes: lens.iter().sum::<usize>() as u64,
                 ops: batch.len() as u64,
                 threads: sent,
+                worker_cpu,
             }),
         }
     }
@@ -279,6 +282,7 @@ impl<E: CopyEngine + 'static> Pool<E> {
 
 fn run_worker<E: CopyEngine>(engine: &E, index: usize, cpu: CpuId, tasks: Receiver<Task>) {
     while let Ok(task) = recv_spinning(&tasks) {
+        let cpu_start = sys::thread_cpu_time();
         let result = catch_unwind(AssertUnwindSafe(|| {
             let ops: Vec<CopyOp<'_>> = task
                 .chunks
@@ -288,7 +292,9 @@ fn run_worker<E: CopyEngine>(engine: &E, index: usize, cpu: CpuId, tasks: Receiv
                 // different shares are disjoint, so no other worker touches these bytes.
                 .map(|c| unsafe { CopyOp::from_raw(c.src as *const u8, c.dst as *mut u8, c.len) })
                 .collect();
-            engine.copy(&ops).map(|_| ())
+            engine
+                .copy(&ops)
+                .map(|_| sys::thread_cpu_time().saturating_sub(cpu_start))
         }));
         let reply = result.unwrap_or_else(|panic| {
             Err(CopyError::WorkerPanicked {

@@ -5,9 +5,11 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::helper::{self, ChargeTo};
 use super::procfs::{self, VmArea};
 use super::{MigrateError, Process, check_target};
-use crate::account::{CallStats, FailureCause, Phases, Report};
+use crate::account::{CallStats, Charge, FailureCause, Phases, Report};
+use crate::cgroup::Cgroup;
 use crate::sys::{self, Errno, PageNode, SysError};
 use crate::topology::{CpuId, NodeId, NodeSet, Topology};
 
@@ -24,6 +26,9 @@ pub struct KernelPlan {
     pub max_stall: Option<Duration>,
     /// Also move pages shared with other processes (`MPOL_MF_MOVE_ALL`, needs `CAP_SYS_NICE`).
     pub move_all: bool,
+    /// Who pays: with [`ChargeTo::Target`] the calls are made by a helper process in the
+    /// target's cgroup (see [`super::helper`]).
+    pub charge: ChargeTo,
 }
 
 impl KernelPlan {
@@ -34,6 +39,7 @@ impl KernelPlan {
             batch,
             max_stall: None,
             move_all: false,
+            charge: ChargeTo::Caller,
         }
     }
 
@@ -262,6 +268,11 @@ pub fn move_pages(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Moved, MigrateError> {
     assert_eq!(pages.len(), nodes.len(), "one target node per page");
+    if plan.charge == ChargeTo::Target {
+        let cgroup =
+            Cgroup::of(process).map_err(|e| MigrateError::TargetCgroup { process, source: e })?;
+        return helper::move_pages_in(&cgroup, process, pages, nodes, plan, progress);
+    }
     let mut order: Vec<usize> = (0..pages.len()).collect();
     order.sort_by_key(|&i| nodes[i]);
     let sorted: Vec<usize> = order.iter().map(|&i| pages[i]).collect();
@@ -275,8 +286,8 @@ pub fn move_pages(
     let stop = AtomicBool::new(false);
     let exited = AtomicBool::new(false);
     let mut durations = Vec::new();
-    let mut cpu_time = Duration::ZERO;
-    let mut threads_used = 0;
+    // CPU time of the k-th thread, summed over the node groups (each group has its own threads).
+    let mut thread_cpu: Vec<Duration> = Vec::new();
 
     let mut lo = 0;
     while lo < sorted.len() && !stop.load(Ordering::Relaxed) {
@@ -325,7 +336,9 @@ pub fn move_pages(
                     .collect()
             })
         };
-        threads_used = threads_used.max(results.len());
+        if thread_cpu.len() < results.len() {
+            thread_cpu.resize(results.len(), Duration::ZERO);
+        }
         // Pages a full node never got a chance at are left behind for want of memory.
         let untried_status = if group.full.load(Ordering::Relaxed) {
             -libc::ENOMEM
@@ -333,7 +346,8 @@ pub fn move_pages(
             -libc::ESRCH
         };
         sorted_status[lo..hi].fill(untried_status);
-        for r in results {
+        for (k, r) in results.into_iter().enumerate() {
+            thread_cpu[k] += r.cpu_time;
             if let Some(e) = r.error {
                 return Err(e);
             }
@@ -341,7 +355,6 @@ pub fn move_pages(
                 sorted_status[lo + start..lo + start + status.len()].copy_from_slice(&status);
             }
             durations.extend(r.durations);
-            cpu_time += r.cpu_time;
         }
         lo = hi;
     }
@@ -352,12 +365,7 @@ pub fn move_pages(
     }
     Ok(Moved {
         status,
-        calls: CallStats::from_durations(
-            durations,
-            batch.load(Ordering::Relaxed),
-            threads_used,
-            cpu_time,
-        ),
+        calls: CallStats::from_durations(durations, batch.load(Ordering::Relaxed), thread_cpu),
         process_exited: exited.load(Ordering::Relaxed),
     })
 }
@@ -469,6 +477,17 @@ pub fn migrate_process(
     plan: &KernelPlan,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, MigrateError> {
+    migrate_process_planned(topology, request, &|_| Ok(plan.clone()), progress)
+}
+
+/// As [`migrate_process`], with the plan chosen by `plan(bytes)` once the bytes to move are
+/// known (after the scan, before anything moves).
+pub fn migrate_process_planned(
+    topology: &Topology,
+    request: &ProcessRequest,
+    plan: &dyn Fn(u64) -> Result<KernelPlan, MigrateError>,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, MigrateError> {
     let started = Instant::now();
     let process = request.process;
     check_target(topology, request.to)?;
@@ -524,6 +543,7 @@ pub fn migrate_process(
     }
     progress(Progress::Planned(to_move.len() as u64));
     let page_size = sys::base_page_size() as u64;
+    let plan = &plan(to_move.len() as u64 * page_size)?;
     let mut report = Report {
         process,
         to: request.to,
@@ -539,6 +559,12 @@ pub fn migrate_process(
         phases,
         wall: Duration::ZERO,
         process_exited: false,
+        charged_to: Charge {
+            to: plan.charge,
+            cgroup: None,
+            usage_before_usec: None,
+            usage_after_usec: None,
+        },
     };
     if request.dry_run {
         report.pages_moved = to_move.len() as u64;
@@ -547,12 +573,27 @@ pub fn migrate_process(
         return Ok(report);
     }
 
+    let paying = match plan.charge {
+        ChargeTo::Caller => Cgroup::of(Process::Current).ok(),
+        ChargeTo::Target => Some(
+            Cgroup::of(process).map_err(|source| MigrateError::TargetCgroup { process, source })?,
+        ),
+    };
+    let usage = || {
+        paying
+            .as_ref()
+            .and_then(|c| c.usage().ok())
+            .map(|u| u.usage_usec)
+    };
+    report.charged_to.cgroup = paying.as_ref().map(|c| c.path.clone());
+    report.charged_to.usage_before_usec = usage();
     let t = Instant::now();
     let targets = vec![request.to; to_move.len()];
     let moved = move_pages(process, &to_move, &targets, plan, &|n| {
         progress(Progress::Moved(n))
     })?;
     report.phases.moving = t.elapsed();
+    report.charged_to.usage_after_usec = usage();
     report.calls = moved.calls;
     report.process_exited = moved.process_exited;
 

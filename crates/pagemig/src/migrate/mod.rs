@@ -4,6 +4,7 @@
 //! split over pinned threads; [`remap`] moves the calling process's own memory with a copy
 //! engine and `mremap`; [`procfs`] reads which pages a process has and where they are.
 
+pub mod helper;
 pub mod kernel;
 pub mod procfs;
 pub mod remap;
@@ -173,6 +174,36 @@ pub enum MigrateError {
     /// No CPUs could be chosen for the threads.
     #[error(transparent)]
     Placement(#[from] PlacementError),
+    /// The target's cgroup is unknown, so it cannot be charged.
+    #[error("cannot find the cgroup of {process} to charge it; nothing was moved")]
+    TargetCgroup {
+        /// The process.
+        process: Process,
+        /// Why.
+        #[source]
+        source: crate::cgroup::CgroupError,
+    },
+    /// A helper process could not be placed in the target's cgroup.
+    #[error(
+        "cannot place a helper process in cgroup {cgroup} (the cgroup of {process}) to charge it; \
+         nothing was moved (moving a process into a cgroup needs write access to its cgroup.procs \
+         and to that of the common ancestor)"
+    )]
+    EnterCgroup {
+        /// The process.
+        process: Process,
+        /// The cgroup's path.
+        cgroup: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A helper process failed.
+    #[error("migration helper: {message}")]
+    Helper {
+        /// What it said.
+        message: String,
+    },
 }
 
 /// Refuses a target node that is offline, unknown or has no memory, before anything moves.

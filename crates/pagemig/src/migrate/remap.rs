@@ -178,6 +178,11 @@ pub struct RemapReport {
     pub phases: RemapPhases,
     /// Wall time.
     pub wall: Duration,
+    /// CPU time of the calling thread during the migration (its thread CPU clock).
+    pub caller_cpu: Duration,
+    /// CPU time of the copy engine's worker threads (zero for an engine that copies on the
+    /// calling thread).
+    pub worker_cpu: Duration,
 }
 
 /// Checks that the range is mapped anonymous private writable memory.
@@ -320,7 +325,10 @@ pub unsafe fn migrate_range(
         writes_waited: 0,
         phases: RemapPhases::default(),
         wall: Duration::ZERO,
+        caller_cpu: Duration::ZERO,
+        worker_cpu: Duration::ZERO,
     };
+    let caller_cpu_start = sys::thread_cpu_time();
     let page = sys::base_page_size();
     let mut pos = start;
     while pos < end {
@@ -408,7 +416,7 @@ pub unsafe fn migrate_range(
                 )
             })
             .collect();
-        plan.engine.copy(&ops).map_err(|source| {
+        let stats = plan.engine.copy(&ops).map_err(|source| {
             undo(RemapError::Copy {
                 start,
                 end,
@@ -416,6 +424,7 @@ pub unsafe fn migrate_range(
                 source,
             })
         })?;
+        report.worker_cpu += stats.worker_cpu;
         drop(ops);
         report.phases.copy += t.elapsed();
 
@@ -476,6 +485,7 @@ pub unsafe fn migrate_range(
         pos = b_end;
     }
     report.wall = started.elapsed();
+    report.caller_cpu = sys::thread_cpu_time().saturating_sub(caller_cpu_start);
     Ok(report)
 }
 

@@ -7,11 +7,13 @@
 
 mod mem;
 mod numa;
+mod process;
 mod thread;
 mod uffd;
 
 pub use mem::{HUGE_PAGE_SIZE, Mapping, base_page_size};
 pub use numa::{PageNode, move_pages, query_page_nodes};
+pub use process::spawn_in_cgroup;
 pub use rustix::io::Errno;
 pub use thread::{allowed_cpus, pin_current_thread, thread_cpu_time};
 pub use uffd::Uffd;

@@ -123,3 +123,15 @@ pub fn one_node() -> FakeSysfs {
     s.l3("0-1", "491520K");
     s
 }
+
+/// One AMD EPYC socket in NPS1: one node, 8 CCDs (L3 domains) of 8 cores.
+pub fn epyc_1s() -> FakeSysfs {
+    let s = FakeSysfs::new("0-63");
+    s.file("devices/system/node/online", "0");
+    s.file("devices/system/node/has_memory", "0");
+    s.node(0, "0-63", 393_216, &[10]);
+    for ccd in 0..8 {
+        s.l3(&format!("{}-{}", ccd * 8, ccd * 8 + 7), "32768K");
+    }
+    s
+}

@@ -3,5 +3,6 @@
 mod engines;
 mod fake_sysfs;
 mod placement;
+mod policy;
 mod pool;
 mod topology;

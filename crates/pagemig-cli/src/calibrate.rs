@@ -1,0 +1,205 @@
+//! `pagemig calibrate`, and the cost model every other command plans with.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use pagemig::policy::{self, CalibrateOptions, Copier, CostModel, Effort, MachineId, Step};
+use pagemig::sys;
+use pagemig::topology::{NodeId, Topology};
+
+use crate::bench::progress_bar;
+
+/// Arguments of `pagemig calibrate`.
+#[derive(Debug, clap::Args)]
+pub struct CalibrateArgs {
+    /// A few seconds: fewer repetitions and migration sizes.
+    #[arg(long)]
+    quick: bool,
+    /// Node whose memory the copies use [default: the first node with memory and CPUs].
+    #[arg(long)]
+    node: Option<NodeId>,
+    /// Do not measure move_pages between two nodes.
+    #[arg(long)]
+    no_kernel_path: bool,
+    /// Save the model here [default: ~/.cache/pagemig/model.json].
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Print the model as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--model FILE` of the commands that plan.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Cost model from `pagemig calibrate` [default: ~/.cache/pagemig/model.json if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+}
+
+/// Where a model comes from, for notes and `--explain`.
+pub struct LoadedModel {
+    pub model: Option<CostModel>,
+    pub source: String,
+}
+
+fn model_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.to_owned()),
+        None => CostModel::default_path()
+            .context("no cache directory: set HOME or XDG_CACHE_HOME, or give --model FILE"),
+    }
+}
+
+impl ModelArgs {
+    /// The model given with `--model` (which must load), or the saved one if there is one.
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        if let Some(path) = &self.model {
+            let model = CostModel::load(path)?;
+            return Ok(LoadedModel {
+                model: Some(model),
+                source: format!("cost model {}", path.display()),
+            });
+        }
+        match CostModel::default_path().filter(|p| p.exists()) {
+            Some(path) => Ok(LoadedModel {
+                model: Some(CostModel::load(&path)?),
+                source: format!("cost model {}", path.display()),
+            }),
+            None => Ok(LoadedModel {
+                model: None,
+                source: "no saved cost model".into(),
+            }),
+        }
+    }
+
+    /// As [`ModelArgs::load`], and when there is no saved model, a quick calibration made now.
+    pub fn load_or_measure(&self, topo: &Topology) -> anyhow::Result<LoadedModel> {
+        let loaded = self.load()?;
+        let fits = loaded
+            .model
+            .as_ref()
+            .is_some_and(|m| m.mismatch(&MachineId::of(topo)).is_none());
+        if fits {
+            return Ok(loaded);
+        }
+        let allowed = sys::allowed_cpus()?;
+        let options = CalibrateOptions {
+            effort: Effort::Builtin,
+            no_kernel_path: true,
+            ..CalibrateOptions::default()
+        };
+        let model = policy::calibrate(topo, &allowed, &options, &|_| {})
+            .context("calibrating copy engines (no saved cost model)")?;
+        Ok(LoadedModel {
+            model: Some(model),
+            source: format!(
+                "{}; built-in quick calibration of copy engines made now (save one with `pagemig calibrate`)",
+                loaded.source
+            ),
+        })
+    }
+}
+
+pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let topo = Topology::detect().context("reading the topology from /sys")?;
+    if let Some(node) = args.node {
+        crate::bench::check_node(&topo, node, "calibration")?;
+    }
+    let path = model_path(args.model.as_deref())?;
+    let allowed = sys::allowed_cpus()?;
+    let options = CalibrateOptions {
+        effort: if args.quick {
+            Effort::Quick
+        } else {
+            Effort::Full
+        },
+        node: args.node,
+        no_kernel_path: args.no_kernel_path,
+    };
+    let bar = progress_bar(0);
+    bar.set_message("calibrating");
+    let model = policy::calibrate(&topo, &allowed, &options, &|s| match s {
+        Step::Planned(n) => bar.set_length(n),
+        Step::Done => bar.inc(1),
+    })
+    .context("calibrating")?;
+    bar.finish_and_clear();
+    model
+        .save(&path)
+        .with_context(|| format!("saving the cost model to {}", path.display()))?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &model)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "saved {}", path.display())?;
+        write!(out, "{}", summary(&model))?;
+    }
+    Ok(())
+}
+
+/// The fastest copier per batch size, where bandwidth stops growing, and the kernel path.
+pub fn summary(model: &CostModel) -> String {
+    let mut s = format!(
+        "cost model: {} ({} CPUs, {} nodes), kernel {}, {}\n",
+        model.machine.cpu_model,
+        model.machine.online_cpus,
+        model.machine.nodes,
+        model.kernel,
+        match model.effort {
+            Effort::Builtin => "built-in calibration",
+            Effort::Quick => "quick calibration",
+            Effort::Full => "full calibration",
+        }
+    );
+    let mut sizes: Vec<u64> = model.copy.iter().map(|p| p.bytes).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(["batch", "fastest copier", "GB/s", "one-thread memcpy GB/s"]);
+    for bytes in sizes {
+        let at = |c: Copier| model.predict_copy(c, bytes).unwrap_or(0.0);
+        let Some(best) = model
+            .copiers()
+            .into_iter()
+            .max_by(|a, b| at(*a).total_cmp(&at(*b)))
+        else {
+            continue;
+        };
+        table.add_row([
+            crate::bench::page_size_label(bytes as usize),
+            best.to_string(),
+            format!("{:.2}", at(best)),
+            format!(
+                "{:.2}",
+                at(Copier::Thread {
+                    engine: pagemig::copy::EngineKind::Memcpy
+                })
+            ),
+        ]);
+    }
+    s += &format!("{table}\n");
+    for sat in &model.saturation {
+        s += &format!(
+            "{}: bandwidth stops growing at {} worker(s): {:.2} GB/s (best {:.2})\n",
+            sat.engine, sat.workers, sat.gbps, sat.best_gbps
+        );
+    }
+    if model.kernel_path.is_empty() {
+        s += "kernel path: not measured (one node with memory, or --no-kernel-path)\n";
+    } else {
+        for t in model.kernel_threads() {
+            let points: Vec<String> = model
+                .kernel_path
+                .iter()
+                .filter(|p| p.threads == t)
+                .map(|p| format!("{} MiB {:.2}", p.bytes >> 20, p.gbps))
+                .collect();
+            s += &format!("kernel path, {t} thread(s), GB/s: {}\n", points.join(", "));
+        }
+    }
+    s
+}

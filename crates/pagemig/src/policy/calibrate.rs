@@ -1,0 +1,388 @@
+//! Measuring the cost model: copy engines across batch sizes and worker counts, and `move_pages`
+//! across migration sizes and thread counts where the machine has two nodes with memory.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::model::{Copier, CopyPoint, CostModel, KernelPoint, MachineId, Saturation};
+use crate::copy::{
+    CopyEngine, CopyError, CopyOp, CpuEngine, EngineKind, Placement, PlacementError, Pool,
+    PoolError, Route,
+};
+use crate::migrate::kernel::{self, KernelPlan};
+use crate::migrate::{MigrateError, Process};
+use crate::sys::{self, Mapping, SysError};
+use crate::topology::{self, NodeId, NodeSet, Topology};
+
+/// Longer than pool workers poll for their next task before they sleep.
+const IDLE_POOLS: Duration = Duration::from_micros(300);
+
+/// How long calibration takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Effort {
+    /// Batches up to 4 MiB, 3 samples each: well under a second on a laptop, for commands that
+    /// need a model and find none saved.
+    Builtin,
+    /// Batches up to 16 MiB, 5 samples: a few seconds.
+    Quick,
+    /// Batches up to 64 MiB, 7 samples, larger `move_pages` migrations.
+    #[default]
+    Full,
+}
+
+/// What to measure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CalibrateOptions {
+    /// How long to take.
+    pub effort: Effort,
+    /// Node whose memory the copy measurements use [default: the first node with memory and
+    /// CPUs].
+    pub node: Option<NodeId>,
+    /// Skip the `move_pages` measurements.
+    pub no_kernel_path: bool,
+}
+
+/// Why calibration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrateError {
+    /// No node has memory.
+    #[error("no node has memory to calibrate with")]
+    NoMemory,
+    /// The node has too little free memory for the buffers.
+    #[error("node {node} has {free_mib} MiB free; calibration needs {need_mib} MiB")]
+    TooLittleMemory {
+        /// The node.
+        node: NodeId,
+        /// Free MiB.
+        free_mib: u64,
+        /// Needed MiB.
+        need_mib: u64,
+    },
+    /// A buffer could not be mapped or bound.
+    #[error("calibration buffer")]
+    Buffer(#[source] SysError),
+    /// Workers could not be placed.
+    #[error("placing calibration workers")]
+    Placement(#[from] PlacementError),
+    /// Workers could not be started.
+    #[error("starting calibration workers")]
+    Pool(#[from] PoolError),
+    /// A copy failed.
+    #[error("calibration copy")]
+    Copy(#[from] CopyError),
+    /// A migration failed.
+    #[error("calibrating move_pages")]
+    Migrate(#[from] MigrateError),
+}
+
+/// One step of calibration, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// This many measurements will be made.
+    Planned(u64),
+    /// One more measurement is done.
+    Done,
+}
+
+struct Budget {
+    reps: usize,
+    sample_bytes: usize,
+    working_set: usize,
+    copy_sizes: Vec<u64>,
+    kernel_sizes: Vec<u64>,
+}
+
+impl Budget {
+    fn new(effort: Effort) -> Self {
+        let mib = 1u64 << 20;
+        // 4 KiB, 16 KiB … up to the largest batch.
+        let sizes = |largest: u64| {
+            std::iter::successors(Some(4096u64), |s| Some(s * 4))
+                .take_while(|&s| s <= largest)
+                .collect()
+        };
+        match effort {
+            Effort::Builtin => Budget {
+                reps: 3,
+                sample_bytes: 4 << 20,
+                working_set: 32 << 20,
+                copy_sizes: sizes(4 * mib),
+                kernel_sizes: vec![4 * mib, 32 * mib],
+            },
+            Effort::Quick => Budget {
+                reps: 5,
+                sample_bytes: 16 << 20,
+                working_set: 64 << 20,
+                copy_sizes: sizes(16 * mib),
+                kernel_sizes: vec![4 * mib, 64 * mib],
+            },
+            Effort::Full => Budget {
+                reps: 7,
+                sample_bytes: 32 << 20,
+                working_set: 128 << 20,
+                copy_sizes: sizes(64 * mib),
+                kernel_sizes: vec![mib, 16 * mib, 256 * mib],
+            },
+        }
+    }
+}
+
+/// Worker counts worth measuring with `max` CPUs: 1, 2, 4 … and `max`.
+pub fn worker_counts(max: usize) -> Vec<usize> {
+    let mut c: Vec<usize> = std::iter::successors(Some(1), |n| Some(n * 2))
+        .take_while(|&n| n < max)
+        .collect();
+    c.push(max.max(1));
+    c
+}
+
+/// Median of `reps` samples of GB/s after one warm-up call; each sample makes `calls` calls of
+/// `step(i)` moving `bytes` each.
+fn median_gbps<E>(
+    reps: usize,
+    calls: usize,
+    bytes: u64,
+    mut step: impl FnMut(usize) -> Result<(), E>,
+) -> Result<f64, E> {
+    step(0)?;
+    let mut samples = Vec::with_capacity(reps);
+    for r in 0..reps {
+        let t = Instant::now();
+        for i in 0..calls {
+            step(1 + r * calls + i)?;
+        }
+        samples.push(bytes as f64 * calls as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+fn buffer(len: usize, node: NodeId) -> Result<Mapping, CalibrateError> {
+    let mut m = Mapping::anonymous(len).map_err(CalibrateError::Buffer)?;
+    m.bind(&NodeSet::from_iter([node]))
+        .map_err(CalibrateError::Buffer)?;
+    m.as_mut_slice().fill(0x5A);
+    Ok(m)
+}
+
+/// Measures copy engines (and `move_pages` where two nodes have memory) on this machine.
+pub fn calibrate(
+    topology: &Topology,
+    allowed: &crate::topology::CpuSet,
+    options: &CalibrateOptions,
+    progress: &dyn Fn(Step),
+) -> Result<CostModel, CalibrateError> {
+    let budget = Budget::new(options.effort);
+    let memory = topology.memory_nodes();
+    let node = options
+        .node
+        .or_else(|| {
+            topology
+                .nodes
+                .iter()
+                .find(|n| n.has_memory && !n.cpus.is_empty())
+                .map(|n| n.id)
+        })
+        .or_else(|| memory.iter().next())
+        .ok_or(CalibrateError::NoMemory)?;
+    let need = 2 * budget.working_set as u64;
+    let free = topology::node_free_bytes(node).unwrap_or(0);
+    if free < need + need / 4 {
+        return Err(CalibrateError::TooLittleMemory {
+            node,
+            free_mib: free >> 20,
+            need_mib: (need + need / 4) >> 20,
+        });
+    }
+    let usable = allowed.intersection(&topology.online_cpus).len().max(1);
+    let route = Route {
+        from: Some(node),
+        to: Some(node),
+    };
+    let cpus = Placement::NearDst.choose(topology, route, allowed, usable)?;
+    let engines: Vec<CpuEngine> = EngineKind::ALL
+        .into_iter()
+        .filter_map(|k| CpuEngine::new(k).ok())
+        .collect();
+    let workers = worker_counts(usable);
+    let kernel_route = (!options.no_kernel_path)
+        .then(|| {
+            let to = memory.iter().find(|&n| n != node)?;
+            Some((node, to))
+        })
+        .flatten();
+    let kernel_sizes: Vec<u64> = match kernel_route {
+        Some((a, b)) => {
+            let room = topology::node_free_bytes(a)
+                .unwrap_or(0)
+                .min(topology::node_free_bytes(b).unwrap_or(0))
+                / 2;
+            budget
+                .kernel_sizes
+                .iter()
+                .copied()
+                .filter(|&s| s <= room)
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    progress(Step::Planned(
+        (budget.copy_sizes.len() * engines.len() * (1 + workers.len())
+            + kernel_sizes.len() * workers.len()) as u64,
+    ));
+
+    let src = buffer(budget.working_set, node)?;
+    let mut dst = buffer(budget.working_set, node)?;
+    let pools = engines
+        .iter()
+        .map(|e| Pool::new(*e, &cpus))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut copiers = Vec::new();
+    for (e, engine) in engines.iter().enumerate() {
+        let kind = engine.kind();
+        copiers.push((e, Copier::Thread { engine: kind }));
+        copiers.extend(workers.iter().map(|&w| {
+            (
+                e,
+                Copier::Pool {
+                    engine: kind,
+                    workers: w,
+                },
+            )
+        }));
+    }
+    let mut copy = Vec::new();
+    for &bytes in &budget.copy_sizes {
+        let len = bytes as usize;
+        let slots = budget.working_set / len;
+        let calls = budget.sample_bytes.div_ceil(len);
+        let mut step = |e: usize, copier: Copier, i: usize| {
+            let off = (i % slots) * len;
+            let op = [CopyOp::new(
+                &src.as_slice()[off..off + len],
+                &mut dst.as_mut_slice()[off..off + len],
+            )];
+            match copier {
+                Copier::Thread { .. } => engines[e].copy(&op),
+                Copier::Pool { workers, .. } => pools[e].copy_with(&op, workers),
+            }
+            .map(|_| ())
+        };
+        // Samples of every copier take turns, so that a burst of noise from elsewhere on the
+        // machine spreads over all of them instead of favouring one.
+        let mut samples = vec![Vec::with_capacity(budget.reps); copiers.len()];
+        for (e, copier) in &copiers {
+            step(*e, *copier, 0)?;
+        }
+        for r in 0..budget.reps {
+            for (k, (e, copier)) in copiers.iter().enumerate() {
+                // The previous copier's pool workers poll before they sleep: let them sleep.
+                std::thread::sleep(IDLE_POOLS);
+                let t = Instant::now();
+                for i in 0..calls {
+                    step(*e, *copier, 1 + r * calls + i)?;
+                }
+                samples[k].push(bytes as f64 * calls as f64 / t.elapsed().as_secs_f64() / 1e9);
+            }
+        }
+        for ((_, copier), mut s) in copiers.iter().zip(samples) {
+            s.sort_by(f64::total_cmp);
+            copy.push(CopyPoint {
+                copier: *copier,
+                bytes,
+                gbps: s[s.len() / 2],
+            });
+            progress(Step::Done);
+        }
+    }
+    drop((src, dst, pools));
+
+    let mut kernel_path = Vec::new();
+    if let Some((a, b)) = kernel_route {
+        for &bytes in &kernel_sizes {
+            let mut buf = buffer(bytes as usize, a)?;
+            buf.populate();
+            let page = sys::base_page_size();
+            let start = buf.as_ptr() as usize;
+            let pages: Vec<usize> = (0..bytes as usize / page)
+                .map(|i| start + i * page)
+                .collect();
+            let mut at = a;
+            for &threads in &workers {
+                let plan =
+                    KernelPlan::parallel(cpus[..threads].to_vec(), pages.len().div_ceil(threads));
+                let gbps = median_gbps(budget.reps.min(3), 1, bytes, |_| {
+                    let to = if at == a { b } else { a };
+                    kernel::move_pages(
+                        Process::Current,
+                        &pages,
+                        &vec![to; pages.len()],
+                        &plan,
+                        &|_| {},
+                    )?;
+                    at = to;
+                    Ok::<(), MigrateError>(())
+                })?;
+                kernel_path.push(KernelPoint {
+                    threads,
+                    bytes,
+                    gbps,
+                });
+                progress(Step::Done);
+            }
+        }
+    }
+
+    let largest = budget.copy_sizes.last().copied().unwrap_or(0);
+    let saturation = engines
+        .iter()
+        .filter_map(|e| {
+            let at_largest: Vec<(usize, f64)> = copy
+                .iter()
+                .filter(|p| p.bytes == largest)
+                .filter_map(|p| match p.copier {
+                    Copier::Pool { engine, workers } if engine == e.kind() => {
+                        Some((workers, p.gbps))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let best = at_largest.iter().map(|p| p.1).fold(0.0, f64::max);
+            let (workers, gbps) = at_largest
+                .iter()
+                .copied()
+                .filter(|p| p.1 >= 0.9 * best)
+                .min_by_key(|p| p.0)?;
+            Some(Saturation {
+                engine: e.kind(),
+                workers,
+                gbps,
+                best_gbps: best,
+            })
+        })
+        .collect();
+    Ok(CostModel {
+        version: CostModel::VERSION,
+        machine: MachineId::of(topology),
+        kernel: topology::kernel_release(),
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        effort: options.effort,
+        copy,
+        kernel_path,
+        saturation,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_counts;
+
+    #[test]
+    fn counts_double_up_to_the_cpus() {
+        assert_eq!(worker_counts(1), [1]);
+        assert_eq!(worker_counts(2), [1, 2]);
+        assert_eq!(worker_counts(6), [1, 2, 4, 6]);
+    }
+}

@@ -1,0 +1,364 @@
+//! Policy: which engine, worker count and placement a migration uses, and the cost model behind it.
+//!
+//! [`Planner`] is a pure function of the topology, a [`CostModel`] (measured by [`calibrate`]),
+//! the [`Resources`] this process may use (affinity mask, cgroup `cpu.max`, load) and the size of
+//! the job. Each plan says why it was chosen. It never picks a way of copying that the model
+//! predicts slower than one thread; without a model it uses one thread.
+
+mod auto;
+mod calibrate;
+mod model;
+
+use serde::Serialize;
+
+pub use auto::AutoEngine;
+pub use calibrate::{CalibrateError, CalibrateOptions, Effort, Step, calibrate, worker_counts};
+pub use model::{Copier, CopyPoint, CostModel, KernelPoint, MachineId, ModelError, Saturation};
+
+use crate::cgroup::Cgroup;
+use crate::copy::{EngineKind, Placement, PlacementError, Route};
+use crate::migrate::Process;
+use crate::sys::{self, SysError};
+use crate::topology::{CpuId, CpuSet, Topology};
+
+/// Bytes each extra `move_pages` thread gets at least when the kernel path is not calibrated:
+/// enough work (16384 pages of 4 KB) that starting the thread and sharing the process's locks
+/// are a small part of it.
+pub const DEFAULT_KERNEL_BYTES_PER_THREAD: u64 = 64 << 20;
+
+/// Options within this share of the best predicted bandwidth count as equal: the one with the
+/// fewest threads wins, since bandwidth that stops growing is not worth more CPUs.
+const NEAR_BEST: f64 = 0.98;
+
+/// Among (option, GB/s), the fewest-threaded option predicted within [`NEAR_BEST`] of the best.
+fn fewest_near_best<T: Copy>(
+    options: impl Iterator<Item = (T, f64)>,
+    threads: impl Fn(&T) -> usize,
+) -> Option<(T, f64)> {
+    let options: Vec<(T, f64)> = options.collect();
+    let best = options
+        .iter()
+        .map(|o| o.1)
+        .fold(f64::NEG_INFINITY, f64::max);
+    options
+        .into_iter()
+        .filter(|o| o.1 >= best * NEAR_BEST)
+        .min_by(|a, b| threads(&a.0).cmp(&threads(&b.0)).then(b.1.total_cmp(&a.1)))
+}
+
+/// The CPUs this process may use for migration work.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Resources {
+    /// The affinity mask.
+    pub allowed: CpuSet,
+    /// The cgroup CPU quota (`cpu.max`) in CPUs, if one is set.
+    pub cpu_quota: Option<f64>,
+    /// Other runnable tasks on the machine right now, in CPUs.
+    pub busy_cpus: f64,
+}
+
+impl Resources {
+    /// This process's affinity mask, cgroup quota and the machine's current load (runnable
+    /// tasks other than the caller, median of a few samples of /proc/loadavg).
+    pub fn detect() -> Result<Self, SysError> {
+        let allowed = sys::allowed_cpus()?;
+        let cpu_quota = Cgroup::of(Process::Current)
+            .ok()
+            .and_then(|c| c.cpu_quota());
+        let mut samples: Vec<f64> = (0..5)
+            .filter_map(|i| {
+                if i > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+                parse_running(&text)
+            })
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        let busy_cpus = samples.get(samples.len() / 2).copied().unwrap_or(0.0);
+        Ok(Resources {
+            allowed,
+            cpu_quota,
+            busy_cpus,
+        })
+    }
+}
+
+/// Runnable tasks other than the reader, from /proc/loadavg (`0.21 1.24 1.54 3/79 2994`).
+fn parse_running(text: &str) -> Option<f64> {
+    let field = text.split_whitespace().nth(3)?;
+    let running: f64 = field.split_once('/')?.0.parse().ok()?;
+    Some((running - 1.0).max(0.0))
+}
+
+/// What is being planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job {
+    /// Bytes per batch (copy) or per migration (kernel path).
+    pub bytes: u64,
+    /// Source and target nodes, when known.
+    pub route: Route,
+}
+
+/// How to copy one batch, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CopyPlan {
+    /// The copier.
+    pub copier: Copier,
+    /// CPUs of the pool workers, in order (empty on the calling thread).
+    pub cpus: Vec<CpuId>,
+    /// Predicted GB/s, when a model was used.
+    pub predicted_gbps: Option<f64>,
+    /// Predicted GB/s of one thread (the baseline the plan must not lose to).
+    pub baseline_gbps: Option<f64>,
+    /// Why.
+    pub why: Vec<String>,
+}
+
+/// How many threads call `move_pages`, where, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KernelChoice {
+    /// CPUs of the threads, in order.
+    pub cpus: Vec<CpuId>,
+    /// Predicted GB/s, when the kernel path was calibrated.
+    pub predicted_gbps: Option<f64>,
+    /// Why.
+    pub why: Vec<String>,
+}
+
+/// Chooses engines, workers and placement.
+#[derive(Debug, Clone)]
+pub struct Planner<'a> {
+    topology: &'a Topology,
+    model: Option<&'a CostModel>,
+    resources: Resources,
+    /// Why the model is not used, when one was given but does not fit.
+    model_note: Option<String>,
+}
+
+impl<'a> Planner<'a> {
+    /// A planner for this topology and resources; a model measured on another machine is set
+    /// aside (and the plans say so).
+    pub fn new(topology: &'a Topology, model: Option<&'a CostModel>, resources: Resources) -> Self {
+        let mismatch = model.and_then(|m| m.mismatch(&MachineId::of(topology)));
+        Planner {
+            topology,
+            model: if mismatch.is_some() { None } else { model },
+            resources,
+            model_note: mismatch.map(|m| format!("saved cost model not used: {m}")),
+        }
+    }
+
+    /// The cost model in use.
+    pub fn model(&self) -> Option<&CostModel> {
+        self.model
+    }
+
+    /// The topology planned for.
+    pub fn topology(&self) -> &'a Topology {
+        self.topology
+    }
+
+    /// The resources planned for.
+    pub fn resources(&self) -> &Resources {
+        &self.resources
+    }
+
+    /// The most workers the resources allow, and why.
+    pub fn worker_cap(&self) -> (usize, String) {
+        let usable = self
+            .resources
+            .allowed
+            .intersection(&self.topology.online_cpus)
+            .len()
+            .max(1);
+        let mut cap = usable;
+        let mut why = format!("{usable} usable CPU(s) in the affinity mask");
+        if let Some(q) = self.resources.cpu_quota {
+            let by_quota = (q.floor() as usize).max(1);
+            if by_quota < cap {
+                cap = by_quota;
+                why = format!("cgroup cpu.max allows {q:.2} CPU(s)");
+            }
+        }
+        let online = self.topology.online_cpus.len() as f64;
+        let idle = ((online - self.resources.busy_cpus).floor() as usize).max(1);
+        if idle < cap {
+            cap = idle;
+            why = format!(
+                "{:.0} other runnable task(s) leave {idle} of {online} CPU(s) idle",
+                self.resources.busy_cpus
+            );
+        }
+        (cap, why)
+    }
+
+    /// Where workers for `route` go: near the target if it has CPUs, near the source for a
+    /// memory-only target, spread over L3 domains when the route is unknown.
+    pub fn placement(&self, route: Route) -> (Placement, String) {
+        let target = route.to.and_then(|n| self.topology.node(n));
+        match target {
+            Some(t) if t.cpus.is_empty() && route.from.is_some() => (
+                Placement::NearSrc,
+                format!(
+                    "node {} has no CPUs (memory-only): workers near the source, spread over its L3 domains",
+                    t.id
+                ),
+            ),
+            Some(t) if !t.cpus.is_empty() => (
+                Placement::NearDst,
+                format!(
+                    "workers on the target node {}'s CPUs first, spread over its L3 domains",
+                    t.id
+                ),
+            ),
+            _ => (
+                Placement::SpreadL3,
+                "workers spread over L3 domains, one per domain before two in any".into(),
+            ),
+        }
+    }
+
+    fn place(&self, route: Route, workers: usize) -> Result<(Vec<CpuId>, String), PlacementError> {
+        let (placement, why) = self.placement(route);
+        let cpus = placement.choose(self.topology, route, &self.resources.allowed, workers)?;
+        Ok((cpus, why))
+    }
+
+    /// How to copy a batch of `job.bytes`.
+    pub fn plan_copy(&self, job: Job) -> Result<CopyPlan, PlacementError> {
+        let (cap, cap_why) = self.worker_cap();
+        let mut why: Vec<String> = self.model_note.iter().cloned().collect();
+        let Some(model) = self.model else {
+            why.push("no cost model: one thread (run `pagemig calibrate` to measure)".into());
+            return Ok(CopyPlan {
+                copier: Copier::Thread {
+                    engine: EngineKind::Memcpy,
+                },
+                cpus: Vec::new(),
+                predicted_gbps: None,
+                baseline_gbps: None,
+                why,
+            });
+        };
+        let predict = |c: Copier| model.predict_copy(c, job.bytes);
+        let baseline = predict(Copier::Thread {
+            engine: EngineKind::Memcpy,
+        });
+        let best = fewest_near_best(
+            model
+                .copiers()
+                .into_iter()
+                .filter(|c| c.threads() <= cap)
+                .filter_map(|c| predict(c).map(|g| (c, g))),
+            |c| c.threads(),
+        );
+        let (copier, gbps) = match (best, baseline) {
+            (Some((c, g)), Some(b)) if g >= b => (c, g),
+            _ => (
+                Copier::Thread {
+                    engine: EngineKind::Memcpy,
+                },
+                baseline.unwrap_or(0.0),
+            ),
+        };
+        why.push(format!(
+            "{copier}: predicted {gbps:.2} GB/s for {} KiB, one-thread memcpy {:.2} GB/s",
+            job.bytes >> 10,
+            baseline.unwrap_or(0.0)
+        ));
+        let more = model
+            .copiers()
+            .into_iter()
+            .filter(|c| c.threads() > cap)
+            .filter_map(|c| predict(c).map(|g| (c, g)))
+            .any(|(_, g)| g > gbps);
+        if more {
+            why.push(format!(
+                "more workers would be faster, but at most {cap}: {cap_why}"
+            ));
+        }
+        let cpus = match copier {
+            Copier::Thread { .. } => Vec::new(),
+            Copier::Pool { workers, .. } => {
+                let (cpus, place_why) = self.place(job.route, workers)?;
+                why.push(place_why);
+                cpus
+            }
+        };
+        Ok(CopyPlan {
+            copier,
+            cpus,
+            predicted_gbps: Some(gbps),
+            baseline_gbps: baseline,
+            why,
+        })
+    }
+
+    /// How many threads call `move_pages` for a migration of `job.bytes` in calls of
+    /// `batch_bytes`, and where they run.
+    pub fn plan_kernel(&self, job: Job, batch_bytes: u64) -> Result<KernelChoice, PlacementError> {
+        let (cap, cap_why) = self.worker_cap();
+        let calls = job.bytes.div_ceil(batch_bytes.max(1)).max(1);
+        let cap = cap.min(usize::try_from(calls).unwrap_or(usize::MAX));
+        let mut why: Vec<String> = self.model_note.iter().cloned().collect();
+        let measured = self
+            .model
+            .map(|m| m.kernel_threads())
+            .filter(|t| !t.is_empty());
+        let (threads, predicted) = match (self.model, measured) {
+            (Some(model), Some(counts)) => {
+                let one = model.predict_kernel(1, job.bytes);
+                let best = fewest_near_best(
+                    counts
+                        .into_iter()
+                        .filter(|&t| t <= cap)
+                        .filter_map(|t| model.predict_kernel(t, job.bytes).map(|g| (t, g))),
+                    |&t| t,
+                )
+                .filter(|&(_, g)| one.is_none_or(|o| g >= o))
+                .unwrap_or((1, one.unwrap_or(0.0)));
+                why.push(format!(
+                    "{} thread(s): predicted {:.2} GB/s for {} MiB (one thread {:.2} GB/s)",
+                    best.0,
+                    best.1,
+                    job.bytes >> 20,
+                    one.unwrap_or(0.0)
+                ));
+                (best.0, Some(best.1))
+            }
+            _ => {
+                let t = (job.bytes / DEFAULT_KERNEL_BYTES_PER_THREAD).clamp(1, cap as u64) as usize;
+                why.push(format!(
+                    "kernel path not calibrated: one thread per {} MiB, {t} thread(s) (run `pagemig calibrate` on a machine with two nodes to measure)",
+                    DEFAULT_KERNEL_BYTES_PER_THREAD >> 20
+                ));
+                (t, None)
+            }
+        };
+        if threads == cap && cap > 1 {
+            why.push(format!(
+                "at most {cap}: {cap_why} (and one thread per call)"
+            ));
+        }
+        let (cpus, place_why) = self.place(job.route, threads)?;
+        why.push(place_why);
+        Ok(KernelChoice {
+            cpus,
+            predicted_gbps: predicted,
+            why,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loadavg_parses() {
+        assert_eq!(parse_running("0.21 1.24 1.54 3/79 2994\n"), Some(2.0));
+        assert_eq!(parse_running("0.21 1.24 1.54 1/79 2994\n"), Some(0.0));
+        assert_eq!(parse_running("garbage"), None);
+    }
+}

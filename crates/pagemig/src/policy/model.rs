@@ -1,0 +1,287 @@
+//! The cost model: copy and migration bandwidth measured on this machine, saved as JSON.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::Effort;
+use crate::copy::EngineKind;
+use crate::topology::{self, Topology};
+
+/// How a batch is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "on", rename_all = "kebab-case")]
+pub enum Copier {
+    /// On the calling thread, the whole batch in one call.
+    Thread {
+        /// The engine.
+        engine: EngineKind,
+    },
+    /// Split by bytes over this many pinned pool workers.
+    Pool {
+        /// The engine every worker runs.
+        engine: EngineKind,
+        /// Workers.
+        workers: usize,
+    },
+}
+
+impl Copier {
+    /// The engine that copies.
+    pub fn engine(self) -> EngineKind {
+        match self {
+            Copier::Thread { engine } | Copier::Pool { engine, .. } => engine,
+        }
+    }
+
+    /// Threads that copy.
+    pub fn threads(self) -> usize {
+        match self {
+            Copier::Thread { .. } => 1,
+            Copier::Pool { workers, .. } => workers,
+        }
+    }
+}
+
+impl fmt::Display for Copier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Copier::Thread { engine } => write!(f, "{engine} on the calling thread"),
+            Copier::Pool { engine, workers } => write!(f, "{engine} on {workers} pool worker(s)"),
+        }
+    }
+}
+
+/// Copy bandwidth of one way of copying at one batch size.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CopyPoint {
+    /// How it copied.
+    pub copier: Copier,
+    /// Bytes per batch.
+    pub bytes: u64,
+    /// Median GB/s.
+    pub gbps: f64,
+}
+
+/// `move_pages` bandwidth with a number of threads at one migration size.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KernelPoint {
+    /// Threads calling `move_pages`.
+    pub threads: usize,
+    /// Bytes per migration.
+    pub bytes: u64,
+    /// Median GB/s.
+    pub gbps: f64,
+}
+
+/// The machine a model was measured on; a model from another machine is not used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineId {
+    /// CPU model name.
+    pub cpu_model: String,
+    /// Online CPUs.
+    pub online_cpus: usize,
+    /// Online NUMA nodes.
+    pub nodes: usize,
+}
+
+impl MachineId {
+    /// This machine.
+    pub fn of(topology: &Topology) -> Self {
+        MachineId {
+            cpu_model: topology::cpu_model(),
+            online_cpus: topology.online_cpus.len(),
+            nodes: topology.nodes.len(),
+        }
+    }
+}
+
+/// Where copy bandwidth stops growing with workers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Saturation {
+    /// The engine.
+    pub engine: EngineKind,
+    /// The fewest workers that reach 90% of the best bandwidth at the largest batch.
+    pub workers: usize,
+    /// Their bandwidth, GB/s.
+    pub gbps: f64,
+    /// The best bandwidth with any worker count, GB/s.
+    pub best_gbps: f64,
+}
+
+/// Bandwidth measured on one machine by [`super::calibrate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostModel {
+    /// Format version of this file.
+    pub version: u32,
+    /// The machine it was measured on.
+    pub machine: MachineId,
+    /// Kernel release.
+    pub kernel: String,
+    /// Seconds since the epoch when it was measured.
+    pub created_unix: u64,
+    /// How long the measurement took: `builtin`, `quick` or `full`.
+    pub effort: Effort,
+    /// Copy bandwidth of every engine, on the calling thread and on 1, 2, 4 … pool workers, at
+    /// batch sizes from 4 KB up.
+    pub copy: Vec<CopyPoint>,
+    /// `move_pages` bandwidth between two nodes (empty on one-node machines).
+    pub kernel_path: Vec<KernelPoint>,
+    /// Where copy bandwidth stops growing with workers, per engine.
+    pub saturation: Vec<Saturation>,
+}
+
+/// Why a model could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not a cost model of this version.
+    #[error("{path} is not a pagemig cost model (version {version}): {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The version this pagemig reads.
+        version: u32,
+        /// What the parser said.
+        reason: String,
+    },
+}
+
+/// (bytes, GB/s) points sorted by size.
+fn curve(points: impl Iterator<Item = (u64, f64)>) -> Vec<(u64, f64)> {
+    let mut c: Vec<(u64, f64)> = points.collect();
+    c.sort_by_key(|p| p.0);
+    c
+}
+
+/// Bandwidth at `bytes` on a curve of (bytes, GB/s) points sorted by size: linear in log(bytes)
+/// between points, flat beyond the ends.
+fn interpolate(curve: &[(u64, f64)], bytes: u64) -> Option<f64> {
+    let (first, last) = (curve.first()?, curve.last()?);
+    if bytes <= first.0 {
+        return Some(first.1);
+    }
+    if bytes >= last.0 {
+        return Some(last.1);
+    }
+    let i = curve.partition_point(|p| p.0 <= bytes);
+    let (a, b) = (curve[i - 1], curve[i]);
+    let t = ((bytes as f64).ln() - (a.0 as f64).ln()) / ((b.0 as f64).ln() - (a.0 as f64).ln());
+    Some(a.1 + t * (b.1 - a.1))
+}
+
+impl CostModel {
+    /// Version of the JSON format.
+    pub const VERSION: u32 = 1;
+
+    /// Every copier measured.
+    pub fn copiers(&self) -> Vec<Copier> {
+        let mut c: Vec<Copier> = self.copy.iter().map(|p| p.copier).collect();
+        c.sort();
+        c.dedup();
+        c
+    }
+
+    /// Predicted GB/s of `copier` for a batch of `bytes`; `None` if it was not measured.
+    pub fn predict_copy(&self, copier: Copier, bytes: u64) -> Option<f64> {
+        let points = self.copy.iter().filter(|p| p.copier == copier);
+        interpolate(&curve(points.map(|p| (p.bytes, p.gbps))), bytes)
+    }
+
+    /// Thread counts measured on the kernel path.
+    pub fn kernel_threads(&self) -> Vec<usize> {
+        let mut t: Vec<usize> = self.kernel_path.iter().map(|p| p.threads).collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+
+    /// Predicted `move_pages` GB/s with `threads` threads for `bytes`; `None` if not measured.
+    pub fn predict_kernel(&self, threads: usize, bytes: u64) -> Option<f64> {
+        let points = self.kernel_path.iter().filter(|p| p.threads == threads);
+        interpolate(&curve(points.map(|p| (p.bytes, p.gbps))), bytes)
+    }
+
+    /// Why this model should not be used on `machine`, if it should not.
+    pub fn mismatch(&self, machine: &MachineId) -> Option<String> {
+        (self.machine != *machine).then(|| {
+            format!(
+                "it was measured on another machine ({}, {} CPUs, {} nodes; this one: {}, {} CPUs, {} nodes)",
+                self.machine.cpu_model,
+                self.machine.online_cpus,
+                self.machine.nodes,
+                machine.cpu_model,
+                machine.online_cpus,
+                machine.nodes
+            )
+        })
+    }
+
+    /// Where `pagemig calibrate` saves the model: `$XDG_CACHE_HOME/pagemig/model.json`, or
+    /// `~/.cache/pagemig/model.json`.
+    pub fn default_path() -> Option<PathBuf> {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(cache.join("pagemig").join("model.json"))
+    }
+
+    /// Reads a model.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let text = fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let format = |reason: String| ModelError::Format {
+            path: path.to_owned(),
+            version: Self::VERSION,
+            reason,
+        };
+        let model: CostModel = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+        if model.version != Self::VERSION {
+            return Err(format(format!("it is version {}", model.version)));
+        }
+        Ok(model)
+    }
+
+    /// Writes the model, creating the directory; the file is replaced atomically.
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let io = |source| ModelError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(io)?;
+        }
+        let text = serde_json::to_string_pretty(self).map_err(|e| io(e.into()))?;
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, text + "\n").map_err(io)?;
+        fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation_is_log_linear_and_flat_outside() {
+        let c = [(1 << 12, 2.0), (1 << 16, 6.0)];
+        assert_eq!(interpolate(&c, 1), Some(2.0));
+        assert_eq!(interpolate(&c, 1 << 20), Some(6.0));
+        assert_eq!(interpolate(&c, 1 << 14), Some(4.0));
+        assert_eq!(interpolate(&[], 5), None);
+    }
+}

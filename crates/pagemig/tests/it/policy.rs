@@ -1,0 +1,291 @@
+//! The planner on fake topologies, loads and cost models; the model's JSON file.
+
+use pagemig::copy::{EngineKind, Placement, Route};
+use pagemig::policy::{
+    CalibrateOptions, Copier, CopyPoint, CostModel, Effort, Job, KernelPoint, MachineId,
+    ModelError, Planner, Resources, calibrate, worker_counts,
+};
+use pagemig::topology::{CpuSet, Topology};
+use proptest::prelude::*;
+use std::sync::LazyLock;
+
+use crate::fake_sysfs;
+
+const MIB: u64 = 1 << 20;
+
+/// A model shaped like real machines: a fixed cost per call (more for pools, which hand work to
+/// other threads), per-thread bandwidth, and a memory-bandwidth ceiling reached at 8 workers.
+fn model(topo: &Topology) -> CostModel {
+    let cpus = topo.online_cpus.len();
+    let gbps = |overhead_us: f64, bw: f64, bytes: u64| {
+        let b = bytes as f64;
+        b / (overhead_us * 1e3 + b / bw)
+    };
+    let mut copy = Vec::new();
+    for k in 0..8 {
+        let bytes = 4096u64 << (2 * k);
+        for engine in EngineKind::ALL {
+            copy.push(CopyPoint {
+                copier: Copier::Thread { engine },
+                bytes,
+                gbps: gbps(
+                    0.05,
+                    if engine == EngineKind::Nt { 9.0 } else { 8.0 },
+                    bytes,
+                ),
+            });
+            for w in worker_counts(cpus) {
+                copy.push(CopyPoint {
+                    copier: Copier::Pool { engine, workers: w },
+                    bytes,
+                    gbps: gbps(3.0, (9.0 * w as f64).min(72.0), bytes),
+                });
+            }
+        }
+    }
+    let kernel_path = [MIB, 64 * MIB, 1024 * MIB]
+        .into_iter()
+        .flat_map(|bytes| {
+            worker_counts(cpus).into_iter().map(move |t| KernelPoint {
+                threads: t,
+                bytes,
+                gbps: gbps(200.0, (2.0 * t as f64).min(30.0), bytes),
+            })
+        })
+        .collect();
+    CostModel {
+        version: CostModel::VERSION,
+        machine: MachineId::of(topo),
+        kernel: "test".into(),
+        created_unix: 0,
+        effort: Effort::Quick,
+        copy,
+        kernel_path,
+        saturation: Vec::new(),
+    }
+}
+
+fn idle(allowed: &str) -> Resources {
+    Resources {
+        allowed: allowed.parse().unwrap(),
+        cpu_quota: None,
+        busy_cpus: 0.0,
+    }
+}
+
+fn job(bytes: u64, from: u32, to: u32) -> Job {
+    Job {
+        bytes,
+        route: Route {
+            from: Some(from),
+            to: Some(to),
+        },
+    }
+}
+
+#[test]
+fn one_cpu_in_the_affinity_mask_gives_one_worker() {
+    let t = fake_sysfs::epyc_2s().read();
+    let m = model(&t);
+    let p = Planner::new(&t, Some(&m), idle("5"));
+    let copy = p.plan_copy(job(1 << 30, 0, 1)).unwrap();
+    assert_eq!(copy.copier.threads(), 1, "{copy:?}");
+    assert!(copy.cpus.iter().all(|&c| c == 5), "{copy:?}");
+    let k = p.plan_kernel(job(1 << 30, 0, 1), 16 * MIB).unwrap();
+    assert_eq!(k.cpus, [5], "{k:?}");
+}
+
+#[test]
+fn half_a_cpu_of_quota_gives_one_worker() {
+    let t = fake_sysfs::intel_2s().read();
+    let m = model(&t);
+    let mut r = idle("0-63");
+    r.cpu_quota = Some(0.5);
+    let p = Planner::new(&t, Some(&m), r);
+    assert_eq!(p.worker_cap().0, 1);
+    assert!(p.worker_cap().1.contains("cpu.max"), "{:?}", p.worker_cap());
+    let copy = p.plan_copy(job(1 << 30, 0, 1)).unwrap();
+    assert_eq!(copy.copier.threads(), 1, "{copy:?}");
+    assert!(copy.why.iter().any(|w| w.contains("cpu.max")), "{copy:?}");
+    assert_eq!(
+        p.plan_kernel(job(1 << 30, 0, 1), MIB).unwrap().cpus.len(),
+        1
+    );
+}
+
+#[test]
+fn load_leaves_fewer_workers() {
+    let t = fake_sysfs::epyc_1s().read();
+    let m = model(&t);
+    let mut r = idle("0-63");
+    r.busy_cpus = 61.0;
+    let p = Planner::new(&t, Some(&m), r);
+    assert_eq!(p.worker_cap().0, 3);
+    let copy = p.plan_copy(job(1 << 30, 0, 0)).unwrap();
+    assert!(copy.copier.threads() <= 3, "{copy:?}");
+    assert!(copy.why.iter().any(|w| w.contains("runnable")), "{copy:?}");
+}
+
+#[test]
+fn a_memory_only_target_puts_workers_near_the_source() {
+    let t = fake_sysfs::cxl().read();
+    let m = model(&t);
+    let p = Planner::new(&t, Some(&m), idle("0-7"));
+    assert_eq!(p.placement(job(0, 0, 1).route).0, Placement::NearSrc);
+    let copy = p.plan_copy(job(1 << 30, 0, 1)).unwrap();
+    assert!(copy.copier.threads() > 1, "{copy:?}");
+    let node0 = &t.node(0).unwrap().cpus;
+    assert!(copy.cpus.iter().all(|&c| node0.contains(c)), "{copy:?}");
+    // A DRAM target with CPUs gets its own CPUs.
+    let t = fake_sysfs::intel_2s().read();
+    let m = model(&t);
+    let p = Planner::new(&t, Some(&m), idle("0-63"));
+    let copy = p.plan_copy(job(1 << 30, 0, 1)).unwrap();
+    let node1 = &t.node(1).unwrap().cpus;
+    assert!(copy.cpus.iter().all(|&c| node1.contains(c)), "{copy:?}");
+}
+
+#[test]
+fn four_workers_on_eight_l3_domains_use_four_domains() {
+    let t = fake_sysfs::epyc_1s().read();
+    let m = model(&t);
+    let mut r = idle("0-63");
+    r.cpu_quota = Some(4.0);
+    let p = Planner::new(&t, Some(&m), r);
+    let copy = p.plan_copy(job(1 << 30, 0, 0)).unwrap();
+    assert_eq!(copy.copier.threads(), 4, "{copy:?}");
+    let mut domains: Vec<usize> = copy
+        .cpus
+        .iter()
+        .map(|&c| t.cpu_domain(c).unwrap().index)
+        .collect();
+    domains.sort_unstable();
+    domains.dedup();
+    assert_eq!(domains.len(), 4, "{copy:?}");
+}
+
+#[test]
+fn a_tiny_migration_gets_one_thread() {
+    let t = fake_sysfs::epyc_2s().read();
+    let m = model(&t);
+    let p = Planner::new(&t, Some(&m), idle("0-63"));
+    let copy = p.plan_copy(job(4096, 0, 1)).unwrap();
+    assert!(matches!(copy.copier, Copier::Thread { .. }), "{copy:?}");
+    assert!(copy.cpus.is_empty());
+    assert_eq!(
+        p.plan_kernel(job(4096, 0, 1), 4096 * 4096)
+            .unwrap()
+            .cpus
+            .len(),
+        1
+    );
+    // A large one gets many, up to where bandwidth stops growing.
+    let copy = p.plan_copy(job(1 << 30, 0, 1)).unwrap();
+    assert!(copy.copier.threads() >= 8, "{copy:?}");
+    let k = p.plan_kernel(job(1 << 30, 0, 1), 16 * MIB).unwrap();
+    assert!(k.cpus.len() >= 8, "{k:?}");
+}
+
+#[test]
+fn without_a_model_one_thread_copies_and_the_reason_is_given() {
+    let t = fake_sysfs::epyc_2s().read();
+    let p = Planner::new(&t, None, idle("0-63"));
+    let copy = p.plan_copy(job(1 << 30, 0, 1)).unwrap();
+    assert_eq!(
+        copy.copier,
+        Copier::Thread {
+            engine: EngineKind::Memcpy
+        }
+    );
+    assert!(copy.why[0].contains("pagemig calibrate"), "{copy:?}");
+    let k = p.plan_kernel(job(256 * MIB, 0, 1), 16 * MIB).unwrap();
+    assert_eq!(k.cpus.len(), 4, "{k:?}");
+    assert!(k.why[0].contains("not calibrated"), "{k:?}");
+}
+
+#[test]
+fn a_model_from_another_machine_is_set_aside() {
+    let t = fake_sysfs::epyc_2s().read();
+    let mut m = model(&t);
+    m.machine.online_cpus = 2;
+    let p = Planner::new(&t, Some(&m), idle("0-63"));
+    assert!(p.model().is_none());
+    let copy = p.plan_copy(job(1 << 30, 0, 1)).unwrap();
+    assert!(copy.why[0].contains("another machine"), "{copy:?}");
+}
+
+proptest! {
+    /// Whatever the size and the CPUs, the plan is predicted at least as fast as one thread and
+    /// stays inside the affinity mask.
+    #[test]
+    fn plans_never_lose_to_one_thread(log_bytes in 10u32..36, allowed in 0u32..64, width in 1u32..64, quota in proptest::option::of(0.1f64..80.0), busy in 0.0f64..80.0) {
+        static MACHINE: LazyLock<(Topology, CostModel)> = LazyLock::new(|| {
+            let t = fake_sysfs::epyc_2s().read();
+            let m = model(&t);
+            (t, m)
+        });
+        let (t, m) = &*MACHINE;
+        let last = (allowed + width).min(63);
+        let mask: CpuSet = format!("{allowed}-{last}").parse().unwrap();
+        let r = Resources { allowed: mask.clone(), cpu_quota: quota, busy_cpus: busy };
+        let p = Planner::new(t, Some(m), r);
+        let bytes = 1u64 << log_bytes;
+        let copy = p.plan_copy(job(bytes, 0, 1)).unwrap();
+        prop_assert!(copy.predicted_gbps.unwrap() >= copy.baseline_gbps.unwrap());
+        prop_assert!(copy.cpus.iter().all(|&c| mask.contains(c)));
+        prop_assert!(copy.copier.threads() <= p.worker_cap().0);
+        let k = p.plan_kernel(job(bytes, 0, 1), 4096 * 4096).unwrap();
+        prop_assert!(k.cpus.iter().all(|&c| mask.contains(c)));
+        prop_assert!(k.predicted_gbps.unwrap() >= m.predict_kernel(1, bytes).unwrap());
+    }
+}
+
+#[test]
+fn calibration_round_trips_through_its_json_file() {
+    let t = Topology::detect().unwrap();
+    let allowed = pagemig::sys::allowed_cpus().unwrap();
+    let options = CalibrateOptions {
+        effort: Effort::Builtin,
+        ..CalibrateOptions::default()
+    };
+    let m = calibrate(&t, &allowed, &options, &|_| {}).unwrap();
+    let usable = allowed.intersection(&t.online_cpus).len();
+    let copiers = m.copiers();
+    assert!(copiers.contains(&Copier::Thread {
+        engine: EngineKind::Memcpy
+    }));
+    assert!(copiers.contains(&Copier::Pool {
+        engine: EngineKind::Nt,
+        workers: usable
+    }));
+    assert!(m.copy.iter().all(|p| p.gbps > 0.0 && p.gbps.is_finite()));
+    assert!(!m.saturation.is_empty());
+    assert_eq!(m.kernel_path.is_empty(), t.memory_nodes().len() < 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deep/model.json");
+    m.save(&path).unwrap();
+    assert_eq!(CostModel::load(&path).unwrap(), m);
+    assert!(
+        Planner::new(&t, Some(&m), Resources::detect().unwrap())
+            .model()
+            .is_some()
+    );
+
+    std::fs::write(&path, "{\"version\": 1}").unwrap();
+    let err = CostModel::load(&path).unwrap_err();
+    assert!(matches!(err, ModelError::Format { .. }), "{err}");
+    let mut old = serde_json::to_value(&m).unwrap();
+    old["version"] = 0.into();
+    std::fs::write(&path, old.to_string()).unwrap();
+    assert!(
+        CostModel::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("version 0")
+    );
+    assert!(matches!(
+        CostModel::load(&dir.path().join("none.json")),
+        Err(ModelError::Io { .. })
+    ));
+}
