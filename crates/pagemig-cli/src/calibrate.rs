@@ -75,8 +75,9 @@ impl ModelArgs {
         }
     }
 
-    /// As [`ModelArgs::load`], and when there is no saved model, a quick calibration made now.
-    pub fn load_or_measure(&self, topo: &Topology) -> anyhow::Result<LoadedModel> {
+    /// As [`ModelArgs::load`], and when there is no saved model, a calibration of the copy
+    /// engines made now with `effort`.
+    pub fn load_or_measure(&self, topo: &Topology, effort: Effort) -> anyhow::Result<LoadedModel> {
         let loaded = self.load()?;
         let fits = loaded
             .model
@@ -87,7 +88,7 @@ impl ModelArgs {
         }
         let allowed = sys::allowed_cpus()?;
         let options = CalibrateOptions {
-            effort: Effort::Builtin,
+            effort,
             no_kernel_path: true,
             ..CalibrateOptions::default()
         };
@@ -96,7 +97,7 @@ impl ModelArgs {
         Ok(LoadedModel {
             model: Some(model),
             source: format!(
-                "{}; built-in quick calibration of copy engines made now (save one with `pagemig calibrate`)",
+                "{}; {effort:?} calibration of copy engines made now (save one with `pagemig calibrate`)",
                 loaded.source
             ),
         })

@@ -91,7 +91,7 @@ fn bench_copy_table_json_csv_and_plot() {
         "mt_2",
         "auto",
         "limit",
-        "built-in quick calibration",
+        "Quick calibration of copy engines made now",
     ] {
         assert!(text.contains(want), "missing {want}: {text}");
     }

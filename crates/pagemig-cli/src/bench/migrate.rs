@@ -8,7 +8,7 @@ use pagemig::migrate::kernel::{self, KernelPlan};
 use pagemig::migrate::remap::{self, RemapPhases, RemapPlan};
 use pagemig::migrate::reservoir::Reservoirs;
 use pagemig::migrate::{Process, procfs};
-use pagemig::policy::{AutoEngine, Job, Planner, Resources};
+use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
 
@@ -217,7 +217,12 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         };
         movers.push((format!("mt_{n}"), mover));
     }
-    let loaded = args.model.load_or_measure(&topo)?;
+    // The kernel path plans from the model's move_pages curve, which a quick calibration of the
+    // copy engines would not have.
+    let loaded = match args.path {
+        PathKind::Kernel => args.model.load()?,
+        PathKind::Remap => args.model.load_or_measure(&topo, Effort::Builtin)?,
+    };
     let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?);
     movers.push((
         "auto".into(),

@@ -20,8 +20,8 @@ const IDLE_POOLS: Duration = Duration::from_micros(300);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Effort {
-    /// Batches up to 4 MiB, 3 samples each: well under a second on a laptop, for commands that
-    /// need a model and find none saved.
+    /// Batches up to 1 MiB, 3 samples each: well under a second, for commands that need a model
+    /// and find none saved (bandwidth is taken as flat beyond 1 MiB).
     Builtin,
     /// Batches up to 16 MiB, 5 samples: a few seconds.
     Quick,
@@ -104,9 +104,9 @@ impl Budget {
         match effort {
             Effort::Builtin => Budget {
                 reps: 3,
-                sample_bytes: 4 << 20,
-                working_set: 32 << 20,
-                copy_sizes: sizes(4 * mib),
+                sample_bytes: 2 << 20,
+                working_set: 16 << 20,
+                copy_sizes: sizes(mib),
                 kernel_sizes: vec![4 * mib, 32 * mib],
             },
             Effort::Quick => Budget {
