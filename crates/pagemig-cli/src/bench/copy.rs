@@ -5,13 +5,13 @@ use std::io::Write;
 use anyhow::{Context, bail};
 use indicatif::ProgressBar;
 use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
-use pagemig::policy::{AutoEngine, Copier, Effort, Planner, Resources};
+use pagemig::policy::{AutoEngine, Copier, Effort, Planner, Resources, worker_counts};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{NodeId, NodeSet, Topology};
 
 use super::{
-    Cell, OutputArgs, PageTable, Report, Row, check_node, default_rows, default_threads, measure,
-    measure_row, page_size_label, parse_page_size, parse_placement, progress_bar, usable_free,
+    Cell, OutputArgs, PageTable, Report, Row, check_node, default_rows, measure, measure_row,
+    page_size_label, parse_page_size, parse_placement, progress_bar, usable_free,
 };
 use crate::calibrate::ModelArgs;
 use crate::machine::Machine;
@@ -206,7 +206,7 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         bail!("--reps must be at least 1");
     }
     let threads = if args.threads.is_empty() {
-        default_threads(usable.len())
+        worker_counts(usable.len().max(1))
     } else {
         args.threads.clone()
     };

@@ -8,13 +8,13 @@ use pagemig::migrate::kernel::{self, KernelPlan};
 use pagemig::migrate::remap::{self, RemapPhases, RemapPlan};
 use pagemig::migrate::reservoir::Reservoirs;
 use pagemig::migrate::{Process, procfs};
-use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources};
+use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources, worker_counts};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
 
 use super::{
-    OutputArgs, PageTable, PhaseRow, Report, Row, check_node, default_rows, default_threads,
-    measure, page_size_label, parse_page_size, progress_bar, usable_free,
+    OutputArgs, PageTable, PhaseRow, Report, Row, check_node, default_rows, measure,
+    page_size_label, parse_page_size, progress_bar, usable_free,
 };
 use crate::calibrate::ModelArgs;
 use crate::machine::Machine;
@@ -189,7 +189,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let allowed = sys::allowed_cpus()?;
     let usable = allowed.intersection(&topo.online_cpus).len();
     let threads = if args.threads.is_empty() {
-        default_threads(usable)
+        worker_counts(usable.max(1))
     } else {
         args.threads.clone()
     };

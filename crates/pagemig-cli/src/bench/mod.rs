@@ -117,15 +117,6 @@ pub fn default_rows(page_size: usize, quick: bool) -> Vec<usize> {
         .collect()
 }
 
-/// Default mt_N columns: 1, 2, 4 … and the number of usable CPUs.
-pub fn default_threads(usable: usize) -> Vec<usize> {
-    let mut t: Vec<usize> = std::iter::successors(Some(1), |n| Some(n * 2))
-        .take_while(|&n| n < usable)
-        .collect();
-    t.push(usable.max(1));
-    t
-}
-
 /// Times `reps` samples of `per_sample` calls of `step(i)`, each moving `bytes`; GB/s.
 pub fn measure(
     reps: usize,
@@ -459,10 +450,6 @@ mod tests {
         assert_eq!(default_rows(2 << 20, true).last(), Some(&256));
         assert_eq!(default_rows(2 << 20, false).last(), Some(&1024));
         assert_eq!(default_rows(65536, false).len(), 11);
-        assert_eq!(default_threads(2), [1, 2]);
-        assert_eq!(default_threads(6), [1, 2, 4, 6]);
-        assert_eq!(default_threads(8), [1, 2, 4, 8]);
-        assert_eq!(default_threads(1), [1]);
     }
 
     #[test]
