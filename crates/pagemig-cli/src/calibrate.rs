@@ -56,23 +56,20 @@ fn model_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 impl ModelArgs {
     /// The model given with `--model` (which must load), or the saved one if there is one.
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
-        if let Some(path) = &self.model {
-            let model = CostModel::load(path)?;
-            return Ok(LoadedModel {
-                model: Some(model),
-                source: format!("cost model {}", path.display()),
-            });
-        }
-        match CostModel::default_path().filter(|p| p.exists()) {
-            Some(path) => Ok(LoadedModel {
+        let path = self
+            .model
+            .clone()
+            .or_else(|| CostModel::default_path().filter(|p| p.exists()));
+        Ok(match path {
+            Some(path) => LoadedModel {
                 model: Some(CostModel::load(&path)?),
                 source: format!("cost model {}", path.display()),
-            }),
-            None => Ok(LoadedModel {
+            },
+            None => LoadedModel {
                 model: None,
                 source: "no saved cost model".into(),
-            }),
-        }
+            },
+        })
     }
 
     /// As [`ModelArgs::load`], and when there is no saved model, a calibration of the copy

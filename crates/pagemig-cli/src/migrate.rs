@@ -55,8 +55,8 @@ pub struct MigrateArgs {
     placement: Option<Placement>,
     /// Who pays for the CPU time: `caller`, or `target` (helper processes in the target
     /// process's cgroup make the calls).
-    #[arg(long, value_enum, default_value = "caller")]
-    charge: Charge,
+    #[arg(long, default_value = "caller")]
+    charge: ChargeTo,
     /// Print the plan and why it was chosen.
     #[arg(long)]
     explain: bool,
@@ -74,13 +74,6 @@ pub struct MigrateArgs {
     /// Print the reports as JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// Who pays for a migration's CPU time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Charge {
-    Caller,
-    Target,
 }
 
 /// `auto` or a thread count.
@@ -182,10 +175,7 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
                 batch: args.batch,
                 max_stall,
                 move_all: args.all,
-                charge: match args.charge {
-                    Charge::Caller => ChargeTo::Caller,
-                    Charge::Target => ChargeTo::Target,
-                },
+                charge: args.charge,
             })
         };
         let report = kernel::migrate_process_planned(&topo, &request, &choose, &|p| match p {
@@ -202,7 +192,7 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
                 why.cpus.len(),
                 why.cpus,
                 args.batch,
-                if args.charge == Charge::Target {
+                if args.charge == ChargeTo::Target {
                     "target's cgroup"
                 } else {
                     "caller"

@@ -34,6 +34,18 @@ pub enum ChargeTo {
     Target,
 }
 
+impl std::str::FromStr for ChargeTo {
+    type Err = String;
+    /// `caller` or `target`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "caller" => Ok(ChargeTo::Caller),
+            "target" => Ok(ChargeTo::Target),
+            _ => Err(format!("unknown charge {s:?} (expected caller or target)")),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Request {
     pid: i32,

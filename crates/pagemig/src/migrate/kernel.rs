@@ -253,6 +253,11 @@ impl Group<'_> {
     }
 }
 
+/// The cgroup that pays under [`ChargeTo::Target`].
+fn target_cgroup(process: Process) -> Result<Cgroup, MigrateError> {
+    Cgroup::of(process).map_err(|source| MigrateError::TargetCgroup { process, source })
+}
+
 /// Moves `pages[i]` of `process` to node `nodes[i]`: pages are grouped by target node, and each
 /// group is moved in batches by the plan's threads. `progress` is called with the number of
 /// pages of each completed call. Per-page outcomes are in [`Moved::status`]; an error means the
@@ -269,8 +274,7 @@ pub fn move_pages(
 ) -> Result<Moved, MigrateError> {
     assert_eq!(pages.len(), nodes.len(), "one target node per page");
     if plan.charge == ChargeTo::Target {
-        let cgroup =
-            Cgroup::of(process).map_err(|e| MigrateError::TargetCgroup { process, source: e })?;
+        let cgroup = target_cgroup(process)?;
         return helper::move_pages_in(&cgroup, process, pages, nodes, plan, progress);
     }
     let mut order: Vec<usize> = (0..pages.len()).collect();
@@ -575,9 +579,7 @@ pub fn migrate_process_planned(
 
     let paying = match plan.charge {
         ChargeTo::Caller => Cgroup::of(Process::Current).ok(),
-        ChargeTo::Target => Some(
-            Cgroup::of(process).map_err(|source| MigrateError::TargetCgroup { process, source })?,
-        ),
+        ChargeTo::Target => Some(target_cgroup(process)?),
     };
     let usage = || {
         paying

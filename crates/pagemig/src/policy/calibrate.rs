@@ -153,8 +153,13 @@ fn median_gbps<E>(
         }
         samples.push(bytes as f64 * calls as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
+    Ok(median(samples).unwrap_or(0.0))
+}
+
+/// The middle sample (the upper one of the two middles for an even count); `None` for none.
+pub(super) fn median(mut samples: Vec<f64>) -> Option<f64> {
     samples.sort_by(f64::total_cmp);
-    Ok(samples[samples.len() / 2])
+    samples.get(samples.len() / 2).copied()
 }
 
 fn buffer(len: usize, node: NodeId) -> Result<Mapping, CalibrateError> {
@@ -285,12 +290,11 @@ pub fn calibrate(
                 samples[k].push(bytes as f64 * calls as f64 / t.elapsed().as_secs_f64() / 1e9);
             }
         }
-        for ((_, copier), mut s) in copiers.iter().zip(samples) {
-            s.sort_by(f64::total_cmp);
+        for ((_, copier), s) in copiers.iter().zip(samples) {
             copy.push(CopyPoint {
                 copier: *copier,
                 bytes,
-                gbps: s[s.len() / 2],
+                gbps: median(s).unwrap_or(0.0),
             });
             progress(Step::Done);
         }

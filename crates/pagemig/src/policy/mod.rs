@@ -65,7 +65,7 @@ impl Resources {
         let cpu_quota = Cgroup::of(Process::Current)
             .ok()
             .and_then(|c| c.cpu_quota());
-        let mut samples: Vec<f64> = (0..5)
+        let samples: Vec<f64> = (0..5)
             .filter_map(|i| {
                 if i > 0 {
                     std::thread::sleep(std::time::Duration::from_millis(1));
@@ -74,8 +74,7 @@ impl Resources {
                 parse_running(&text)
             })
             .collect();
-        samples.sort_by(f64::total_cmp);
-        let busy_cpus = samples.get(samples.len() / 2).copied().unwrap_or(0.0);
+        let busy_cpus = calibrate::median(samples).unwrap_or(0.0);
         Ok(Resources {
             allowed,
             cpu_quota,
