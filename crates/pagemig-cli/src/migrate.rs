@@ -11,7 +11,7 @@ use pagemig::copy::{Placement, Route};
 use pagemig::migrate::helper::ChargeTo;
 use pagemig::migrate::kernel::{self, KernelPlan, ProcessRequest, Progress, Selection};
 use pagemig::migrate::{MigrateError, Process, check_target};
-use pagemig::policy::{Job, KernelChoice, Planner, Resources};
+use pagemig::policy::{Job, KernelChoice, Planner, Resources, Threads};
 use pagemig::sys;
 use pagemig::topology::{NodeId, NodeSet, Topology};
 
@@ -74,26 +74,6 @@ pub struct MigrateArgs {
     /// Print the reports as JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// `auto` or a thread count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Threads {
-    Auto,
-    Count(usize),
-}
-
-impl std::str::FromStr for Threads {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Threads::Auto),
-            _ => match s.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(Threads::Count(n)),
-                _ => Err(format!("expected auto or a positive number, got {s:?}")),
-            },
-        }
-    }
 }
 
 fn parse_address(text: &str) -> Result<usize, String> {
@@ -232,29 +212,13 @@ fn plan(
     bytes: u64,
 ) -> Result<KernelChoice, MigrateError> {
     let page = sys::base_page_size() as u64;
-    let mut choice = planner.plan_kernel(Job { bytes, route }, args.batch as u64 * page)?;
-    let threads = match args.threads {
-        Threads::Count(n) => {
-            choice
-                .why
-                .insert(0, format!("{n} thread(s): --threads {n}"));
-            n
-        }
-        Threads::Auto => choice.cpus.len(),
-    };
-    let placement = match &args.placement {
-        Some(p) => {
-            choice.why.push(format!("placement {p:?}: --placement"));
-            Some(p.clone())
-        }
-        None if threads != choice.cpus.len() => Some(planner.placement(route).0),
-        None => None,
-    };
-    if let Some(p) = placement {
-        let allowed = &planner.resources().allowed;
-        choice.cpus = p.choose(planner.topology(), route, allowed, threads)?;
-    }
-    Ok(choice)
+    Ok(planner.plan_kernel_as(
+        Job { bytes, route },
+        args.batch as u64 * page,
+        args.threads,
+        args.placement.as_ref(),
+        "--threads",
+    )?)
 }
 
 fn mib(bytes: u64) -> String {

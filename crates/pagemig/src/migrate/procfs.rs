@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{MigrateError, Process};
 use crate::sys;
-use crate::topology::NodeId;
+use crate::topology::{NodeId, NodeSet};
 
 /// Whether the process has exited or is exiting: gone from /proc, a zombie, or without memory
 /// any more (`VmSize` missing from its status). The kernel then answers `move_pages` with
@@ -92,6 +92,48 @@ fn io_error(process: Process, file: &str, e: io::Error) -> MigrateError {
 
 fn read_text(process: Process, file: &str) -> Result<String, MigrateError> {
     std::fs::read_to_string(process.proc_path(file)).map_err(|e| io_error(process, file, e))
+}
+
+/// What `/proc/PID/status` says about a process's NUMA rights and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Nodes its cpuset lets it use (`Mems_allowed_list`).
+    pub mems_allowed: NodeSet,
+    /// Its effective capabilities include `CAP_SYS_NICE` (in its user namespace).
+    pub cap_sys_nice: bool,
+    /// Resident memory, bytes (`VmRSS`; 0 for a process without memory).
+    pub rss: u64,
+}
+
+/// Reads `/proc/PID/status`.
+pub fn status(process: Process) -> Result<Status, MigrateError> {
+    let text = read_text(process, "status")?;
+    parse_status(&text).ok_or_else(|| MigrateError::Proc {
+        path: process.proc_path("status"),
+        source: io::Error::new(
+            ErrorKind::InvalidData,
+            "no Mems_allowed_list or CapEff line",
+        ),
+    })
+}
+
+fn parse_status(text: &str) -> Option<Status> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    const CAP_SYS_NICE: u32 = 23;
+    let caps = u64::from_str_radix(field("CapEff")?, 16).ok()?;
+    let rss_kb = field("VmRSS")
+        .and_then(|v| v.strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(Status {
+        mems_allowed: field("Mems_allowed_list")?.parse().ok()?,
+        cap_sys_nice: caps & (1 << CAP_SYS_NICE) != 0,
+        rss: rss_kb * 1024,
+    })
 }
 
 fn parse_hex_range(text: &str) -> Option<(usize, usize)> {
@@ -303,6 +345,18 @@ mod tests {
             .unwrap();
         let total: u64 = area.bytes_per_node.values().sum();
         assert!(total >= 10 * 4096, "{area:?}");
+    }
+
+    #[test]
+    fn status_names_nodes_capabilities_and_size() {
+        let text = "Name:\tcat\nVmRSS:\t    1024 kB\nCapEff:\t0000000000800000\nMems_allowed:\t00000003\nMems_allowed_list:\t0-1\n";
+        let s = parse_status(text).unwrap();
+        assert_eq!(s.mems_allowed, "0-1".parse().unwrap());
+        assert!(s.cap_sys_nice);
+        assert_eq!(s.rss, 1 << 20);
+        let own = status(Process::Current).unwrap();
+        assert!(own.rss > 0);
+        assert!(!own.mems_allowed.is_empty());
     }
 
     #[test]

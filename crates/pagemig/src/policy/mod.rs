@@ -61,11 +61,20 @@ impl Resources {
     /// This process's affinity mask, cgroup quota and the machine's current load (runnable
     /// tasks other than the caller, median of a few samples of /proc/loadavg).
     pub fn detect() -> Result<Self, SysError> {
+        Self::sampled(5)
+    }
+
+    /// As [`Resources::detect`] with one sample of the load, for callers that cannot wait.
+    pub fn snapshot() -> Result<Self, SysError> {
+        Self::sampled(1)
+    }
+
+    fn sampled(samples: usize) -> Result<Self, SysError> {
         let allowed = sys::allowed_cpus()?;
         let cpu_quota = Cgroup::of(Process::Current)
             .ok()
             .and_then(|c| c.cpu_quota());
-        let samples: Vec<f64> = (0..5)
+        let samples: Vec<f64> = (0..samples)
             .filter_map(|i| {
                 if i > 0 {
                     std::thread::sleep(std::time::Duration::from_millis(1));
@@ -123,6 +132,30 @@ pub struct KernelChoice {
     pub predicted_gbps: Option<f64>,
     /// Why.
     pub why: Vec<String>,
+}
+
+/// How many threads: the planner's choice, or a fixed count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threads {
+    /// As the planner chooses.
+    #[default]
+    Auto,
+    /// Exactly this many.
+    Count(usize),
+}
+
+impl std::str::FromStr for Threads {
+    type Err = String;
+    /// `auto` or a positive number.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Threads::Auto),
+            _ => match s.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Threads::Count(n)),
+                _ => Err(format!("expected auto or a positive number, got {s:?}")),
+            },
+        }
+    }
 }
 
 /// Chooses engines, workers and placement.
@@ -347,6 +380,40 @@ impl<'a> Planner<'a> {
             predicted_gbps: predicted,
             why,
         })
+    }
+
+    /// As [`Planner::plan_kernel`], with the thread count and placement the user fixed, where
+    /// they did (`source` names the setting in the reasons, as `--threads`).
+    pub fn plan_kernel_as(
+        &self,
+        job: Job,
+        batch_bytes: u64,
+        threads: Threads,
+        placement: Option<&Placement>,
+        source: &str,
+    ) -> Result<KernelChoice, PlacementError> {
+        let mut choice = self.plan_kernel(job, batch_bytes)?;
+        let count = match threads {
+            Threads::Count(n) => {
+                choice.why.insert(0, format!("{n} thread(s): {source} {n}"));
+                n
+            }
+            Threads::Auto => choice.cpus.len(),
+        };
+        let placement = match placement {
+            Some(p) => {
+                choice
+                    .why
+                    .push(format!("placement {p:?}: chosen by the user"));
+                Some(p.clone())
+            }
+            None if count != choice.cpus.len() => Some(self.placement(job.route).0),
+            None => None,
+        };
+        if let Some(p) = placement {
+            choice.cpus = p.choose(self.topology, job.route, &self.resources.allowed, count)?;
+        }
+        Ok(choice)
     }
 }
 

@@ -7,12 +7,17 @@
 
 mod mem;
 mod numa;
+mod own;
 mod process;
 mod thread;
 mod uffd;
 
 pub use mem::{HUGE_PAGE_SIZE, Mapping, base_page_size};
-pub use numa::{PageNode, move_pages, query_page_nodes};
+pub use numa::{
+    PageNode, migrate_pages, migrate_pages_unchanged, move_pages, move_pages_unchanged,
+    query_page_nodes,
+};
+pub use own::{ForeignOut, Plain, read_own, set_errno};
 pub use process::spawn_in_cgroup;
 pub use rustix::io::Errno;
 pub use thread::{allowed_cpus, pin_current_thread, thread_cpu_time};

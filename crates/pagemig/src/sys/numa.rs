@@ -2,7 +2,7 @@
 
 use std::ffi::{c_int, c_long, c_uint, c_ulong};
 
-use super::{Errno, SysError};
+use super::{Errno, ForeignOut, SysError};
 use crate::topology::NodeSet;
 
 const MPOL_BIND: c_int = 2;
@@ -102,6 +102,93 @@ pub fn move_pages(
     };
     if rc < 0 {
         Err(SysError::last("move_pages"))
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// `migrate_pages(2)`: moves every page of process `pid` that is on a node of `old` to the node
+/// of `new` at the same position, as the kernel maps one set onto the other. `maxnode` is the
+/// kernel's argument (bits in the masks plus one). Returns the number of pages that could not be
+/// moved.
+///
+/// # Panics
+/// If a mask is shorter than `maxnode - 1` bits.
+pub fn migrate_pages(
+    pid: i32,
+    maxnode: u64,
+    old: &[c_ulong],
+    new: &[c_ulong],
+) -> Result<usize, SysError> {
+    let words = (maxnode.saturating_sub(1) as usize).div_ceil(c_ulong::BITS as usize);
+    assert!(
+        old.len() >= words && new.len() >= words,
+        "migrate_pages: masks shorter than maxnode"
+    );
+    // SAFETY: the kernel reads `maxnode - 1` bits of each mask, which the assertion keeps within
+    // the slices; migration preserves the contents of every page.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_migrate_pages,
+            pid as c_long,
+            maxnode as c_ulong,
+            old.as_ptr(),
+            new.as_ptr(),
+        )
+    };
+    if rc < 0 {
+        Err(SysError::last("migrate_pages"))
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// `move_pages(2)` with the caller's raw arguments, unchanged: for callers (the C library) that
+/// must give the kernel's own answer to arguments pagemig does not handle itself. `pages` and
+/// `nodes` are the addresses of the caller's arrays: the kernel checks them itself (`EFAULT`),
+/// and writes only `status`.
+pub fn move_pages_unchanged(
+    pid: c_int,
+    count: c_ulong,
+    pages: usize,
+    nodes: usize,
+    status: ForeignOut,
+    flags: c_int,
+) -> Result<usize, SysError> {
+    assert_eq!(count as usize, status.len(), "move_pages: status length");
+    // SAFETY: the kernel reads `pages` and `nodes` with copy_from_user (EFAULT where bad) and
+    // writes at most `count` entries of `status`, which was handed over to be written.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_pages,
+            pid as c_long,
+            count,
+            pages,
+            nodes,
+            status.as_ptr(),
+            flags as c_long,
+        )
+    };
+    if rc < 0 {
+        Err(SysError::last("move_pages"))
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// `migrate_pages(2)` with the caller's raw arguments, unchanged (see [`move_pages_unchanged`]):
+/// `old` and `new` are the addresses of the masks, which the kernel only reads, checking them.
+pub fn migrate_pages_unchanged(
+    pid: c_int,
+    maxnode: c_ulong,
+    old: usize,
+    new: usize,
+) -> Result<usize, SysError> {
+    // SAFETY: migrate_pages only reads the two masks, with copy_from_user (EFAULT for a bad
+    // pointer), and preserves the contents of every page it moves.
+    let rc = unsafe { libc::syscall(libc::SYS_migrate_pages, pid as c_long, maxnode, old, new) };
+    if rc < 0 {
+        Err(SysError::last("migrate_pages"))
     } else {
         Ok(rc as usize)
     }

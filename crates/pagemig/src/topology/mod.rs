@@ -8,7 +8,7 @@ mod list;
 mod sysfs;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -99,6 +99,12 @@ pub enum TopologyError {
         /// What was wrong.
         detail: String,
     },
+}
+
+/// The nodes the running kernel lists now in `/sys/devices/system/node/STATE`, for a STATE such
+/// as `possible`, `online` or `has_memory` (empty when the file is missing: no NUMA support).
+pub fn node_state(state: &str) -> Result<NodeSet, TopologyError> {
+    sysfs::node_state(Path::new("/sys"), state)
 }
 
 impl Topology {

@@ -37,6 +37,10 @@ fn read_list(path: &Path) -> Result<Option<IdSet>, TopologyError> {
     read_opt(path)?.map(|t| parse_list(path, &t)).transpose()
 }
 
+pub(super) fn node_state(root: &Path, state: &str) -> Result<NodeSet, TopologyError> {
+    Ok(read_list(&root.join("devices/system/node").join(state))?.unwrap_or_default())
+}
+
 /// `numbered(dir, "node")` lists the ids N of entries `dirN` under `dir`, sorted.
 fn numbered(dir: &Path, prefix: &str) -> Result<Vec<u32>, TopologyError> {
     let entries = match fs::read_dir(dir) {

@@ -1,0 +1,64 @@
+//! libpagemig: `move_pages(2)` and `migrate_pages(2)` for C and C++ programs, with the system
+//! calls' semantics (return value, `errno`, every status entry), executed by pagemig's planner:
+//! pages grouped by target node, batches split over pinned threads. Calls pagemig cannot answer
+//! exactly as the kernel would go to the kernel unchanged.
+//!
+//! Settings come from the environment, read on the first call: `PAGEMIG_THREADS` (`auto`, the
+//! default, or a thread count), `PAGEMIG_LOG=1` (one line per call on standard error: what was
+//! planned and how long it took), `PAGEMIG_MODEL` (a cost model saved by `pagemig calibrate`).
+//! The header is `include/pagemig.h`.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_int, c_long, c_ulong, c_void};
+
+use pagemig::migrate::syscall::{self, Context};
+use pagemig::sys::ForeignOut;
+
+/// Moves page `pages[i]` of process `pid` (0: the caller) to node `nodes[i]` and writes the node
+/// it is on afterwards, or a negative errno, to `status[i]`; with `nodes` NULL, only reports
+/// where each page is. `flags` is `MPOL_MF_MOVE` or `MPOL_MF_MOVE_ALL`. Returns 0, the number of
+/// pages left behind, or -1 with `errno` set, exactly as `move_pages(2)`.
+///
+/// # Safety
+/// As for `move_pages(2)`: `status` is an array of `count` ints the function may write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pagemig_move_pages(
+    pid: c_int,
+    count: c_ulong,
+    pages: *mut *mut c_void,
+    nodes: *const c_int,
+    status: *mut c_int,
+    flags: c_int,
+) -> c_long {
+    let ctx = Context::of_process();
+    // SAFETY: the C caller handed `status` over to be written, as move_pages(2) asks.
+    let status = unsafe { ForeignOut::new(status, count as usize) };
+    let call = syscall::move_pages(
+        ctx,
+        pid,
+        count,
+        pages.cast_const().cast(),
+        nodes,
+        status,
+        flags,
+    );
+    ctx.answer(&call)
+}
+
+/// Moves every page of process `pid` on a node of `old_nodes` to the node at the same position
+/// in `new_nodes` (`maxnode` is one more than the bits of each mask). Returns the number of
+/// pages that could not be moved, or -1 with `errno` set, exactly as `migrate_pages(2)`.
+///
+/// # Safety
+/// As for `migrate_pages(2)`: the masks are only read.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pagemig_migrate_pages(
+    pid: c_int,
+    maxnode: c_ulong,
+    old_nodes: *const c_ulong,
+    new_nodes: *const c_ulong,
+) -> c_long {
+    let ctx = Context::of_process();
+    let call = syscall::migrate_pages(ctx, pid, maxnode, old_nodes, new_nodes);
+    ctx.answer(&call)
+}

@@ -1,0 +1,148 @@
+//! The caller's own memory at addresses a C caller handed over, read and written through
+//! `process_vm_readv`/`process_vm_writev`: a bad address gives `EFAULT` instead of a crash.
+
+use std::ffi::{c_int, c_void};
+
+use super::{Errno, SysError};
+
+/// Plain values that any bit pattern is a valid value of.
+pub trait Plain: Copy + Default + private::Sealed {}
+
+mod private {
+    pub trait Sealed {}
+}
+
+macro_rules! plain {
+    ($($t:ty),*) => {$(
+        impl private::Sealed for $t {}
+        impl Plain for $t {}
+    )*};
+}
+plain!(i32, u64, usize);
+
+/// Copies `len` values from address `addr` of this process, or fails with `EFAULT` where that
+/// memory is not readable (where a plain read would crash).
+pub fn read_own<T: Plain>(addr: usize, len: usize) -> Result<Vec<T>, SysError> {
+    let mut out = vec![T::default(); len];
+    let bytes = std::mem::size_of_val(out.as_slice());
+    if bytes == 0 {
+        return Ok(out);
+    }
+    let local = libc::iovec {
+        iov_base: out.as_mut_ptr().cast::<c_void>(),
+        iov_len: bytes,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut c_void,
+        iov_len: bytes,
+    };
+    // SAFETY: the kernel writes at most `bytes` into `out`, which owns that many bytes of plain
+    // values; it only reads the remote range, through the page tables, failing where it is not
+    // mapped or readable.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    match n {
+        n if n < 0 => Err(SysError::last("process_vm_readv")),
+        n if n as usize != bytes => Err(SysError::new("process_vm_readv", Errno::FAULT)),
+        _ => Ok(out),
+    }
+}
+
+/// An array of ints that a C caller handed over to be written (a status array): pagemig reads
+/// and writes it through the kernel, so that a bad address is `EFAULT`, never a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForeignOut {
+    addr: usize,
+    len: usize,
+}
+
+impl ForeignOut {
+    /// The `len` ints at `ptr`.
+    ///
+    /// # Safety
+    /// The C caller handed this array over to be written (it may still be an invalid address),
+    /// and nothing in this program holds a reference into it.
+    pub unsafe fn new(ptr: *mut c_int, len: usize) -> Self {
+        ForeignOut {
+            addr: ptr as usize,
+            len,
+        }
+    }
+
+    /// The address, for the kernel.
+    pub fn as_ptr(&self) -> *mut c_int {
+        self.addr as *mut c_int
+    }
+
+    /// Its length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// What it holds now.
+    pub fn read(&self) -> Result<Vec<c_int>, SysError> {
+        read_own(self.addr, self.len)
+    }
+
+    /// Writes `values` over it, or fails with `EFAULT` where it is not writable (read-only or
+    /// unmapped), having written nothing or a prefix.
+    ///
+    /// # Panics
+    /// If `values` is not as long as the array.
+    pub fn write(&self, values: &[c_int]) -> Result<(), SysError> {
+        assert_eq!(values.len(), self.len, "ForeignOut::write: length");
+        let bytes = std::mem::size_of_val(values);
+        if bytes == 0 {
+            return Ok(());
+        }
+        let local = libc::iovec {
+            iov_base: values.as_ptr().cast_mut().cast::<c_void>(),
+            iov_len: bytes,
+        };
+        let remote = libc::iovec {
+            iov_base: self.addr as *mut c_void,
+            iov_len: bytes,
+        };
+        // SAFETY: the kernel only reads `values`; the array was handed over to be written (see
+        // `new`), and the kernel fails with EFAULT where it is not mapped writable.
+        let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+        match n {
+            n if n < 0 => Err(SysError::last("process_vm_writev")),
+            n if n as usize != bytes => Err(SysError::new("process_vm_writev", Errno::FAULT)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Sets the calling thread's `errno`, as a C function reports failure.
+pub fn set_errno(errno: Errno) {
+    // SAFETY: __errno_location returns the calling thread's errno slot, valid for the thread's
+    // lifetime.
+    unsafe { *libc::__errno_location() = errno.raw_os_error() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_memory_round_trips_and_bad_addresses_fail() {
+        let mut buf = [1i32, 2, 3, 4];
+        let addr = buf.as_mut_ptr() as usize;
+        assert_eq!(read_own::<i32>(addr, 4).unwrap(), [1, 2, 3, 4]);
+        // SAFETY: `buf` is ours, and no reference into it is alive while `out` is used.
+        let out = unsafe { ForeignOut::new(buf.as_mut_ptr().wrapping_add(1), 2) };
+        out.write(&[7, 8]).unwrap();
+        assert_eq!(out.read().unwrap(), [7, 8]);
+        assert_eq!(buf, [1, 7, 8, 4]);
+        assert_eq!(read_own::<u64>(8, 1).unwrap_err().errno, Errno::FAULT);
+        assert_eq!(read_own::<u64>(0, 0).unwrap(), Vec::<u64>::new());
+        // SAFETY: address 8 is never mapped; nothing is written.
+        let bad = unsafe { ForeignOut::new(8 as *mut c_int, 1) };
+        assert_eq!(bad.write(&[5]).unwrap_err().errno, Errno::FAULT);
+    }
+}
