@@ -83,7 +83,8 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 N=/sys/devices/system/node
 echo "GUEST-UP kernel=$(uname -r) cpus=$(nproc) nodes=$(cat $N/online) has_memory=$(cat $N/has_memory) has_cpu=$(cat $N/has_cpu) numa_balancing=$(cat /proc/sys/kernel/numa_balancing)"
-export PAGEMIG_BIN=/bin/pagemig RUST_BACKTRACE=1
+export PAGEMIG_BIN=/bin/pagemig RUST_BACKTRACE=1 LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
+export PAGEMIG_PRELOAD=/usr/lib/pagemig/libpagemig_preload.so PAGEMIG_ABI_CASES=/usr/bin/abi_cases
 set --
 [ -f /test.args ] && while IFS= read -r a; do set -- "$@" "$a"; done < /test.args
 cd /tmp
@@ -123,19 +124,20 @@ fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
 }
 
-/// QEMU, busybox, cpio and the Debian tools that fetch the kernel, installed with apt if missing.
+/// QEMU, busybox, cpio, gcc (for the C test program) and the Debian tools that fetch the kernel,
+/// installed with apt if missing.
 fn ensure_tools() -> anyhow::Result<()> {
-    let needed = ["qemu-system-x86_64", "cpio", "file"];
+    let needed = ["qemu-system-x86_64", "cpio", "file", "gcc"];
     let busybox = Path::new("/bin/busybox").exists();
     if needed.iter().all(|p| have(p)) && busybox {
         return Ok(());
     }
     if !have("apt-get") || !is_root() {
         bail!(
-            "guest tests need qemu-system-x86, busybox-static, cpio and file: run as root on Debian, or install them"
+            "guest tests need qemu-system-x86, busybox-static, cpio, file and gcc: run as root on Debian, or install them"
         );
     }
-    eprintln!("xtask: installing qemu-system-x86 busybox-static cpio file");
+    eprintln!("xtask: installing qemu-system-x86 busybox-static cpio file gcc");
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
         .args([
@@ -147,6 +149,7 @@ fn ensure_tools() -> anyhow::Result<()> {
             "busybox-static",
             "cpio",
             "file",
+            "gcc",
         ])
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
@@ -196,7 +199,7 @@ fn ensure_kernel(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Test binaries that run inside the guests.
-const GUEST_TESTS: [&str; 2] = ["guest", "remap"];
+const GUEST_TESTS: [&str; 3] = ["guest", "preload", "remap"];
 
 /// Builds the guest test binaries and `pagemig`, statically linked and optimised (emulation is
 /// slow enough); returns their paths.
@@ -259,12 +262,156 @@ fn build_static() -> anyhow::Result<(Vec<PathBuf>, PathBuf)> {
     Ok((tests, bin))
 }
 
+/// numactl's programs and libnuma from Debian's packages (not installed: unpacked into `dir`),
+/// for the preload tests; returns the unpacked root.
+fn ensure_numactl(dir: &Path) -> anyhow::Result<PathBuf> {
+    let root = dir.join("numactl");
+    if root.join("usr/bin/migratepages").exists() {
+        return Ok(root);
+    }
+    let debs = dir.join("numactl-debs");
+    let _ = fs::remove_dir_all(&debs);
+    fs::create_dir_all(&debs)?;
+    eprintln!("xtask: downloading numactl and libnuma1 for the guests");
+    let download = |cmd: &mut Command| run(cmd.args(["download", "numactl", "libnuma1"]));
+    if download(Command::new("apt-get").current_dir(&debs)).is_err() {
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        download(Command::new("apt-get").current_dir(&debs))?;
+    }
+    let part = dir.join("numactl.part");
+    let _ = fs::remove_dir_all(&part);
+    for deb in fs::read_dir(&debs)? {
+        run(Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(deb?.path())
+            .arg(&part))?;
+    }
+    fs::remove_dir_all(&debs)?;
+    fs::rename(&part, &root)?;
+    Ok(root)
+}
+
+/// What the preload tests run in the guest: libpagemig, libpagemig_preload and the C program
+/// `abi_cases`, dynamically linked (release builds).
+struct Preload {
+    libs: Vec<PathBuf>,
+    cases: PathBuf,
+    numactl: PathBuf,
+}
+
+fn build_preload(dir: &Path, target: &Path) -> anyhow::Result<Preload> {
+    let numactl = ensure_numactl(dir)?;
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "pagemig-ffi",
+            "-p",
+            "pagemig-preload",
+        ])
+        .status()
+        .context("building the C libraries")?;
+    if !status.success() {
+        bail!("building libpagemig and libpagemig_preload failed");
+    }
+    let release = target.join("release");
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("crates/pagemig-ffi");
+    let cases = dir.join("abi_cases");
+    run(Command::new("gcc")
+        .args(["-O1", "-Wall", "-Werror", "-o"])
+        .arg(&cases)
+        .arg(crate_dir.join("tests/c/abi_cases.c"))
+        .arg("-I")
+        .arg(crate_dir.join("include"))
+        .arg("-L")
+        .arg(&release)
+        .arg("-lpagemig")
+        .arg("-L")
+        .arg(numactl.join("usr/lib/x86_64-linux-gnu"))
+        .args(["-l:libnuma.so.1", "-Wl,-rpath,/usr/lib/pagemig"]))?;
+    Ok(Preload {
+        libs: vec![
+            release.join("libpagemig.so"),
+            release.join("libpagemig_preload.so"),
+        ],
+        cases,
+        numactl,
+    })
+}
+
+/// Copies the dynamic programs of the preload tests into the guest's root, with every library
+/// they load (from this machine, as `ldd` finds them) in /lib/x86_64-linux-gnu.
+fn install_preload(root: &Path, p: &Preload) -> anyhow::Result<()> {
+    let libdir = root.join("lib/x86_64-linux-gnu");
+    let pagemig_dir = root.join("usr/lib/pagemig");
+    let bin = root.join("usr/bin");
+    for d in [&libdir, &pagemig_dir, &bin, &root.join("lib64")] {
+        fs::create_dir_all(d)?;
+    }
+    let numa_lib = p.numactl.join("usr/lib/x86_64-linux-gnu");
+    let mut programs = vec![p.cases.clone()];
+    for name in ["numactl", "migratepages", "memhog"] {
+        programs.push(p.numactl.join("usr/bin").join(name));
+    }
+    for prog in &programs {
+        fs::copy(
+            prog,
+            bin.join(prog.file_name().context("a program without a name")?),
+        )?;
+    }
+    for lib in &p.libs {
+        fs::copy(
+            lib,
+            pagemig_dir.join(lib.file_name().context("a library without a name")?),
+        )?;
+    }
+    fs::copy(numa_lib.join("libnuma.so.1"), libdir.join("libnuma.so.1"))?;
+    let search = format!(
+        "{}:{}",
+        numa_lib.display(),
+        p.libs[0].parent().unwrap().display()
+    );
+    for file in programs.iter().chain(&p.libs) {
+        let listing = output(
+            Command::new("ldd")
+                .arg(file)
+                .env("LD_LIBRARY_PATH", &search),
+        )?;
+        for line in listing.lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next(),
+                None => line
+                    .split_whitespace()
+                    .next()
+                    .filter(|w| w.starts_with('/')),
+            };
+            let Some(path) = path.map(Path::new).filter(|p| p.is_absolute()) else {
+                continue;
+            };
+            let name = path.file_name().context("a library without a name")?;
+            if name.to_string_lossy().starts_with("ld-linux") {
+                fs::copy(path, root.join("lib64").join(name))?;
+            }
+            if !libdir.join(name).exists() {
+                fs::copy(path, libdir.join(name))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// An uncompressed newc initramfs (gunzip is slow under emulation) with busybox, the init,
-/// the tests and pagemig.
+/// the tests, pagemig and the preload tests' programs.
 fn initramfs(
     work: &Path,
     tests: &[PathBuf],
     bin: &Path,
+    preload: &Preload,
     args: &[String],
 ) -> anyhow::Result<PathBuf> {
     let root = work.join("root");
@@ -278,6 +425,7 @@ fn initramfs(
         fs::copy(t, root.join("tests").join(name))?;
     }
     fs::copy(bin, root.join("bin/pagemig"))?;
+    install_preload(&root, preload)?;
     fs::write(root.join("init"), INIT)?;
     fs::write(
         root.join("test.args"),
@@ -443,6 +591,7 @@ pub fn test(only: Option<&str>, extra_args: &[String]) -> anyhow::Result<()> {
     let dir = target.join("guest");
     let kernel = ensure_kernel(&dir)?;
     let (tests, bin) = build_static()?;
+    let preload = build_preload(&dir, &target)?;
     let mut failed = Vec::new();
     for shape in SHAPES
         .iter()
@@ -452,7 +601,7 @@ pub fn test(only: Option<&str>, extra_args: &[String]) -> anyhow::Result<()> {
         fs::create_dir_all(&work)?;
         let mut args: Vec<String> = shape.filters.iter().map(|f| (*f).to_owned()).collect();
         args.extend(extra_args.iter().cloned());
-        let initrd = initramfs(&work, &tests, &bin, &args)?;
+        let initrd = initramfs(&work, &tests, &bin, &preload, &args)?;
         println!(
             "==== guest {} ({} CPU nodes x {} MiB, {} memory-only x {} MiB, {} vCPUs, NUMA balancing {})",
             shape.name,

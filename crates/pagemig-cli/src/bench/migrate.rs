@@ -1,5 +1,6 @@
 //! `pagemig bench migrate`: real migrations between two nodes, in the kernel work's table shape.
 
+use std::ffi::{c_int, c_ulong};
 use std::io::Write;
 
 use anyhow::{Context, bail};
@@ -7,9 +8,10 @@ use pagemig::copy::{CopyEngine, CpuEngine, EngineKind, Placement, Pool, Route};
 use pagemig::migrate::kernel::{self, KernelPlan};
 use pagemig::migrate::remap::{self, RemapPhases, RemapPlan};
 use pagemig::migrate::reservoir::Reservoirs;
+use pagemig::migrate::syscall;
 use pagemig::migrate::{Process, procfs};
-use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources, worker_counts};
-use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
+use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources, Threads, worker_counts};
+use pagemig::sys::{self, ForeignOut, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
 
 use super::{
@@ -76,6 +78,8 @@ enum Mover {
     Kernel(KernelPlan),
     /// The kernel path with the planner's threads for each row's size.
     KernelAuto(KernelPlan),
+    /// One move_pages call with every page, as a program under libpagemig_preload.so makes it.
+    Preload(Box<syscall::Context>),
     Remap(Box<dyn CopyEngine>),
 }
 
@@ -110,6 +114,24 @@ impl Block {
                     kernel::move_pages(Process::Current, &addrs, &vec![to; pages], plan, &|_| {})?;
                 self.pages_failed +=
                     moved.status.iter().filter(|&&s| s != to as i32).count() as u64;
+            }
+            Mover::Preload(ctx) => {
+                let addrs: Vec<usize> = (0..pages).map(|i| start + i * self.page_size).collect();
+                let nodes = vec![to as c_int; pages];
+                let mut status = vec![0; pages];
+                let call = syscall::move_pages(
+                    ctx,
+                    0,
+                    pages as c_ulong,
+                    addrs.as_ptr().cast(),
+                    nodes.as_ptr(),
+                    ForeignOut::from(&mut status[..]),
+                    syscall::MPOL_MF_MOVE,
+                );
+                if let Err(e) = call.result {
+                    bail!("move_pages through libpagemig's code failed: {e}");
+                }
+                self.pages_failed += status.iter().filter(|&&s| s != to as c_int).count() as u64;
             }
             Mover::Remap(engine) => {
                 let bytes = pages * self.page_size;
@@ -233,6 +255,19 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             )),
         },
     ));
+    if args.path == PathKind::Kernel && with_vanilla {
+        movers.push((
+            "preload".into(),
+            Mover::Preload(Box::new(syscall::Context {
+                topology: topo.clone(),
+                model: loaded.model.clone(),
+                threads: Threads::Auto,
+                log: false,
+                warnings: Vec::new(),
+                unusable: None,
+            })),
+        ));
+    }
     let free = |n: NodeId| usable_free(&topo, n);
 
     let mut notes = vec![
@@ -243,7 +278,8 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         match args.path {
             PathKind::Kernel => format!(
                 "kernel path between node {from} and node {to}: vanilla is one move_pages call with every page on the calling thread; \
-             mt_N: N threads on CPUs {cpus:?}, each moving a share in one call; one address per page (the head of a huge page)"
+             mt_N: N threads on CPUs {cpus:?}, each moving a share in one call; preload: the same one call as vanilla made through \
+             libpagemig_preload.so's code (PAGEMIG_THREADS unset: the planner's threads, pages grouped by node); one address per page (the head of a huge page)"
             ),
             PathKind::Remap => format!(
                 "remap path, node {from} {} node {to}: mt_N write-protects, copies with N non-temporal workers on CPUs {cpus:?}, \

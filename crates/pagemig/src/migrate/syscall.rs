@@ -368,7 +368,7 @@ impl Arrays {
         count: usize,
         pages: *const *const c_void,
         nodes: *const c_int,
-        status: ForeignOut,
+        status: ForeignOut<'_>,
     ) -> Result<Self, String> {
         let unreadable = |what: &str, e: sys::SysError| {
             format!(
@@ -418,7 +418,7 @@ pub fn move_pages(
     count: c_ulong,
     pages: *const *const c_void,
     nodes: *const c_int,
-    status: ForeignOut,
+    status: ForeignOut<'_>,
     flags: c_int,
 ) -> Call {
     let started = Instant::now();
@@ -452,7 +452,7 @@ fn split_move(
     count: c_ulong,
     pages: *const *const c_void,
     nodes: *const c_int,
-    status: ForeignOut,
+    status: ForeignOut<'_>,
     flags: c_int,
 ) -> Result<Answer, String> {
     if let Some(why) = &ctx.unusable {
@@ -793,12 +793,6 @@ mod tests {
         }
     }
 
-    /// The status array as a C caller hands it over.
-    fn out(status: &mut [c_int]) -> ForeignOut {
-        // SAFETY: the test's own array, not referenced while the call runs.
-        unsafe { ForeignOut::new(status.as_mut_ptr(), status.len()) }
-    }
-
     #[test]
     fn a_split_move_answers_as_the_kernel() {
         let node = topology::node_state("has_memory")
@@ -820,7 +814,7 @@ mod tests {
             count,
             pages.as_ptr() as usize,
             nodes.as_ptr() as usize,
-            out(&mut kernel),
+            ForeignOut::from(&mut kernel[..]),
             MPOL_MF_MOVE,
         );
         let mut ours = vec![-1; pages.len()];
@@ -830,7 +824,7 @@ mod tests {
             count,
             pages.as_ptr(),
             nodes.as_ptr(),
-            out(&mut ours),
+            ForeignOut::from(&mut ours[..]),
             MPOL_MF_MOVE,
         );
         assert_eq!(k.map_err(|e| e.errno), o.result);
@@ -856,7 +850,7 @@ mod tests {
             1,
             pages.as_ptr(),
             [0].as_ptr(),
-            out(&mut status),
+            ForeignOut::from(&mut status[..]),
             8,
         );
         assert_eq!(call.result, Err(Errno::INVAL));

@@ -152,7 +152,7 @@ pub fn move_pages_unchanged(
     count: c_ulong,
     pages: usize,
     nodes: usize,
-    status: ForeignOut,
+    status: ForeignOut<'_>,
     flags: c_int,
 ) -> Result<usize, SysError> {
     assert_eq!(count as usize, status.len(), "move_pages: status length");

@@ -2,6 +2,7 @@
 //! `process_vm_readv`/`process_vm_writev`: a bad address gives `EFAULT` instead of a crash.
 
 use std::ffi::{c_int, c_void};
+use std::marker::PhantomData;
 
 use super::{Errno, SysError};
 
@@ -50,21 +51,23 @@ pub fn read_own<T: Plain>(addr: usize, len: usize) -> Result<Vec<T>, SysError> {
 /// An array of ints that a C caller handed over to be written (a status array): pagemig reads
 /// and writes it through the kernel, so that a bad address is `EFAULT`, never a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ForeignOut {
+pub struct ForeignOut<'a> {
     addr: usize,
     len: usize,
+    array: PhantomData<&'a mut [c_int]>,
 }
 
-impl ForeignOut {
+impl ForeignOut<'_> {
     /// The `len` ints at `ptr`.
     ///
     /// # Safety
-    /// The C caller handed this array over to be written (it may still be an invalid address),
-    /// and nothing in this program holds a reference into it.
+    /// The C caller handed this array over to be written for as long as the result is used (it
+    /// may still be an invalid address), and nothing in this program holds a reference into it.
     pub unsafe fn new(ptr: *mut c_int, len: usize) -> Self {
         ForeignOut {
             addr: ptr as usize,
             len,
+            array: PhantomData,
         }
     }
 
@@ -114,6 +117,17 @@ impl ForeignOut {
             n if n < 0 => Err(SysError::last("process_vm_writev")),
             n if n as usize != bytes => Err(SysError::new("process_vm_writev", Errno::FAULT)),
             _ => Ok(()),
+        }
+    }
+}
+
+impl<'a> From<&'a mut [c_int]> for ForeignOut<'a> {
+    /// A Rust caller's status array.
+    fn from(array: &'a mut [c_int]) -> Self {
+        ForeignOut {
+            addr: array.as_mut_ptr() as usize,
+            len: array.len(),
+            array: PhantomData,
         }
     }
 }
