@@ -252,6 +252,7 @@ fn numactl_migratepages_moves_memhog_through_pagemig() {
     };
 
     let log = migratepages(a, b, true);
+    println!("migratepages {pid} {a} {b} under the preload:\n{log}");
     assert!(
         log.contains(&format!("migrate_pages(pid {pid}, "))
             && log.contains(&format!("pages moved {a}->{b} by 2 thread(s)")),
