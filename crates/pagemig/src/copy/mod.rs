@@ -1,13 +1,16 @@
 //! Copy engines: one trait, several ways to move bytes.
 //!
 //! [`CpuEngine`] copies on the calling thread (memcpy, non-temporal stores, `rep movsb`);
-//! [`Pool`] splits a batch by bytes over long-lived worker threads pinned by a [`Placement`].
+//! [`Pool`] splits a batch by bytes over long-lived worker threads pinned by a [`Placement`];
+//! [`AsyncCopyEngine`] is the asynchronous side (submit, poll, wait, cancel), served by the CPU
+//! [`Offload`] engine everywhere and by DMA engines where they exist.
 //! All engines give byte-identical results for any length and alignment.
 
 mod kernels;
 mod op;
 mod placement;
 mod pool;
+mod queue;
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,6 +21,9 @@ use serde::{Deserialize, Serialize};
 pub use op::CopyOp;
 pub use placement::{Placement, PlacementError, Route};
 pub use pool::{Piece, Pool, PoolError, split_by_bytes};
+pub use queue::{
+    AsyncCopyEngine, Completion, Offload, OpStatus, Queue, Ticket, copy_and_wait, scope,
+};
 
 /// What a copy did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,6 +59,16 @@ pub enum CopyError {
         cpu: u32,
         /// The panic message.
         message: String,
+    },
+    /// One op of a batch was not copied completely.
+    #[error("op {op} of the batch failed after {copied} bytes: {reason}")]
+    OpFailed {
+        /// Index of the op in the batch.
+        op: usize,
+        /// Bytes of it that were copied.
+        copied: usize,
+        /// What the engine reported.
+        reason: String,
     },
     /// A pool worker thread is gone, so its share was not copied.
     #[error("copy worker {worker} (cpu {cpu}) has exited")]

@@ -5,4 +5,5 @@ mod fake_sysfs;
 mod placement;
 mod policy;
 mod pool;
+mod queue;
 mod topology;

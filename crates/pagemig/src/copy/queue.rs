@@ -1,0 +1,468 @@
+//! The asynchronous side of the engine interface: submit a batch, poll or wait for it, with a
+//! status per op. DMA engines (and the CPU [`Offload`] engine that stands in for one anywhere)
+//! implement [`AsyncCopyEngine`]; [`scope`] is the safe way to use one, and
+//! [`copy_and_wait`] builds the synchronous [`CopyEngine::copy`] on it.
+#![allow(unsafe_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind};
+use crate::sys;
+use crate::topology::CpuId;
+
+/// What happened to one op of a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpStatus {
+    /// Every byte was copied.
+    Done,
+    /// The engine failed after copying the first `copied` bytes.
+    Failed {
+        /// Bytes copied before the failure (from the start of the op).
+        copied: usize,
+        /// What the engine reported.
+        reason: String,
+    },
+    /// The submission was cancelled before all of this op was copied: `copied` bytes were,
+    /// possibly not from the start (pieces of one op may run on several channels).
+    Cancelled {
+        /// Bytes copied.
+        copied: usize,
+    },
+}
+
+/// A completed submission: one status per op, in the order of the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// Status of each op.
+    pub ops: Vec<OpStatus>,
+    /// What was copied, by whom.
+    pub stats: CopyStats,
+}
+
+impl Completion {
+    /// `Ok` with the stats when every op is done; otherwise the first op that is not.
+    pub fn into_result(self) -> Result<CopyStats, CopyError> {
+        for (op, status) in self.ops.into_iter().enumerate() {
+            match status {
+                OpStatus::Done => {}
+                OpStatus::Failed { copied, reason } => {
+                    return Err(CopyError::OpFailed { op, copied, reason });
+                }
+                OpStatus::Cancelled { copied } => {
+                    return Err(CopyError::OpFailed {
+                        op,
+                        copied,
+                        reason: "cancelled".into(),
+                    });
+                }
+            }
+        }
+        Ok(self.stats)
+    }
+}
+
+/// A submission, as the engine that took it knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// An engine that copies in the background.
+pub trait AsyncCopyEngine: Send + Sync {
+    /// Short name for tables and reports.
+    fn name(&self) -> String;
+
+    /// Starts copying the batch and returns at once.
+    ///
+    /// # Safety
+    /// The memory of every op must stay valid, and nothing else may write either range or read
+    /// the destination, until the ticket's completion has been returned by [`Self::poll`] or
+    /// [`Self::wait`] (use [`scope`], which guarantees it).
+    unsafe fn submit(&self, batch: &[CopyOp<'_>]) -> Result<Ticket, CopyError>;
+
+    /// The completion of `ticket` if it has completed (returned once), without blocking.
+    fn poll(&self, ticket: Ticket) -> Option<Completion>;
+
+    /// Blocks until `ticket` completes and returns its completion.
+    fn wait(&self, ticket: Ticket) -> Completion;
+
+    /// Stops what has not started of `ticket`: those ops end [`OpStatus::Cancelled`]. The ticket
+    /// still has to be waited for (pieces already running finish).
+    fn cancel(&self, ticket: Ticket);
+}
+
+/// Submissions made inside one [`scope`].
+pub struct Queue<'scope, 'env: 'scope> {
+    engine: &'scope dyn AsyncCopyEngine,
+    in_flight: Mutex<VecDeque<Ticket>>,
+    _env: std::marker::PhantomData<&'env mut &'env ()>,
+}
+
+impl<'env> Queue<'_, 'env> {
+    fn pending(&self) -> MutexGuard<'_, VecDeque<Ticket>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts copying `batch`; the ops' memory stays borrowed until the scope ends.
+    pub fn submit(&self, batch: &[CopyOp<'env>]) -> Result<Ticket, CopyError> {
+        // SAFETY: the ops borrow their memory for 'env, which outlives the scope, and the scope
+        // waits for every ticket before it returns.
+        let ticket = unsafe { self.engine.submit(batch)? };
+        self.pending().push_back(ticket);
+        Ok(ticket)
+    }
+
+    /// The completion of `ticket` if it has completed, without blocking.
+    pub fn poll(&self, ticket: Ticket) -> Option<Completion> {
+        let done = self.engine.poll(ticket)?;
+        self.pending().retain(|&t| t != ticket);
+        Some(done)
+    }
+
+    /// Blocks until `ticket` completes.
+    ///
+    /// # Panics
+    /// If `ticket` is not in flight in this scope.
+    pub fn wait(&self, ticket: Ticket) -> Completion {
+        let mut pending = self.pending();
+        let at = pending
+            .iter()
+            .position(|&t| t == ticket)
+            .expect("wait: the ticket is not in flight in this scope");
+        pending.remove(at);
+        drop(pending);
+        self.engine.wait(ticket)
+    }
+
+    /// The oldest submission still in flight, once it has completed: completions in the order
+    /// of submission.
+    pub fn next_in_order(&self) -> Option<(Ticket, Completion)> {
+        let mut pending = self.pending();
+        let &oldest = pending.front()?;
+        let done = self.engine.poll(oldest)?;
+        pending.pop_front();
+        Some((oldest, done))
+    }
+
+    /// Cancels what has not started of `ticket`.
+    pub fn cancel(&self, ticket: Ticket) {
+        self.engine.cancel(ticket);
+    }
+
+    /// Submissions in flight.
+    pub fn in_flight(&self) -> usize {
+        self.pending().len()
+    }
+}
+
+/// Runs `f` with a [`Queue`] on `engine`. When `f` returns (or panics), submissions still in
+/// flight are cancelled and waited for: no op touches its memory after `scope` returns.
+pub fn scope<'env, R>(
+    engine: &dyn AsyncCopyEngine,
+    f: impl for<'scope> FnOnce(&'scope Queue<'scope, 'env>) -> R,
+) -> R {
+    struct Drain<'q, 'scope, 'env>(&'q Queue<'scope, 'env>);
+    impl Drop for Drain<'_, '_, '_> {
+        fn drop(&mut self) {
+            let left: Vec<Ticket> = self.0.pending().drain(..).collect();
+            for &t in &left {
+                self.0.engine.cancel(t);
+            }
+            for t in left {
+                self.0.engine.wait(t);
+            }
+        }
+    }
+    let queue = Queue {
+        engine,
+        in_flight: Mutex::new(VecDeque::new()),
+        _env: std::marker::PhantomData,
+    };
+    let _drain = Drain(&queue);
+    f(&queue)
+}
+
+/// Copies a batch with an asynchronous engine and waits: the synchronous `copy` of every such
+/// engine.
+pub fn copy_and_wait(
+    engine: &dyn AsyncCopyEngine,
+    batch: &[CopyOp<'_>],
+) -> Result<CopyStats, CopyError> {
+    scope(engine, |q| {
+        let t = q.submit(batch)?;
+        q.wait(t).into_result()
+    })
+}
+
+/// Bytes per piece handed to one channel of the [`Offload`] engine.
+const PIECE: usize = 256 << 10;
+
+/// One piece of one op of one submission.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    ticket: u64,
+    op: usize,
+    src: usize,
+    dst: usize,
+    len: usize,
+}
+
+#[derive(Debug)]
+struct Submission {
+    /// Bytes copied per op.
+    copied: Vec<usize>,
+    lens: Vec<usize>,
+    pieces_left: usize,
+    cancelled: bool,
+    cpu: Duration,
+    channels: Vec<bool>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Piece>,
+    subs: HashMap<u64, Submission>,
+    next: u64,
+    closing: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    work: Condvar,
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The CPU stand-in for a DMA engine: dedicated copy threads pinned to chosen CPUs, fed through
+/// a queue, so that the caller submits and goes on with its own work. Pieces of a submission
+/// start in submission order.
+pub struct Offload {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    cpus: Vec<CpuId>,
+    engine: CpuEngine,
+}
+
+impl Offload {
+    /// One copy thread per CPU of `cpus`, each copying with an engine of `kind`.
+    pub fn new(kind: EngineKind, cpus: &[CpuId]) -> Result<Self, CopyError> {
+        let engine = CpuEngine::new(kind)?;
+        if cpus.is_empty() {
+            return Err(CopyError::Unavailable {
+                engine: kind,
+                reason: "the offload engine needs at least one CPU for its copy threads".into(),
+            });
+        }
+        let shared = Arc::new(Shared::default());
+        let mut workers = Vec::new();
+        for (channel, &cpu) in cpus.iter().enumerate() {
+            let mine = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("pagemig-offload-{cpu}"))
+                .spawn(move || channel_loop(&mine, engine, channel, cpu));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    shut_down(&shared, &mut workers);
+                    return Err(CopyError::Unavailable {
+                        engine: kind,
+                        reason: format!("cannot start a copy thread: {e}"),
+                    });
+                }
+            }
+        }
+        Ok(Offload {
+            shared,
+            workers,
+            cpus: cpus.to_vec(),
+            engine,
+        })
+    }
+
+    /// The CPUs of the copy threads.
+    pub fn cpus(&self) -> &[CpuId] {
+        &self.cpus
+    }
+}
+
+fn channel_loop(shared: &Shared, engine: CpuEngine, channel: usize, cpu: CpuId) {
+    // Unpinned is slower, not wrong.
+    let _ = sys::pin_current_thread(cpu);
+    let mut state = shared.lock();
+    loop {
+        let Some(piece) = state.queue.pop_front() else {
+            if state.closing {
+                return;
+            }
+            state = shared.work.wait(state).unwrap_or_else(|p| p.into_inner());
+            continue;
+        };
+        let cancelled = state.subs.get(&piece.ticket).is_none_or(|s| s.cancelled);
+        let mut cpu_time = Duration::ZERO;
+        if !cancelled {
+            drop(state);
+            let started = sys::thread_cpu_time();
+            // SAFETY: `submit`'s contract keeps both ranges valid and exclusively the engine's
+            // until the submission's completion is returned, which waits for this piece.
+            let op = unsafe {
+                CopyOp::from_raw(piece.src as *const u8, piece.dst as *mut u8, piece.len)
+            };
+            // A CPU engine copies every op it is given.
+            let _ = engine.copy(std::slice::from_ref(&op));
+            cpu_time = sys::thread_cpu_time().saturating_sub(started);
+            state = shared.lock();
+        }
+        if let Some(sub) = state.subs.get_mut(&piece.ticket) {
+            if !cancelled {
+                sub.copied[piece.op] += piece.len;
+                sub.cpu += cpu_time;
+                sub.channels[channel] = true;
+            }
+            sub.pieces_left -= 1;
+            if sub.pieces_left == 0 {
+                shared.done.notify_all();
+            }
+        }
+    }
+}
+
+fn shut_down(shared: &Shared, workers: &mut Vec<JoinHandle<()>>) {
+    shared.lock().closing = true;
+    shared.work.notify_all();
+    for w in workers.drain(..) {
+        let _ = w.join();
+    }
+}
+
+impl Drop for Offload {
+    /// Lets the channels finish what is queued (submissions are waited for by their scope),
+    /// then stops them.
+    fn drop(&mut self) {
+        shut_down(&self.shared, &mut self.workers);
+    }
+}
+
+fn completion(sub: Submission) -> Completion {
+    let ops = sub
+        .copied
+        .iter()
+        .zip(&sub.lens)
+        .map(|(&copied, &len)| {
+            if copied == len {
+                OpStatus::Done
+            } else {
+                OpStatus::Cancelled { copied }
+            }
+        })
+        .collect();
+    Completion {
+        ops,
+        stats: CopyStats {
+            bytes: sub.copied.iter().sum::<usize>() as u64,
+            ops: sub.lens.len() as u64,
+            threads: sub.channels.iter().filter(|&&c| c).count(),
+            worker_cpu: sub.cpu,
+        },
+    }
+}
+
+impl AsyncCopyEngine for Offload {
+    fn name(&self) -> String {
+        format!("offload({} x {})", self.cpus.len(), self.engine.name())
+    }
+
+    unsafe fn submit(&self, batch: &[CopyOp<'_>]) -> Result<Ticket, CopyError> {
+        let mut state = self.shared.lock();
+        let ticket = state.next;
+        state.next += 1;
+        let mut pieces = 0;
+        for (op, o) in batch.iter().enumerate() {
+            let mut off = 0;
+            while off < o.len() {
+                let len = PIECE.min(o.len() - off);
+                state.queue.push_back(Piece {
+                    ticket,
+                    op,
+                    src: o.src() as usize + off,
+                    dst: o.dst() as usize + off,
+                    len,
+                });
+                off += len;
+                pieces += 1;
+            }
+        }
+        state.subs.insert(
+            ticket,
+            Submission {
+                copied: vec![0; batch.len()],
+                lens: batch.iter().map(CopyOp::len).collect(),
+                pieces_left: pieces,
+                cancelled: false,
+                cpu: Duration::ZERO,
+                channels: vec![false; self.cpus.len()],
+            },
+        );
+        drop(state);
+        self.shared.work.notify_all();
+        Ok(Ticket(ticket))
+    }
+
+    fn poll(&self, ticket: Ticket) -> Option<Completion> {
+        let mut state = self.shared.lock();
+        if state.subs.get(&ticket.0)?.pieces_left > 0 {
+            return None;
+        }
+        state.subs.remove(&ticket.0).map(completion)
+    }
+
+    fn wait(&self, ticket: Ticket) -> Completion {
+        let mut state = self.shared.lock();
+        loop {
+            match state.subs.get(&ticket.0) {
+                None => panic!("wait: ticket {} is not in flight", ticket.0),
+                Some(s) if s.pieces_left == 0 => {
+                    return completion(state.subs.remove(&ticket.0).expect("present"));
+                }
+                Some(_) => {
+                    state = self
+                        .shared
+                        .done
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
+            }
+        }
+    }
+
+    fn cancel(&self, ticket: Ticket) {
+        if let Some(sub) = self.shared.lock().subs.get_mut(&ticket.0) {
+            sub.cancelled = true;
+        }
+    }
+}
+
+impl CopyEngine for Offload {
+    fn name(&self) -> String {
+        AsyncCopyEngine::name(self)
+    }
+
+    fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        copy_and_wait(self, batch)
+    }
+}
+
+impl std::fmt::Debug for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offload")
+            .field("cpus", &self.cpus)
+            .field("engine", &self.engine.name())
+            .finish()
+    }
+}
