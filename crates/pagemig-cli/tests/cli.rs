@@ -259,7 +259,7 @@ fn calibrate_saves_a_model_that_topo_and_bench_use() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let notes = report["notes"].to_string();
     assert!(
-        notes.contains(&format!("from the cost model {}", path.display())),
+        notes.contains(&format!("(cost model {})", path.display())),
         "{notes}"
     );
     assert!(notes.contains("auto reached 0.95"), "{notes}");
@@ -372,5 +372,43 @@ fn charge_target_bills_a_cgroup_made_by_the_test() {
     assert!(
         c["usage_after_usec"].as_u64().unwrap() > c["usage_before_usec"].as_u64().unwrap(),
         "{r}"
+    );
+}
+
+#[test]
+fn bench_copy_has_offload_and_dma_columns_where_they_can_run() {
+    let mut args = TINY.to_vec();
+    args.extend(["--engine", "nt,offload", "--json"]);
+    let o = pagemig(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for t in report["tables"].as_array().unwrap() {
+        let columns = t["columns"].to_string();
+        assert!(columns.contains("\"offload\""), "{columns}");
+        for row in t["rows"].as_array().unwrap() {
+            for cell in row["cells"].as_array().unwrap() {
+                assert!(cell["median"].as_f64().unwrap() > 0.0, "{row}");
+            }
+        }
+    }
+    // A DMA engine that is not here (not built in, or no device) is refused with the check
+    // that failed, before anything is measured.
+    for (engine, device) in [("dsa", "Intel DSA"), ("cuda", "CUDA GPU")] {
+        let o = pagemig(&["bench", "copy", "--quick", "--engine", engine]);
+        let err = stderr(&o);
+        if o.status.success() {
+            eprintln!("{engine} is present here: its column was measured");
+            continue;
+        }
+        assert!(
+            err.contains(&format!("the {engine} column: no usable {device} here:")),
+            "{err}"
+        );
+    }
+    let o = pagemig(&["bench", "copy", "--engine", "gpu"]);
+    assert!(
+        stderr(&o).contains("unknown engine \"gpu\""),
+        "{}",
+        stderr(&o)
     );
 }

@@ -4,7 +4,8 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 use indicatif::ProgressBar;
-use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
+use pagemig::copy::dma::{self, DmaKind};
+use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Offload, Placement, Pool, Route};
 use pagemig::policy::{AutoEngine, Copier, Effort, Planner, Resources, worker_counts};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{NodeId, NodeSet, Topology};
@@ -29,9 +30,16 @@ pub struct CopyArgs {
     /// Worker counts of the mt_N columns [default: 1,2,4… and the number of usable CPUs].
     #[arg(long, value_delimiter = ',')]
     threads: Vec<usize>,
-    /// Engines measured alone on the calling thread, one column each, whole batch per call.
-    #[arg(long, value_delimiter = ',', default_value = "nt,movsb")]
-    engines: Vec<EngineKind>,
+    /// Engines with a column each, whole batch per call: memcpy, nt, movsb (on the calling
+    /// thread), offload (pinned copy threads fed through the asynchronous queue, as many as the
+    /// largest mt_N), dsa, cuda (DMA engines, where built in and present).
+    #[arg(
+        long,
+        visible_alias = "engine",
+        value_delimiter = ',',
+        default_value = "nt,movsb"
+    )]
+    engines: Vec<BenchEngine>,
     /// Engine that the mt_N workers run (non-temporal stores reach the large-copy limit).
     #[arg(long, default_value = "nt")]
     pool_engine: EngineKind,
@@ -89,12 +97,55 @@ impl Budget {
     }
 }
 
+/// An engine with a column of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BenchEngine {
+    Cpu(EngineKind),
+    Offload,
+    Dma(DmaKind),
+}
+
+impl std::str::FromStr for BenchEngine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "offload" => Ok(BenchEngine::Offload),
+            _ => s.parse().map(BenchEngine::Cpu).or_else(|_| {
+                s.parse().map(BenchEngine::Dma).map_err(|_| {
+                    format!(
+                        "unknown engine {s:?} (expected memcpy, nt, movsb, offload, dsa or cuda)"
+                    )
+                })
+            }),
+        }
+    }
+}
+
+impl BenchEngine {
+    fn name(self) -> String {
+        match self {
+            BenchEngine::Cpu(k) => k.to_string(),
+            BenchEngine::Offload => "offload".into(),
+            BenchEngine::Dma(k) => k.to_string(),
+        }
+    }
+
+    /// The engine, or why it cannot run here.
+    fn open(self, cpus: &[u32]) -> anyhow::Result<Box<dyn CopyEngine>> {
+        Ok(match self {
+            BenchEngine::Cpu(k) => Box::new(CpuEngine::new(k)?),
+            BenchEngine::Offload => Box::new(Offload::new(EngineKind::Nt, cpus)?),
+            BenchEngine::Dma(k) => dma::open(k)?,
+        })
+    }
+}
+
 /// A column of the table and how it copies one migration.
 enum Column {
     /// One memcpy call per page, on the calling thread, as the kernel's folio copy.
     Vanilla,
-    /// The whole batch in one call of an engine, on the calling thread.
-    Engine(CpuEngine),
+    /// The whole batch in one call of an engine.
+    Engine(String, Box<dyn CopyEngine>),
     /// The batch split over this many pool workers.
     Mt(usize),
     /// The whole batch in one call of the planner's engine for its size.
@@ -105,7 +156,7 @@ impl Column {
     fn name(&self) -> String {
         match self {
             Column::Vanilla => "vanilla".into(),
-            Column::Engine(e) => e.kind().to_string(),
+            Column::Engine(name, _) => name.clone(),
             Column::Mt(n) => format!("mt_{n}"),
             Column::Auto(_) => "auto".into(),
         }
@@ -163,7 +214,7 @@ impl Buffers {
                     memcpy.copy(&[CopyOp::new(s, d)])?;
                 }
             }
-            Column::Engine(e) => {
+            Column::Engine(_, e) => {
                 let ops: Vec<CopyOp<'_>> = pairs.map(|(s, d)| CopyOp::new(s, d)).collect();
                 e.copy(&ops)?;
             }
@@ -224,8 +275,11 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         Pool::new(CpuEngine::new(args.pool_engine)?, &cpus).context("starting copy workers")?;
 
     let mut columns = vec![Column::Vanilla];
-    for &kind in &args.engines {
-        columns.push(Column::Engine(CpuEngine::new(kind)?));
+    for &e in &args.engines {
+        let engine = e
+            .open(&cpus)
+            .with_context(|| format!("the {} column", e.name()))?;
+        columns.push(Column::Engine(e.name(), engine));
     }
     columns.extend(threads.iter().map(|&n| Column::Mt(n)));
     // Quick, not built-in: the auto column is held to 0.95 of the best column of every row.
@@ -233,7 +287,7 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?);
     let auto = AutoEngine::new(&planner, route).context("starting the auto column's engine")?;
     let mut notes = vec![format!(
-        "auto: the planner's choice per batch size, from the {}",
+        "auto: the planner's choice per batch size ({})",
         loaded.source
     )];
     for &ps in &args.page_size {
@@ -323,8 +377,16 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     notes.extend([
         format!("copies from node {from} to node {to}; mt_N workers run {} on CPUs {:?} ({:?})", pool.engine().name(), cpus, args.placement),
         format!(
-            "vanilla copies one page per call on one thread; {} copy the whole batch per call on one thread",
-            args.engines.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ")
+            "vanilla copies one page per call on one thread; {} copy the whole batch per call{}",
+            args.engines.iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
+            if args.engines.contains(&BenchEngine::Offload) {
+                format!(
+                    " (offload: {} copy threads on CPUs {cpus:?} fed through the asynchronous queue; the others on the calling thread)",
+                    cpus.len()
+                )
+            } else {
+                " on the calling thread".into()
+            }
         ),
         limit_note,
     ]);
@@ -429,7 +491,10 @@ fn measure_limit(
     let mut best: Option<(Cell, String)> = None;
     for engine in engines {
         let pool = Pool::new(*engine, cpus).context("starting copy workers")?;
-        for column in [Column::Engine(*engine), Column::Mt(cpus.len())] {
+        for column in [
+            Column::Engine(engine.name(), Box::new(*engine)),
+            Column::Mt(cpus.len()),
+        ] {
             progress.set_message(format!("limit: {} {}", engine.name(), column.name()));
             let cell = measure(budget.reps, 1, budget.limit_bytes, |i| {
                 bufs.migrate(&column, &pool, engine, chunk, pages, i)

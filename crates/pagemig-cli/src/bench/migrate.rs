@@ -272,7 +272,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 
     let mut notes = vec![
         format!(
-            "auto: the planner's choice for each row, from the {}",
+            "auto: the planner's choice for each row ({})",
             loaded.source
         ),
         match args.path {

@@ -6,6 +6,7 @@
 //! [`Offload`] engine everywhere and by DMA engines where they exist.
 //! All engines give byte-identical results for any length and alignment.
 
+pub mod dma;
 mod kernels;
 mod op;
 mod placement;
@@ -59,6 +60,14 @@ pub enum CopyError {
         cpu: u32,
         /// The panic message.
         message: String,
+    },
+    /// A DMA device is not there, or cannot be used, for this reason.
+    #[error("no usable {device} here: {reason}")]
+    NoDevice {
+        /// The device.
+        device: &'static str,
+        /// Which check failed.
+        reason: String,
     },
     /// One op of a batch was not copied completely.
     #[error("op {op} of the batch failed after {copied} bytes: {reason}")]

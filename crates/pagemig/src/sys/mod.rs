@@ -5,6 +5,8 @@
 //! kernel's errno into a [`SysError`] that names the call.
 #![allow(unsafe_code)]
 
+#[cfg(all(feature = "dsa", target_arch = "x86_64"))]
+pub mod dsa;
 mod mem;
 mod numa;
 mod own;

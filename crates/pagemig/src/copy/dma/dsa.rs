@@ -1,0 +1,682 @@
+//! Intel Data Streaming Accelerator (DSA) through user-mode work queues (`/dev/dsa/wqD.Q`):
+//! memmove and batch descriptors written to the queue's portal, completion records polled, a
+//! partial completion (a page fault on the device) finished on the CPU, work split across every
+//! usable queue of every device.
+//!
+//! The descriptor and completion-record layouts follow Intel's DSA specification (and Linux's
+//! `include/uapi/linux/idxd.h`); they are tested without hardware.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::copy::{
+    AsyncCopyEngine, Completion, CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind,
+    OpStatus, Ticket, copy_and_wait,
+};
+
+/// Descriptor opcodes.
+pub const OPCODE_BATCH: u8 = 0x01;
+/// Memory move.
+pub const OPCODE_MEMMOVE: u8 = 0x03;
+
+/// Descriptor flags (bits 0..23 of bytes 4..6).
+pub mod flags {
+    /// Wait for earlier descriptors of the batch.
+    pub const FENCE: u32 = 0x0001;
+    /// Block on fault: the device waits for the page fault to be resolved.
+    pub const BOF: u32 = 0x0002;
+    /// Completion record address valid.
+    pub const CRAV: u32 = 0x0004;
+    /// Request a completion record.
+    pub const RCR: u32 = 0x0008;
+    /// Cache control: write the destination to the cache.
+    pub const CC: u32 = 0x0100;
+}
+
+/// A 64-byte work descriptor, as the device reads it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(64))]
+pub struct Descriptor {
+    bytes: [u8; 64],
+}
+
+impl fmt::Debug for Descriptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Descriptor({:02x?})", &self.bytes[..])
+    }
+}
+
+impl Descriptor {
+    fn new(opcode: u8, flags: u32, completion: u64, a: u64, b: u64, size: u32) -> Self {
+        let mut bytes = [0u8; 64];
+        // Bytes 0..3: PASID (bits 0..19) and privilege (bit 31): zero; ENQCMD fills the PASID.
+        let word = (flags & 0x00ff_ffff) | (u32::from(opcode) << 24);
+        bytes[4..8].copy_from_slice(&word.to_le_bytes());
+        bytes[8..16].copy_from_slice(&completion.to_le_bytes());
+        bytes[16..24].copy_from_slice(&a.to_le_bytes());
+        bytes[24..32].copy_from_slice(&b.to_le_bytes());
+        bytes[32..36].copy_from_slice(&size.to_le_bytes());
+        Descriptor { bytes }
+    }
+
+    /// A memory move of `len` bytes, with a completion record at `completion`. Without block
+    /// on fault: a page fault ends it early with the bytes done in the record.
+    pub fn memmove(src: u64, dst: u64, len: u32, completion: u64) -> Self {
+        Self::new(
+            OPCODE_MEMMOVE,
+            flags::CRAV | flags::RCR,
+            completion,
+            src,
+            dst,
+            len,
+        )
+    }
+
+    /// A batch of `count` descriptors at `list` (64-byte aligned).
+    pub fn batch(list: u64, count: u32, completion: u64) -> Self {
+        Self::new(
+            OPCODE_BATCH,
+            flags::CRAV | flags::RCR,
+            completion,
+            list,
+            0,
+            count,
+        )
+    }
+
+    /// The 64 bytes.
+    pub fn as_bytes(&self) -> &[u8; 64] {
+        &self.bytes
+    }
+}
+
+/// What a completion record's status byte says (bits 0..6; bit 7 tells a write fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Not written yet.
+    Pending,
+    /// Done.
+    Success,
+    /// A page fault stopped the operation (no block on fault): `bytes_completed` are done.
+    PageFault,
+    /// One or more descriptors of a batch failed.
+    BatchFail,
+    /// Anything else, by its code.
+    Error(u8),
+}
+
+/// A completion record as the device writes it (32 bytes, 32-byte aligned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(32))]
+pub struct Record {
+    bytes: [u8; 32],
+}
+
+/// A completion record's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The status.
+    pub status: Status,
+    /// The fault was on a write (status bit 7).
+    pub write_fault: bool,
+    /// Bytes done before a fault.
+    pub bytes_completed: u32,
+    /// Address that faulted.
+    pub fault_addr: u64,
+}
+
+impl Record {
+    /// A record the device has not written.
+    pub const fn empty() -> Self {
+        Record { bytes: [0; 32] }
+    }
+
+    /// A record with these bytes (as the device would write them).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Record { bytes }
+    }
+
+    /// Reads the fields; the status byte is read first, volatile, since the device writes it
+    /// last.
+    pub fn read(&self) -> Outcome {
+        // SAFETY: a read of the record's first byte, which the device may write at any time.
+        let code = unsafe { std::ptr::read_volatile(self.bytes.as_ptr()) };
+        std::sync::atomic::fence(Ordering::Acquire);
+        let status = match code & 0x7f {
+            0 => Status::Pending,
+            1 | 2 => Status::Success,
+            3 => Status::PageFault,
+            5 => Status::BatchFail,
+            c => Status::Error(c),
+        };
+        Outcome {
+            status,
+            write_fault: code & 0x80 != 0,
+            bytes_completed: u32::from_le_bytes(self.bytes[4..8].try_into().expect("4 bytes")),
+            fault_addr: u64::from_le_bytes(self.bytes[8..16].try_into().expect("8 bytes")),
+        }
+    }
+}
+
+/// Why no DSA work queue can be used.
+fn unavailable(reason: impl Into<String>) -> CopyError {
+    CopyError::NoDevice {
+        device: "Intel DSA",
+        reason: reason.into(),
+    }
+}
+
+/// A user work queue from sysfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkQueue {
+    /// `wq0.0`.
+    pub name: String,
+    /// Shared (ENQCMD) or dedicated (MOVDIR64B).
+    pub shared: bool,
+    /// Descriptors it holds.
+    pub size: usize,
+    /// Largest transfer of one descriptor.
+    pub max_transfer: u64,
+    /// Largest batch.
+    pub max_batch: usize,
+    /// Its character device.
+    pub device: PathBuf,
+}
+
+/// The enabled user work queues under `sysfs` (`/sys`) and `dev` (`/dev`), or which check
+/// failed: no idxd driver, no enabled user queue.
+pub fn work_queues(sysfs: &Path, dev: &Path) -> Result<Vec<WorkQueue>, CopyError> {
+    let bus = sysfs.join("bus/dsa/devices");
+    let entries = std::fs::read_dir(&bus).map_err(|_| {
+        unavailable(format!(
+            "no idxd driver ({} does not exist; modprobe idxd, on a CPU with DSA)",
+            bus.display()
+        ))
+    })?;
+    let read = |dir: &Path, f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let mut queues = Vec::new();
+    let mut seen = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("wq") {
+            continue;
+        }
+        let dir = e.path();
+        let (kind, state) = (read(&dir, "type"), read(&dir, "state"));
+        seen.push(format!("{name}: type {kind}, state {state}"));
+        if kind != "user" || state != "enabled" {
+            continue;
+        }
+        queues.push(WorkQueue {
+            shared: read(&dir, "mode") == "shared",
+            size: read(&dir, "size").parse().unwrap_or(0),
+            max_transfer: read(&dir, "max_transfer_size").parse().unwrap_or(0),
+            max_batch: read(&dir, "max_batch_size").parse().unwrap_or(0),
+            device: dev.join("dsa").join(&name),
+            name,
+        });
+    }
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    if queues.is_empty() {
+        return Err(unavailable(format!(
+            "no enabled user work queue (configure one with accel-config){}",
+            if seen.is_empty() {
+                String::new()
+            } else {
+                format!("; found {}", seen.join("; "))
+            }
+        )));
+    }
+    Ok(queues)
+}
+
+/// A queue opened for submission.
+struct Open {
+    queue: WorkQueue,
+    portal: crate::sys::dsa::Portal,
+    /// Descriptors in flight (dedicated queues must not take more than their size).
+    in_flight: AtomicUsize,
+}
+
+/// The descriptors, records and batch lists of one submission: boxed so that their addresses
+/// stay fixed while the device uses them.
+struct Submission {
+    /// (op, offset, len, record) per descriptor.
+    pieces: Vec<(usize, usize, usize, Box<Record>)>,
+    /// Batch descriptor lists and their records (kept alive for the device).
+    lists: Vec<(Box<[Descriptor]>, Box<Record>)>,
+    /// The batch each piece went in, if any.
+    batch_of: Vec<Option<usize>>,
+    /// Queue of each piece, for the in-flight count.
+    queue_of: Vec<usize>,
+    src: Vec<usize>,
+    dst: Vec<usize>,
+    lens: Vec<usize>,
+}
+
+/// DSA as a copy engine: every enabled user work queue of every device.
+pub struct Dsa {
+    queues: Vec<Open>,
+    next_queue: AtomicUsize,
+    next_ticket: AtomicU64,
+    subs: Mutex<HashMap<u64, Submission>>,
+    cpu: CpuEngine,
+}
+
+impl fmt::Debug for Dsa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.queues.iter().map(|q| q.queue.name.as_str()).collect();
+        f.debug_struct("Dsa").field("queues", &names).finish()
+    }
+}
+
+impl Dsa {
+    /// Opens every usable queue, or says which check failed (no idxd driver, no enabled user
+    /// work queue, CPU without ENQCMD/MOVDIR64B, no permission on the device).
+    pub fn open() -> Result<Self, CopyError> {
+        let mut queues = Vec::new();
+        let mut refused = Vec::new();
+        for q in work_queues(Path::new("/sys"), Path::new("/dev"))? {
+            let cpu_ok = if q.shared {
+                crate::sys::dsa::cpu_has_enqcmd()
+            } else {
+                crate::sys::dsa::cpu_has_movdir64b()
+            };
+            if !cpu_ok {
+                refused.push(format!(
+                    "{}: the CPU lacks {}",
+                    q.name,
+                    if q.shared { "ENQCMD" } else { "MOVDIR64B" }
+                ));
+                continue;
+            }
+            match crate::sys::dsa::Portal::open(&q.device) {
+                Ok(portal) => queues.push(Open {
+                    queue: q,
+                    portal,
+                    in_flight: AtomicUsize::new(0),
+                }),
+                Err(e) => refused.push(format!(
+                    "{}: {e}{}",
+                    q.device.display(),
+                    if e.errno == rustix::io::Errno::ACCESS || e.errno == rustix::io::Errno::PERM {
+                        " (no permission: run as root or join the group that owns the device)"
+                    } else {
+                        ""
+                    }
+                )),
+            }
+        }
+        if queues.is_empty() {
+            return Err(unavailable(refused.join("; ")));
+        }
+        Ok(Dsa {
+            queues,
+            next_queue: AtomicUsize::new(0),
+            next_ticket: AtomicU64::new(0),
+            subs: Mutex::new(HashMap::new()),
+            cpu: CpuEngine::new(EngineKind::Memcpy)?,
+        })
+    }
+
+    /// Writes a descriptor to queue `q`, waiting while the queue is full.
+    ///
+    /// # Safety
+    /// As [`crate::sys::dsa::Portal::enqcmd`].
+    unsafe fn send(&self, q: usize, d: &Descriptor) {
+        let open = &self.queues[q];
+        if open.queue.shared {
+            // SAFETY: the caller's promise; a full shared queue refuses and we try again.
+            while !unsafe { open.portal.enqcmd(d.as_bytes()) } {
+                std::hint::spin_loop();
+            }
+        } else {
+            while open.in_flight.load(Ordering::Acquire) >= open.queue.size.max(1) {
+                std::thread::yield_now();
+            }
+            // SAFETY: the caller's promise; the queue has room (counted above).
+            unsafe { open.portal.movdir64b(d.as_bytes()) };
+        }
+        open.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Submission>> {
+        self.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Finishes a piece the device stopped early (a page fault) on the CPU, or says why it failed.
+fn finish(
+    cpu: &CpuEngine,
+    src: usize,
+    dst: usize,
+    len: usize,
+    outcome: Outcome,
+) -> Result<(), (usize, String)> {
+    let done = outcome.bytes_completed as usize;
+    match outcome.status {
+        Status::Success => Ok(()),
+        Status::PageFault if done <= len => {
+            // SAFETY: the submission's contract keeps both ranges valid and ours; the CPU's own
+            // access faults the page in.
+            let rest = unsafe {
+                CopyOp::from_raw(
+                    (src + done) as *const u8,
+                    (dst + done) as *mut u8,
+                    len - done,
+                )
+            };
+            cpu.copy(&[rest])
+                .map(|_| ())
+                .map_err(|e| (done, e.to_string()))
+        }
+        other => Err((done, format!("the device reported {other:?}"))),
+    }
+}
+
+impl AsyncCopyEngine for Dsa {
+    fn name(&self) -> String {
+        format!("dsa({} queues)", self.queues.len())
+    }
+
+    unsafe fn submit(&self, batch: &[CopyOp<'_>]) -> Result<Ticket, CopyError> {
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let mut pieces = Vec::new();
+        for (op, o) in batch.iter().enumerate() {
+            let mut off = 0;
+            while off < o.len() {
+                let q = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+                let max = self.queues[q]
+                    .queue
+                    .max_transfer
+                    .clamp(4096, u32::MAX as u64) as usize;
+                let len = max.min(o.len() - off);
+                pieces.push((op, off, len, Box::new(Record::empty()), q));
+                off += len;
+            }
+        }
+        // Group each queue's pieces into batches (one descriptor when alone).
+        let mut lists = Vec::new();
+        let mut batch_of = vec![None; pieces.len()];
+        for q in 0..self.queues.len() {
+            let mine: Vec<usize> = (0..pieces.len()).filter(|&i| pieces[i].4 == q).collect();
+            let max_batch = self.queues[q].queue.max_batch.max(1);
+            for group in mine.chunks(max_batch) {
+                let descs: Vec<Descriptor> = group
+                    .iter()
+                    .map(|&i| {
+                        let (op, off, len, ref rec, _) = pieces[i];
+                        Descriptor::memmove(
+                            (batch[op].src() as usize + off) as u64,
+                            (batch[op].dst() as usize + off) as u64,
+                            len as u32,
+                            &**rec as *const Record as u64,
+                        )
+                    })
+                    .collect();
+                if let [single] = descs[..] {
+                    // SAFETY: the descriptor's addresses are the op's (valid until completion by
+                    // submit's contract) and a boxed record that lives in the submission.
+                    unsafe { self.send(q, &single) };
+                } else {
+                    let list: Box<[Descriptor]> = descs.into_boxed_slice();
+                    let rec = Box::new(Record::empty());
+                    let d = Descriptor::batch(
+                        list.as_ptr() as u64,
+                        list.len() as u32,
+                        &*rec as *const Record as u64,
+                    );
+                    // SAFETY: as above; the list and its record are kept with the submission.
+                    unsafe { self.send(q, &d) };
+                    for &i in group {
+                        batch_of[i] = Some(lists.len());
+                    }
+                    lists.push((list, rec));
+                }
+            }
+        }
+        let sub = Submission {
+            queue_of: pieces.iter().map(|p| p.4).collect(),
+            pieces: pieces
+                .into_iter()
+                .map(|(op, off, len, rec, _)| (op, off, len, rec))
+                .collect(),
+            lists,
+            batch_of,
+            src: batch.iter().map(|o| o.src() as usize).collect(),
+            dst: batch.iter().map(|o| o.dst() as usize).collect(),
+            lens: batch.iter().map(CopyOp::len).collect(),
+        };
+        self.lock().insert(ticket, sub);
+        Ok(Ticket(ticket))
+    }
+
+    fn poll(&self, ticket: Ticket) -> Option<Completion> {
+        let mut subs = self.lock();
+        let sub = subs.get(&ticket.0)?;
+        // A batch that failed as a whole writes no record of its own descriptors.
+        let batch_failed = |k: usize| {
+            sub.batch_of[k].is_some_and(|b| {
+                !matches!(
+                    sub.lists[b].1.read().status,
+                    Status::Pending | Status::Success | Status::BatchFail
+                )
+            })
+        };
+        if (0..sub.pieces.len())
+            .any(|k| sub.pieces[k].3.read().status == Status::Pending && !batch_failed(k))
+        {
+            return None;
+        }
+        let sub = subs.remove(&ticket.0).expect("present");
+        drop(subs);
+        let mut ops: Vec<OpStatus> = vec![OpStatus::Done; sub.lens.len()];
+        let mut bytes = 0u64;
+        for (k, (op, off, len, rec)) in sub.pieces.iter().enumerate() {
+            self.queues[sub.queue_of[k]]
+                .in_flight
+                .fetch_sub(1, Ordering::AcqRel);
+            let outcome = match (rec.read(), sub.batch_of[k]) {
+                (o, Some(b)) if o.status == Status::Pending => sub.lists[b].1.read(),
+                (o, _) => o,
+            };
+            match finish(
+                &self.cpu,
+                sub.src[*op] + off,
+                sub.dst[*op] + off,
+                *len,
+                outcome,
+            ) {
+                Ok(()) => bytes += *len as u64,
+                Err((done, reason)) => {
+                    bytes += done as u64;
+                    if ops[*op] == OpStatus::Done {
+                        ops[*op] = OpStatus::Failed {
+                            copied: off + done,
+                            reason,
+                        };
+                    }
+                }
+            }
+        }
+        Some(Completion {
+            ops,
+            stats: CopyStats {
+                bytes,
+                ops: sub.lens.len() as u64,
+                threads: 0,
+                worker_cpu: Duration::ZERO,
+            },
+        })
+    }
+
+    fn wait(&self, ticket: Ticket) -> Completion {
+        loop {
+            if let Some(c) = self.poll(ticket) {
+                return c;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Descriptors are handed to the device at submission and DSA has no per-descriptor abort:
+    /// a cancelled submission still completes.
+    fn cancel(&self, _: Ticket) {}
+}
+
+impl CopyEngine for Dsa {
+    fn name(&self) -> String {
+        AsyncCopyEngine::name(self)
+    }
+
+    fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        copy_and_wait(self, batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memmove_descriptor_has_the_specification_layout() {
+        let d = Descriptor::memmove(
+            0x1111_2222_3333_4444,
+            0x5555_6666_7777_8888,
+            0x10_0000,
+            0xabc0,
+        );
+        let b = d.as_bytes();
+        assert_eq!(std::mem::size_of::<Descriptor>(), 64);
+        assert_eq!(std::mem::align_of::<Descriptor>(), 64);
+        // PASID and privilege: zero (ENQCMD supplies the PASID).
+        assert_eq!(&b[0..4], &[0, 0, 0, 0]);
+        // Flags in bytes 4..6 (CRAV | RCR = 0x0c), opcode in byte 7.
+        assert_eq!(&b[4..8], &[0x0c, 0x00, 0x00, OPCODE_MEMMOVE]);
+        assert_eq!(u64::from_le_bytes(b[8..16].try_into().unwrap()), 0xabc0);
+        assert_eq!(
+            u64::from_le_bytes(b[16..24].try_into().unwrap()),
+            0x1111_2222_3333_4444
+        );
+        assert_eq!(
+            u64::from_le_bytes(b[24..32].try_into().unwrap()),
+            0x5555_6666_7777_8888
+        );
+        assert_eq!(u32::from_le_bytes(b[32..36].try_into().unwrap()), 0x10_0000);
+        // Interrupt handle, reserved and operation-specific bytes: zero.
+        assert!(b[36..].iter().all(|&x| x == 0));
+        // No block on fault: a fault ends the descriptor early, the CPU finishes.
+        assert_eq!(u32::from(b[4]) & flags::BOF, 0);
+    }
+
+    #[test]
+    fn a_batch_descriptor_points_at_its_list() {
+        let d = Descriptor::batch(0x7000, 17, 0x8000);
+        let b = d.as_bytes();
+        assert_eq!(b[7], OPCODE_BATCH);
+        assert_eq!(u64::from_le_bytes(b[16..24].try_into().unwrap()), 0x7000);
+        assert_eq!(u64::from_le_bytes(b[24..32].try_into().unwrap()), 0);
+        assert_eq!(u32::from_le_bytes(b[32..36].try_into().unwrap()), 17);
+    }
+
+    fn record(status: u8, done: u32, fault: u64) -> Record {
+        let mut bytes = [0u8; 32];
+        bytes[0] = status;
+        bytes[4..8].copy_from_slice(&done.to_le_bytes());
+        bytes[8..16].copy_from_slice(&fault.to_le_bytes());
+        Record::from_bytes(bytes)
+    }
+
+    #[test]
+    fn completion_records_parse() {
+        assert_eq!(std::mem::size_of::<Record>(), 32);
+        assert_eq!(std::mem::align_of::<Record>(), 32);
+        assert_eq!(Record::empty().read().status, Status::Pending);
+        assert_eq!(record(1, 0, 0).read().status, Status::Success);
+        let o = record(0x83, 8192, 0xdead_b000).read();
+        assert_eq!(o.status, Status::PageFault);
+        assert!(o.write_fault);
+        assert_eq!(o.bytes_completed, 8192);
+        assert_eq!(o.fault_addr, 0xdead_b000);
+        assert_eq!(record(5, 0, 0).read().status, Status::BatchFail);
+        assert_eq!(record(0x10, 0, 0).read().status, Status::Error(0x10));
+    }
+
+    #[test]
+    fn a_page_fault_is_finished_on_the_cpu() {
+        let cpu = CpuEngine::new(EngineKind::Memcpy).unwrap();
+        let src: Vec<u8> = (0..20_000).map(|i| i as u8 | 1).collect();
+        let mut dst = vec![0u8; 20_000];
+        // The device copied the first 8192 bytes, then faulted.
+        dst[..8192].copy_from_slice(&src[..8192]);
+        let (s, d) = (src.as_ptr() as usize, dst.as_mut_ptr() as usize);
+        finish(&cpu, s, d, 20_000, record(3, 8192, 0).read()).unwrap();
+        assert_eq!(src, dst);
+        let err = finish(&cpu, s, d, 20_000, record(0x13, 100, 0).read()).unwrap_err();
+        assert_eq!(err.0, 100);
+        assert!(err.1.contains("Error(19)"), "{}", err.1);
+    }
+
+    #[test]
+    fn work_queues_say_which_check_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = work_queues(dir.path(), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("no idxd driver"), "{err}");
+        let wq = dir.path().join("bus/dsa/devices/wq0.0");
+        std::fs::create_dir_all(&wq).unwrap();
+        for (f, v) in [("type", "kernel"), ("state", "enabled")] {
+            std::fs::write(wq.join(f), v).unwrap();
+        }
+        let err = work_queues(dir.path(), dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("no enabled user work queue") && err.contains("wq0.0: type kernel"),
+            "{err}"
+        );
+        for (f, v) in [
+            ("type", "user"),
+            ("mode", "shared"),
+            ("size", "128"),
+            ("max_transfer_size", "2097152"),
+            ("max_batch_size", "32"),
+        ] {
+            std::fs::write(wq.join(f), v).unwrap();
+        }
+        let qs = work_queues(dir.path(), Path::new("/dev")).unwrap();
+        assert_eq!(
+            qs,
+            [WorkQueue {
+                name: "wq0.0".into(),
+                shared: true,
+                size: 128,
+                max_transfer: 2 << 20,
+                max_batch: 32,
+                device: "/dev/dsa/wq0.0".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn copies_through_dsa_where_present() {
+        let dsa = match Dsa::open() {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("skipped copies_through_dsa_where_present: {e}");
+                return;
+            }
+        };
+        let src: Vec<u8> = (0..(6 << 20) + 123).map(|i| (i * 7) as u8).collect();
+        let mut dst = vec![0u8; src.len()];
+        let stats = CopyEngine::copy(&dsa, &[CopyOp::new(&src, &mut dst)]).unwrap();
+        assert_eq!(stats.bytes, src.len() as u64);
+        assert_eq!(src, dst);
+    }
+}
