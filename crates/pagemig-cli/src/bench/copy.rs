@@ -58,6 +58,10 @@ pub struct CopyArgs {
     /// Fewer rows, repetitions and bytes: under a minute on 2 cores.
     #[arg(long)]
     quick: bool,
+    /// The auto column copies with a DMA engine (dsa, cuda) wherever the cost model has one at
+    /// least as fast as one CPU thread, even where CPU workers would be faster: it frees CPUs.
+    #[arg(long)]
+    prefer_dma: bool,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -284,12 +288,20 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     columns.extend(threads.iter().map(|&n| Column::Mt(n)));
     // Quick, not built-in: the auto column is held to 0.95 of the best column of every row.
     let loaded = args.model.load_or_measure(&topo, Effort::Quick)?;
-    let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?);
+    let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?)
+        .prefer_dma(args.prefer_dma);
     let auto = AutoEngine::new(&planner, route).context("starting the auto column's engine")?;
     let mut notes = vec![format!(
         "auto: the planner's choice per batch size ({})",
         loaded.source
     )];
+    if args.prefer_dma {
+        for (kind, engine) in dma::available() {
+            if let Err(e) = engine {
+                notes.push(format!("--prefer-dma: {kind} cannot be used: {e}"));
+            }
+        }
+    }
     for &ps in &args.page_size {
         notes.push(auto_choices(&auto, ps, &rows_of(args, ps)));
     }

@@ -67,6 +67,10 @@ pub struct MigrateBenchArgs {
     /// Fewer rows and repetitions.
     #[arg(long)]
     quick: bool,
+    /// With --path remap, the auto column copies with a DMA engine (dsa, cuda) wherever the cost model has one at
+    /// least as fast as one CPU thread, even where CPU workers would be faster: it frees CPUs.
+    #[arg(long)]
+    prefer_dma: bool,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -245,7 +249,8 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         PathKind::Kernel => args.model.load()?,
         PathKind::Remap => args.model.load_or_measure(&topo, Effort::Builtin)?,
     };
-    let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?);
+    let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?)
+        .prefer_dma(args.prefer_dma);
     movers.push((
         "auto".into(),
         match args.path {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{Copier, CopyPlan, Job, Planner};
+use crate::copy::dma::{self, DmaKind};
 use crate::copy::{
     CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, PlacementError, Pool,
     PoolError, Route,
@@ -34,6 +35,7 @@ pub struct AutoEngine {
     plans: Vec<CopyPlan>,
     threads: BTreeMap<EngineKind, CpuEngine>,
     pools: BTreeMap<EngineKind, Pool<CpuEngine>>,
+    dmas: BTreeMap<DmaKind, dma::Engine>,
 }
 
 impl AutoEngine {
@@ -48,9 +50,18 @@ impl AutoEngine {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut threads = BTreeMap::new();
+        let mut dmas = BTreeMap::new();
         let mut widest: BTreeMap<EngineKind, &CopyPlan> = BTreeMap::new();
         for plan in &plans {
-            let kind = plan.copier.engine();
+            let kind = match plan.copier {
+                Copier::Dma { engine } => {
+                    if let std::collections::btree_map::Entry::Vacant(e) = dmas.entry(engine) {
+                        e.insert(dma::open(engine)?);
+                    }
+                    continue;
+                }
+                Copier::Thread { engine } | Copier::Pool { engine, .. } => engine,
+            };
             if let std::collections::btree_map::Entry::Vacant(e) = threads.entry(kind) {
                 e.insert(CpuEngine::new(kind)?);
             }
@@ -69,6 +80,7 @@ impl AutoEngine {
             plans,
             threads,
             pools,
+            dmas,
         })
     }
 
@@ -89,6 +101,7 @@ impl CopyEngine for AutoEngine {
         match self.plan(bytes as u64).copier {
             Copier::Thread { engine } => self.threads[&engine].copy(batch),
             Copier::Pool { engine, workers } => self.pools[&engine].copy_with(batch, workers),
+            Copier::Dma { engine } => self.dmas[&engine].copy(batch),
         }
     }
 }

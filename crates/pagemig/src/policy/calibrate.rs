@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::model::{Copier, CopyPoint, CostModel, KernelPoint, MachineId, Saturation};
+use crate::copy::dma::{self, DmaKind};
 use crate::copy::{
     CopyEngine, CopyError, CopyOp, CpuEngine, EngineKind, Placement, PlacementError, Pool,
     PoolError, Route,
@@ -210,6 +211,11 @@ pub fn calibrate(
         .filter_map(|k| CpuEngine::new(k).ok())
         .collect();
     let workers = worker_counts(usable);
+    // DMA engines that can run here are measured beside the CPU ones.
+    let dmas: Vec<(DmaKind, dma::Engine)> = dma::available()
+        .into_iter()
+        .filter_map(|(k, e)| e.ok().map(|e| (k, e)))
+        .collect();
     let kernel_route = (!options.no_kernel_path)
         .then(|| {
             let to = memory.iter().find(|&n| n != node)?;
@@ -232,7 +238,7 @@ pub fn calibrate(
         None => Vec::new(),
     };
     progress(Step::Planned(
-        (budget.copy_sizes.len() * engines.len() * (1 + workers.len())
+        (budget.copy_sizes.len() * (engines.len() * (1 + workers.len()) + dmas.len())
             + kernel_sizes.len() * workers.len()) as u64,
     ));
 
@@ -256,6 +262,9 @@ pub fn calibrate(
             )
         }));
     }
+    for (d, (kind, _)) in dmas.iter().enumerate() {
+        copiers.push((d, Copier::Dma { engine: *kind }));
+    }
     let mut copy = Vec::new();
     for &bytes in &budget.copy_sizes {
         let len = bytes as usize;
@@ -270,6 +279,7 @@ pub fn calibrate(
             match copier {
                 Copier::Thread { .. } => engines[e].copy(&op),
                 Copier::Pool { workers, .. } => pools[e].copy_with(&op, workers),
+                Copier::Dma { .. } => dmas[e].1.copy(&op),
             }
             .map(|_| ())
         };

@@ -166,6 +166,8 @@ pub struct Planner<'a> {
     resources: Resources,
     /// Why the model is not used, when one was given but does not fit.
     model_note: Option<String>,
+    /// Pick a DMA engine over a faster CPU plan, to save CPU time.
+    prefer_dma: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -178,7 +180,15 @@ impl<'a> Planner<'a> {
             model: if mismatch.is_some() { None } else { model },
             resources,
             model_note: mismatch.map(|m| format!("saved cost model not used: {m}")),
+            prefer_dma: false,
         }
+    }
+
+    /// Copies with a DMA engine wherever the model has one at least as fast as one CPU thread,
+    /// even where CPU workers would be faster: the user trades speed for free CPUs.
+    pub fn prefer_dma(mut self, yes: bool) -> Self {
+        self.prefer_dma = yes;
+        self
     }
 
     /// The cost model in use.
@@ -285,7 +295,7 @@ impl<'a> Planner<'a> {
                 .filter_map(|c| predict(c).map(|g| (c, g))),
             |c| c.threads(),
         );
-        let (copier, gbps) = match (best, baseline) {
+        let (mut copier, mut gbps) = match (best, baseline) {
             (Some((c, g)), Some(b)) if g >= b => (c, g),
             _ => (
                 Copier::Thread {
@@ -294,6 +304,30 @@ impl<'a> Planner<'a> {
                 baseline.unwrap_or(0.0),
             ),
         };
+        if self.prefer_dma && copier.threads() > 0 {
+            // The fastest DMA engine that is not slower than one CPU thread, even if the CPU
+            // plan is faster: its copy threads are freed.
+            let dma = model
+                .copiers()
+                .into_iter()
+                .filter(|c| matches!(c, Copier::Dma { .. }))
+                .filter_map(|c| predict(c).map(|g| (c, g)))
+                .filter(|&(_, g)| baseline.is_some_and(|b| g >= b))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            match dma {
+                Some((d, g)) => {
+                    let cpu_ms = copier.threads() as f64 * job.bytes as f64 / (gbps * 1e9) * 1e3;
+                    why.push(format!(
+                        "prefer DMA: {d} ({g:.2} GB/s) instead of {copier} ({gbps:.2} GB/s), freeing {} copy thread(s), about {cpu_ms:.3} ms of CPU per batch",
+                        copier.threads()
+                    ));
+                    (copier, gbps) = (d, g);
+                }
+                None => why.push(
+                    "prefer DMA: no DMA engine measured at least as fast as one CPU thread for this size; the CPU plan stays".into(),
+                ),
+            }
+        }
         why.push(format!(
             "{copier}: predicted {gbps:.2} GB/s for {} KiB, one-thread memcpy {:.2} GB/s",
             job.bytes >> 10,
@@ -311,7 +345,7 @@ impl<'a> Planner<'a> {
             ));
         }
         let cpus = match copier {
-            Copier::Thread { .. } => Vec::new(),
+            Copier::Thread { .. } | Copier::Dma { .. } => Vec::new(),
             Copier::Pool { workers, .. } => {
                 let (cpus, place_why) = self.place(job.route, workers)?;
                 why.push(place_why);

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Effort;
 use crate::copy::EngineKind;
+use crate::copy::dma::DmaKind;
 use crate::topology::{self, Topology};
 
 /// How a batch is copied.
@@ -27,21 +28,28 @@ pub enum Copier {
         /// Workers.
         workers: usize,
     },
+    /// A DMA engine: no CPU thread copies.
+    Dma {
+        /// The engine.
+        engine: DmaKind,
+    },
 }
 
 impl Copier {
-    /// The engine that copies.
-    pub fn engine(self) -> EngineKind {
+    /// The CPU engine that copies (none for a DMA engine).
+    pub fn cpu_engine(self) -> Option<EngineKind> {
         match self {
-            Copier::Thread { engine } | Copier::Pool { engine, .. } => engine,
+            Copier::Thread { engine } | Copier::Pool { engine, .. } => Some(engine),
+            Copier::Dma { .. } => None,
         }
     }
 
-    /// Threads that copy.
+    /// CPU threads that copy (none for a DMA engine).
     pub fn threads(self) -> usize {
         match self {
             Copier::Thread { .. } => 1,
             Copier::Pool { workers, .. } => workers,
+            Copier::Dma { .. } => 0,
         }
     }
 }
@@ -51,6 +59,7 @@ impl fmt::Display for Copier {
         match self {
             Copier::Thread { engine } => write!(f, "{engine} on the calling thread"),
             Copier::Pool { engine, workers } => write!(f, "{engine} on {workers} pool worker(s)"),
+            Copier::Dma { engine } => write!(f, "the {engine} DMA engine"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The planner on fake topologies, loads and cost models; the model's JSON file.
 
+use pagemig::copy::dma::DmaKind;
 use pagemig::copy::{EngineKind, Placement, Route};
 use pagemig::policy::{
     CalibrateOptions, Copier, CopyPoint, CostModel, Effort, Job, KernelPoint, MachineId,
@@ -288,4 +289,67 @@ fn calibration_round_trips_through_its_json_file() {
         CostModel::load(&dir.path().join("none.json")),
         Err(ModelError::Io { .. })
     ));
+}
+
+/// The test model with a DMA engine measured at `gbps_at_1g` for large batches (a fixed
+/// 20 µs per submission).
+fn model_with_dma(topo: &Topology, bandwidth: f64) -> CostModel {
+    let mut m = model(topo);
+    for k in 0..8 {
+        let bytes = 4096u64 << (2 * k);
+        let b = bytes as f64;
+        m.copy.push(CopyPoint {
+            copier: Copier::Dma {
+                engine: DmaKind::Dsa,
+            },
+            bytes,
+            gbps: b / (20.0 * 1e3 + b / bandwidth),
+        });
+    }
+    m
+}
+
+#[test]
+fn dma_is_picked_where_faster_or_where_the_user_prefers_it() {
+    let t = fake_sysfs::intel_2s().read();
+    let dsa = Copier::Dma {
+        engine: DmaKind::Dsa,
+    };
+    // A DMA engine slower than the CPU workers but faster than one thread.
+    let m = model_with_dma(&t, 20.0);
+    let plan = |prefer: bool, bytes: u64| {
+        Planner::new(&t, Some(&m), idle("0-63"))
+            .prefer_dma(prefer)
+            .plan_copy(job(bytes, 0, 1))
+            .unwrap()
+    };
+    let cpu = plan(false, 64 * MIB);
+    assert!(cpu.copier.threads() > 1, "{cpu:?}");
+    let preferred = plan(true, 64 * MIB);
+    assert_eq!(preferred.copier, dsa, "{preferred:?}");
+    assert!(preferred.cpus.is_empty());
+    assert!(
+        preferred
+            .why
+            .iter()
+            .any(|w| w.contains("prefer DMA") && w.contains("ms of CPU per batch")),
+        "{preferred:?}"
+    );
+    // Small batches: the submission cost makes DMA slower than one thread; never chosen.
+    let small = plan(true, 4096);
+    assert_ne!(small.copier, dsa, "{small:?}");
+    assert!(
+        small.why.iter().any(|w| w.contains("the CPU plan stays")),
+        "{small:?}"
+    );
+
+    // A DMA engine faster than every CPU plan is chosen without being asked.
+    let m = model_with_dma(&t, 500.0);
+    let fast = Planner::new(&t, Some(&m), idle("0-63"))
+        .plan_copy(job(1 << 30, 0, 1))
+        .unwrap();
+    assert_eq!(fast.copier, dsa, "{fast:?}");
+    // The model stores DMA points like any other.
+    let json = serde_json::to_string(&m).unwrap();
+    assert!(json.contains("\"dma\""), "{json}");
 }
