@@ -11,7 +11,7 @@
 
 use std::ffi::{c_int, c_long, c_ulong, c_void};
 
-use pagemig::migrate::syscall::{self, Context};
+use pagemig::migrate::syscall;
 use pagemig::sys::ForeignOut;
 
 /// Moves page `pages[i]` of process `pid` (0: the caller) to node `nodes[i]` and writes the node
@@ -30,19 +30,9 @@ pub unsafe extern "C" fn pagemig_move_pages(
     status: *mut c_int,
     flags: c_int,
 ) -> c_long {
-    let ctx = Context::of_process();
     // SAFETY: the C caller handed `status` over to be written, as move_pages(2) asks.
     let status = unsafe { ForeignOut::new(status, count as usize) };
-    let call = syscall::move_pages(
-        ctx,
-        pid,
-        count,
-        pages.cast_const().cast(),
-        nodes,
-        status,
-        flags,
-    );
-    ctx.answer(&call)
+    syscall::move_pages_c(pid, count, pages, nodes, status, flags)
 }
 
 /// Moves every page of process `pid` on a node of `old_nodes` to the node at the same position
@@ -58,7 +48,5 @@ pub unsafe extern "C" fn pagemig_migrate_pages(
     old_nodes: *const c_ulong,
     new_nodes: *const c_ulong,
 ) -> c_long {
-    let ctx = Context::of_process();
-    let call = syscall::migrate_pages(ctx, pid, maxnode, old_nodes, new_nodes);
-    ctx.answer(&call)
+    syscall::migrate_pages_c(pid, maxnode, old_nodes, new_nodes)
 }

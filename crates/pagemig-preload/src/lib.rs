@@ -8,7 +8,7 @@
 
 use std::ffi::{CStr, c_int, c_long, c_ulong, c_void};
 
-use pagemig::migrate::syscall::{self, Context};
+use pagemig::migrate::syscall;
 use pagemig::sys::{Errno, ForeignOut, set_errno};
 
 /// `move_pages(2)`, as libnuma declares it.
@@ -24,19 +24,9 @@ pub unsafe extern "C" fn move_pages(
     status: *mut c_int,
     flags: c_int,
 ) -> c_long {
-    let ctx = Context::of_process();
     // SAFETY: the C caller handed `status` over to be written, as move_pages(2) asks.
     let status = unsafe { ForeignOut::new(status, count as usize) };
-    let call = syscall::move_pages(
-        ctx,
-        pid,
-        count,
-        pages.cast_const().cast(),
-        nodes,
-        status,
-        flags,
-    );
-    ctx.answer(&call)
+    syscall::move_pages_c(pid, count, pages, nodes, status, flags)
 }
 
 /// `migrate_pages(2)`, as libnuma declares it.
@@ -50,9 +40,7 @@ pub unsafe extern "C" fn migrate_pages(
     old_nodes: *const c_ulong,
     new_nodes: *const c_ulong,
 ) -> c_long {
-    let ctx = Context::of_process();
-    let call = syscall::migrate_pages(ctx, pid, maxnode, old_nodes, new_nodes);
-    ctx.answer(&call)
+    syscall::migrate_pages_c(pid, maxnode, old_nodes, new_nodes)
 }
 
 /// libnuma's `numa_move_pages`: `move_pages` with an int result.

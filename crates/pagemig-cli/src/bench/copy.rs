@@ -139,7 +139,7 @@ impl BenchEngine {
         Ok(match self {
             BenchEngine::Cpu(k) => Box::new(CpuEngine::new(k)?),
             BenchEngine::Offload => Box::new(Offload::new(EngineKind::Nt, cpus)?),
-            BenchEngine::Dma(k) => dma::open(k)?,
+            BenchEngine::Dma(k) => Box::new(dma::open(k)?),
         })
     }
 }

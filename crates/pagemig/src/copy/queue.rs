@@ -183,6 +183,41 @@ pub fn scope<'env, R>(
     f(&queue)
 }
 
+/// A boxed engine (a DMA engine chosen at run time) is an engine.
+impl AsyncCopyEngine for Box<dyn AsyncCopyEngine> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+
+    unsafe fn submit(&self, batch: &[CopyOp<'_>]) -> Result<Ticket, CopyError> {
+        // SAFETY: the caller's promise is the boxed engine's.
+        unsafe { (**self).submit(batch) }
+    }
+
+    fn poll(&self, ticket: Ticket) -> Option<Completion> {
+        (**self).poll(ticket)
+    }
+
+    fn wait(&self, ticket: Ticket) -> Completion {
+        (**self).wait(ticket)
+    }
+
+    fn cancel(&self, ticket: Ticket) {
+        (**self).cancel(ticket)
+    }
+}
+
+/// Every asynchronous engine is also a synchronous one: submit and wait.
+impl<T: AsyncCopyEngine> CopyEngine for T {
+    fn name(&self) -> String {
+        AsyncCopyEngine::name(self)
+    }
+
+    fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        copy_and_wait(self, batch)
+    }
+}
+
 /// Copies a batch with an asynchronous engine and waits: the synchronous `copy` of every such
 /// engine.
 pub fn copy_and_wait(
@@ -445,16 +480,6 @@ impl AsyncCopyEngine for Offload {
         if let Some(sub) = self.shared.lock().subs.get_mut(&ticket.0) {
             sub.cancelled = true;
         }
-    }
-}
-
-impl CopyEngine for Offload {
-    fn name(&self) -> String {
-        AsyncCopyEngine::name(self)
-    }
-
-    fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
-        copy_and_wait(self, batch)
     }
 }
 

@@ -105,6 +105,14 @@ impl Context {
         }
     }
 
+    /// Why calls cannot be planned here, if they cannot.
+    fn usable(&self) -> Result<(), String> {
+        match &self.unusable {
+            Some(why) => Err(format!("no topology: {why}")),
+            None => Ok(()),
+        }
+    }
+
     /// The context of this process, made by [`Context::from_env`] on first use; its warnings
     /// go to standard error then.
     pub fn of_process() -> &'static Context {
@@ -455,9 +463,7 @@ fn split_move(
     status: ForeignOut<'_>,
     flags: c_int,
 ) -> Result<Answer, String> {
-    if let Some(why) = &ctx.unusable {
-        return Err(format!("no topology: {why}"));
-    }
+    ctx.usable()?;
     if flags & !(MPOL_MF_MOVE | MPOL_MF_MOVE_ALL) != 0 {
         return Err(format!(
             "flags {flags:#x} are not MPOL_MF_MOVE or MPOL_MF_MOVE_ALL"
@@ -556,6 +562,39 @@ fn split_move(
     Ok((result, execution))
 }
 
+/// [`move_pages`] as a C entry point of this process runs it: with [`Context::of_process`],
+/// returning what C returns (see [`Context::answer`]).
+pub fn move_pages_c(
+    pid: c_int,
+    count: c_ulong,
+    pages: *mut *mut c_void,
+    nodes: *const c_int,
+    status: ForeignOut<'_>,
+    flags: c_int,
+) -> std::ffi::c_long {
+    let ctx = Context::of_process();
+    ctx.answer(&move_pages(
+        ctx,
+        pid,
+        count,
+        pages.cast_const().cast(),
+        nodes,
+        status,
+        flags,
+    ))
+}
+
+/// [`migrate_pages`] as a C entry point of this process runs it (see [`move_pages_c`]).
+pub fn migrate_pages_c(
+    pid: c_int,
+    maxnode: c_ulong,
+    old_nodes: *const c_ulong,
+    new_nodes: *const c_ulong,
+) -> std::ffi::c_long {
+    let ctx = Context::of_process();
+    ctx.answer(&migrate_pages(ctx, pid, maxnode, old_nodes, new_nodes))
+}
+
 /// The kernel's `node_remap`: the position of `node` among the set bits of `from` picks the bit
 /// at that position (modulo its weight) of `to`.
 fn node_remap(node: NodeId, from: &NodeSet, to: &NodeSet) -> NodeId {
@@ -636,9 +675,7 @@ fn prepare_migration(
     old_nodes: *const c_ulong,
     new_nodes: *const c_ulong,
 ) -> Result<Execution, String> {
-    if let Some(why) = &ctx.unusable {
-        return Err(format!("no topology: {why}"));
-    }
+    ctx.usable()?;
     let page = sys::base_page_size();
     if maxnode > (page * 8) as c_ulong {
         return Err(format!("maxnode {maxnode} is more than the kernel takes"));

@@ -13,10 +13,7 @@ use std::time::Duration;
 
 use cudarc::driver::{DriverError, result, sys};
 
-use crate::copy::{
-    AsyncCopyEngine, Completion, CopyEngine, CopyError, CopyOp, CopyStats, OpStatus, Ticket,
-    copy_and_wait,
-};
+use crate::copy::{AsyncCopyEngine, Completion, CopyError, CopyOp, CopyStats, OpStatus, Ticket};
 
 /// Streams copies are spread over.
 const STREAMS: usize = 4;
@@ -279,16 +276,6 @@ impl AsyncCopyEngine for Cuda {
     fn cancel(&self, _: Ticket) {}
 }
 
-impl CopyEngine for Cuda {
-    fn name(&self) -> String {
-        AsyncCopyEngine::name(self)
-    }
-
-    fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
-        copy_and_wait(self, batch)
-    }
-}
-
 impl Drop for Cuda {
     fn drop(&mut self) {
         let _ = self.current();
@@ -366,6 +353,7 @@ impl Drop for DeviceBuffer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::copy::CopyEngine;
 
     fn gpu(test: &str) -> Option<Cuda> {
         match Cuda::open() {

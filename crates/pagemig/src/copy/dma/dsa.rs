@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::copy::{
     AsyncCopyEngine, Completion, CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind,
-    OpStatus, Ticket, copy_and_wait,
+    OpStatus, Ticket,
 };
 
 /// Descriptor opcodes.
@@ -533,19 +533,10 @@ impl AsyncCopyEngine for Dsa {
     fn cancel(&self, _: Ticket) {}
 }
 
-impl CopyEngine for Dsa {
-    fn name(&self) -> String {
-        AsyncCopyEngine::name(self)
-    }
-
-    fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
-        copy_and_wait(self, batch)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::copy::CopyEngine;
 
     #[test]
     fn a_memmove_descriptor_has_the_specification_layout() {

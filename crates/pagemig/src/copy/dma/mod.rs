@@ -53,12 +53,8 @@ impl FromStr for DmaKind {
     }
 }
 
-/// A DMA engine, ready to copy.
-pub type Engine = Box<dyn DmaEngine>;
-
-/// A DMA engine: asynchronous, with the synchronous copy built on it.
-pub trait DmaEngine: AsyncCopyEngine + super::CopyEngine {}
-impl<T: AsyncCopyEngine + super::CopyEngine> DmaEngine for T {}
+/// A DMA engine, ready to copy (asynchronously, or synchronously through [`super::CopyEngine`]).
+pub type Engine = Box<dyn AsyncCopyEngine>;
 
 /// Opens the engine of `kind`, or says why it cannot run here (not built in, no device, no
 /// driver, no permission).
