@@ -435,10 +435,18 @@ fn auto_choices(auto: &AutoEngine, page_size: usize, rows: &[usize]) -> String {
     let parts: Vec<String> = runs
         .iter()
         .map(|(a, b, c)| {
+            // Where DMA replaced CPU workers, the CPU time that frees.
+            let saved = auto
+                .plan((a * page_size) as u64)
+                .why
+                .iter()
+                .find(|w| w.starts_with("prefer DMA:") && w.contains("freeing"))
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default();
             if a == b {
-                format!("{a}: {c}")
+                format!("{a}: {c}{saved}")
             } else {
-                format!("{a}-{b}: {c}")
+                format!("{a}-{b}: {c}{saved}")
             }
         })
         .collect();
