@@ -67,8 +67,9 @@ pub struct MigrateBenchArgs {
     /// Fewer rows and repetitions.
     #[arg(long)]
     quick: bool,
-    /// With --path remap, the auto column copies with a DMA engine (dsa, cuda) wherever the cost model has one at
-    /// least as fast as one CPU thread, even where CPU workers would be faster: it frees CPUs.
+    /// With --path remap, the auto column copies with a DMA engine (dsa, cuda) wherever the cost
+    /// model has one at least as fast as one CPU thread, even where CPU workers would be faster:
+    /// it frees CPUs.
     #[arg(long)]
     prefer_dma: bool,
     #[command(flatten)]
