@@ -53,6 +53,21 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether the error is a write to a closed pipe, from a table, JSON or CSV writer.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    let pipe = Some(io::ErrorKind::BrokenPipe);
+    e.chain().any(|cause| {
+        cause.downcast_ref::<io::Error>().map(io::Error::kind) == pipe
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == pipe
+            || cause.downcast_ref::<csv::Error>().is_some_and(
+                |c| matches!(c.kind(), csv::ErrorKind::Io(io) if Some(io.kind()) == pipe),
+            )
+    })
+}
+
 fn main() -> ExitCode {
     // `migrate --charge target` runs this program again, inside the target's cgroup.
     pagemig::migrate::helper::serve_if_helper();
@@ -62,13 +77,8 @@ fn main() -> ExitCode {
     let result = run(cli, &mut out).and_then(|code| out.flush().map(|()| code).map_err(Into::into));
     match result {
         Ok(code) => code,
-        // A table piped into `head`: the reader is gone, nothing went wrong.
-        Err(e)
-            if e.downcast_ref::<io::Error>()
-                .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe) =>
-        {
-            ExitCode::SUCCESS
-        }
+        // Output piped into `head`: the reader is gone, nothing went wrong.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

@@ -10,10 +10,10 @@ use pagemig::account::Report;
 use pagemig::copy::{Placement, Route};
 use pagemig::migrate::helper::ChargeTo;
 use pagemig::migrate::kernel::{self, KernelPlan, ProcessRequest, Progress, Selection};
-use pagemig::migrate::{MigrateError, Process, check_target};
+use pagemig::migrate::{MigrateError, Process, check_target, procfs};
 use pagemig::policy::{Job, KernelChoice, Planner, Resources, Threads};
 use pagemig::sys;
-use pagemig::topology::{NodeId, NodeSet, Topology};
+use pagemig::topology::{CpuSet, NodeId, NodeSet, Topology};
 
 use crate::calibrate::ModelArgs;
 
@@ -26,10 +26,10 @@ pub struct MigrateArgs {
     #[arg(long, required = true, value_delimiter = ',')]
     pid: Vec<Process>,
     /// Target node.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_node)]
     to: NodeId,
     /// Only pages now on these nodes (numactl list syntax: 0-2,4).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_nodes)]
     from: Option<NodeSet>,
     /// Only this address range, START-END in hex (0x7f00…) or decimal; repeatable.
     #[arg(long, value_parser = parse_range, conflicts_with = "mapping")]
@@ -76,6 +76,27 @@ pub struct MigrateArgs {
     json: bool,
 }
 
+/// One node number (`--to`).
+pub fn parse_node(text: &str) -> Result<NodeId, String> {
+    let t = text.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(n) = t.parse() {
+            return Ok(n);
+        }
+        return Err(format!("node {t} is too large"));
+    }
+    Err(format!("expected one node number, got {text:?}"))
+}
+
+/// A node list that selects at least one node (`--from`).
+pub fn parse_nodes(text: &str) -> Result<NodeSet, String> {
+    let nodes: NodeSet = text.parse().map_err(|e| format!("{e}"))?;
+    if nodes.is_empty() {
+        return Err("an empty node list selects no page (expected nodes as in 0-2,4)".into());
+    }
+    Ok(nodes)
+}
+
 fn parse_address(text: &str) -> Result<usize, String> {
     let t = text.trim();
     let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
@@ -118,6 +139,22 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         Some(ms) => anyhow::bail!("--max-stall {ms}: must be a positive number of milliseconds"),
         None => None,
     };
+    if args.all
+        && !procfs::status(Process::Current)
+            .context("reading this process's capabilities")?
+            .cap_sys_nice
+    {
+        anyhow::bail!(
+            "--all moves pages shared with other processes (MPOL_MF_MOVE_ALL), which needs \
+             CAP_SYS_NICE, and this process does not have it"
+        );
+    }
+    // Every process is checked before any moves, so that a bad pid later in the list does not
+    // stop a migration half done.
+    for &process in &args.pid {
+        kernel::check_process(process)
+            .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
+    }
     let loaded = args.model.load()?;
     let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?);
     let selection = match (&args.range, &args.mapping) {
@@ -129,8 +166,11 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         from: args.from.as_ref().and_then(|f| f.iter().next()),
         to: Some(args.to),
     };
-    let mut reports = Vec::new();
-    for &process in &args.pid {
+    let mut incomplete = false;
+    if args.json {
+        write!(out, "[")?;
+    }
+    for (k, &process) in args.pid.iter().enumerate() {
         let request = ProcessRequest {
             process,
             to: args.to,
@@ -168,9 +208,9 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             && args.explain
         {
             let text = format!(
-                "plan for {process}: {} thread(s) on CPUs {:?}, {} pages per call, charged to the {}; {}\n  why: {}",
+                "plan for {process}: {} thread(s) on CPUs {}, {} pages per call, charged to the {}; {}\n  why: {}",
                 why.cpus.len(),
-                why.cpus,
+                why.cpus.iter().copied().collect::<CpuSet>(),
                 args.batch,
                 if args.charge == ChargeTo::Target {
                     "target's cgroup"
@@ -187,16 +227,19 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
                 writeln!(out, "{text}")?;
             }
         }
-        if !args.json {
+        // Each report as soon as its process is done: an interrupted run keeps what finished.
+        if args.json {
+            writeln!(out, "{}", if k == 0 { "" } else { "," })?;
+            serde_json::to_writer_pretty(&mut *out, &report)?;
+        } else {
             render(&report, out)?;
         }
-        reports.push(report);
+        out.flush()?;
+        incomplete |= report.pages_not_moved() > 0;
     }
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &reports)?;
-        writeln!(out)?;
+        writeln!(out, "\n]")?;
     }
-    let incomplete = reports.iter().any(|r| r.pages_not_moved() > 0);
     Ok(if incomplete && !args.best_effort && !args.dry_run {
         Outcome::Incomplete
     } else {
@@ -244,13 +287,17 @@ fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "  requested {} pages of {} KiB; already on node {}: {}; not moved: {}",
+        "  requested {} pages of {} KiB; already on node {}: {}; skipped: {}; not moved: {}",
         r.pages_requested,
         r.page_size >> 10,
         r.to,
         r.pages_already_on_target,
+        r.pages_skipped_total(),
         r.pages_not_moved()
     )?;
+    for (reason, pages) in &r.pages_skipped {
+        writeln!(out, "    {pages} pages skipped: {reason}")?;
+    }
     for (cause, pages) in &r.pages_failed {
         writeln!(out, "    {pages} pages: {cause}")?;
     }
@@ -333,6 +380,15 @@ mod tests {
                 .contains("start \"0x10zz\" is not an address")
         );
         assert!(parse_range("12").unwrap_err().contains("START-END"));
+        assert_eq!(parse_node("3"), Ok(3));
+        assert_eq!(
+            parse_node("0-1"),
+            Err("expected one node number, got \"0-1\"".into())
+        );
+        assert!(parse_node("99999999999").unwrap_err().contains("too large"));
+        assert!(parse_nodes("").unwrap_err().contains("empty node list"));
+        assert!(parse_nodes("0,,1").unwrap_err().contains("empty item"));
+        assert_eq!(parse_nodes("0-1"), Ok("0-1".parse().unwrap()));
         assert_eq!("auto".parse(), Ok(Threads::Auto));
         assert_eq!("3".parse(), Ok(Threads::Count(3)));
         assert!("0".parse::<Threads>().is_err());

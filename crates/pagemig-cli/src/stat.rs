@@ -23,6 +23,8 @@ pub struct StatArgs {
 }
 
 pub fn run(args: &StatArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    procfs::check_user_memory(args.pid)
+        .with_context(|| format!("reading the memory placement of {}", args.pid))?;
     let areas = procfs::placement(args.pid)
         .with_context(|| format!("reading the memory placement of {}", args.pid))?;
     if args.json {

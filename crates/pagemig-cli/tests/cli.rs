@@ -412,3 +412,296 @@ fn bench_copy_has_offload_and_dma_columns_where_they_can_run() {
         stderr(&o)
     );
 }
+
+/// A process like a sleeping interpreter: 512 pages read but never written (the kernel's shared
+/// zero page), 16 written, then asleep. Spawned from this test binary (`reader_entry`).
+struct Reader(std::process::Child);
+
+impl Reader {
+    fn new() -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["reader_entry", "--exact", "--nocapture", "--test-threads=1"])
+            .env("PAGEMIG_TEST_READER", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        // libtest writes "test reader_entry ... " before the line.
+        while !line.contains("READY") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the reader exited");
+        }
+        Reader(child)
+    }
+
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn reader_entry() {
+    if std::env::var_os("PAGEMIG_TEST_READER").is_none() {
+        return;
+    }
+    // Large zeroed allocations come straight from mmap: untouched until read.
+    let mut pages = vec![0u8; 528 * 4096];
+    let sum: u64 = (0..512)
+        .map(|i| u64::from(std::hint::black_box(pages[i * 4096])))
+        .sum();
+    for i in 512..528 {
+        pages[i * 4096] = 1;
+    }
+    println!("READY {sum}");
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    std::hint::black_box(&pages);
+}
+
+#[test]
+fn pages_only_read_are_nothing_to_move_and_exit_0() {
+    let reader = Reader::new();
+    let o = pagemig(&["migrate", "--pid", &reader.pid(), "--to", "0"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(
+        out.contains("pages skipped: nothing to move (never written"),
+        "{out}"
+    );
+    assert!(out.contains("not moved: 0"), "{out}");
+    let o = pagemig(&["migrate", "--pid", &reader.pid(), "--to", "0", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        json[0]["pages_skipped"]["nothing_to_move"]
+            .as_u64()
+            .unwrap()
+            >= 500,
+        "{json}"
+    );
+}
+
+#[test]
+fn thread_counts_are_bounded_by_the_cpus() {
+    let sleeper = Sleeper::new();
+    let pid = sleeper.0.id().to_string();
+    for threads in ["18446744073709551615", "4294967295", "10000"] {
+        let o = pagemig(&[
+            "migrate",
+            "--pid",
+            &pid,
+            "--to",
+            "0",
+            "--threads",
+            threads,
+            "--explain",
+        ]);
+        let out = stdout(&o);
+        assert_eq!(o.status.code(), Some(0), "{threads}: {}", stderr(&o));
+        assert!(
+            out.contains(&format!(
+                "--threads {threads}, but only {} CPU(s) may be used",
+                std::thread::available_parallelism().unwrap()
+            )),
+            "{out}"
+        );
+        // The CPU list is summarised (0-1), never one entry per thread.
+        assert!(out.len() < 4096, "{} bytes: {out}", out.len());
+    }
+}
+
+/// Runs pagemig with its standard output closed before it writes.
+fn with_stdout_closed(args: &[&str]) -> Output {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pagemig"))
+        .args(args)
+        .env("XDG_CACHE_HOME", "/nonexistent-pagemig-test-cache")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn json_into_a_closed_pipe_is_not_an_error() {
+    let sleeper = Sleeper::new();
+    let pid = sleeper.0.id().to_string();
+    for args in [
+        &["stat", "--pid", &pid, "--json"][..],
+        &["migrate", "--pid", &pid, "--to", "0", "--json"],
+        &["topo", "--json"],
+    ] {
+        let o = with_stdout_closed(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).is_empty(), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn zombies_and_kernel_threads_are_refused() {
+    let mut zombie = Command::new("true").spawn().unwrap();
+    let zpid = zombie.id().to_string();
+    while !fs::read_to_string(format!("/proc/{zpid}/stat"))
+        .unwrap()
+        .contains(") Z ")
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["migrate", "--pid", "2", "--to", "0"],
+            "process 2 is a kernel thread: it has no user memory".into(),
+        ),
+        (
+            vec!["stat", "--pid", "2"],
+            "process 2 is a kernel thread: it has no user memory".into(),
+        ),
+        (
+            vec!["migrate", "--pid", &zpid, "--to", "0"],
+            format!("process {zpid} is a zombie: it has no user memory"),
+        ),
+        (
+            vec!["stat", "--pid", &zpid, "--json"],
+            format!("process {zpid} is a zombie: it has no user memory"),
+        ),
+    ];
+    for (args, want) in &cases {
+        let o = pagemig(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(want.as_str()),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(o.stdout.is_empty(), "{args:?}: {}", stdout(&o));
+    }
+    zombie.wait().unwrap();
+}
+
+#[test]
+fn every_pid_is_checked_before_any_moves() {
+    let a = Sleeper::new();
+    let b = Sleeper::new();
+    let (a, b) = (a.0.id().to_string(), b.0.id().to_string());
+    for pids in [format!("{a},999999"), format!("999999,{a}")] {
+        let o = pagemig(&["migrate", "--pid", &pids, "--to", "0"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("process 999999 does not exist"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(o.stdout.is_empty(), "moved before checking: {}", stdout(&o));
+    }
+    let o = pagemig(&[
+        "migrate",
+        "--pid",
+        &format!("{a},{b}"),
+        "--to",
+        "0",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2, "{json}");
+    assert_eq!(json[1]["process"].to_string(), b, "{json}");
+}
+
+#[test]
+fn odd_arguments_name_the_argument_and_the_problem() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["migrate", "--pid", "self", "--to", "0-1"],
+            "expected one node number, got \"0-1\"",
+        ),
+        (
+            &["migrate", "--pid", "self", "--to", "0", "--from="],
+            "an empty node list selects no page",
+        ),
+        (
+            &["migrate", "--pid", "self", "--to", "0", "--from=0,,1"],
+            "bad list \"0,,1\": empty item (two commas in a row, or one at an end)",
+        ),
+        (
+            &["migrate", "--pid", "self", "--to", "0", "--placement", ""],
+            "empty: expected spread, near-dst, near-src or a CPU list",
+        ),
+        (
+            &[
+                "migrate",
+                "--pid",
+                "self",
+                "--to",
+                "0",
+                "--mapping",
+                "[vvar]",
+            ],
+            "selects only the kernel's own mapping [vvar]",
+        ),
+        (
+            &["bench", "copy", "--plot", "/nonexistent/dir/x.png"],
+            "the directory /nonexistent/dir does not exist",
+        ),
+        (
+            &["bench", "copy", "--quick", "--pages", "100000000"],
+            "--pages: no row fits in the free memory of node",
+        ),
+        (
+            &["bench", "copy", "--page-size", "99999999999999g"],
+            "too large",
+        ),
+    ];
+    let dir = tempfile::TempDir::new().unwrap();
+    let png_dir = dir.path().join("d.png");
+    fs::create_dir(&png_dir).unwrap();
+    let png_dir = png_dir.to_str().unwrap();
+    let is_dir = format!("{png_dir} is a directory");
+    let plot_into_dir = ["bench", "copy", "--plot", png_dir];
+    let cases = cases
+        .iter()
+        .copied()
+        .chain([(&plot_into_dir[..], is_dir.as_str())]);
+    for (args, want) in cases {
+        let o = pagemig(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+        // Refused before any measuring or moving.
+        assert!(o.stdout.is_empty(), "{args:?}: {}", stdout(&o));
+    }
+}
+
+/// Runs pagemig as user nobody, when this test runs as root (it cannot switch users otherwise).
+fn as_nobody(args: &[&str]) -> Option<Output> {
+    use std::os::unix::process::CommandExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: running as another user needs root");
+        return None;
+    }
+    Some(
+        Command::new(env!("CARGO_BIN_EXE_pagemig"))
+            .args(args)
+            .env("XDG_CACHE_HOME", "/nonexistent-pagemig-test-cache")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn move_all_without_cap_sys_nice_is_refused_up_front() {
+    let Some(o) = as_nobody(&["migrate", "--pid", "self", "--to", "0", "--all"]) else {
+        return;
+    };
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("needs CAP_SYS_NICE"), "{}", stderr(&o));
+}

@@ -64,12 +64,13 @@ fn run_cases(
     preload: &str,
     args: &[String],
     as_nobody: bool,
+    threads: usize,
 ) -> (BTreeMap<String, BTreeMap<String, String>>, String) {
     let program = std::env::var("PAGEMIG_ABI_CASES").expect("PAGEMIG_ABI_CASES");
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env("LD_PRELOAD", preload)
-        .env("PAGEMIG_THREADS", "2")
+        .env("PAGEMIG_THREADS", threads.to_string())
         .env("PAGEMIG_LOG", "1");
     if as_nobody {
         cmd.uid(65534).gid(65534);
@@ -90,17 +91,101 @@ fn run_cases(
     (cases, err)
 }
 
-fn assert_same_as_raw(cases: &BTreeMap<String, BTreeMap<String, String>>) {
+fn assert_same_as_raw(cases: &BTreeMap<String, BTreeMap<String, String>>, threads: usize) {
     for (case, ways) in cases {
         let raw = &ways["raw"];
         for (way, got) in ways {
             assert_eq!(
                 got, raw,
-                "case {case}: {way} differs from the raw system call"
+                "case {case} with PAGEMIG_THREADS={threads}: {way} differs from the raw system call"
             );
         }
         assert!(ways.len() >= 3, "case {case}: {ways:?}");
     }
+}
+
+/// What the cases run with `threads` threads must show besides matching the raw call: each case
+/// ran and did what it says, and pagemig split what it can split.
+fn check_cases(
+    cases: &BTreeMap<String, BTreeMap<String, String>>,
+    log: &str,
+    threads: usize,
+    a: NodeId,
+    b: NodeId,
+    missing: NodeId,
+) {
+    assert_same_as_raw(cases, threads);
+    for case in [
+        "query",
+        "move",
+        "already",
+        "mixed",
+        "shared",
+        "shared-move-all",
+        "missing-node",
+        "negative-node",
+        "dead-pid",
+        "bad-flags",
+        "bad-status",
+        "bad-pages",
+        "no-pages",
+        "freed",
+        "migrate",
+        "migrate-dead-pid",
+        "migrate-bad-mask",
+        "migrate-big-maxnode",
+    ] {
+        assert!(cases.contains_key(case), "case {case} missing: {cases:?}");
+    }
+    // The cases did what they say, so the comparison means something.
+    let on = |case: &str, node: NodeId| {
+        let raw = &cases[case]["raw"];
+        let after = raw.split("after=").nth(1).unwrap();
+        after.split(',').filter(|s| *s == node.to_string()).count()
+    };
+    assert_eq!(on("move", b), 256, "{}", cases["move"]["raw"]);
+    assert_eq!(on("migrate", b), 256, "{}", cases["migrate"]["raw"]);
+    assert!(cases["shared"]["raw"].contains(&format!("status={}", -libc::EACCES)));
+    assert!(cases["missing-node"]["raw"].starts_with(&format!("rc=-1 errno={}", libc::ENODEV)));
+    assert!(cases["dead-pid"]["raw"].starts_with(&format!("rc=-1 errno={}", libc::ESRCH)));
+    // The freed address: the kernel's EFAULT, whatever the thread count.
+    assert!(
+        cases["freed"]["raw"].contains(&format!(",{} after=", -libc::EFAULT)),
+        "{}",
+        cases["freed"]["raw"]
+    );
+    // pagemig did the moves, split over its threads; what it cannot split went to the kernel.
+    if threads == 1 {
+        assert!(
+            log.contains("passed to the kernel: one thread planned"),
+            "{log}"
+        );
+    } else {
+        // As many threads as there are calls to share, at most `threads`.
+        let by = if threads == 2 {
+            "2 thread(s)".to_owned()
+        } else {
+            " thread(s)".to_owned()
+        };
+        assert!(
+            log.contains("move_pages(pid 0, 256 pages, flags 0x2) = 0")
+                && log.contains(&format!("{by} on CPUs")),
+            "{log}"
+        );
+        assert!(
+            log.contains("2 target node(s)"),
+            "mixed was not split: {log}"
+        );
+        assert!(
+            log.contains(&format!("pages moved {a}->{b} by {}", by.trim_start())),
+            "{log}"
+        );
+        // Checked once the call would be split: with one thread it goes to the kernel first.
+        assert!(log.contains(&format!(
+            "passed to the kernel: node {missing} has no memory"
+        )));
+    }
+    assert!(log.contains("passed to the kernel: no target nodes: a placement query"));
 }
 
 #[test]
@@ -129,62 +214,15 @@ fn every_case_answers_as_the_raw_system_call() {
         .collect()
     };
 
-    let (cases, log) = run_cases(&preload, &args(-1), false);
-    assert_same_as_raw(&cases);
-    for case in [
-        "query",
-        "move",
-        "already",
-        "mixed",
-        "shared",
-        "shared-move-all",
-        "missing-node",
-        "negative-node",
-        "dead-pid",
-        "bad-flags",
-        "bad-status",
-        "bad-pages",
-        "no-pages",
-        "migrate",
-        "migrate-dead-pid",
-        "migrate-bad-mask",
-        "migrate-big-maxnode",
-    ] {
-        assert!(cases.contains_key(case), "case {case} missing: {cases:?}");
+    // Every case with the calls forced onto 1, 2 and 4 threads: the answer must not depend on
+    // how pagemig splits a call.
+    for threads in [1, 2, 4] {
+        let (cases, log) = run_cases(&preload, &args(-1), false, threads);
+        check_cases(&cases, &log, threads, a, b, missing);
     }
-    // The cases did what they say, so the comparison means something.
-    let on = |case: &str, node: NodeId| {
-        let raw = &cases[case]["raw"];
-        let after = raw.split("after=").nth(1).unwrap();
-        after.split(',').filter(|s| *s == node.to_string()).count()
-    };
-    assert_eq!(on("move", b), 256, "{}", cases["move"]["raw"]);
-    assert_eq!(on("migrate", b), 256, "{}", cases["migrate"]["raw"]);
-    assert!(cases["shared"]["raw"].contains(&format!("status={}", -libc::EACCES)));
-    assert!(cases["missing-node"]["raw"].starts_with(&format!("rc=-1 errno={}", libc::ENODEV)));
-    assert!(cases["dead-pid"]["raw"].starts_with(&format!("rc=-1 errno={}", libc::ESRCH)));
-    // pagemig did the moves, split over its threads; what it cannot split went to the kernel.
-    assert!(
-        log.contains("move_pages(pid 0, 256 pages, flags 0x2) = 0")
-            && log.contains("2 thread(s) on CPUs"),
-        "{log}"
-    );
-    assert!(
-        log.contains("2 target node(s)"),
-        "mixed was not split: {log}"
-    );
-    assert!(
-        log.contains(&format!("pages moved {a}->{b} by 2 thread(s)")),
-        "{log}"
-    );
-    assert!(log.contains("passed to the kernel: no target nodes: a placement query"));
-    assert!(log.contains(&format!(
-        "passed to the kernel: node {missing} has no memory"
-    )));
-
     // Without rights: another user's process, MOVE_ALL without CAP_SYS_NICE.
-    let (cases, log) = run_cases(&preload, &args(1), true);
-    assert_same_as_raw(&cases);
+    let (cases, log) = run_cases(&preload, &args(1), true, 2);
+    assert_same_as_raw(&cases, 2);
     for case in ["other-user", "shared-move-all", "migrate-other-user"] {
         assert!(
             cases[case]["raw"].starts_with(&format!("rc=-1 errno={}", libc::EPERM)),

@@ -94,6 +94,43 @@ impl Serialize for FailureCause {
     }
 }
 
+/// Why a selected page was left where it is on purpose: not a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SkipReason {
+    /// No page of its own to move: read but never written (the kernel's shared zero page), or
+    /// no longer present when asked (`EFAULT`/`ENOENT` from the placement query).
+    NothingToMove,
+    /// Shared with other processes (`EACCES`); `MPOL_MF_MOVE_ALL` (`--all`) moves it.
+    Shared,
+}
+
+impl SkipReason {
+    /// Short name for JSON.
+    pub fn code(self) -> &'static str {
+        match self {
+            SkipReason::NothingToMove => "nothing_to_move",
+            SkipReason::Shared => "shared",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SkipReason::NothingToMove => {
+                "nothing to move (never written: the shared zero page, or freed meanwhile)"
+            }
+            SkipReason::Shared => "shared with other processes (--all moves them)",
+        })
+    }
+}
+
+impl Serialize for SkipReason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
+    }
+}
+
 fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1e3)
 }
@@ -216,15 +253,18 @@ pub struct Report {
     pub dry_run: bool,
     /// Base page size; every count below is in pages of this size (a 2 MB THP counts 512).
     pub page_size: u64,
-    /// Present pages selected (on the `--from` nodes when given).
+    /// Present pages selected (on the `--from` nodes when given): moved, already on target,
+    /// skipped and failed add up to it.
     pub pages_requested: u64,
     /// Pages that are on the target node now and were not before.
     pub pages_moved: u64,
     /// Pages that were on the target already.
     pub pages_already_on_target: u64,
+    /// Pages left where they are on purpose, by reason (not failures).
+    pub pages_skipped: BTreeMap<SkipReason, u64>,
     /// Pages that did not move, by cause.
     pub pages_failed: BTreeMap<FailureCause, u64>,
-    /// Pages still on each other node afterwards, among those requested.
+    /// Pages still on each other node afterwards, among those that failed.
     pub pages_left_by_node: BTreeMap<NodeId, u64>,
     /// Bytes moved.
     pub bytes_moved: u64,
@@ -242,9 +282,15 @@ pub struct Report {
 }
 
 impl Report {
-    /// Pages that were requested but did not end up on the target.
+    /// Pages that were requested but did not end up on the target and were not skipped on
+    /// purpose: failures.
     pub fn pages_not_moved(&self) -> u64 {
         self.pages_failed.values().sum()
+    }
+
+    /// Pages skipped on purpose (see [`SkipReason`]).
+    pub fn pages_skipped_total(&self) -> u64 {
+        self.pages_skipped.values().sum()
     }
 
     /// Bytes moved per second of the move phase, in GB/s.

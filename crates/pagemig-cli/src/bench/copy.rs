@@ -274,6 +274,39 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         .placement
         .choose(&topo, route, &allowed, max_workers)
         .context("placing copy workers")?;
+    // Rows whose buffers do not fit in 80% of the free memory of the nodes are left out, with a
+    // note: a full run asks for 2 GiB per buffer for 1024 pages of 2 MB.
+    let free = |node: NodeId| usable_free(&topo, node);
+    let fits = |bytes: Option<usize>| {
+        let Some(bytes) = bytes else { return false };
+        let len = bytes.max(budget.working_set);
+        if from == to {
+            2 * len <= free(from)
+        } else {
+            len <= free(from) && len <= free(to)
+        }
+    };
+    let nodes = if from == to {
+        format!("node {from}")
+    } else {
+        format!("nodes {from} and {to}")
+    };
+    if !fits(Some(budget.limit_bytes)) {
+        bail!(
+            "{nodes} has too little free memory for {} MiB copy buffers",
+            budget.limit_bytes >> 20
+        );
+    }
+    if !args
+        .page_size
+        .iter()
+        .any(|&ps| rows_of(args, ps).iter().any(|&n| fits(n.checked_mul(ps))))
+    {
+        bail!(
+            "--pages: no row fits in the free memory of {nodes} (about {} MiB usable)",
+            free(from).min(free(to)) >> 20
+        );
+    }
     let memcpy = CpuEngine::new(EngineKind::Memcpy)?;
     let pool =
         Pool::new(CpuEngine::new(args.pool_engine)?, &cpus).context("starting copy workers")?;
@@ -307,34 +340,12 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     columns.push(Column::Auto(auto));
 
-    // Rows whose buffers do not fit in 80% of the free memory of the nodes are left out, with a
-    // note: a full run asks for 2 GiB per buffer for 1024 pages of 2 MB.
-    let free = |node: NodeId| usable_free(&topo, node);
-    let fits = |bytes: usize| {
-        let len = bytes.max(budget.working_set);
-        if from == to {
-            2 * len <= free(from)
-        } else {
-            len <= free(from) && len <= free(to)
-        }
-    };
-    let nodes = if from == to {
-        format!("node {from}")
-    } else {
-        format!("nodes {from} and {to}")
-    };
-    if !fits(budget.limit_bytes) {
-        bail!(
-            "{nodes} has too little free memory for {} MiB copy buffers",
-            budget.limit_bytes >> 20
-        );
-    }
     let plan: Vec<(usize, Vec<usize>)> = args
         .page_size
         .iter()
         .map(|&ps| {
             let rows = rows_of(args, ps);
-            let (kept, dropped): (Vec<usize>, Vec<usize>) = rows.into_iter().partition(|&n| fits(n * ps));
+            let (kept, dropped): (Vec<usize>, Vec<usize>) = rows.into_iter().partition(|&n| fits(n.checked_mul(ps)));
             if !dropped.is_empty() {
                 notes.push(format!(
                     "{} pages: rows {dropped:?} left out, their buffers do not fit in the free memory of {nodes}",

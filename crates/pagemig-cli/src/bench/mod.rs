@@ -55,10 +55,23 @@ pub struct OutputArgs {
 /// Checked before measuring, so that a typo does not cost a whole run.
 fn parse_png_path(text: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(text);
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("png") => Ok(path),
-        _ => Err(format!("{text}: only .png files are drawn")),
+    if path.extension().and_then(|e| e.to_str()) != Some("png") {
+        return Err(format!("{text}: only .png files are drawn"));
     }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        return Err(format!(
+            "{text}: the directory {} does not exist",
+            dir.display()
+        ));
+    }
+    if path.is_dir() {
+        return Err(format!("{text} is a directory"));
+    }
+    Ok(path)
 }
 
 /// A page size given as `4k`, `64K`, `2m` or a number of bytes.
@@ -73,7 +86,9 @@ pub fn parse_page_size(text: &str) -> Result<usize, String> {
     let n: usize = digits
         .parse()
         .map_err(|_| format!("bad page size {text:?}: expected e.g. 4k, 64k, 2m"))?;
-    let size = n * scale;
+    let size = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("bad page size {text:?}: too large"))?;
     if !size.is_power_of_two() || size < 4096 {
         return Err(format!(
             "bad page size {text:?}: must be a power of two of at least 4k"
@@ -88,6 +103,9 @@ pub fn parse_placement(text: &str) -> Result<Placement, String> {
         "spread" => Ok(Placement::SpreadL3),
         "near-dst" => Ok(Placement::NearDst),
         "near-src" => Ok(Placement::NearSrc),
+        list if list.trim().is_empty() => {
+            Err("empty: expected spread, near-dst, near-src or a CPU list".into())
+        }
         list => list
             .parse::<CpuSet>()
             .map(Placement::Explicit)

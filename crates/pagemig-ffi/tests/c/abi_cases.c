@@ -203,6 +203,27 @@ static void move_case(const char *name, int way) {
             pp = (void **)8;
     } else if (!strcmp(name, "no-pages")) {
         n = 0;
+    } else if (!strcmp(name, "freed")) {
+        /* A touched page, a page never touched, a page only read (the kernel's shared zero
+         * page) and an address freed just before the call. */
+        char *t = block(1, 0, 0), *u = block(1, 0, 1), *z = block(1, 0, 1);
+        volatile char r = *z;
+        (void)r;
+        char *f = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (f == MAP_FAILED) {
+            perror("mmap");
+            exit(2);
+        }
+        memset(f, 1, 4 * page);
+        pages[0] = t;
+        place(pages, 1, node_a);
+        munmap(f, 4 * page);
+        pages[n++] = t;
+        pages[n++] = u;
+        pages[n++] = z;
+        pages[n++] = f;
+        for (int i = 0; i < n; i++)
+            nodes[i] = node_b;
     }
 
     errno = 0;
@@ -307,7 +328,7 @@ int main(int argc, char **argv) {
     other_pid = atoi(argv[6]);
     const char *moves[] = {"query", "move", "already", "mixed", "shared", "shared-move-all",
                            "missing-node", "no-memory-node", "negative-node", "dead-pid",
-                           "other-user", "bad-flags", "bad-status", "bad-pages", "no-pages"};
+                           "other-user", "bad-flags", "bad-status", "bad-pages", "no-pages", "freed"};
     const char *migrations[] = {"migrate", "migrate-dead-pid", "migrate-other-user",
                                 "migrate-bad-mask", "migrate-big-maxnode"};
     for (size_t c = 0; c < sizeof moves / sizeof *moves; c++) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::helper::{self, ChargeTo};
 use super::procfs::{self, VmArea};
 use super::{MigrateError, Process, check_target};
-use crate::account::{CallStats, Charge, FailureCause, Phases, Report};
+use crate::account::{CallStats, Charge, FailureCause, Phases, Report, SkipReason};
 use crate::cgroup::Cgroup;
 use crate::sys::{self, Errno, PageNode, SysError};
 use crate::topology::{CpuId, NodeId, NodeSet, Topology};
@@ -383,6 +383,16 @@ pub fn query(process: Process, pages: &[usize]) -> Result<Vec<PageNode>, Migrate
     Ok(out)
 }
 
+/// Checks, before anything moves, that the process exists, has user memory (not a zombie or a
+/// kernel thread) and that the caller may move its pages (an empty `move_pages` call: the
+/// kernel's own checks of the pid and the caller's rights).
+pub fn check_process(process: Process) -> Result<(), MigrateError> {
+    procfs::check_user_memory(process)?;
+    sys::move_pages(process.raw(), &[], None, &mut [], false)
+        .map(drop)
+        .map_err(|e| sys_error(process, e))
+}
+
 /// Which memory of the process to move.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -424,7 +434,8 @@ fn select(
     areas: Vec<VmArea>,
     selection: &Selection,
 ) -> Result<Vec<Range<usize>>, MigrateError> {
-    let areas: Vec<VmArea> = areas.into_iter().filter(|a| !a.is_special()).collect();
+    let (special, areas): (Vec<VmArea>, Vec<VmArea>) =
+        areas.into_iter().partition(VmArea::is_special);
     match selection {
         Selection::All => Ok(areas.iter().map(|a| a.start..a.end).collect()),
         Selection::Mappings(pattern) => {
@@ -433,6 +444,15 @@ fn select(
                 .filter(|a| a.matches(pattern))
                 .map(|a| a.start..a.end)
                 .collect();
+            if picked.is_empty()
+                && let Some(area) = special.iter().find(|a| a.matches(pattern))
+            {
+                return Err(MigrateError::KernelMapping {
+                    process,
+                    pattern: pattern.clone(),
+                    mapping: area.path.clone(),
+                });
+            }
             if picked.is_empty() {
                 return Err(MigrateError::NoMatchingMapping {
                     process,
@@ -452,7 +472,13 @@ fn select(
                         reason: "the end is not after the start",
                     });
                 }
-                let (start, end) = (r.start / page * page, r.end.next_multiple_of(page));
+                // An end in the last page of the address space cannot be rounded up: clamp it
+                // (no process maps that page).
+                let end = r
+                    .end
+                    .checked_next_multiple_of(page)
+                    .unwrap_or(usize::MAX / page * page);
+                let start = r.start / page * page;
                 let before = out.len();
                 out.extend(
                     areas
@@ -508,6 +534,7 @@ pub fn migrate_process_planned(
     let mut phases = Phases::default();
 
     let t = Instant::now();
+    check_process(process)?;
     let ranges = select(process, procfs::read_maps(process)?, &request.selection)?;
     let mut present = Vec::new();
     for r in ranges {
@@ -524,6 +551,7 @@ pub fn migrate_process_planned(
     phases.query = t.elapsed();
 
     let mut failed: BTreeMap<FailureCause, u64> = BTreeMap::new();
+    let mut skipped: BTreeMap<SkipReason, u64> = BTreeMap::new();
     let mut already = 0u64;
     let mut to_move = Vec::new();
     let mut requested = 0u64;
@@ -539,6 +567,12 @@ pub fn migrate_process_planned(
                 to_move.push(page);
             }
             PageNode::Error(_) if request.from.is_some() => {}
+            // Present in the page tables but no page the kernel can move: the shared zero page
+            // of memory read but never written (`EFAULT`), or freed since the scan (`ENOENT`).
+            PageNode::Error(Errno::FAULT | Errno::NOENT) => {
+                requested += 1;
+                *skipped.entry(SkipReason::NothingToMove).or_default() += 1;
+            }
             PageNode::Error(e) => {
                 requested += 1;
                 *failed.entry(FailureCause::from_errno(e)).or_default() += 1;
@@ -556,6 +590,7 @@ pub fn migrate_process_planned(
         pages_requested: requested,
         pages_moved: 0,
         pages_already_on_target: already,
+        pages_skipped: skipped,
         pages_failed: failed,
         pages_left_by_node: BTreeMap::new(),
         bytes_moved: 0,
@@ -621,6 +656,10 @@ pub fn migrate_process_planned(
             .map_or(PageNode::from_status(status), |a| a[i]);
         match now {
             PageNode::Node(n) if n == request.to => report.pages_moved += 1,
+            // Without MPOL_MF_MOVE_ALL, shared pages stay by request, not by failure.
+            PageNode::Node(_) if status == -libc::EACCES && !plan.move_all => {
+                *report.pages_skipped.entry(SkipReason::Shared).or_default() += 1;
+            }
             PageNode::Node(n) => {
                 *report.pages_left_by_node.entry(n).or_default() += 1;
                 let cause = if status < 0 {
@@ -685,6 +724,38 @@ mod tests {
             assert_eq!(r.pages_not_moved(), 0);
         }
         assert!(m.as_slice()[..20 * 4096].iter().all(|&b| b == 9));
+    }
+
+    #[test]
+    fn pages_only_read_are_nothing_to_move_not_failures() {
+        let (topo, node) = this_node();
+        let mut m = Mapping::anonymous(32 * 4096).unwrap();
+        m.as_mut_slice()[..8 * 4096].fill(5);
+        // Reading maps the kernel's shared zero page: present, but no page of its own.
+        let sum: u64 = (8..24)
+            .map(|i| u64::from(std::hint::black_box(m.as_slice()[i * 4096])))
+            .sum();
+        assert_eq!(sum, 0);
+        let start = m.as_ptr() as usize;
+        let req = ProcessRequest {
+            process: Process::Current,
+            to: node,
+            from: None,
+            selection: Selection::Ranges(vec![start..start + 32 * 4096]),
+            dry_run: false,
+        };
+        let r = migrate_process(&topo, &req, &KernelPlan::serial(8), &|_| {}).unwrap();
+        assert_eq!(r.pages_not_moved(), 0, "{r:#?}");
+        assert_eq!(r.pages_already_on_target, 8, "{r:#?}");
+        assert_eq!(
+            r.pages_skipped.get(&SkipReason::NothingToMove),
+            Some(&16),
+            "{r:#?}"
+        );
+        assert_eq!(
+            r.pages_moved + r.pages_already_on_target + r.pages_skipped_total(),
+            r.pages_requested
+        );
     }
 
     #[test]
@@ -753,6 +824,28 @@ mod tests {
             ),
             Err(MigrateError::NoMatchingMapping { .. })
         ));
+        let e = select(
+            Process::Current,
+            areas.clone(),
+            &Selection::Mappings("[vdso]".into()),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("selects only the kernel's own mapping [vdso] of the calling process"),
+            "{e}"
+        );
+        // An end in the last page of the address space is clamped, not wrapped.
+        let to_the_top = select(
+            Process::Current,
+            areas.clone(),
+            &Selection::Ranges(vec![0..usize::MAX]),
+        )
+        .unwrap();
+        assert!(
+            to_the_top.iter().any(|r| r.contains(&start)),
+            "{to_the_top:x?}"
+        );
         let all = select(Process::Current, areas, &Selection::All).unwrap();
         assert!(all.iter().any(|r| r.contains(&start)));
     }

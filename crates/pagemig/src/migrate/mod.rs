@@ -93,6 +93,14 @@ pub enum MigrateError {
         /// The process.
         process: Process,
     },
+    /// The process has no user memory: a zombie or a kernel thread.
+    #[error("{process} is {what}: it has no user memory")]
+    NoUserMemory {
+        /// The process.
+        process: Process,
+        /// `a zombie` or `a kernel thread`.
+        what: &'static str,
+    },
     /// The caller may not read or move the process's pages.
     #[error(
         "no permission to read or move the pages of {process}: the caller needs ptrace access to it \
@@ -138,6 +146,18 @@ pub enum MigrateError {
         process: Process,
         /// The pattern.
         pattern: String,
+    },
+    /// A `--mapping` pattern that selects only a kernel-provided mapping (`[vvar]`, `[vdso]`).
+    #[error(
+        "{pattern:?} selects only the kernel's own mapping {mapping} of {process}, whose pages cannot move"
+    )]
+    KernelMapping {
+        /// The process.
+        process: Process,
+        /// The pattern.
+        pattern: String,
+        /// The kernel's mapping it matches.
+        mapping: String,
     },
     /// A /proc file could not be read.
     #[error("cannot read {path}")]

@@ -30,6 +30,43 @@ pub fn has_exited(process: Process) -> bool {
         })
 }
 
+/// `PF_KTHREAD` in the flags of `/proc/PID/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Checks that the process exists and has user memory to move or show: not a zombie, not a
+/// kernel thread.
+pub fn check_user_memory(process: Process) -> Result<(), MigrateError> {
+    let stat = read_text(process, "stat")?;
+    // The state and flags follow the command name, which is in parentheses and may contain
+    // spaces or parentheses itself.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let bad = || MigrateError::Proc {
+        path: process.proc_path("stat"),
+        source: io::Error::new(
+            ErrorKind::InvalidData,
+            format!("unexpected contents {stat:?}"),
+        ),
+    };
+    let state = *fields.first().ok_or_else(bad)?;
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+    if matches!(state, "Z" | "X" | "x") {
+        return Err(MigrateError::NoUserMemory {
+            process,
+            what: "a zombie",
+        });
+    }
+    if flags & PF_KTHREAD != 0 {
+        return Err(MigrateError::NoUserMemory {
+            process,
+            what: "a kernel thread",
+        });
+    }
+    Ok(())
+}
+
 /// One mapping of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VmArea {
@@ -370,6 +407,28 @@ mod tests {
         }
         child.wait().unwrap();
         assert!(has_exited(pid));
+    }
+
+    #[test]
+    fn zombies_and_kernel_threads_have_no_user_memory() {
+        check_user_memory(Process::Current).unwrap();
+        let e = check_user_memory(Process::Pid(2)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "process 2 is a kernel thread: it has no user memory"
+        );
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = Process::Pid(child.id());
+        while !has_exited(pid) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let e = check_user_memory(pid).unwrap_err();
+        child.wait().unwrap();
+        assert!(
+            e.to_string()
+                .ends_with("is a zombie: it has no user memory"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -428,9 +428,27 @@ impl<'a> Planner<'a> {
     ) -> Result<KernelChoice, PlacementError> {
         let mut choice = self.plan_kernel(job, batch_bytes)?;
         let count = match threads {
+            // One pinned thread per CPU: more than the usable CPUs would only queue on them.
             Threads::Count(n) => {
-                choice.why.insert(0, format!("{n} thread(s): {source} {n}"));
-                n
+                let usable = self
+                    .resources
+                    .allowed
+                    .intersection(&self.topology.online_cpus)
+                    .iter()
+                    .count()
+                    .max(1);
+                if n > usable {
+                    choice.why.insert(
+                        0,
+                        format!(
+                            "{usable} thread(s): {source} {n}, but only {usable} CPU(s) may be used, one thread each"
+                        ),
+                    );
+                    usable
+                } else {
+                    choice.why.insert(0, format!("{n} thread(s): {source} {n}"));
+                    n
+                }
             }
             Threads::Auto => choice.cpus.len(),
         };

@@ -31,7 +31,7 @@ pub type CpuSet = IdSet;
 
 /// A list that does not follow the `"0-3,7"` syntax; says which part is wrong and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad list {input:?}: {reason} in {part:?}")]
+#[error("bad list {input:?}: {reason}{}", in_part(part))]
 pub struct ListError {
     /// The whole text that was parsed.
     pub input: String,
@@ -39,6 +39,15 @@ pub struct ListError {
     pub part: String,
     /// What is wrong with it.
     pub reason: &'static str,
+}
+
+/// ` in "PART"`, or nothing for an empty part (`"0,,1"`: the reason says it all).
+fn in_part(part: &str) -> String {
+    if part.is_empty() {
+        String::new()
+    } else {
+        format!(" in {part:?}")
+    }
 }
 
 impl IdSet {
@@ -118,7 +127,7 @@ impl FromStr for IdSet {
                 reason,
             };
             if part.is_empty() {
-                return Err(err("empty item"));
+                return Err(err("empty item (two commas in a row, or one at an end)"));
             }
             let (lo, hi) = match part.split_once('-') {
                 Some((a, b)) => (parse_id(a).map_err(err)?, parse_id(b).map_err(err)?),
@@ -217,7 +226,11 @@ mod tests {
         let e = "0,5-2".parse::<IdSet>().unwrap_err();
         assert_eq!(e.part, "5-2");
         assert_eq!(e.reason, "range goes backwards");
-        assert_eq!("1,,2".parse::<IdSet>().unwrap_err().reason, "empty item");
+        let empty = "1,,2".parse::<IdSet>().unwrap_err();
+        assert_eq!(
+            empty.to_string(),
+            "bad list \"1,,2\": empty item (two commas in a row, or one at an end)"
+        );
         assert_eq!("3-".parse::<IdSet>().unwrap_err().reason, "missing number");
         assert_eq!("-1".parse::<IdSet>().unwrap_err().reason, "missing number");
         assert_eq!(
