@@ -54,16 +54,32 @@ fn model_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 impl ModelArgs {
-    /// The model given with `--model` (which must load), or the saved one if there is one.
+    /// The model given with `--model` (which must load), or the saved one if there is one. A
+    /// saved one that cannot be used (damaged, another version, absurd figures) is set aside
+    /// with a warning on stderr naming the file and why: the built-in defaults are used.
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
-        let path = self
-            .model
-            .clone()
-            .or_else(|| CostModel::default_path().filter(|p| p.exists()));
-        Ok(match path {
-            Some(path) => LoadedModel {
-                model: Some(CostModel::load(&path)?),
+        if let Some(path) = &self.model {
+            return Ok(LoadedModel {
+                model: Some(CostModel::load(path)?),
                 source: format!("cost model {}", path.display()),
+            });
+        }
+        Ok(match CostModel::default_path().filter(|p| p.exists()) {
+            Some(path) => match CostModel::load(&path) {
+                Ok(model) => LoadedModel {
+                    model: Some(model),
+                    source: format!("cost model {}", path.display()),
+                },
+                Err(e) => {
+                    let why = anyhow::Error::from(e);
+                    eprintln!(
+                        "warning: the saved cost model is not used: {why:#}; using the built-in defaults (`pagemig calibrate` replaces it)"
+                    );
+                    LoadedModel {
+                        model: None,
+                        source: format!("cost model {} unusable", path.display()),
+                    }
+                }
             },
             None => LoadedModel {
                 model: None,
@@ -101,12 +117,36 @@ impl ModelArgs {
     }
 }
 
+/// Checks where the model will be saved before measuring: the directory must exist (only the
+/// default cache directory is made) and the path must not be a directory.
+fn check_model_path(path: &Path, is_default: bool) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if is_default {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the cache directory {}", dir.display()))?;
+    } else if !dir.is_dir() {
+        anyhow::bail!(
+            "--model {}: the directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        anyhow::bail!("--model {}: is a directory", path.display());
+    }
+    Ok(())
+}
+
 pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let topo = Topology::detect().context("reading the topology from /sys")?;
     if let Some(node) = args.node {
         crate::bench::check_node(&topo, node, "calibration")?;
     }
     let path = model_path(args.model.as_deref())?;
+    check_model_path(&path, args.model.is_none())?;
     let allowed = sys::allowed_cpus()?;
     let options = CalibrateOptions {
         effort: if args.quick {

@@ -705,3 +705,77 @@ fn move_all_without_cap_sys_nice_is_refused_up_front() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("needs CAP_SYS_NICE"), "{}", stderr(&o));
 }
+
+#[test]
+fn an_unusable_saved_model_is_set_aside_with_a_warning() {
+    let cache = tempfile::TempDir::new().unwrap();
+    let file = cache.path().join("pagemig/model.json");
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let sleeper = Sleeper::new();
+    let pid = sleeper.0.id().to_string();
+    for (text, why) in [
+        ("garbage", "is not a pagemig cost model"),
+        ("{\"version\":99}", "is a cost model of version 99"),
+    ] {
+        fs::write(&file, text).unwrap();
+        for args in [
+            &["migrate", "--pid", &pid, "--to", "0", "--threads", "1"][..],
+            &["topo"],
+        ] {
+            let o = pagemig_with_cache(cache.path(), args);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
+            assert!(
+                err.starts_with("warning: the saved cost model is not used: ")
+                    && err.contains(file.to_str().unwrap())
+                    && err.contains(why)
+                    && err.contains("using the built-in defaults"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    // A model named with --model must load: the user asked for it.
+    let o = pagemig(&[
+        "migrate",
+        "--pid",
+        &pid,
+        "--to",
+        "0",
+        "--model",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is a cost model of version 99; this pagemig reads version 1"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn calibrate_checks_its_model_path_before_measuring() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let missing = dir.path().join("no/such/dir/m.json");
+    let cases = [
+        (
+            missing.to_str().unwrap().to_owned(),
+            format!(
+                "the directory {} does not exist",
+                missing.parent().unwrap().display()
+            ),
+        ),
+        (
+            dir.path().to_str().unwrap().to_owned(),
+            format!("--model {}: is a directory", dir.path().display()),
+        ),
+    ];
+    for (model, want) in &cases {
+        let o = pagemig(&["calibrate", "--quick", "--model", model]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(want.as_str()), "{err}");
+        // Said once, not twice through the error chain.
+        assert_eq!(err.matches("directory").count(), 1, "{err}");
+    }
+    assert!(!dir.path().join("no").exists(), "a directory was made");
+}

@@ -209,19 +209,22 @@ static void move_case(const char *name, int way) {
         char *t = block(1, 0, 0), *u = block(1, 0, 1), *z = block(1, 0, 1);
         volatile char r = *z;
         (void)r;
-        char *f = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        /* Large enough for a thread stack to be mapped there afterwards: the freed address
+         * (its last page) must stay freed for the call, whoever answers it. */
+        size_t freed = 8UL << 20;
+        char *f = mmap(NULL, freed, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (f == MAP_FAILED) {
             perror("mmap");
             exit(2);
         }
-        memset(f, 1, 4 * page);
+        memset(f, 1, freed);
         pages[0] = t;
         place(pages, 1, node_a);
-        munmap(f, 4 * page);
+        munmap(f, freed);
         pages[n++] = t;
         pages[n++] = u;
         pages[n++] = z;
-        pages[n++] = f;
+        pages[n++] = f + freed - page;
         for (int i = 0; i < n; i++)
             nodes[i] = node_b;
     }

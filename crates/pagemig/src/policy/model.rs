@@ -147,13 +147,37 @@ pub struct CostModel {
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// Reading or writing the file failed.
-    #[error("{path}: {source}")]
+    #[error("cannot {action} {path}")]
     Io {
+        /// `read` or `write`.
+        action: &'static str,
         /// The file.
         path: PathBuf,
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// The file is a cost model of another format version.
+    #[error("{path} is a cost model of version {found}; this pagemig reads version {version}")]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version it says it is.
+        found: u64,
+        /// The version this pagemig reads.
+        version: u32,
+    },
+    /// A figure of the model that cannot be a measurement.
+    #[error("{path}: {field} is {value}, which cannot be a measurement ({expected})")]
+    Figure {
+        /// The file.
+        path: PathBuf,
+        /// The field, as `copy[3].gbps`.
+        field: String,
+        /// Its value, as written.
+        value: String,
+        /// What a measured value is.
+        expected: &'static str,
     },
     /// The file is not a cost model of this version.
     #[error("{path} is not a pagemig cost model (version {version}): {reason}")]
@@ -247,9 +271,11 @@ impl CostModel {
         Some(cache.join("pagemig").join("model.json"))
     }
 
-    /// Reads a model.
+    /// Reads a model: the version first (a file of another version is not parsed further),
+    /// then the fields, then every figure (see [`CostModel::validate`]).
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         let text = fs::read_to_string(path).map_err(|source| ModelError::Io {
+            action: "read",
             path: path.to_owned(),
             source,
         })?;
@@ -258,22 +284,82 @@ impl CostModel {
             version: Self::VERSION,
             reason,
         };
-        let model: CostModel = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
-        if model.version != Self::VERSION {
-            return Err(format(format!("it is version {}", model.version)));
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+        match value.get("version").map(|v| v.as_u64()) {
+            None => return Err(format("no version field".into())),
+            Some(None) => return Err(format("the version is not a number".into())),
+            Some(Some(v)) if v != u64::from(Self::VERSION) => {
+                return Err(ModelError::Version {
+                    path: path.to_owned(),
+                    found: v,
+                    version: Self::VERSION,
+                });
+            }
+            Some(Some(_)) => {}
         }
+        let model: CostModel = serde_json::from_value(value).map_err(|e| format(e.to_string()))?;
+        model
+            .validate()
+            .map_err(|(field, value, expected)| ModelError::Figure {
+                path: path.to_owned(),
+                field,
+                value,
+                expected,
+            })?;
         Ok(model)
     }
 
-    /// Writes the model, creating the directory; the file is replaced atomically.
+    /// Checks every figure of the model: bandwidths are positive and finite, sizes and thread
+    /// or worker counts positive. A file edited by hand (or damaged) with a bandwidth of -5 or
+    /// 1e308 would make the planner choose nonsense. Returns the first bad field, its value and
+    /// what was expected. New fields get their check here.
+    pub fn validate(&self) -> Result<(), (String, String, &'static str)> {
+        const GBPS: &str = "a positive, finite number of GB/s, at most 100000";
+        const COUNT: &str = "a positive count";
+        const BYTES: &str = "a positive number of bytes";
+        let gbps = |field: String, v: f64| {
+            if v.is_finite() && v > 0.0 && v <= 1e5 {
+                Ok(())
+            } else {
+                Err((field, format!("{v:?}"), GBPS))
+            }
+        };
+        let positive = |field: String, v: u64, expected| {
+            if v > 0 {
+                Ok(())
+            } else {
+                Err((field, v.to_string(), expected))
+            }
+        };
+        for (i, p) in self.copy.iter().enumerate() {
+            gbps(format!("copy[{i}].gbps"), p.gbps)?;
+            positive(format!("copy[{i}].bytes"), p.bytes, BYTES)?;
+            if let Copier::Pool { workers, .. } = p.copier {
+                positive(format!("copy[{i}].copier.workers"), workers as u64, COUNT)?;
+            }
+        }
+        for (i, p) in self.kernel_path.iter().enumerate() {
+            gbps(format!("kernel_path[{i}].gbps"), p.gbps)?;
+            positive(format!("kernel_path[{i}].bytes"), p.bytes, BYTES)?;
+            positive(format!("kernel_path[{i}].threads"), p.threads as u64, COUNT)?;
+        }
+        for (i, s) in self.saturation.iter().enumerate() {
+            gbps(format!("saturation[{i}].gbps"), s.gbps)?;
+            gbps(format!("saturation[{i}].best_gbps"), s.best_gbps)?;
+            positive(format!("saturation[{i}].workers"), s.workers as u64, COUNT)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the model to `path`, replacing it atomically. The directory must exist: a path
+    /// given by the user is used as given.
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
         let io = |source| ModelError::Io {
+            action: "write",
             path: path.to_owned(),
             source,
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(io)?;
-        }
         let text = serde_json::to_string_pretty(self).map_err(|e| io(e.into()))?;
         let tmp = path.with_extension("json.tmp");
         fs::write(&tmp, text + "\n").map_err(io)?;

@@ -264,7 +264,12 @@ fn calibration_round_trips_through_its_json_file() {
     assert_eq!(m.kernel_path.is_empty(), t.memory_nodes().len() < 2);
 
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("deep/model.json");
+    // A path is used as given: no directory is made for it.
+    let deep = dir.path().join("deep/model.json");
+    let err = m.save(&deep).unwrap_err();
+    assert!(matches!(err, ModelError::Io { .. }), "{err}");
+    assert!(!dir.path().join("deep").exists());
+    let path = dir.path().join("model.json");
     m.save(&path).unwrap();
     assert_eq!(CostModel::load(&path).unwrap(), m);
     assert!(
@@ -288,6 +293,49 @@ fn calibration_round_trips_through_its_json_file() {
     assert!(matches!(
         CostModel::load(&dir.path().join("none.json")),
         Err(ModelError::Io { .. })
+    ));
+    // The version is checked before anything else.
+    std::fs::write(&path, "{\"version\": 99}").unwrap();
+    let err = CostModel::load(&path).unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with("is a cost model of version 99; this pagemig reads version 1"),
+        "{err}"
+    );
+    // Figures that cannot be measurements are refused with the field named.
+    for (bad, field) in [
+        (-5.0, "copy[0].gbps is -5"),
+        (0.0, "copy[0].gbps is 0"),
+        (1e308, "copy[0].gbps is 1e308"),
+    ] {
+        let mut v = serde_json::to_value(&m).unwrap();
+        v["copy"][0]["gbps"] = bad.into();
+        std::fs::write(&path, v.to_string()).unwrap();
+        let err = CostModel::load(&path).unwrap_err();
+        assert!(matches!(err, ModelError::Figure { .. }), "{err}");
+        assert!(err.to_string().contains(field), "{err}");
+        assert!(err.to_string().contains("model.json"), "{err}");
+    }
+    let mut v = serde_json::to_value(&m).unwrap();
+    v["saturation"][0]["workers"] = 0.into();
+    std::fs::write(&path, v.to_string()).unwrap();
+    assert!(
+        CostModel::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("saturation[0].workers is 0")
+    );
+    // NaN and infinities are not JSON: serde refuses them as a format error.
+    std::fs::write(
+        &path,
+        serde_json::to_string(&m)
+            .unwrap()
+            .replacen("\"gbps\":", "\"gbps\":NaN,\"x\":", 1),
+    )
+    .unwrap();
+    assert!(matches!(
+        CostModel::load(&path),
+        Err(ModelError::Format { .. })
     ));
 }
 
