@@ -165,7 +165,7 @@ fn check_cases(
         let by = if threads == 2 { "2 thread(s)" } else { "" };
         assert!(
             log.contains("move_pages(pid 0, 256 pages, flags 0x2) = 0")
-                && log.contains(&format!("{by} on CPUs").trim_start()),
+                && log.contains(format!("{by} on CPUs").trim_start()),
             "{log}"
         );
         assert!(
