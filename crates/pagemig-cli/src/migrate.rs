@@ -364,6 +364,30 @@ fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Anything a user may type: an answer or an error, never a panic; what is accepted
+        /// means what it says.
+        #[test]
+        fn argument_parsers_take_anything(
+            text in "[0-9a-fx\\-, ]{0,40}|0x[0-9a-f]{1,20}-0x[0-9a-f]{1,20}|.{0,16}"
+        ) {
+            if let Ok(r) = parse_range(&text) {
+                prop_assert!(r.start < r.end);
+            }
+            if let Ok(nodes) = parse_nodes(&text) {
+                prop_assert!(!nodes.is_empty());
+            }
+            let _ = parse_node(&text);
+            let _ = parse_placement(&text);
+            if let Ok(size) = crate::bench::parse_page_size(&text) {
+                prop_assert!(size.is_power_of_two() && size >= 4096);
+            }
+        }
+    }
 
     #[test]
     fn ranges_and_threads_parse() {

@@ -264,14 +264,18 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.path == PathKind::Kernel && with_vanilla {
         movers.push((
             "preload".into(),
-            Mover::Preload(Box::new(syscall::Context {
-                topology: topo.clone(),
-                model: loaded.model.clone(),
-                threads: Threads::Auto,
-                log: false,
-                warnings: Vec::new(),
-                unusable: None,
-            })),
+            Mover::Preload(Box::new(
+                syscall::Context {
+                    topology: topo.clone(),
+                    model: loaded.model.clone(),
+                    threads: Threads::Auto,
+                    log: false,
+                    warnings: Vec::new(),
+                    unusable: None,
+                    min_split_bytes: 0,
+                }
+                .with_split_threshold(),
+            )),
         ));
     }
     let free = |n: NodeId| usable_free(&topo, n);

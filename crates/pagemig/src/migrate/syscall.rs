@@ -57,6 +57,10 @@ pub struct Context {
     pub warnings: Vec<String>,
     /// Why pagemig cannot plan on this machine (every call then goes to the kernel unchanged).
     pub unusable: Option<String>,
+    /// `move_pages` calls of fewer bytes than this go to the kernel unchanged without further
+    /// checks: below it the planner gives one thread even with every allowed CPU idle (see
+    /// [`Context::with_split_threshold`]). Zero: every call is planned.
+    pub min_split_bytes: u64,
 }
 
 impl Context {
@@ -102,7 +106,46 @@ impl Context {
             log,
             warnings,
             unusable,
+            min_split_bytes: 0,
         }
+        .with_split_threshold()
+    }
+
+    /// Sets [`Context::min_split_bytes`]: the smallest migration (a power of two, from one
+    /// page) for which the planner plans two or more threads with the most it could be given,
+    /// every CPU allowed now, no quota and no load. Resources only ever lower the planner's
+    /// thread count, so a call below it would be planned onto one thread and passed to the
+    /// kernel anyway: deciding that from its size spares it every file read and system call.
+    pub fn with_split_threshold(mut self) -> Self {
+        self.min_split_bytes = match self.threads {
+            Threads::Count(n) if n >= 2 => 0,
+            Threads::Count(_) => u64::MAX,
+            Threads::Auto => {
+                let allowed = sys::allowed_cpus().unwrap_or_default();
+                let best = Resources {
+                    allowed,
+                    cpu_quota: None,
+                    busy_cpus: 0.0,
+                };
+                let planner = Planner::new(&self.topology, self.model.as_ref(), best);
+                let page = sys::base_page_size() as u64;
+                (0..48)
+                    .map(|k| page << k)
+                    .find(|&bytes| {
+                        let job = Job {
+                            bytes,
+                            route: Route::default(),
+                        };
+                        planner
+                            .plan_kernel(job, MIGRATE_BATCH as u64 * page)
+                            .is_ok_and(|c| c.cpus.len() > 1)
+                    })
+                    // A smaller call may still plan two threads where the curve is not
+                    // monotone: halve it once for margin.
+                    .map_or(u64::MAX, |bytes| bytes / 2)
+            }
+        };
+        self
     }
 
     /// Why calls cannot be planned here, if they cannot.
@@ -475,6 +518,17 @@ fn split_move(
     if count == 0 || count > MAX_PAGES {
         return Err(format!("{count} pages"));
     }
+    let bytes = count * sys::base_page_size() as u64;
+    if ctx.min_split_bytes == u64::MAX {
+        return Err("one thread planned for every size (PAGEMIG_THREADS, or one CPU)".into());
+    }
+    if bytes < ctx.min_split_bytes {
+        return Err(format!(
+            "one thread planned ({} KiB: below {} KiB, the least the planner gives two threads)",
+            bytes >> 10,
+            ctx.min_split_bytes >> 10
+        ));
+    }
     let move_all = flags & MPOL_MF_MOVE_ALL != 0;
     // The kernel checks the flags' rights, the process and the caller's rights to it before it
     // reads any array: an empty call gets exactly those answers.
@@ -496,6 +550,10 @@ fn split_move(
     split_keeps_answers(&arrays.pages, &arrays.nodes, region)?;
     let target = count.div_ceil(cpus.len() * 4).clamp(MIN_CALL, MAX_CALL);
     let (groups, calls) = split(&arrays.pages, &arrays.nodes, region, target);
+    // One call on another thread only adds a thread's start to the kernel's work.
+    if calls.len() < 2 {
+        return Err("one kernel call: nothing to split".into());
+    }
 
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
@@ -827,7 +885,9 @@ mod tests {
             log: false,
             warnings: Vec::new(),
             unusable: None,
+            min_split_bytes: 0,
         }
+        .with_split_threshold()
     }
 
     #[test]
@@ -873,6 +933,52 @@ mod tests {
         assert_eq!(ours[0], node);
         assert_eq!(ours[255], -libc::ENOENT);
         assert_eq!(ours[256], -libc::EFAULT);
+    }
+
+    #[test]
+    fn small_calls_go_to_the_kernel_decided_from_their_size() {
+        let mut auto = context(2);
+        auto.threads = Threads::Auto;
+        let auto = auto.with_split_threshold();
+        let page = sys::base_page_size() as u64;
+        // Without a model, one thread per 64 MiB: the first size with two is 128 MiB.
+        if sys::allowed_cpus().unwrap().len() >= 2 {
+            assert_eq!(auto.min_split_bytes, 64 << 20, "{}", auto.min_split_bytes);
+        }
+        assert_eq!(context(1).min_split_bytes, u64::MAX);
+        assert_eq!(context(2).min_split_bytes, 0);
+        let mut m = sys::Mapping::anonymous(4 * page as usize).unwrap();
+        m.as_mut_slice().fill(1);
+        let node = match sys::query_page_nodes(0, &[m.as_ptr() as usize]).unwrap()[0] {
+            sys::PageNode::Node(n) => n as c_int,
+            other => panic!("{other:?}"),
+        };
+        let pages: Vec<*const c_void> = (0..4)
+            .map(|i| m.as_ptr().wrapping_add(i * page as usize).cast())
+            .collect();
+        let mut status = [0; 4];
+        for (ctx, why) in [
+            (&auto, "one thread planned (16 KiB: below 65536 KiB"),
+            (&context(2), "one kernel call: nothing to split"),
+        ] {
+            let call = move_pages(
+                ctx,
+                0,
+                4,
+                pages.as_ptr(),
+                [node; 4].as_ptr(),
+                ForeignOut::from(&mut status[..]),
+                MPOL_MF_MOVE,
+            );
+            assert_eq!(call.result, Ok(0));
+            assert_eq!(status, [node; 4]);
+            if ctx.min_split_bytes != u64::MAX {
+                assert!(
+                    matches!(&call.execution, Execution::Kernel(r) if r.starts_with(why)),
+                    "{call}"
+                );
+            }
+        }
     }
 
     #[test]

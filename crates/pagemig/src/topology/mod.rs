@@ -187,6 +187,13 @@ pub fn node_free_bytes(node: NodeId) -> Option<u64> {
 
 /// The CPU's marketing name from `/proc/cpuinfo` (the machine architecture where there is none).
 pub fn cpu_model() -> String {
+    // Read once per process: it does not change, and /proc/cpuinfo costs tens of microseconds
+    // on a large machine, which callers planning every move_pages call cannot pay.
+    static MODEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MODEL.get_or_init(read_cpu_model).clone()
+}
+
+fn read_cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     info.lines()
         .find_map(|l| {

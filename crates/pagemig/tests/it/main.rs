@@ -2,6 +2,7 @@
 
 mod engines;
 mod fake_sysfs;
+mod fuzz;
 mod placement;
 mod policy;
 mod pool;
