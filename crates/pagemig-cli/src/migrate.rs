@@ -335,13 +335,20 @@ fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
         ms(r.wall),
     )?;
     if !r.dry_run {
-        let each: Vec<String> = r.calls.thread_cpu.iter().map(|d| ms(*d)).collect();
-        writeln!(
-            out,
-            "  CPU time of the moving threads: {} ({})",
-            ms(r.calls.cpu_time),
-            each.join(", ")
-        )?;
+        if r.calls.thread_cpu.is_empty() {
+            writeln!(
+                out,
+                "  CPU time of the moving threads: none (nothing to move)"
+            )?;
+        } else {
+            let each: Vec<String> = r.calls.thread_cpu.iter().map(|d| ms(*d)).collect();
+            writeln!(
+                out,
+                "  CPU time of the moving threads: {} ({})",
+                ms(r.calls.cpu_time),
+                each.join(", ")
+            )?;
+        }
         let c = &r.charged_to;
         let who = match c.to {
             ChargeTo::Caller => "the caller",
@@ -350,10 +357,15 @@ fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
         match (&c.cgroup, c.usage()) {
             (Some(cg), Some(used)) => writeln!(
                 out,
-                "  charged to {who}: cgroup {cg}, cpu.stat usage {} -> {} us (+{})",
+                "  charged to {who}: cgroup {cg}, cpu.stat usage {} -> {} us (+{}: every task of the cgroup{})",
                 c.usage_before_usec.unwrap_or(0),
                 c.usage_after_usec.unwrap_or(0),
-                ms(used)
+                ms(used),
+                if c.to == ChargeTo::Target {
+                    ", the helper process's start included"
+                } else {
+                    ""
+                }
             )?,
             _ => writeln!(out, "  charged to {who} (no cgroup v2 usage to show)")?,
         }

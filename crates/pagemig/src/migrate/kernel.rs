@@ -275,7 +275,12 @@ pub fn move_pages(
     assert_eq!(pages.len(), nodes.len(), "one target node per page");
     if plan.charge == ChargeTo::Target {
         let cgroup = target_cgroup(process)?;
-        return helper::move_pages_in(&cgroup, process, pages, nodes, plan, progress);
+        // A caller in the target's cgroup already pays there: no helper has to enter it (which
+        // would need write access to cgroup.procs for nothing).
+        let own = Cgroup::of(Process::Current).ok();
+        if own.is_none_or(|c| c.path != cgroup.path) {
+            return helper::move_pages_in(&cgroup, process, pages, nodes, plan, progress);
+        }
     }
     let mut order: Vec<usize> = (0..pages.len()).collect();
     order.sort_by_key(|&i| nodes[i]);

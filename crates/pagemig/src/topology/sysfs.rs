@@ -21,7 +21,8 @@ fn read_opt(path: &Path) -> Result<Option<String>, TopologyError> {
 fn read_required(path: &Path) -> Result<String, TopologyError> {
     read_opt(path)?.ok_or_else(|| TopologyError::Read {
         path: path.to_owned(),
-        source: ErrorKind::NotFound.into(),
+        // The same words as every other failed read ("No such file or directory").
+        source: std::io::Error::from_raw_os_error(libc::ENOENT),
     })
 }
 
@@ -76,7 +77,7 @@ pub(super) fn parse_meminfo(text: &str) -> BTreeMap<String, u64> {
             let mut words = value.split_whitespace();
             let n: u64 = words.next()?.parse().ok()?;
             let scale = if words.next() == Some("kB") { 1024 } else { 1 };
-            Some((key.to_owned(), n * scale))
+            Some((key.to_owned(), n.checked_mul(scale)?))
         })
         .collect()
 }
@@ -90,7 +91,7 @@ fn parse_size(text: &str) -> Option<u64> {
         b'G' => (&t[..t.len() - 1], 1 << 30),
         _ => (t, 1),
     };
-    digits.parse::<u64>().ok().map(|n| n * scale)
+    digits.parse::<u64>().ok()?.checked_mul(scale)
 }
 
 pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
@@ -131,12 +132,34 @@ fn read_nodes(
 ) -> Result<Vec<Node>, TopologyError> {
     let has_memory = read_list(&node_dir.join("has_memory"))?;
     let mut nodes = Vec::new();
+    if let Some(id) = online
+        .iter()
+        .find(|id| !node_dir.join(format!("node{id}")).is_dir())
+    {
+        return Err(TopologyError::Parse {
+            path: node_dir.join("online"),
+            detail: format!("node {id} is online but node{id} does not exist"),
+        });
+    }
     for id in online.iter() {
         let dir = node_dir.join(format!("node{id}"));
         let cpus = read_list(&dir.join("cpulist"))?
             .unwrap_or_default()
             .intersection(online_cpus);
-        let mem = parse_meminfo(&read_opt(&dir.join("meminfo"))?.unwrap_or_default());
+        let meminfo_path = dir.join("meminfo");
+        let mem = match read_opt(&meminfo_path)? {
+            Some(text) => {
+                let mem = parse_meminfo(&text);
+                if !mem.contains_key("MemTotal") {
+                    return Err(TopologyError::Parse {
+                        path: meminfo_path,
+                        detail: "no \"Node N MemTotal: SIZE kB\" line".into(),
+                    });
+                }
+                mem
+            }
+            None => BTreeMap::new(),
+        };
         let mem_total = mem.get("MemTotal").copied().unwrap_or(0);
         let distance_path = dir.join("distance");
         let distances = match read_opt(&distance_path)? {
@@ -150,6 +173,16 @@ fn read_nodes(
                         detail: e.to_string(),
                     })?;
                 // The kernel writes one distance per online node, in id order.
+                if values.len() != online.len() {
+                    return Err(TopologyError::Parse {
+                        path: distance_path,
+                        detail: format!(
+                            "{} distance(s) for {} online node(s) ({online})",
+                            values.len(),
+                            online.len()
+                        ),
+                    });
+                }
                 online.iter().zip(values).collect()
             }
             None => BTreeMap::new(),

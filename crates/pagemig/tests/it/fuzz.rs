@@ -45,7 +45,7 @@ fn sysfs_text(good: &'static str) -> impl Strategy<Value = String> {
         Just(good.to_owned()),
         Just(String::new()),
         list_text(),
-        proptest::string::string_regex("Node 0 MemTotal: +[0-9a-z]{0,12} kB\n.{0,10}").unwrap(),
+        proptest::string::string_regex("Node 0 MemTotal: +[0-9a-z]{0,22} kB\n.{0,10}").unwrap(),
     ]
 }
 

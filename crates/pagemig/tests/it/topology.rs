@@ -90,6 +90,44 @@ fn malformed_files_name_the_file() {
     let empty = tempfile::TempDir::new().unwrap();
     let err = Topology::from_sysfs(empty.path()).unwrap_err();
     assert!(err.to_string().contains("cpu/online"), "{err}");
+    // A missing file reads as every other failed read does.
+    let chain = anyhow_like(&err);
+    assert!(chain.contains("No such file or directory"), "{chain}");
+
+    // Damaged trees are refused with the file named, not read as a smaller machine.
+    let cases: [(&str, &str, &str); 3] = [
+        (
+            "devices/system/node/node0/meminfo",
+            "garbage",
+            "no \"Node N MemTotal",
+        ),
+        (
+            "devices/system/node/node0/distance",
+            "10 20",
+            "2 distance(s) for 1 online node(s)",
+        ),
+        ("devices/system/node/online", "0-1", "node 1 is online but"),
+    ];
+    for (file, text, want) in cases {
+        let s = fake_sysfs::one_node();
+        s.file(file, text);
+        let err = Topology::from_sysfs(s.dir.path()).unwrap_err();
+        assert!(matches!(err, TopologyError::Parse { .. }), "{err}");
+        let shown = err.to_string();
+        assert!(shown.contains(want), "{shown}");
+        assert!(shown.contains(file.rsplit('/').next().unwrap()), "{shown}");
+    }
+}
+
+/// The error and its sources, as the CLI prints them.
+fn anyhow_like(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text += &format!(": {s}");
+        source = s.source();
+    }
+    text
 }
 
 #[test]
