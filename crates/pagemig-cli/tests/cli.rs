@@ -241,9 +241,16 @@ fn calibrate_saves_a_model_that_topo_and_bench_use() {
         "{}",
         stdout(&o)
     );
+    assert!(stdout(&o).contains("pool hand-off:"), "{}", stdout(&o));
     let model: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     assert!(model["copy"].as_array().unwrap().len() >= 8);
+    assert!(model["pool_handoff_us"].as_f64().unwrap() > 0.0, "{model}");
+
+    // --update checks the model's choices and says what it found.
+    let o = pagemig_with_cache(cache.path(), &["calibrate", "--quick", "--update"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("checked"), "{}", stdout(&o));
 
     let o = pagemig_with_cache(cache.path(), &["topo"]);
     assert!(

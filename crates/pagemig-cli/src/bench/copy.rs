@@ -16,7 +16,7 @@ use super::{
     Cell, OutputArgs, PageTable, Report, Row, SPREAD_TOLERATED, check_node, default_rows, measure,
     measure_row, page_size_label, parse_page_size, parse_placement, progress_bar, usable_free,
 };
-use crate::calibrate::ModelArgs;
+use crate::calibrate::{ModelArgs, describe_checks};
 use crate::machine::Machine;
 
 /// Arguments of `pagemig bench copy`.
@@ -389,6 +389,29 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     progress.finish_and_clear();
 
     notes.extend(auto_verdict(&tables));
+    if let Some(auto) = columns.iter().find_map(|c| match c {
+        Column::Auto(a) => Some(a),
+        _ => None,
+    }) {
+        notes.extend(
+            describe_checks(&auto.checks())
+                .into_iter()
+                .map(|line| format!("auto checked itself: {line}")),
+        );
+        let observed = auto.observed();
+        if let (Some(path), Some(mut model)) = (&loaded.path, loaded.model.clone())
+            && model.learn(&observed) > 0
+        {
+            model
+                .save(path)
+                .with_context(|| format!("saving what auto learned to {}", path.display()))?;
+            notes.push(format!(
+                "the saved model {} learned {} figure(s) from these checks",
+                path.display(),
+                observed.len()
+            ));
+        }
+    }
     notes.extend([
         format!("copies from node {from} to node {to}; mt_N workers run {} on CPUs {:?} ({:?})", pool.engine().name(), cpus, args.placement),
         format!(

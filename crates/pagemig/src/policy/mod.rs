@@ -11,8 +11,10 @@ mod model;
 
 use serde::Serialize;
 
-pub use auto::AutoEngine;
-pub use calibrate::{CalibrateError, CalibrateOptions, Effort, Step, calibrate, worker_counts};
+pub use auto::{AutoEngine, Move, SizeCheck};
+pub use calibrate::{
+    CalibrateError, CalibrateOptions, Effort, Step, calibrate, check_choices, worker_counts,
+};
 pub use model::{Copier, CopyPoint, CostModel, KernelPoint, MachineId, ModelError, Saturation};
 
 use crate::cgroup::Cgroup;
@@ -265,6 +267,30 @@ impl<'a> Planner<'a> {
         let (placement, why) = self.placement(route);
         let cpus = placement.choose(self.topology, route, &self.resources.allowed, workers)?;
         Ok((cpus, why))
+    }
+
+    /// Every CPU copier the model measured that fits under the worker cap, with its predicted
+    /// GB/s for `bytes`, fastest first: the alternatives a running copy may try when its plan
+    /// does not deliver. Empty without a model.
+    pub fn ranked_copiers(&self, bytes: u64) -> Vec<(Copier, f64)> {
+        let Some(model) = self.model else {
+            return Vec::new();
+        };
+        let (cap, _) = self.worker_cap();
+        let mut ranked: Vec<(Copier, f64)> = model
+            .copiers()
+            .into_iter()
+            .filter(|c| c.cpu_engine().is_some() && c.threads() <= cap)
+            .filter_map(|c| model.predict_copy(c, bytes).map(|g| (c, g)))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked
+    }
+
+    /// CPUs for `workers` pool workers copying along `route`, placed as [`Planner::plan_copy`]
+    /// places them.
+    pub fn worker_cpus(&self, route: Route, workers: usize) -> Result<Vec<CpuId>, PlacementError> {
+        self.place(route, workers).map(|(cpus, _)| cpus)
     }
 
     /// How to copy a batch of `job.bytes`.
