@@ -235,7 +235,8 @@ impl Cell {
 
 /// Which columns had noisy cells, per page size, for a note under the tables.
 pub fn noise_note(tables: &[PageTable]) -> Option<String> {
-    let mut parts = Vec::new();
+    // Column name → "4K 3/13" per table where it had noisy cells, in first-seen order.
+    let mut columns: Vec<(String, Vec<String>)> = Vec::new();
     for t in tables {
         for (c, name) in t.columns.iter().enumerate() {
             let noisy = t
@@ -249,19 +250,24 @@ pub fn noise_note(tables: &[PageTable]) -> Option<String> {
                         .is_some_and(|x| x.is_noisy())
                 })
                 .count();
-            if noisy > 0 {
-                parts.push(format!(
-                    "{name} ({} pages: {noisy} of {} rows)",
-                    page_size_label(t.page_size),
-                    t.rows.len()
-                ));
+            if noisy == 0 {
+                continue;
+            }
+            let part = format!("{} {noisy}/{}", page_size_label(t.page_size), t.rows.len());
+            match columns.iter_mut().find(|(n, _)| n == name) {
+                Some((_, parts)) => parts.push(part),
+                None => columns.push((name.clone(), vec![part])),
             }
         }
     }
-    (!parts.is_empty()).then(|| {
+    (!columns.is_empty()).then(|| {
+        let named: Vec<String> = columns
+            .iter()
+            .map(|(name, parts)| format!("{name} ({})", parts.join(", ")))
+            .collect();
         format!(
-            "unstable columns ({NOISY_MARK} marks cells whose max/min exceeds {NOISY}; their min and max are in --json and --csv): {}",
-            parts.join(", ")
+            "unstable columns, noisy rows of each table ({NOISY_MARK} marks cells whose max/min exceeds {NOISY}; min and max are in --json and --csv): {}",
+            named.join("; ")
         )
     })
 }
@@ -553,7 +559,7 @@ mod tests {
             ],
         };
         let note = noise_note(std::slice::from_ref(&table)).unwrap();
-        assert!(note.contains("nt (4K pages: 1 of 2 rows)"), "{note}");
+        assert!(note.contains("nt (4K 1/2)"), "{note}");
         assert!(!note.contains("vanilla ("), "{note}");
         assert!(
             noise_note(&[PageTable {

@@ -319,7 +319,8 @@ impl<'a> Planner<'a> {
                 .into_iter()
                 .filter(|c| c.threads() <= cap)
                 .filter_map(|c| predict(c).map(|g| (c, g))),
-            |c| c.threads(),
+            // The calling thread before one pool worker: same CPUs, no hand-off.
+            |c| 2 * c.threads() + usize::from(matches!(c, Copier::Pool { .. })),
         );
         let (mut copier, mut gbps) = match (best, baseline) {
             (Some((c, g)), Some(b)) if g >= b => (c, g),
