@@ -164,9 +164,11 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         })
         .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
         bar.finish_and_clear();
+        let mut predicted = None;
         if let Some(why) = explained.into_inner().expect("not poisoned")
             && args.explain
         {
+            predicted = why.predicted_gbps;
             let text = format!(
                 "plan for {process}: {} thread(s) on CPUs {:?}, {} pages per call, charged to the {}; {}\n  why: {}",
                 why.cpus.len(),
@@ -189,6 +191,12 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         }
         if !args.json {
             render(&report, out)?;
+            if args.explain
+                && report.pages_moved > 0
+                && let Some(line) = check_prediction(report.gbps(), predicted, report.calls.threads)
+            {
+                writeln!(out, "{line}")?;
+            }
         }
         reports.push(report);
     }
@@ -201,6 +209,19 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         Outcome::Incomplete
     } else {
         Outcome::Complete
+    })
+}
+
+/// The kernel path's check of its plan: the measured rate against the model's prediction for
+/// `threads` threads, and what to do when it is more than 10% under.
+fn check_prediction(measured: f64, predicted: Option<f64>, threads: usize) -> Option<String> {
+    let predicted = predicted?;
+    Some(if measured < 0.9 * predicted {
+        format!(
+            "  checked: {measured:.2} GB/s, more than 10% under the {predicted:.2} GB/s the cost model predicted for {threads} thread(s); `pagemig calibrate --update` measures move_pages again"
+        )
+    } else {
+        format!("  checked: {measured:.2} GB/s, as predicted ({predicted:.2} GB/s)")
     })
 }
 
@@ -317,6 +338,18 @@ fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernel_path_compares_its_rate_with_the_prediction() {
+        assert_eq!(check_prediction(1.0, None, 2), None);
+        let slow = check_prediction(0.8, Some(1.0), 2).unwrap();
+        assert!(
+            slow.contains("more than 10% under") && slow.contains("2 thread(s)"),
+            "{slow}"
+        );
+        let fine = check_prediction(0.95, Some(1.0), 2).unwrap();
+        assert!(fine.contains("as predicted"), "{fine}");
+    }
 
     #[test]
     fn ranges_and_threads_parse() {
