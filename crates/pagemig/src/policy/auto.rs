@@ -337,13 +337,17 @@ impl AutoEngine {
             .collect()
     }
 
-    /// The measured figures of every batch size where the check changed copier, as points a
+    /// The measured figures of every batch size where the check replaced the plan's copier by
+    /// one it measured faster (a finished comparison, not a trial still running), as points a
     /// [`super::CostModel`] can learn from ([`super::CostModel::learn`]), so that the next plan
     /// starts from what was measured.
     pub fn observed(&self) -> Vec<CopyPoint> {
         self.checks()
             .into_iter()
-            .filter(|c| !c.moves.is_empty())
+            .filter(|c| {
+                let measured = |copier| c.measured.iter().any(|m| m.0 == copier);
+                c.current != c.planned && measured(c.current) && measured(c.planned)
+            })
             .flat_map(|c| {
                 c.measured.into_iter().map(move |(copier, gbps)| CopyPoint {
                     copier,
