@@ -147,7 +147,7 @@ fn bad_input_names_the_problem() {
         ),
         (
             &["bench", "copy", "--engines", "dma"],
-            "unknown engine \"dma\" (expected memcpy, nt, movsb, offload, dsa or cuda)",
+            "unknown engine \"dma\" (expected memcpy, nt, movsb, nt512, offload, dsa or cuda)",
         ),
         (&["bench", "copy", "--threads", "0"], "at least one worker"),
         (
@@ -418,4 +418,21 @@ fn bench_copy_has_offload_and_dma_columns_where_they_can_run() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn nt512_column_runs_only_where_the_cpu_has_avx512() {
+    let o = pagemig(&[TINY, &["--engines", "nt512"]].concat());
+    #[cfg(target_arch = "x86_64")]
+    let has = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = false;
+    if has {
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains("nt512"), "{}", stdout(&o));
+    } else {
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("AVX-512"), "{}", stderr(&o));
+        eprintln!("skipping the nt512 column: {}", stderr(&o).trim());
+    }
 }

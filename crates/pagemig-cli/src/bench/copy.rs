@@ -32,8 +32,8 @@ pub struct CopyArgs {
     /// Worker counts of the mt_N columns [default: 1,2,4… and the number of usable CPUs].
     #[arg(long, value_delimiter = ',')]
     threads: Vec<usize>,
-    /// Engines with a column each, whole batch per call: memcpy, nt, movsb (on the calling
-    /// thread), offload (pinned copy threads fed through the asynchronous queue, as many as the
+    /// Engines with a column each, whole batch per call: memcpy, nt, movsb, nt512 (AVX-512
+    /// CPUs only; on the calling thread), offload (pinned copy threads fed through the asynchronous queue, as many as the
     /// largest mt_N), dsa, cuda (DMA engines, where built in and present).
     #[arg(
         long,
@@ -119,7 +119,7 @@ impl std::str::FromStr for BenchEngine {
             _ => s.parse().map(BenchEngine::Cpu).or_else(|_| {
                 s.parse().map(BenchEngine::Dma).map_err(|_| {
                     format!(
-                        "unknown engine {s:?} (expected memcpy, nt, movsb, offload, dsa or cuda)"
+                        "unknown engine {s:?} (expected memcpy, nt, movsb, nt512, offload, dsa or cuda)"
                     )
                 })
             }),
