@@ -544,3 +544,55 @@ fn a_target_node_that_fills_up_stops_with_every_page_usable() {
         chunk[0] = !chunk[0];
     }
 }
+
+/// The remap path copies with whatever engine it is given: with the auto engine, its batches go
+/// through auto's check of its choices (timed and judged per batch size), at no extra cost.
+#[test]
+fn the_auto_engine_checks_its_choices_on_the_remap_path() {
+    use pagemig::policy::{AutoEngine, CalibrateOptions, Effort, Planner, Resources};
+    let Some((topo, a, b)) = setup("the_auto_engine_checks_its_choices_on_the_remap_path") else {
+        return;
+    };
+    let allowed = sys::allowed_cpus().unwrap();
+    let options = CalibrateOptions {
+        effort: Effort::Builtin,
+        no_kernel_path: true,
+        ..CalibrateOptions::default()
+    };
+    let model = pagemig::policy::calibrate(&topo, &allowed, &options, &|_| {}).unwrap();
+    let planner = Planner::new(&topo, Some(&model), Resources::detect().unwrap());
+    let route = pagemig::copy::Route {
+        from: Some(a),
+        to: Some(b),
+    };
+    let auto = AutoEngine::new(&planner, route).unwrap();
+    let pages = 2048;
+    let batch = 2 << 20;
+    let mut m = Mapping::anonymous(pages * PAGE).unwrap();
+    m.advise_no_huge_pages().unwrap();
+    m.bind(&NodeSet::from_iter([a])).unwrap();
+    for (i, page) in m.as_mut_slice().chunks_mut(PAGE).enumerate() {
+        page.fill(i as u8 ^ 0x5a);
+    }
+    let before = m.as_slice().to_vec();
+    let plan = RemapPlan {
+        engine: &auto,
+        batch_bytes: batch,
+        reservoirs: None,
+    };
+    for to in [b, a] {
+        remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan).unwrap();
+        assert!(
+            m.as_slice() == &before[..],
+            "contents changed moving to node {to}"
+        );
+    }
+    // 64 batches of 256 KiB, every one timed: the check measured that size.
+    let checks = auto.checks();
+    let at = checks
+        .iter()
+        .find(|c| c.bytes == batch as u64)
+        .unwrap_or_else(|| panic!("no check of 256 KiB batches: {checks:?}"));
+    assert!(!at.measured.is_empty(), "{at:?}");
+    assert!(at.measured.iter().all(|(_, g)| *g > 0.0), "{at:?}");
+}
