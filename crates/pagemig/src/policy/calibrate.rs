@@ -23,12 +23,13 @@ const IDLE_POOLS: Duration = Duration::from_micros(300);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Effort {
-    /// Batches up to 1 MiB, 3 samples each: well under a second, for commands that need a model
+    /// Batches up to 1 MiB, 3 samples each (three times as many up to 64 KiB, twice up to
+    /// 1 MiB, as for every effort): well under a second, for commands that need a model
     /// and find none saved (bandwidth is taken as flat beyond 1 MiB).
     Builtin,
-    /// Batches up to 16 MiB, 5 samples: a few seconds.
+    /// Batches up to 16 MiB, 5 samples (more for small batches): a few seconds.
     Quick,
-    /// Batches up to 64 MiB, 7 samples, larger `move_pages` migrations.
+    /// Batches up to 64 MiB, 7 samples (more for small batches), larger `move_pages` migrations.
     #[default]
     Full,
 }
