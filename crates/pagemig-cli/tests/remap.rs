@@ -549,17 +549,31 @@ fn a_target_node_that_fills_up_stops_with_every_page_usable() {
 /// through auto's check of its choices (timed and judged per batch size), at no extra cost.
 #[test]
 fn the_auto_engine_checks_its_choices_on_the_remap_path() {
-    use pagemig::policy::{AutoEngine, CalibrateOptions, Effort, Planner, Resources};
+    use pagemig::policy::{
+        AutoEngine, Copier, CopyPoint, CostModel, Effort, MachineId, Planner, Resources,
+    };
     let Some((topo, a, b)) = setup("the_auto_engine_checks_its_choices_on_the_remap_path") else {
         return;
     };
-    let allowed = sys::allowed_cpus().unwrap();
-    let options = CalibrateOptions {
-        effort: Effort::Builtin,
-        no_kernel_path: true,
-        ..CalibrateOptions::default()
+    // A made-up model (calibrating under emulation takes minutes): non-temporal stores on the
+    // calling thread first, memcpy second, at every size.
+    let point = |engine, gbps| CopyPoint {
+        copier: Copier::Thread { engine },
+        bytes: 4096,
+        gbps,
     };
-    let model = pagemig::policy::calibrate(&topo, &allowed, &options, &|_| {}).unwrap();
+    let model = CostModel {
+        version: CostModel::VERSION,
+        machine: MachineId::of(&topo),
+        kernel: String::new(),
+        created_unix: 0,
+        effort: Effort::Builtin,
+        copy: vec![point(EngineKind::Nt, 9.0), point(EngineKind::Memcpy, 8.0)],
+        kernel_path: Vec::new(),
+        saturation: Vec::new(),
+        observed: Vec::new(),
+        pool_handoff_us: None,
+    };
     let planner = Planner::new(&topo, Some(&model), Resources::detect().unwrap());
     let route = pagemig::copy::Route {
         from: Some(a),
