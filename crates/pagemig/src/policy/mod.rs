@@ -210,6 +210,22 @@ impl<'a> Planner<'a> {
 
     /// The most workers the resources allow, and why.
     pub fn worker_cap(&self) -> (usize, String) {
+        let (mut cap, mut why) = self.hard_cap();
+        let online = self.topology.online_cpus.len() as f64;
+        let idle = ((online - self.resources.busy_cpus).floor() as usize).max(1);
+        if idle < cap {
+            cap = idle;
+            why = format!(
+                "{:.0} other runnable task(s) leave {idle} of {online} CPU(s) idle",
+                self.resources.busy_cpus
+            );
+        }
+        (cap, why)
+    }
+
+    /// The most workers this process may run at all (affinity mask, cgroup `cpu.max`), whatever
+    /// the load, and why.
+    fn hard_cap(&self) -> (usize, String) {
         let usable = self
             .resources
             .allowed
@@ -224,15 +240,6 @@ impl<'a> Planner<'a> {
                 cap = by_quota;
                 why = format!("cgroup cpu.max allows {q:.2} CPU(s)");
             }
-        }
-        let online = self.topology.online_cpus.len() as f64;
-        let idle = ((online - self.resources.busy_cpus).floor() as usize).max(1);
-        if idle < cap {
-            cap = idle;
-            why = format!(
-                "{:.0} other runnable task(s) leave {idle} of {online} CPU(s) idle",
-                self.resources.busy_cpus
-            );
         }
         (cap, why)
     }
@@ -269,14 +276,16 @@ impl<'a> Planner<'a> {
         Ok((cpus, why))
     }
 
-    /// Every CPU copier the model measured that fits under the worker cap, with its predicted
-    /// GB/s for `bytes`, fastest first: the alternatives a running copy may try when its plan
-    /// does not deliver. Empty without a model.
+    /// Every CPU copier the model measured that this process may run (affinity mask, cgroup
+    /// `cpu.max`), with its predicted GB/s for `bytes`, fastest first: the alternatives a running
+    /// copy may try when its plan does not deliver. Unlike the plan, they may use more workers
+    /// than the current load leaves idle CPUs: runnable tasks share CPUs rather than take them,
+    /// and a copier tried is kept only if it measures faster. Empty without a model.
     pub fn ranked_copiers(&self, bytes: u64) -> Vec<(Copier, f64)> {
         let Some(model) = self.model else {
             return Vec::new();
         };
-        let (cap, _) = self.worker_cap();
+        let (cap, _) = self.hard_cap();
         let mut ranked: Vec<(Copier, f64)> = model
             .copiers()
             .into_iter()

@@ -127,6 +127,12 @@ fn load_leaves_fewer_workers() {
     let copy = p.plan_copy(job(1 << 30, 0, 0)).unwrap();
     assert!(copy.copier.threads() <= 3, "{copy:?}");
     assert!(copy.why.iter().any(|w| w.contains("runnable")), "{copy:?}");
+    // The alternatives a running copy may try are not held to the load's cap (a tried one is
+    // kept only if it measures faster), but stay inside the affinity mask.
+    let ranked = p.ranked_copiers(1 << 30);
+    assert!(ranked.iter().any(|(c, _)| c.threads() > 3), "{ranked:?}");
+    assert!(ranked.iter().all(|(c, _)| c.threads() <= 64), "{ranked:?}");
+    assert!(ranked.windows(2).all(|w| w[0].1 >= w[1].1), "{ranked:?}");
 }
 
 #[test]
