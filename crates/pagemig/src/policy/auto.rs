@@ -4,7 +4,8 @@
 //! Every batch size (a power of two of bytes) keeps its plan's copier and a few alternatives:
 //! the next-fastest copiers the model predicts, and plain `memcpy` on the calling thread. Batches
 //! are timed (all large ones, one in [`SAMPLE_EVERY`] small ones, where reading the clock is a
-//! visible share of the copy); after [`WINDOW`] timed batches their median is the copier's
+//! visible share of the copy); after [`WINDOW`] timed batches ([`LARGE_WINDOW`] from 1 MiB, where
+//! one batch takes long enough to time well and few come) their median is the copier's
 //! measured GB/s. When the copier runs more than 10% under what another is predicted or was
 //! measured to do, the other is tried for a window; the faster of the two is kept. At most
 //! [`MAX_MOVES`] changes per size: exploration is bounded, and then the size settles.
@@ -32,6 +33,10 @@ const LARGEST: u32 = 40;
 const SLOWER: f64 = 0.90;
 /// Timed batches per judgement: one slow batch (an interrupt, a neighbour's burst) is not enough.
 pub const WINDOW: usize = 8;
+/// Timed batches per judgement from [`LARGE_FROM`] bytes.
+pub const LARGE_WINDOW: usize = 3;
+/// Batches of at least this many bytes are judged after [`LARGE_WINDOW`] timed batches.
+const LARGE_FROM: u64 = 1 << 20;
 /// Changes of copier per batch size, trials and returns together.
 pub const MAX_MOVES: usize = 4;
 /// Alternatives per batch size besides the plan's copier and `memcpy` on the calling thread.
@@ -100,6 +105,8 @@ struct Judge {
 /// The copiers of one batch size and the check of the one in use.
 struct Bucket {
     candidates: Vec<Candidate>,
+    /// Timed batches per judgement.
+    window: usize,
     current: AtomicUsize,
     seen: AtomicUsize,
     settled: AtomicBool,
@@ -107,10 +114,15 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(candidates: Vec<Candidate>) -> Self {
+    fn new(candidates: Vec<Candidate>, bytes: u64) -> Self {
         let n = candidates.len();
         Bucket {
             candidates,
+            window: if bytes >= LARGE_FROM {
+                LARGE_WINDOW
+            } else {
+                WINDOW
+            },
             current: AtomicUsize::new(0),
             seen: AtomicUsize::new(0),
             settled: AtomicBool::new(n < 2),
@@ -140,7 +152,7 @@ impl Bucket {
             return; // timed while another thread changed copier: it belongs to neither window
         }
         j.window.push(gbps);
-        if j.window.len() < WINDOW {
+        if j.window.len() < self.window {
             return;
         }
         let m = median(std::mem::take(&mut j.window)).unwrap_or(0.0);
@@ -281,7 +293,7 @@ impl AutoEngine {
                 }
             }
             plans.push(plan);
-            buckets.push(Bucket::new(candidates));
+            buckets.push(Bucket::new(candidates, bytes));
         }
         let mut pools = BTreeMap::new();
         for (kind, workers) in widest {
@@ -403,6 +415,10 @@ mod tests {
     use super::*;
 
     fn bucket(predicted: &[f64]) -> Bucket {
+        bucket_of(predicted, 4096)
+    }
+
+    fn bucket_of(predicted: &[f64], bytes: u64) -> Bucket {
         let kinds = [EngineKind::Nt, EngineKind::Movsb, EngineKind::Memcpy];
         Bucket::new(
             predicted
@@ -413,12 +429,13 @@ mod tests {
                     predicted: p,
                 })
                 .collect(),
+            bytes,
         )
     }
 
     fn window(b: &Bucket, gbps: f64) {
         let at = b.current.load(Ordering::Relaxed);
-        for _ in 0..WINDOW {
+        for _ in 0..b.window {
             b.record(at, gbps);
         }
     }
@@ -463,6 +480,17 @@ mod tests {
             "no more moves once settled"
         );
         assert!(!b.times(1 << 30), "a settled size is not timed");
+    }
+
+    #[test]
+    fn large_batches_are_judged_after_fewer() {
+        let b = bucket_of(&[10.0, 9.5], 64 << 20);
+        assert_eq!(b.window, LARGE_WINDOW);
+        for _ in 0..LARGE_WINDOW {
+            b.record(0, 5.0);
+        }
+        assert_eq!(b.current.load(Ordering::Relaxed), 1);
+        assert_eq!(bucket(&[10.0, 9.5]).window, WINDOW);
     }
 
     #[test]
