@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use pagemig::policy::{self, CalibrateOptions, Copier, CostModel, Effort, MachineId, Step};
+use pagemig::policy::{
+    self, CalibrateOptions, Copier, CostModel, Effort, MachineId, Resources, SizeCheck, Step,
+};
 use pagemig::sys;
 use pagemig::topology::{NodeId, Topology};
 
@@ -26,6 +28,12 @@ pub struct CalibrateArgs {
     /// Save the model here [default: ~/.cache/pagemig/model.json].
     #[arg(long, value_name = "FILE")]
     model: Option<PathBuf>,
+    /// Keep the figures the saved model learned while copying, and check the new model's
+    /// choices before saving: batches of every size are copied with the planner's copier, and
+    /// where one runs more than 10% under an alternative, the alternatives are tried and the
+    /// faster one's figures learned.
+    #[arg(long)]
+    update: bool,
     /// Print the model as JSON.
     #[arg(long)]
     json: bool,
@@ -43,6 +51,8 @@ pub struct ModelArgs {
 pub struct LoadedModel {
     pub model: Option<CostModel>,
     pub source: String,
+    /// The file it was read from (none when it was measured now).
+    pub path: Option<PathBuf>,
 }
 
 fn model_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -62,6 +72,7 @@ impl ModelArgs {
             return Ok(LoadedModel {
                 model: Some(CostModel::load(path)?),
                 source: format!("cost model {}", path.display()),
+                path: Some(path.clone()),
             });
         }
         Ok(match CostModel::default_path().filter(|p| p.exists()) {
@@ -69,6 +80,7 @@ impl ModelArgs {
                 Ok(model) => LoadedModel {
                     model: Some(model),
                     source: format!("cost model {}", path.display()),
+                    path: Some(path),
                 },
                 Err(e) => {
                     let why = anyhow::Error::from(e);
@@ -78,12 +90,14 @@ impl ModelArgs {
                     LoadedModel {
                         model: None,
                         source: format!("cost model {} unusable", path.display()),
+                        path: None,
                     }
                 }
             },
             None => LoadedModel {
                 model: None,
                 source: "no saved cost model".into(),
+                path: None,
             },
         })
     }
@@ -109,6 +123,7 @@ impl ModelArgs {
             .context("calibrating copy engines (no saved cost model)")?;
         Ok(LoadedModel {
             model: Some(model),
+            path: None,
             source: format!(
                 "{}; {effort:?} calibration of copy engines made now (save one with `pagemig calibrate`)",
                 loaded.source
@@ -159,11 +174,24 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     let bar = progress_bar(0);
     bar.set_message("calibrating");
-    let model = policy::calibrate(&topo, &allowed, &options, &|s| match s {
+    let mut model = policy::calibrate(&topo, &allowed, &options, &|s| match s {
         Step::Planned(n) => bar.set_length(n),
         Step::Done => bar.inc(1),
     })
     .context("calibrating")?;
+    let mut checked = Vec::new();
+    if args.update {
+        // Figures learned on this machine survive a new calibration; a file that is missing,
+        // unreadable or from another machine has nothing to give.
+        if let Ok(old) = CostModel::load(&path)
+            && old.mismatch(&MachineId::of(&topo)).is_none()
+        {
+            model.learn(&old.observed);
+        }
+        bar.set_message("checking the model's choices");
+        checked = policy::check_choices(&topo, &mut model, Resources::detect()?, &options)
+            .context("checking the model's choices")?;
+    }
     bar.finish_and_clear();
     model
         .save(&path)
@@ -173,9 +201,46 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(out)?;
     } else {
         writeln!(out, "saved {}", path.display())?;
+        if args.update {
+            let lines = describe_checks(&checked);
+            if lines.is_empty() {
+                writeln!(
+                    out,
+                    "checked every batch size: each plan delivered what it predicted"
+                )?;
+            }
+            for line in lines {
+                writeln!(out, "checked: {line}")?;
+            }
+        }
         write!(out, "{}", summary(&model))?;
     }
     Ok(())
+}
+
+/// One line per batch size where the auto engine's check changed copier: what it measured and
+/// what it uses now.
+pub fn describe_checks(checks: &[SizeCheck]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| !c.moves.is_empty())
+        .map(|c| {
+            let measured: Vec<String> = c
+                .measured
+                .iter()
+                .map(|(copier, g)| format!("{copier} {g:.2}"))
+                .collect();
+            format!(
+                "{} batches: planned {} (predicted {:.2} GB/s), measured GB/s: {}; {} change(s), now {}",
+                crate::bench::page_size_label(c.bytes as usize),
+                c.planned,
+                c.predicted_gbps,
+                measured.join(", "),
+                c.moves.len(),
+                c.current
+            )
+        })
+        .collect()
 }
 
 /// The fastest copier per batch size, where bandwidth stops growing, and the kernel path.
@@ -224,6 +289,36 @@ pub fn summary(model: &CostModel) -> String {
         s += &format!(
             "{}: bandwidth stops growing at {} worker(s): {:.2} GB/s (best {:.2})\n",
             sat.engine, sat.workers, sat.gbps, sat.best_gbps
+        );
+    }
+    if let Some(us) = model.pool_handoff_us {
+        let memcpy_4k = model
+            .predict_copy(
+                Copier::Thread {
+                    engine: pagemig::copy::EngineKind::Memcpy,
+                },
+                4096,
+            )
+            .unwrap_or(0.0);
+        s += &format!(
+            "pool hand-off: {us:.2} us per batch to one worker and back, so one 4 KB page on a worker runs at most {:.2} GB/s (one-thread memcpy: {memcpy_4k:.2}): small batches stay on the calling thread\n",
+            4096.0 / (us * 1e3)
+        );
+    }
+    if !model.observed.is_empty() {
+        s += &format!(
+            "observed while copying (replacing calibrated figures): {}\n",
+            model
+                .observed
+                .iter()
+                .map(|p| format!(
+                    "{} {} {:.2} GB/s",
+                    crate::bench::page_size_label(p.bytes as usize),
+                    p.copier,
+                    p.gbps
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
         );
     }
     if model.kernel_path.is_empty() {

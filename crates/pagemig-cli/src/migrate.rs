@@ -204,9 +204,11 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         })
         .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
         bar.finish_and_clear();
+        let mut predicted = None;
         if let Some(why) = explained.into_inner().expect("not poisoned")
             && args.explain
         {
+            predicted = why.predicted_gbps;
             let text = format!(
                 "plan for {process}: {} thread(s) on CPUs {}, {} pages per call, charged to the {}; {}\n  why: {}",
                 why.cpus.len(),
@@ -233,6 +235,12 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             serde_json::to_writer_pretty(&mut *out, &report)?;
         } else {
             render(&report, out)?;
+            if args.explain
+                && report.pages_moved > 0
+                && let Some(line) = check_prediction(report.gbps(), predicted, report.calls.threads)
+            {
+                writeln!(out, "{line}")?;
+            }
         }
         out.flush()?;
         incomplete |= report.pages_not_moved() > 0;
@@ -244,6 +252,19 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         Outcome::Incomplete
     } else {
         Outcome::Complete
+    })
+}
+
+/// The kernel path's check of its plan: the measured rate against the model's prediction for
+/// `threads` threads, and what to do when it is more than 10% under.
+fn check_prediction(measured: f64, predicted: Option<f64>, threads: usize) -> Option<String> {
+    let predicted = predicted?;
+    Some(if measured < 0.9 * predicted {
+        format!(
+            "  checked: {measured:.2} GB/s, more than 10% under the {predicted:.2} GB/s the cost model predicted for {threads} thread(s); `pagemig calibrate --update` measures move_pages again"
+        )
+    } else {
+        format!("  checked: {measured:.2} GB/s, as predicted ({predicted:.2} GB/s)")
     })
 }
 
@@ -399,6 +420,18 @@ mod tests {
                 prop_assert!(size.is_power_of_two() && size >= 4096);
             }
         }
+    }
+
+    #[test]
+    fn the_kernel_path_compares_its_rate_with_the_prediction() {
+        assert_eq!(check_prediction(1.0, None, 2), None);
+        let slow = check_prediction(0.8, Some(1.0), 2).unwrap();
+        assert!(
+            slow.contains("more than 10% under") && slow.contains("2 thread(s)"),
+            "{slow}"
+        );
+        let fine = check_prediction(0.95, Some(1.0), 2).unwrap();
+        assert!(fine.contains("as predicted"), "{fine}");
     }
 
     #[test]

@@ -147,7 +147,7 @@ fn bad_input_names_the_problem() {
         ),
         (
             &["bench", "copy", "--engines", "dma"],
-            "unknown engine \"dma\" (expected memcpy, nt, movsb, offload, dsa or cuda)",
+            "unknown engine \"dma\" (expected memcpy, nt, movsb, nt512, offload, dsa or cuda)",
         ),
         (&["bench", "copy", "--threads", "0"], "at least one worker"),
         (
@@ -205,8 +205,8 @@ fn bench_migrate_remap_same_node_has_phases() {
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         json["tables"][0]["columns"],
-        serde_json::json!(["mt_1", "auto"]),
-        "no vanilla on one node"
+        serde_json::json!(["mt_1", "auto", "copy"]),
+        "no vanilla on one node; the copy engine alone last"
     );
     let phases = json["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 4, "2 rows x (mt_1, auto)");
@@ -214,6 +214,10 @@ fn bench_migrate_remap_same_node_has_phases() {
         assert!(p["copy_ms"].as_f64().unwrap() > 0.0, "{p}");
         let share = p["copy_share"].as_f64().unwrap();
         assert!(share > 0.0 && share <= 1.0, "{p}");
+        // The phases cover the bench's own clock around each migration; only the bench's few
+        // instructions around the call are outside them.
+        let accounted = p["accounted"].as_f64().unwrap();
+        assert!(accounted > 0.8 && accounted <= 1.0, "{p}");
     }
 }
 
@@ -241,9 +245,16 @@ fn calibrate_saves_a_model_that_topo_and_bench_use() {
         "{}",
         stdout(&o)
     );
+    assert!(stdout(&o).contains("pool hand-off:"), "{}", stdout(&o));
     let model: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     assert!(model["copy"].as_array().unwrap().len() >= 8);
+    assert!(model["pool_handoff_us"].as_f64().unwrap() > 0.0, "{model}");
+
+    // --update checks the model's choices and says what it found.
+    let o = pagemig_with_cache(cache.path(), &["calibrate", "--quick", "--update"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("checked"), "{}", stdout(&o));
 
     let o = pagemig_with_cache(cache.path(), &["topo"]);
     assert!(
@@ -796,4 +807,114 @@ fn charge_target_in_the_callers_own_cgroup_needs_no_helper() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r[0]["charged_to"]["to"], "target", "{r}");
+}
+
+#[test]
+fn nt512_column_runs_only_where_the_cpu_has_avx512() {
+    let o = pagemig(&[TINY, &["--engines", "nt512"]].concat());
+    #[cfg(target_arch = "x86_64")]
+    let has = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = false;
+    if has {
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains("nt512"), "{}", stdout(&o));
+    } else {
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("AVX-512"), "{}", stderr(&o));
+        eprintln!("skipping the nt512 column: {}", stderr(&o).trim());
+    }
+}
+
+#[test]
+fn tier_refuses_bad_input_before_anything_starts() {
+    let me = std::process::id().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["tier", "--pid", &me, "--fast", "0", "--slow", "0"],
+            "nodes 0 are in both --fast (0) and --slow (0)",
+        ),
+        (
+            &["tier", "--pid", &me, "--fast", "0", "--slow", "63"],
+            "slow tier: node 63 does not exist or is offline",
+        ),
+        (
+            &["tier", "--pid", &me, "--slow", "1"],
+            "--fast NODES is required",
+        ),
+        (
+            &["tier", "--fast", "0", "--slow", "1"],
+            "no process to tier",
+        ),
+        (
+            &[
+                "tier",
+                "--pid",
+                &me,
+                "--fast",
+                "0",
+                "--slow",
+                "1",
+                "--fast-budget",
+                "12Q",
+            ],
+            "bad size \"12Q\"",
+        ),
+        (
+            &[
+                "tier",
+                "--pid",
+                &me,
+                "--fast",
+                "0",
+                "--slow",
+                "1",
+                "--interval",
+                "0",
+            ],
+            "--interval 0: must be a positive number",
+        ),
+        (
+            &[
+                "tier",
+                "--pid",
+                &me,
+                "--fast",
+                "0",
+                "--slow",
+                "1",
+                "--once",
+                "--duration",
+                "3",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &[
+                "tier",
+                "--comm",
+                "no-such-command-here",
+                "--fast",
+                "0",
+                "--slow",
+                "1",
+            ],
+            "no process has this command name",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = pagemig(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("tier.toml");
+    fs::write(&config, "fast = \"0\"\nslow = \"1\"\nfast-budgt = \"1G\"\n").unwrap();
+    let o = pagemig(&["tier", "--pid", &me, "--config", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown field `fast-budgt`"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -544,3 +544,69 @@ fn a_target_node_that_fills_up_stops_with_every_page_usable() {
         chunk[0] = !chunk[0];
     }
 }
+
+/// The remap path copies with whatever engine it is given: with the auto engine, its batches go
+/// through auto's check of its choices (timed and judged per batch size), at no extra cost.
+#[test]
+fn the_auto_engine_checks_its_choices_on_the_remap_path() {
+    use pagemig::policy::{
+        AutoEngine, Copier, CopyPoint, CostModel, Effort, MachineId, Planner, Resources,
+    };
+    let Some((topo, a, b)) = setup("the_auto_engine_checks_its_choices_on_the_remap_path") else {
+        return;
+    };
+    // A made-up model (calibrating under emulation takes minutes): non-temporal stores on the
+    // calling thread first, memcpy second, at every size.
+    let point = |engine, gbps| CopyPoint {
+        copier: Copier::Thread { engine },
+        bytes: 4096,
+        gbps,
+    };
+    let model = CostModel {
+        version: CostModel::VERSION,
+        machine: MachineId::of(&topo),
+        kernel: String::new(),
+        created_unix: 0,
+        effort: Effort::Builtin,
+        copy: vec![point(EngineKind::Nt, 9.0), point(EngineKind::Memcpy, 8.0)],
+        kernel_path: Vec::new(),
+        saturation: Vec::new(),
+        observed: Vec::new(),
+        pool_handoff_us: None,
+    };
+    let planner = Planner::new(&topo, Some(&model), Resources::detect().unwrap());
+    let route = pagemig::copy::Route {
+        from: Some(a),
+        to: Some(b),
+    };
+    let auto = AutoEngine::new(&planner, route).unwrap();
+    let pages = 2048;
+    let batch = 2 << 20;
+    let mut m = Mapping::anonymous(pages * PAGE).unwrap();
+    m.advise_no_huge_pages().unwrap();
+    m.bind(&NodeSet::from_iter([a])).unwrap();
+    for (i, page) in m.as_mut_slice().chunks_mut(PAGE).enumerate() {
+        page.fill(i as u8 ^ 0x5a);
+    }
+    let before = m.as_slice().to_vec();
+    let plan = RemapPlan {
+        engine: &auto,
+        batch_bytes: batch,
+        reservoirs: None,
+    };
+    for to in [b, a] {
+        remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan).unwrap();
+        assert!(
+            m.as_slice() == &before[..],
+            "contents changed moving to node {to}"
+        );
+    }
+    // 64 batches of 256 KiB, every one timed: the check measured that size.
+    let checks = auto.checks();
+    let at = checks
+        .iter()
+        .find(|c| c.bytes == batch as u64)
+        .unwrap_or_else(|| panic!("no check of 256 KiB batches: {checks:?}"));
+    assert!(!at.measured.is_empty(), "{at:?}");
+    assert!(at.measured.iter().all(|(_, g)| *g > 0.0), "{at:?}");
+}

@@ -5,16 +5,18 @@ use std::io::Write;
 use anyhow::{Context, bail};
 use indicatif::ProgressBar;
 use pagemig::copy::dma::{self, DmaKind};
-use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Offload, Placement, Pool, Route};
+use pagemig::copy::{
+    CopyEngine, CopyOp, CpuEngine, EngineKind, Offload, PageCopy, Placement, Pool, Route,
+};
 use pagemig::policy::{AutoEngine, Copier, Effort, Planner, Resources, worker_counts};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{NodeId, NodeSet, Topology};
 
 use super::{
-    Cell, OutputArgs, PageTable, Report, Row, check_node, default_rows, measure, measure_row,
-    page_size_label, parse_page_size, parse_placement, progress_bar, usable_free,
+    Cell, OutputArgs, PageTable, Report, Row, SPREAD_TOLERATED, check_node, default_rows, measure,
+    measure_row, page_size_label, parse_page_size, parse_placement, progress_bar, usable_free,
 };
-use crate::calibrate::ModelArgs;
+use crate::calibrate::{ModelArgs, describe_checks};
 use crate::machine::Machine;
 
 /// Arguments of `pagemig bench copy`.
@@ -30,8 +32,8 @@ pub struct CopyArgs {
     /// Worker counts of the mt_N columns [default: 1,2,4… and the number of usable CPUs].
     #[arg(long, value_delimiter = ',')]
     threads: Vec<usize>,
-    /// Engines with a column each, whole batch per call: memcpy, nt, movsb (on the calling
-    /// thread), offload (pinned copy threads fed through the asynchronous queue, as many as the
+    /// Engines with a column each, whole batch per call: memcpy, nt, movsb, nt512 (AVX-512
+    /// CPUs only; on the calling thread), offload (pinned copy threads fed through the asynchronous queue, as many as the
     /// largest mt_N), dsa, cuda (DMA engines, where built in and present).
     #[arg(
         long,
@@ -117,7 +119,7 @@ impl std::str::FromStr for BenchEngine {
             _ => s.parse().map(BenchEngine::Cpu).or_else(|_| {
                 s.parse().map(BenchEngine::Dma).map_err(|_| {
                     format!(
-                        "unknown engine {s:?} (expected memcpy, nt, movsb, offload, dsa or cuda)"
+                        "unknown engine {s:?} (expected memcpy, nt, movsb, nt512, offload, dsa or cuda)"
                     )
                 })
             }),
@@ -146,8 +148,8 @@ impl BenchEngine {
 
 /// A column of the table and how it copies one migration.
 enum Column {
-    /// One memcpy call per page, on the calling thread, as the kernel's folio copy.
-    Vanilla,
+    /// The kernel's folio copy: one `copy_page` per base page, on the calling thread.
+    Vanilla(PageCopy),
     /// The whole batch in one call of an engine.
     Engine(String, Box<dyn CopyEngine>),
     /// The batch split over this many pool workers.
@@ -159,7 +161,7 @@ enum Column {
 impl Column {
     fn name(&self) -> String {
         match self {
-            Column::Vanilla => "vanilla".into(),
+            Column::Vanilla(_) => "vanilla".into(),
             Column::Engine(name, _) => name.clone(),
             Column::Mt(n) => format!("mt_{n}"),
             Column::Auto(_) => "auto".into(),
@@ -199,7 +201,6 @@ impl Buffers {
         &mut self,
         column: &Column,
         pool: &Pool<CpuEngine>,
-        memcpy: &CpuEngine,
         page_size: usize,
         pages: usize,
         i: usize,
@@ -213,9 +214,10 @@ impl Buffers {
             .chunks_exact(page_size)
             .zip(dst.chunks_exact_mut(page_size));
         match column {
-            Column::Vanilla => {
+            Column::Vanilla(page_copy) => {
+                // One folio per call, copied base page by base page inside, as folio_copy().
                 for (s, d) in pairs {
-                    memcpy.copy(&[CopyOp::new(s, d)])?;
+                    page_copy.copy(&[CopyOp::new(s, d)])?;
                 }
             }
             Column::Engine(_, e) => {
@@ -307,11 +309,12 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             free(from).min(free(to)) >> 20
         );
     }
-    let memcpy = CpuEngine::new(EngineKind::Memcpy)?;
     let pool =
         Pool::new(CpuEngine::new(args.pool_engine)?, &cpus).context("starting copy workers")?;
 
-    let mut columns = vec![Column::Vanilla];
+    let vanilla = PageCopy::new();
+    let vanilla_name = vanilla.name();
+    let mut columns = vec![Column::Vanilla(vanilla)];
     for &e in &args.engines {
         let engine = e
             .open(&cpus)
@@ -386,7 +389,7 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let per_sample = budget.sample_bytes.div_ceil(bytes);
             progress.set_message(format!("{} x {pages}", page_size_label(page_size)));
             let mut cells = measure_row(budget.reps, per_sample, bytes, columns.len(), |c, i| {
-                bufs.migrate(&columns[c], &pool, &memcpy, page_size, pages, i)
+                bufs.migrate(&columns[c], &pool, page_size, pages, i)
             })?;
             progress.inc(columns.len() as u64);
             cells.push(limit);
@@ -397,10 +400,34 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     progress.finish_and_clear();
 
     notes.extend(auto_verdict(&tables));
+    if let Some(auto) = columns.iter().find_map(|c| match c {
+        Column::Auto(a) => Some(a),
+        _ => None,
+    }) {
+        notes.extend(
+            describe_checks(&auto.checks())
+                .into_iter()
+                .map(|line| format!("auto checked itself: {line}")),
+        );
+        let observed = auto.observed();
+        if let (Some(path), Some(mut model)) = (&loaded.path, loaded.model.clone())
+            && model.learn(&observed) > 0
+        {
+            model
+                .save(path)
+                .with_context(|| format!("saving what auto learned to {}", path.display()))?;
+            notes.push(format!(
+                "the saved model {} learned {} figure(s) from these checks",
+                path.display(),
+                observed.len()
+            ));
+        }
+    }
     notes.extend([
         format!("copies from node {from} to node {to}; mt_N workers run {} on CPUs {:?} ({:?})", pool.engine().name(), cpus, args.placement),
         format!(
-            "vanilla copies one page per call on one thread; {} copy the whole batch per call{}",
+            "vanilla copies each page as the kernel's folio copy does: {vanilla_name} per {} KiB base page, on one thread; {} copy the whole batch per call{}",
+            sys::base_page_size() >> 10,
             args.engines.iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
             if args.engines.contains(&BenchEngine::Offload) {
                 format!(
@@ -469,11 +496,12 @@ fn auto_choices(auto: &AutoEngine, page_size: usize, rows: &[usize]) -> String {
 }
 
 /// How `auto` did against the other columns on every row: the bar is at least 0.95 of the best
-/// fixed column and never below vanilla.
+/// fixed column and never below vanilla, each column taken at its median, or at its minimum where
+/// its own samples spread by more than [`SPREAD_TOLERATED`].
 fn auto_verdict(tables: &[PageTable]) -> Option<String> {
     let mut rows = 0;
     let mut met = 0;
-    let mut below_vanilla = 0;
+    let mut below_vanilla = Vec::new();
     let mut worst: Option<(f64, String)> = None;
     for t in tables {
         let auto = t.columns.iter().position(|c| c == "auto")?;
@@ -484,26 +512,32 @@ fn auto_verdict(tables: &[PageTable]) -> Option<String> {
                 .iter()
                 .zip(&t.columns)
                 .filter(|(_, name)| *name != "auto" && *name != "limit")
-                .filter_map(|(c, _)| c.map(|c| c.median))
-                .fold(0.0, f64::max);
-            if best <= 0.0 {
+                .filter_map(|(c, _)| *c)
+                .max_by(|x, y| x.median.total_cmp(&y.median));
+            let Some(best) = best.filter(|b| b.median > 0.0) else {
                 continue;
-            }
+            };
             rows += 1;
-            let ratio = a.median / best;
+            let at = format!("{} x {}", page_size_label(t.page_size), r.pages);
+            let ratio = a.median / best.reference();
             met += usize::from(ratio >= 0.95);
-            below_vanilla += usize::from(r.cells[0].is_some_and(|v| a.median < v.median));
+            if r.cells[0].is_some_and(|v| a.median < v.reference()) {
+                below_vanilla.push(at.clone());
+            }
             if worst.as_ref().is_none_or(|w| ratio < w.0) {
-                worst = Some((
-                    ratio,
-                    format!("{} x {}", page_size_label(t.page_size), r.pages),
-                ));
+                worst = Some((ratio, at));
             }
         }
     }
     let (ratio, at) = worst?;
     Some(format!(
-        "auto reached 0.95 of the best fixed column on {met} of {rows} rows (lowest {ratio:.2}, at {at}); below vanilla on {below_vanilla} rows"
+        "auto reached 0.95 of the best fixed column on {met} of {rows} rows (lowest {ratio:.2}, at {at}); below vanilla on {} rows{} (a column whose max/min exceeds {SPREAD_TOLERATED} is taken at its minimum)",
+        below_vanilla.len(),
+        if below_vanilla.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", below_vanilla.join(", "))
+        }
     ))
 }
 
@@ -528,7 +562,7 @@ fn measure_limit(
         ] {
             progress.set_message(format!("limit: {} {}", engine.name(), column.name()));
             let cell = measure(budget.reps, 1, budget.limit_bytes, |i| {
-                bufs.migrate(&column, &pool, engine, chunk, pages, i)
+                bufs.migrate(&column, &pool, chunk, pages, i)
             })?;
             progress.inc(1);
             let what = match column {

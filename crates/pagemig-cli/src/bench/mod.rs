@@ -207,6 +207,15 @@ pub fn check_node(topo: &Topology, node: NodeId, role: &str) -> anyhow::Result<(
     }
 }
 
+/// A cell whose fastest sample is more than this many times its slowest is marked as noisy.
+pub const NOISY: f64 = 1.25;
+
+/// Where a cell's spread (max/min) is above this, comparisons use its minimum, not its median.
+pub const SPREAD_TOLERATED: f64 = 1.10;
+
+/// The mark after a noisy cell's median in tables.
+pub const NOISY_MARK: char = '~';
+
 /// One measured cell: GB/s over several repetitions.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Cell {
@@ -214,6 +223,71 @@ pub struct Cell {
     pub median: f64,
     pub max: f64,
     pub samples: usize,
+}
+
+impl Cell {
+    /// max / min: 1.0 for a steady cell (infinite when a sample measured nothing).
+    pub fn spread(&self) -> f64 {
+        if self.min > 0.0 {
+            self.max / self.min
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// Whether the samples disagree by more than [`NOISY`].
+    pub fn is_noisy(&self) -> bool {
+        self.spread() > NOISY
+    }
+
+    /// The figure to compare against: the median, or the minimum where the spread is above
+    /// [`SPREAD_TOLERATED`] (a noisy cell is held to what it surely reached).
+    pub fn reference(&self) -> f64 {
+        if self.spread() > SPREAD_TOLERATED {
+            self.min
+        } else {
+            self.median
+        }
+    }
+}
+
+/// Which columns had noisy cells, per page size, for a note under the tables.
+pub fn noise_note(tables: &[PageTable]) -> Option<String> {
+    // Column name → "4K 3/13" per table where it had noisy cells, in first-seen order.
+    let mut columns: Vec<(String, Vec<String>)> = Vec::new();
+    for t in tables {
+        for (c, name) in t.columns.iter().enumerate() {
+            let noisy = t
+                .rows
+                .iter()
+                .filter(|r| {
+                    r.cells
+                        .get(c)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|x| x.is_noisy())
+                })
+                .count();
+            if noisy == 0 {
+                continue;
+            }
+            let part = format!("{} {noisy}/{}", page_size_label(t.page_size), t.rows.len());
+            match columns.iter_mut().find(|(n, _)| n == name) {
+                Some((_, parts)) => parts.push(part),
+                None => columns.push((name.clone(), vec![part])),
+            }
+        }
+    }
+    (!columns.is_empty()).then(|| {
+        let named: Vec<String> = columns
+            .iter()
+            .map(|(name, parts)| format!("{name} ({})", parts.join(", ")))
+            .collect();
+        format!(
+            "unstable columns, noisy rows of each table ({NOISY_MARK} marks cells whose max/min exceeds {NOISY}; min and max are in --json and --csv): {}",
+            named.join("; ")
+        )
+    })
 }
 
 impl Cell {
@@ -327,6 +401,12 @@ struct CsvLine<'a> {
 impl Report {
     /// Writes the report as tables, JSON or CSV, and draws the plot if asked.
     pub fn emit(&self, args: &OutputArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+        let mut report = self.clone();
+        report.notes.extend(noise_note(&report.tables));
+        report.write(args, out)
+    }
+
+    fn write(&self, args: &OutputArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         if args.json {
             serde_json::to_writer_pretty(&mut *out, self)?;
             writeln!(out)?;
@@ -382,11 +462,15 @@ impl Report {
             table.set_header(header);
             for r in &t.rows {
                 let mut row = vec![r.pages.to_string()];
-                row.extend(
-                    r.cells
-                        .iter()
-                        .map(|c| c.map_or("-".into(), |c| format!("{:.2}", c.median))),
-                );
+                row.extend(r.cells.iter().map(|c| {
+                    c.map_or("-".into(), |c| {
+                        if c.is_noisy() {
+                            format!("{:.2}{NOISY_MARK}", c.median)
+                        } else {
+                            format!("{:.2} ", c.median)
+                        }
+                    })
+                }));
                 table.add_row(row);
             }
             for col in 0..=t.columns.len() {
@@ -468,6 +552,40 @@ mod tests {
         assert_eq!(default_rows(2 << 20, true).last(), Some(&256));
         assert_eq!(default_rows(2 << 20, false).last(), Some(&1024));
         assert_eq!(default_rows(65536, false).len(), 11);
+    }
+
+    #[test]
+    fn noisy_cells_are_marked_and_named() {
+        let steady = Cell::from_samples(vec![10.0, 10.5, 11.0]);
+        let noisy = Cell::from_samples(vec![4.0, 10.0, 12.0]);
+        assert!(!steady.unwrap().is_noisy());
+        assert!(noisy.unwrap().is_noisy());
+        assert_eq!(noisy.unwrap().reference(), 4.0);
+        assert_eq!(steady.unwrap().reference(), 10.5);
+        let table = PageTable {
+            page_size: 4096,
+            columns: vec!["vanilla".into(), "nt".into()],
+            rows: vec![
+                Row {
+                    pages: 1,
+                    cells: vec![steady, noisy],
+                },
+                Row {
+                    pages: 2,
+                    cells: vec![steady, steady],
+                },
+            ],
+        };
+        let note = noise_note(std::slice::from_ref(&table)).unwrap();
+        assert!(note.contains("nt (4K 1/2)"), "{note}");
+        assert!(!note.contains("vanilla ("), "{note}");
+        assert!(
+            noise_note(&[PageTable {
+                rows: vec![table.rows[1].clone()],
+                ..table
+            }])
+            .is_none()
+        );
     }
 
     #[test]

@@ -108,11 +108,19 @@ pub enum EngineKind {
     Nt,
     /// The x86 `rep movsb` string instruction.
     Movsb,
+    /// Non-temporal stores 64 bytes at a time with AVX-512 (x86_64 CPUs with AVX-512F only): a
+    /// separate kind, so that calibration decides whether it beats `nt` on this CPU.
+    Nt512,
 }
 
 impl EngineKind {
     /// Every kind, in table order.
-    pub const ALL: [EngineKind; 3] = [EngineKind::Memcpy, EngineKind::Nt, EngineKind::Movsb];
+    pub const ALL: [EngineKind; 4] = [
+        EngineKind::Memcpy,
+        EngineKind::Nt,
+        EngineKind::Movsb,
+        EngineKind::Nt512,
+    ];
 
     /// The name used on the command line and in tables.
     pub fn as_str(self) -> &'static str {
@@ -120,6 +128,7 @@ impl EngineKind {
             EngineKind::Memcpy => "memcpy",
             EngineKind::Nt => "nt",
             EngineKind::Movsb => "movsb",
+            EngineKind::Nt512 => "nt512",
         }
     }
 }
@@ -136,7 +145,9 @@ impl FromStr for EngineKind {
         EngineKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown copy engine {s:?} (expected memcpy, nt or movsb)"))
+            .ok_or_else(|| {
+                format!("unknown copy engine {s:?} (expected memcpy, nt, movsb or nt512)")
+            })
     }
 }
 
@@ -179,6 +190,23 @@ impl CpuEngine {
                     reason: "rep movsb is an x86_64 instruction".into(),
                 });
             }
+            #[cfg(target_arch = "x86_64")]
+            EngineKind::Nt512 => match kernels::avx512_stream_kernel() {
+                Ok(k) => ("nt-avx512", k),
+                Err(reason) => {
+                    return Err(CopyError::Unavailable {
+                        engine: kind,
+                        reason,
+                    });
+                }
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            EngineKind::Nt512 => {
+                return Err(CopyError::Unavailable {
+                    engine: kind,
+                    reason: "AVX-512 is an x86_64 extension".into(),
+                });
+            }
         };
         Ok(Self {
             kind,
@@ -190,6 +218,74 @@ impl CpuEngine {
     /// The engine's kind.
     pub fn kind(&self) -> EngineKind {
         self.kind
+    }
+}
+
+/// The kernel's folio copy, as `move_pages` runs it: every op is copied one base page at a time
+/// with the architecture's `copy_page` (on x86_64 `rep movsq`, what Linux's
+/// `arch/x86/lib/copy_page_64.S` runs on CPUs with `REP_GOOD`; elsewhere a plain copy per page),
+/// one call per page like `folio_copy()` → `copy_highpage()`. The `vanilla` column of the
+/// benchmarks: the baseline every speed-up is measured against.
+///
+/// ```
+/// use pagemig::copy::{CopyEngine, CopyOp, PageCopy};
+/// let src = vec![3u8; 3 * 4096 + 5];
+/// let mut dst = vec![0u8; 3 * 4096 + 5];
+/// PageCopy::new().copy(&[CopyOp::new(&src, &mut dst)]).unwrap();
+/// assert_eq!(src, dst);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct PageCopy {
+    page: usize,
+    variant: &'static str,
+    kernel: unsafe fn(*mut u8, *const u8, usize),
+}
+
+impl PageCopy {
+    /// The page copy of this machine, in base pages of this kernel's size.
+    pub fn new() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let (variant, kernel): (&'static str, unsafe fn(*mut u8, *const u8, usize)) =
+            ("copy_page (rep movsq)", kernels::rep_movsq);
+        #[cfg(not(target_arch = "x86_64"))]
+        let (variant, kernel): (&'static str, unsafe fn(*mut u8, *const u8, usize)) =
+            ("copy_page (portable)", kernels::memcpy);
+        PageCopy {
+            page: crate::sys::base_page_size(),
+            variant,
+            kernel,
+        }
+    }
+
+    /// Bytes per call: the base page size.
+    pub fn page_size(&self) -> usize {
+        self.page
+    }
+}
+
+impl Default for PageCopy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CopyEngine for PageCopy {
+    fn name(&self) -> String {
+        self.variant.to_owned()
+    }
+
+    fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        let mut bytes = 0;
+        for op in batch {
+            op.run_pieces(self.page, self.kernel);
+            bytes += op.len() as u64;
+        }
+        Ok(CopyStats {
+            bytes,
+            ops: batch.len() as u64,
+            threads: 1,
+            worker_cpu: Duration::ZERO,
+        })
     }
 }
 

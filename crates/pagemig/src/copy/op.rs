@@ -77,4 +77,16 @@ impl<'a> CopyOp<'a> {
             unsafe { kernel(self.dst, self.src, self.len) }
         }
     }
+
+    /// Copies with one call of `kernel` per `piece` bytes (the last call takes what is left).
+    pub(crate) fn run_pieces(&self, piece: usize, kernel: unsafe fn(*mut u8, *const u8, usize)) {
+        let piece = piece.max(1);
+        let mut at = 0;
+        while at < self.len {
+            let n = piece.min(self.len - at);
+            // SAFETY: as in `run`, for the sub-range at..at + n of both ranges.
+            unsafe { kernel(self.dst.add(at), self.src.add(at), n) }
+            at += n;
+        }
+    }
 }

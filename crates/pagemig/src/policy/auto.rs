@@ -1,8 +1,24 @@
-//! A copy engine that copies each batch the way the planner chose for its size.
+//! A copy engine that copies each batch the way the planner chose for its size, and checks those
+//! choices while it runs.
+//!
+//! Every batch size (a power of two of bytes) keeps its plan's copier and a few alternatives:
+//! the next-fastest copiers the model predicts, and plain `memcpy` on the calling thread. Batches
+//! are timed (all large ones, one in [`SAMPLE_EVERY`] small ones, where reading the clock is a
+//! visible share of the copy); after [`WINDOW`] timed batches ([`LARGE_WINDOW`] from 1 MiB, where
+//! one batch takes long enough to time well and few come) their median is the copier's
+//! measured GB/s. When the copier runs more than 10% under what another is predicted or was
+//! measured to do, the other is tried for a window; the faster of the two is kept. At most
+//! [`MAX_MOVES`] changes per size: exploration is bounded, and then the size settles.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
 
-use super::{Copier, CopyPlan, Job, Planner};
+use serde::Serialize;
+
+use super::calibrate::median;
+use super::{Copier, CopyPlan, CopyPoint, Job, Planner};
 use crate::copy::dma::{self, DmaKind};
 use crate::copy::{
     CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, PlacementError, Pool,
@@ -12,6 +28,23 @@ use crate::copy::{
 /// Batch sizes planned for: one plan per power of two from 4 KiB to 1 TiB.
 const SMALLEST: u32 = 12;
 const LARGEST: u32 = 40;
+
+/// A copier measured under this share of another's figure makes the other worth trying.
+const SLOWER: f64 = 0.90;
+/// Timed batches per judgement: one slow batch (an interrupt, a neighbour's burst) is not enough.
+pub const WINDOW: usize = 8;
+/// Timed batches per judgement from [`LARGE_FROM`] bytes.
+pub const LARGE_WINDOW: usize = 3;
+/// Batches of at least this many bytes are judged after [`LARGE_WINDOW`] timed batches.
+const LARGE_FROM: u64 = 1 << 20;
+/// Changes of copier per batch size, trials and returns together.
+pub const MAX_MOVES: usize = 4;
+/// Alternatives per batch size besides the plan's copier and `memcpy` on the calling thread.
+const ALTERNATIVES: usize = 2;
+/// Batches of at least this many bytes are all timed.
+const TIME_ALL_FROM: usize = 256 << 10;
+/// Smaller batches are timed one in this many.
+pub const SAMPLE_EVERY: usize = 8;
 
 /// Why an [`AutoEngine`] could not start.
 #[derive(Debug, thiserror::Error)]
@@ -27,67 +60,322 @@ pub enum AutoError {
     Engine(#[from] CopyError),
 }
 
+/// One change of copier made by the check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Move {
+    /// The copier it left.
+    pub from: Copier,
+    /// The copier it took.
+    pub to: Copier,
+    /// What was measured and expected.
+    pub why: String,
+}
+
+/// What the check found for one batch size.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SizeCheck {
+    /// Batches from this many bytes up to twice as many.
+    pub bytes: u64,
+    /// The planner's copier.
+    pub planned: Copier,
+    /// Its predicted GB/s.
+    pub predicted_gbps: f64,
+    /// The copier batches of this size use now.
+    pub current: Copier,
+    /// Measured GB/s (median of the last window of timed batches) of every copier that ran.
+    pub measured: Vec<(Copier, f64)>,
+    /// Changes of copier, in order.
+    pub moves: Vec<Move>,
+}
+
+struct Candidate {
+    copier: Copier,
+    predicted: f64,
+}
+
+#[derive(Default)]
+struct Judge {
+    window: Vec<f64>,
+    measured: Vec<Option<f64>>,
+    /// While a candidate is tried: the candidate it is measured against.
+    trial_from: Option<usize>,
+    moves: Vec<Move>,
+}
+
+/// The copiers of one batch size and the check of the one in use.
+struct Bucket {
+    candidates: Vec<Candidate>,
+    /// Timed batches per judgement.
+    window: usize,
+    current: AtomicUsize,
+    seen: AtomicUsize,
+    settled: AtomicBool,
+    judge: Mutex<Judge>,
+}
+
+impl Bucket {
+    fn new(candidates: Vec<Candidate>, bytes: u64) -> Self {
+        let n = candidates.len();
+        Bucket {
+            candidates,
+            window: if bytes >= LARGE_FROM {
+                LARGE_WINDOW
+            } else {
+                WINDOW
+            },
+            current: AtomicUsize::new(0),
+            seen: AtomicUsize::new(0),
+            settled: AtomicBool::new(n < 2),
+            judge: Mutex::new(Judge {
+                measured: vec![None; n],
+                ..Judge::default()
+            }),
+        }
+    }
+
+    /// Whether to time this batch.
+    fn times(&self, bytes: usize) -> bool {
+        if self.settled.load(Ordering::Relaxed) {
+            return false;
+        }
+        // A plain load and store, not an atomic add: a lost count under concurrent copies only
+        // shifts which batch is timed, and costs no locked instruction per small batch.
+        let n = self.seen.load(Ordering::Relaxed);
+        self.seen.store(n.wrapping_add(1), Ordering::Relaxed);
+        bytes >= TIME_ALL_FROM || n.is_multiple_of(SAMPLE_EVERY)
+    }
+
+    /// Takes in one timed batch of candidate `at`; judges after a window.
+    fn record(&self, at: usize, gbps: f64) {
+        let mut j = self.judge.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.settled.load(Ordering::Relaxed) || self.current.load(Ordering::Relaxed) != at {
+            return; // timed while another thread changed copier: it belongs to neither window
+        }
+        j.window.push(gbps);
+        if j.window.len() < self.window {
+            return;
+        }
+        let m = median(std::mem::take(&mut j.window)).unwrap_or(0.0);
+        j.measured[at] = Some(m);
+        let name = |i: usize| self.candidates[i].copier;
+        let next = match j.trial_from.take() {
+            Some(from) => {
+                let before = j.measured[from].unwrap_or(0.0);
+                (before > m).then(|| {
+                    (
+                        from,
+                        format!(
+                            "tried {}: {m:.2} GB/s, slower than {} ({before:.2}): back",
+                            name(at),
+                            name(from)
+                        ),
+                    )
+                })
+            }
+            None => {
+                let other = (0..self.candidates.len())
+                    .filter(|&i| i != at)
+                    .map(|i| (i, j.measured[i], self.candidates[i].predicted))
+                    .max_by(|a, b| a.1.unwrap_or(a.2).total_cmp(&b.1.unwrap_or(b.2)));
+                match other {
+                    Some((i, measured, predicted))
+                        if m < SLOWER * measured.unwrap_or(predicted) =>
+                    {
+                        let expected = match measured {
+                            Some(g) => format!("measured {g:.2}"),
+                            None => {
+                                j.trial_from = Some(at);
+                                format!("predicted {predicted:.2}; trying it")
+                            }
+                        };
+                        Some((
+                            i,
+                            format!(
+                                "{} measured {m:.2} GB/s (predicted {:.2}), more than 10% under {} ({expected})",
+                                name(at),
+                                self.candidates[at].predicted,
+                                name(i)
+                            ),
+                        ))
+                    }
+                    _ => None,
+                }
+            }
+        };
+        if let Some((to, why)) = next {
+            j.moves.push(Move {
+                from: name(at),
+                to: name(to),
+                why,
+            });
+            self.current.store(to, Ordering::Relaxed);
+        }
+        if j.moves.len() >= MAX_MOVES && j.trial_from.is_none() {
+            self.settled.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Copies each batch on the calling thread or over pinned pool workers, with the engine and
 /// worker count the planner chose for the batch's size (planned once per power of two of bytes
-/// when the engine is made, so a copy costs one table lookup more than its copier).
+/// when the engine is made), and checks each choice against what it measures (see the module
+/// documentation). [`AutoEngine::checks`] reports what the check found;
+/// [`AutoEngine::observed`] gives the figures a cost model can learn from.
 pub struct AutoEngine {
     /// The plan for batches of `2^(SMALLEST + i)` bytes and up.
     plans: Vec<CopyPlan>,
+    buckets: Vec<Bucket>,
     threads: BTreeMap<EngineKind, CpuEngine>,
     pools: BTreeMap<EngineKind, Pool<CpuEngine>>,
     dmas: BTreeMap<DmaKind, dma::Engine>,
 }
 
 impl AutoEngine {
-    /// Plans every batch size for copies along `route`, and starts the pools those plans use.
+    /// Plans every batch size for copies along `route`, and starts the pools those plans and
+    /// their alternatives use.
     pub fn new(planner: &Planner<'_>, route: Route) -> Result<Self, AutoError> {
-        let plans = (SMALLEST..=LARGEST)
-            .map(|k| {
-                planner.plan_copy(Job {
-                    bytes: 1 << k,
-                    route,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut threads = BTreeMap::new();
+        let threads: BTreeMap<EngineKind, CpuEngine> = EngineKind::ALL
+            .into_iter()
+            .filter_map(|k| CpuEngine::new(k).ok().map(|e| (k, e)))
+            .collect();
+        let mut plans = Vec::new();
+        let mut buckets = Vec::new();
         let mut dmas = BTreeMap::new();
-        let mut widest: BTreeMap<EngineKind, &CopyPlan> = BTreeMap::new();
-        for plan in &plans {
-            let kind = match plan.copier {
+        let mut widest: BTreeMap<EngineKind, usize> = BTreeMap::new();
+        for k in SMALLEST..=LARGEST {
+            let bytes = 1u64 << k;
+            let plan = planner.plan_copy(Job { bytes, route })?;
+            let mut candidates = vec![Candidate {
+                copier: plan.copier,
+                predicted: plan.predicted_gbps.unwrap_or(0.0),
+            }];
+            match plan.copier {
                 Copier::Dma { engine } => {
+                    // The user asked for DMA (or it is the fastest): no CPU alternatives.
                     if let std::collections::btree_map::Entry::Vacant(e) = dmas.entry(engine) {
                         e.insert(dma::open(engine)?);
                     }
-                    continue;
                 }
-                Copier::Thread { engine } | Copier::Pool { engine, .. } => engine,
-            };
-            if let std::collections::btree_map::Entry::Vacant(e) = threads.entry(kind) {
-                e.insert(CpuEngine::new(kind)?);
-            }
-            if let Copier::Pool { .. } = plan.copier {
-                let w = widest.entry(kind).or_insert(plan);
-                if plan.cpus.len() > w.cpus.len() {
-                    *w = plan;
+                Copier::Thread { engine } | Copier::Pool { engine, .. } => {
+                    if !threads.contains_key(&engine) {
+                        // The plan needs it: say why it cannot run.
+                        CpuEngine::new(engine)?;
+                    }
+                    let ranked = planner.ranked_copiers(bytes);
+                    let runs =
+                        |c: &Copier| c.cpu_engine().is_some_and(|e| threads.contains_key(&e));
+                    candidates.extend(
+                        ranked
+                            .iter()
+                            .filter(|(c, _)| *c != plan.copier && runs(c))
+                            .take(ALTERNATIVES)
+                            .map(|&(copier, predicted)| Candidate { copier, predicted }),
+                    );
+                    let memcpy = Copier::Thread {
+                        engine: EngineKind::Memcpy,
+                    };
+                    if !candidates.iter().any(|c| c.copier == memcpy) {
+                        let predicted = ranked
+                            .iter()
+                            .find(|(c, _)| *c == memcpy)
+                            .map_or(0.0, |r| r.1);
+                        candidates.push(Candidate {
+                            copier: memcpy,
+                            predicted,
+                        });
+                    }
                 }
             }
+            for c in &candidates {
+                if let Copier::Pool { engine, workers } = c.copier {
+                    let w = widest.entry(engine).or_insert(0);
+                    *w = (*w).max(workers);
+                }
+            }
+            plans.push(plan);
+            buckets.push(Bucket::new(candidates, bytes));
         }
         let mut pools = BTreeMap::new();
-        for (kind, plan) in widest {
-            pools.insert(kind, Pool::new(threads[&kind], &plan.cpus)?);
+        for (kind, workers) in widest {
+            let cpus = planner.worker_cpus(route, workers)?;
+            pools.insert(kind, Pool::new(threads[&kind], &cpus)?);
         }
         Ok(AutoEngine {
             plans,
+            buckets,
             threads,
             pools,
             dmas,
         })
     }
 
+    fn index(bytes: u64) -> usize {
+        (bytes.max(1).ilog2().clamp(SMALLEST, LARGEST) - SMALLEST) as usize
+    }
+
     /// The plan for a batch of `bytes`.
     pub fn plan(&self, bytes: u64) -> &CopyPlan {
-        let k = bytes.max(1).ilog2().clamp(SMALLEST, LARGEST);
-        &self.plans[(k - SMALLEST) as usize]
+        &self.plans[Self::index(bytes)]
+    }
+
+    /// The copier batches of `bytes` use now (the plan's, unless the check changed it).
+    pub fn current(&self, bytes: u64) -> Copier {
+        let b = &self.buckets[Self::index(bytes)];
+        b.candidates[b.current.load(Ordering::Relaxed)].copier
+    }
+
+    /// What the check measured, for every batch size that had a full window of timed batches.
+    pub fn checks(&self) -> Vec<SizeCheck> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let j = b.judge.lock().unwrap_or_else(PoisonError::into_inner);
+                let measured: Vec<(Copier, f64)> = b
+                    .candidates
+                    .iter()
+                    .zip(&j.measured)
+                    .filter_map(|(c, m)| m.map(|g| (c.copier, g)))
+                    .collect();
+                (!measured.is_empty()).then(|| SizeCheck {
+                    bytes: 1 << (SMALLEST as usize + i),
+                    planned: b.candidates[0].copier,
+                    predicted_gbps: b.candidates[0].predicted,
+                    current: b.candidates[b.current.load(Ordering::Relaxed)].copier,
+                    measured,
+                    moves: j.moves.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The measured figures of every batch size where the check replaced the plan's copier by
+    /// one it measured faster (a finished comparison, not a trial still running), as points a
+    /// [`super::CostModel`] can learn from ([`super::CostModel::learn`]), so that the next plan
+    /// starts from what was measured.
+    pub fn observed(&self) -> Vec<CopyPoint> {
+        self.checks()
+            .into_iter()
+            .filter(|c| {
+                let measured = |copier| c.measured.iter().any(|m| m.0 == copier);
+                c.current != c.planned && measured(c.current) && measured(c.planned)
+            })
+            .flat_map(|c| {
+                c.measured.into_iter().map(move |(copier, gbps)| CopyPoint {
+                    copier,
+                    bytes: c.bytes,
+                    gbps,
+                })
+            })
+            .collect()
+    }
+
+    fn run(&self, copier: Copier, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        match copier {
+            Copier::Thread { engine } => self.threads[&engine].copy(batch),
+            Copier::Pool { engine, workers } => self.pools[&engine].copy_with(batch, workers),
+            Copier::Dma { engine } => self.dmas[&engine].copy(batch),
+        }
     }
 }
 
@@ -98,11 +386,19 @@ impl CopyEngine for AutoEngine {
 
     fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
         let bytes: usize = batch.iter().map(CopyOp::len).sum();
-        match self.plan(bytes as u64).copier {
-            Copier::Thread { engine } => self.threads[&engine].copy(batch),
-            Copier::Pool { engine, workers } => self.pools[&engine].copy_with(batch, workers),
-            Copier::Dma { engine } => self.dmas[&engine].copy(batch),
+        let b = &self.buckets[Self::index(bytes as u64)];
+        let at = b.current.load(Ordering::Relaxed);
+        let copier = b.candidates[at].copier;
+        if !b.times(bytes) {
+            return self.run(copier, batch);
         }
+        let start = Instant::now();
+        let stats = self.run(copier, batch)?;
+        let secs = start.elapsed().as_secs_f64();
+        if secs > 0.0 && bytes > 0 {
+            b.record(at, bytes as f64 / secs / 1e9);
+        }
+        Ok(stats)
     }
 }
 
@@ -111,5 +407,101 @@ impl std::fmt::Debug for AutoEngine {
         f.debug_struct("AutoEngine")
             .field("pools", &self.pools)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(predicted: &[f64]) -> Bucket {
+        bucket_of(predicted, 4096)
+    }
+
+    fn bucket_of(predicted: &[f64], bytes: u64) -> Bucket {
+        let kinds = [EngineKind::Nt, EngineKind::Movsb, EngineKind::Memcpy];
+        Bucket::new(
+            predicted
+                .iter()
+                .zip(kinds)
+                .map(|(&p, engine)| Candidate {
+                    copier: Copier::Thread { engine },
+                    predicted: p,
+                })
+                .collect(),
+            bytes,
+        )
+    }
+
+    fn window(b: &Bucket, gbps: f64) {
+        let at = b.current.load(Ordering::Relaxed);
+        for _ in 0..b.window {
+            b.record(at, gbps);
+        }
+    }
+
+    #[test]
+    fn a_plan_that_delivers_is_kept() {
+        let b = bucket(&[10.0, 9.5, 6.0]);
+        for _ in 0..5 {
+            window(&b, 9.8);
+        }
+        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_slow_plan_tries_the_runner_up_and_keeps_the_faster() {
+        let b = bucket(&[10.0, 9.5, 6.0]);
+        window(&b, 7.0); // under 0.9 x 9.5: try the runner-up
+        assert_eq!(b.current.load(Ordering::Relaxed), 1);
+        window(&b, 9.0); // faster than 7.0: kept
+        assert_eq!(b.current.load(Ordering::Relaxed), 1);
+        let j = b.judge.lock().unwrap();
+        assert_eq!(j.moves.len(), 1);
+        assert!(j.moves[0].why.contains("trying it"), "{:?}", j.moves);
+    }
+
+    #[test]
+    fn a_slower_runner_up_is_left_and_exploration_stops() {
+        let b = bucket(&[10.0, 9.5, 9.0]);
+        window(&b, 7.0);
+        assert_eq!(b.current.load(Ordering::Relaxed), 1);
+        window(&b, 5.0); // slower than 7.0: back to the plan
+        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        window(&b, 7.0); // memcpy (predicted 9.0) not tried yet: try it
+        assert_eq!(b.current.load(Ordering::Relaxed), 2);
+        window(&b, 6.0); // slower: back
+        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        assert!(b.settled.load(Ordering::Relaxed), "four moves: settled");
+        window(&b, 1.0);
+        assert_eq!(
+            b.current.load(Ordering::Relaxed),
+            0,
+            "no more moves once settled"
+        );
+        assert!(!b.times(1 << 30), "a settled size is not timed");
+    }
+
+    #[test]
+    fn large_batches_are_judged_after_fewer() {
+        let b = bucket_of(&[10.0, 9.5], 64 << 20);
+        assert_eq!(b.window, LARGE_WINDOW);
+        for _ in 0..LARGE_WINDOW {
+            b.record(0, 5.0);
+        }
+        assert_eq!(b.current.load(Ordering::Relaxed), 1);
+        assert_eq!(bucket(&[10.0, 9.5]).window, WINDOW);
+    }
+
+    #[test]
+    fn small_batches_are_timed_one_in_a_few() {
+        let b = bucket(&[10.0, 9.0]);
+        let timed = (0..8 * SAMPLE_EVERY).filter(|_| b.times(4096)).count();
+        assert_eq!(timed, 8);
+        assert!(b.times(TIME_ALL_FROM));
+        assert!(
+            bucket(&[10.0]).settled.load(Ordering::Relaxed),
+            "nothing to try"
+        );
     }
 }

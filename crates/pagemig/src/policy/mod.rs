@@ -11,8 +11,10 @@ mod model;
 
 use serde::Serialize;
 
-pub use auto::AutoEngine;
-pub use calibrate::{CalibrateError, CalibrateOptions, Effort, Step, calibrate, worker_counts};
+pub use auto::{AutoEngine, Move, SizeCheck};
+pub use calibrate::{
+    CalibrateError, CalibrateOptions, Effort, Step, calibrate, check_choices, worker_counts,
+};
 pub use model::{Copier, CopyPoint, CostModel, KernelPoint, MachineId, ModelError, Saturation};
 
 use crate::cgroup::Cgroup;
@@ -208,6 +210,22 @@ impl<'a> Planner<'a> {
 
     /// The most workers the resources allow, and why.
     pub fn worker_cap(&self) -> (usize, String) {
+        let (mut cap, mut why) = self.hard_cap();
+        let online = self.topology.online_cpus.len() as f64;
+        let idle = ((online - self.resources.busy_cpus).floor() as usize).max(1);
+        if idle < cap {
+            cap = idle;
+            why = format!(
+                "{:.0} other runnable task(s) leave {idle} of {online} CPU(s) idle",
+                self.resources.busy_cpus
+            );
+        }
+        (cap, why)
+    }
+
+    /// The most workers this process may run at all (affinity mask, cgroup `cpu.max`), whatever
+    /// the load, and why.
+    fn hard_cap(&self) -> (usize, String) {
         let usable = self
             .resources
             .allowed
@@ -222,15 +240,6 @@ impl<'a> Planner<'a> {
                 cap = by_quota;
                 why = format!("cgroup cpu.max allows {q:.2} CPU(s)");
             }
-        }
-        let online = self.topology.online_cpus.len() as f64;
-        let idle = ((online - self.resources.busy_cpus).floor() as usize).max(1);
-        if idle < cap {
-            cap = idle;
-            why = format!(
-                "{:.0} other runnable task(s) leave {idle} of {online} CPU(s) idle",
-                self.resources.busy_cpus
-            );
         }
         (cap, why)
     }
@@ -267,6 +276,32 @@ impl<'a> Planner<'a> {
         Ok((cpus, why))
     }
 
+    /// Every CPU copier the model measured that this process may run (affinity mask, cgroup
+    /// `cpu.max`), with its predicted GB/s for `bytes`, fastest first: the alternatives a running
+    /// copy may try when its plan does not deliver. Unlike the plan, they may use more workers
+    /// than the current load leaves idle CPUs: runnable tasks share CPUs rather than take them,
+    /// and a copier tried is kept only if it measures faster. Empty without a model.
+    pub fn ranked_copiers(&self, bytes: u64) -> Vec<(Copier, f64)> {
+        let Some(model) = self.model else {
+            return Vec::new();
+        };
+        let (cap, _) = self.hard_cap();
+        let mut ranked: Vec<(Copier, f64)> = model
+            .copiers()
+            .into_iter()
+            .filter(|c| c.cpu_engine().is_some() && c.threads() <= cap)
+            .filter_map(|c| model.predict_copy(c, bytes).map(|g| (c, g)))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked
+    }
+
+    /// CPUs for `workers` pool workers copying along `route`, placed as [`Planner::plan_copy`]
+    /// places them.
+    pub fn worker_cpus(&self, route: Route, workers: usize) -> Result<Vec<CpuId>, PlacementError> {
+        self.place(route, workers).map(|(cpus, _)| cpus)
+    }
+
     /// How to copy a batch of `job.bytes`.
     pub fn plan_copy(&self, job: Job) -> Result<CopyPlan, PlacementError> {
         let (cap, cap_why) = self.worker_cap();
@@ -293,7 +328,8 @@ impl<'a> Planner<'a> {
                 .into_iter()
                 .filter(|c| c.threads() <= cap)
                 .filter_map(|c| predict(c).map(|g| (c, g))),
-            |c| c.threads(),
+            // The calling thread before one pool worker: same CPUs, no hand-off.
+            |c| 2 * c.threads() + usize::from(matches!(c, Copier::Pool { .. })),
         );
         let (mut copier, mut gbps) = match (best, baseline) {
             (Some((c, g)), Some(b)) if g >= b => (c, g),

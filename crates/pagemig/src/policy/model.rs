@@ -141,6 +141,14 @@ pub struct CostModel {
     pub kernel_path: Vec<KernelPoint>,
     /// Where copy bandwidth stops growing with workers, per engine.
     pub saturation: Vec<Saturation>,
+    /// Copy bandwidth measured while copying real batches (the auto engine's check of its own
+    /// choices), which replaces the calibrated figure of the same copier at the same size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observed: Vec<CopyPoint>,
+    /// How long handing one tiny batch to one pool worker and getting the reply takes, in
+    /// microseconds: why small batches stay on the calling thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_handoff_us: Option<f64>,
 }
 
 /// Why a model could not be loaded or saved.
@@ -226,10 +234,44 @@ impl CostModel {
         c
     }
 
-    /// Predicted GB/s of `copier` for a batch of `bytes`; `None` if it was not measured.
+    /// Predicted GB/s of `copier` for a batch of `bytes`; `None` if it was not measured. An
+    /// observed figure replaces the calibrated one of the same size.
     pub fn predict_copy(&self, copier: Copier, bytes: u64) -> Option<f64> {
-        let points = self.copy.iter().filter(|p| p.copier == copier);
+        let observed: Vec<&CopyPoint> = self
+            .observed
+            .iter()
+            .filter(|p| p.copier == copier)
+            .collect();
+        let points = self
+            .copy
+            .iter()
+            .filter(|p| p.copier == copier && !observed.iter().any(|o| o.bytes == p.bytes))
+            .chain(observed.iter().copied());
         interpolate(&curve(points.map(|p| (p.bytes, p.gbps))), bytes)
+    }
+
+    /// Takes in figures measured while copying: each replaces the observed figure of the same
+    /// copier and size, if any. Returns how many were new or changed.
+    pub fn learn(&mut self, points: &[CopyPoint]) -> usize {
+        let mut changed = 0;
+        for p in points.iter().filter(|p| p.gbps.is_finite() && p.gbps > 0.0) {
+            match self
+                .observed
+                .iter_mut()
+                .find(|o| o.copier == p.copier && o.bytes == p.bytes)
+            {
+                Some(o) if o.gbps == p.gbps => {}
+                Some(o) => {
+                    o.gbps = p.gbps;
+                    changed += 1;
+                }
+                None => {
+                    self.observed.push(*p);
+                    changed += 1;
+                }
+            }
+        }
+        changed
     }
 
     /// Thread counts measured on the kernel path.
@@ -349,6 +391,26 @@ impl CostModel {
             gbps(format!("saturation[{i}].best_gbps"), s.best_gbps)?;
             positive(format!("saturation[{i}].workers"), s.workers as u64, COUNT)?;
         }
+        for (i, p) in self.observed.iter().enumerate() {
+            gbps(format!("observed[{i}].gbps"), p.gbps)?;
+            positive(format!("observed[{i}].bytes"), p.bytes, BYTES)?;
+            if let Copier::Pool { workers, .. } = p.copier {
+                positive(
+                    format!("observed[{i}].copier.workers"),
+                    workers as u64,
+                    COUNT,
+                )?;
+            }
+        }
+        if let Some(us) = self.pool_handoff_us
+            && !(us.is_finite() && us >= 0.0)
+        {
+            return Err((
+                "pool_handoff_us".into(),
+                format!("{us:?}"),
+                "a non-negative, finite number of microseconds",
+            ));
+        }
         Ok(())
     }
 
@@ -370,6 +432,41 @@ impl CostModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn observed_figures_replace_calibrated_ones_at_their_size() {
+        let thread = Copier::Thread {
+            engine: EngineKind::Nt,
+        };
+        let point = |bytes, gbps| CopyPoint {
+            copier: thread,
+            bytes,
+            gbps,
+        };
+        let mut m = CostModel {
+            version: CostModel::VERSION,
+            machine: MachineId {
+                cpu_model: "x".into(),
+                online_cpus: 2,
+                nodes: 1,
+            },
+            kernel: String::new(),
+            created_unix: 0,
+            effort: Effort::Quick,
+            copy: vec![point(4096, 8.0), point(16384, 10.0)],
+            kernel_path: Vec::new(),
+            saturation: Vec::new(),
+            observed: Vec::new(),
+            pool_handoff_us: None,
+        };
+        assert_eq!(m.predict_copy(thread, 4096), Some(8.0));
+        assert_eq!(m.learn(&[point(4096, 5.0), point(8192, 4.0)]), 2);
+        assert_eq!(m.predict_copy(thread, 4096), Some(5.0));
+        assert_eq!(m.predict_copy(thread, 8192), Some(4.0));
+        assert_eq!(m.predict_copy(thread, 16384), Some(10.0));
+        // The same figure again changes nothing; a bad one is not taken.
+        assert_eq!(m.learn(&[point(4096, 5.0), point(4096, f64::NAN)]), 0);
+    }
 
     #[test]
     fn interpolation_is_log_linear_and_flat_outside() {

@@ -1,6 +1,6 @@
 //! Every engine copies byte-exactly for any length and alignment, and writes nothing outside dst.
 
-use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Pool};
+use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, PageCopy, Pool};
 use proptest::prelude::*;
 
 const GUARD: usize = 64;
@@ -8,7 +8,7 @@ const CANARY: u8 = 0xA5;
 
 fn engines() -> Vec<Box<dyn CopyEngine>> {
     let cpus: Vec<u32> = pagemig::sys::allowed_cpus().unwrap().iter().collect();
-    let mut out: Vec<Box<dyn CopyEngine>> = Vec::new();
+    let mut out: Vec<Box<dyn CopyEngine>> = vec![Box::new(PageCopy::new())];
     for kind in EngineKind::ALL {
         match CpuEngine::new(kind) {
             Ok(e) => {
@@ -100,5 +100,36 @@ fn page_sized_copies_of_every_engine() {
         for len in [4096, 65536, 2 << 20] {
             check(&*engine, len, 0, 0).unwrap();
         }
+    }
+}
+
+#[test]
+fn nt512_exists_exactly_where_the_cpu_has_avx512() {
+    #[cfg(target_arch = "x86_64")]
+    let has = std::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = false;
+    match CpuEngine::new(EngineKind::Nt512) {
+        Ok(e) => {
+            assert!(has, "nt512 opened on a CPU without AVX-512F");
+            assert_eq!(e.name(), "nt-avx512");
+        }
+        Err(why) => {
+            assert!(!has, "AVX-512F is there but nt512 refused: {why}");
+            assert!(why.to_string().contains("AVX-512"), "{why}");
+            eprintln!("skipping the AVX-512 copy: {why}");
+        }
+    }
+}
+
+#[test]
+fn page_copy_calls_the_kernel_once_per_base_page() {
+    let engine = PageCopy::new();
+    assert_eq!(engine.page_size(), pagemig::sys::base_page_size());
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(engine.name(), "copy_page (rep movsq)");
+    // A folio of 2 MB and ragged lengths around a page are copied exactly.
+    for len in [1, 7, 4095, 4096, 4097, 3 * 4096 + 9, 2 << 20] {
+        check(&engine, len, 3, 5).unwrap();
     }
 }

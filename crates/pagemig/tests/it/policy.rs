@@ -63,6 +63,8 @@ fn model(topo: &Topology) -> CostModel {
         copy,
         kernel_path,
         saturation: Vec::new(),
+        observed: Vec::new(),
+        pool_handoff_us: None,
     }
 }
 
@@ -125,6 +127,12 @@ fn load_leaves_fewer_workers() {
     let copy = p.plan_copy(job(1 << 30, 0, 0)).unwrap();
     assert!(copy.copier.threads() <= 3, "{copy:?}");
     assert!(copy.why.iter().any(|w| w.contains("runnable")), "{copy:?}");
+    // The alternatives a running copy may try are not held to the load's cap (a tried one is
+    // kept only if it measures faster), but stay inside the affinity mask.
+    let ranked = p.ranked_copiers(1 << 30);
+    assert!(ranked.iter().any(|(c, _)| c.threads() > 3), "{ranked:?}");
+    assert!(ranked.iter().all(|(c, _)| c.threads() <= 64), "{ranked:?}");
+    assert!(ranked.windows(2).all(|w| w[0].1 >= w[1].1), "{ranked:?}");
 }
 
 #[test]
@@ -400,4 +408,46 @@ fn dma_is_picked_where_faster_or_where_the_user_prefers_it() {
     // The model stores DMA points like any other.
     let json = serde_json::to_string(&m).unwrap();
     assert!(json.contains("\"dma\""), "{json}");
+}
+
+/// A model that promises 1000 GB/s from one pool worker at every size: the check finds that 4 KB
+/// batches handed to a worker run far under the calling thread's predicted figure, tries it,
+/// keeps the faster, and the model learns the measured figures.
+#[test]
+fn the_check_corrects_a_plan_that_does_not_deliver() {
+    let topo = Topology::detect().unwrap();
+    let liar = Copier::Pool {
+        engine: EngineKind::Memcpy,
+        workers: 1,
+    };
+    let memcpy = Copier::Thread {
+        engine: EngineKind::Memcpy,
+    };
+    let mut m = model(&topo);
+    m.copy.retain(|p| p.copier == memcpy);
+    let sizes: Vec<u64> = m.copy.iter().map(|p| p.bytes).collect();
+    m.copy.extend(sizes.into_iter().map(|bytes| CopyPoint {
+        copier: liar,
+        bytes,
+        gbps: 1000.0,
+    }));
+    let options = CalibrateOptions {
+        effort: Effort::Builtin,
+        ..CalibrateOptions::default()
+    };
+    let checks = pagemig::policy::check_choices(&topo, &mut m, idle("0"), &options).unwrap();
+    let small = checks
+        .iter()
+        .find(|c| c.bytes == 4096)
+        .expect("4 KB checked");
+    assert_eq!(small.planned, liar, "{small:?}");
+    assert_eq!(small.current, memcpy, "{small:?}");
+    assert!(!small.moves.is_empty(), "{small:?}");
+    let learned = m.predict_copy(liar, 4096).unwrap();
+    assert!(learned < 1000.0, "the model learned {learned} GB/s");
+    assert!(
+        m.observed
+            .iter()
+            .any(|p| p.copier == memcpy && p.bytes == 4096)
+    );
 }
