@@ -283,8 +283,10 @@ impl Handles {
 }
 
 /// Checks that `[start, end)` is mapped anonymous private writable memory that is not locked:
-/// one `PROCMAP_QUERY` per mapping and the process's locked total; `/proc/self/maps` and
-/// `smaps` are read only to name a problem, or where the kernel has no `PROCMAP_QUERY`.
+/// one `PROCMAP_QUERY` per mapping, and the process's locked total (`VmLck`, a file of fixed
+/// size). `/proc/self/maps` is read only to name a problem or where the kernel has no
+/// `PROCMAP_QUERY` (before 6.11), `smaps` only where something is locked. (A cheaper probe of
+/// the lock, `madvise(MADV_COLD)` on one page, splits the huge page it falls in.)
 fn check_range(pagemap: &Pagemap, start: usize, end: usize) -> Result<(), RemapError> {
     let page = sys::base_page_size();
     if start >= end || !start.is_multiple_of(page) || !end.is_multiple_of(page) {
