@@ -619,7 +619,7 @@ fn random_sub_ranges_move_between_every_pair_of_nodes() {
         let pool = pool();
         let reservoirs = Reservoirs::new(pages * PAGE);
         let mut outer = 0..pages;
-        let rounds = 2 * pairs.len().max(6);
+        let rounds = 2 * pairs.len().max(16);
         for round in 0..rounds {
             let (a, b) = pairs[round / 2 % pairs.len()];
             // Even rounds move a random range to `a`; odd rounds move a random part of it on to
