@@ -619,6 +619,7 @@ fn random_sub_ranges_move_between_every_pair_of_nodes() {
         let pool = pool();
         let reservoirs = Reservoirs::new(pages * PAGE);
         let mut outer = 0..pages;
+        let mut scan = None;
         let rounds = 2 * pairs.len().max(16);
         for round in 0..rounds {
             let (a, b) = pairs[round / 2 % pairs.len()];
@@ -661,6 +662,7 @@ fn random_sub_ranges_move_between_every_pair_of_nodes() {
             assert_eq!(r.pages_copied, range.len() as u64 - holes, "{r:#?}");
             assert_eq!(r.pages_on_target, r.pages_copied, "round {round}: {r:#?}");
             assert_eq!(r.verification.mode, verify);
+            scan = Some(r.scan);
             assert!(r.phases.total() <= r.wall, "{r:#?}");
             let placed = on_node(start, len, PAGE);
             for (i, p) in range.clone().zip(&placed) {
@@ -693,9 +695,11 @@ fn random_sub_ranges_move_between_every_pair_of_nodes() {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "{test}: reservoirs {reservoir}, {rounds} migrations over {} node pairs, {} increments, seed {seed:#x}",
+            "{test}: reservoirs {reservoir}, {rounds} migrations over {} node pairs, {} increments, \
+             seed {seed:#x}, pages found by {scan:?} (kernel {})",
             pairs.len(),
-            expected.iter().sum::<u64>()
+            expected.iter().sum::<u64>(),
+            pagemig::topology::kernel_release()
         );
     }
 }
