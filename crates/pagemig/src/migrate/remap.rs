@@ -77,6 +77,13 @@ pub enum RemapError {
         /// End.
         end: usize,
     },
+    /// `/proc/self/pagemap` or `/proc/self/maps` could not be opened (no procfs mounted).
+    #[error("the remap path reads /proc/self/pagemap and /proc/self/maps: {source}")]
+    NoProcfs {
+        /// What the kernel answered.
+        #[source]
+        source: SysError,
+    },
     /// The fallback to the kernel path failed.
     #[error(transparent)]
     Kernel(#[from] super::MigrateError),
@@ -272,12 +279,7 @@ impl Handles {
     pub(crate) fn open() -> Result<Self, RemapError> {
         let uffd =
             Uffd::open_write_protect().map_err(|source| RemapError::Unsupported { source })?;
-        let pagemap = Pagemap::open_own().map_err(|source| RemapError::Failed {
-            start: 0,
-            end: 0,
-            moved_until: 0,
-            source,
-        })?;
+        let pagemap = Pagemap::open_own().map_err(|source| RemapError::NoProcfs { source })?;
         Ok(Handles { uffd, pagemap })
     }
 }

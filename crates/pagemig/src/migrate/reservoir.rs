@@ -11,7 +11,8 @@ use crate::topology::{NodeId, NodeSet};
 
 /// Chunks of pages already faulted in on their node, by (node, huge pages, length), up to a
 /// memory cap; and the userfaultfd and `/proc/self` files that the remap path keeps open for as
-/// long as the reservoirs live, so that a call does not open them again.
+/// long as the reservoirs live, so that a call does not open them again. Threads may share
+/// them; calls that run at the same time may then count each other's waiting writes.
 ///
 /// Chunks hold stale data: the remap path hands a chunk out only to a batch whose present pages
 /// it overwrites by copying and whose other pages it drops first, so no byte of a previous owner

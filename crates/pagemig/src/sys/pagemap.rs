@@ -11,8 +11,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use linux_raw_sys::general::{
-    PAGE_IS_FILE, PAGE_IS_HUGE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, page_region,
-    pm_scan_arg, procmap_query, procmap_query_flags,
+    PAGE_IS_HUGE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, page_region, pm_scan_arg,
+    procmap_query, procmap_query_flags,
 };
 
 use super::{Errno, SysError};
@@ -40,8 +40,6 @@ impl PageCategories {
     pub const PFNZERO: Self = Self(PAGE_IS_PFNZERO as u64);
     /// The page is part of a huge page mapped by one page-table entry (a THP or hugetlb page).
     pub const HUGE: Self = Self(PAGE_IS_HUGE as u64);
-    /// The page belongs to a file (or shared memory).
-    pub const FILE: Self = Self(PAGE_IS_FILE as u64);
 
     /// Whether every bit of `other` is set.
     pub fn contains(self, other: Self) -> bool {
