@@ -887,7 +887,7 @@ fn cli_bench_migrate_remap_between_nodes() {
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         json["tables"][0]["columns"],
-        serde_json::json!(["vanilla", "mt_1", "mt_2", "auto"])
+        serde_json::json!(["vanilla", "mt_1", "mt_2", "auto", "copy"])
     );
     assert_eq!(
         json["phases"].as_array().unwrap().len(),

@@ -4,9 +4,9 @@ use std::ffi::{c_int, c_ulong};
 use std::io::Write;
 
 use anyhow::{Context, bail};
-use pagemig::copy::{CopyEngine, CpuEngine, EngineKind, Placement, Pool, Route};
+use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
 use pagemig::migrate::kernel::{self, KernelPlan};
-use pagemig::migrate::remap::{self, RemapPhases, RemapPlan};
+use pagemig::migrate::remap::{self, RemapPhases, RemapPlan, Verify};
 use pagemig::migrate::reservoir::Reservoirs;
 use pagemig::migrate::syscall;
 use pagemig::migrate::{Process, procfs};
@@ -72,10 +72,40 @@ pub struct MigrateBenchArgs {
     /// it frees CPUs.
     #[arg(long)]
     prefer_dma: bool,
+    /// With --path remap: how the new pages' node is checked after each batch: a bounded sample
+    /// (one base page per huge page and a few base pages), or every page.
+    #[arg(long, value_enum, default_value = "sample")]
+    verify: VerifyArg,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
     output: OutputArgs,
+}
+
+/// `--verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyArg {
+    /// A bounded sample of each batch.
+    Sample,
+    /// Every page.
+    Full,
+}
+
+impl From<VerifyArg> for Verify {
+    fn from(v: VerifyArg) -> Self {
+        match v {
+            VerifyArg::Sample => Verify::Sample,
+            VerifyArg::Full => Verify::Full,
+        }
+    }
+}
+
+/// The remap phases of one cell, summed over its migrations, and the bench's own clock around
+/// those migrations.
+#[derive(Default)]
+struct Timed {
+    phases: RemapPhases,
+    wall: std::time::Duration,
 }
 
 /// How one column moves a block.
@@ -85,7 +115,10 @@ enum Mover {
     KernelAuto(KernelPlan),
     /// One move_pages call with every page, as a program under libpagemig_preload.so makes it.
     Preload(Box<syscall::Context>),
-    Remap(Box<dyn CopyEngine>),
+    Remap(Box<dyn CopyEngine>, Verify),
+    /// The copy engine alone, copying the same bytes into pages already faulted in on the
+    /// target: what the remap path would reach if everything around its copy were free.
+    Copy(Box<dyn CopyEngine>),
 }
 
 /// Pages that move back and forth between two nodes (or from a node to itself), one migration
@@ -96,10 +129,13 @@ struct Block {
     at: NodeId,
     page_size: usize,
     pages_failed: u64,
+    /// Where the copy column copies to: as large as `buf`, faulted in on the target node.
+    copy_dst: Option<Mapping>,
 }
 
 impl Block {
-    /// Moves the first `pages` pages to the other node; adds the remap phases to `phases`.
+    /// Moves the first `pages` pages to the other node (the copy column only copies them);
+    /// adds the remap phases to `phases`.
     fn migrate(
         &mut self,
         topo: &Topology,
@@ -138,20 +174,36 @@ impl Block {
                 }
                 self.pages_failed += status.iter().filter(|&&s| s != to as c_int).count() as u64;
             }
-            Mover::Remap(engine) => {
+            Mover::Remap(engine, verify) => {
                 let bytes = pages * self.page_size;
                 let plan = RemapPlan {
                     engine: engine.as_ref(),
                     batch_bytes: bytes,
                     reservoirs,
                 };
-                let r = remap::migrate_mapping(topo, &mut self.buf, 0..bytes, to, &plan)?;
+                let r = remap::migrate_mapping_verified(
+                    topo,
+                    &mut self.buf,
+                    0..bytes,
+                    to,
+                    &plan,
+                    *verify,
+                )?;
                 self.pages_failed += r.pages_copied - r.pages_on_target;
-                phases.protect += r.phases.protect;
-                phases.alloc += r.phases.alloc;
-                phases.copy += r.phases.copy;
-                phases.remap += r.phases.remap;
-                phases.wake += r.phases.wake;
+                phases.add(&r.phases);
+            }
+            Mover::Copy(engine) => {
+                let bytes = pages * self.page_size;
+                let dst = self
+                    .copy_dst
+                    .as_mut()
+                    .context("no destination for the copy column")?;
+                engine.copy(&[CopyOp::new(
+                    &self.buf.as_slice()[..bytes],
+                    &mut dst.as_mut_slice()[..bytes],
+                )])?;
+                // The pages stay where they are.
+                return Ok(());
             }
         }
         self.at = to;
@@ -237,10 +289,13 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     for &n in &threads {
         let mover = match args.path {
             PathKind::Kernel => Mover::Kernel(KernelPlan::parallel(cpus[..n].to_vec(), 0)),
-            PathKind::Remap => Mover::Remap(Box::new(
-                Pool::new(CpuEngine::new(EngineKind::Nt)?, &cpus[..n])
-                    .context("starting copy workers")?,
-            )),
+            PathKind::Remap => Mover::Remap(
+                Box::new(
+                    Pool::new(CpuEngine::new(EngineKind::Nt)?, &cpus[..n])
+                        .context("starting copy workers")?,
+                ),
+                args.verify.into(),
+            ),
         };
         movers.push((format!("mt_{n}"), mover));
     }
@@ -256,11 +311,24 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "auto".into(),
         match args.path {
             PathKind::Kernel => Mover::KernelAuto(KernelPlan::serial(0)),
-            PathKind::Remap => Mover::Remap(Box::new(
-                AutoEngine::new(&planner, route).context("starting the auto column's engine")?,
-            )),
+            PathKind::Remap => Mover::Remap(
+                Box::new(
+                    AutoEngine::new(&planner, route)
+                        .context("starting the auto column's engine")?,
+                ),
+                args.verify.into(),
+            ),
         },
     ));
+    if args.path == PathKind::Remap {
+        movers.push((
+            "copy".into(),
+            Mover::Copy(Box::new(
+                Pool::new(CpuEngine::new(EngineKind::Nt)?, &cpus[..max_threads])
+                    .context("starting copy workers")?,
+            )),
+        ));
+    }
     if args.path == PathKind::Kernel && with_vanilla {
         movers.push((
             "preload".into(),
@@ -293,7 +361,8 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             ),
             PathKind::Remap => format!(
                 "remap path, node {from} {} node {to}: mt_N write-protects, copies with N non-temporal workers on CPUs {cpus:?}, \
-             remaps and wakes, one batch per migration, {}{}",
+             remaps and wakes, one batch per migration, {}{}; new pages checked {}; copy: the mt_{max_threads} engine alone copying \
+             the same bytes into pages already faulted in on node {to}, so that mt_N / copy is the remap path's share of copy speed",
                 if from == to { "to" } else { "<->" },
                 if args.no_reservoir {
                     "new pages allocated, old ones freed"
@@ -304,6 +373,11 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     "; vanilla is move_pages of the same pages"
                 } else {
                     ""
+                },
+                match args.verify {
+                    VerifyArg::Sample =>
+                        "on a sample (one base page per huge page, a few base pages per batch)",
+                    VerifyArg::Full => "page by page",
                 }
             ),
         },
@@ -315,8 +389,9 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         } else {
             args.pages.clone()
         };
-        // The remap path holds old and new pages of a migration at once.
-        let copies = if args.path == PathKind::Remap { 2 } else { 1 };
+        // The remap path holds old and new pages of a migration at once, and the copy column
+        // its own destination.
+        let copies = if args.path == PathKind::Remap { 3 } else { 1 };
         let (kept, dropped): (Vec<usize>, Vec<usize>) = rows
             .into_iter()
             .partition(|&n| copies * n * ps <= free(from).min(free(to)));
@@ -357,11 +432,27 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 largest >> 20
             ));
         }
+        let copy_dst = match args.path {
+            PathKind::Remap => {
+                let mut dst = Mapping::anonymous_aligned(largest, HUGE_PAGE_SIZE)?;
+                if page_size >= HUGE_PAGE_SIZE {
+                    dst.advise_huge_pages()?;
+                } else {
+                    dst.advise_no_huge_pages()?;
+                }
+                dst.bind(&NodeSet::from_iter([to]))
+                    .with_context(|| format!("binding {} MiB to node {to}", largest >> 20))?;
+                dst.populate();
+                Some(dst)
+            }
+            PathKind::Kernel => None,
+        };
         let mut block = Block {
             buf,
             at: from,
             page_size,
             pages_failed: 0,
+            copy_dst,
         };
         let mut table = PageTable {
             page_size,
@@ -385,20 +476,52 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 if let Mover::Kernel(plan) | Mover::KernelAuto(plan) = mover {
                     plan.batch = pages.div_ceil(plan.cpus.len().max(1));
                 }
-                let mut phases = RemapPhases::default();
+                let mut timed = Timed::default();
                 // Per cell, so that its chunks have this row's size; the warm-up fills it.
                 let reservoirs = Reservoirs::new(3 * bytes);
                 let reservoirs = (!args.no_reservoir).then_some(&reservoirs);
                 let mut runs = 0u32;
                 let mut warm_up = RemapPhases::default();
                 cells.push(measure(reps, per_sample, bytes, |i| {
-                    // The warm-up (step 0) fills the reservoirs: its phases are not counted.
-                    let into = if i == 0 { &mut warm_up } else { &mut phases };
-                    runs += u32::from(i > 0);
-                    block.migrate(&topo, pages, (from, to), mover, reservoirs, into)
+                    // The warm-up (step 0) fills the reservoirs: its phases are not counted. It
+                    // migrates twice: a previous row's migrations split the block into mappings
+                    // of their size, and old pages that span several mappings are freed, not
+                    // recycled; the first migration makes the row's range one mapping.
+                    let started = std::time::Instant::now();
+                    if i == 0 {
+                        for _ in 0..2 {
+                            block.migrate(
+                                &topo,
+                                pages,
+                                (from, to),
+                                mover,
+                                reservoirs,
+                                &mut warm_up,
+                            )?;
+                        }
+                        return Ok(());
+                    }
+                    block.migrate(
+                        &topo,
+                        pages,
+                        (from, to),
+                        mover,
+                        reservoirs,
+                        &mut timed.phases,
+                    )?;
+                    timed.wall += started.elapsed();
+                    runs += 1;
+                    Ok(())
                 })?);
-                if let Mover::Remap(_) = mover {
-                    phase_rows.push(PhaseRow::new(page_size, pages, name, &phases, runs));
+                if let Mover::Remap(..) = mover {
+                    phase_rows.push(PhaseRow::new(
+                        page_size,
+                        pages,
+                        name,
+                        &timed.phases,
+                        timed.wall,
+                        runs,
+                    ));
                 }
                 progress.inc(1);
             }

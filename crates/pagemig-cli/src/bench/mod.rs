@@ -334,41 +334,55 @@ pub struct PhaseRow {
     pub page_size: usize,
     pub pages: usize,
     pub column: String,
+    pub check_ms: f64,
+    pub scan_ms: f64,
     pub protect_ms: f64,
     pub alloc_ms: f64,
     pub copy_ms: f64,
     pub remap_ms: f64,
     pub wake_ms: f64,
-    /// Copy as a share of protect + copy + remap + wake: the pipeline once pre-faulted pages
-    /// take allocation off the hot path.
+    pub verify_ms: f64,
+    /// The bench's own clock around each migration.
+    pub wall_ms: f64,
+    /// The phases' sum as a share of `wall_ms`: what they account for.
+    pub accounted: f64,
+    /// Copy as a share of the wall time.
     pub copy_share: f64,
 }
 
 impl PhaseRow {
-    /// Averages `phases`, summed over `runs` migrations.
+    /// Averages `phases` and `wall`, summed over `runs` migrations.
     pub fn new(
         page_size: usize,
         pages: usize,
         column: &str,
         phases: &RemapPhases,
+        wall: std::time::Duration,
         runs: u32,
     ) -> Self {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3 / f64::from(runs.max(1));
-        let pipeline = phases.pipeline().as_secs_f64();
+        let share = |d: std::time::Duration| {
+            if wall.is_zero() {
+                0.0
+            } else {
+                d.as_secs_f64() / wall.as_secs_f64()
+            }
+        };
         PhaseRow {
             page_size,
             pages,
             column: column.to_owned(),
+            check_ms: ms(phases.check),
+            scan_ms: ms(phases.scan),
             protect_ms: ms(phases.protect),
             alloc_ms: ms(phases.alloc),
             copy_ms: ms(phases.copy),
             remap_ms: ms(phases.remap),
             wake_ms: ms(phases.wake),
-            copy_share: if pipeline > 0.0 {
-                phases.copy.as_secs_f64() / pipeline
-            } else {
-                0.0
-            },
+            verify_ms: ms(phases.verify),
+            wall_ms: ms(wall),
+            accounted: share(phases.total()),
+            copy_share: share(phases.copy),
         }
     }
 }
@@ -487,29 +501,46 @@ impl Report {
                 "page",
                 "pages",
                 "column",
-                "protect ms",
-                "alloc ms",
-                "copy ms",
-                "remap ms",
-                "wake ms",
+                "check",
+                "scan",
+                "protect",
+                "alloc",
+                "copy",
+                "remap",
+                "wake",
+                "verify",
+                "wall",
+                "accounted",
                 "copy share",
             ]);
             for p in &self.phases {
+                let ms = |v: f64| format!("{v:.3}");
                 table.add_row([
                     page_size_label(p.page_size),
                     p.pages.to_string(),
                     p.column.clone(),
-                    format!("{:.3}", p.protect_ms),
-                    format!("{:.3}", p.alloc_ms),
-                    format!("{:.3}", p.copy_ms),
-                    format!("{:.3}", p.remap_ms),
-                    format!("{:.3}", p.wake_ms),
+                    ms(p.check_ms),
+                    ms(p.scan_ms),
+                    ms(p.protect_ms),
+                    ms(p.alloc_ms),
+                    ms(p.copy_ms),
+                    ms(p.remap_ms),
+                    ms(p.wake_ms),
+                    ms(p.verify_ms),
+                    ms(p.wall_ms),
+                    format!("{:.0}%", p.accounted * 100.0),
                     format!("{:.0}%", p.copy_share * 100.0),
                 ]);
             }
+            for col in 3..14 {
+                if let Some(c) = table.column_mut(col) {
+                    c.set_cell_alignment(CellAlignment::Right);
+                }
+            }
             writeln!(
                 out,
-                "\nTime per migration by phase (copy share: of protect + copy + remap + wake)\n{table}"
+                "\nTime per migration by phase, ms (wall: the bench's clock around each migration; \
+                 accounted: the phases' sum / wall; copy share: copy / wall)\n{table}"
             )?;
         }
         Ok(())

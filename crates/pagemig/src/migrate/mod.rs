@@ -2,7 +2,7 @@
 //!
 //! [`kernel`] moves pages of any process the caller may ptrace with `move_pages(2)`, in batches
 //! split over pinned threads; [`remap`] moves the calling process's own memory with a copy
-//! engine and `mremap`; [`syscall`] gives `move_pages(2)` and `migrate_pages(2)` their exact
+//! engine and `mremap`; [`scan`] finds the pages of a range that hold data; [`syscall`] gives `move_pages(2)` and `migrate_pages(2)` their exact
 //! semantics for the C library; [`procfs`] reads which pages a process has and where they are.
 
 pub mod helper;
@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod procfs;
 pub mod remap;
 pub mod reservoir;
+pub mod scan;
 pub mod syscall;
 
 use std::fmt;

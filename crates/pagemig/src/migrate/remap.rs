@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::reservoir::Reservoirs;
+use super::scan::{PageState, ScanMethod, scan_own, scan_own_for};
 use super::{Process, procfs};
 use crate::copy::{CopyEngine, CopyError, CopyOp};
-use crate::sys::{self, HUGE_PAGE_SIZE, Mapping, PageNode, SysError, Uffd};
+use crate::sys::{
+    self, HUGE_PAGE_SIZE, Mapping, PageCategories, PageNode, Pagemap, SysError, Uffd,
+};
 use crate::topology::{NodeId, NodeSet, Topology};
 
 /// Why a range could not be migrated by the remap path. Where part of it had already moved, the
@@ -74,6 +77,13 @@ pub enum RemapError {
         /// End.
         end: usize,
     },
+    /// `/proc/self/pagemap` or `/proc/self/maps` could not be opened (no procfs mounted).
+    #[error("the remap path reads /proc/self/pagemap and /proc/self/maps: {source}")]
+    NoProcfs {
+        /// What the kernel answered.
+        #[source]
+        source: SysError,
+    },
     /// The fallback to the kernel path failed.
     #[error(transparent)]
     Kernel(#[from] super::MigrateError),
@@ -130,27 +140,92 @@ pub enum RemapError {
     },
 }
 
-/// Wall time of each step of the remap path, summed over batches.
+/// Wall time of each step of the remap path, summed over batches. Every instant of a call
+/// belongs to exactly one step, so the steps add up to [`RemapReport::wall`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RemapPhases {
+    /// Checking the range (mapped, anonymous, private, writable, not locked) and the target's
+    /// free memory, and opening the userfaultfd where no reservoirs keep one open.
+    pub check: Duration,
+    /// Finding the pages with data (`PAGEMAP_SCAN`) and, with reservoirs, their node.
+    pub scan: Duration,
     /// Registering and write-protecting.
     pub protect: Duration,
-    /// Mapping, binding and populating the new pages.
+    /// Taking pages from a reservoir, or mapping, binding and populating new ones.
     pub alloc: Duration,
     /// Copying.
     pub copy: Duration,
-    /// `mremap` of the new pages over the old addresses.
+    /// `mremap` of the new pages over the old addresses (and of the old ones into a reservoir).
     pub remap: Duration,
-    /// Waking writers and reading their fault messages.
+    /// Reading the writers' fault messages, waking them, and handing old pages to a reservoir.
     pub wake: Duration,
+    /// Asking the kernel where the new pages are ([`Verify`]).
+    pub verify: Duration,
 }
 
 impl RemapPhases {
-    /// Protect, copy, remap and wake: the pipeline without allocation, which a reservoir of
-    /// pre-faulted pages takes off the hot path.
-    pub fn pipeline(&self) -> Duration {
-        self.protect + self.copy + self.remap + self.wake
+    /// The sum of the steps: the wall time of the calls they were measured in.
+    pub fn total(&self) -> Duration {
+        self.check
+            + self.scan
+            + self.protect
+            + self.alloc
+            + self.copy
+            + self.remap
+            + self.wake
+            + self.verify
     }
+
+    /// Adds `other`'s steps to these.
+    pub fn add(&mut self, other: &RemapPhases) {
+        self.check += other.check;
+        self.scan += other.scan;
+        self.protect += other.protect;
+        self.alloc += other.alloc;
+        self.copy += other.copy;
+        self.remap += other.remap;
+        self.wake += other.wake;
+        self.verify += other.verify;
+    }
+}
+
+/// A stopwatch whose laps cover the time from its start without gaps.
+struct Laps(Instant);
+
+impl Laps {
+    /// Adds the time since the previous lap to `phase`.
+    fn lap(&mut self, phase: &mut Duration) {
+        let now = Instant::now();
+        *phase += now - self.0;
+        self.0 = now;
+    }
+}
+
+/// How the remap path checks that the new pages are on the target node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum Verify {
+    /// Ask about a bounded sample of each batch: one base page of every huge page and
+    /// [`SAMPLE_BASE_PAGES`] base pages. The new pages were bound to the target and faulted in
+    /// before the remap, so a sample that is all on the target counts the whole batch there; a
+    /// sample with any page elsewhere makes the batch checked in full.
+    #[default]
+    Sample,
+    /// Ask about every page that was copied.
+    Full,
+}
+
+/// Base pages asked about per batch by [`Verify::Sample`].
+pub const SAMPLE_BASE_PAGES: usize = 16;
+
+/// What the check after each batch did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// As asked.
+    pub mode: Verify,
+    /// Pages the kernel was asked about.
+    pub pages_checked: u64,
+    /// Batches whose sample found a page off the target, and that were checked in full.
+    pub batches_checked_in_full: u64,
 }
 
 /// What a remap migration did.
@@ -160,11 +235,12 @@ pub struct RemapReport {
     pub to: NodeId,
     /// Bytes in the range.
     pub bytes: u64,
-    /// Pages that were present and were copied.
+    /// Pages that held data (present or swapped out) and were copied.
     pub pages_copied: u64,
     /// Pages that had never been written (untouched, or only read), left without memory.
     pub pages_untouched: u64,
-    /// Copied pages that the kernel says are on the target node afterwards.
+    /// Copied pages on the target node afterwards: counted page by page with [`Verify::Full`],
+    /// from a sample with [`Verify::Sample`] (see [`RemapReport::verification`]).
     pub pages_on_target: u64,
     /// Batches (one protect, copy, remap and wake each).
     pub batches: u64,
@@ -174,7 +250,11 @@ pub struct RemapReport {
     pub pages_recycled: u64,
     /// Writes that waited for their batch.
     pub writes_waited: u64,
-    /// Time per step.
+    /// How the pages were found.
+    pub scan: ScanMethod,
+    /// How `pages_on_target` was established.
+    pub verification: Verification,
+    /// Time per step; they add up to `wall`.
     pub phases: RemapPhases,
     /// Wall time.
     pub wall: Duration,
@@ -185,8 +265,31 @@ pub struct RemapReport {
     pub worker_cpu: Duration,
 }
 
-/// Checks that the range is mapped anonymous private writable memory.
-fn check_range(start: usize, end: usize) -> Result<(), RemapError> {
+/// What the remap path keeps open between calls: the userfaultfd that write-protects batches,
+/// and the `/proc/self` files it asks about pages and mappings. [`Reservoirs`] keep one for
+/// their lifetime; a call without reservoirs opens its own.
+#[derive(Debug)]
+pub(crate) struct Handles {
+    uffd: Uffd,
+    pagemap: Pagemap,
+}
+
+impl Handles {
+    /// Opens the userfaultfd (write-protect of unpopulated pages) and the files.
+    pub(crate) fn open() -> Result<Self, RemapError> {
+        let uffd =
+            Uffd::open_write_protect().map_err(|source| RemapError::Unsupported { source })?;
+        let pagemap = Pagemap::open_own().map_err(|source| RemapError::NoProcfs { source })?;
+        Ok(Handles { uffd, pagemap })
+    }
+}
+
+/// Checks that `[start, end)` is mapped anonymous private writable memory that is not locked:
+/// one `PROCMAP_QUERY` per mapping, and the process's locked total (`VmLck`, a file of fixed
+/// size). `/proc/self/maps` is read only to name a problem or where the kernel has no
+/// `PROCMAP_QUERY` (before 6.11), `smaps` only where something is locked. (A cheaper probe of
+/// the lock, `madvise(MADV_COLD)` on one page, splits the huge page it falls in.)
+fn check_range(pagemap: &Pagemap, start: usize, end: usize) -> Result<(), RemapError> {
     let page = sys::base_page_size();
     if start >= end || !start.is_multiple_of(page) || !end.is_multiple_of(page) {
         return Err(RemapError::Misaligned {
@@ -194,6 +297,35 @@ fn check_range(start: usize, end: usize) -> Result<(), RemapError> {
             len: end.saturating_sub(start),
         });
     }
+    let mut pos = start;
+    let fine = loop {
+        match pagemap.vma_at_or_after(pos) {
+            Ok(Some(v)) if v.range.start <= pos && v.writable && !v.shared && !v.file_backed => {
+                pos = v.range.end;
+                if pos >= end {
+                    break true;
+                }
+            }
+            _ => break false,
+        }
+    };
+    if !fine {
+        check_range_in_maps(start, end)?;
+    }
+    if procfs::locked_bytes(Process::Current).map_or(true, |b| b > 0)
+        && let Some(locked) = procfs::first_locked(Process::Current, start..end)
+            .map_err(|_| RemapError::NotMapped { start, end })?
+    {
+        return Err(RemapError::Locked {
+            start: locked.start,
+            end: locked.end,
+        });
+    }
+    Ok(())
+}
+
+/// As [`check_range`], from `/proc/self/maps`, naming the mapping that is in the way.
+fn check_range_in_maps(start: usize, end: usize) -> Result<(), RemapError> {
     let areas =
         procfs::read_maps(Process::Current).map_err(|_| RemapError::NotMapped { start, end })?;
     let mut pos = start;
@@ -204,7 +336,7 @@ fn check_range(start: usize, end: usize) -> Result<(), RemapError> {
                 end: a.start,
             });
         }
-        let anonymous = a.path.is_empty() || a.path == "[heap]";
+        let anonymous = a.path.is_empty() || a.path.starts_with('[');
         if !anonymous || a.is_shared() || !a.perms.starts_with("rw") {
             return Err(RemapError::NotAnonymousPrivate {
                 start: a.start,
@@ -218,39 +350,7 @@ fn check_range(start: usize, end: usize) -> Result<(), RemapError> {
     if pos < end {
         return Err(RemapError::NotMapped { start: pos, end });
     }
-    if let Some(locked) = procfs::first_locked(Process::Current, start..end)
-        .map_err(|_| RemapError::NotMapped { start, end })?
-    {
-        return Err(RemapError::Locked {
-            start: locked.start,
-            end: locked.end,
-        });
-    }
     Ok(())
-}
-
-/// Runs of consecutive pages of `[start, end)` that hold memory of their own, as byte offsets
-/// from `start`, and the node of the first such page. Pages never touched, and pages only read
-/// (which map the shared zero page) are left out: the kernel's placement query answers
-/// `ENOENT`/`EFAULT` for both.
-fn present_runs(start: usize, end: usize) -> Result<(Vec<Range<usize>>, Option<NodeId>), SysError> {
-    let page = sys::base_page_size();
-    let pages: Vec<usize> = (start..end).step_by(page).collect();
-    let placed = sys::query_page_nodes(0, &pages)?;
-    let mut runs: Vec<Range<usize>> = Vec::new();
-    let mut first = None;
-    for (p, place) in pages.into_iter().zip(placed) {
-        let PageNode::Node(node) = place else {
-            continue;
-        };
-        first.get_or_insert(node);
-        let off = p - start;
-        match runs.last_mut() {
-            Some(r) if r.end == off => r.end += page,
-            _ => runs.push(off..off + page),
-        }
-    }
-    Ok((runs, first))
 }
 
 /// The parts of `0..len` not covered by `runs` (sorted, disjoint).
@@ -269,6 +369,41 @@ fn holes(runs: &[Range<usize>], len: usize) -> Vec<Range<usize>> {
     out
 }
 
+/// The pages to ask about after a batch: every page of `runs` (absolute addresses) with
+/// [`Verify::Full`]; otherwise one page per huge page of `huge` runs and up to
+/// [`SAMPLE_BASE_PAGES`] base pages spread over the rest.
+fn pages_to_verify(runs: &[(Range<usize>, bool)], mode: Verify) -> Vec<usize> {
+    let page = sys::base_page_size();
+    let all = |r: &Range<usize>| r.clone().step_by(page);
+    if mode == Verify::Full {
+        return runs.iter().flat_map(|(r, _)| all(r)).collect();
+    }
+    let mut out: Vec<usize> = runs
+        .iter()
+        .filter(|(_, huge)| *huge)
+        // A different subpage in each huge page: a split page shows up wherever it split.
+        .flat_map(|(r, _)| {
+            r.clone()
+                .step_by(HUGE_PAGE_SIZE)
+                .enumerate()
+                .map(|(i, h)| h + (i * 97 % (HUGE_PAGE_SIZE / page)) * page)
+        })
+        .collect();
+    let base: usize = runs
+        .iter()
+        .filter(|(_, huge)| !*huge)
+        .map(|(r, _)| r.len() / page)
+        .sum();
+    let step = base.div_ceil(SAMPLE_BASE_PAGES).max(1);
+    out.extend(
+        runs.iter()
+            .filter(|(_, huge)| !*huge)
+            .flat_map(|(r, _)| all(r))
+            .step_by(step),
+    );
+    out
+}
+
 /// How the remap path runs.
 pub struct RemapPlan<'a> {
     /// Copies the pages (a [`crate::copy::Pool`] for several workers).
@@ -276,14 +411,14 @@ pub struct RemapPlan<'a> {
     /// Bytes per batch: writers to a batch wait while it moves. Rounded to 2 MB where the range
     /// is 2 MB aligned.
     pub batch_bytes: usize,
-    /// Where new pages come from and old pages go, instead of being allocated and freed. With
-    /// them, accesses to a batch's pages that are not there yet (never touched, or between the
-    /// two remaps) wait for the batch too.
+    /// Where new pages come from and old pages go, instead of being allocated and freed; they
+    /// also keep the userfaultfd open between calls. With them, accesses to a batch's pages that
+    /// are not there yet (never touched, or between the two remaps) wait for the batch too.
     pub reservoirs: Option<&'a Reservoirs>,
 }
 
 /// Moves `[start, start + len)` of the calling process to node `to`, keeping its addresses and
-/// contents, one batch at a time.
+/// contents, one batch at a time; checks a sample of the new pages ([`Verify::Sample`]).
 ///
 /// # Safety
 /// The range must be anonymous private memory of this process that no thread unmaps, remaps or
@@ -298,20 +433,43 @@ pub unsafe fn migrate_range(
     to: NodeId,
     plan: &RemapPlan<'_>,
 ) -> Result<RemapReport, RemapError> {
+    // SAFETY: forwarded from the caller.
+    unsafe { migrate_range_verified(topology, start, len, to, plan, Verify::Sample) }
+}
+
+/// As [`migrate_range`], checking the new pages as `verify` says.
+///
+/// # Safety
+/// As [`migrate_range`].
+pub unsafe fn migrate_range_verified(
+    topology: &Topology,
+    start: usize,
+    len: usize,
+    to: NodeId,
+    plan: &RemapPlan<'_>,
+    verify: Verify,
+) -> Result<RemapReport, RemapError> {
+    let caller_cpu_start = sys::thread_cpu_time();
     let started = Instant::now();
+    let mut laps = Laps(started);
+    let mut phases = RemapPhases::default();
     let end = start
         .checked_add(len)
         .ok_or(RemapError::Misaligned { start, len })?;
     super::check_target(topology, to)?;
-    check_range(start, end)?;
-    let uffd = Uffd::open_write_protect().map_err(|source| RemapError::Unsupported { source })?;
-    let aligned = start.is_multiple_of(HUGE_PAGE_SIZE) && len.is_multiple_of(HUGE_PAGE_SIZE);
-    let huge = aligned && procfs::anon_huge_bytes(Process::Current, start..end).unwrap_or(0) > 0;
-    let unit = if aligned {
-        HUGE_PAGE_SIZE
-    } else {
-        sys::base_page_size()
+    let own;
+    let handles = match plan.reservoirs {
+        Some(r) => r.handles()?,
+        None => {
+            own = Handles::open()?;
+            &own
+        }
     };
+    check_range(&handles.pagemap, start, end)?;
+    let (uffd, pagemap) = (&handles.uffd, &handles.pagemap);
+    let aligned = start.is_multiple_of(HUGE_PAGE_SIZE) && len.is_multiple_of(HUGE_PAGE_SIZE);
+    let page = sys::base_page_size();
+    let unit = if aligned { HUGE_PAGE_SIZE } else { page };
     let batch = plan.batch_bytes.max(unit) / unit * unit;
     let mut report = RemapReport {
         to,
@@ -323,69 +481,112 @@ pub unsafe fn migrate_range(
         pages_from_reservoir: 0,
         pages_recycled: 0,
         writes_waited: 0,
+        scan: ScanMethod::PagemapScan,
+        verification: Verification {
+            mode: verify,
+            pages_checked: 0,
+            batches_checked_in_full: 0,
+        },
         phases: RemapPhases::default(),
         wall: Duration::ZERO,
         caller_cpu: Duration::ZERO,
         worker_cpu: Duration::ZERO,
     };
-    let caller_cpu_start = sys::thread_cpu_time();
-    let page = sys::base_page_size();
+    // Free memory on the target, read once where a batch first needs new pages, then counted
+    // down: earlier batches of this call used some.
+    let mut free: Option<u64> = None;
+    laps.lap(&mut phases.check);
     let mut pos = start;
     while pos < end {
         let b_end = (pos + batch).min(end);
+        let b_len = b_end - pos;
         let failed = |source| RemapError::Failed {
             start,
             end,
             moved_until: pos,
             source,
         };
-        let (runs, from_node) = present_runs(pos, b_end).map_err(failed)?;
-        let present: usize = runs.iter().map(|r| r.end - r.start).sum();
-        // Read now, not from the topology: earlier batches used some. Keep a margin above the
-        // node's watermarks: filling a node that a mapping is bound to invokes the OOM killer.
-        let free = crate::topology::node_free_bytes(to).unwrap_or(0);
-        let total = topology.node(to).map_or(0, |n| n.mem_total);
-        let margin = (total / 16).max(32 << 20);
-        let reserved = plan
-            .reservoirs
-            .is_some_and(|r| r.holds(to, huge, b_end - pos));
-        if !reserved && present as u64 + margin > free {
-            return Err(RemapError::NoMemory {
-                node: to,
-                need: present as u64,
-                free,
-                start,
-                end,
-                moved_until: pos,
-            });
-        }
 
-        // Writers wait from here until the wake.
-        let t = Instant::now();
-        uffd.register(pos, b_end - pos, plan.reservoirs.is_some())
+        // Before the protection: afterwards the kernel marks never-touched pages, and reports
+        // its markers as swapped.
+        let mut scan = scan_own(pagemap, pos..b_end).map_err(failed)?;
+        laps.lap(&mut phases.scan);
+
+        // Writers wait from here until the wake; with reservoirs, so do accesses to pages that
+        // are not there.
+        uffd.register(pos, b_len, plan.reservoirs.is_some())
             .map_err(failed)?;
-        uffd.write_protect(pos, b_end - pos).map_err(failed)?;
-        report.phases.protect += t.elapsed();
-
-        // On any failure below, lift the protection so that the batch stays usable where it is.
+        // On any failure below, lift the protection so that the batch stays usable where it is;
+        // the userfaultfd may outlive this call, so the range is unregistered too.
         let undo = |e: RemapError| {
-            let _ = uffd.unprotect(pos, b_end - pos);
+            let _ = uffd.unprotect(pos, b_len);
+            let _ = uffd.unregister(pos, b_len);
             e
         };
-        let t = Instant::now();
-        let reserved = plan.reservoirs.and_then(|r| r.take(to, huge, b_end - pos));
+        uffd.write_protect(pos, b_len)
+            .map_err(|e| undo(failed(e)))?;
+        laps.lap(&mut phases.protect);
+
+        // Pages written between the scan and the protection have data too.
+        let later = scan_own_for(pagemap, pos..b_end, PageCategories::PRESENT)
+            .map_err(|e| undo(failed(e)))?;
+        scan.merge_present(&later);
+        report.scan = scan.method;
+        let huge = aligned && scan.has_huge();
+        // Offsets from `pos` of the pages to copy.
+        let runs: Vec<Range<usize>> = scan
+            .data_runs()
+            .into_iter()
+            .map(|r| r.start - pos..r.end - pos)
+            .collect();
+        let present: usize = runs.iter().map(|r| r.len()).sum();
+        // Old pages go to the reservoir of their node: only whole batches of data, whose chunk
+        // then has no hole that a later copy would fault in under an old memory policy.
+        let recycle_to = match (plan.reservoirs, runs.as_slice()) {
+            (Some(_), [r]) if r.len() == b_len && scan.bytes(PageState::Swapped) == 0 => {
+                match sys::query_page_nodes(0, &[pos]).map_err(|e| undo(failed(e)))?[..] {
+                    [PageNode::Node(n)] => Some(n),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        laps.lap(&mut phases.scan);
+
+        let reserved = plan.reservoirs.is_some_and(|r| r.holds(to, huge, b_len));
+        if !reserved {
+            // Keep a margin above the node's watermarks: filling a node that a mapping is bound
+            // to invokes the OOM killer.
+            let left =
+                *free.get_or_insert_with(|| crate::topology::node_free_bytes(to).unwrap_or(0));
+            let total = topology.node(to).map_or(0, |n| n.mem_total);
+            let margin = (total / 16).max(32 << 20);
+            if present as u64 + margin > left {
+                return Err(undo(RemapError::NoMemory {
+                    node: to,
+                    need: present as u64,
+                    free: left,
+                    start,
+                    end,
+                    moved_until: pos,
+                }));
+            }
+            free = Some(left - present as u64);
+            laps.lap(&mut phases.check);
+        }
+
+        let reserved = plan.reservoirs.and_then(|r| r.take(to, huge, b_len));
         let new = match reserved {
             Some(mut m) => {
                 // Drop the stale pages the copy will not overwrite.
-                for h in holes(&runs, b_end - pos) {
+                for h in holes(&runs, b_len) {
                     m.discard(h).map_err(|e| undo(failed(e)))?;
                 }
-                report.pages_from_reservoir += ((b_end - pos) / page) as u64;
+                report.pages_from_reservoir += (b_len / page) as u64;
                 m
             }
             None => {
-                let new =
-                    Mapping::anonymous_aligned(b_end - pos, unit).map_err(|e| undo(failed(e)))?;
+                let new = Mapping::anonymous_aligned(b_len, unit).map_err(|e| undo(failed(e)))?;
                 // The new pages have the size of the old ones.
                 if huge {
                     new.advise_huge_pages().map_err(|e| undo(failed(e)))?;
@@ -400,19 +601,18 @@ pub unsafe fn migrate_range(
                 new
             }
         };
-        report.phases.alloc += t.elapsed();
+        laps.lap(&mut phases.alloc);
 
-        let t = Instant::now();
         let ops: Vec<CopyOp<'_>> = runs
             .iter()
-            // SAFETY: source pages are present pages of the caller's range (readable; writers are
-            // blocked), destinations are pages of `new`, which nothing else can reach; the two
-            // mappings are distinct, so no op overlaps another.
+            // SAFETY: source pages are pages of the caller's range with data (readable; writers
+            // are blocked), destinations are pages of `new`, which nothing else can reach; the
+            // two mappings are distinct, so no op overlaps another.
             .map(|r| unsafe {
                 CopyOp::from_raw(
                     (pos + r.start) as *const u8,
                     new.as_ptr().add(r.start).cast_mut(),
-                    r.end - r.start,
+                    r.len(),
                 )
             })
             .collect();
@@ -426,18 +626,16 @@ pub unsafe fn migrate_range(
         })?;
         report.worker_cpu += stats.worker_cpu;
         drop(ops);
-        report.phases.copy += t.elapsed();
+        laps.lap(&mut phases.copy);
 
-        let t = Instant::now();
         // With reservoirs, first move the old pages out into a chunk for the source node's
         // reservoir; the range stays mapped but empty, and accesses to it wait (MISSING).
         let mut recycled = None;
-        if let (Some(_), Some(node)) = (plan.reservoirs, from_node) {
-            let mut old =
-                Mapping::anonymous_aligned(b_end - pos, unit).map_err(|e| undo(failed(e)))?;
+        if let Some(node) = recycle_to {
+            let mut old = Mapping::anonymous_aligned(b_len, unit).map_err(|e| undo(failed(e)))?;
             // SAFETY: [pos, b_end) is the caller's anonymous private memory, copied into `new`
             // above; it gets `new`'s pages right below, and accesses wait until then.
-            match unsafe { old.take_pages_from(0, pos, b_end - pos) } {
+            match unsafe { old.take_pages_from(0, pos, b_len) } {
                 Ok(()) => recycled = Some((node, old)),
                 // The range spans several mappings (earlier batches of other sizes): a chunk
                 // made of pieces could not be remapped in one call later, so this batch's old
@@ -457,33 +655,55 @@ pub unsafe fn migrate_range(
             }
             return Err(undo(failed(e)));
         }
-        report.phases.remap += t.elapsed();
+        // The batch is now the new mapping, which is not registered: nothing to unregister.
+        laps.lap(&mut phases.remap);
 
         // Read the fault messages before waking: a woken fault takes its message with it.
-        let t = Instant::now();
         report.writes_waited += uffd.drain().map_err(failed)? as u64;
-        uffd.wake(pos, b_end - pos).map_err(failed)?;
-        report.phases.wake += t.elapsed();
-        if let (Some(r), Some((node, old))) = (plan.reservoirs, recycled) {
+        uffd.wake(pos, b_len).map_err(failed)?;
+        if let (Some(r), Some((node, mut old))) = (plan.reservoirs, recycled) {
+            // After the wake: writers do not wait for this.
+            old.restore_write_access().map_err(failed)?;
             let pages = (old.len() / page) as u64;
             if r.give(node, huge, old) {
                 report.pages_recycled += pages;
             }
         }
+        laps.lap(&mut phases.wake);
 
-        let pages: Vec<usize> = runs
+        let copied: Vec<(Range<usize>, bool)> = scan
+            .runs
             .iter()
-            .flat_map(|r| (r.start..r.end).step_by(page))
-            .map(|o| pos + o)
+            .filter(|r| r.state.has_data())
+            .map(|r| (r.range.clone(), r.huge))
             .collect();
-        let placed = sys::query_page_nodes(0, &pages).map_err(failed)?;
-        report.pages_on_target +=
-            placed.iter().filter(|p| **p == PageNode::Node(to)).count() as u64;
-        report.pages_copied += (present / page) as u64;
-        report.pages_untouched += ((b_end - pos - present) / page) as u64;
+        let on_target = |pages: &[usize]| -> Result<usize, RemapError> {
+            let placed = sys::query_page_nodes(0, pages).map_err(failed)?;
+            Ok(placed.iter().filter(|p| **p == PageNode::Node(to)).count())
+        };
+        let asked = pages_to_verify(&copied, verify);
+        let mut checked = asked.len();
+        let mut found = on_target(&asked)?;
+        let copied_pages = present / page;
+        if verify == Verify::Sample {
+            if found == asked.len() {
+                found = copied_pages;
+            } else {
+                let all = pages_to_verify(&copied, Verify::Full);
+                checked += all.len();
+                found = on_target(&all)?;
+                report.verification.batches_checked_in_full += 1;
+            }
+        }
+        report.verification.pages_checked += checked as u64;
+        report.pages_on_target += found as u64;
+        report.pages_copied += copied_pages as u64;
+        report.pages_untouched += ((b_len - present) / page) as u64;
         report.batches += 1;
         pos = b_end;
+        laps.lap(&mut phases.verify);
     }
+    report.phases = phases;
     report.wall = started.elapsed();
     report.caller_cpu = sys::thread_cpu_time().saturating_sub(caller_cpu_start);
     Ok(report)
@@ -491,12 +711,25 @@ pub unsafe fn migrate_range(
 
 /// Moves the bytes `range` (page-aligned offsets) of `mapping` to node `to` with the remap path,
 /// keeping their addresses: the owned, node-placed buffer of this library (see [`Mapping::bind`]).
+/// Checks a sample of the new pages ([`Verify::Sample`]).
 pub fn migrate_mapping(
     topology: &Topology,
     mapping: &mut Mapping,
     range: Range<usize>,
     to: NodeId,
     plan: &RemapPlan<'_>,
+) -> Result<RemapReport, RemapError> {
+    migrate_mapping_verified(topology, mapping, range, to, plan, Verify::Sample)
+}
+
+/// As [`migrate_mapping`], checking the new pages as `verify` says.
+pub fn migrate_mapping_verified(
+    topology: &Topology,
+    mapping: &mut Mapping,
+    range: Range<usize>,
+    to: NodeId,
+    plan: &RemapPlan<'_>,
+    verify: Verify,
 ) -> Result<RemapReport, RemapError> {
     let start = mapping.as_ptr() as usize + range.start;
     let len = range
@@ -505,7 +738,7 @@ pub fn migrate_mapping(
         .saturating_sub(range.start);
     // SAFETY: `mapping` is anonymous private memory that this exclusive borrow keeps every
     // other reference away from for the whole call; the range lies inside it.
-    unsafe { migrate_range(topology, start, len, to, plan) }
+    unsafe { migrate_range_verified(topology, start, len, to, plan, verify) }
 }
 
 /// How [`migrate_own`] moved the memory.

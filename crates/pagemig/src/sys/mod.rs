@@ -10,6 +10,7 @@ pub mod dsa;
 mod mem;
 mod numa;
 mod own;
+mod pagemap;
 mod process;
 mod thread;
 mod uffd;
@@ -20,6 +21,7 @@ pub use numa::{
     query_page_nodes,
 };
 pub use own::{ForeignOut, Plain, read_own, set_errno};
+pub use pagemap::{PageCategories, PageRegion, Pagemap, Vma, entry as pagemap_entry};
 pub use process::spawn_in_cgroup;
 pub use rustix::io::Errno;
 pub use thread::{allowed_cpus, pin_current_thread, thread_cpu_time};

@@ -7,7 +7,9 @@ use linux_raw_sys::general::{
     UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP, uffd_msg, uffdio_api, uffdio_range,
     uffdio_register, uffdio_writeprotect,
 };
-use linux_raw_sys::ioctl::{UFFDIO_API, UFFDIO_REGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT};
+use linux_raw_sys::ioctl::{
+    UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT,
+};
 use rustix::mm::UserfaultfdFlags;
 
 use super::{Errno, SysError};
@@ -74,6 +76,16 @@ impl Uffd {
             ioctls: 0,
         };
         self.ioctl("ioctl(UFFDIO_REGISTER)", UFFDIO_REGISTER, &mut reg)
+    }
+
+    /// Unregisters `[start, start + len)`: faults there no longer wait, and those waiting for a
+    /// missing page are woken. Parts of the range that are not registered are left as they are.
+    pub fn unregister(&self, start: usize, len: usize) -> Result<(), SysError> {
+        let mut range = uffdio_range {
+            start: start as u64,
+            len: len as u64,
+        };
+        self.ioctl("ioctl(UFFDIO_UNREGISTER)", UFFDIO_UNREGISTER, &mut range)
     }
 
     /// Write-protects a registered range: from now on writes to it wait for [`Uffd::wake`].
