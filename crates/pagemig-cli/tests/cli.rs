@@ -412,3 +412,96 @@ fn bench_copy_has_offload_and_dma_columns_where_they_can_run() {
         stderr(&o)
     );
 }
+
+#[test]
+fn tier_refuses_bad_input_before_anything_starts() {
+    let me = std::process::id().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["tier", "--pid", &me, "--fast", "0", "--slow", "0"],
+            "nodes 0 are in both --fast (0) and --slow (0)",
+        ),
+        (
+            &["tier", "--pid", &me, "--fast", "0", "--slow", "63"],
+            "slow tier: node 63 does not exist or is offline",
+        ),
+        (
+            &["tier", "--pid", &me, "--slow", "1"],
+            "--fast NODES is required",
+        ),
+        (
+            &["tier", "--fast", "0", "--slow", "1"],
+            "no process to tier",
+        ),
+        (
+            &[
+                "tier",
+                "--pid",
+                &me,
+                "--fast",
+                "0",
+                "--slow",
+                "1",
+                "--fast-budget",
+                "12Q",
+            ],
+            "bad size \"12Q\"",
+        ),
+        (
+            &[
+                "tier",
+                "--pid",
+                &me,
+                "--fast",
+                "0",
+                "--slow",
+                "1",
+                "--interval",
+                "0",
+            ],
+            "--interval 0: must be a positive number",
+        ),
+        (
+            &[
+                "tier",
+                "--pid",
+                &me,
+                "--fast",
+                "0",
+                "--slow",
+                "1",
+                "--once",
+                "--duration",
+                "3",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &[
+                "tier",
+                "--comm",
+                "no-such-command-here",
+                "--fast",
+                "0",
+                "--slow",
+                "1",
+            ],
+            "no process has this command name",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = pagemig(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("tier.toml");
+    fs::write(&config, "fast = \"0\"\nslow = \"1\"\nfast-budgt = \"1G\"\n").unwrap();
+    let o = pagemig(&["tier", "--pid", &me, "--config", config.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown field `fast-budgt`"),
+        "{}",
+        stderr(&o)
+    );
+}

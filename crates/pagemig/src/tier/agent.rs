@@ -71,7 +71,7 @@ pub struct ProcessPlacement {
 }
 
 /// One call of the mover: chunks of one process going one way.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MoveRequest {
     /// The process.
     pub pid: u32,
@@ -111,6 +111,8 @@ pub struct IntervalReport {
     pub warming_up: bool,
     /// What was decided.
     pub decisions: Vec<Decision>,
+    /// The decisions as moves: one per process and direction, with the target node.
+    pub planned: Vec<MoveRequest>,
     /// What the moves did (none in a dry run).
     pub moves: Vec<MoveOutcome>,
     /// Where each process's memory was when the decisions were made.
@@ -420,8 +422,9 @@ impl Agent {
         let tracking_cpu = sys::thread_cpu_time().saturating_sub(cpu);
 
         let mut moves = Vec::new();
+        let planned = self.requests(&decisions);
         if !self.config.dry_run {
-            for request in self.requests(&decisions) {
+            for request in planned.iter().cloned() {
                 match mover(&request) {
                     Ok(report) => {
                         for d in decisions.iter().filter(|d| {
@@ -468,6 +471,7 @@ impl Agent {
             interval: self.interval,
             warming_up: self.interval < u64::from(self.config.policy.warmup),
             decisions,
+            planned,
             moves,
             placement,
             fast_used,
