@@ -35,7 +35,7 @@ enum Command {
     /// Measure copy engines and move_pages on this machine; save the cost model the planner uses.
     Calibrate(calibrate::CalibrateArgs),
     /// Keep processes' hot memory on fast nodes and cold memory on slow ones (DAMON-tracked).
-    Tier(tier::TierArgs),
+    Tier(Box<tier::TierArgs>),
 }
 
 /// Exit status when some requested pages did not move (errors exit with 2).

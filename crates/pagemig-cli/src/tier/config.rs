@@ -352,6 +352,21 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_files_parse() {
+        let file: File = toml::from_str(include_str!("../../../../deploy/tier.toml")).unwrap();
+        assert_eq!(file.fast_budget, Some(Size::Percent(75.0)));
+        let k8s = include_str!("../../../../deploy/kubernetes/pagemig-tier.yaml");
+        let (_, rest) = k8s.split_once("tier.toml: |\n").unwrap();
+        let embedded: String = rest
+            .lines()
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", &l[4..]))
+            .collect();
+        let file: File = toml::from_str(&embedded).unwrap();
+        assert_eq!(file.metrics.as_deref(), Some("0.0.0.0:9464"));
+    }
+
+    #[test]
     fn bad_files_name_the_problem() {
         let f = write("fast = \"0\"\nslow = \"1\"\npid = [1]\nfast-budgt = \"1G\"\n");
         let args = TierArgs {

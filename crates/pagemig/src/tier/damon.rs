@@ -334,14 +334,14 @@ impl Damon {
         for i in 0..pids.len() {
             damon.configure(i)?;
         }
-        for i in 0..pids.len() {
+        for (i, &pid) in pids.iter().enumerate() {
             let dir = damon.kdamond_dir(i);
             damon.write(&dir.join("state"), "on").map_err(|e| match e {
                 TierError::Damon { source, .. }
                     if source.raw_os_error() == Some(libc::ESRCH)
                         || source.raw_os_error() == Some(libc::EINVAL) =>
                 {
-                    TierError::NoSuchProcess { pid: pids[i] }
+                    TierError::NoSuchProcess { pid }
                 }
                 e => e,
             })?;
