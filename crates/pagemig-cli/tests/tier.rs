@@ -360,6 +360,10 @@ fn tier_demotes_the_cold_set_keeps_the_hot_one_and_follows_it_when_it_moves() {
         .filter_map(|l| l["interval"].as_u64())
         .max()
         .unwrap_or(0);
+    eprintln!(
+        "log at the swap: {} lines, last interval {swapped_at}",
+        agent.log_lines().len()
+    );
     w.tell("swap");
     let followed = wait_for(Duration::from_secs(120), || {
         share_on(pid, w.cold, HOT, fast) >= 0.9
@@ -377,6 +381,16 @@ fn tier_demotes_the_cold_set_keeps_the_hot_one_and_follows_it_when_it_moves() {
         .min()
         .expect("promotions logged after the swap");
     eprintln!("hot set swapped after interval {swapped_at}, first promotion at {promoted_at}");
+    for l in lines
+        .iter()
+        .filter(|l| l["interval"].as_u64().is_some_and(|i| i > swapped_at))
+        .filter(|l| {
+            l["event"] == "interval" && l["decisions"].as_u64() > Some(0) || l["event"].is_null()
+        })
+        .take(40)
+    {
+        eprintln!("  {l}");
+    }
     assert!(
         promoted_at - swapped_at <= 40,
         "followed after {} intervals",
@@ -554,4 +568,49 @@ fn tier_refuses_bad_starts_and_moves_nothing() {
     own.kill().unwrap();
     own.wait().unwrap();
     assert!(w.finish());
+}
+
+#[test]
+fn tier_bench_compares_pagemig_with_damons_own_migration() {
+    let Some((fast, slow)) = tiers("tier_bench") else {
+        return;
+    };
+    let before = nr_kdamonds();
+    let o = Command::new(pagemig_bin())
+        .args([
+            "bench",
+            "tier",
+            "--fast",
+            &fast.to_string(),
+            "--slow",
+            &slow.to_string(),
+        ])
+        .args([
+            "--hot",
+            "8M",
+            "--cold",
+            "32M",
+            "--fast-budget",
+            "16M",
+            "--timeout",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    eprintln!("{text}");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("pagemig tier") || l.contains("DAMON migrate"))
+        .collect();
+    assert_eq!(rows.len(), 4, "two starts by two methods:\n{text}");
+    assert!(
+        rows.iter()
+            .filter(|r| r.contains("pagemig tier"))
+            .all(|r| !r.contains("> 60")),
+        "pagemig tier placed both starts within the timeout:\n{text}"
+    );
+    assert_eq!(kdamonds_on(), 0, "no kdamond left running");
+    assert_eq!(nr_kdamonds(), before);
 }

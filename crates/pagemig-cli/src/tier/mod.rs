@@ -86,6 +86,14 @@ fn log_interval(log: &mut dyn Write, r: &IntervalReport, dry_run: bool) -> std::
         });
         writeln!(log, "{line}")?;
     }
+    writeln!(
+        log,
+        "{}",
+        json!({"time": t, "interval": r.interval, "event": "interval", "warming_up": r.warming_up,
+               "fast_used": r.fast_used, "fast_limit": r.fast_limit, "decisions": r.decisions.len(),
+               "moved": r.moves.iter().map(|m| m.report.bytes_moved).sum::<u64>(),
+               "longest_call_ms": r.moves.iter().map(|m| m.report.calls.longest.as_secs_f64() * 1e3).fold(0.0, f64::max)})
+    )?;
     for pid in &r.dropped {
         writeln!(
             log,

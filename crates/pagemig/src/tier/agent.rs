@@ -214,17 +214,6 @@ fn roomiest(nodes: &NodeSet) -> NodeId {
         .expect("tiers are not empty")
 }
 
-/// CPU time of a thread from `/proc/PID/stat` (user + system), if it is there.
-fn thread_cpu(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let hz = rustix::param::clock_ticks_per_second().max(1);
-    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
-}
-
 impl Agent {
     /// Checks the configuration against the machine and the processes, cleans what a killed
     /// agent left in DAMON, and starts tracking. Nothing moves before the first [`Agent::step`].
@@ -461,12 +450,7 @@ impl Agent {
                 }
             }
         }
-        let kdamond_cpu = self
-            .damon
-            .threads()
-            .iter()
-            .filter_map(|&(_, t)| thread_cpu(t))
-            .sum();
+        let kdamond_cpu = self.damon.cpu_time();
         Ok(IntervalReport {
             interval: self.interval,
             warming_up: self.interval < u64::from(self.config.policy.warmup),

@@ -16,12 +16,14 @@
 
 use std::fs;
 use std::io::{self, ErrorKind};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{AccessSample, TierError};
+use crate::topology::NodeId;
 
 /// The sysfs directory of DAMON's administration interface on a running kernel.
 pub const ADMIN: &str = "/sys/kernel/mm/damon/admin";
@@ -61,6 +63,42 @@ impl DamonAttrs {
     /// The most accesses a region can show in one aggregation interval.
     pub fn max_accesses(&self) -> u64 {
         (self.aggr.as_micros() / self.sample.as_micros().max(1)).max(1) as u64
+    }
+}
+
+/// What a DAMOS scheme does with the regions it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing: the regions are only counted and listed (what [`Damon::sample`] reads).
+    Stat,
+    /// The kernel migrates the regions' pages to the node, hottest first (`migrate_hot`,
+    /// Linux 6.11 and later).
+    MigrateHot(NodeId),
+    /// The kernel migrates the regions' pages to the node, coldest first (`migrate_cold`,
+    /// Linux 6.11 and later).
+    MigrateCold(NodeId),
+}
+
+/// A DAMOS scheme: an action on the regions whose access count per aggregation interval and
+/// age (in aggregation intervals) are in these ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheme {
+    /// What to do.
+    pub action: Action,
+    /// Accesses per aggregation interval.
+    pub accesses: RangeInclusive<u32>,
+    /// Age in aggregation intervals.
+    pub age: RangeInclusive<u32>,
+}
+
+impl Scheme {
+    /// `stat` on every region: what the tiering agent uses to read access frequencies.
+    pub fn stat_all() -> Self {
+        Scheme {
+            action: Action::Stat,
+            accesses: 0..=u32::MAX,
+            age: 0..=u32::MAX,
+        }
     }
 }
 
@@ -106,6 +144,7 @@ pub struct Damon {
     record_path: PathBuf,
     record: Record,
     attrs: DamonAttrs,
+    schemes: Vec<Scheme>,
     stopped: bool,
 }
 
@@ -162,6 +201,17 @@ fn start_time(pid: u32) -> Option<u64> {
     let (_, rest) = stat.rsplit_once(')')?;
     // Fields after the command: state is field 3, starttime field 22.
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// CPU time of a thread from `/proc/PID/stat` (user + system), if it is there.
+fn thread_cpu(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
 /// Whether DAMON can be driven from `admin`: the directory exists and offers `vaddr`.
@@ -259,13 +309,26 @@ fn restore_count(kdamonds: &Path, record: &Record) -> Result<(), TierError> {
 
 impl Damon {
     /// Cleans what a killed earlier agent left (see [`clean_stale`]), then adds one kdamond per
-    /// process of `pids` and turns them on. Refuses, changing nothing, when another program runs
-    /// a kdamond (the kernel does not let `nr_kdamonds` change then).
+    /// process of `pids`, each with a `stat` scheme for every region ([`Damon::sample`] reads
+    /// them), and turns them on. Refuses, changing nothing, when another program runs a
+    /// kdamond (the kernel does not let `nr_kdamonds` change then).
     pub fn start(
         admin: &Path,
         runtime_dir: &Path,
         pids: &[u32],
         attrs: DamonAttrs,
+    ) -> Result<(Damon, Option<Cleaned>), TierError> {
+        Self::start_schemes(admin, runtime_dir, pids, attrs, &[Scheme::stat_all()])
+    }
+
+    /// As [`Damon::start`], with these schemes on every kdamond ([`Damon::sample`] reads the
+    /// first one's regions).
+    pub fn start_schemes(
+        admin: &Path,
+        runtime_dir: &Path,
+        pids: &[u32],
+        attrs: DamonAttrs,
+        schemes: &[Scheme],
     ) -> Result<(Damon, Option<Cleaned>), TierError> {
         probe(admin)?;
         if attrs.sample.is_zero() || attrs.aggr < attrs.sample || attrs.update.is_zero() {
@@ -315,6 +378,7 @@ impl Damon {
             record_path: runtime_dir.join(RECORD),
             record,
             attrs,
+            schemes: schemes.to_vec(),
             stopped: false,
         };
         // Recorded before the kernel is touched: a kill from here on is cleaned by the next start.
@@ -399,16 +463,33 @@ impl Damon {
         write(&attrs.join("nr_regions/min"), self.attrs.min_regions)?;
         write(&ctx.join("targets/nr_targets"), 1)?;
         write(&ctx.join("targets/0/pid_target"), k.target)?;
-        write(&ctx.join("schemes/nr_schemes"), 1)?;
-        let scheme = ctx.join("schemes/0");
-        write(&scheme.join("action"), "stat")?;
-        let pattern = scheme.join("access_pattern");
-        write(&pattern.join("sz/min"), 0)?;
-        write(&pattern.join("sz/max"), u64::MAX)?;
-        write(&pattern.join("nr_accesses/min"), 0)?;
-        write(&pattern.join("nr_accesses/max"), u32::MAX)?;
-        write(&pattern.join("age/min"), 0)?;
-        write(&pattern.join("age/max"), u32::MAX)?;
+        write(&ctx.join("schemes/nr_schemes"), self.schemes.len())?;
+        for (j, scheme) in self.schemes.iter().enumerate() {
+            let dir = ctx.join(format!("schemes/{j}"));
+            let (action, node) = match scheme.action {
+                Action::Stat => ("stat", None),
+                Action::MigrateHot(n) => ("migrate_hot", Some(n)),
+                Action::MigrateCold(n) => ("migrate_cold", Some(n)),
+            };
+            if let Some(node) = node {
+                write(&dir.join("target_nid"), node)?;
+            }
+            write(&dir.join("action"), action).map_err(|e| match e {
+                TierError::Damon { source, .. } if source.raw_os_error() == Some(libc::EINVAL) => {
+                    TierError::BadDamonAttrs {
+                        reason: format!("this kernel's DAMON has no {action} action (Linux 6.11+)"),
+                    }
+                }
+                e => e,
+            })?;
+            let pattern = dir.join("access_pattern");
+            write(&pattern.join("sz/min"), 0)?;
+            write(&pattern.join("sz/max"), u64::MAX)?;
+            write(&pattern.join("nr_accesses/min"), scheme.accesses.start())?;
+            write(&pattern.join("nr_accesses/max"), scheme.accesses.end())?;
+            write(&pattern.join("age/min"), scheme.age.start())?;
+            write(&pattern.join("age/max"), scheme.age.end())?;
+        }
         Ok(())
     }
 
@@ -482,6 +563,35 @@ impl Damon {
             }
         }
         Ok(out)
+    }
+
+    /// Bytes the schemes' actions were applied to, summed over every kdamond and scheme
+    /// (`stats/sz_applied`, refreshed with `update_schemes_stats`).
+    pub fn applied_bytes(&self) -> Result<u64, TierError> {
+        let mut total = 0;
+        for (i, k) in self.record.kdamonds.iter().enumerate() {
+            if k.thread.is_none() {
+                continue;
+            }
+            let dir = self.kdamond_dir(i);
+            match write(&dir.join("state"), "update_schemes_stats") {
+                Err(TierError::Damon { source, .. })
+                    if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {}
+                other => other?,
+            }
+            for j in 0..self.schemes.len() {
+                total += read_u64(&dir.join(format!("contexts/0/schemes/{j}/stats/sz_applied")))?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// CPU time of the kdamond threads so far (user and system, from `/proc/PID/stat`).
+    pub fn cpu_time(&self) -> Duration {
+        self.threads()
+            .iter()
+            .filter_map(|&(_, t)| thread_cpu(t))
+            .sum()
     }
 
     /// Turns the kdamonds off, restores `nr_kdamonds` and removes the record.
