@@ -251,3 +251,52 @@ fn missing_damon_and_bad_attributes_are_clear_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn migrate_schemes_are_written_and_their_applied_bytes_summed() {
+    use pagemig::tier::damon::{Action, Scheme};
+    let admin = admin_with(0);
+    let a = admin.path();
+    kdamond(a, 0, "off", 300);
+    for j in 0..2 {
+        let s = a.join(format!("kdamonds/0/contexts/0/schemes/{j}"));
+        for d in [
+            "access_pattern/sz",
+            "access_pattern/nr_accesses",
+            "access_pattern/age",
+            "stats",
+        ] {
+            fs::create_dir_all(s.join(d)).unwrap();
+        }
+    }
+    let run = tempfile::tempdir().unwrap();
+    let schemes = [
+        Scheme {
+            action: Action::MigrateCold(2),
+            accesses: 0..=0,
+            age: 5..=u32::MAX,
+        },
+        Scheme {
+            action: Action::MigrateHot(0),
+            accesses: 1..=20,
+            age: 0..=u32::MAX,
+        },
+    ];
+    let (d, _) = Damon::start_schemes(a, run.path(), &[42], attrs(), &schemes).unwrap();
+    let s = a.join("kdamonds/0/contexts/0/schemes");
+    assert_eq!(read(s.join("nr_schemes")), "2");
+    assert_eq!(read(s.join("0/action")), "migrate_cold");
+    assert_eq!(read(s.join("0/target_nid")), "2");
+    assert_eq!(read(s.join("0/access_pattern/nr_accesses/max")), "0");
+    assert_eq!(read(s.join("0/access_pattern/age/min")), "5");
+    assert_eq!(read(s.join("1/action")), "migrate_hot");
+    assert_eq!(read(s.join("1/target_nid")), "0");
+    assert_eq!(read(s.join("1/access_pattern/nr_accesses/min")), "1");
+    fs::write(s.join("0/stats/sz_applied"), "4096\n").unwrap();
+    fs::write(s.join("1/stats/sz_applied"), "8192\n").unwrap();
+    assert_eq!(d.applied_bytes().unwrap(), 12288);
+    assert_eq!(read(a.join("kdamonds/0/state")), "update_schemes_stats");
+    d.stop().unwrap();
+    assert_eq!(read(a.join("kdamonds/0/state")), "off");
+    assert_eq!(read(a.join("kdamonds/nr_kdamonds")), "0");
+}
