@@ -16,7 +16,7 @@
 
 use std::fs;
 use std::io::{self, ErrorKind};
-use std::ops::RangeInclusive;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -144,7 +144,9 @@ pub struct Damon {
     record_path: PathBuf,
     record: Record,
     attrs: DamonAttrs,
-    schemes: Vec<Scheme>,
+    /// Per kdamond: physical ranges to monitor (`paddr`; empty: the process, `vaddr`) and its
+    /// schemes.
+    specs: Vec<(Vec<Range<u64>>, Vec<Scheme>)>,
     stopped: bool,
 }
 
@@ -212,6 +214,42 @@ fn thread_cpu(pid: u32) -> Option<Duration> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     let hz = rustix::param::clock_ticks_per_second().max(1);
     Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// The physical address ranges of a node's memory, from its memory blocks
+/// (`SYSFS/devices/system/node/nodeN/memoryM`, `SYSFS/devices/system/memory/block_size_bytes`),
+/// adjacent blocks merged.
+pub fn node_ranges(sysfs: &Path, node: NodeId) -> Result<Vec<Range<u64>>, TierError> {
+    let size_path = sysfs.join("devices/system/memory/block_size_bytes");
+    let text = read(&size_path)?;
+    let block =
+        u64::from_str_radix(text.trim_start_matches("0x"), 16).map_err(|_| TierError::Damon {
+            path: size_path.clone(),
+            op: "parsing",
+            source: io::Error::new(ErrorKind::InvalidData, format!("{text:?} is not hex")),
+        })?;
+    let dir = sysfs.join(format!("devices/system/node/node{node}"));
+    let mut blocks: Vec<u64> = fs::read_dir(&dir)
+        .map_err(|e| sysfs_error(&dir, "listing", e))?
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("memory")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    blocks.sort_unstable();
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for b in blocks {
+        let r = b * block..(b + 1) * block;
+        match out.last_mut() {
+            Some(last) if last.end == r.start => last.end = r.end,
+            _ => out.push(r),
+        }
+    }
+    Ok(out)
 }
 
 /// Whether DAMON can be driven from `admin`: the directory exists and offers `vaddr`.
@@ -330,6 +368,36 @@ impl Damon {
         attrs: DamonAttrs,
         schemes: &[Scheme],
     ) -> Result<(Damon, Option<Cleaned>), TierError> {
+        let specs = pids
+            .iter()
+            .map(|&p| (p, Vec::new(), schemes.to_vec()))
+            .collect();
+        Self::start_inner(admin, runtime_dir, attrs, specs)
+    }
+
+    /// kdamonds on physical memory (`paddr` operations), one per entry, each monitoring those
+    /// address ranges (see [`node_ranges`]) with those schemes: how the kernel's own tiering
+    /// (`migrate_hot`/`migrate_cold`, which Linux 6.11-6.15 offer for `paddr` only) is set up.
+    pub fn start_physical(
+        admin: &Path,
+        runtime_dir: &Path,
+        attrs: DamonAttrs,
+        kdamonds: &[(Vec<Range<u64>>, Vec<Scheme>)],
+    ) -> Result<(Damon, Option<Cleaned>), TierError> {
+        let specs = kdamonds
+            .iter()
+            .map(|(r, s)| (0, r.clone(), s.clone()))
+            .collect();
+        Self::start_inner(admin, runtime_dir, attrs, specs)
+    }
+
+    fn start_inner(
+        admin: &Path,
+        runtime_dir: &Path,
+        attrs: DamonAttrs,
+        specs: Vec<(u32, Vec<Range<u64>>, Vec<Scheme>)>,
+    ) -> Result<(Damon, Option<Cleaned>), TierError> {
+        let pids: Vec<u32> = specs.iter().map(|s| s.0).collect();
         probe(admin)?;
         if attrs.sample.is_zero() || attrs.aggr < attrs.sample || attrs.update.is_zero() {
             return Err(TierError::BadDamonAttrs {
@@ -378,7 +446,7 @@ impl Damon {
             record_path: runtime_dir.join(RECORD),
             record,
             attrs,
-            schemes: schemes.to_vec(),
+            specs: specs.into_iter().map(|(_, r, s)| (r, s)).collect(),
             stopped: false,
         };
         // Recorded before the kernel is touched: a kill from here on is cleaned by the next start.
@@ -440,10 +508,12 @@ impl Damon {
         write(&ctx.join("nr_contexts"), 1)?;
         let ctx = ctx.join("0");
         let avail = read(&ctx.join("avail_operations"))?;
-        if !avail.split_whitespace().any(|o| o == "vaddr") {
+        let (ranges, schemes) = &self.specs[i];
+        let ops = if ranges.is_empty() { "vaddr" } else { "paddr" };
+        if !avail.split_whitespace().any(|o| o == ops) {
             return Err(TierError::DamonNoVaddr { available: avail });
         }
-        write(&ctx.join("operations"), "vaddr")?;
+        write(&ctx.join("operations"), ops)?;
         let attrs = ctx.join("monitoring_attrs");
         write(
             &attrs.join("intervals/sample_us"),
@@ -462,9 +532,18 @@ impl Damon {
         write(&attrs.join("nr_regions/max"), self.attrs.max_regions)?;
         write(&attrs.join("nr_regions/min"), self.attrs.min_regions)?;
         write(&ctx.join("targets/nr_targets"), 1)?;
-        write(&ctx.join("targets/0/pid_target"), k.target)?;
-        write(&ctx.join("schemes/nr_schemes"), self.schemes.len())?;
-        for (j, scheme) in self.schemes.iter().enumerate() {
+        if ranges.is_empty() {
+            write(&ctx.join("targets/0/pid_target"), k.target)?;
+        } else {
+            let regions = ctx.join("targets/0/regions");
+            write(&regions.join("nr_regions"), ranges.len())?;
+            for (j, r) in ranges.iter().enumerate() {
+                write(&regions.join(format!("{j}/start")), r.start)?;
+                write(&regions.join(format!("{j}/end")), r.end)?;
+            }
+        }
+        write(&ctx.join("schemes/nr_schemes"), schemes.len())?;
+        for (j, scheme) in schemes.iter().enumerate() {
             let dir = ctx.join(format!("schemes/{j}"));
             let (action, node) = match scheme.action {
                 Action::Stat => ("stat", None),
@@ -579,7 +658,7 @@ impl Damon {
                     if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {}
                 other => other?,
             }
-            for j in 0..self.schemes.len() {
+            for j in 0..self.specs[i].1.len() {
                 total += read_u64(&dir.join(format!("contexts/0/schemes/{j}/stats/sz_applied")))?;
             }
         }

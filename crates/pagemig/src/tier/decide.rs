@@ -41,7 +41,7 @@ impl Default for Policy {
             cold: 0.01,
             decay: 0.5,
             min_residency: 5,
-            warmup: 3,
+            warmup: 5,
         }
     }
 }
