@@ -637,7 +637,7 @@ fn tier_bench_compares_pagemig_with_damons_own_migration() {
             "--fast-budget",
             "16M",
             "--timeout",
-            "60",
+            "30",
         ])
         .output()
         .unwrap();
