@@ -470,11 +470,37 @@ fn tier_promotes_the_hot_set_from_the_slow_node_within_the_rate() {
         fast,
         slow,
         "promote",
-        &["--fast-budget", "64M", "--rate", "40", "--max-stall", "20"],
+        &[
+            "--fast-budget",
+            "64M",
+            "--rate",
+            "40",
+            "--max-stall",
+            "20",
+            "--metrics",
+            "127.0.0.1:9464",
+        ],
     );
     let placed = wait_for(Duration::from_secs(120), || {
         share_on(pid, w.hot, HOT, fast) >= 0.9
     });
+    // Prometheus text from the agent, while it runs.
+    let metrics = {
+        use std::io::Read;
+        let mut c = std::net::TcpStream::connect("127.0.0.1:9464").unwrap();
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        text
+    };
+    for want in [
+        "pagemig_tier_promoted_bytes_total",
+        "pagemig_tier_stall_seconds_bucket",
+        &format!("pagemig_tier_pages{{node=\"{fast}\",pid=\"{pid}\"}}"),
+        "pagemig_tier_kdamond_cpu_seconds",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
     let hot_fast = share_on(pid, w.hot, HOT, fast);
     let cold_slow = share_on(pid, w.cold, COLD, slow);
     let (out, lines) = agent.terminate();

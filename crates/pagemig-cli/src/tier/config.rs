@@ -92,9 +92,6 @@ pub struct TierArgs {
     /// it [default: /run/pagemig].
     #[arg(long, value_name = "DIR")]
     pub runtime_dir: Option<PathBuf>,
-    /// DAMON's sysfs admin directory [default: /sys/kernel/mm/damon/admin].
-    #[arg(long, value_name = "DIR", hide = true)]
-    pub damon_admin: Option<PathBuf>,
 }
 
 /// The TOML file: the flags' names and meanings.
@@ -309,10 +306,7 @@ impl TierArgs {
                 .clone()
                 .or(file.runtime_dir)
                 .unwrap_or_else(|| PathBuf::from("/run/pagemig")),
-            damon_admin: self
-                .damon_admin
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(pagemig::tier::damon::ADMIN)),
+            damon_admin: PathBuf::from(pagemig::tier::damon::ADMIN),
         })
     }
 }

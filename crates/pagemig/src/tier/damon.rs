@@ -511,7 +511,10 @@ impl Damon {
         let (ranges, schemes) = &self.specs[i];
         let ops = if ranges.is_empty() { "vaddr" } else { "paddr" };
         if !avail.split_whitespace().any(|o| o == ops) {
-            return Err(TierError::DamonNoVaddr { available: avail });
+            return Err(TierError::DamonNoOperations {
+                wanted: ops,
+                available: avail,
+            });
         }
         write(&ctx.join("operations"), ops)?;
         let attrs = ctx.join("monitoring_attrs");

@@ -203,9 +203,11 @@ pub enum TierError {
         /// The admin directory.
         path: PathBuf,
     },
-    /// DAMON cannot track processes here.
-    #[error("DAMON has no vaddr operations on this kernel (available: {available:?})")]
-    DamonNoVaddr {
+    /// DAMON lacks the operations set needed.
+    #[error("DAMON has no {wanted} operations on this kernel (available: {available:?})")]
+    DamonNoOperations {
+        /// `vaddr` (processes) or `paddr` (physical memory).
+        wanted: &'static str,
         /// What it offers.
         available: String,
     },
