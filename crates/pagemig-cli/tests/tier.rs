@@ -278,8 +278,25 @@ fn workload_entry() {
 
 /// A running `pagemig tier`.
 struct Agent {
-    child: Child,
+    child: Option<Child>,
     log: PathBuf,
+}
+
+/// SIGTERM to a child of ours.
+fn sigterm(child: &Child) {
+    // SAFETY: kill(2) has no memory arguments; the pid is our own child's, not yet waited for.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+}
+
+impl Drop for Agent {
+    /// A test that failed while the agent runs stops it, so that the next test finds DAMON free.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            sigterm(&c);
+            let _ = c.wait();
+        }
+    }
 }
 
 fn tier_command(pid: u32, fast: NodeId, slow: NodeId, run_dir: &Path, extra: &[&str]) -> Command {
@@ -317,15 +334,17 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        Agent { child, log }
+        Agent {
+            child: Some(child),
+            log,
+        }
     }
 
     /// Ends it with SIGTERM and returns its stdout and log, checking it exited 0.
-    fn terminate(self) -> (String, Vec<serde_json::Value>) {
-        // SAFETY: kill(2) has no memory arguments; the pid is our own child's, not yet waited for.
-        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        assert_eq!(rc, 0);
-        let out = self.child.wait_with_output().unwrap();
+    fn terminate(mut self) -> (String, Vec<serde_json::Value>) {
+        let child = self.child.take().expect("running");
+        sigterm(&child);
+        let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -484,7 +503,10 @@ fn tier_promotes_the_hot_set_from_the_slow_node_within_the_rate() {
     let placed = wait_for(Duration::from_secs(120), || {
         share_on(pid, w.hot, HOT, fast) >= 0.9
     });
-    // Prometheus text from the agent, while it runs.
+    // Prometheus text from the agent, while it runs (the guest's loopback starts down).
+    let _ = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
     let metrics = {
         use std::io::Read;
         let mut c = std::net::TcpStream::connect("127.0.0.1:9464").unwrap();
@@ -542,8 +564,9 @@ fn tier_killed_with_sigkill_is_cleaned_by_the_next_start() {
         wait_for(Duration::from_secs(60), || kdamonds_on() == 1).is_some(),
         "the agent started a kdamond"
     );
-    agent.child.kill().unwrap();
-    agent.child.wait().unwrap();
+    let mut child = agent.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
     assert_eq!(kdamonds_on(), 1, "SIGKILL leaves the kdamond running");
 
     // The next start finds the record, turns the kdamond off, decides once and stops.
@@ -670,10 +693,7 @@ fn tier_bench_compares_pagemig_with_damons_own_migration() {
     let text = String::from_utf8_lossy(&o.stdout);
     eprintln!("{text}");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let rows: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("pagemig tier") || l.contains("DAMON paddr migrate"))
-        .collect();
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with('│')).collect();
     assert_eq!(rows.len(), 4, "two starts by two methods:\n{text}");
     assert!(
         rows.iter()
