@@ -199,7 +199,7 @@ fn ensure_kernel(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Test binaries that run inside the guests.
-const GUEST_TESTS: [&str; 3] = ["guest", "preload", "remap"];
+const GUEST_TESTS: [&str; 4] = ["guest", "preload", "remap", "tier"];
 
 /// Builds the guest test binaries and `pagemig`, statically linked and optimised (emulation is
 /// slow enough); returns their paths.

@@ -5,6 +5,7 @@ mod calibrate;
 mod machine;
 mod migrate;
 mod stat;
+mod tier;
 mod topo;
 
 use std::io::{self, Write};
@@ -33,6 +34,8 @@ enum Command {
     Stat(stat::StatArgs),
     /// Measure copy engines and move_pages on this machine; save the cost model the planner uses.
     Calibrate(calibrate::CalibrateArgs),
+    /// Keep processes' hot memory on fast nodes and cold memory on slow ones (DAMON-tracked).
+    Tier(Box<tier::TierArgs>),
 }
 
 /// Exit status when some requested pages did not move (errors exit with 2).
@@ -49,6 +52,7 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
         }
         Command::Stat(args) => stat::run(&args, out)?,
         Command::Calibrate(args) => calibrate::run(&args, out)?,
+        Command::Tier(args) => tier::run(&args, out)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@
 //! - [`policy`]: the planner and its calibrated cost model.
 //! - [`account`]: what a migration did, per page and per phase, and who paid for it.
 //! - [`cgroup`]: cgroup v2 membership, CPU quota and usage.
+//! - [`tier`]: the tiering agent: DAMON tracking, heat, promote/demote decisions, moves.
 //! - [`sys`]: the safe wrappers over every system call pagemig makes.
 #![deny(unsafe_code)]
 
@@ -16,4 +17,5 @@ pub mod copy;
 pub mod migrate;
 pub mod policy;
 pub mod sys;
+pub mod tier;
 pub mod topology;

@@ -4,6 +4,7 @@
 mod copy;
 mod migrate;
 mod plot;
+mod tier;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,12 +30,15 @@ pub enum BenchCommand {
     Copy(copy::CopyArgs),
     /// Real migrations between two nodes: vanilla move_pages against mt_N threads.
     Migrate(migrate::MigrateBenchArgs),
+    /// Tiering: pagemig tier against DAMON's own migrate_hot/migrate_cold on one workload.
+    Tier(tier::TierBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand, out: &mut dyn Write) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Copy(args) => copy::run(&args, out),
         BenchCommand::Migrate(args) => migrate::run(&args, out),
+        BenchCommand::Tier(args) => tier::run(&args, out),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests of the pagemig library on this machine (no second NUMA node needed).
 
+mod damon;
 mod engines;
 mod fake_sysfs;
 mod fuzz;

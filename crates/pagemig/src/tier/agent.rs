@@ -1,0 +1,554 @@
+//! The tiering agent: one interval after another, track → heat → placement → decide → move.
+//!
+//! [`Agent::start`] checks everything it can before it touches DAMON or moves a page (nodes,
+//! tiers, budget, rate, the processes and the right to move their pages), then starts tracking.
+//! [`Agent::step`] runs one interval and returns it as an [`IntervalReport`]. Moves go through one
+//! function given by the caller, normally [`move_with_kernel_path`], so that the way pages move
+//! can change without touching the agent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::damon::{Cleaned, Damon, DamonAttrs};
+use super::decide::{self, ChunkView, Decision, Direction, Limits, Policy};
+use super::heat::{ChunkKey, HeatMap};
+use super::{Size, TierError};
+use crate::account::Report;
+use crate::copy::Route;
+use crate::migrate::helper::ChargeTo;
+use crate::migrate::kernel::{self, KernelPlan, ProcessRequest, Selection};
+use crate::migrate::{MigrateError, Process, check_target, procfs};
+use crate::policy::{Job, Planner, Threads};
+use crate::sys::{self, PageNode};
+use crate::topology::{NodeId, NodeSet, Topology, node_free_bytes};
+
+/// What the agent is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// Processes to tier.
+    pub pids: Vec<u32>,
+    /// Nodes of the fast tier.
+    pub fast: NodeSet,
+    /// Nodes of the slow tier.
+    pub slow: NodeSet,
+    /// Most memory of these processes on the fast nodes; `None`: what fits above the margin.
+    pub fast_budget: Option<Size>,
+    /// Memory to keep free on the fast nodes (bytes or percent of their memory).
+    pub free_margin: Size,
+    /// Time between decisions (the caller sleeps it; used for the rate).
+    pub interval: Duration,
+    /// Most bytes moved per second; `None`: no limit.
+    pub rate: Option<u64>,
+    /// Bytes per chunk of heat and of moves (a power of two, at least a page).
+    pub granularity: usize,
+    /// Thresholds, decay, hysteresis.
+    pub policy: Policy,
+    /// DAMON's monitoring attributes.
+    pub damon: DamonAttrs,
+    /// DAMON's sysfs admin directory ([`super::damon::ADMIN`] on a running kernel).
+    pub damon_admin: PathBuf,
+    /// Where the agent records what it set up, so that a later start can clean after a kill.
+    pub runtime_dir: PathBuf,
+    /// Decide and report, move nothing.
+    pub dry_run: bool,
+}
+
+/// The pages of one process on each node, and on each tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessPlacement {
+    /// The process.
+    pub pid: u32,
+    /// Pages (base pages) of its tiered memory on each node.
+    pub pages_per_node: BTreeMap<NodeId, u64>,
+    /// Bytes on the fast nodes.
+    pub fast_bytes: u64,
+    /// Bytes on the slow nodes.
+    pub slow_bytes: u64,
+}
+
+/// One call of the mover: chunks of one process going one way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MoveRequest {
+    /// The process.
+    pub pid: u32,
+    /// Which way.
+    pub direction: Direction,
+    /// The chunks' address ranges.
+    pub ranges: Vec<Range<usize>>,
+    /// Pages on these nodes move.
+    pub from: NodeSet,
+    /// The target node.
+    pub to: NodeId,
+    /// Bytes the decisions expect to move.
+    pub bytes: u64,
+}
+
+/// What one mover call did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MoveOutcome {
+    /// The process.
+    pub pid: u32,
+    /// Which way.
+    pub direction: Direction,
+    /// The target node.
+    pub to: NodeId,
+    /// Bytes the decisions expected to move.
+    pub requested_bytes: u64,
+    /// The migration's report.
+    pub report: Report,
+}
+
+/// One interval.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IntervalReport {
+    /// Its number, from 1.
+    pub interval: u64,
+    /// Chunks are still being observed for the first intervals: no decision yet.
+    pub warming_up: bool,
+    /// What was decided.
+    pub decisions: Vec<Decision>,
+    /// The decisions as moves: one per process and direction, with the target node.
+    pub planned: Vec<MoveRequest>,
+    /// What the moves did (none in a dry run).
+    pub moves: Vec<MoveOutcome>,
+    /// Where each process's memory was when the decisions were made.
+    pub placement: Vec<ProcessPlacement>,
+    /// Bytes of the processes on the fast tier, before the moves.
+    pub fast_used: u64,
+    /// The fast tier's limit this interval (budget and free memory above the margin).
+    pub fast_limit: u64,
+    /// CPU time of this thread spent tracking and deciding (sampling DAMON, reading placement).
+    pub tracking_cpu: Duration,
+    /// CPU time of the kernel's monitoring threads since the start.
+    pub kdamond_cpu: Duration,
+    /// Processes that exited this interval and were dropped.
+    pub dropped: Vec<u32>,
+    /// Processes still tiered.
+    pub processes: usize,
+}
+
+/// The running agent. Dropping it tears DAMON down.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    budget: u64,
+    margin: u64,
+    allowance: u64,
+    damon: Damon,
+    heat: HeatMap,
+    pids: Vec<u32>,
+    interval: u64,
+    last_moved: HashMap<ChunkKey, u64>,
+}
+
+fn check_tier(topology: &Topology, nodes: &NodeSet, tier: &'static str) -> Result<(), TierError> {
+    if nodes.is_empty() {
+        return Err(TierError::EmptyTier { tier });
+    }
+    for node in nodes.iter() {
+        check_target(topology, node).map_err(|source| TierError::BadNode { tier, source })?;
+    }
+    Ok(())
+}
+
+/// The memory the agent tiers: private anonymous memory (heap, stack, anonymous mappings).
+/// Files' pages are shared with the page cache and other processes; moving them is not the
+/// agent's business.
+fn tiered_areas(pid: u32) -> Result<Vec<procfs::VmArea>, MigrateError> {
+    Ok(procfs::read_maps(Process::Pid(pid))?
+        .into_iter()
+        .filter(|a| !a.is_special() && !a.is_shared())
+        .filter(|a| a.path.is_empty() || a.path.starts_with('['))
+        .collect())
+}
+
+/// Per chunk: bytes on the fast and slow tiers; and pages per node.
+type Scan = (BTreeMap<usize, (u64, u64)>, BTreeMap<NodeId, u64>);
+
+fn scan(
+    pid: u32,
+    fast: &NodeSet,
+    slow: &NodeSet,
+    granularity: usize,
+) -> Result<Scan, MigrateError> {
+    let process = Process::Pid(pid);
+    let page = sys::base_page_size();
+    let mut present = Vec::new();
+    for a in tiered_areas(pid)? {
+        match procfs::present_pages(process, a.start..a.end, &mut present) {
+            // A mapping that went away meanwhile has no pages.
+            Err(MigrateError::Proc { .. }) => {}
+            other => other?,
+        }
+    }
+    let nodes = kernel::query(process, &present)?;
+    let mut chunks: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+    let mut per_node: BTreeMap<NodeId, u64> = BTreeMap::new();
+    for (addr, place) in present.iter().zip(nodes) {
+        if let PageNode::Node(n) = place {
+            *per_node.entry(n).or_default() += 1;
+            let e = chunks.entry(addr / granularity * granularity).or_default();
+            if fast.contains(n) {
+                e.0 += page as u64;
+            } else if slow.contains(n) {
+                e.1 += page as u64;
+            }
+        }
+    }
+    Ok((chunks, per_node))
+}
+
+fn is_gone(e: &MigrateError) -> bool {
+    matches!(e, MigrateError::NoSuchProcess { .. })
+}
+
+/// The node of `nodes` with the most free memory now.
+fn roomiest(nodes: &NodeSet) -> NodeId {
+    nodes
+        .iter()
+        .max_by_key(|&n| (node_free_bytes(n).unwrap_or(0), std::cmp::Reverse(n)))
+        .expect("tiers are not empty")
+}
+
+impl Agent {
+    /// Checks the configuration against the machine and the processes, cleans what a killed
+    /// agent left in DAMON, and starts tracking. Nothing moves before the first [`Agent::step`].
+    pub fn start(
+        config: AgentConfig,
+        topology: &Topology,
+    ) -> Result<(Agent, Option<Cleaned>), TierError> {
+        check_tier(topology, &config.fast, "fast")?;
+        check_tier(topology, &config.slow, "slow")?;
+        let both = config.fast.intersection(&config.slow);
+        if !both.is_empty() {
+            return Err(TierError::OverlappingTiers {
+                fast: config.fast.clone(),
+                slow: config.slow.clone(),
+                both,
+            });
+        }
+        config
+            .policy
+            .check()
+            .map_err(|reason| TierError::BadSetting { reason })?;
+        let page = sys::base_page_size();
+        if !config.granularity.is_power_of_two() || config.granularity < page {
+            return Err(TierError::BadSetting {
+                reason: format!(
+                    "granularity {} must be a power of two of at least a page ({page} bytes)",
+                    config.granularity
+                ),
+            });
+        }
+        if config.interval.is_zero() {
+            return Err(TierError::BadSetting {
+                reason: "the interval must be longer than zero".into(),
+            });
+        }
+        let fast_total: u64 = config
+            .fast
+            .iter()
+            .filter_map(|n| topology.node(n))
+            .map(|n| n.mem_total)
+            .sum();
+        let budget = match config.fast_budget {
+            Some(size) => {
+                let b = size.of(fast_total);
+                if b > fast_total {
+                    return Err(TierError::BudgetTooLarge {
+                        budget: b,
+                        nodes: config.fast.clone(),
+                        total: fast_total,
+                    });
+                }
+                b
+            }
+            None => u64::MAX,
+        };
+        let margin = config.free_margin.of(fast_total);
+        let allowance = match config.rate {
+            Some(rate) => {
+                let per_interval = (rate as f64 * config.interval.as_secs_f64()) as u64;
+                if per_interval < config.granularity as u64 {
+                    return Err(TierError::RateTooLow {
+                        bytes_per_second: rate,
+                        per_interval,
+                        granularity: config.granularity,
+                    });
+                }
+                per_interval
+            }
+            None => u64::MAX,
+        };
+        let mut pids = config.pids.clone();
+        pids.dedup();
+        if pids.is_empty() {
+            return Err(TierError::NoProcess);
+        }
+        // The right to read and move each process's pages, before DAMON is touched.
+        for &pid in &pids {
+            scan(pid, &config.fast, &config.slow, config.granularity).map_err(|e| {
+                if is_gone(&e) {
+                    TierError::NoSuchProcess { pid }
+                } else {
+                    TierError::Process { pid, source: e }
+                }
+            })?;
+        }
+        let (damon, cleaned) = Damon::start(
+            &config.damon_admin,
+            &config.runtime_dir,
+            &pids,
+            config.damon,
+        )?;
+        Ok((
+            Agent {
+                heat: HeatMap::new(config.granularity, config.policy.decay),
+                config,
+                budget,
+                margin,
+                allowance,
+                damon,
+                pids,
+                interval: 0,
+                last_moved: HashMap::new(),
+            },
+            cleaned,
+        ))
+    }
+
+    /// Processes still tiered.
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
+    }
+
+    /// The fast tier's budget in bytes (`u64::MAX` when only the margin limits it).
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    fn drop_process(&mut self, pid: u32) -> Result<(), TierError> {
+        self.pids.retain(|&p| p != pid);
+        self.heat.remove_process(pid);
+        self.last_moved.retain(|k, _| k.pid != pid);
+        self.damon.drop_target(pid)
+    }
+
+    /// One interval: samples DAMON, updates the heat, reads where the pages are, decides, and
+    /// (unless a dry run) moves through `mover`. A process that exited is dropped and the agent
+    /// goes on; when none is left, the report says `processes: 0`.
+    pub fn step(
+        &mut self,
+        mover: &dyn Fn(&MoveRequest) -> Result<Report, MigrateError>,
+    ) -> Result<IntervalReport, TierError> {
+        self.interval += 1;
+        let cpu = sys::thread_cpu_time();
+        let mut dropped = Vec::new();
+        for pid in self.pids.clone() {
+            if procfs::has_exited(Process::Pid(pid)) {
+                self.drop_process(pid)?;
+                dropped.push(pid);
+            }
+        }
+        let samples = self.damon.sample()?;
+        self.heat.update(&samples);
+
+        let (fast, slow, g) = (
+            self.config.fast.clone(),
+            self.config.slow.clone(),
+            self.config.granularity,
+        );
+        let mut chunks = Vec::new();
+        let mut placement = Vec::new();
+        for pid in self.pids.clone() {
+            let (per_chunk, per_node) = match scan(pid, &fast, &slow, g) {
+                Ok(s) => s,
+                Err(e) if is_gone(&e) || procfs::has_exited(Process::Pid(pid)) => {
+                    self.drop_process(pid)?;
+                    dropped.push(pid);
+                    continue;
+                }
+                Err(e) => return Err(TierError::Process { pid, source: e }),
+            };
+            let (mut f, mut s) = (0, 0);
+            for (&start, &(fast_bytes, slow_bytes)) in &per_chunk {
+                f += fast_bytes;
+                s += slow_bytes;
+                let key = ChunkKey { pid, start };
+                let heat = self.heat.get(&key);
+                chunks.push(ChunkView {
+                    key,
+                    range: start..start + g,
+                    heat: heat.map_or(0.0, |h| h.value),
+                    observed: heat.map_or(0, |h| h.observed),
+                    fast_bytes,
+                    slow_bytes,
+                    last_moved: self.last_moved.get(&key).copied(),
+                });
+            }
+            placement.push(ProcessPlacement {
+                pid,
+                pages_per_node: per_node,
+                fast_bytes: f,
+                slow_bytes: s,
+            });
+        }
+        let free: u64 = fast.iter().filter_map(node_free_bytes).sum();
+        let limits = Limits {
+            budget: self.budget,
+            fast_headroom: free as i64 - self.margin as i64,
+            allowance: self.allowance,
+        };
+        let decisions = decide::decide(&chunks, &limits, &self.config.policy, self.interval);
+        let fast_used: u64 = chunks.iter().map(|c| c.fast_bytes).sum();
+        let fast_limit = (self.budget as i64)
+            .min(fast_used as i64 + limits.fast_headroom)
+            .max(0) as u64;
+        let tracking_cpu = sys::thread_cpu_time().saturating_sub(cpu);
+
+        let mut moves = Vec::new();
+        let planned = self.requests(&decisions);
+        if !self.config.dry_run {
+            for request in planned.iter().cloned() {
+                match mover(&request) {
+                    Ok(report) => {
+                        for d in decisions.iter().filter(|d| {
+                            d.key.pid == request.pid && d.direction == request.direction
+                        }) {
+                            self.last_moved.insert(d.key, self.interval);
+                        }
+                        let exited = report.process_exited;
+                        moves.push(MoveOutcome {
+                            pid: request.pid,
+                            direction: request.direction,
+                            to: request.to,
+                            requested_bytes: request.bytes,
+                            report,
+                        });
+                        if exited && !dropped.contains(&request.pid) {
+                            self.drop_process(request.pid)?;
+                            dropped.push(request.pid);
+                        }
+                    }
+                    Err(e) if is_gone(&e) => {
+                        if !dropped.contains(&request.pid) {
+                            self.drop_process(request.pid)?;
+                            dropped.push(request.pid);
+                        }
+                    }
+                    Err(source) => {
+                        return Err(TierError::Move {
+                            pid: request.pid,
+                            to: request.to,
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        let kdamond_cpu = self.damon.cpu_time();
+        Ok(IntervalReport {
+            interval: self.interval,
+            warming_up: self.interval < u64::from(self.config.policy.warmup),
+            decisions,
+            planned,
+            moves,
+            placement,
+            fast_used,
+            fast_limit,
+            tracking_cpu,
+            kdamond_cpu,
+            dropped,
+            processes: self.pids.len(),
+        })
+    }
+
+    /// The decisions grouped into one request per process and direction, in decision order
+    /// (demotions first).
+    fn requests(&self, decisions: &[Decision]) -> Vec<MoveRequest> {
+        let mut out: Vec<MoveRequest> = Vec::new();
+        for d in decisions {
+            if let Some(r) = out
+                .iter_mut()
+                .find(|r| r.pid == d.key.pid && r.direction == d.direction)
+            {
+                r.ranges.push(d.range.clone());
+                r.bytes += d.bytes;
+                continue;
+            }
+            let (from, to) = match d.direction {
+                Direction::Promote => (&self.config.slow, &self.config.fast),
+                Direction::Demote => (&self.config.fast, &self.config.slow),
+            };
+            out.push(MoveRequest {
+                pid: d.key.pid,
+                direction: d.direction,
+                ranges: vec![d.range.clone()],
+                from: from.clone(),
+                to: roomiest(to),
+                bytes: d.bytes,
+            });
+        }
+        out
+    }
+
+    /// Stops tracking: DAMON's kdamonds off and its state as before the start.
+    pub fn stop(self) -> Result<(), TierError> {
+        self.damon.stop()
+    }
+}
+
+/// How the kernel path moves the agent's pages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoveOptions {
+    /// Threads calling `move_pages`.
+    pub threads: Threads,
+    /// Pages per call (the most, under `max_stall`).
+    pub batch: usize,
+    /// Longest one kernel call may stall the process.
+    pub max_stall: Option<Duration>,
+    /// Who pays for the moving.
+    pub charge: ChargeTo,
+}
+
+/// Moves one request's pages with the kernel path, threads and placement planned for its size.
+pub fn move_with_kernel_path(
+    topology: &Topology,
+    planner: &Planner<'_>,
+    options: &MoveOptions,
+    request: &MoveRequest,
+) -> Result<Report, MigrateError> {
+    let page = sys::base_page_size() as u64;
+    let route = Route {
+        from: request.from.iter().next(),
+        to: Some(request.to),
+    };
+    let process_request = ProcessRequest {
+        process: Process::Pid(request.pid),
+        to: request.to,
+        from: Some(request.from.clone()),
+        selection: Selection::Ranges(request.ranges.clone()),
+        dry_run: false,
+    };
+    let plan = |bytes: u64| -> Result<KernelPlan, MigrateError> {
+        let choice = planner.plan_kernel_as(
+            Job { bytes, route },
+            options.batch as u64 * page,
+            options.threads,
+            None,
+            "--threads",
+        )?;
+        Ok(KernelPlan {
+            cpus: choice.cpus,
+            batch: options.batch,
+            max_stall: options.max_stall,
+            move_all: false,
+            charge: options.charge,
+        })
+    };
+    kernel::migrate_process_planned(topology, &process_request, &plan, &|_| {})
+}
