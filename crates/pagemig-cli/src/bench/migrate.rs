@@ -412,15 +412,20 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut phase_rows = Vec::new();
     for (page_size, rows) in plan_rows {
         let largest = rows.iter().max().copied().unwrap_or(1) * page_size;
-        let mut buf = Mapping::anonymous_aligned(largest, HUGE_PAGE_SIZE)?;
-        if page_size >= HUGE_PAGE_SIZE {
-            buf.advise_huge_pages()?;
-        } else {
-            buf.advise_no_huge_pages()?;
-        }
-        buf.bind(&NodeSet::from_iter([from]))
-            .with_context(|| format!("binding {} MiB to node {from}", largest >> 20))?;
-        buf.populate();
+        // A buffer of `largest` bytes in pages of this row's size, faulted in on `node`.
+        let bound = |node: NodeId| -> anyhow::Result<Mapping> {
+            let mut m = Mapping::anonymous_aligned(largest, HUGE_PAGE_SIZE)?;
+            if page_size >= HUGE_PAGE_SIZE {
+                m.advise_huge_pages()?;
+            } else {
+                m.advise_no_huge_pages()?;
+            }
+            m.bind(&NodeSet::from_iter([node]))
+                .with_context(|| format!("binding {} MiB to node {node}", largest >> 20))?;
+            m.populate();
+            Ok(m)
+        };
+        let mut buf = bound(from)?;
         buf.as_mut_slice().fill(0x5A);
         if page_size >= HUGE_PAGE_SIZE {
             let start = buf.as_ptr() as usize;
@@ -433,18 +438,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             ));
         }
         let copy_dst = match args.path {
-            PathKind::Remap => {
-                let mut dst = Mapping::anonymous_aligned(largest, HUGE_PAGE_SIZE)?;
-                if page_size >= HUGE_PAGE_SIZE {
-                    dst.advise_huge_pages()?;
-                } else {
-                    dst.advise_no_huge_pages()?;
-                }
-                dst.bind(&NodeSet::from_iter([to]))
-                    .with_context(|| format!("binding {} MiB to node {to}", largest >> 20))?;
-                dst.populate();
-                Some(dst)
-            }
+            PathKind::Remap => Some(bound(to)?),
             PathKind::Kernel => None,
         };
         let mut block = Block {

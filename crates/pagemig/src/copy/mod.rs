@@ -275,17 +275,9 @@ impl CopyEngine for PageCopy {
     }
 
     fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
-        let mut bytes = 0;
-        for op in batch {
-            op.run_pieces(self.page, self.kernel);
-            bytes += op.len() as u64;
-        }
-        Ok(CopyStats {
-            bytes,
-            ops: batch.len() as u64,
-            threads: 1,
-            worker_cpu: Duration::ZERO,
-        })
+        Ok(on_this_thread(batch, |op| {
+            op.run_pieces(self.page, self.kernel)
+        }))
     }
 }
 
@@ -295,16 +287,21 @@ impl CopyEngine for CpuEngine {
     }
 
     fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
-        let mut bytes = 0;
-        for op in batch {
-            op.run(self.kernel);
-            bytes += op.len() as u64;
-        }
-        Ok(CopyStats {
-            bytes,
-            ops: batch.len() as u64,
-            threads: 1,
-            worker_cpu: Duration::ZERO,
-        })
+        Ok(on_this_thread(batch, |op| op.run(self.kernel)))
+    }
+}
+
+/// Runs `copy` on every op of `batch` on the calling thread: the statistics of a one-thread copy.
+fn on_this_thread(batch: &[CopyOp<'_>], copy: impl Fn(&CopyOp<'_>)) -> CopyStats {
+    let mut bytes = 0;
+    for op in batch {
+        copy(op);
+        bytes += op.len() as u64;
+    }
+    CopyStats {
+        bytes,
+        ops: batch.len() as u64,
+        threads: 1,
+        worker_cpu: Duration::ZERO,
     }
 }
