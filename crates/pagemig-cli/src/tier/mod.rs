@@ -5,7 +5,7 @@ mod config;
 mod metrics;
 
 use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
+use std::io::{LineWriter, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -130,7 +130,7 @@ pub fn run(args: &TierArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         charge: s.charge,
     };
     let mut log = match &s.log {
-        Some(path) => Some(BufWriter::new(
+        Some(path) => Some(LineWriter::new(
             OpenOptions::new()
                 .create(true)
                 .append(true)
