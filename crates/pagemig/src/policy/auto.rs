@@ -17,8 +17,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::calibrate::median;
-use super::{Copier, CopyPlan, CopyPoint, Job, Planner};
+use super::{Copier, CopyPlan, CopyPoint, Job, Planner, median};
 use crate::copy::dma::{self, DmaKind};
 use crate::copy::{
     CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, PlacementError, Pool,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::auto::{AutoEngine, AutoError, MAX_MOVES, SAMPLE_EVERY, SizeCheck, WINDOW};
 use super::model::{Copier, CopyPoint, CostModel, KernelPoint, MachineId, Saturation};
-use super::{Planner, Resources};
+use super::{Planner, Resources, median};
 use crate::copy::dma::{self, DmaKind};
 use crate::copy::{
     CopyEngine, CopyError, CopyOp, CpuEngine, EngineKind, Placement, PlacementError, Pool,
@@ -186,12 +186,6 @@ fn reps_at(reps: usize, bytes: u64) -> usize {
         b if b <= 1 << 20 => 2 * reps,
         _ => reps,
     }
-}
-
-/// The middle sample (the upper one of the two middles for an even count); `None` for none.
-pub(super) fn median(mut samples: Vec<f64>) -> Option<f64> {
-    samples.sort_by(f64::total_cmp);
-    samples.get(samples.len() / 2).copied()
 }
 
 fn buffer(len: usize, node: NodeId) -> Result<Mapping, CalibrateError> {

@@ -32,6 +32,13 @@ pub const DEFAULT_KERNEL_BYTES_PER_THREAD: u64 = 64 << 20;
 /// fewest threads wins, since bandwidth that stops growing is not worth more CPUs.
 const NEAR_BEST: f64 = 0.98;
 
+/// The middle sample (the upper one of the two middles for an even count); `None` for none.
+/// Calibration and the auto engine's check judge copiers by it.
+fn median(mut samples: Vec<f64>) -> Option<f64> {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied()
+}
+
 /// Among (option, GB/s), the fewest-threaded option predicted within [`NEAR_BEST`] of the best.
 fn fewest_near_best<T: Copy>(
     options: impl Iterator<Item = (T, f64)>,
@@ -85,7 +92,7 @@ impl Resources {
                 parse_running(&text)
             })
             .collect();
-        let busy_cpus = calibrate::median(samples).unwrap_or(0.0);
+        let busy_cpus = median(samples).unwrap_or(0.0);
         Ok(Resources {
             allowed,
             cpu_quota,
