@@ -12,6 +12,7 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pagemig::migrate::in_cgroup;
 
 /// Move memory between NUMA nodes and memory tiers, fast.
 #[derive(Debug, Parser)]
@@ -74,7 +75,15 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn main() -> ExitCode {
     // `migrate --charge target` runs this program again, inside the target's cgroup.
-    pagemig::migrate::helper::serve_if_helper();
+    if std::env::var_os(in_cgroup::HELPER_ENV).is_some() {
+        return match in_cgroup::serve(io::stdin().lock(), io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pagemig migration helper: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cli = Cli::parse();
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use pagemig::account::ChargeTo;
 use pagemig::account::Report;
 use pagemig::copy::{Placement, Route};
-use pagemig::migrate::helper::ChargeTo;
 use pagemig::migrate::kernel::{self, KernelPlan, ProcessRequest, Progress, Selection};
-use pagemig::migrate::{MigrateError, Process, check_target, procfs};
+use pagemig::migrate::{MigrateError, check_target};
 use pagemig::policy::{Job, KernelChoice, Planner, Resources, Threads};
+use pagemig::process::Process;
+use pagemig::procfs;
 use pagemig::sys;
 use pagemig::topology::{CpuSet, NodeId, NodeSet, Topology};
 

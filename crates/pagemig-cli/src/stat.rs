@@ -5,7 +5,8 @@ use std::io::Write;
 
 use anyhow::Context;
 use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
-use pagemig::migrate::{Process, procfs};
+use pagemig::process::Process;
+use pagemig::procfs;
 use pagemig::topology::NodeId;
 
 /// Arguments of `pagemig stat`.

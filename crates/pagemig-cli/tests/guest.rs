@@ -19,8 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pagemig::account::{FailureCause, Report, SkipReason};
+use pagemig::migrate::MigrateError;
 use pagemig::migrate::kernel::{self, KernelPlan, ProcessRequest, Selection};
-use pagemig::migrate::{MigrateError, Process, procfs};
+use pagemig::process::Process;
+use pagemig::procfs;
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping, PageNode};
 use pagemig::topology::{NodeId, NodeSet, Topology};
 

@@ -12,7 +12,8 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pagemig::migrate::{Process, procfs};
+use pagemig::process::Process;
+use pagemig::procfs;
 use pagemig::topology::{NodeId, Topology};
 
 fn skip(test: &str, why: &str) {

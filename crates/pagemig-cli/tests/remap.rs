@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pagemig::copy::{CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, Pool};
+use pagemig::migrate::kernel;
 use pagemig::migrate::remap::{self, RemapError, RemapPlan};
 use pagemig::migrate::reservoir::Reservoirs;
-use pagemig::migrate::{Process, kernel, procfs};
+use pagemig::process::Process;
+use pagemig::procfs;
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping, PageNode, Uffd};
 use pagemig::topology::{NodeId, NodeSet, Topology};
 

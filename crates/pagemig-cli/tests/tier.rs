@@ -13,8 +13,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use pagemig::migrate::Process;
 use pagemig::migrate::kernel;
+use pagemig::process::Process;
 use pagemig::sys::{Mapping, PageNode};
 use pagemig::topology::{NodeId, NodeSet, Topology};
 

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use crate::migrate::Process;
-use crate::migrate::helper::ChargeTo;
+use crate::process::Process;
 use crate::sys::Errno;
 use crate::topology::NodeId;
 
@@ -199,6 +198,29 @@ impl CallStats {
             final_batch,
             thread_cpu,
         )
+    }
+}
+
+/// Who pays for the CPU time of a migration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChargeTo {
+    /// The process (and cgroup) that asks for the migration.
+    #[default]
+    Caller,
+    /// The cgroup of the process whose pages move: helper processes in that cgroup do the work.
+    Target,
+}
+
+impl std::str::FromStr for ChargeTo {
+    type Err = String;
+    /// `caller` or `target`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "caller" => Ok(ChargeTo::Caller),
+            "target" => Ok(ChargeTo::Target),
+            _ => Err(format!("unknown charge {s:?} (expected caller or target)")),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::migrate::Process;
+use crate::process::Process;
 
 /// Why a cgroup could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@
 //! - [`policy`]: the planner and its calibrated cost model.
 //! - [`account`]: what a migration did, per page and per phase, and who paid for it.
 //! - [`cgroup`]: cgroup v2 membership, CPU quota and usage.
+//! - [`process`] and [`procfs`]: the process whose pages move, and what `/proc` says about it.
 //! - [`tier`]: the tiering agent: DAMON tracking, heat, promote/demote decisions, moves.
 //! - [`sys`]: the safe wrappers over every system call pagemig makes.
 #![deny(unsafe_code)]
@@ -16,6 +17,8 @@ pub mod cgroup;
 pub mod copy;
 pub mod migrate;
 pub mod policy;
+pub mod process;
+pub mod procfs;
 pub mod sys;
 pub mod tier;
 pub mod topology;

@@ -9,8 +9,9 @@ use pagemig::migrate::kernel::{self, KernelPlan};
 use pagemig::migrate::remap::{self, RemapPhases, RemapPlan, Verify};
 use pagemig::migrate::reservoir::Reservoirs;
 use pagemig::migrate::syscall;
-use pagemig::migrate::{Process, procfs};
 use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources, Threads, worker_counts};
+use pagemig::process::Process;
+use pagemig::procfs;
 use pagemig::sys::{self, ForeignOut, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
 

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use pagemig::migrate::helper::ChargeTo;
+use pagemig::account::ChargeTo;
+use pagemig::migrate::check_target;
 use pagemig::migrate::kernel;
-use pagemig::migrate::{Process, check_target};
 use pagemig::policy::{Planner, Resources, Threads};
+use pagemig::process::Process;
 use pagemig::sys::{self, Mapping, PageNode};
 use pagemig::tier::Size;
 use pagemig::tier::agent::{self, Agent, AgentConfig, MoveOptions};

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use pagemig::migrate::helper::ChargeTo;
+use pagemig::account::ChargeTo;
 use pagemig::policy::Threads;
 use pagemig::tier::Size;
 use pagemig::tier::damon::DamonAttrs;

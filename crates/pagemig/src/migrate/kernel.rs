@@ -5,11 +5,12 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::helper::{self, ChargeTo};
-use super::procfs::{self, VmArea};
-use super::{MigrateError, Process, check_target};
-use crate::account::{CallStats, Charge, FailureCause, Phases, Report, SkipReason};
+use super::in_cgroup;
+use super::{MigrateError, check_target};
+use crate::account::{CallStats, Charge, ChargeTo, FailureCause, Phases, Report, SkipReason};
 use crate::cgroup::Cgroup;
+use crate::process::Process;
+use crate::procfs::{self, ProcfsError, VmArea};
 use crate::sys::{self, Errno, PageNode, SysError};
 use crate::topology::{CpuId, NodeId, NodeSet, Topology};
 
@@ -27,7 +28,7 @@ pub struct KernelPlan {
     /// Also move pages shared with other processes (`MPOL_MF_MOVE_ALL`, needs `CAP_SYS_NICE`).
     pub move_all: bool,
     /// Who pays: with [`ChargeTo::Target`] the calls are made by a helper process in the
-    /// target's cgroup (see [`super::helper`]).
+    /// target's cgroup (see [`super::in_cgroup`]).
     pub charge: ChargeTo,
 }
 
@@ -279,7 +280,7 @@ pub fn move_pages(
         // would need write access to cgroup.procs for nothing).
         let own = Cgroup::of(Process::Current).ok();
         if own.is_none_or(|c| c.path != cgroup.path) {
-            return helper::move_pages_in(&cgroup, process, pages, nodes, plan, progress);
+            return in_cgroup::move_pages_in(&cgroup, process, pages, nodes, plan, progress);
         }
     }
     let mut order: Vec<usize> = (0..pages.len()).collect();
@@ -545,7 +546,7 @@ pub fn migrate_process_planned(
     for r in ranges {
         match procfs::present_pages(process, r, &mut present) {
             // A mapping that went away meanwhile has no pages to move.
-            Err(MigrateError::Proc { .. }) => {}
+            Err(ProcfsError::Read { .. }) => {}
             other => other?,
         }
     }

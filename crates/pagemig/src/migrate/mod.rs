@@ -3,86 +3,22 @@
 //! [`kernel`] moves pages of any process the caller may ptrace with `move_pages(2)`, in batches
 //! split over pinned threads; [`remap`] moves the calling process's own memory with a copy
 //! engine and `mremap`; [`scan`] finds the pages of a range that hold data; [`syscall`] gives `move_pages(2)` and `migrate_pages(2)` their exact
-//! semantics for the C library; [`procfs`] reads which pages a process has and where they are.
+//! semantics for the C library.
 
-pub mod helper;
+pub mod in_cgroup;
 pub mod kernel;
-pub mod procfs;
 pub mod remap;
 pub mod reservoir;
 pub mod scan;
 pub mod syscall;
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
-
-use serde::{Serialize, Serializer};
 
 use crate::copy::PlacementError;
+use crate::process::Process;
+use crate::procfs::ProcfsError;
 use crate::sys::SysError;
 use crate::topology::{CpuId, NodeId, NodeSet, Topology};
-
-/// The process whose pages move.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Process {
-    /// The calling process.
-    Current,
-    /// Another process (or this one) by pid.
-    Pid(u32),
-}
-
-impl Process {
-    /// The pid argument of `move_pages`: 0 for the calling process.
-    pub fn raw(self) -> i32 {
-        match self {
-            Process::Current => 0,
-            Process::Pid(p) => p as i32,
-        }
-    }
-
-    /// `/proc/self/FILE` or `/proc/PID/FILE`.
-    pub fn proc_path(self, file: &str) -> PathBuf {
-        match self {
-            Process::Current => PathBuf::from(format!("/proc/self/{file}")),
-            Process::Pid(p) => PathBuf::from(format!("/proc/{p}/{file}")),
-        }
-    }
-}
-
-impl fmt::Display for Process {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Process::Current => f.write_str("the calling process"),
-            Process::Pid(p) => write!(f, "process {p}"),
-        }
-    }
-}
-
-impl FromStr for Process {
-    type Err = String;
-    /// `self` or a pid.
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "self" => Ok(Process::Current),
-            _ => s
-                .parse::<u32>()
-                .ok()
-                .filter(|&p| p > 0 && p <= i32::MAX as u32)
-                .map(Process::Pid)
-                .ok_or_else(|| format!("bad pid {s:?}: expected a positive number or \"self\"")),
-        }
-    }
-}
-
-impl Serialize for Process {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Process::Current => s.serialize_str("self"),
-            Process::Pid(p) => s.serialize_u32(*p),
-        }
-    }
-}
 
 /// Why pages could not be moved at all. Per-page failures are not errors: they are counted in
 /// the [`crate::account::Report`].
@@ -227,6 +163,19 @@ pub enum MigrateError {
         /// What it said.
         message: String,
     },
+}
+
+impl From<ProcfsError> for MigrateError {
+    fn from(e: ProcfsError) -> Self {
+        match e {
+            ProcfsError::NoSuchProcess { process } => MigrateError::NoSuchProcess { process },
+            ProcfsError::NoUserMemory { process, what } => {
+                MigrateError::NoUserMemory { process, what }
+            }
+            ProcfsError::PermissionDenied { process } => MigrateError::PermissionDenied { process },
+            ProcfsError::Read { path, source } => MigrateError::Proc { path, source },
+        }
+    }
 }
 
 /// Refuses a target node that is offline, unknown or has no memory, before anything moves.

@@ -15,8 +15,9 @@ use serde::Serialize;
 
 use super::reservoir::Reservoirs;
 use super::scan::{PageState, ScanMethod, scan_own, scan_own_for};
-use super::{Process, procfs};
 use crate::copy::{CopyEngine, CopyError, CopyOp};
+use crate::process::Process;
+use crate::procfs;
 use crate::sys::{
     self, HUGE_PAGE_SIZE, Mapping, PageCategories, PageNode, Pagemap, SysError, Uffd,
 };

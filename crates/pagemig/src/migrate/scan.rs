@@ -8,7 +8,8 @@ use std::ops::Range;
 
 use serde::Serialize;
 
-use super::{Process, procfs};
+use crate::process::Process;
+use crate::procfs;
 use crate::sys::{self, Errno, PageCategories, PageRegion, Pagemap, SysError, pagemap_entry};
 
 /// What the pages of a run are.

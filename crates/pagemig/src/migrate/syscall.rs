@@ -15,11 +15,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::helper::ChargeTo;
 use super::kernel::{self, KernelPlan, ProcessRequest, Selection};
-use super::{Process, procfs};
+use crate::account::ChargeTo;
 use crate::copy::Route;
 use crate::policy::{CostModel, Job, Planner, Resources, Threads};
+use crate::process::Process;
+use crate::procfs;
 use crate::sys::{self, Errno, ForeignOut, HUGE_PAGE_SIZE};
 use crate::topology::{self, CpuId, CpuSet, NodeId, NodeSet, Topology};
 

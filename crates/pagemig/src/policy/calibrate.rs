@@ -11,8 +11,9 @@ use crate::copy::{
     CopyEngine, CopyError, CopyOp, CpuEngine, EngineKind, Placement, PlacementError, Pool,
     PoolError, Route,
 };
+use crate::migrate::MigrateError;
 use crate::migrate::kernel::{self, KernelPlan};
-use crate::migrate::{MigrateError, Process};
+use crate::process::Process;
 use crate::sys::{self, Mapping, SysError};
 use crate::topology::{self, NodeId, NodeSet, Topology};
 

@@ -19,7 +19,7 @@ pub use model::{Copier, CopyPoint, CostModel, KernelPoint, MachineId, ModelError
 
 use crate::cgroup::Cgroup;
 use crate::copy::{EngineKind, Placement, PlacementError, Route};
-use crate::migrate::Process;
+use crate::process::Process;
 use crate::sys::{self, SysError};
 use crate::topology::{CpuId, CpuSet, Topology};
 

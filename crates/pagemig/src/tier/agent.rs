@@ -17,12 +17,14 @@ use super::damon::{Cleaned, Damon, DamonAttrs};
 use super::decide::{self, ChunkView, Decision, Direction, Limits, Policy};
 use super::heat::{ChunkKey, HeatMap};
 use super::{Size, TierError};
+use crate::account::ChargeTo;
 use crate::account::Report;
 use crate::copy::Route;
-use crate::migrate::helper::ChargeTo;
 use crate::migrate::kernel::{self, KernelPlan, ProcessRequest, Selection};
-use crate::migrate::{MigrateError, Process, check_target, procfs};
+use crate::migrate::{MigrateError, check_target};
 use crate::policy::{Job, Planner, Threads};
+use crate::process::Process;
+use crate::procfs::{self, ProcfsError};
 use crate::sys::{self, PageNode};
 use crate::topology::{NodeId, NodeSet, Topology, node_free_bytes};
 
@@ -181,7 +183,7 @@ fn scan(
     for a in tiered_areas(pid)? {
         match procfs::present_pages(process, a.start..a.end, &mut present) {
             // A mapping that went away meanwhile has no pages.
-            Err(MigrateError::Proc { .. }) => {}
+            Err(ProcfsError::Read { .. }) => {}
             other => other?,
         }
     }

@@ -4,8 +4,8 @@
 
 use std::fs;
 
-use pagemig::migrate::Process;
 use pagemig::policy::{CostModel, Threads};
+use pagemig::process::Process;
 use pagemig::topology::{IdSet, Topology};
 use proptest::prelude::*;
 

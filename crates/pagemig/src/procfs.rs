@@ -8,9 +8,43 @@ use std::os::unix::fs::FileExt;
 
 use serde::Serialize;
 
-use super::{MigrateError, Process};
+use crate::process::Process;
 use crate::sys;
 use crate::topology::{NodeId, NodeSet};
+
+/// Why `/proc/PID` could not say what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcfsError {
+    /// The process does not exist, or exited.
+    #[error("{process} does not exist (or has exited)")]
+    NoSuchProcess {
+        /// The process.
+        process: Process,
+    },
+    /// The process has no user memory: a zombie or a kernel thread.
+    #[error("{process} is {what}: it has no user memory")]
+    NoUserMemory {
+        /// The process.
+        process: Process,
+        /// `a zombie` or `a kernel thread`.
+        what: &'static str,
+    },
+    /// The caller may not read the process's files.
+    #[error("no permission to read /proc files of {process}")]
+    PermissionDenied {
+        /// The process.
+        process: Process,
+    },
+    /// A file could not be read, or says something unexpected.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
 
 /// Whether the process has exited or is exiting: gone from /proc, a zombie, or without memory
 /// any more (`VmSize` missing from its status). The kernel then answers `move_pages` with
@@ -35,7 +69,7 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 
 /// Checks that the process exists and has user memory to move or show: not a zombie, not a
 /// kernel thread.
-pub fn check_user_memory(process: Process) -> Result<(), MigrateError> {
+pub fn check_user_memory(process: Process) -> Result<(), ProcfsError> {
     let stat = read_text(process, "stat")?;
     // The state and flags follow the command name, which is in parentheses and may contain
     // spaces or parentheses itself.
@@ -43,7 +77,7 @@ pub fn check_user_memory(process: Process) -> Result<(), MigrateError> {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let bad = || MigrateError::Proc {
+    let bad = || ProcfsError::Read {
         path: process.proc_path("stat"),
         source: io::Error::new(
             ErrorKind::InvalidData,
@@ -53,13 +87,13 @@ pub fn check_user_memory(process: Process) -> Result<(), MigrateError> {
     let state = *fields.first().ok_or_else(bad)?;
     let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
     if matches!(state, "Z" | "X" | "x") {
-        return Err(MigrateError::NoUserMemory {
+        return Err(ProcfsError::NoUserMemory {
             process,
             what: "a zombie",
         });
     }
     if flags & PF_KTHREAD != 0 {
-        return Err(MigrateError::NoUserMemory {
+        return Err(ProcfsError::NoUserMemory {
             process,
             what: "a kernel thread",
         });
@@ -114,20 +148,18 @@ impl VmArea {
     }
 }
 
-fn io_error(process: Process, file: &str, e: io::Error) -> MigrateError {
+fn io_error(process: Process, file: &str, e: io::Error) -> ProcfsError {
     match (e.kind(), e.raw_os_error()) {
-        (ErrorKind::NotFound, _) | (_, Some(libc::ESRCH)) => {
-            MigrateError::NoSuchProcess { process }
-        }
-        (ErrorKind::PermissionDenied, _) => MigrateError::PermissionDenied { process },
-        _ => MigrateError::Proc {
+        (ErrorKind::NotFound, _) | (_, Some(libc::ESRCH)) => ProcfsError::NoSuchProcess { process },
+        (ErrorKind::PermissionDenied, _) => ProcfsError::PermissionDenied { process },
+        _ => ProcfsError::Read {
             path: process.proc_path(file),
             source: e,
         },
     }
 }
 
-fn read_text(process: Process, file: &str) -> Result<String, MigrateError> {
+fn read_text(process: Process, file: &str) -> Result<String, ProcfsError> {
     std::fs::read_to_string(process.proc_path(file)).map_err(|e| io_error(process, file, e))
 }
 
@@ -143,9 +175,9 @@ pub struct Status {
 }
 
 /// Reads `/proc/PID/status`.
-pub fn status(process: Process) -> Result<Status, MigrateError> {
+pub fn status(process: Process) -> Result<Status, ProcfsError> {
     let text = read_text(process, "status")?;
-    parse_status(&text).ok_or_else(|| MigrateError::Proc {
+    parse_status(&text).ok_or_else(|| ProcfsError::Read {
         path: process.proc_path("status"),
         source: io::Error::new(
             ErrorKind::InvalidData,
@@ -182,7 +214,7 @@ fn parse_hex_range(text: &str) -> Option<(usize, usize)> {
 }
 
 /// The mappings of a process, in address order.
-pub fn read_maps(process: Process) -> Result<Vec<VmArea>, MigrateError> {
+pub fn read_maps(process: Process) -> Result<Vec<VmArea>, ProcfsError> {
     let text = read_text(process, "maps")?;
     text.lines()
         .map(|line| {
@@ -190,7 +222,7 @@ pub fn read_maps(process: Process) -> Result<Vec<VmArea>, MigrateError> {
             let range = f.next().unwrap_or_default();
             let perms = f.next().unwrap_or_default();
             let path = f.nth(3).unwrap_or_default().trim_start();
-            let (start, end) = parse_hex_range(range).ok_or_else(|| MigrateError::Proc {
+            let (start, end) = parse_hex_range(range).ok_or_else(|| ProcfsError::Read {
                 path: process.proc_path("maps"),
                 source: io::Error::new(ErrorKind::InvalidData, format!("bad line {line:?}")),
             })?;
@@ -210,7 +242,7 @@ pub fn present_pages(
     process: Process,
     range: Range<usize>,
     out: &mut Vec<usize>,
-) -> Result<(), MigrateError> {
+) -> Result<(), ProcfsError> {
     const PRESENT: u64 = 1 << 63;
     const CHUNK: usize = 1 << 16;
     let page = sys::base_page_size();
@@ -236,7 +268,7 @@ pub fn present_pages(
 
 /// Bytes of transparent huge pages (`AnonHugePages` in `/proc/PID/smaps`) in the mappings that
 /// overlap `range` (whole mappings: smaps counts no finer).
-pub fn anon_huge_bytes(process: Process, range: Range<usize>) -> Result<u64, MigrateError> {
+pub fn anon_huge_bytes(process: Process, range: Range<usize>) -> Result<u64, ProcfsError> {
     let smaps = read_text(process, "smaps")?;
     let mut inside = false;
     let mut total = 0;
@@ -262,7 +294,7 @@ pub fn anon_huge_bytes(process: Process, range: Range<usize>) -> Result<u64, Mig
 pub fn first_locked(
     process: Process,
     range: Range<usize>,
-) -> Result<Option<Range<usize>>, MigrateError> {
+) -> Result<Option<Range<usize>>, ProcfsError> {
     let smaps = read_text(process, "smaps")?;
     let mut current = None;
     for line in smaps.lines() {
@@ -280,7 +312,7 @@ pub fn first_locked(
 
 /// Bytes of the process locked in memory (`VmLck` in `/proc/PID/status`): a file of fixed size,
 /// so that a caller can skip the scan of `smaps` ([`first_locked`]) when nothing is locked.
-pub fn locked_bytes(process: Process) -> Result<u64, MigrateError> {
+pub fn locked_bytes(process: Process) -> Result<u64, ProcfsError> {
     let text = read_text(process, "status")?;
     Ok(text
         .lines()
@@ -303,7 +335,7 @@ pub struct AreaPlacement {
 }
 
 /// Where the memory of each mapping of a process is: what `numastat -p` shows.
-pub fn placement(process: Process) -> Result<Vec<AreaPlacement>, MigrateError> {
+pub fn placement(process: Process) -> Result<Vec<AreaPlacement>, ProcfsError> {
     let maps = read_maps(process)?;
     let text = read_text(process, "numa_maps")?;
     let mut by_start: BTreeMap<usize, (BTreeMap<NodeId, u64>, u64)> = BTreeMap::new();
@@ -449,7 +481,7 @@ mod tests {
         let gone = Process::Pid(u32::MAX / 2);
         assert!(matches!(
             read_maps(gone),
-            Err(MigrateError::NoSuchProcess { .. })
+            Err(ProcfsError::NoSuchProcess { .. })
         ));
     }
 }

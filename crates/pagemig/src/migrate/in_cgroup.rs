@@ -2,8 +2,8 @@
 //! so that the CPU time of a migration is charged to that cgroup.
 //!
 //! The helper is this program again (`/proc/self/exe`), started with [`HELPER_ENV`] set: a
-//! program that migrates with [`ChargeTo::Target`] calls [`serve_if_helper`] first thing in
-//! `main`. It is placed in the cgroup between fork and exec, reads its share of the work on
+//! program that migrates with [`ChargeTo::Target`] checks for it first thing in `main` and then
+//! only calls [`serve`]. It is placed in the cgroup between fork and exec, reads its share of the work on
 //! stdin, reports progress and the per-page result on stdout.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -13,38 +13,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::MigrateError;
 use super::kernel::{self, KernelPlan, Moved};
-use super::{MigrateError, Process};
-use crate::account::CallStats;
+use crate::account::{CallStats, ChargeTo};
 use crate::cgroup::Cgroup;
+use crate::process::Process;
 use crate::sys;
 use crate::topology::{CpuId, NodeId};
 
 /// Environment variable that turns this program into a migration helper.
 pub const HELPER_ENV: &str = "PAGEMIG_MOVE_HELPER";
-
-/// Who pays for the CPU time of a migration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ChargeTo {
-    /// The process (and cgroup) that asks for the migration.
-    #[default]
-    Caller,
-    /// The cgroup of the process whose pages move: helper processes in that cgroup do the work.
-    Target,
-}
-
-impl std::str::FromStr for ChargeTo {
-    type Err = String;
-    /// `caller` or `target`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "caller" => Ok(ChargeTo::Caller),
-            "target" => Ok(ChargeTo::Target),
-            _ => Err(format!("unknown charge {s:?} (expected caller or target)")),
-        }
-    }
-}
 
 #[derive(Serialize, Deserialize)]
 struct Request {
@@ -80,25 +58,12 @@ fn nanos(d: Duration) -> u64 {
     d.as_nanos().try_into().unwrap_or(u64::MAX)
 }
 
-/// When this program was started as a migration helper, does the helper's work and exits;
-/// otherwise returns at once.
-pub fn serve_if_helper() {
-    if std::env::var_os(HELPER_ENV).is_none() {
-        return;
-    }
-    let code = match serve() {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("pagemig migration helper: {e}");
-            2
-        }
-    };
-    std::process::exit(code);
-}
-
-fn serve() -> io::Result<()> {
+/// The helper's side: reads a share of the work from `input`, moves the pages with
+/// [`kernel::move_pages`] and writes progress and the per-page result to `output`. A program
+/// started with [`HELPER_ENV`] set calls this with its standard input and output, then exits.
+pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> {
     let mut text = String::new();
-    io::stdin().read_to_string(&mut text)?;
+    input.read_to_string(&mut text)?;
     let req: Request = serde_json::from_str(&text)?;
     let process = if req.pid == 0 {
         Process::Current
@@ -112,9 +77,9 @@ fn serve() -> io::Result<()> {
         move_all: req.move_all,
         charge: ChargeTo::Caller,
     };
-    let out = io::stdout();
+    let out = std::sync::Mutex::new(output);
     let progress = |n: u64| {
-        let _ = writeln!(out.lock(), "p {n}");
+        let _ = writeln!(out.lock().unwrap_or_else(|p| p.into_inner()), "p {n}");
     };
     let reply = match kernel::move_pages(process, &req.pages, &req.nodes, &plan, &progress) {
         Ok(m) => Reply {
@@ -142,7 +107,7 @@ fn serve() -> io::Result<()> {
             }),
         },
     };
-    let mut out = out.lock();
+    let mut out = out.into_inner().unwrap_or_else(|p| p.into_inner());
     writeln!(out, "r {}", serde_json::to_string(&reply)?)?;
     out.flush()
 }

@@ -1,0 +1,68 @@
+//! The process whose pages move: the calling one or another by pid.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+/// The process whose pages move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Process {
+    /// The calling process.
+    Current,
+    /// Another process (or this one) by pid.
+    Pid(u32),
+}
+
+impl Process {
+    /// The pid argument of `move_pages`: 0 for the calling process.
+    pub fn raw(self) -> i32 {
+        match self {
+            Process::Current => 0,
+            Process::Pid(p) => p as i32,
+        }
+    }
+
+    /// `/proc/self/FILE` or `/proc/PID/FILE`.
+    pub fn proc_path(self, file: &str) -> PathBuf {
+        match self {
+            Process::Current => PathBuf::from(format!("/proc/self/{file}")),
+            Process::Pid(p) => PathBuf::from(format!("/proc/{p}/{file}")),
+        }
+    }
+}
+
+impl fmt::Display for Process {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Process::Current => f.write_str("the calling process"),
+            Process::Pid(p) => write!(f, "process {p}"),
+        }
+    }
+}
+
+impl FromStr for Process {
+    type Err = String;
+    /// `self` or a pid.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "self" => Ok(Process::Current),
+            _ => s
+                .parse::<u32>()
+                .ok()
+                .filter(|&p| p > 0 && p <= i32::MAX as u32)
+                .map(Process::Pid)
+                .ok_or_else(|| format!("bad pid {s:?}: expected a positive number or \"self\"")),
+        }
+    }
+}
+
+impl Serialize for Process {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Process::Current => s.serialize_str("self"),
+            Process::Pid(p) => s.serialize_u32(*p),
+        }
+    }
+}
