@@ -1,18 +1,27 @@
 //! The `pagemig` command: topology, benchmarks, calibration and migration.
+//!
+//! As ripgrep does, arguments go through two stages: what clap parsed (each command's `…Args`),
+//! then a configuration checked against the machine with every default resolved (`validate`),
+//! so that a bad argument is refused with its name before anything is measured or moved.
 
 mod bench;
 mod calibrate;
 mod machine;
 mod migrate;
+mod model;
+mod progress;
 mod stat;
 mod tier;
 mod topo;
+mod values;
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pagemig::migrate::in_cgroup;
+
+use machine::Host;
 
 /// Move memory between NUMA nodes and memory tiers, fast.
 #[derive(Debug, Parser)]
@@ -28,7 +37,7 @@ enum Command {
     Topo(topo::TopoArgs),
     /// Measure copy engines and migration paths; print the kernel work's tables.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(BenchCommand),
     /// Move the pages of running processes to a node (selective, parallel migratepages).
     Migrate(migrate::MigrateArgs),
     /// Show where a process's memory is, per node and mapping (like numastat -p).
@@ -39,20 +48,37 @@ enum Command {
     Tier(Box<tier::TierArgs>),
 }
 
+/// `pagemig bench …`
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Copy engines alone: vanilla page-by-page copy against batched engines and worker pools.
+    Copy(bench::copy::CopyArgs),
+    /// Real migrations between two nodes: vanilla move_pages against mt_N threads.
+    Migrate(bench::migrate::MigrateBenchArgs),
+    /// Tiering: pagemig tier against DAMON's own migrate_hot/migrate_cold on one workload.
+    Tier(bench::tier::TierBenchArgs),
+}
+
 /// Exit status when some requested pages did not move (errors exit with 2).
 const EXIT_INCOMPLETE: u8 = 1;
 
 fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Topo(args) => topo::run(&args, out)?,
-        Command::Bench(cmd) => bench::run(cmd, out)?,
+        Command::Topo(args) => topo::run(&args.validate()?, out)?,
+        Command::Bench(BenchCommand::Copy(args)) => {
+            bench::copy::run(&args.validate(Host::detect()?)?, out)?;
+        }
+        Command::Bench(BenchCommand::Migrate(args)) => {
+            bench::migrate::run(&args.validate(Host::detect()?)?, out)?;
+        }
+        Command::Bench(BenchCommand::Tier(args)) => bench::tier::run(&args.validate()?, out)?,
         Command::Migrate(args) => {
             if let migrate::Outcome::Incomplete = migrate::run(&args, out)? {
                 return Ok(ExitCode::from(EXIT_INCOMPLETE));
             }
         }
-        Command::Stat(args) => stat::run(&args, out)?,
-        Command::Calibrate(args) => calibrate::run(&args, out)?,
+        Command::Stat(args) => stat::run(&args.validate()?, out)?,
+        Command::Calibrate(args) => calibrate::run(&args.validate(Host::detect()?)?, out)?,
         Command::Tier(args) => tier::run(&args, out)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -17,9 +17,9 @@ use pagemig::procfs;
 use pagemig::sys;
 use pagemig::topology::{CpuSet, NodeId, NodeSet, Topology};
 
-use crate::calibrate::ModelArgs;
+use crate::model::ModelArgs;
 
-use crate::bench::parse_placement;
+use crate::values::parse_placement;
 
 /// Arguments of `pagemig migrate`.
 #[derive(Debug, clap::Args)]
@@ -418,7 +418,7 @@ mod tests {
             }
             let _ = parse_node(&text);
             let _ = parse_placement(&text);
-            if let Ok(size) = crate::bench::parse_page_size(&text) {
+            if let Ok(size) = crate::values::parse_page_size(&text) {
                 prop_assert!(size.is_power_of_two() && size >= 4096);
             }
         }

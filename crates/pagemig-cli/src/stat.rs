@@ -9,7 +9,7 @@ use pagemig::process::Process;
 use pagemig::procfs;
 use pagemig::topology::NodeId;
 
-/// Arguments of `pagemig stat`.
+/// Arguments of `pagemig stat`, as given.
 #[derive(Debug, clap::Args)]
 pub struct StatArgs {
     /// The process: a pid or `self`.
@@ -19,16 +19,50 @@ pub struct StatArgs {
     #[arg(long)]
     mappings: bool,
     /// Print every mapping with its bytes per node as JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mappings")]
     json: bool,
 }
 
-pub fn run(args: &StatArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    procfs::check_user_memory(args.pid)
-        .with_context(|| format!("reading the memory placement of {}", args.pid))?;
-    let areas = procfs::placement(args.pid)
-        .with_context(|| format!("reading the memory placement of {}", args.pid))?;
-    if args.json {
+/// How the placement is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    /// A table row per mapping name.
+    PerName,
+    /// A table row per mapping.
+    PerMapping,
+    /// Every mapping as JSON.
+    Json,
+}
+
+/// `stat`'s arguments, checked: the process has user memory.
+pub struct Stat {
+    pid: Process,
+    view: View,
+}
+
+impl StatArgs {
+    /// Refuses a process without user memory (a kernel thread, a zombie) or one that is gone.
+    pub fn validate(self) -> anyhow::Result<Stat> {
+        procfs::check_user_memory(self.pid)
+            .with_context(|| format!("reading the memory placement of {}", self.pid))?;
+        let view = match (self.json, self.mappings) {
+            (true, _) => View::Json,
+            (false, true) => View::PerMapping,
+            (false, false) => View::PerName,
+        };
+        Ok(Stat {
+            pid: self.pid,
+            view,
+        })
+    }
+}
+
+/// Prints where the process's memory is.
+pub fn run(config: &Stat, out: &mut dyn Write) -> anyhow::Result<()> {
+    let pid = config.pid;
+    let areas =
+        procfs::placement(pid).with_context(|| format!("reading the memory placement of {pid}"))?;
+    if config.view == View::Json {
         serde_json::to_writer_pretty(&mut *out, &areas)?;
         writeln!(out)?;
         return Ok(());
@@ -44,7 +78,7 @@ pub fn run(args: &StatArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     let mut rows: Vec<(String, BTreeMap<NodeId, u64>)> = Vec::new();
     for a in areas.iter().filter(|a| !a.bytes_per_node.is_empty()) {
-        let label = if args.mappings {
+        let label = if config.view == View::PerMapping {
             format!("{:x}-{:x} {}", a.area.start, a.area.end, a.area.name())
         } else {
             a.area.name().to_owned()
@@ -62,7 +96,7 @@ pub fn run(args: &StatArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    let mut header = vec![format!("{} (MiB)", args.pid)];
+    let mut header = vec![format!("{pid} (MiB)")];
     header.extend(nodes.iter().map(|n| format!("node {n}")));
     header.push("total".into());
     table.set_header(header);

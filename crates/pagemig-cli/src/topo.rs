@@ -7,13 +7,13 @@ use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use pagemig::topology::Topology;
 
-use crate::calibrate::{ModelArgs, summary};
+use crate::model::{LoadedModel, ModelArgs, summary};
 
-/// Arguments of `pagemig topo`.
+/// Arguments of `pagemig topo`, as given.
 #[derive(Debug, clap::Args)]
 pub struct TopoArgs {
-    /// Print JSON instead of tables.
-    #[arg(long)]
+    /// Print JSON instead of tables (the topology only, without the cost model).
+    #[arg(long, conflicts_with = "model")]
     json: bool,
     /// Read this sysfs tree instead of /sys (for saved or synthetic machine layouts).
     #[arg(long, value_name = "DIR", default_value = "/sys")]
@@ -22,16 +22,38 @@ pub struct TopoArgs {
     model: ModelArgs,
 }
 
-pub fn run(args: &TopoArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let topo = Topology::from_sysfs(&args.sysfs)
-        .with_context(|| format!("reading the topology under {}", args.sysfs.display()))?;
-    if args.json {
+/// `topo`'s arguments, checked: the cost model is loaded before anything is printed.
+pub struct Topo {
+    /// The root of the sysfs tree to read.
+    sysfs: PathBuf,
+    /// The model shown under the tables; none for JSON.
+    model: Option<LoadedModel>,
+}
+
+impl TopoArgs {
+    /// Loads the cost model that tables show (one named with `--model` must load).
+    pub fn validate(self) -> anyhow::Result<Topo> {
+        Ok(Topo {
+            model: if self.json {
+                None
+            } else {
+                Some(self.model.load()?)
+            },
+            sysfs: self.sysfs,
+        })
+    }
+}
+
+/// Prints the topology, and the cost model under the tables.
+pub fn run(config: &Topo, out: &mut dyn Write) -> anyhow::Result<()> {
+    let topo = Topology::from_sysfs(&config.sysfs)
+        .with_context(|| format!("reading the topology under {}", config.sysfs.display()))?;
+    let Some(loaded) = &config.model else {
         serde_json::to_writer_pretty(&mut *out, &topo)?;
         writeln!(out)?;
         return Ok(());
-    }
+    };
     writeln!(out, "{}", render(&topo))?;
-    let loaded = args.model.load()?;
     match &loaded.model {
         Some(m) => {
             writeln!(out, "\n{}", loaded.source)?;

@@ -8,30 +8,21 @@ use pagemig::copy::dma::{self, DmaKind};
 use pagemig::copy::{
     CopyEngine, CopyOp, CpuEngine, EngineKind, Offload, PageCopy, Placement, Pool, Route,
 };
-use pagemig::policy::{AutoEngine, Copier, Effort, Planner, Resources, worker_counts};
+use pagemig::policy::{AutoEngine, Copier, Effort, Planner, Resources};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
-use pagemig::topology::{NodeId, NodeSet, Topology};
+use pagemig::topology::{CpuId, NodeId, NodeSet};
 
-use super::{
-    Cell, OutputArgs, PageTable, Report, Row, SPREAD_TOLERATED, check_node, default_rows, measure,
-    measure_row, page_size_label, parse_page_size, parse_placement, progress_bar, usable_free,
-};
-use crate::calibrate::{ModelArgs, describe_checks};
-use crate::machine::Machine;
+use super::options::{TableArgs, TableOptions};
+use super::table::{Cell, PageTable, Row, SPREAD_TOLERATED};
+use super::{Report, measure, measure_row, usable_free};
+use crate::machine::Host;
+use crate::model::{LoadedModel, describe_checks};
+use crate::progress::progress_bar;
+use crate::values::{page_size_label, parse_placement};
 
-/// Arguments of `pagemig bench copy`.
+/// Arguments of `pagemig bench copy`, as given.
 #[derive(Debug, clap::Args)]
 pub struct CopyArgs {
-    /// Page sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = parse_page_size, default_value = "4k,64k,2m")]
-    page_size: Vec<usize>,
-    /// Rows: pages per migration, comma-separated [default: 1,2,4…1024; …4096 for 4 KB pages;
-    /// …256 for 2 MB pages with --quick].
-    #[arg(long, value_delimiter = ',')]
-    pages: Vec<usize>,
-    /// Worker counts of the mt_N columns [default: 1,2,4… and the number of usable CPUs].
-    #[arg(long, value_delimiter = ',')]
-    threads: Vec<usize>,
     /// Engines with a column each, whole batch per call: memcpy, nt, movsb, nt512 (AVX-512
     /// CPUs only; on the calling thread), offload (pinned copy threads fed through the asynchronous queue, as many as the
     /// largest mt_N), dsa, cuda (DMA engines, where built in and present).
@@ -54,20 +45,120 @@ pub struct CopyArgs {
     /// Node receiving the copies [default: the source node].
     #[arg(long)]
     to: Option<NodeId>,
-    /// Repetitions per cell [default: 7; 3 with --quick].
-    #[arg(long)]
-    reps: Option<usize>,
-    /// Fewer rows, repetitions and bytes: under a minute on 2 cores.
-    #[arg(long)]
-    quick: bool,
-    /// The auto column copies with a DMA engine (dsa, cuda) wherever the cost model has one at
-    /// least as fast as one CPU thread, even where CPU workers would be faster: it frees CPUs.
-    #[arg(long)]
-    prefer_dma: bool,
     #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    output: OutputArgs,
+    table: TableArgs,
+}
+
+/// `bench copy`'s arguments, checked against the machine, with every default resolved.
+pub struct CopyConfig {
+    host: Host,
+    table: TableOptions,
+    engines: Vec<BenchEngine>,
+    pool_engine: EngineKind,
+    placement: Placement,
+    from: NodeId,
+    to: NodeId,
+    /// The CPUs of the mt_N workers (and of the offload column), as many as the largest mt_N.
+    cpus: Vec<CpuId>,
+    budget: Budget,
+    model: LoadedModel,
+}
+
+impl CopyArgs {
+    /// Checks the arguments against `host` before anything is measured.
+    pub fn validate(self, host: Host) -> anyhow::Result<CopyConfig> {
+        let topo = &host.topo;
+        let from = match self.from {
+            Some(n) => n,
+            None => topo
+                .memory_nodes()
+                .iter()
+                .next()
+                .context("no node has memory")?,
+        };
+        let to = self.to.unwrap_or(from);
+        host.check_node(from, "source")?;
+        host.check_node(to, "destination")?;
+        let table = self
+            .table
+            .validate(&[4 << 10, 64 << 10, 2 << 20], host.usable().len())?;
+        if let Some(e) = self
+            .engines
+            .iter()
+            .enumerate()
+            .find(|(i, e)| self.engines[..*i].contains(e))
+            .map(|(_, e)| e.name())
+        {
+            bail!("--engines: {e} is given twice");
+        }
+        let route = Route {
+            from: Some(from),
+            to: Some(to),
+        };
+        let cpus = self
+            .placement
+            .choose(topo, route, &host.allowed, table.max_threads())
+            .context("placing copy workers")?;
+        let budget = Budget::new(table.quick, table.reps);
+        let model = table.model.load()?;
+        let config = CopyConfig {
+            engines: self.engines,
+            pool_engine: self.pool_engine,
+            placement: self.placement,
+            from,
+            to,
+            cpus,
+            budget,
+            model,
+            table,
+            host,
+        };
+        if !config.fits(Some(config.budget.limit_bytes)) {
+            bail!(
+                "{} has too little free memory for {} MiB copy buffers",
+                config.nodes(),
+                config.budget.limit_bytes >> 20
+            );
+        }
+        if !config
+            .table
+            .tables
+            .iter()
+            .any(|(ps, rows)| rows.iter().any(|&n| config.fits(n.checked_mul(*ps))))
+        {
+            let free = |node| usable_free(&config.host.topo, node);
+            bail!(
+                "--pages: no row fits in the free memory of {} (about {} MiB usable)",
+                config.nodes(),
+                free(from).min(free(to)) >> 20
+            );
+        }
+        Ok(config)
+    }
+}
+
+impl CopyConfig {
+    /// Whether the buffers of migrations of `bytes` fit in 80% of the free memory of the nodes
+    /// (a full run asks for 2 GiB per buffer for 1024 pages of 2 MB).
+    fn fits(&self, bytes: Option<usize>) -> bool {
+        let Some(bytes) = bytes else { return false };
+        let free = |node| usable_free(&self.host.topo, node);
+        let len = bytes.max(self.budget.working_set);
+        if self.from == self.to {
+            2 * len <= free(self.from)
+        } else {
+            len <= free(self.from) && len <= free(self.to)
+        }
+    }
+
+    /// "node 0" or "nodes 0 and 1".
+    fn nodes(&self) -> String {
+        if self.from == self.to {
+            format!("node {}", self.from)
+        } else {
+            format!("nodes {} and {}", self.from, self.to)
+        }
+    }
 }
 
 /// Sizes that set how long the run takes.
@@ -83,18 +174,18 @@ struct Budget {
 }
 
 impl Budget {
-    fn new(quick: bool, reps: Option<usize>) -> Self {
+    fn new(quick: bool, reps: usize) -> Self {
         let mib = 1 << 20;
         if quick {
             Budget {
-                reps: reps.unwrap_or(3),
+                reps,
                 sample_bytes: 16 * mib,
                 working_set: 32 * mib,
                 limit_bytes: 128 * mib,
             }
         } else {
             Budget {
-                reps: reps.unwrap_or(7),
+                reps,
                 sample_bytes: 64 * mib,
                 working_set: 128 * mib,
                 limit_bytes: 256 * mib,
@@ -237,118 +328,65 @@ impl Buffers {
     }
 }
 
-pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let topo = Topology::detect().context("reading the topology from /sys")?;
-    let allowed = sys::allowed_cpus()?;
-    let usable = allowed.intersection(&topo.online_cpus);
-    let from = match args.from {
-        Some(n) => n,
-        None => topo
-            .memory_nodes()
-            .iter()
-            .next()
-            .context("no node has memory")?,
-    };
-    let to = args.to.unwrap_or(from);
-    check_node(&topo, from, "source")?;
-    check_node(&topo, to, "destination")?;
-    if args.threads.contains(&0) {
-        bail!("--threads: a column needs at least one worker");
-    }
-    if args.pages.contains(&0) {
-        bail!("--pages: a row needs at least one page");
-    }
-    let budget = Budget::new(args.quick, args.reps);
-    if budget.reps == 0 {
-        bail!("--reps must be at least 1");
-    }
-    let threads = if args.threads.is_empty() {
-        worker_counts(usable.len().max(1))
-    } else {
-        args.threads.clone()
-    };
-    let max_workers = threads.iter().copied().max().unwrap_or(1);
+/// Measures the tables `config` describes and writes the report.
+pub fn run(config: &CopyConfig, out: &mut dyn Write) -> anyhow::Result<()> {
+    let CopyConfig {
+        host,
+        table,
+        engines,
+        pool_engine,
+        placement,
+        from,
+        to,
+        cpus,
+        budget,
+        model,
+    } = config;
+    let (topo, from, to) = (&host.topo, *from, *to);
     let route = Route {
         from: Some(from),
         to: Some(to),
     };
-    let cpus = args
-        .placement
-        .choose(&topo, route, &allowed, max_workers)
-        .context("placing copy workers")?;
-    // Rows whose buffers do not fit in 80% of the free memory of the nodes are left out, with a
-    // note: a full run asks for 2 GiB per buffer for 1024 pages of 2 MB.
-    let free = |node: NodeId| usable_free(&topo, node);
-    let fits = |bytes: Option<usize>| {
-        let Some(bytes) = bytes else { return false };
-        let len = bytes.max(budget.working_set);
-        if from == to {
-            2 * len <= free(from)
-        } else {
-            len <= free(from) && len <= free(to)
-        }
-    };
-    let nodes = if from == to {
-        format!("node {from}")
-    } else {
-        format!("nodes {from} and {to}")
-    };
-    if !fits(Some(budget.limit_bytes)) {
-        bail!(
-            "{nodes} has too little free memory for {} MiB copy buffers",
-            budget.limit_bytes >> 20
-        );
-    }
-    if !args
-        .page_size
-        .iter()
-        .any(|&ps| rows_of(args, ps).iter().any(|&n| fits(n.checked_mul(ps))))
-    {
-        bail!(
-            "--pages: no row fits in the free memory of {nodes} (about {} MiB usable)",
-            free(from).min(free(to)) >> 20
-        );
-    }
-    let pool =
-        Pool::new(CpuEngine::new(args.pool_engine)?, &cpus).context("starting copy workers")?;
+    let nodes = config.nodes();
+    let pool = Pool::new(CpuEngine::new(*pool_engine)?, cpus).context("starting copy workers")?;
 
     let vanilla = PageCopy::new();
     let vanilla_name = vanilla.name();
     let mut columns = vec![Column::Vanilla(vanilla)];
-    for &e in &args.engines {
+    for &e in engines {
         let engine = e
-            .open(&cpus)
+            .open(cpus)
             .with_context(|| format!("the {} column", e.name()))?;
         columns.push(Column::Engine(e.name(), engine));
     }
-    columns.extend(threads.iter().map(|&n| Column::Mt(n)));
+    columns.extend(table.threads.iter().map(|&n| Column::Mt(n)));
     // Quick, not built-in: the auto column is held to 0.95 of the best column of every row.
-    let loaded = args.model.load_or_measure(&topo, Effort::Quick)?;
-    let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?)
-        .prefer_dma(args.prefer_dma);
+    let loaded = model.or_measure(topo, Effort::Quick)?;
+    let planner = Planner::new(topo, loaded.model.as_ref(), Resources::detect()?)
+        .prefer_dma(table.prefer_dma);
     let auto = AutoEngine::new(&planner, route).context("starting the auto column's engine")?;
     let mut notes = vec![format!(
         "auto: the planner's choice per batch size ({})",
         loaded.source
     )];
-    if args.prefer_dma {
+    if table.prefer_dma {
         for (kind, engine) in dma::available() {
             if let Err(e) = engine {
                 notes.push(format!("--prefer-dma: {kind} cannot be used: {e}"));
             }
         }
     }
-    for &ps in &args.page_size {
-        notes.push(auto_choices(&auto, ps, &rows_of(args, ps)));
+    for (ps, rows) in &table.tables {
+        notes.push(auto_choices(&auto, *ps, rows));
     }
     columns.push(Column::Auto(auto));
 
-    let plan: Vec<(usize, Vec<usize>)> = args
-        .page_size
+    let plan: Vec<(usize, Vec<usize>)> = table
+        .tables
         .iter()
-        .map(|&ps| {
-            let rows = rows_of(args, ps);
-            let (kept, dropped): (Vec<usize>, Vec<usize>) = rows.into_iter().partition(|&n| fits(n.checked_mul(ps)));
+        .map(|(ps, rows)| {
+            let ps = *ps;
+            let (kept, dropped): (Vec<usize>, Vec<usize>) = rows.iter().partition(|&&n| config.fits(n.checked_mul(ps)));
             if !dropped.is_empty() {
                 notes.push(format!(
                     "{} pages: rows {dropped:?} left out, their buffers do not fit in the free memory of {nodes}",
@@ -368,7 +406,7 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         .sum();
     let progress = progress_bar((cells + limit_engines.len() * 2) as u64);
 
-    let (limit, limit_note) = measure_limit(&budget, &limit_engines, &cpus, from, to, &progress)?;
+    let (limit, limit_note) = measure_limit(budget, &limit_engines, cpus, from, to, &progress)?;
     let mut tables = Vec::new();
     for (page_size, rows) in &plan {
         let page_size = *page_size;
@@ -424,12 +462,12 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     }
     notes.extend([
-        format!("copies from node {from} to node {to}; mt_N workers run {} on CPUs {:?} ({:?})", pool.engine().name(), cpus, args.placement),
+        format!("copies from node {from} to node {to}; mt_N workers run {} on CPUs {:?} ({:?})", pool.engine().name(), cpus, placement),
         format!(
             "vanilla copies each page as the kernel's folio copy does: {vanilla_name} per {} KiB base page, on one thread; {} copy the whole batch per call{}",
             sys::base_page_size() >> 10,
-            args.engines.iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
-            if args.engines.contains(&BenchEngine::Offload) {
+            engines.iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
+            if engines.contains(&BenchEngine::Offload) {
                 format!(
                     " (offload: {} copy threads on CPUs {cpus:?} fed through the asynchronous queue; the others on the calling thread)",
                     cpus.len()
@@ -443,21 +481,12 @@ pub fn run(args: &CopyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let report = Report {
         bench: "copy",
         unit: "GB/s",
-        machine: Machine::describe(&topo, &allowed),
+        machine: host.describe(),
         notes,
         tables,
         phases: Vec::new(),
     };
-    report.emit(&args.output, out)
-}
-
-/// Rows of the table of `page_size` pages.
-fn rows_of(args: &CopyArgs, page_size: usize) -> Vec<usize> {
-    if args.pages.is_empty() {
-        default_rows(page_size, args.quick)
-    } else {
-        args.pages.clone()
-    }
+    report.emit(&table.output, out)
 }
 
 /// What `auto` chose for each row, runs of rows with the same choice merged.
@@ -586,4 +615,97 @@ fn measure_limit(
         ),
         None => (None, "limit not measured".into()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: CopyArgs,
+    }
+
+    fn validate(host: Host, args: &[&str]) -> anyhow::Result<CopyConfig> {
+        Line::try_parse_from([&["copy"], args].concat())
+            .unwrap()
+            .args
+            .validate(host)
+    }
+
+    fn refusal(host: Host, args: &[&str]) -> String {
+        match validate(host, args) {
+            Ok(_) => panic!("{args:?} accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_resolved_on_the_machine() {
+        let c = validate(Host::fake(2, 4), &["--quick"]).unwrap();
+        assert_eq!((c.from, c.to), (0, 0));
+        assert_eq!(c.table.threads, [1, 2, 4, 8]);
+        assert_eq!(c.cpus.len(), 8);
+        assert_eq!(c.cpus[..4], [0, 1, 2, 3], "near the destination first");
+        assert_eq!(c.table.tables.len(), 3);
+        assert_eq!(c.budget.reps, 3);
+        let c = validate(Host::fake(2, 4), &["--from", "1", "--threads", "3"]).unwrap();
+        assert_eq!((c.from, c.to, c.budget.reps), (1, 1, 7));
+        assert_eq!(c.cpus, [4, 5, 6]);
+    }
+
+    #[test]
+    fn refusals_name_the_argument() {
+        let mut no_memory = Host::fake(2, 1);
+        no_memory.topo.nodes[1].has_memory = false;
+        let mut tight = Host::fake(1, 1);
+        tight.topo.nodes[0].mem_free = 64 << 20;
+        for (host, args, want) in [
+            (
+                Host::fake(2, 1),
+                &["--to", "4096"][..],
+                "destination node 4096 does not exist or is offline (nodes with memory: 0-1)",
+            ),
+            (
+                Host::fake(2, 1),
+                &["--from", "2"],
+                "source node 2 does not exist or is offline (nodes with memory: 0-1)",
+            ),
+            (
+                no_memory,
+                &["--to", "1"],
+                "destination node 1 has no memory (nodes with memory: 0)",
+            ),
+            (
+                Host::fake(1, 2),
+                &["--engines", "nt,movsb,nt"],
+                "--engines: nt is given twice",
+            ),
+            (
+                Host::fake(1, 2),
+                &["--threads", "0"],
+                "--threads: a column needs at least one worker",
+            ),
+            (
+                tight,
+                &["--quick"],
+                "node 0 has too little free memory for 128 MiB copy buffers",
+            ),
+            (
+                Host::fake(2, 1),
+                &["--quick", "--to", "1", "--pages", "100000000"],
+                "--pages: no row fits in the free memory of nodes 0 and 1 (about 3276 MiB usable)",
+            ),
+        ] {
+            assert_eq!(refusal(host, args), want, "{args:?}");
+        }
+        let e = refusal(Host::fake(1, 2), &["--placement", "5"]);
+        assert!(
+            e.starts_with("placing copy workers: ") && e.contains("outside"),
+            "{e}"
+        );
+    }
 }

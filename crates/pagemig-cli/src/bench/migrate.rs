@@ -9,18 +9,19 @@ use pagemig::migrate::kernel::{self, KernelPlan};
 use pagemig::migrate::remap::{self, RemapPhases, RemapPlan, Verify};
 use pagemig::migrate::reservoir::Reservoirs;
 use pagemig::migrate::syscall;
-use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources, Threads, worker_counts};
+use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources, Threads};
 use pagemig::process::Process;
 use pagemig::procfs;
-use pagemig::sys::{self, ForeignOut, HUGE_PAGE_SIZE, Mapping};
+use pagemig::sys::{ForeignOut, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
 
-use super::{
-    OutputArgs, PageTable, PhaseRow, Report, Row, check_node, default_rows, measure,
-    page_size_label, parse_page_size, progress_bar, usable_free,
-};
-use crate::calibrate::ModelArgs;
-use crate::machine::Machine;
+use super::options::{TableArgs, TableOptions};
+use super::table::{PageTable, Row};
+use super::{PhaseRow, Report, measure, usable_free};
+use crate::machine::Host;
+use crate::model::LoadedModel;
+use crate::progress::progress_bar;
+use crate::values::page_size_label;
 
 /// Which migration path is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,21 +34,12 @@ pub enum PathKind {
     Remap,
 }
 
-/// Arguments of `pagemig bench migrate`.
+/// Arguments of `pagemig bench migrate`, as given.
 #[derive(Debug, clap::Args)]
 pub struct MigrateBenchArgs {
     /// Migration path to measure.
     #[arg(long, value_enum, default_value = "kernel")]
     path: PathKind,
-    /// Page sizes, comma-separated: 4k (base pages) and 2m (transparent huge pages).
-    #[arg(long, value_delimiter = ',', value_parser = parse_page_size, default_value = "4k,2m")]
-    page_size: Vec<usize>,
-    /// Rows: pages per migration, comma-separated [default: as bench copy].
-    #[arg(long, value_delimiter = ',')]
-    pages: Vec<usize>,
-    /// Thread counts of the mt_N columns [default: 1,2,4… and the number of usable CPUs].
-    #[arg(long, value_delimiter = ',')]
-    threads: Vec<usize>,
     /// One of the two nodes [default: the first node with memory and CPUs].
     #[arg(long)]
     from: Option<NodeId>,
@@ -62,25 +54,103 @@ pub struct MigrateBenchArgs {
     /// taking and recycling them through per-node reservoirs.
     #[arg(long)]
     no_reservoir: bool,
-    /// Repetitions per cell [default: 7; 3 with --quick].
-    #[arg(long)]
-    reps: Option<usize>,
-    /// Fewer rows and repetitions.
-    #[arg(long)]
-    quick: bool,
-    /// With --path remap, the auto column copies with a DMA engine (dsa, cuda) wherever the cost
-    /// model has one at least as fast as one CPU thread, even where CPU workers would be faster:
-    /// it frees CPUs.
-    #[arg(long)]
-    prefer_dma: bool,
     /// With --path remap: how the new pages' node is checked after each batch: a bounded sample
-    /// (one base page per huge page and a few base pages), or every page.
-    #[arg(long, value_enum, default_value = "sample")]
+    /// (one base page per huge page and a few base pages), or every page [default: sample].
+    #[arg(long, value_enum)]
+    verify: Option<VerifyArg>,
+    #[command(flatten)]
+    table: TableArgs,
+}
+
+/// `bench migrate`'s arguments, checked against the machine, with every default resolved.
+pub struct MigrateBenchConfig {
+    host: Host,
+    table: TableOptions,
+    path: PathKind,
+    from: NodeId,
+    to: NodeId,
+    /// Whether the remap path takes and recycles pages through per-node reservoirs.
+    reservoir: bool,
     verify: VerifyArg,
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    output: OutputArgs,
+    /// The CPUs of the mt_N threads or workers, as many as the largest mt_N.
+    cpus: Vec<CpuId>,
+    model: LoadedModel,
+}
+
+impl MigrateBenchArgs {
+    /// Checks the arguments against `host` before anything is measured.
+    pub fn validate(self, host: Host) -> anyhow::Result<MigrateBenchConfig> {
+        let table = self
+            .table
+            .validate(&[4 << 10, 2 << 20], host.usable().len())?;
+        if self.path != PathKind::Remap {
+            if self.same_node {
+                bail!("--same-node measures the remap pipeline only: add --path remap");
+            }
+            for (name, given) in [
+                ("--no-reservoir", self.no_reservoir),
+                ("--verify", self.verify.is_some()),
+                ("--prefer-dma", table.prefer_dma),
+            ] {
+                if given {
+                    bail!("{name} applies to the remap path only: add --path remap");
+                }
+            }
+        }
+        let (from, to) = nodes(&self, &host)?;
+        let route = Route {
+            from: Some(from),
+            to: Some(to),
+        };
+        let cpus: Vec<CpuId> = Placement::NearDst
+            .choose(&host.topo, route, &host.allowed, table.max_threads())
+            .context("placing the migration threads")?;
+        let model = table.model.load()?;
+        let config = MigrateBenchConfig {
+            host,
+            table,
+            path: self.path,
+            from,
+            to,
+            reservoir: !self.no_reservoir,
+            verify: self.verify.unwrap_or(VerifyArg::Sample),
+            cpus,
+            model,
+        };
+        if !config
+            .table
+            .tables
+            .iter()
+            .any(|(ps, rows)| rows.iter().any(|&n| config.fits(n, *ps)))
+        {
+            bail!(
+                "--pages: no row fits in the free memory of nodes {from} and {to} (about {} MiB usable)",
+                config.free() >> 20
+            );
+        }
+        Ok(config)
+    }
+}
+
+impl MigrateBenchConfig {
+    /// Bytes the bench may take on each of its nodes.
+    fn free(&self) -> usize {
+        usable_free(&self.host.topo, self.from).min(usable_free(&self.host.topo, self.to))
+    }
+
+    /// Whether migrations of `pages` pages of `page_size` fit in the nodes' free memory.
+    fn fits(&self, pages: usize, page_size: usize) -> bool {
+        // The remap path holds old and new pages of a migration at once, and the copy column
+        // its own destination.
+        let copies = match self.path {
+            PathKind::Remap => 3,
+            PathKind::Kernel => 1,
+        };
+        [copies, pages, page_size]
+            .into_iter()
+            .try_fold(1usize, usize::checked_mul)
+            .is_some_and(|bytes| bytes <= self.free())
+    }
 }
 
 /// `--verify`.
@@ -213,11 +283,9 @@ impl Block {
 }
 
 /// The two nodes: `--from`/`--to`, or the first two nodes with memory.
-fn nodes(args: &MigrateBenchArgs, topo: &Topology) -> anyhow::Result<(NodeId, NodeId)> {
+fn nodes(args: &MigrateBenchArgs, host: &Host) -> anyhow::Result<(NodeId, NodeId)> {
+    let topo = &host.topo;
     let memory = topo.memory_nodes();
-    if args.same_node && args.path != PathKind::Remap {
-        bail!("--same-node measures the remap pipeline only: add --path remap");
-    }
     if memory.len() < 2 && !args.same_node {
         bail!(
             "bench migrate needs two nodes with memory, and this machine has memory on node {memory} only: \
@@ -244,8 +312,8 @@ fn nodes(args: &MigrateBenchArgs, topo: &Topology) -> anyhow::Result<(NodeId, No
             .find(|&n| n != from)
             .context("no second node with memory")?,
     };
-    check_node(topo, from, "source")?;
-    check_node(topo, to, "destination")?;
+    host.check_node(from, "source")?;
+    host.check_node(to, "destination")?;
     match (from == to, args.same_node) {
         (true, false) => bail!(
             "--from and --to are both node {from}: a migration needs two nodes (or --path remap --same-node)"
@@ -255,73 +323,68 @@ fn nodes(args: &MigrateBenchArgs, topo: &Topology) -> anyhow::Result<(NodeId, No
     }
 }
 
-pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let topo = Topology::detect().context("reading the topology from /sys")?;
-    let (from, to) = nodes(args, &topo)?;
-    if args.threads.contains(&0) || args.pages.contains(&0) {
-        bail!("--threads and --pages need positive numbers");
-    }
-    let reps = args.reps.unwrap_or(if args.quick { 3 } else { 7 });
-    if reps == 0 {
-        bail!("--reps must be at least 1");
-    }
-    let sample_bytes: usize = if args.quick { 8 << 20 } else { 32 << 20 };
-    let allowed = sys::allowed_cpus()?;
-    let usable = allowed.intersection(&topo.online_cpus).len();
-    let threads = if args.threads.is_empty() {
-        worker_counts(usable.max(1))
-    } else {
-        args.threads.clone()
-    };
-    let max_threads = threads.iter().copied().max().unwrap_or(1);
+/// Measures the tables `config` describes and writes the report.
+pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<()> {
+    let MigrateBenchConfig {
+        host,
+        table,
+        path,
+        from,
+        to,
+        reservoir,
+        verify,
+        cpus,
+        model,
+    } = config;
+    let (topo, path, from, to, verify) = (&host.topo, *path, *from, *to, *verify);
+    let reps = table.reps;
+    let sample_bytes: usize = if table.quick { 8 << 20 } else { 32 << 20 };
+    let max_threads = table.max_threads();
     let route = Route {
         from: Some(from),
         to: Some(to),
     };
-    let cpus: Vec<CpuId> = Placement::NearDst
-        .choose(&topo, route, &allowed, max_threads)
-        .context("placing the migration threads")?;
     // Migrations to the same node would move nothing in the kernel: no vanilla column then.
     let with_vanilla = from != to;
     let mut movers: Vec<(String, Mover)> = Vec::new();
     if with_vanilla {
         movers.push(("vanilla".into(), Mover::Kernel(KernelPlan::serial(1))));
     }
-    for &n in &threads {
-        let mover = match args.path {
+    for &n in &table.threads {
+        let mover = match path {
             PathKind::Kernel => Mover::Kernel(KernelPlan::parallel(cpus[..n].to_vec(), 0)),
             PathKind::Remap => Mover::Remap(
                 Box::new(
                     Pool::new(CpuEngine::new(EngineKind::Nt)?, &cpus[..n])
                         .context("starting copy workers")?,
                 ),
-                args.verify.into(),
+                verify.into(),
             ),
         };
         movers.push((format!("mt_{n}"), mover));
     }
     // The kernel path plans from the model's move_pages curve, which a quick calibration of the
     // copy engines would not have.
-    let loaded = match args.path {
-        PathKind::Kernel => args.model.load()?,
-        PathKind::Remap => args.model.load_or_measure(&topo, Effort::Builtin)?,
+    let loaded = match path {
+        PathKind::Kernel => model.clone(),
+        PathKind::Remap => model.or_measure(topo, Effort::Builtin)?,
     };
-    let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?)
-        .prefer_dma(args.prefer_dma);
+    let planner = Planner::new(topo, loaded.model.as_ref(), Resources::detect()?)
+        .prefer_dma(table.prefer_dma);
     movers.push((
         "auto".into(),
-        match args.path {
+        match path {
             PathKind::Kernel => Mover::KernelAuto(KernelPlan::serial(0)),
             PathKind::Remap => Mover::Remap(
                 Box::new(
                     AutoEngine::new(&planner, route)
                         .context("starting the auto column's engine")?,
                 ),
-                args.verify.into(),
+                verify.into(),
             ),
         },
     ));
-    if args.path == PathKind::Remap {
+    if path == PathKind::Remap {
         movers.push((
             "copy".into(),
             Mover::Copy(Box::new(
@@ -330,7 +393,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             )),
         ));
     }
-    if args.path == PathKind::Kernel && with_vanilla {
+    if path == PathKind::Kernel && with_vanilla {
         movers.push((
             "preload".into(),
             Mover::Preload(Box::new(
@@ -347,14 +410,13 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             )),
         ));
     }
-    let free = |n: NodeId| usable_free(&topo, n);
 
     let mut notes = vec![
         format!(
             "auto: the planner's choice for each row ({})",
             loaded.source
         ),
-        match args.path {
+        match path {
             PathKind::Kernel => format!(
                 "kernel path between node {from} and node {to}: vanilla is one move_pages call with every page on the calling thread; \
              mt_N: N threads on CPUs {cpus:?}, each moving a share in one call; preload: the same one call as vanilla made through \
@@ -365,17 +427,17 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
              remaps and wakes, one batch per migration, {}{}; new pages checked {}; copy: the mt_{max_threads} engine alone copying \
              the same bytes into pages already faulted in on node {to}, so that mt_N / copy is the remap path's share of copy speed",
                 if from == to { "to" } else { "<->" },
-                if args.no_reservoir {
-                    "new pages allocated, old ones freed"
-                } else {
+                if *reservoir {
                     "new pages from per-node reservoirs, old ones recycled into them"
+                } else {
+                    "new pages allocated, old ones freed"
                 },
                 if with_vanilla {
                     "; vanilla is move_pages of the same pages"
                 } else {
                     ""
                 },
-                match args.verify {
+                match verify {
                     VerifyArg::Sample =>
                         "on a sample (one base page per huge page, a few base pages per batch)",
                     VerifyArg::Full => "page by page",
@@ -384,18 +446,10 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         },
     ];
     let mut plan_rows = Vec::new();
-    for &ps in &args.page_size {
-        let rows = if args.pages.is_empty() {
-            default_rows(ps, args.quick)
-        } else {
-            args.pages.clone()
-        };
-        // The remap path holds old and new pages of a migration at once, and the copy column
-        // its own destination.
-        let copies = if args.path == PathKind::Remap { 3 } else { 1 };
-        let (kept, dropped): (Vec<usize>, Vec<usize>) = rows
-            .into_iter()
-            .partition(|&n| copies * n * ps <= free(from).min(free(to)));
+    for (ps, rows) in &table.tables {
+        let ps = *ps;
+        let (kept, dropped): (Vec<usize>, Vec<usize>) =
+            rows.iter().partition(|&&n| config.fits(n, ps));
         if !dropped.is_empty() {
             notes.push(format!(
                 "{} pages: rows {dropped:?} left out, they do not fit in the free memory of the nodes",
@@ -438,7 +492,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 largest >> 20
             ));
         }
-        let copy_dst = match args.path {
+        let copy_dst = match path {
             PathKind::Remap => Some(bound(to)?),
             PathKind::Kernel => None,
         };
@@ -474,7 +528,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 let mut timed = Timed::default();
                 // Per cell, so that its chunks have this row's size; the warm-up fills it.
                 let reservoirs = Reservoirs::new(3 * bytes);
-                let reservoirs = (!args.no_reservoir).then_some(&reservoirs);
+                let reservoirs = reservoir.then_some(&reservoirs);
                 let mut runs = 0u32;
                 let mut warm_up = RemapPhases::default();
                 cells.push(measure(reps, per_sample, bytes, |i| {
@@ -483,29 +537,18 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     // of their size, and old pages that span several mappings are freed, not
                     // recycled; the first migration makes the row's range one mapping.
                     let started = std::time::Instant::now();
-                    if i == 0 {
-                        for _ in 0..2 {
-                            block.migrate(
-                                &topo,
-                                pages,
-                                (from, to),
-                                mover,
-                                reservoirs,
-                                &mut warm_up,
-                            )?;
-                        }
-                        return Ok(());
+                    let (migrations, phases) = if i == 0 {
+                        (2, &mut warm_up)
+                    } else {
+                        (1, &mut timed.phases)
+                    };
+                    for _ in 0..migrations {
+                        block.migrate(topo, pages, (from, to), mover, reservoirs, phases)?;
                     }
-                    block.migrate(
-                        &topo,
-                        pages,
-                        (from, to),
-                        mover,
-                        reservoirs,
-                        &mut timed.phases,
-                    )?;
-                    timed.wall += started.elapsed();
-                    runs += 1;
+                    if i > 0 {
+                        timed.wall += started.elapsed();
+                        runs += 1;
+                    }
                     Ok(())
                 })?);
                 if let Mover::Remap(..) = mover {
@@ -532,17 +575,17 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         tables.push(table);
     }
     progress.finish_and_clear();
-    let bench = match args.path {
+    let bench = match path {
         PathKind::Kernel => "migrate --path kernel",
         PathKind::Remap => "migrate --path remap",
     };
     let report = Report {
         bench,
         unit: "GB/s",
-        machine: Machine::describe(&topo, &allowed),
+        machine: host.describe(),
         notes,
         tables,
         phases: phase_rows,
     };
-    report.emit(&args.output, out)
+    report.emit(&table.output, out)
 }

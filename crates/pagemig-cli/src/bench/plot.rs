@@ -7,7 +7,8 @@ use anyhow::anyhow;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
-use super::{Report, page_size_label};
+use super::table::PageTable;
+use crate::values::page_size_label;
 
 /// plotters draws text with a registered font; DejaVu Sans is compiled in, so drawing needs no
 /// font installed on the machine.
@@ -19,13 +20,14 @@ fn register_fonts() {
     });
 }
 
-pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
+/// Draws `tables` of the bench named `bench`, measured in `unit`, one panel per table.
+pub fn draw(bench: &str, unit: &str, tables: &[PageTable], path: &Path) -> anyhow::Result<()> {
     register_fonts();
-    let panels = report.tables.len().max(1);
+    let panels = tables.len().max(1);
     let root = BitMapBackend::new(path, (640 * panels as u32, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let areas = root.split_evenly((1, panels));
-    for (table, area) in report.tables.iter().zip(areas) {
+    for (table, area) in tables.iter().zip(areas) {
         let max_pages = table.rows.iter().map(|r| r.pages).max().unwrap_or(1).max(2);
         let max_gbps = table
             .rows
@@ -38,7 +40,7 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
             .caption(
                 format!(
                     "bench {}: {} pages",
-                    report.bench,
+                    bench,
                     page_size_label(table.page_size)
                 ),
                 ("sans-serif", 20),
@@ -51,7 +53,7 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
         chart
             .configure_mesh()
             .x_desc("pages per migration")
-            .y_desc(report.unit)
+            .y_desc(unit)
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         for (i, column) in table.columns.iter().enumerate() {

@@ -22,9 +22,9 @@ use pagemig::tier::decide::Policy;
 use pagemig::topology::{NodeId, NodeSet, Topology};
 use serde::Serialize;
 
-use crate::machine::Machine;
+use crate::machine::Host;
 
-/// Arguments of `pagemig bench tier`.
+/// Arguments of `pagemig bench tier`, as given.
 #[derive(Debug, clap::Args)]
 pub struct TierBenchArgs {
     /// The fast node [default: the first node with CPUs and memory].
@@ -54,6 +54,64 @@ pub struct TierBenchArgs {
     /// Run as the workload, its memory on this node (used by the benchmark itself).
     #[arg(long, hide = true)]
     workload: Option<NodeId>,
+}
+
+/// What `bench tier` runs, its arguments checked.
+pub enum TierBench {
+    /// The workload process the bench starts (`--workload NODE`): `hot` and `cold` bytes on
+    /// `node`.
+    Workload {
+        node: NodeId,
+        hot: usize,
+        cold: usize,
+    },
+    /// The comparison itself.
+    Compare(TierBenchConfig),
+}
+
+/// The comparison's arguments, checked against the machine, with the tiers resolved.
+pub struct TierBenchConfig {
+    host: Host,
+    fast: NodeId,
+    slow: NodeId,
+    /// Bytes of the hot set.
+    hot: usize,
+    /// Bytes of the cold set.
+    cold: usize,
+    fast_budget: Size,
+    interval: Duration,
+    timeout: Duration,
+    json: bool,
+}
+
+impl TierBenchArgs {
+    /// Checks the sizes and times, then (for the comparison) the nodes and DAMON, before any
+    /// workload starts.
+    pub fn validate(self) -> anyhow::Result<TierBench> {
+        let (hot, cold) = (bytes(self.hot, "hot")?, bytes(self.cold, "cold")?);
+        if let Some(node) = self.workload {
+            return Ok(TierBench::Workload { node, hot, cold });
+        }
+        let seconds = |s: f64| Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero());
+        let (Some(interval), Some(timeout)) = (seconds(self.interval), seconds(self.timeout))
+        else {
+            bail!("--interval and --timeout must be positive numbers of seconds");
+        };
+        let host = Host::detect()?;
+        let (fast, slow) = tiers(&host.topo, &self)?;
+        damon::probe(damon::ADMIN.as_ref())?;
+        Ok(TierBench::Compare(TierBenchConfig {
+            host,
+            fast,
+            slow,
+            hot,
+            cold,
+            fast_budget: self.fast_budget,
+            interval,
+            timeout,
+            json: self.json,
+        }))
+    }
 }
 
 /// One method on one start.
@@ -121,11 +179,11 @@ struct Workload {
 }
 
 impl Workload {
-    fn spawn(args: &TierBenchArgs, node: NodeId) -> anyhow::Result<Workload> {
+    fn spawn(config: &TierBenchConfig, node: NodeId) -> anyhow::Result<Workload> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["bench", "tier", "--workload", &node.to_string()])
-            .args(["--hot", &bytes(args.hot, "hot")?.to_string()])
-            .args(["--cold", &bytes(args.cold, "cold")?.to_string()])
+            .args(["--hot", &config.hot.to_string()])
+            .args(["--cold", &config.cold.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -212,18 +270,20 @@ fn tiers(topo: &Topology, args: &TierBenchArgs) -> anyhow::Result<(NodeId, NodeI
 }
 
 /// Runs one method until placement or the timeout.
-fn measure(
-    args: &TierBenchArgs,
-    topo: &Topology,
-    (fast, slow): (NodeId, NodeId),
-    start_on: NodeId,
-    with_pagemig: bool,
-) -> anyhow::Result<Row> {
-    let w = Workload::spawn(args, start_on)?;
-    let (hot, cold) = (bytes(args.hot, "hot")?, bytes(args.cold, "cold")?);
+fn measure(config: &TierBenchConfig, start_on: NodeId, with_pagemig: bool) -> anyhow::Result<Row> {
+    let TierBenchConfig {
+        host: Host { topo, .. },
+        fast,
+        slow,
+        hot,
+        cold,
+        interval,
+        ..
+    } = config;
+    let (fast, slow, hot, cold, interval) = (*fast, *slow, *hot, *cold, *interval);
+    let w = Workload::spawn(config, start_on)?;
     let pid = w.pid();
     let run_dir = std::env::temp_dir().join(format!("pagemig-bench-tier-{}", std::process::id()));
-    let interval = Duration::from_secs_f64(args.interval);
     let attrs = DamonAttrs::default();
     let placed = || -> anyhow::Result<(f64, f64)> {
         Ok((
@@ -232,7 +292,7 @@ fn measure(
         ))
     };
     let t0 = Instant::now();
-    let limit = Duration::from_secs_f64(args.timeout);
+    let limit = config.timeout;
     let mut row = Row {
         start: if start_on == fast {
             "on fast"
@@ -264,7 +324,7 @@ fn measure(
             pids: vec![pid],
             fast: NodeSet::from_iter([fast]),
             slow: NodeSet::from_iter([slow]),
-            fast_budget: Some(args.fast_budget),
+            fast_budget: Some(config.fast_budget),
             free_margin: Size::Percent(5.0),
             interval,
             rate: None,
@@ -336,24 +396,21 @@ fn measure(
     Ok(row)
 }
 
-pub fn run(args: &TierBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    if let Some(node) = args.workload {
-        return run_workload(node, bytes(args.hot, "hot")?, bytes(args.cold, "cold")?);
-    }
-    if !(args.interval > 0.0 && args.timeout > 0.0) {
-        bail!("--interval and --timeout must be positive numbers of seconds");
-    }
-    let topo = Topology::detect().context("reading the topology from /sys")?;
-    let (fast, slow) = tiers(&topo, args)?;
-    damon::probe(damon::ADMIN.as_ref())?;
-    let machine = Machine::describe(&topo, &sys::allowed_cpus()?);
+/// Runs the workload, or the comparison and writes its table.
+pub fn run(bench: &TierBench, out: &mut dyn Write) -> anyhow::Result<()> {
+    let config = match bench {
+        TierBench::Workload { node, hot, cold } => return run_workload(*node, *hot, *cold),
+        TierBench::Compare(config) => config,
+    };
+    let (fast, slow) = (config.fast, config.slow);
+    let machine = config.host.describe();
     let mut rows = Vec::new();
     for start_on in [fast, slow] {
         for with_pagemig in [true, false] {
-            rows.push(measure(args, &topo, (fast, slow), start_on, with_pagemig)?);
+            rows.push(measure(config, start_on, with_pagemig)?);
         }
     }
-    if args.json {
+    if config.json {
         serde_json::to_writer_pretty(
             &mut *out,
             &serde_json::json!({"machine": machine.to_string(), "fast": fast, "slow": slow, "rows": rows}),
@@ -365,12 +422,14 @@ pub fn run(args: &TierBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(
         out,
         "note: hot set {} written all the time, cold set {} written once, fast node {fast}, slow node {slow}; placed = 90% of the hot set on node {fast} and of the cold set on node {slow}, by move_pages queries every {} s",
-        args.hot, args.cold, args.interval
+        Size::Bytes(config.hot as u64),
+        Size::Bytes(config.cold as u64),
+        config.interval.as_secs_f64()
     )?;
     writeln!(
         out,
         "note: pagemig tier tracks the workload (DAMON vaddr) with --fast-budget {}; DAMON's migrate_hot/migrate_cold run in the kernel on all memory of the two nodes (paddr: Linux 6.11-6.15 offer them there only), demoting what saw no access for 0.5 s and promoting what saw any",
-        args.fast_budget
+        config.fast_budget
     )?;
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header([
@@ -388,8 +447,10 @@ pub fn run(args: &TierBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         table.add_row([
             r.start.to_owned(),
             r.method.to_owned(),
-            r.placed_s
-                .map_or_else(|| format!("> {}", args.timeout), |s| format!("{s:.1}")),
+            r.placed_s.map_or_else(
+                || format!("> {}", config.timeout.as_secs_f64()),
+                |s| format!("{s:.1}"),
+            ),
             format!("{:.0}%", r.hot_on_fast * 100.0),
             format!("{:.0}%", r.cold_on_slow * 100.0),
             format!("{:.1}", r.bytes_moved as f64 / (1u64 << 20) as f64),

@@ -20,7 +20,7 @@ use serde_json::json;
 
 pub use config::TierArgs;
 
-use crate::calibrate::ModelArgs;
+use crate::model::ModelArgs;
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
