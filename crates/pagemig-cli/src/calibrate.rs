@@ -161,3 +161,57 @@ pub fn run(config: &Calibration, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: CalibrateArgs,
+    }
+
+    fn validate(args: &[&str]) -> anyhow::Result<Calibration> {
+        Line::try_parse_from([&["calibrate"], args].concat())
+            .unwrap()
+            .args
+            .validate(Host::fake(2, 1))
+    }
+
+    #[test]
+    fn the_node_and_the_model_path_are_checked() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("m.json");
+        let c = validate(&["--quick", "--node", "1", "--model", file.to_str().unwrap()]).unwrap();
+        assert_eq!(c.path, file);
+        assert_eq!((c.options.effort, c.options.node), (Effort::Quick, Some(1)));
+        let missing = dir.path().join("no/m.json");
+        for (args, want) in [
+            (
+                vec!["--node", "5"],
+                "calibration node 5 does not exist or is offline (nodes with memory: 0-1)"
+                    .to_owned(),
+            ),
+            (
+                vec!["--model", missing.to_str().unwrap()],
+                format!(
+                    "--model {}: the directory {} does not exist",
+                    missing.display(),
+                    dir.path().join("no").display()
+                ),
+            ),
+            (
+                vec!["--model", dir.path().to_str().unwrap()],
+                format!("--model {}: is a directory", dir.path().display()),
+            ),
+        ] {
+            match validate(&args) {
+                Ok(_) => panic!("{args:?} accepted"),
+                Err(e) => assert_eq!(format!("{e:#}"), want, "{args:?}"),
+            }
+        }
+    }
+}

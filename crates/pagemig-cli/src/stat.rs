@@ -131,3 +131,30 @@ pub fn run(config: &Stat, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out, "{table}")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: StatArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<StatArgs, clap::Error> {
+        Line::try_parse_from([&["stat"], args].concat()).map(|l| l.args)
+    }
+
+    #[test]
+    fn the_view_is_resolved_and_conflicts_refused() {
+        let view = |args: &[&str]| parse(args).unwrap().validate().unwrap().view;
+        assert_eq!(view(&["--pid", "self"]), View::PerName);
+        assert_eq!(view(&["--pid", "self", "--mappings"]), View::PerMapping);
+        assert_eq!(view(&["--pid", "self", "--json"]), View::Json);
+        let e = parse(&["--pid", "self", "--json", "--mappings"]).unwrap_err();
+        assert!(e.to_string().contains("cannot be used with"), "{e}");
+    }
+}

@@ -147,3 +147,41 @@ fn render(topo: &Topology) -> String {
     };
     format!("NUMA nodes (→N: distance to node N)\n{nodes}\n{caches}\n{tiers}")
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: TopoArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<TopoArgs, clap::Error> {
+        Line::try_parse_from([&["topo"], args].concat()).map(|l| l.args)
+    }
+
+    #[test]
+    fn a_named_model_must_load_and_json_shows_none() {
+        let e = parse(&["--model", "/nonexistent/model.json"])
+            .unwrap()
+            .validate()
+            .err()
+            .expect("a missing model was accepted");
+        assert!(
+            format!("{e:#}").contains("/nonexistent/model.json"),
+            "{e:#}"
+        );
+        let json = parse(&["--json", "--sysfs", "/tmp"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(json.model.is_none());
+        assert_eq!(json.sysfs, PathBuf::from("/tmp"));
+        let e = parse(&["--json", "--model", "m.json"]).unwrap_err();
+        assert!(e.to_string().contains("cannot be used with"), "{e}");
+    }
+}

@@ -696,6 +696,72 @@ fn odd_arguments_name_the_argument_and_the_problem() {
     }
 }
 
+#[test]
+fn arguments_are_checked_before_anything_runs() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["bench", "migrate", "--no-reservoir"],
+            "--no-reservoir applies to the remap path only: add --path remap",
+        ),
+        (
+            &["bench", "migrate", "--verify", "full"],
+            "--verify applies to the remap path only: add --path remap",
+        ),
+        (
+            &["bench", "migrate", "--prefer-dma"],
+            "--prefer-dma applies to the remap path only: add --path remap",
+        ),
+        (
+            &[
+                "bench",
+                "migrate",
+                "--path",
+                "remap",
+                "--same-node",
+                "--pages",
+                "100000000000",
+            ],
+            "--pages: no row fits in the free memory of node",
+        ),
+        (
+            &["bench", "copy", "--page-size", "4k,4096"],
+            "--page-size: 4K is given twice",
+        ),
+        (
+            &["bench", "copy", "--engines", "nt,nt"],
+            "--engines: nt is given twice",
+        ),
+        (&["bench", "copy", "--json", "--csv"], "cannot be used with"),
+        (
+            &["bench", "tier", "--hot", "10%"],
+            "--hot must be a size of at least 2M",
+        ),
+        (
+            &["bench", "tier", "--timeout", "inf"],
+            "--interval and --timeout must be positive numbers of seconds",
+        ),
+        (
+            &["topo", "--json", "--model", "m.json"],
+            "cannot be used with",
+        ),
+        (
+            &["topo", "--model", "/nonexistent/model.json"],
+            "/nonexistent/model.json: No such file",
+        ),
+        (
+            &["stat", "--pid", "self", "--json", "--mappings"],
+            "cannot be used with",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = pagemig(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+        // Refused before anything is measured, moved or printed.
+        assert!(o.stdout.is_empty(), "{args:?}: {}", stdout(&o));
+    }
+}
+
 /// Runs pagemig as user nobody, when this test runs as root (it cannot switch users otherwise).
 fn as_nobody(args: &[&str]) -> Option<Output> {
     use std::os::unix::process::CommandExt;

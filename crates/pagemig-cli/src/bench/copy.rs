@@ -14,7 +14,7 @@ use pagemig::topology::{CpuId, NodeId, NodeSet};
 
 use super::options::{TableArgs, TableOptions};
 use super::table::{Cell, PageTable, Row, SPREAD_TOLERATED};
-use super::{Report, measure, measure_row, usable_free};
+use super::{Report, measure, measure_row, nodes_label, usable_free};
 use crate::machine::Host;
 use crate::model::{LoadedModel, describe_checks};
 use crate::progress::progress_bar;
@@ -153,11 +153,7 @@ impl CopyConfig {
 
     /// "node 0" or "nodes 0 and 1".
     fn nodes(&self) -> String {
-        if self.from == self.to {
-            format!("node {}", self.from)
-        } else {
-            format!("nodes {} and {}", self.from, self.to)
-        }
+        nodes_label(self.from, self.to)
     }
 }
 

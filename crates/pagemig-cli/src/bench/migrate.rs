@@ -17,7 +17,7 @@ use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
 
 use super::options::{TableArgs, TableOptions};
 use super::table::{PageTable, Row};
-use super::{PhaseRow, Report, measure, usable_free};
+use super::{PhaseRow, Report, measure, nodes_label, usable_free};
 use crate::machine::Host;
 use crate::model::LoadedModel;
 use crate::progress::progress_bar;
@@ -124,7 +124,8 @@ impl MigrateBenchArgs {
             .any(|(ps, rows)| rows.iter().any(|&n| config.fits(n, *ps)))
         {
             bail!(
-                "--pages: no row fits in the free memory of nodes {from} and {to} (about {} MiB usable)",
+                "--pages: no row fits in the free memory of {} (about {} MiB usable)",
+                nodes_label(from, to),
                 config.free() >> 20
             );
         }
@@ -588,4 +589,120 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
         phases: phase_rows,
     };
     report.emit(&table.output, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: MigrateBenchArgs,
+    }
+
+    fn validate(host: Host, args: &[&str]) -> anyhow::Result<MigrateBenchConfig> {
+        Line::try_parse_from([&["migrate"], args].concat())
+            .unwrap()
+            .args
+            .validate(host)
+    }
+
+    fn refusal(host: Host, args: &[&str]) -> String {
+        match validate(host, args) {
+            Ok(_) => panic!("{args:?} accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_resolved_on_the_machine() {
+        let c = validate(Host::fake(2, 2), &[]).unwrap();
+        assert_eq!((c.path, c.from, c.to), (PathKind::Kernel, 0, 1));
+        assert_eq!(c.table.tables.len(), 2, "4k and 2m");
+        assert_eq!(c.table.threads, [1, 2, 4]);
+        assert_eq!(c.cpus[..2], [2, 3], "near the destination first");
+        assert!(c.reservoir);
+        assert_eq!(c.verify, VerifyArg::Sample);
+        let c = validate(
+            Host::fake(1, 2),
+            &[
+                "--path",
+                "remap",
+                "--same-node",
+                "--no-reservoir",
+                "--verify",
+                "full",
+            ],
+        )
+        .unwrap();
+        assert_eq!((c.from, c.to), (0, 0));
+        assert!(!c.reservoir);
+        assert_eq!(c.verify, VerifyArg::Full);
+    }
+
+    #[test]
+    fn refusals_name_the_argument() {
+        for (host, args, want) in [
+            (
+                Host::fake(2, 1),
+                &["--same-node"][..],
+                "--same-node measures the remap pipeline only: add --path remap",
+            ),
+            (
+                Host::fake(2, 1),
+                &["--no-reservoir"],
+                "--no-reservoir applies to the remap path only: add --path remap",
+            ),
+            (
+                Host::fake(2, 1),
+                &["--path", "kernel", "--verify", "sample"],
+                "--verify applies to the remap path only: add --path remap",
+            ),
+            (
+                Host::fake(2, 1),
+                &["--prefer-dma"],
+                "--prefer-dma applies to the remap path only: add --path remap",
+            ),
+            (
+                Host::fake(2, 1),
+                &["--from", "1", "--to", "1"],
+                "--from and --to are both node 1: a migration needs two nodes (or --path remap --same-node)",
+            ),
+            (
+                Host::fake(2, 1),
+                &["--path", "remap", "--same-node", "--to", "1"],
+                "--same-node with two different nodes (0, 1): give one",
+            ),
+            (
+                Host::fake(2, 1),
+                &["--to", "9"],
+                "destination node 9 does not exist or is offline (nodes with memory: 0-1)",
+            ),
+            (
+                Host::fake(2, 1),
+                &["--pages", "0"],
+                "--pages: a row needs at least one page",
+            ),
+            (
+                Host::fake(2, 1),
+                &["--pages", "100000000000"],
+                "--pages: no row fits in the free memory of nodes 0 and 1 (about 3276 MiB usable)",
+            ),
+            (
+                Host::fake(1, 1),
+                &["--path", "remap", "--same-node", "--pages", "1000000"],
+                "--pages: no row fits in the free memory of node 0 (about 3276 MiB usable)",
+            ),
+        ] {
+            assert_eq!(refusal(host, args), want, "{args:?}");
+        }
+        let one = refusal(Host::fake(1, 2), &[]);
+        assert!(
+            one.starts_with("bench migrate needs two nodes with memory, and this machine has memory on node 0 only"),
+            "{one}"
+        );
+    }
 }

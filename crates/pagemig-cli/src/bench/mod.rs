@@ -71,6 +71,15 @@ pub fn measure_row(
     Ok(samples.into_iter().map(Cell::from_samples).collect())
 }
 
+/// "node 0", or "nodes 0 and 1": the nodes a bench copies or migrates between.
+pub fn nodes_label(from: NodeId, to: NodeId) -> String {
+    if from == to {
+        format!("node {from}")
+    } else {
+        format!("nodes {from} and {to}")
+    }
+}
+
 /// Bytes a bench may take on `node`: 80% of its free memory.
 pub fn usable_free(topo: &Topology, node: NodeId) -> usize {
     topo.node(node).map_or(0, |n| n.mem_free) as usize / 10 * 8

@@ -462,3 +462,70 @@ pub fn run(bench: &TierBench, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out, "{table}")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: TierBenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> TierBenchArgs {
+        Line::try_parse_from([&["tier"], args].concat())
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn sizes_and_times_are_checked_first() {
+        for (args, want) in [
+            (&["--hot", "1M"][..], "--hot must be a size of at least 2M"),
+            (&["--cold", "10%"], "--cold must be a size of at least 2M"),
+            (
+                &["--interval", "0"],
+                "--interval and --timeout must be positive numbers of seconds",
+            ),
+            (
+                &["--timeout", "inf"],
+                "--interval and --timeout must be positive numbers of seconds",
+            ),
+            (
+                &["--interval", "NaN"],
+                "--interval and --timeout must be positive numbers of seconds",
+            ),
+        ] {
+            match parse(args).validate() {
+                Ok(_) => panic!("{args:?} accepted"),
+                Err(e) => assert_eq!(format!("{e:#}"), want, "{args:?}"),
+            }
+        }
+        let Ok(TierBench::Workload { node, hot, cold }) =
+            parse(&["--workload", "1", "--hot", "4M"]).validate()
+        else {
+            panic!("the workload's arguments were refused");
+        };
+        assert_eq!((node, hot, cold), (1, 4 << 20, 160 << 20));
+    }
+
+    #[test]
+    fn tiers_default_to_a_memory_only_or_the_farthest_node() {
+        let mut host = Host::fake(3, 1);
+        host.topo.nodes[0].distances.insert(2, 30);
+        assert_eq!(tiers(&host.topo, &parse(&[])).unwrap(), (0, 2));
+        host.topo.nodes[1].cpus = pagemig::topology::CpuSet::new();
+        assert_eq!(tiers(&host.topo, &parse(&[])).unwrap(), (0, 1));
+        let e = tiers(&host.topo, &parse(&["--fast", "2", "--slow", "2"])).unwrap_err();
+        assert_eq!(e.to_string(), "--fast and --slow are the same node 2");
+        let e = tiers(&Host::fake(1, 1).topo, &parse(&[])).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("bench tier needs two nodes with memory"),
+            "{e}"
+        );
+    }
+}
