@@ -61,8 +61,11 @@ pub enum TierBench {
     /// The workload process the bench starts (`--workload NODE`): `hot` and `cold` bytes on
     /// `node`.
     Workload {
+        /// Where its memory is.
         node: NodeId,
+        /// Bytes of its hot set.
         hot: usize,
+        /// Bytes of its cold set.
         cold: usize,
     },
     /// The comparison itself.
