@@ -145,7 +145,7 @@ impl CopyConfig {
         let free = |node| usable_free(&self.host.topo, node);
         let len = bytes.max(self.budget.working_set);
         if self.from == self.to {
-            2 * len <= free(self.from)
+            len.saturating_mul(2) <= free(self.from)
         } else {
             len <= free(self.from) && len <= free(self.to)
         }
@@ -694,6 +694,11 @@ mod tests {
                 Host::fake(2, 1),
                 &["--quick", "--to", "1", "--pages", "100000000"],
                 "--pages: no row fits in the free memory of nodes 0 and 1 (about 3276 MiB usable)",
+            ),
+            (
+                Host::fake(1, 1),
+                &["--page-size", "4k", "--pages", "4503599627370495"],
+                "--pages: no row fits in the free memory of node 0 (about 3276 MiB usable)",
             ),
         ] {
             assert_eq!(refusal(host, args), want, "{args:?}");
