@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -10,6 +11,7 @@ use pagemig::policy::{
 };
 use pagemig::sys;
 use pagemig::topology::{NodeId, Topology};
+use pagemig::workers::Workers;
 
 use crate::bench::progress_bar;
 
@@ -104,7 +106,12 @@ impl ModelArgs {
 
     /// As [`ModelArgs::load`], and when there is no saved model, a calibration of the copy
     /// engines made now with `effort`.
-    pub fn load_or_measure(&self, topo: &Topology, effort: Effort) -> anyhow::Result<LoadedModel> {
+    pub fn load_or_measure(
+        &self,
+        topo: &Topology,
+        effort: Effort,
+        workers: &Arc<Workers>,
+    ) -> anyhow::Result<LoadedModel> {
         let loaded = self.load()?;
         let fits = loaded
             .model
@@ -119,7 +126,7 @@ impl ModelArgs {
             no_kernel_path: true,
             ..CalibrateOptions::default()
         };
-        let model = policy::calibrate(topo, &allowed, &options, &|_| {})
+        let model = policy::calibrate(topo, &allowed, &options, workers, &|_| {})
             .context("calibrating copy engines (no saved cost model)")?;
         Ok(LoadedModel {
             model: Some(model),
@@ -172,9 +179,10 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         node: args.node,
         no_kernel_path: args.no_kernel_path,
     };
+    let workers = Arc::new(Workers::new());
     let bar = progress_bar(0);
     bar.set_message("calibrating");
-    let mut model = policy::calibrate(&topo, &allowed, &options, &|s| match s {
+    let mut model = policy::calibrate(&topo, &allowed, &options, &workers, &|s| match s {
         Step::Planned(n) => bar.set_length(n),
         Step::Done => bar.inc(1),
     })
@@ -189,8 +197,9 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             model.learn(&old.observed);
         }
         bar.set_message("checking the model's choices");
-        checked = policy::check_choices(&topo, &mut model, Resources::detect()?, &options)
-            .context("checking the model's choices")?;
+        checked =
+            policy::check_choices(&topo, &mut model, Resources::detect()?, &options, &workers)
+                .context("checking the model's choices")?;
     }
     bar.finish_and_clear();
     model

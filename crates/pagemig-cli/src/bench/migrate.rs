@@ -2,6 +2,7 @@
 
 use std::ffi::{c_int, c_ulong};
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
@@ -14,6 +15,7 @@ use pagemig::process::Process;
 use pagemig::procfs;
 use pagemig::sys::{self, ForeignOut, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
+use pagemig::workers::Workers;
 
 use super::{
     OutputArgs, PageTable, PhaseRow, Report, Row, check_node, default_rows, measure,
@@ -124,7 +126,7 @@ enum Mover {
 
 /// Pages that move back and forth between two nodes (or from a node to itself), one migration
 /// at a time.
-struct Block {
+struct Block<'w> {
     buf: Mapping,
     /// Where the block's pages are now.
     at: NodeId,
@@ -132,9 +134,11 @@ struct Block {
     pages_failed: u64,
     /// Where the copy column copies to: as large as `buf`, faulted in on the target node.
     copy_dst: Option<Mapping>,
+    /// The threads that make the kernel path's calls.
+    workers: &'w Workers,
 }
 
-impl Block {
+impl Block<'_> {
     /// Moves the first `pages` pages to the other node (the copy column only copies them);
     /// adds the remap phases to `phases`.
     fn migrate(
@@ -152,8 +156,14 @@ impl Block {
             Mover::Kernel(plan) | Mover::KernelAuto(plan) => {
                 // One address per page: the head of a huge page moves all of it.
                 let addrs: Vec<usize> = (0..pages).map(|i| start + i * self.page_size).collect();
-                let moved =
-                    kernel::move_pages(Process::Current, &addrs, &vec![to; pages], plan, &|_| {})?;
+                let moved = kernel::move_pages(
+                    Process::Current,
+                    &addrs,
+                    &vec![to; pages],
+                    plan,
+                    self.workers,
+                    &|_| {},
+                )?;
                 self.pages_failed +=
                     moved.status.iter().filter(|&&s| s != to as i32).count() as u64;
             }
@@ -258,6 +268,8 @@ fn nodes(args: &MigrateBenchArgs, topo: &Topology) -> anyhow::Result<(NodeId, No
 pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let topo = Topology::detect().context("reading the topology from /sys")?;
     let (from, to) = nodes(args, &topo)?;
+    // Every column's threads: the copy pools, the kernel path's calls and the preload context.
+    let workers = Arc::new(Workers::new());
     if args.threads.contains(&0) || args.pages.contains(&0) {
         bail!("--threads and --pages need positive numbers");
     }
@@ -292,7 +304,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             PathKind::Kernel => Mover::Kernel(KernelPlan::parallel(cpus[..n].to_vec(), 0)),
             PathKind::Remap => Mover::Remap(
                 Box::new(
-                    Pool::new(CpuEngine::new(EngineKind::Nt)?, &cpus[..n])
+                    Pool::new(&workers, CpuEngine::new(EngineKind::Nt)?, &cpus[..n])
                         .context("starting copy workers")?,
                 ),
                 args.verify.into(),
@@ -304,7 +316,9 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // copy engines would not have.
     let loaded = match args.path {
         PathKind::Kernel => args.model.load()?,
-        PathKind::Remap => args.model.load_or_measure(&topo, Effort::Builtin)?,
+        PathKind::Remap => args
+            .model
+            .load_or_measure(&topo, Effort::Builtin, &workers)?,
     };
     let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?)
         .prefer_dma(args.prefer_dma);
@@ -314,7 +328,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             PathKind::Kernel => Mover::KernelAuto(KernelPlan::serial(0)),
             PathKind::Remap => Mover::Remap(
                 Box::new(
-                    AutoEngine::new(&planner, route)
+                    AutoEngine::new(&planner, route, &workers)
                         .context("starting the auto column's engine")?,
                 ),
                 args.verify.into(),
@@ -325,8 +339,12 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         movers.push((
             "copy".into(),
             Mover::Copy(Box::new(
-                Pool::new(CpuEngine::new(EngineKind::Nt)?, &cpus[..max_threads])
-                    .context("starting copy workers")?,
+                Pool::new(
+                    &workers,
+                    CpuEngine::new(EngineKind::Nt)?,
+                    &cpus[..max_threads],
+                )
+                .context("starting copy workers")?,
             )),
         ));
     }
@@ -342,6 +360,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     warnings: Vec::new(),
                     unusable: None,
                     min_split_bytes: 0,
+                    workers: Arc::clone(&workers),
                 }
                 .with_split_threshold(),
             )),
@@ -448,6 +467,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             page_size,
             pages_failed: 0,
             copy_dst,
+            workers: &workers,
         };
         let mut table = PageTable {
             page_size,
