@@ -12,7 +12,6 @@
 #![allow(unsafe_code)]
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvError, Sender, TryRecvError};
@@ -93,8 +92,9 @@ struct Worker {
 /// ```
 #[derive(Default)]
 pub struct Workers {
-    /// Keyed by CPU and which of that CPU's workers (0 for the first).
-    workers: Mutex<HashMap<(CpuId, usize), Worker>>,
+    /// `by_cpu[c][n]`: the `n`-th worker of CPU `c` (only CPUs that could be pinned, so the
+    /// index stays below the kernel's CPU mask size).
+    by_cpu: Mutex<Vec<Vec<Worker>>>,
 }
 
 impl Workers {
@@ -103,16 +103,17 @@ impl Workers {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<(CpuId, usize), Worker>> {
-        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Vec<Vec<Worker>>> {
+        self.by_cpu.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts the workers a call on `cpus` would use, where not started yet, so that a CPU that
     /// cannot be pinned is found before any work is handed out.
     pub fn start(&self, cpus: &[CpuId]) -> Result<(), WorkerError> {
         let mut workers = self.lock();
-        for key in keys(cpus) {
-            started(&mut workers, key)?;
+        let mut repeats = Repeats::new();
+        for (i, &cpu) in cpus.iter().enumerate() {
+            started(&mut workers, cpu, repeats.nth(cpus, i))?;
         }
         Ok(())
     }
@@ -137,8 +138,9 @@ impl Workers {
             // Waits for every job handed out, also if something below panics.
             let _wait = Wait(&latch);
             let mut workers = self.lock();
-            for (i, key) in keys(cpus).into_iter().enumerate() {
-                let worker = match started(&mut workers, key) {
+            let mut repeats = Repeats::new();
+            for (i, &cpu) in cpus.iter().enumerate() {
+                let worker = match started(&mut workers, cpu, repeats.nth(cpus, i)) {
                     Ok(w) => w,
                     Err(e) => {
                         failed.get_or_insert(e);
@@ -159,7 +161,7 @@ impl Workers {
                 // dropped here, counted down, without running.
                 let job: Job = unsafe { std::mem::transmute::<_, Job>(job) };
                 if worker.jobs.send(job).is_err() {
-                    failed.get_or_insert(WorkerError::Stopped { job: i, cpu: key.0 });
+                    failed.get_or_insert(WorkerError::Stopped { job: i, cpu });
                     latch.count_down();
                 }
             }
@@ -188,7 +190,7 @@ impl Workers {
     /// A panic in the job is caught and dropped: the job reports its own outcome.
     pub fn post(&self, cpu: CpuId, job: impl FnOnce() + Send + 'static) -> Result<(), WorkerError> {
         let mut workers = self.lock();
-        started(&mut workers, (cpu, 0))?
+        started(&mut workers, cpu, 0)?
             .jobs
             .send(Box::new(job))
             .map_err(|_| WorkerError::Stopped { job: 0, cpu })
@@ -198,7 +200,7 @@ impl Workers {
 impl Drop for Workers {
     /// Lets every worker finish the jobs handed to it, then joins it.
     fn drop(&mut self) {
-        let workers: Vec<Worker> = self.lock().drain().map(|(_, w)| w).collect();
+        let workers: Vec<Worker> = self.lock().drain(..).flatten().collect();
         let threads: Vec<JoinHandle<()>> = workers.into_iter().map(|w| w.thread).collect();
         for t in threads {
             let _ = t.join();
@@ -208,35 +210,58 @@ impl Drop for Workers {
 
 impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut keys: Vec<(CpuId, usize)> = self.lock().keys().copied().collect();
-        keys.sort_unstable();
+        let cpus: Vec<usize> = self.lock().iter().map(Vec::len).collect();
+        let started: Vec<(usize, usize)> = cpus
+            .into_iter()
+            .enumerate()
+            .filter(|&(_, n)| n > 0)
+            .collect();
         f.debug_struct("Workers")
-            .field("cpus", &keys.iter().map(|k| k.0).collect::<Vec<_>>())
+            .field("cpu_and_workers", &started)
             .finish()
     }
 }
 
-/// The worker of each entry of `cpus`: the n-th time a CPU appears, its n-th worker.
-fn keys(cpus: &[CpuId]) -> Vec<(CpuId, usize)> {
-    let mut seen: HashMap<CpuId, usize> = HashMap::new();
-    cpus.iter()
-        .map(|&cpu| {
-            let n = seen.entry(cpu).or_default();
-            *n += 1;
-            (cpu, *n - 1)
-        })
-        .collect()
+/// Which of its CPU's workers each entry of a list of CPUs runs on: the n-th time a CPU
+/// appears in the list, its n-th worker. Linear in the list's length, unless CPUs repeat.
+struct Repeats {
+    /// CPUs seen so far, for CPU numbers below 1024 (the kernel's usual CPU mask size).
+    seen: [u64; 16],
 }
 
-/// The worker `key`, started and pinned first if it is not running yet.
-fn started(
-    workers: &mut HashMap<(CpuId, usize), Worker>,
-    key: (CpuId, usize),
-) -> Result<&Worker, WorkerError> {
-    use std::collections::hash_map::Entry;
-    match workers.entry(key) {
-        Entry::Occupied(w) => Ok(w.into_mut()),
-        Entry::Vacant(v) => Ok(v.insert(spawn(key)?)),
+impl Repeats {
+    fn new() -> Self {
+        Repeats { seen: [0; 16] }
+    }
+
+    /// For entry `i` of `cpus`, called for `i` = 0, 1, 2 … in order.
+    fn nth(&mut self, cpus: &[CpuId], i: usize) -> usize {
+        let cpu = cpus[i];
+        let (word, bit) = (cpu as usize / 64, 1u64 << (cpu % 64));
+        match self.seen.get_mut(word) {
+            Some(w) if *w & bit == 0 => {
+                *w |= bit;
+                0
+            }
+            _ => cpus[..i].iter().filter(|&&c| c == cpu).count(),
+        }
+    }
+}
+
+/// Worker `n` of `cpu`, started and pinned first (with those before it) if not running yet.
+fn started(workers: &mut Vec<Vec<Worker>>, cpu: CpuId, n: usize) -> Result<&Worker, WorkerError> {
+    let at = cpu as usize;
+    loop {
+        let running = workers.get(at).map_or(0, Vec::len);
+        if running > n {
+            return Ok(&workers[at][n]);
+        }
+        let worker = spawn((cpu, running))?;
+        // Pinned, so `cpu` is below the kernel's CPU mask size: the table stays small.
+        if workers.len() <= at {
+            workers.resize_with(at + 1, Vec::new);
+        }
+        workers[at].push(worker);
     }
 }
 

@@ -254,9 +254,10 @@ fn target_cgroup(process: Process) -> Result<Cgroup, MigrateError> {
 }
 
 /// Moves `pages[i]` of `process` to node `nodes[i]`: pages are grouped by target node, and each
-/// group is moved in batches by the workers of the plan's CPUs. `progress` is called with the number of
-/// pages of each completed call. Per-page outcomes are in [`Moved::status`]; an error means the
-/// move could not go on (no permission, a worker could not be pinned).
+/// group is moved in batches by the `workers` of the plan's CPUs (one job per CPU, pulling
+/// batches until the group is done). `progress` is called with the number of pages of each
+/// completed call. Per-page outcomes are in [`Moved::status`]; an error means the move could not
+/// go on (no permission, a worker could not be pinned, a job panicked).
 ///
 /// # Panics
 /// If `nodes` is not as long as `pages`.
