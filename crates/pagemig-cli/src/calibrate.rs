@@ -3,10 +3,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use pagemig::policy::{self, CalibrateOptions, CostModel, Effort, MachineId, Resources, Step};
 use pagemig::topology::NodeId;
+use pagemig::workers::Workers;
 
 use crate::machine::Host;
 use crate::model::{describe_checks, summary};
@@ -116,9 +118,10 @@ pub fn run(config: &Calibration, out: &mut dyn Write) -> anyhow::Result<()> {
         update,
         json,
     } = config;
+    let workers = Arc::new(Workers::new());
     let bar = progress_bar(0);
     bar.set_message("calibrating");
-    let mut model = policy::calibrate(topo, allowed, options, &|s| match s {
+    let mut model = policy::calibrate(topo, allowed, options, &workers, &|s| match s {
         Step::Planned(n) => bar.set_length(n),
         Step::Done => bar.inc(1),
     })
@@ -133,7 +136,7 @@ pub fn run(config: &Calibration, out: &mut dyn Write) -> anyhow::Result<()> {
             model.learn(&old.observed);
         }
         bar.set_message("checking the model's choices");
-        checked = policy::check_choices(topo, &mut model, Resources::detect()?, options)
+        checked = policy::check_choices(topo, &mut model, Resources::detect()?, options, &workers)
             .context("checking the model's choices")?;
     }
     bar.finish_and_clear();

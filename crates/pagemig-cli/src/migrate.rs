@@ -16,6 +16,7 @@ use pagemig::process::Process;
 use pagemig::procfs;
 use pagemig::sys;
 use pagemig::topology::{CpuSet, NodeId, NodeSet, Topology};
+use pagemig::workers::Workers;
 
 use crate::model::ModelArgs;
 
@@ -132,6 +133,7 @@ pub enum Outcome {
 
 pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let topo = Topology::detect().context("reading the topology from /sys")?;
+    let workers = Workers::new();
     check_target(&topo, args.to)?;
     if args.batch == 0 {
         anyhow::bail!("--batch must be at least one page");
@@ -200,11 +202,12 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
                 charge: args.charge,
             })
         };
-        let report = kernel::migrate_process_planned(&topo, &request, &choose, &|p| match p {
-            Progress::Planned(n) => bar.set_length(n),
-            Progress::Moved(n) => bar.inc(n),
-        })
-        .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
+        let report =
+            kernel::migrate_process_planned(&topo, &request, &choose, &workers, &|p| match p {
+                Progress::Planned(n) => bar.set_length(n),
+                Progress::Moved(n) => bar.inc(n),
+            })
+            .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
         bar.finish_and_clear();
         let mut predicted = None;
         if let Some(why) = explained.into_inner().expect("not poisoned")

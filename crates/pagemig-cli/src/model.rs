@@ -2,12 +2,14 @@
 //! and describing it.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use pagemig::policy::{self, CalibrateOptions, Copier, CostModel, Effort, MachineId, SizeCheck};
 use pagemig::sys;
 use pagemig::topology::Topology;
+use pagemig::workers::Workers;
 
 use crate::values::page_size_label;
 
@@ -73,7 +75,12 @@ impl ModelArgs {
 impl LoadedModel {
     /// This model where it fits the machine; otherwise a calibration of the copy engines made
     /// now with `effort`.
-    pub fn or_measure(&self, topo: &Topology, effort: Effort) -> anyhow::Result<LoadedModel> {
+    pub fn or_measure(
+        &self,
+        topo: &Topology,
+        effort: Effort,
+        workers: &Arc<Workers>,
+    ) -> anyhow::Result<LoadedModel> {
         let fits = self
             .model
             .as_ref()
@@ -87,7 +94,7 @@ impl LoadedModel {
             no_kernel_path: true,
             ..CalibrateOptions::default()
         };
-        let model = policy::calibrate(topo, &allowed, &options, &|_| {})
+        let model = policy::calibrate(topo, &allowed, &options, workers, &|_| {})
             .context("calibrating copy engines (no saved cost model)")?;
         Ok(LoadedModel {
             model: Some(model),

@@ -25,6 +25,7 @@ use pagemig::process::Process;
 use pagemig::procfs;
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping, PageNode};
 use pagemig::topology::{NodeId, NodeSet, Topology};
+use pagemig::workers::Workers;
 
 const PAGE: usize = 4096;
 
@@ -119,7 +120,7 @@ fn range_request(process: Process, start: usize, len: usize, to: NodeId) -> Proc
 
 fn migrate(req: &ProcessRequest, plan: &KernelPlan) -> Report {
     let topo = Topology::detect().unwrap();
-    let r = kernel::migrate_process(&topo, req, plan, &|_| {}).unwrap();
+    let r = kernel::migrate_process(&topo, req, plan, &Workers::new(), &|_| {}).unwrap();
     // Every requested page is accounted for exactly once.
     assert_eq!(
         r.pages_requested,
@@ -547,8 +548,13 @@ fn a_process_that_exits_mid_migration_is_reported_cleanly() {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     });
-    let result =
-        kernel::migrate_process(&topo, &req, &KernelPlan::parallel(all_cpus(), 64), &|_| {});
+    let result = kernel::migrate_process(
+        &topo,
+        &req,
+        &KernelPlan::parallel(all_cpus(), 64),
+        &Workers::new(),
+        &|_| {},
+    );
     killer.join().unwrap();
     let _ = victim.child.wait();
     match result {
@@ -572,7 +578,14 @@ fn a_process_that_exits_mid_migration_is_reported_cleanly() {
         Err(e) => panic!("unexpected error: {e}"),
     }
     // Once it is gone, the error says so.
-    let err = kernel::migrate_process(&topo, &req, &KernelPlan::serial(64), &|_| {}).unwrap_err();
+    let err = kernel::migrate_process(
+        &topo,
+        &req,
+        &KernelPlan::serial(64),
+        &Workers::new(),
+        &|_| {},
+    )
+    .unwrap_err();
     assert!(matches!(err, MigrateError::NoSuchProcess { .. }), "{err}");
 }
 

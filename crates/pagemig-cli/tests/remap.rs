@@ -13,6 +13,7 @@ use pagemig::process::Process;
 use pagemig::procfs;
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping, PageNode, Uffd};
 use pagemig::topology::{NodeId, NodeSet, Topology};
+use pagemig::workers::Workers;
 
 const PAGE: usize = 4096;
 
@@ -35,7 +36,12 @@ fn setup(test: &str) -> Option<(Topology, NodeId, NodeId)> {
 
 fn pool() -> Pool<CpuEngine> {
     let cpus: Vec<u32> = sys::allowed_cpus().unwrap().iter().collect();
-    Pool::new(CpuEngine::new(EngineKind::Nt).unwrap(), &cpus).unwrap()
+    Pool::new(
+        &Arc::default(),
+        CpuEngine::new(EngineKind::Nt).unwrap(),
+        &cpus,
+    )
+    .unwrap()
 }
 
 fn on_node(start: usize, len: usize, step: usize) -> Vec<PageNode> {
@@ -483,9 +489,18 @@ fn without_userfaultfd_the_kernel_path_moves_own_memory() {
     };
     let kernel_plan = pagemig::migrate::kernel::KernelPlan::serial(64);
     // SAFETY: `m` is anonymous private memory that no other thread touches.
-    let moved =
-        unsafe { remap::migrate_own(&topo, m.as_ptr() as usize, m.len(), b, &plan, &kernel_plan) }
-            .unwrap();
+    let moved = unsafe {
+        remap::migrate_own(
+            &topo,
+            m.as_ptr() as usize,
+            m.len(),
+            b,
+            &plan,
+            &kernel_plan,
+            &Workers::new(),
+        )
+    }
+    .unwrap();
     match moved {
         remap::OwnMigration::Kernel { report, why } => {
             assert!(why.contains("userfaultfd"), "{why}");
@@ -742,7 +757,7 @@ fn the_auto_engine_checks_its_choices_on_the_remap_path() {
         from: Some(a),
         to: Some(b),
     };
-    let auto = AutoEngine::new(&planner, route).unwrap();
+    let auto = AutoEngine::new(&planner, route, &Arc::default()).unwrap();
     let pages = 2048;
     let batch = 2 << 20;
     let mut m = Mapping::anonymous(pages * PAGE).unwrap();

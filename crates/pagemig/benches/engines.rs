@@ -5,19 +5,22 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Pool};
 use pagemig::sys::{HUGE_PAGE_SIZE, Mapping};
+use pagemig::workers::Workers;
+use std::sync::Arc;
 
 /// (page size, pages per batch)
 const SHAPES: [(usize, usize); 4] = [(4096, 1), (4096, 512), (65536, 32), (HUGE_PAGE_SIZE, 16)];
 
 fn engines(c: &mut Criterion) {
     let cpus: Vec<u32> = pagemig::sys::allowed_cpus().unwrap().iter().collect();
+    let workers = Arc::new(Workers::new());
     let mut contenders: Vec<Box<dyn CopyEngine>> = EngineKind::ALL
         .into_iter()
         .filter_map(|k| CpuEngine::new(k).ok())
         .map(|e| Box::new(e) as Box<dyn CopyEngine>)
         .collect();
     contenders.push(Box::new(
-        Pool::new(CpuEngine::new(EngineKind::Nt).unwrap(), &cpus).unwrap(),
+        Pool::new(&workers, CpuEngine::new(EngineKind::Nt).unwrap(), &cpus).unwrap(),
     ));
 
     for (page, pages) in SHAPES {

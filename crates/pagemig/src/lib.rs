@@ -2,6 +2,8 @@
 //! engines, on stock Linux kernels.
 //!
 //! - [`topology`]: nodes, CPUs, L3 cache domains and memory tiers, from sysfs.
+//! - [`workers`]: the one set of long-lived worker threads pinned to CPUs that every parallel
+//!   part runs on.
 //! - [`copy`]: the [`copy::CopyEngine`] trait, CPU engines and the pinned worker [`copy::Pool`].
 //! - [`migrate`]: moving pages of any process between nodes (the kernel path).
 //! - [`policy`]: the planner and its calibrated cost model.
@@ -22,3 +24,4 @@ pub mod procfs;
 pub mod sys;
 pub mod tier;
 pub mod topology;
+pub mod workers;

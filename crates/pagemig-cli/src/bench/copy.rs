@@ -1,6 +1,7 @@
 //! `pagemig bench copy`: copy engines alone, in the shape of the kernel work's tables.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use indicatif::ProgressBar;
@@ -11,6 +12,7 @@ use pagemig::copy::{
 use pagemig::policy::{AutoEngine, Copier, Effort, Planner, Resources};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet};
+use pagemig::workers::Workers;
 
 use super::options::{TableArgs, TableOptions};
 use super::table::{Cell, PageTable, Row, SPREAD_TOLERATED};
@@ -224,10 +226,10 @@ impl BenchEngine {
     }
 
     /// The engine, or why it cannot run here.
-    fn open(self, cpus: &[u32]) -> anyhow::Result<Box<dyn CopyEngine>> {
+    fn open(self, workers: &Arc<Workers>, cpus: &[u32]) -> anyhow::Result<Box<dyn CopyEngine>> {
         Ok(match self {
             BenchEngine::Cpu(k) => Box::new(CpuEngine::new(k)?),
-            BenchEngine::Offload => Box::new(Offload::new(EngineKind::Nt, cpus)?),
+            BenchEngine::Offload => Box::new(Offload::new(workers, EngineKind::Nt, cpus)?),
             BenchEngine::Dma(k) => Box::new(dma::open(k)?),
         })
     }
@@ -344,23 +346,27 @@ pub fn run(config: &CopyConfig, out: &mut dyn Write) -> anyhow::Result<()> {
         to: Some(to),
     };
     let nodes = config.nodes();
-    let pool = Pool::new(CpuEngine::new(*pool_engine)?, cpus).context("starting copy workers")?;
+    // Every column's threads: the pools, the offload engine and calibration.
+    let workers = Arc::new(Workers::new());
+    let pool = Pool::new(&workers, CpuEngine::new(*pool_engine)?, cpus)
+        .context("starting copy workers")?;
 
     let vanilla = PageCopy::new();
     let vanilla_name = vanilla.name();
     let mut columns = vec![Column::Vanilla(vanilla)];
     for &e in engines {
         let engine = e
-            .open(cpus)
+            .open(&workers, cpus)
             .with_context(|| format!("the {} column", e.name()))?;
         columns.push(Column::Engine(e.name(), engine));
     }
     columns.extend(table.threads.iter().map(|&n| Column::Mt(n)));
     // Quick, not built-in: the auto column is held to 0.95 of the best column of every row.
-    let loaded = model.or_measure(topo, Effort::Quick)?;
+    let loaded = model.or_measure(topo, Effort::Quick, &workers)?;
     let planner = Planner::new(topo, loaded.model.as_ref(), Resources::detect()?)
         .prefer_dma(table.prefer_dma);
-    let auto = AutoEngine::new(&planner, route).context("starting the auto column's engine")?;
+    let auto =
+        AutoEngine::new(&planner, route, &workers).context("starting the auto column's engine")?;
     let mut notes = vec![format!(
         "auto: the planner's choice per batch size ({})",
         loaded.source
@@ -402,7 +408,8 @@ pub fn run(config: &CopyConfig, out: &mut dyn Write) -> anyhow::Result<()> {
         .sum();
     let progress = progress_bar((cells + limit_engines.len() * 2) as u64);
 
-    let (limit, limit_note) = measure_limit(budget, &limit_engines, cpus, from, to, &progress)?;
+    let (limit, limit_note) =
+        measure_limit(budget, &limit_engines, &workers, cpus, from, to, &progress)?;
     let mut tables = Vec::new();
     for (page_size, rows) in &plan {
         let page_size = *page_size;
@@ -570,6 +577,7 @@ fn auto_verdict(tables: &[PageTable]) -> Option<String> {
 fn measure_limit(
     budget: &Budget,
     engines: &[CpuEngine],
+    workers: &Arc<Workers>,
     cpus: &[u32],
     from: NodeId,
     to: NodeId,
@@ -580,7 +588,7 @@ fn measure_limit(
     let pages = budget.limit_bytes / chunk;
     let mut best: Option<(Cell, String)> = None;
     for engine in engines {
-        let pool = Pool::new(*engine, cpus).context("starting copy workers")?;
+        let pool = Pool::new(workers, *engine, cpus).context("starting copy workers")?;
         for column in [
             Column::Engine(engine.name(), Box::new(*engine)),
             Column::Mt(cpus.len()),

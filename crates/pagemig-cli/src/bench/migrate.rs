@@ -2,6 +2,7 @@
 
 use std::ffi::{c_int, c_ulong};
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
@@ -14,6 +15,7 @@ use pagemig::process::Process;
 use pagemig::procfs;
 use pagemig::sys::{ForeignOut, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
+use pagemig::workers::Workers;
 
 use super::options::{TableArgs, TableOptions};
 use super::table::{PageTable, Row};
@@ -195,7 +197,9 @@ enum Mover {
 
 /// Pages that move back and forth between two nodes (or from a node to itself), one migration
 /// at a time.
-struct Block {
+struct Block<'w> {
+    /// The threads that make the kernel path's calls.
+    workers: &'w Workers,
     buf: Mapping,
     /// Where the block's pages are now.
     at: NodeId,
@@ -205,7 +209,7 @@ struct Block {
     copy_dst: Option<Mapping>,
 }
 
-impl Block {
+impl Block<'_> {
     /// Moves the first `pages` pages to the other node (the copy column only copies them);
     /// adds the remap phases to `phases`.
     fn migrate(
@@ -223,8 +227,14 @@ impl Block {
             Mover::Kernel(plan) | Mover::KernelAuto(plan) => {
                 // One address per page: the head of a huge page moves all of it.
                 let addrs: Vec<usize> = (0..pages).map(|i| start + i * self.page_size).collect();
-                let moved =
-                    kernel::move_pages(Process::Current, &addrs, &vec![to; pages], plan, &|_| {})?;
+                let moved = kernel::move_pages(
+                    Process::Current,
+                    &addrs,
+                    &vec![to; pages],
+                    plan,
+                    self.workers,
+                    &|_| {},
+                )?;
                 self.pages_failed +=
                     moved.status.iter().filter(|&&s| s != to as i32).count() as u64;
             }
@@ -341,6 +351,8 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
     let reps = table.reps;
     let sample_bytes: usize = if table.quick { 8 << 20 } else { 32 << 20 };
     let max_threads = table.max_threads();
+    // Every column's threads: the copy pools, the kernel path's calls and the preload context.
+    let workers = Arc::new(Workers::new());
     let route = Route {
         from: Some(from),
         to: Some(to),
@@ -356,7 +368,7 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
             PathKind::Kernel => Mover::Kernel(KernelPlan::parallel(cpus[..n].to_vec(), 0)),
             PathKind::Remap => Mover::Remap(
                 Box::new(
-                    Pool::new(CpuEngine::new(EngineKind::Nt)?, &cpus[..n])
+                    Pool::new(&workers, CpuEngine::new(EngineKind::Nt)?, &cpus[..n])
                         .context("starting copy workers")?,
                 ),
                 verify.into(),
@@ -368,7 +380,7 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
     // copy engines would not have.
     let loaded = match path {
         PathKind::Kernel => model.clone(),
-        PathKind::Remap => model.or_measure(topo, Effort::Builtin)?,
+        PathKind::Remap => model.or_measure(topo, Effort::Builtin, &workers)?,
     };
     let planner = Planner::new(topo, loaded.model.as_ref(), Resources::detect()?)
         .prefer_dma(table.prefer_dma);
@@ -378,7 +390,7 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
             PathKind::Kernel => Mover::KernelAuto(KernelPlan::serial(0)),
             PathKind::Remap => Mover::Remap(
                 Box::new(
-                    AutoEngine::new(&planner, route)
+                    AutoEngine::new(&planner, route, &workers)
                         .context("starting the auto column's engine")?,
                 ),
                 verify.into(),
@@ -389,8 +401,12 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
         movers.push((
             "copy".into(),
             Mover::Copy(Box::new(
-                Pool::new(CpuEngine::new(EngineKind::Nt)?, &cpus[..max_threads])
-                    .context("starting copy workers")?,
+                Pool::new(
+                    &workers,
+                    CpuEngine::new(EngineKind::Nt)?,
+                    &cpus[..max_threads],
+                )
+                .context("starting copy workers")?,
             )),
         ));
     }
@@ -406,6 +422,7 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
                     warnings: Vec::new(),
                     unusable: None,
                     min_split_bytes: 0,
+                    workers: Arc::clone(&workers),
                 }
                 .with_split_threshold(),
             )),
@@ -498,6 +515,7 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
             PathKind::Kernel => None,
         };
         let mut block = Block {
+            workers: &workers,
             buf,
             at: from,
             page_size,

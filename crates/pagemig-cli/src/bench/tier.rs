@@ -20,6 +20,7 @@ use pagemig::tier::agent::{self, Agent, AgentConfig, MoveOptions};
 use pagemig::tier::damon::{self, Action, Damon, DamonAttrs, Scheme};
 use pagemig::tier::decide::Policy;
 use pagemig::topology::{NodeId, NodeSet, Topology};
+use pagemig::workers::Workers;
 use serde::Serialize;
 
 use crate::machine::Host;
@@ -317,6 +318,7 @@ fn measure(config: &TierBenchConfig, start_on: NodeId, with_pagemig: bool) -> an
     };
     if with_pagemig {
         let planner = Planner::new(topo, None, Resources::detect()?);
+        let workers = Workers::new();
         let options = MoveOptions {
             threads: Threads::Auto,
             batch: 4096,
@@ -339,8 +341,9 @@ fn measure(config: &TierBenchConfig, start_on: NodeId, with_pagemig: bool) -> an
             dry_run: false,
         };
         let (mut agent, _) = Agent::start(config, topo)?;
-        let mover =
-            |r: &agent::MoveRequest| agent::move_with_kernel_path(topo, &planner, &options, r);
+        let mover = |r: &agent::MoveRequest| {
+            agent::move_with_kernel_path(topo, &planner, &options, r, &workers)
+        };
         while t0.elapsed() < limit {
             std::thread::sleep(interval);
             let report = agent.step(&mover)?;

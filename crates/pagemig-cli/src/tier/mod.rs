@@ -16,6 +16,7 @@ use pagemig::policy::{Planner, Resources};
 use pagemig::tier::agent::{self, Agent, AgentConfig, IntervalReport, MoveOptions};
 use pagemig::tier::decide::Direction;
 use pagemig::topology::Topology;
+use pagemig::workers::Workers;
 use serde_json::json;
 
 pub use config::TierArgs;
@@ -123,6 +124,7 @@ pub fn run(args: &TierArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let topo = Topology::detect().context("reading the topology from /sys")?;
     let loaded = ModelArgs { model: None }.load()?;
     let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?);
+    let workers = Workers::new();
     let options = MoveOptions {
         threads: s.threads,
         batch: s.batch,
@@ -187,7 +189,7 @@ pub fn run(args: &TierArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = s.duration.map(|d| started + d);
     let mover = |request: &agent::MoveRequest| {
-        agent::move_with_kernel_path(&topo, &planner, &options, request)
+        agent::move_with_kernel_path(&topo, &planner, &options, request, &workers)
     };
     let mut totals = Totals::default();
     let mut next = started + s.interval;

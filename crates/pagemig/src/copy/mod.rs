@@ -1,7 +1,8 @@
 //! Copy engines: one trait, several ways to move bytes.
 //!
 //! [`CpuEngine`] copies on the calling thread (memcpy, non-temporal stores, `rep movsb`);
-//! [`Pool`] splits a batch by bytes over long-lived worker threads pinned by a [`Placement`];
+//! [`Pool`] splits a batch by bytes over the shared pinned [`crate::workers::Workers`], on CPUs
+//! chosen by a [`Placement`];
 //! [`AsyncCopyEngine`] is the asynchronous side (submit, poll, wait, cancel), served by the CPU
 //! [`Offload`] engine everywhere and by DMA engines where they exist.
 //! All engines give byte-identical results for any length and alignment.
@@ -41,7 +42,7 @@ pub struct CopyStats {
 }
 
 /// Why a copy did not complete.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     /// The engine cannot run on this machine.
     #[error("copy engine {engine} is not available here: {reason}")]
@@ -79,14 +80,9 @@ pub enum CopyError {
         /// What the engine reported.
         reason: String,
     },
-    /// A pool worker thread is gone, so its share was not copied.
-    #[error("copy worker {worker} (cpu {cpu}) has exited")]
-    WorkerGone {
-        /// Worker index in the pool.
-        worker: usize,
-        /// CPU the worker was pinned to.
-        cpu: u32,
-    },
+    /// The workers could not run a share (one could not be started or pinned, or has stopped).
+    #[error(transparent)]
+    Workers(#[from] crate::workers::WorkerError),
 }
 
 /// Something that copies batches of non-overlapping byte ranges.

@@ -6,12 +6,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::{CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind};
 use crate::sys;
 use crate::topology::CpuId;
+use crate::workers::Workers;
 
 /// What happened to one op of a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,13 +259,14 @@ struct State {
     queue: VecDeque<Piece>,
     subs: HashMap<u64, Submission>,
     next: u64,
-    closing: bool,
+    /// Per channel: a drain job is queued or running on its worker.
+    draining: Vec<bool>,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     state: Mutex<State>,
-    work: Condvar,
+    /// A submission completed, or a channel stopped draining.
     done: Condvar,
 }
 
@@ -275,19 +276,25 @@ impl Shared {
     }
 }
 
-/// The CPU stand-in for a DMA engine: dedicated copy threads pinned to chosen CPUs, fed through
-/// a queue, so that the caller submits and goes on with its own work. Pieces of a submission
-/// start in submission order.
+/// The CPU stand-in for a DMA engine: copy channels on workers pinned to chosen CPUs, fed
+/// through a queue, so that the caller submits and goes on with its own work. Pieces of a
+/// submission start in submission order. A submission hands each idle channel's worker a job
+/// that copies queued pieces until the queue is empty; a channel never holds its worker longer.
 pub struct Offload {
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Arc<Workers>,
     cpus: Vec<CpuId>,
     engine: CpuEngine,
 }
 
 impl Offload {
-    /// One copy thread per CPU of `cpus`, each copying with an engine of `kind`.
-    pub fn new(kind: EngineKind, cpus: &[CpuId]) -> Result<Self, CopyError> {
+    /// One copy channel per CPU of `cpus`, on the (first) worker of that CPU in `workers`, each
+    /// copying with an engine of `kind`.
+    pub fn new(
+        workers: &Arc<Workers>,
+        kind: EngineKind,
+        cpus: &[CpuId],
+    ) -> Result<Self, CopyError> {
         let engine = CpuEngine::new(kind)?;
         if cpus.is_empty() {
             return Err(CopyError::Unavailable {
@@ -295,50 +302,29 @@ impl Offload {
                 reason: "the offload engine needs at least one CPU for its copy threads".into(),
             });
         }
-        let shared = Arc::new(Shared::default());
-        let mut workers = Vec::new();
-        for (channel, &cpu) in cpus.iter().enumerate() {
-            let mine = Arc::clone(&shared);
-            let spawned = std::thread::Builder::new()
-                .name(format!("pagemig-offload-{cpu}"))
-                .spawn(move || channel_loop(&mine, engine, channel, cpu));
-            match spawned {
-                Ok(h) => workers.push(h),
-                Err(e) => {
-                    shut_down(&shared, &mut workers);
-                    return Err(CopyError::Unavailable {
-                        engine: kind,
-                        reason: format!("cannot start a copy thread: {e}"),
-                    });
-                }
-            }
+        for &cpu in cpus {
+            workers.start(&[cpu])?;
         }
+        let shared = Arc::new(Shared::default());
+        shared.lock().draining = vec![false; cpus.len()];
         Ok(Offload {
             shared,
-            workers,
+            workers: Arc::clone(workers),
             cpus: cpus.to_vec(),
             engine,
         })
     }
 
-    /// The CPUs of the copy threads.
+    /// The CPUs of the copy channels.
     pub fn cpus(&self) -> &[CpuId] {
         &self.cpus
     }
 }
 
-fn channel_loop(shared: &Shared, engine: CpuEngine, channel: usize, cpu: CpuId) {
-    // Unpinned is slower, not wrong.
-    let _ = sys::pin_current_thread(cpu);
+/// One channel's job: copies queued pieces until the queue is empty.
+fn drain(shared: &Shared, engine: CpuEngine, channel: usize) {
     let mut state = shared.lock();
-    loop {
-        let Some(piece) = state.queue.pop_front() else {
-            if state.closing {
-                return;
-            }
-            state = shared.work.wait(state).unwrap_or_else(|p| p.into_inner());
-            continue;
-        };
+    while let Some(piece) = state.queue.pop_front() {
         let cancelled = state.subs.get(&piece.ticket).is_none_or(|s| s.cancelled);
         let mut cpu_time = Duration::ZERO;
         if !cancelled {
@@ -366,21 +352,21 @@ fn channel_loop(shared: &Shared, engine: CpuEngine, channel: usize, cpu: CpuId) 
             }
         }
     }
-}
-
-fn shut_down(shared: &Shared, workers: &mut Vec<JoinHandle<()>>) {
-    shared.lock().closing = true;
-    shared.work.notify_all();
-    for w in workers.drain(..) {
-        let _ = w.join();
-    }
+    state.draining[channel] = false;
+    shared.done.notify_all();
 }
 
 impl Drop for Offload {
-    /// Lets the channels finish what is queued (submissions are waited for by their scope),
-    /// then stops them.
+    /// Lets the channels finish what is queued (submissions are waited for by their scope).
     fn drop(&mut self) {
-        shut_down(&self.shared, &mut self.workers);
+        let mut state = self.shared.lock();
+        while state.draining.iter().any(|&d| d) {
+            state = self
+                .shared
+                .done
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
     }
 }
 
@@ -444,8 +430,33 @@ impl AsyncCopyEngine for Offload {
                 channels: vec![false; self.cpus.len()],
             },
         );
+        let idle: Vec<usize> = if pieces == 0 {
+            Vec::new()
+        } else {
+            (0..self.cpus.len())
+                .filter(|&c| !state.draining[c])
+                .collect()
+        };
+        for &c in &idle {
+            state.draining[c] = true;
+        }
         drop(state);
-        self.shared.work.notify_all();
+        for channel in idle {
+            let (shared, engine) = (Arc::clone(&self.shared), self.engine);
+            let posted = self
+                .workers
+                .post(self.cpus[channel], move || drain(&shared, engine, channel));
+            if let Err(e) = posted {
+                let mut state = self.shared.lock();
+                state.draining[channel] = false;
+                if !state.draining.iter().any(|&d| d) {
+                    // No channel would copy this submission: take it back.
+                    state.queue.retain(|p| p.ticket != ticket);
+                    state.subs.remove(&ticket);
+                    return Err(e.into());
+                }
+            }
+        }
         Ok(Ticket(ticket))
     }
 

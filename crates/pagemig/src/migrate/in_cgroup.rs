@@ -20,6 +20,7 @@ use crate::cgroup::Cgroup;
 use crate::process::Process;
 use crate::sys;
 use crate::topology::{CpuId, NodeId};
+use crate::workers::Workers;
 
 /// Environment variable that turns this program into a migration helper.
 pub const HELPER_ENV: &str = "PAGEMIG_MOVE_HELPER";
@@ -81,7 +82,14 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
     let progress = |n: u64| {
         let _ = writeln!(out.lock().unwrap_or_else(|p| p.into_inner()), "p {n}");
     };
-    let reply = match kernel::move_pages(process, &req.pages, &req.nodes, &plan, &progress) {
+    let reply = match kernel::move_pages(
+        process,
+        &req.pages,
+        &req.nodes,
+        &plan,
+        &Workers::new(),
+        &progress,
+    ) {
         Ok(m) => Reply {
             status: m.status,
             calls: m.calls.calls,

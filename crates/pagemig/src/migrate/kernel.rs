@@ -13,6 +13,7 @@ use crate::process::Process;
 use crate::procfs::{self, ProcfsError, VmArea};
 use crate::sys::{self, Errno, PageNode, SysError};
 use crate::topology::{CpuId, NodeId, NodeSet, Topology};
+use crate::workers::Workers;
 
 /// How the kernel path runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,15 +117,8 @@ struct ThreadResult {
 }
 
 impl Group<'_> {
-    fn run(&self, cpu: Option<CpuId>) -> ThreadResult {
+    fn run(&self) -> ThreadResult {
         let mut out = ThreadResult::default();
-        if let Some(cpu) = cpu
-            && let Err(source) = sys::pin_current_thread(cpu)
-        {
-            self.stop.store(true, Ordering::Relaxed);
-            out.error = Some(MigrateError::Pin { cpu, source });
-            return out;
-        }
         let cpu_start = sys::thread_cpu_time();
         let mut targets = Vec::new();
         while !self.stop.load(Ordering::Relaxed) && !self.full.load(Ordering::Relaxed) {
@@ -260,9 +254,10 @@ fn target_cgroup(process: Process) -> Result<Cgroup, MigrateError> {
 }
 
 /// Moves `pages[i]` of `process` to node `nodes[i]`: pages are grouped by target node, and each
-/// group is moved in batches by the plan's threads. `progress` is called with the number of
-/// pages of each completed call. Per-page outcomes are in [`Moved::status`]; an error means the
-/// move could not go on (no permission, a thread could not be pinned).
+/// group is moved in batches by the `workers` of the plan's CPUs (one job per CPU, pulling
+/// batches until the group is done). `progress` is called with the number of pages of each
+/// completed call. Per-page outcomes are in [`Moved::status`]; an error means the move could not
+/// go on (no permission, a worker could not be pinned, a job panicked).
 ///
 /// # Panics
 /// If `nodes` is not as long as `pages`.
@@ -271,6 +266,7 @@ pub fn move_pages(
     pages: &[usize],
     nodes: &[NodeId],
     plan: &KernelPlan,
+    workers: &Workers,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Moved, MigrateError> {
     assert_eq!(pages.len(), nodes.len(), "one target node per page");
@@ -321,30 +317,10 @@ pub fn move_pages(
         };
         let calls_needed = (hi - lo).div_ceil(batch.load(Ordering::Relaxed).max(1));
         let results: Vec<ThreadResult> = if plan.cpus.is_empty() {
-            vec![group.run(None)]
+            vec![group.run()]
         } else {
             let cpus = &plan.cpus[..plan.cpus.len().min(calls_needed).max(1)];
-            let group = &group;
-            std::thread::scope(|s| {
-                let handles: Vec<_> = cpus
-                    .iter()
-                    .map(|&cpu| {
-                        std::thread::Builder::new()
-                            .name(format!("pagemig-move-{cpu}"))
-                            .spawn_scoped(s, move || group.run(Some(cpu)))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| match h {
-                        Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                        Err(source) => ThreadResult {
-                            error: Some(MigrateError::Spawn { source }),
-                            ..ThreadResult::default()
-                        },
-                    })
-                    .collect()
-            })
+            workers.run(cpus, |_| group.run())?
         };
         if thread_cpu.len() < results.len() {
             thread_cpu.resize(results.len(), Duration::ZERO);
@@ -511,9 +487,10 @@ pub fn migrate_process(
     topology: &Topology,
     request: &ProcessRequest,
     plan: &KernelPlan,
+    workers: &Workers,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, MigrateError> {
-    migrate_process_planned(topology, request, &|_| Ok(plan.clone()), progress)
+    migrate_process_planned(topology, request, &|_| Ok(plan.clone()), workers, progress)
 }
 
 /// As [`migrate_process`], with the plan chosen by `plan(bytes)` once the bytes to move are
@@ -522,6 +499,7 @@ pub fn migrate_process_planned(
     topology: &Topology,
     request: &ProcessRequest,
     plan: &dyn Fn(u64) -> Result<KernelPlan, MigrateError>,
+    workers: &Workers,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, MigrateError> {
     let started = Instant::now();
@@ -632,7 +610,7 @@ pub fn migrate_process_planned(
     report.charged_to.usage_before_usec = usage();
     let t = Instant::now();
     let targets = vec![request.to; to_move.len()];
-    let moved = move_pages(process, &to_move, &targets, plan, &|n| {
+    let moved = move_pages(process, &to_move, &targets, plan, workers, &|n| {
         progress(Progress::Moved(n))
     })?;
     report.phases.moving = t.elapsed();
@@ -723,7 +701,7 @@ mod tests {
         };
         let cpus: Vec<u32> = sys::allowed_cpus().unwrap().iter().collect();
         for plan in [KernelPlan::serial(4), KernelPlan::parallel(cpus.clone(), 3)] {
-            let r = migrate_process(&topo, &req, &plan, &|_| {}).unwrap();
+            let r = migrate_process(&topo, &req, &plan, &Workers::new(), &|_| {}).unwrap();
             assert_eq!(r.pages_requested, 20, "{r:?}");
             assert_eq!(r.pages_already_on_target, 20);
             assert_eq!(r.pages_moved, 0);
@@ -750,7 +728,14 @@ mod tests {
             selection: Selection::Ranges(vec![start..start + 32 * 4096]),
             dry_run: false,
         };
-        let r = migrate_process(&topo, &req, &KernelPlan::serial(8), &|_| {}).unwrap();
+        let r = migrate_process(
+            &topo,
+            &req,
+            &KernelPlan::serial(8),
+            &Workers::new(),
+            &|_| {},
+        )
+        .unwrap();
         assert_eq!(r.pages_not_moved(), 0, "{r:#?}");
         assert_eq!(r.pages_already_on_target, 8, "{r:#?}");
         assert_eq!(
@@ -773,9 +758,16 @@ mod tests {
         let calls = std::sync::atomic::AtomicU64::new(0);
         let mut plan = KernelPlan::parallel(sys::allowed_cpus().unwrap().iter().collect(), 8);
         plan.max_stall = Some(Duration::from_secs(1));
-        let moved = move_pages(Process::Current, &pages, &vec![node; 64], &plan, &|n| {
-            calls.fetch_add(n, Ordering::Relaxed);
-        })
+        let moved = move_pages(
+            Process::Current,
+            &pages,
+            &vec![node; 64],
+            &plan,
+            &Workers::new(),
+            &|n| {
+                calls.fetch_add(n, Ordering::Relaxed);
+            },
+        )
         .unwrap();
         assert_eq!(calls.load(Ordering::Relaxed), 64);
         assert!(
@@ -866,7 +858,14 @@ mod tests {
             selection: Selection::All,
             dry_run: false,
         };
-        let err = migrate_process(&topo, &req, &KernelPlan::serial(64), &|_| {}).unwrap_err();
+        let err = migrate_process(
+            &topo,
+            &req,
+            &KernelPlan::serial(64),
+            &Workers::new(),
+            &|_| {},
+        )
+        .unwrap_err();
         assert!(matches!(err, MigrateError::NoSuchProcess { .. }), "{err}");
         assert!(err.to_string().contains("does not exist"));
     }

@@ -18,7 +18,8 @@ use crate::copy::PlacementError;
 use crate::process::Process;
 use crate::procfs::ProcfsError;
 use crate::sys::SysError;
-use crate::topology::{CpuId, NodeId, NodeSet, Topology};
+use crate::topology::{NodeId, NodeSet, Topology};
+use crate::workers::WorkerError;
 
 /// Why pages could not be moved at all. Per-page failures are not errors: they are counted in
 /// the [`crate::account::Report`].
@@ -114,22 +115,9 @@ pub enum MigrateError {
         #[source]
         source: SysError,
     },
-    /// A worker thread could not be pinned to its CPU.
-    #[error("cannot pin a migration thread to cpu {cpu}")]
-    Pin {
-        /// The CPU.
-        cpu: CpuId,
-        /// The kernel's answer.
-        #[source]
-        source: SysError,
-    },
-    /// The OS refused to start a migration thread.
-    #[error("cannot start a migration thread")]
-    Spawn {
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The workers could not run the calls (one could not be started or pinned to its CPU).
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
     /// No CPUs could be chosen for the threads.
     #[error(transparent)]
     Placement(#[from] PlacementError),

@@ -769,6 +769,7 @@ pub unsafe fn migrate_own(
     to: NodeId,
     plan: &RemapPlan<'_>,
     kernel_plan: &super::kernel::KernelPlan,
+    workers: &crate::workers::Workers,
 ) -> Result<OwnMigration, RemapError> {
     // SAFETY: forwarded from the caller.
     match unsafe { migrate_range(topology, start, len, to, plan) } {
@@ -782,7 +783,8 @@ pub unsafe fn migrate_own(
                 selection: super::kernel::Selection::Ranges(vec![range]),
                 dry_run: false,
             };
-            let report = super::kernel::migrate_process(topology, &request, kernel_plan, &|_| {})?;
+            let report =
+                super::kernel::migrate_process(topology, &request, kernel_plan, workers, &|_| {})?;
             Ok(OwnMigration::Kernel {
                 report,
                 why: e.to_string(),

@@ -11,8 +11,8 @@
 use std::collections::HashSet;
 use std::ffi::{c_int, c_ulong, c_void};
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::kernel::{self, KernelPlan, ProcessRequest, Selection};
@@ -23,6 +23,7 @@ use crate::process::Process;
 use crate::procfs;
 use crate::sys::{self, Errno, ForeignOut, HUGE_PAGE_SIZE};
 use crate::topology::{self, CpuId, CpuSet, NodeId, NodeSet, Topology};
+use crate::workers::Workers;
 
 /// `MPOL_MF_MOVE`: move pages mapped by this process only.
 pub const MPOL_MF_MOVE: c_int = 1 << 1;
@@ -62,6 +63,8 @@ pub struct Context {
     /// checks: below it the planner gives one thread even with every allowed CPU idle (see
     /// [`Context::with_split_threshold`]). Zero: every call is planned.
     pub min_split_bytes: u64,
+    /// The pinned worker threads the kernel path's calls run on.
+    pub workers: Arc<Workers>,
 }
 
 impl Context {
@@ -108,6 +111,7 @@ impl Context {
             warnings,
             unusable,
             min_split_bytes: 0,
+            workers: Arc::default(),
         }
         .with_split_threshold()
     }
@@ -812,7 +816,7 @@ fn prepare_migration(
             selection: Selection::All,
             dry_run: false,
         };
-        match kernel::migrate_process(&ctx.topology, &request, &plan, &|_| {}) {
+        match kernel::migrate_process(&ctx.topology, &request, &plan, &ctx.workers, &|_| {}) {
             Ok(report) => pages += report.pages_moved,
             Err(e) => {
                 stopped = Some(e.to_string());
@@ -887,6 +891,7 @@ mod tests {
             warnings: Vec::new(),
             unusable: None,
             min_split_bytes: 0,
+            workers: Arc::default(),
         }
         .with_split_threshold()
     }

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -23,6 +23,7 @@ use crate::copy::{
     CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, PlacementError, Pool,
     PoolError, Route,
 };
+use crate::workers::Workers;
 
 /// Batch sizes planned for: one plan per power of two from 4 KiB to 1 TiB.
 const SMALLEST: u32 = 12;
@@ -231,8 +232,12 @@ pub struct AutoEngine {
 
 impl AutoEngine {
     /// Plans every batch size for copies along `route`, and starts the pools those plans and
-    /// their alternatives use.
-    pub fn new(planner: &Planner<'_>, route: Route) -> Result<Self, AutoError> {
+    /// their alternatives use, on `workers`.
+    pub fn new(
+        planner: &Planner<'_>,
+        route: Route,
+        workers: &Arc<Workers>,
+    ) -> Result<Self, AutoError> {
         let threads: BTreeMap<EngineKind, CpuEngine> = EngineKind::ALL
             .into_iter()
             .filter_map(|k| CpuEngine::new(k).ok().map(|e| (k, e)))
@@ -295,9 +300,9 @@ impl AutoEngine {
             buckets.push(Bucket::new(candidates, bytes));
         }
         let mut pools = BTreeMap::new();
-        for (kind, workers) in widest {
-            let cpus = planner.worker_cpus(route, workers)?;
-            pools.insert(kind, Pool::new(threads[&kind], &cpus)?);
+        for (kind, count) in widest {
+            let cpus = planner.worker_cpus(route, count)?;
+            pools.insert(kind, Pool::new(workers, threads[&kind], &cpus)?);
         }
         Ok(AutoEngine {
             plans,

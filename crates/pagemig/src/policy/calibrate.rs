@@ -1,6 +1,7 @@
 //! Measuring the cost model: copy engines across batch sizes and worker counts, and `move_pages`
 //! across migration sizes and thread counts where the machine has two nodes with memory.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::auto::{AutoEngine, AutoError, MAX_MOVES, SAMPLE_EVERY, SizeCheck, WINDOW};
@@ -16,6 +17,7 @@ use crate::migrate::kernel::{self, KernelPlan};
 use crate::process::Process;
 use crate::sys::{self, Mapping, SysError};
 use crate::topology::{self, NodeId, NodeSet, Topology};
+use crate::workers::Workers;
 
 /// Longer than pool workers poll for their next task before they sleep.
 const IDLE_POOLS: Duration = Duration::from_micros(300);
@@ -202,6 +204,7 @@ pub fn calibrate(
     topology: &Topology,
     allowed: &crate::topology::CpuSet,
     options: &CalibrateOptions,
+    worker_set: &Arc<Workers>,
     progress: &dyn Fn(Step),
 ) -> Result<CostModel, CalibrateError> {
     let budget = Budget::new(options.effort);
@@ -272,7 +275,7 @@ pub fn calibrate(
     let mut dst = buffer(budget.working_set, node)?;
     let pools = engines
         .iter()
-        .map(|e| Pool::new(*e, &cpus))
+        .map(|e| Pool::new(worker_set, *e, &cpus))
         .collect::<Result<Vec<_>, _>>()?;
     let mut copiers = Vec::new();
     for (e, engine) in engines.iter().enumerate() {
@@ -360,6 +363,7 @@ pub fn calibrate(
                         &pages,
                         &vec![to; pages.len()],
                         &plan,
+                        worker_set,
                         &|_| {},
                     )?;
                     at = to;
@@ -428,6 +432,7 @@ pub fn check_choices(
     model: &mut CostModel,
     resources: Resources,
     options: &CalibrateOptions,
+    workers: &Arc<Workers>,
 ) -> Result<Vec<SizeCheck>, CalibrateError> {
     let budget = Budget::new(options.effort);
     let node = options
@@ -440,7 +445,7 @@ pub fn check_choices(
     };
     let checks = {
         let planner = Planner::new(topology, Some(model), resources);
-        let auto = AutoEngine::new(&planner, route)?;
+        let auto = AutoEngine::new(&planner, route, workers)?;
         let src = buffer(budget.working_set, node)?;
         let mut dst = buffer(budget.working_set, node)?;
         for &bytes in &budget.copy_sizes {

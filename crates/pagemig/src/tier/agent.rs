@@ -27,6 +27,7 @@ use crate::process::Process;
 use crate::procfs::{self, ProcfsError};
 use crate::sys::{self, PageNode};
 use crate::topology::{NodeId, NodeSet, Topology, node_free_bytes};
+use crate::workers::Workers;
 
 /// What the agent is asked to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -523,6 +524,7 @@ pub fn move_with_kernel_path(
     planner: &Planner<'_>,
     options: &MoveOptions,
     request: &MoveRequest,
+    workers: &Workers,
 ) -> Result<Report, MigrateError> {
     let page = sys::base_page_size() as u64;
     let route = Route {
@@ -552,5 +554,5 @@ pub fn move_with_kernel_path(
             charge: options.charge,
         })
     };
-    kernel::migrate_process_planned(topology, &process_request, &plan, &|_| {})
+    kernel::migrate_process_planned(topology, &process_request, &plan, workers, &|_| {})
 }

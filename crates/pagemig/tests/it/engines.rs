@@ -15,7 +15,7 @@ fn engines() -> Vec<Box<dyn CopyEngine>> {
                 out.push(Box::new(e));
                 // Three workers even on two CPUs: shares then do not line up with CPUs.
                 let three: Vec<u32> = cpus.iter().copied().cycle().take(3).collect();
-                out.push(Box::new(Pool::new(e, &three).unwrap()));
+                out.push(Box::new(Pool::new(&crate::workers(), e, &three).unwrap()));
             }
             Err(why) => eprintln!("skipping engine {kind}: {why}"),
         }
@@ -74,7 +74,7 @@ proptest! {
     fn batches_of_many_ops_are_exact(lens in proptest::collection::vec(0usize..20_000, 0..40), workers in 1usize..6) {
         let cpus: Vec<u32> = pagemig::sys::allowed_cpus().unwrap().iter().collect();
         let six: Vec<u32> = cpus.iter().copied().cycle().take(6).collect();
-        let pool = Pool::new(CpuEngine::new(EngineKind::Nt).unwrap(), &six).unwrap();
+        let pool = Pool::new(&crate::workers(), CpuEngine::new(EngineKind::Nt).unwrap(), &six).unwrap();
         let total: usize = lens.iter().sum();
         let src: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
         let mut dst = vec![0u8; total];

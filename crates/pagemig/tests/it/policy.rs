@@ -257,7 +257,7 @@ fn calibration_round_trips_through_its_json_file() {
         effort: Effort::Builtin,
         ..CalibrateOptions::default()
     };
-    let m = calibrate(&t, &allowed, &options, &|_| {}).unwrap();
+    let m = calibrate(&t, &allowed, &options, &Default::default(), &|_| {}).unwrap();
     let usable = allowed.intersection(&t.online_cpus).len();
     let copiers = m.copiers();
     assert!(copiers.contains(&Copier::Thread {
@@ -435,7 +435,9 @@ fn the_check_corrects_a_plan_that_does_not_deliver() {
         effort: Effort::Builtin,
         ..CalibrateOptions::default()
     };
-    let checks = pagemig::policy::check_choices(&topo, &mut m, idle("0"), &options).unwrap();
+    let checks =
+        pagemig::policy::check_choices(&topo, &mut m, idle("0"), &options, &Default::default())
+            .unwrap();
     let small = checks
         .iter()
         .find(|c| c.bytes == 4096)

@@ -8,6 +8,7 @@ use pagemig::copy::{
     split_by_bytes,
 };
 
+use pagemig::workers::WorkerError;
 use proptest::prelude::*;
 
 fn cpus(n: usize) -> Vec<u32> {
@@ -79,7 +80,7 @@ impl CopyEngine for Probe {
 
 #[test]
 fn workers_are_reused_across_calls() {
-    let pool = Pool::new(Probe::default(), &cpus(2)).unwrap();
+    let pool = Pool::new(&crate::workers(), Probe::default(), &cpus(2)).unwrap();
     let src = vec![3u8; 1 << 16];
     for _ in 0..50 {
         let mut dst = vec![0u8; 1 << 16];
@@ -100,7 +101,7 @@ fn workers_are_reused_across_calls() {
 
 #[test]
 fn a_panicking_worker_is_reported_and_the_pool_goes_on() {
-    let pool = Pool::new(Probe::default(), &cpus(2)).unwrap();
+    let pool = Pool::new(&crate::workers(), Probe::default(), &cpus(2)).unwrap();
     let src = vec![9u8; 13];
     let mut dst = vec![0u8; 13];
     // One worker gets the whole 13-byte op (shares split at 64-byte boundaries) and panics.
@@ -121,20 +122,28 @@ fn a_panicking_worker_is_reported_and_the_pool_goes_on() {
 
 #[test]
 fn pinning_to_a_missing_cpu_is_an_error() {
-    let err = Pool::new(Probe::default(), &[100_000]).unwrap_err();
+    let err = Pool::new(&crate::workers(), Probe::default(), &[100_000]).unwrap_err();
     assert!(
-        matches!(err, PoolError::Pin { cpu: 100_000, .. }),
+        matches!(
+            err,
+            PoolError::Workers(WorkerError::Pin { cpu: 100_000, .. })
+        ),
         "{err:?}"
     );
     assert!(matches!(
-        Pool::new(Probe::default(), &[]).unwrap_err(),
+        Pool::new(&crate::workers(), Probe::default(), &[]).unwrap_err(),
         PoolError::NoCpu
     ));
 }
 
 #[test]
 fn pool_names_its_workers_and_engine() {
-    let pool = Pool::new(CpuEngine::new(EngineKind::Memcpy).unwrap(), &cpus(3)).unwrap();
+    let pool = Pool::new(
+        &crate::workers(),
+        CpuEngine::new(EngineKind::Memcpy).unwrap(),
+        &cpus(3),
+    )
+    .unwrap();
     assert_eq!(pool.name(), "pool(3 x memcpy)");
     assert_eq!(pool.cpus().len(), 3);
 }

@@ -23,7 +23,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn offload_copies_every_byte_sync_and_async() {
-    let engine = Offload::new(EngineKind::Nt, &cpus(2)).unwrap();
+    let engine = Offload::new(&crate::workers(), EngineKind::Nt, &cpus(2)).unwrap();
     let lens = [0usize, 1, 63, 4096, 4097, 300_000, 3 << 20];
     let srcs: Vec<Vec<u8>> = lens.iter().map(|&l| pattern(l, 7)).collect();
     let mut dsts: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0; l + 3]).collect();
@@ -66,7 +66,7 @@ fn offload_copies_every_byte_sync_and_async() {
 
 #[test]
 fn one_channel_starts_submissions_in_order_and_reports_them_in_order() {
-    let engine = Offload::new(EngineKind::Memcpy, &cpus(1)).unwrap();
+    let engine = Offload::new(&crate::workers(), EngineKind::Memcpy, &cpus(1)).unwrap();
     let big = pattern(32 << 20, 1);
     let small = pattern(4096, 2);
     let (mut big_dst, mut small_dst) = (vec![0u8; big.len()], vec![0u8; small.len()]);
@@ -105,7 +105,7 @@ fn changed(before: &[u8], dst: &[u8]) -> usize {
 
 #[test]
 fn cancelled_ops_say_how_much_was_copied_and_nothing_more_is() {
-    let engine = Offload::new(EngineKind::Memcpy, &cpus(1)).unwrap();
+    let engine = Offload::new(&crate::workers(), EngineKind::Memcpy, &cpus(1)).unwrap();
     let a = pattern(32 << 20, 5);
     let b = pattern(32 << 20, 9);
     let mut a_dst = vec![0u8; a.len()];
@@ -132,7 +132,7 @@ fn cancelled_ops_say_how_much_was_copied_and_nothing_more_is() {
 
 #[test]
 fn leaving_the_scope_cancels_and_waits_for_what_is_in_flight() {
-    let engine = Offload::new(EngineKind::Memcpy, &cpus(2)).unwrap();
+    let engine = Offload::new(&crate::workers(), EngineKind::Memcpy, &cpus(2)).unwrap();
     let src = pattern(64 << 20, 11);
     let mut dst = vec![0u8; src.len()];
     scope(&engine, |q| {
@@ -160,7 +160,7 @@ fn an_engine_is_dropped_only_after_its_queue_is_drained() {
     let src = pattern(8 << 20, 4);
     let mut dst = vec![0u8; src.len()];
     {
-        let engine = Offload::new(EngineKind::Nt, &cpus(2)).unwrap();
+        let engine = Offload::new(&crate::workers(), EngineKind::Nt, &cpus(2)).unwrap();
         scope(&engine, |q| {
             q.submit(&[CopyOp::new(&src, &mut dst)]).unwrap();
         });
@@ -252,6 +252,6 @@ fn a_partial_failure_is_reported_per_op() {
 
 #[test]
 fn an_offload_engine_needs_a_cpu() {
-    let err = Offload::new(EngineKind::Memcpy, &[]).unwrap_err();
+    let err = Offload::new(&crate::workers(), EngineKind::Memcpy, &[]).unwrap_err();
     assert!(err.to_string().contains("at least one CPU"), "{err}");
 }
