@@ -295,6 +295,30 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// Every phase that took time, and their sum against the wall time.
+fn phase_line(r: &Report) -> String {
+    let shown: Vec<String> = r
+        .phases
+        .named()
+        .iter()
+        .filter(|(_, d)| !d.is_zero())
+        .map(|(name, d)| format!("{name} {}", ms(*d)))
+        .collect();
+    let total = r.phases.total();
+    let share = if r.wall.is_zero() {
+        1.0
+    } else {
+        total.as_secs_f64() / r.wall.as_secs_f64()
+    };
+    format!(
+        "phases: {}; sum {} of wall {} ({:.0}%)",
+        shown.join(", "),
+        ms(total),
+        ms(r.wall),
+        share * 100.0
+    )
+}
+
 fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
     let verb = if r.dry_run { "would move" } else { "moved" };
     writeln!(
@@ -348,15 +372,7 @@ fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
             r.calls.final_batch
         )?;
     }
-    writeln!(
-        out,
-        "  phases: scan {}, query {}, move {}, verify {}; wall {}",
-        ms(r.phases.scan),
-        ms(r.phases.query),
-        ms(r.phases.moving),
-        ms(r.phases.verify),
-        ms(r.wall),
-    )?;
+    writeln!(out, "  {}", phase_line(r))?;
     if !r.dry_run {
         if r.calls.thread_cpu.is_empty() {
             writeln!(
@@ -372,6 +388,11 @@ fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
                 each.join(", ")
             )?;
         }
+        writeln!(
+            out,
+            "  CPU time of the calling thread: {}",
+            ms(r.caller_cpu)
+        )?;
         let c = &r.charged_to;
         let who = match c.to {
             ChargeTo::Caller => "the caller",

@@ -126,6 +126,12 @@ fn migrate(req: &ProcessRequest, plan: &KernelPlan) -> Report {
         r.pages_moved + r.pages_already_on_target + r.pages_skipped_total() + r.pages_not_moved(),
         "{r:#?}"
     );
+    // Every instant is in a phase: the phases add up to the wall time.
+    let sum = r.phases.total().as_secs_f64();
+    assert!(
+        sum <= r.wall.as_secs_f64() && sum >= 0.95 * r.wall.as_secs_f64(),
+        "{r:#?}"
+    );
     r
 }
 

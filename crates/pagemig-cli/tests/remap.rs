@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use pagemig::account::{Path, RemapFacts, Report, SkipReason, Verify};
 use pagemig::copy::{CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, Pool};
 use pagemig::migrate::kernel;
 use pagemig::migrate::remap::{self, RemapError, RemapPlan};
@@ -38,6 +39,13 @@ fn pool() -> Pool<CpuEngine> {
     Pool::new(CpuEngine::new(EngineKind::Nt).unwrap(), &cpus).unwrap()
 }
 
+/// What the remap path said about a migration it made.
+fn facts(r: &Report) -> &RemapFacts {
+    r.remap
+        .as_ref()
+        .unwrap_or_else(|| panic!("not moved by the remap path: {r:#?}"))
+}
+
 fn on_node(start: usize, len: usize, step: usize) -> Vec<PageNode> {
     let pages: Vec<usize> = (start..start + len).step_by(step).collect();
     kernel::query(Process::Current, &pages).unwrap()
@@ -68,10 +76,20 @@ fn addresses_contents_and_untouched_pages_are_kept() {
     for to in [b, a] {
         let r = remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan).unwrap();
         assert_eq!(m.as_ptr() as usize, start);
-        assert_eq!(r.pages_copied, (pages - pages / 8) as u64, "{r:#?}");
-        assert_eq!(r.pages_untouched, (pages / 8) as u64);
-        assert_eq!(r.pages_on_target, r.pages_copied);
-        assert_eq!(r.batches, 4);
+        assert_eq!(
+            r.pages_moved + r.pages_not_moved(),
+            (pages - pages / 8) as u64,
+            "{r:#?}"
+        );
+        assert_eq!(r.skipped(SkipReason::NothingToMove), (pages / 8) as u64);
+        assert_eq!(r.pages_not_moved(), 0, "{r:#?}");
+        assert_eq!(facts(&r).batches, 4);
+        // Every instant is in a phase: the phases add up to the wall time.
+        let sum = r.phases.total().as_secs_f64();
+        assert!(
+            sum <= r.wall.as_secs_f64() && sum >= 0.95 * r.wall.as_secs_f64(),
+            "{r:#?}"
+        );
         let placed = on_node(start, m.len(), PAGE);
         for (i, p) in placed.iter().enumerate() {
             let want = if i % 8 == 0 {
@@ -163,9 +181,9 @@ fn writers_lose_nothing(test: &str, huge: bool, reservoir: bool) {
         let to = if round % 2 == 0 { b } else { a };
         // SAFETY: the mapping is anonymous private; the threads touch it only through atomics.
         let r = unsafe { remap::migrate_range(&topo, base, m.len(), to, &plan) }.unwrap();
-        assert_eq!(r.pages_on_target, pages as u64, "{r:#?}");
-        waited += r.writes_waited;
-        from_reservoir += r.pages_from_reservoir;
+        assert_eq!(r.pages_moved, pages as u64, "{r:#?}");
+        waited += facts(&r).writes_waited;
+        from_reservoir += facts(&r).pages_from_reservoir;
     }
     if reservoir {
         // Every migration after the first two takes its pages from the other one's old pages.
@@ -377,14 +395,14 @@ fn recycled_pages_never_show_their_old_contents() {
     let mut x = buffer(a);
     x.as_mut_slice().fill(0xAA);
     let r = remap::migrate_mapping(&topo, &mut x, 0..len, b, &plan).unwrap();
-    assert_eq!(r.pages_recycled, pages as u64, "{r:#?}");
+    assert_eq!(facts(&r).pages_recycled, pages as u64, "{r:#?}");
     // Y, with every 8th page never touched, moves b -> a on X's old pages.
     let mut y = buffer(b);
     for i in (0..pages).filter(|i| i % 8 != 0) {
         y.as_mut_slice()[i * PAGE..(i + 1) * PAGE].fill(0x55);
     }
     let r = remap::migrate_mapping(&topo, &mut y, 0..len, a, &plan).unwrap();
-    assert_eq!(r.pages_from_reservoir, pages as u64, "{r:#?}");
+    assert_eq!(facts(&r).pages_from_reservoir, pages as u64, "{r:#?}");
     let start = y.as_ptr() as usize;
     let placed = on_node(start, len, PAGE);
     for (i, (page, place)) in y.as_slice().chunks_exact(PAGE).zip(&placed).enumerate() {
@@ -486,17 +504,17 @@ fn without_userfaultfd_the_kernel_path_moves_own_memory() {
     let moved =
         unsafe { remap::migrate_own(&topo, m.as_ptr() as usize, m.len(), b, &plan, &kernel_plan) }
             .unwrap();
-    match moved {
-        remap::OwnMigration::Kernel { report, why } => {
-            assert!(why.contains("userfaultfd"), "{why}");
-            assert_eq!(
-                report.pages_moved + report.pages_already_on_target,
-                64,
-                "{report:#?}"
-            );
-        }
-        other => panic!("expected the kernel path: {other:?}"),
-    }
+    assert_eq!(moved.path, Path::Kernel, "{moved:#?}");
+    assert!(
+        moved.why.iter().any(|w| w.contains("userfaultfd")),
+        "{:?}",
+        moved.why
+    );
+    assert_eq!(
+        moved.pages_moved + moved.pages_already_on_target,
+        64,
+        "{moved:#?}"
+    );
     assert!(
         on_node(m.as_ptr() as usize, m.len(), PAGE)
             .iter()
@@ -652,21 +670,25 @@ fn random_sub_ranges_move_between_every_pair_of_nodes() {
             let start = base + range.start * PAGE;
             let len = range.len() * PAGE;
             let full = round % 4 == 1;
-            let verify = if full {
-                remap::Verify::Full
-            } else {
-                remap::Verify::Sample
-            };
+            let verify = if full { Verify::Full } else { Verify::Sample };
             // SAFETY: the mapping is anonymous private; the writers touch it only through
             // atomics.
             let r = unsafe { remap::migrate_range_verified(&topo, start, len, to, &plan, verify) }
                 .unwrap_or_else(|e| panic!("round {round}, pages {range:?} to node {to}: {e}"));
             let holes = range.clone().filter(|&i| untouched(i)).count() as u64;
-            assert_eq!(r.pages_untouched, holes, "round {round}: {r:#?}");
-            assert_eq!(r.pages_copied, range.len() as u64 - holes, "{r:#?}");
-            assert_eq!(r.pages_on_target, r.pages_copied, "round {round}: {r:#?}");
-            assert_eq!(r.verification.mode, verify);
-            scan = Some(r.scan);
+            assert_eq!(
+                r.skipped(SkipReason::NothingToMove),
+                holes,
+                "round {round}: {r:#?}"
+            );
+            assert_eq!(
+                r.pages_moved + r.pages_not_moved(),
+                range.len() as u64 - holes,
+                "{r:#?}"
+            );
+            assert_eq!(r.pages_not_moved(), 0, "round {round}: {r:#?}");
+            assert_eq!(facts(&r).verification.mode, verify);
+            scan = Some(facts(&r).scan);
             assert!(r.phases.total() <= r.wall, "{r:#?}");
             let placed = on_node(start, len, PAGE);
             for (i, p) in range.clone().zip(&placed) {

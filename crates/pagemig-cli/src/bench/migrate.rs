@@ -4,9 +4,10 @@ use std::ffi::{c_int, c_ulong};
 use std::io::Write;
 
 use anyhow::{Context, bail};
+use pagemig::account::{Phases, Verify};
 use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
 use pagemig::migrate::kernel::{self, KernelPlan};
-use pagemig::migrate::remap::{self, RemapPhases, RemapPlan, Verify};
+use pagemig::migrate::remap::{self, RemapPlan};
 use pagemig::migrate::reservoir::Reservoirs;
 use pagemig::migrate::syscall;
 use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources, Threads, worker_counts};
@@ -105,7 +106,7 @@ impl From<VerifyArg> for Verify {
 /// those migrations.
 #[derive(Default)]
 struct Timed {
-    phases: RemapPhases,
+    phases: Phases,
     wall: std::time::Duration,
 }
 
@@ -144,7 +145,7 @@ impl Block {
         (a, b): (NodeId, NodeId),
         mover: &Mover,
         reservoirs: Option<&Reservoirs>,
-        phases: &mut RemapPhases,
+        phases: &mut Phases,
     ) -> anyhow::Result<()> {
         let to = if self.at == a { b } else { a };
         let start = self.buf.as_ptr() as usize;
@@ -152,10 +153,16 @@ impl Block {
             Mover::Kernel(plan) | Mover::KernelAuto(plan) => {
                 // One address per page: the head of a huge page moves all of it.
                 let addrs: Vec<usize> = (0..pages).map(|i| start + i * self.page_size).collect();
-                let moved =
-                    kernel::move_pages(Process::Current, &addrs, &vec![to; pages], plan, &|_| {})?;
-                self.pages_failed +=
-                    moved.status.iter().filter(|&&s| s != to as i32).count() as u64;
+                let mut status = vec![0; pages];
+                kernel::move_pages(
+                    Process::Current,
+                    &addrs,
+                    &vec![to; pages],
+                    &mut status,
+                    plan,
+                    &|_| {},
+                )?;
+                self.pages_failed += status.iter().filter(|&&s| s != to as i32).count() as u64;
             }
             Mover::Preload(ctx) => {
                 let addrs: Vec<usize> = (0..pages).map(|i| start + i * self.page_size).collect();
@@ -190,7 +197,7 @@ impl Block {
                     &plan,
                     *verify,
                 )?;
-                self.pages_failed += r.pages_copied - r.pages_on_target;
+                self.pages_failed += r.pages_not_moved();
                 phases.add(&r.phases);
             }
             Mover::Copy(engine) => {
@@ -476,7 +483,7 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 let reservoirs = Reservoirs::new(3 * bytes);
                 let reservoirs = (!args.no_reservoir).then_some(&reservoirs);
                 let mut runs = 0u32;
-                let mut warm_up = RemapPhases::default();
+                let mut warm_up = Phases::default();
                 cells.push(measure(reps, per_sample, bytes, |i| {
                     // The warm-up (step 0) fills the reservoirs: its phases are not counted. It
                     // migrates twice: a previous row's migrations split the block into mappings

@@ -16,8 +16,8 @@ use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use pagemig::account::Phases;
 use pagemig::copy::Placement;
-use pagemig::migrate::remap::RemapPhases;
 use pagemig::sys::HUGE_PAGE_SIZE;
 use pagemig::topology::{CpuSet, NodeId, Topology};
 
@@ -360,7 +360,7 @@ impl PhaseRow {
         page_size: usize,
         pages: usize,
         column: &str,
-        phases: &RemapPhases,
+        phases: &Phases,
         wall: std::time::Duration,
         runs: u32,
     ) -> Self {

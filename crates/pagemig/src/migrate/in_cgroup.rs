@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::MigrateError;
-use super::kernel::{self, KernelPlan, Moved};
+use super::kernel::{self, KernelPlan};
 use crate::account::{CallStats, ChargeTo};
 use crate::cgroup::Cgroup;
 use crate::process::Process;
@@ -50,7 +50,6 @@ struct Reply {
     median_ns: u64,
     final_batch: usize,
     thread_cpu_ns: Vec<u64>,
-    process_exited: bool,
     failure: Option<Failure>,
 }
 
@@ -81,15 +80,23 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
     let progress = |n: u64| {
         let _ = writeln!(out.lock().unwrap_or_else(|p| p.into_inner()), "p {n}");
     };
-    let reply = match kernel::move_pages(process, &req.pages, &req.nodes, &plan, &progress) {
-        Ok(m) => Reply {
-            status: m.status,
-            calls: m.calls.calls,
-            longest_ns: nanos(m.calls.longest),
-            median_ns: nanos(m.calls.median),
-            final_batch: m.calls.final_batch,
-            thread_cpu_ns: m.calls.thread_cpu.iter().map(|d| nanos(*d)).collect(),
-            process_exited: m.process_exited,
+    let mut status = vec![0; req.pages.len()];
+    let moved = kernel::move_pages(
+        process,
+        &req.pages,
+        &req.nodes,
+        &mut status,
+        &plan,
+        &progress,
+    );
+    let reply = match moved {
+        Ok(calls) => Reply {
+            status,
+            calls: calls.calls,
+            longest_ns: nanos(calls.longest),
+            median_ns: nanos(calls.median),
+            final_batch: calls.final_batch,
+            thread_cpu_ns: calls.thread_cpu.iter().map(|d| nanos(*d)).collect(),
             failure: None,
         },
         Err(e) => Reply {
@@ -99,7 +106,6 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
             median_ns: 0,
             final_batch: 0,
             thread_cpu_ns: Vec::new(),
-            process_exited: false,
             failure: Some(match e {
                 MigrateError::NoSuchProcess { .. } => Failure::NoSuchProcess,
                 MigrateError::PermissionDenied { .. } => Failure::PermissionDenied,
@@ -127,9 +133,10 @@ pub(super) fn move_pages_in(
     process: Process,
     pages: &[usize],
     nodes: &[NodeId],
+    status: &mut [i32],
     plan: &KernelPlan,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<Moved, MigrateError> {
+) -> Result<CallStats, MigrateError> {
     let enter = |source: io::Error| MigrateError::EnterCgroup {
         process,
         cgroup: cgroup.path.clone(),
@@ -183,19 +190,23 @@ pub(super) fn move_pages_in(
         Some(Failure::PermissionDenied) => return Err(MigrateError::PermissionDenied { process }),
         Some(Failure::Other(message)) => return Err(helper_failed(message)),
     }
-    Ok(Moved {
-        status: reply.status,
-        calls: CallStats::new(
-            reply.calls,
-            Duration::from_nanos(reply.longest_ns),
-            Duration::from_nanos(reply.median_ns),
-            reply.final_batch,
-            reply
-                .thread_cpu_ns
-                .into_iter()
-                .map(Duration::from_nanos)
-                .collect(),
-        ),
-        process_exited: reply.process_exited,
-    })
+    if reply.status.len() != status.len() {
+        return Err(helper_failed(format!(
+            "the helper answered for {} pages of {}",
+            reply.status.len(),
+            status.len()
+        )));
+    }
+    status.copy_from_slice(&reply.status);
+    Ok(CallStats::new(
+        reply.calls,
+        Duration::from_nanos(reply.longest_ns),
+        Duration::from_nanos(reply.median_ns),
+        reply.final_batch,
+        reply
+            .thread_cpu_ns
+            .into_iter()
+            .map(Duration::from_nanos)
+            .collect(),
+    ))
 }

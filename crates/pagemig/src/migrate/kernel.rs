@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::in_cgroup;
 use super::{MigrateError, check_target};
-use crate::account::{CallStats, Charge, ChargeTo, FailureCause, Phases, Report, SkipReason};
+use crate::account::{
+    CallStats, Charge, ChargeTo, FailureCause, Laps, Path, Phases, Report, SkipReason,
+};
 use crate::cgroup::Cgroup;
 use crate::process::Process;
 use crate::procfs::{self, ProcfsError, VmArea};
@@ -65,19 +67,6 @@ const MAX_ROUNDS: usize = 4;
 /// Pages per placement query.
 const QUERY_CHUNK: usize = 1 << 16;
 
-/// What [`move_pages`] did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Moved {
-    /// Per page, as `move_pages` reported it: the node the page is on, or `-errno`; `-ESRCH` for
-    /// pages not attempted because the process exited, `-ENOMEM` for pages not attempted because
-    /// their target node filled up.
-    pub status: Vec<i32>,
-    /// Kernel calls.
-    pub calls: CallStats,
-    /// The process exited before every page was attempted.
-    pub process_exited: bool,
-}
-
 /// Whether a failed call means the process is gone: `ESRCH`, or `EINVAL` from a process that is
 /// exiting (its memory is freed before /proc shows it as a zombie).
 fn is_gone(process: Process, e: &SysError) -> bool {
@@ -101,7 +90,6 @@ struct Group<'a> {
     batch: &'a AtomicUsize,
     plan: &'a KernelPlan,
     stop: &'a AtomicBool,
-    exited: &'a AtomicBool,
     /// The target node ran out of memory: the group's remaining pages are not tried.
     full: AtomicBool,
     progress: &'a (dyn Fn(u64) + Sync),
@@ -145,7 +133,6 @@ impl Group<'_> {
                     }
                 }
                 Err(e) if is_gone(self.process, &e) => {
-                    self.exited.store(true, Ordering::Relaxed);
                     self.stop.store(true, Ordering::Relaxed);
                 }
                 Err(e) if e.errno == Errno::NOMEM => {
@@ -261,26 +248,33 @@ fn target_cgroup(process: Process) -> Result<Cgroup, MigrateError> {
 
 /// Moves `pages[i]` of `process` to node `nodes[i]`: pages are grouped by target node, and each
 /// group is moved in batches by the plan's threads. `progress` is called with the number of
-/// pages of each completed call. Per-page outcomes are in [`Moved::status`]; an error means the
-/// move could not go on (no permission, a thread could not be pinned).
+/// pages of each completed call. As `move_pages(2)` does, `status[i]` says where `pages[i]` is
+/// afterwards (its node) or why it did not move (`-errno`); `-ESRCH` marks pages not attempted
+/// because the process exited (see [`process_exited`]), `-ENOMEM` pages not attempted because
+/// their target node filled up. An error means the move could not go on (no permission, a
+/// thread could not be pinned).
 ///
 /// # Panics
-/// If `nodes` is not as long as `pages`.
+/// If `nodes` or `status` is not as long as `pages`.
 pub fn move_pages(
     process: Process,
     pages: &[usize],
     nodes: &[NodeId],
+    status: &mut [i32],
     plan: &KernelPlan,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<Moved, MigrateError> {
+) -> Result<CallStats, MigrateError> {
     assert_eq!(pages.len(), nodes.len(), "one target node per page");
+    assert_eq!(pages.len(), status.len(), "one status per page");
     if plan.charge == ChargeTo::Target {
         let cgroup = target_cgroup(process)?;
         // A caller in the target's cgroup already pays there: no helper has to enter it (which
         // would need write access to cgroup.procs for nothing).
         let own = Cgroup::of(Process::Current).ok();
         if own.is_none_or(|c| c.path != cgroup.path) {
-            return in_cgroup::move_pages_in(&cgroup, process, pages, nodes, plan, progress);
+            return in_cgroup::move_pages_in(
+                &cgroup, process, pages, nodes, status, plan, progress,
+            );
         }
     }
     let mut order: Vec<usize> = (0..pages.len()).collect();
@@ -294,7 +288,6 @@ pub fn move_pages(
     };
     let batch = AtomicUsize::new(first_batch.max(1));
     let stop = AtomicBool::new(false);
-    let exited = AtomicBool::new(false);
     let mut durations = Vec::new();
     // CPU time of the k-th thread, summed over the node groups (each group has its own threads).
     let mut thread_cpu: Vec<Duration> = Vec::new();
@@ -315,7 +308,6 @@ pub fn move_pages(
             batch: &batch,
             plan,
             stop: &stop,
-            exited: &exited,
             full: AtomicBool::new(false),
             progress,
         };
@@ -369,15 +361,19 @@ pub fn move_pages(
         lo = hi;
     }
 
-    let mut status = vec![0; pages.len()];
     for (k, &i) in order.iter().enumerate() {
         status[i] = sorted_status[k];
     }
-    Ok(Moved {
-        status,
-        calls: CallStats::from_durations(durations, batch.load(Ordering::Relaxed), thread_cpu),
-        process_exited: exited.load(Ordering::Relaxed),
-    })
+    Ok(CallStats::from_durations(
+        durations,
+        batch.load(Ordering::Relaxed),
+        thread_cpu,
+    ))
+}
+
+/// Whether a [`move_pages`] status says the process exited before every page was attempted.
+pub fn process_exited(status: &[i32]) -> bool {
+    status.contains(&-libc::ESRCH)
 }
 
 /// Where each page is (`move_pages` without nodes), in chunks.
@@ -524,7 +520,10 @@ pub fn migrate_process_planned(
     plan: &dyn Fn(u64) -> Result<KernelPlan, MigrateError>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, MigrateError> {
+    let caller_cpu = sys::thread_cpu_time();
     let started = Instant::now();
+    let mut laps = Laps::start();
+    let mut phases = Phases::default();
     let process = request.process;
     check_target(topology, request.to)?;
     if let Some(from) = &request.from {
@@ -537,9 +536,7 @@ pub fn migrate_process_planned(
             }
         }
     }
-    let mut phases = Phases::default();
-
-    let t = Instant::now();
+    laps.lap(&mut phases.check);
     check_process(process)?;
     let ranges = select(process, procfs::read_maps(process)?, &request.selection)?;
     let mut present = Vec::new();
@@ -550,11 +547,9 @@ pub fn migrate_process_planned(
             other => other?,
         }
     }
-    phases.scan = t.elapsed();
-
-    let t = Instant::now();
+    laps.lap(&mut phases.scan);
     let before = query(process, &present)?;
-    phases.query = t.elapsed();
+    laps.lap(&mut phases.query);
 
     let mut failed: BTreeMap<FailureCause, u64> = BTreeMap::new();
     let mut skipped: BTreeMap<SkipReason, u64> = BTreeMap::new();
@@ -589,6 +584,7 @@ pub fn migrate_process_planned(
     let page_size = sys::base_page_size() as u64;
     let plan = &plan(to_move.len() as u64 * page_size)?;
     let mut report = Report {
+        path: Path::Kernel,
         process,
         to: request.to,
         dry_run: request.dry_run,
@@ -601,8 +597,9 @@ pub fn migrate_process_planned(
         pages_left_by_node: BTreeMap::new(),
         bytes_moved: 0,
         calls: CallStats::default(),
-        phases,
+        phases: Phases::default(),
         wall: Duration::ZERO,
+        caller_cpu: Duration::ZERO,
         process_exited: false,
         charged_to: Charge {
             to: plan.charge,
@@ -610,12 +607,21 @@ pub fn migrate_process_planned(
             usage_before_usec: None,
             usage_after_usec: None,
         },
+        remap: None,
+        why: Vec::new(),
+    };
+    laps.lap(&mut phases.plan);
+    let finish = |mut report: Report, mut phases: Phases, mut laps: Laps| {
+        laps.lap(&mut phases.verify);
+        report.phases = phases;
+        report.wall = started.elapsed();
+        report.caller_cpu = sys::thread_cpu_time().saturating_sub(caller_cpu);
+        report
     };
     if request.dry_run {
         report.pages_moved = to_move.len() as u64;
         report.bytes_moved = report.pages_moved * page_size;
-        report.wall = started.elapsed();
-        return Ok(report);
+        return Ok(finish(report, phases, laps));
     }
 
     let paying = match plan.charge {
@@ -630,20 +636,20 @@ pub fn migrate_process_planned(
     };
     report.charged_to.cgroup = paying.as_ref().map(|c| c.path.clone());
     report.charged_to.usage_before_usec = usage();
-    let t = Instant::now();
+    laps.lap(&mut phases.check);
     let targets = vec![request.to; to_move.len()];
-    let moved = move_pages(process, &to_move, &targets, plan, &|n| {
+    let mut status = vec![0; to_move.len()];
+    report.calls = move_pages(process, &to_move, &targets, &mut status, plan, &|n| {
         progress(Progress::Moved(n))
     })?;
-    report.phases.moving = t.elapsed();
+    laps.lap(&mut phases.moving);
     report.charged_to.usage_after_usec = usage();
-    report.calls = moved.calls;
-    report.process_exited = moved.process_exited;
+    report.process_exited = process_exited(&status);
+    laps.lap(&mut phases.check);
 
     // The status array is not the truth for huge pages (subpages of a THP that moved can say
     // EBUSY), so ask again where every page is; only if the process is gone, trust the array.
-    let t = Instant::now();
-    let after = if moved.process_exited {
+    let after = if report.process_exited {
         None
     } else {
         match query(process, &to_move) {
@@ -655,8 +661,7 @@ pub fn migrate_process_planned(
             Err(e) => return Err(e),
         }
     };
-    report.phases.verify = t.elapsed();
-    for (i, &status) in moved.status.iter().enumerate() {
+    for (i, &status) in status.iter().enumerate() {
         let now = after
             .as_ref()
             .map_or(PageNode::from_status(status), |a| a[i]);
@@ -689,8 +694,7 @@ pub fn migrate_process_planned(
         }
     }
     report.bytes_moved = report.pages_moved * page_size;
-    report.wall = started.elapsed();
-    Ok(report)
+    Ok(finish(report, phases, laps))
 }
 
 #[cfg(test)]
@@ -773,19 +777,23 @@ mod tests {
         let calls = std::sync::atomic::AtomicU64::new(0);
         let mut plan = KernelPlan::parallel(sys::allowed_cpus().unwrap().iter().collect(), 8);
         plan.max_stall = Some(Duration::from_secs(1));
-        let moved = move_pages(Process::Current, &pages, &vec![node; 64], &plan, &|n| {
-            calls.fetch_add(n, Ordering::Relaxed);
-        })
+        let mut status = vec![0; 64];
+        let stats = move_pages(
+            Process::Current,
+            &pages,
+            &vec![node; 64],
+            &mut status,
+            &plan,
+            &|n| {
+                calls.fetch_add(n, Ordering::Relaxed);
+            },
+        )
         .unwrap();
         assert_eq!(calls.load(Ordering::Relaxed), 64);
-        assert!(
-            moved.status.iter().all(|&s| s == node as i32),
-            "{:?}",
-            moved.status
-        );
-        assert!(!moved.process_exited);
-        assert!(moved.calls.calls >= 8);
-        assert!(moved.calls.longest >= moved.calls.median);
+        assert!(status.iter().all(|&s| s == node as i32), "{status:?}");
+        assert!(!process_exited(&status));
+        assert!(stats.calls >= 8);
+        assert!(stats.longest >= stats.median);
     }
 
     #[test]

@@ -8,13 +8,16 @@
 // whose contract the caller keeps, and the copy ops over raw addresses follow from it.
 #![allow(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use super::reservoir::Reservoirs;
-use super::scan::{PageState, ScanMethod, scan_own, scan_own_for};
+use super::scan::{PageState, scan_own, scan_own_for};
+use crate::account::{
+    CallStats, Charge, ChargeTo, FailureCause, Laps, Path, Phases, RemapFacts, Report, ScanMethod,
+    SkipReason, Verification, Verify,
+};
 use crate::copy::{CopyEngine, CopyError, CopyOp};
 use crate::process::Process;
 use crate::procfs;
@@ -141,130 +144,8 @@ pub enum RemapError {
     },
 }
 
-/// Wall time of each step of the remap path, summed over batches. Every instant of a call
-/// belongs to exactly one step, so the steps add up to [`RemapReport::wall`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct RemapPhases {
-    /// Checking the range (mapped, anonymous, private, writable, not locked) and the target's
-    /// free memory, and opening the userfaultfd where no reservoirs keep one open.
-    pub check: Duration,
-    /// Finding the pages with data (`PAGEMAP_SCAN`) and, with reservoirs, their node.
-    pub scan: Duration,
-    /// Registering and write-protecting.
-    pub protect: Duration,
-    /// Taking pages from a reservoir, or mapping, binding and populating new ones.
-    pub alloc: Duration,
-    /// Copying.
-    pub copy: Duration,
-    /// `mremap` of the new pages over the old addresses (and of the old ones into a reservoir).
-    pub remap: Duration,
-    /// Reading the writers' fault messages, waking them, and handing old pages to a reservoir.
-    pub wake: Duration,
-    /// Asking the kernel where the new pages are ([`Verify`]).
-    pub verify: Duration,
-}
-
-impl RemapPhases {
-    /// The sum of the steps: the wall time of the calls they were measured in.
-    pub fn total(&self) -> Duration {
-        self.check
-            + self.scan
-            + self.protect
-            + self.alloc
-            + self.copy
-            + self.remap
-            + self.wake
-            + self.verify
-    }
-
-    /// Adds `other`'s steps to these.
-    pub fn add(&mut self, other: &RemapPhases) {
-        self.check += other.check;
-        self.scan += other.scan;
-        self.protect += other.protect;
-        self.alloc += other.alloc;
-        self.copy += other.copy;
-        self.remap += other.remap;
-        self.wake += other.wake;
-        self.verify += other.verify;
-    }
-}
-
-/// A stopwatch whose laps cover the time from its start without gaps.
-struct Laps(Instant);
-
-impl Laps {
-    /// Adds the time since the previous lap to `phase`.
-    fn lap(&mut self, phase: &mut Duration) {
-        let now = Instant::now();
-        *phase += now - self.0;
-        self.0 = now;
-    }
-}
-
-/// How the remap path checks that the new pages are on the target node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub enum Verify {
-    /// Ask about a bounded sample of each batch: one base page of every huge page and
-    /// [`SAMPLE_BASE_PAGES`] base pages. The new pages were bound to the target and faulted in
-    /// before the remap, so a sample that is all on the target counts the whole batch there; a
-    /// sample with any page elsewhere makes the batch checked in full.
-    #[default]
-    Sample,
-    /// Ask about every page that was copied.
-    Full,
-}
-
 /// Base pages asked about per batch by [`Verify::Sample`].
 pub const SAMPLE_BASE_PAGES: usize = 16;
-
-/// What the check after each batch did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Verification {
-    /// As asked.
-    pub mode: Verify,
-    /// Pages the kernel was asked about.
-    pub pages_checked: u64,
-    /// Batches whose sample found a page off the target, and that were checked in full.
-    pub batches_checked_in_full: u64,
-}
-
-/// What a remap migration did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RemapReport {
-    /// Target node.
-    pub to: NodeId,
-    /// Bytes in the range.
-    pub bytes: u64,
-    /// Pages that held data (present or swapped out) and were copied.
-    pub pages_copied: u64,
-    /// Pages that had never been written (untouched, or only read), left without memory.
-    pub pages_untouched: u64,
-    /// Copied pages on the target node afterwards: counted page by page with [`Verify::Full`],
-    /// from a sample with [`Verify::Sample`] (see [`RemapReport::verification`]).
-    pub pages_on_target: u64,
-    /// Batches (one protect, copy, remap and wake each).
-    pub batches: u64,
-    /// Pages whose new memory came from a reservoir, already faulted in.
-    pub pages_from_reservoir: u64,
-    /// Old pages kept in a reservoir instead of being freed.
-    pub pages_recycled: u64,
-    /// Writes that waited for their batch.
-    pub writes_waited: u64,
-    /// How the pages were found.
-    pub scan: ScanMethod,
-    /// How `pages_on_target` was established.
-    pub verification: Verification,
-    /// Time per step; they add up to `wall`.
-    pub phases: RemapPhases,
-    /// Wall time.
-    pub wall: Duration,
-    /// CPU time of the calling thread during the migration (its thread CPU clock).
-    pub caller_cpu: Duration,
-    /// CPU time of the copy engine's worker threads (zero for an engine that copies on the
-    /// calling thread).
-    pub worker_cpu: Duration,
-}
 
 /// What the remap path keeps open between calls: the userfaultfd that write-protects batches,
 /// and the `/proc/self` files it asks about pages and mappings. [`Reservoirs`] keep one for
@@ -433,7 +314,7 @@ pub unsafe fn migrate_range(
     len: usize,
     to: NodeId,
     plan: &RemapPlan<'_>,
-) -> Result<RemapReport, RemapError> {
+) -> Result<Report, RemapError> {
     // SAFETY: forwarded from the caller.
     unsafe { migrate_range_verified(topology, start, len, to, plan, Verify::Sample) }
 }
@@ -449,11 +330,11 @@ pub unsafe fn migrate_range_verified(
     to: NodeId,
     plan: &RemapPlan<'_>,
     verify: Verify,
-) -> Result<RemapReport, RemapError> {
+) -> Result<Report, RemapError> {
     let caller_cpu_start = sys::thread_cpu_time();
     let started = Instant::now();
-    let mut laps = Laps(started);
-    let mut phases = RemapPhases::default();
+    let mut laps = Laps::start();
+    let mut phases = Phases::default();
     let end = start
         .checked_add(len)
         .ok_or(RemapError::Misaligned { start, len })?;
@@ -472,12 +353,7 @@ pub unsafe fn migrate_range_verified(
     let page = sys::base_page_size();
     let unit = if aligned { HUGE_PAGE_SIZE } else { page };
     let batch = plan.batch_bytes.max(unit) / unit * unit;
-    let mut report = RemapReport {
-        to,
-        bytes: len as u64,
-        pages_copied: 0,
-        pages_untouched: 0,
-        pages_on_target: 0,
+    let mut facts = RemapFacts {
         batches: 0,
         pages_from_reservoir: 0,
         pages_recycled: 0,
@@ -488,11 +364,9 @@ pub unsafe fn migrate_range_verified(
             pages_checked: 0,
             batches_checked_in_full: 0,
         },
-        phases: RemapPhases::default(),
-        wall: Duration::ZERO,
-        caller_cpu: Duration::ZERO,
-        worker_cpu: Duration::ZERO,
     };
+    let (mut copied_total, mut untouched, mut on_target_total) = (0u64, 0u64, 0u64);
+    let (mut copy_threads, mut worker_cpu) = (0usize, Duration::ZERO);
     // Free memory on the target, read once where a batch first needs new pages, then counted
     // down: earlier batches of this call used some.
     let mut free: Option<u64> = None;
@@ -532,7 +406,7 @@ pub unsafe fn migrate_range_verified(
         let later = scan_own_for(pagemap, pos..b_end, PageCategories::PRESENT)
             .map_err(|e| undo(failed(e)))?;
         scan.merge_present(&later);
-        report.scan = scan.method;
+        facts.scan = scan.method;
         let huge = aligned && scan.has_huge();
         // Offsets from `pos` of the pages to copy.
         let runs: Vec<Range<usize>> = scan
@@ -583,7 +457,7 @@ pub unsafe fn migrate_range_verified(
                 for h in holes(&runs, b_len) {
                     m.discard(h).map_err(|e| undo(failed(e)))?;
                 }
-                report.pages_from_reservoir += (b_len / page) as u64;
+                facts.pages_from_reservoir += (b_len / page) as u64;
                 m
             }
             None => {
@@ -625,7 +499,8 @@ pub unsafe fn migrate_range_verified(
                 source,
             })
         })?;
-        report.worker_cpu += stats.worker_cpu;
+        worker_cpu += stats.worker_cpu;
+        copy_threads = copy_threads.max(stats.threads);
         drop(ops);
         laps.lap(&mut phases.copy);
 
@@ -660,14 +535,14 @@ pub unsafe fn migrate_range_verified(
         laps.lap(&mut phases.remap);
 
         // Read the fault messages before waking: a woken fault takes its message with it.
-        report.writes_waited += uffd.drain().map_err(failed)? as u64;
+        facts.writes_waited += uffd.drain().map_err(failed)? as u64;
         uffd.wake(pos, b_len).map_err(failed)?;
         if let (Some(r), Some((node, mut old))) = (plan.reservoirs, recycled) {
             // After the wake: writers do not wait for this.
             old.restore_write_access().map_err(failed)?;
             let pages = (old.len() / page) as u64;
             if r.give(node, huge, old) {
-                report.pages_recycled += pages;
+                facts.pages_recycled += pages;
             }
         }
         laps.lap(&mut phases.wake);
@@ -693,21 +568,57 @@ pub unsafe fn migrate_range_verified(
                 let all = pages_to_verify(&copied, Verify::Full);
                 checked += all.len();
                 found = on_target(&all)?;
-                report.verification.batches_checked_in_full += 1;
+                facts.verification.batches_checked_in_full += 1;
             }
         }
-        report.verification.pages_checked += checked as u64;
-        report.pages_on_target += found as u64;
-        report.pages_copied += copied_pages as u64;
-        report.pages_untouched += ((b_len - present) / page) as u64;
-        report.batches += 1;
+        facts.verification.pages_checked += checked as u64;
+        on_target_total += found as u64;
+        copied_total += copied_pages as u64;
+        untouched += ((b_len - present) / page) as u64;
+        facts.batches += 1;
         pos = b_end;
         laps.lap(&mut phases.verify);
     }
-    report.phases = phases;
-    report.wall = started.elapsed();
-    report.caller_cpu = sys::thread_cpu_time().saturating_sub(caller_cpu_start);
-    Ok(report)
+    let page = page as u64;
+    let mut pages_skipped = BTreeMap::new();
+    if untouched > 0 {
+        pages_skipped.insert(SkipReason::NothingToMove, untouched);
+    }
+    let mut pages_failed = BTreeMap::new();
+    if copied_total > on_target_total {
+        pages_failed.insert(FailureCause::StillElsewhere, copied_total - on_target_total);
+    }
+    Ok(Report {
+        path: Path::Remap,
+        process: Process::Current,
+        to,
+        dry_run: false,
+        page_size: page,
+        pages_requested: len as u64 / page,
+        pages_moved: on_target_total,
+        pages_already_on_target: 0,
+        pages_skipped,
+        pages_failed,
+        pages_left_by_node: BTreeMap::new(),
+        bytes_moved: on_target_total * page,
+        calls: CallStats {
+            threads: copy_threads,
+            cpu_time: worker_cpu,
+            ..CallStats::default()
+        },
+        phases,
+        wall: started.elapsed(),
+        caller_cpu: sys::thread_cpu_time().saturating_sub(caller_cpu_start),
+        process_exited: false,
+        charged_to: Charge {
+            to: ChargeTo::Caller,
+            cgroup: None,
+            usage_before_usec: None,
+            usage_after_usec: None,
+        },
+        remap: Some(facts),
+        why: Vec::new(),
+    })
 }
 
 /// Moves the bytes `range` (page-aligned offsets) of `mapping` to node `to` with the remap path,
@@ -719,7 +630,7 @@ pub fn migrate_mapping(
     range: Range<usize>,
     to: NodeId,
     plan: &RemapPlan<'_>,
-) -> Result<RemapReport, RemapError> {
+) -> Result<Report, RemapError> {
     migrate_mapping_verified(topology, mapping, range, to, plan, Verify::Sample)
 }
 
@@ -731,7 +642,7 @@ pub fn migrate_mapping_verified(
     to: NodeId,
     plan: &RemapPlan<'_>,
     verify: Verify,
-) -> Result<RemapReport, RemapError> {
+) -> Result<Report, RemapError> {
     let start = mapping.as_ptr() as usize + range.start;
     let len = range
         .end
@@ -742,23 +653,9 @@ pub fn migrate_mapping_verified(
     unsafe { migrate_range_verified(topology, start, len, to, plan, verify) }
 }
 
-/// How [`migrate_own`] moved the memory.
-#[derive(Debug)]
-pub enum OwnMigration {
-    /// By the remap path.
-    Remap(RemapReport),
-    /// By the kernel path, because the remap path is not available here.
-    Kernel {
-        /// What the kernel path did.
-        report: crate::account::Report,
-        /// Why the remap path was not used.
-        why: String,
-    },
-}
-
 /// Moves `[start, start + len)` of the calling process to node `to` with the remap path, or with
 /// the kernel path (`move_pages`) where userfaultfd write-protect is not available (an old
-/// kernel, or a seccomp profile that forbids userfaultfd); the result says which and why.
+/// kernel, or a seccomp profile that forbids userfaultfd); the report says which path and why.
 ///
 /// # Safety
 /// As [`migrate_range`].
@@ -769,10 +666,10 @@ pub unsafe fn migrate_own(
     to: NodeId,
     plan: &RemapPlan<'_>,
     kernel_plan: &super::kernel::KernelPlan,
-) -> Result<OwnMigration, RemapError> {
+) -> Result<Report, RemapError> {
     // SAFETY: forwarded from the caller.
     match unsafe { migrate_range(topology, start, len, to, plan) } {
-        Ok(report) => Ok(OwnMigration::Remap(report)),
+        Ok(report) => Ok(report),
         Err(e @ RemapError::Unsupported { .. }) => {
             let range = start..start + len;
             let request = super::kernel::ProcessRequest {
@@ -782,11 +679,10 @@ pub unsafe fn migrate_own(
                 selection: super::kernel::Selection::Ranges(vec![range]),
                 dry_run: false,
             };
-            let report = super::kernel::migrate_process(topology, &request, kernel_plan, &|_| {})?;
-            Ok(OwnMigration::Kernel {
-                report,
-                why: e.to_string(),
-            })
+            let mut report =
+                super::kernel::migrate_process(topology, &request, kernel_plan, &|_| {})?;
+            report.why.push(e.to_string());
+            Ok(report)
         }
         Err(e) => Err(e),
     }

@@ -8,6 +8,7 @@ use std::ops::Range;
 
 use serde::Serialize;
 
+use crate::account::ScanMethod;
 use crate::process::Process;
 use crate::procfs;
 use crate::sys::{self, Errno, PageCategories, PageRegion, Pagemap, SysError, pagemap_entry};
@@ -41,16 +42,6 @@ pub struct Run {
     pub state: PageState,
     /// Mapped by huge pages (transparent or hugetlb), one page-table entry per 2 MB.
     pub huge: bool,
-}
-
-/// How a [`Scan`] asked the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum ScanMethod {
-    /// One `PAGEMAP_SCAN` ioctl per 256 runs.
-    PagemapScan,
-    /// Reading the pagemap entry of every page (kernels before 6.7); the shared zero page counts
-    /// as present there, and huge pages are found in `/proc/self/smaps`.
-    PagemapRead,
 }
 
 /// The pages of a range, as runs that cover it from start to end.

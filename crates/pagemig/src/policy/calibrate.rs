@@ -353,12 +353,14 @@ pub fn calibrate(
             for &threads in &workers {
                 let plan =
                     KernelPlan::parallel(cpus[..threads].to_vec(), pages.len().div_ceil(threads));
+                let mut status = vec![0; pages.len()];
                 let gbps = median_gbps(budget.reps.min(3), 1, bytes, |_| {
                     let to = if at == a { b } else { a };
                     kernel::move_pages(
                         Process::Current,
                         &pages,
                         &vec![to; pages.len()],
+                        &mut status,
                         &plan,
                         &|_| {},
                     )?;
