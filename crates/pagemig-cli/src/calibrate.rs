@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use pagemig::copy::Copier;
 use pagemig::policy::{
-    self, CalibrateOptions, Copier, CostModel, Effort, MachineId, Resources, SizeCheck, Step,
+    self, CalibrateOptions, CostModel, Effort, MachineId, Resources, SizeCheck, Step,
 };
 use pagemig::sys;
 use pagemig::topology::{NodeId, Topology};

@@ -6,16 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use pagemig::account::ChargeTo;
-use pagemig::account::Report;
-use pagemig::copy::{Placement, Route};
-use pagemig::migrate::kernel::{self, KernelPlan, ProcessRequest, Progress, Selection};
-use pagemig::migrate::{MigrateError, check_target};
-use pagemig::policy::{Job, KernelChoice, Planner, Resources, Threads};
+use pagemig::account::{ChargeTo, Report};
+use pagemig::copy::Placement;
+use pagemig::migrate::{check_target, scan};
+use pagemig::policy::Resources;
 use pagemig::process::Process;
 use pagemig::procfs;
-use pagemig::sys;
 use pagemig::topology::{CpuSet, NodeId, NodeSet, Topology};
+use pagemig::{Migrator, Options, Plan, Progress, Request, Selection, Threads};
 
 use crate::calibrate::ModelArgs;
 
@@ -130,116 +128,131 @@ pub enum Outcome {
     Incomplete,
 }
 
-pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    let topo = Topology::detect().context("reading the topology from /sys")?;
-    check_target(&topo, args.to)?;
-    if args.batch == 0 {
-        anyhow::bail!("--batch must be at least one page");
-    }
-    let max_stall = match args.max_stall {
-        Some(ms) if ms > 0.0 && ms.is_finite() => Some(Duration::from_secs_f64(ms / 1e3)),
-        Some(ms) => anyhow::bail!("--max-stall {ms}: must be a positive number of milliseconds"),
-        None => None,
-    };
-    if args.all
-        && !procfs::status(Process::Current)
-            .context("reading this process's capabilities")?
-            .cap_sys_nice
-    {
-        anyhow::bail!(
-            "--all moves pages shared with other processes (MPOL_MF_MOVE_ALL), which needs \
-             CAP_SYS_NICE, and this process does not have it"
-        );
-    }
-    // Every process is checked before any moves, so that a bad pid later in the list does not
-    // stop a migration half done.
-    for &process in &args.pid {
-        kernel::check_process(process)
-            .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
-    }
-    let loaded = args.model.load()?;
-    let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?);
-    let selection = match (&args.range, &args.mapping) {
-        (ranges, _) if !ranges.is_empty() => Selection::Ranges(ranges.clone()),
-        (_, Some(pattern)) => Selection::Mappings(pattern.clone()),
-        _ => Selection::All,
-    };
-    let route = Route {
-        from: args.from.as_ref().and_then(|f| f.iter().next()),
-        to: Some(args.to),
-    };
-    let mut incomplete = false;
-    if args.json {
-        write!(out, "[")?;
-    }
-    for (k, &process) in args.pid.iter().enumerate() {
-        let request = ProcessRequest {
-            process,
+/// `pagemig migrate`'s arguments, checked and turned into what the library takes: every
+/// problem is found before any page moves.
+struct Config {
+    /// Every process, checked to exist and to be movable by this caller.
+    pids: Vec<Process>,
+    to: NodeId,
+    from: Option<NodeSet>,
+    selection: Selection,
+    options: Options,
+    explain: bool,
+    best_effort: bool,
+    json: bool,
+}
+
+impl Config {
+    fn new(args: &MigrateArgs, topo: &Topology) -> anyhow::Result<Self> {
+        check_target(topo, args.to)?;
+        if args.batch == 0 {
+            anyhow::bail!("--batch must be at least one page");
+        }
+        let max_stall = match args.max_stall {
+            Some(ms) if ms > 0.0 && ms.is_finite() => Some(Duration::from_secs_f64(ms / 1e3)),
+            Some(ms) => {
+                anyhow::bail!("--max-stall {ms}: must be a positive number of milliseconds")
+            }
+            None => None,
+        };
+        if args.all
+            && !procfs::status(Process::Current)
+                .context("reading this process's capabilities")?
+                .cap_sys_nice
+        {
+            anyhow::bail!(
+                "--all moves pages shared with other processes (MPOL_MF_MOVE_ALL), which needs \
+                 CAP_SYS_NICE, and this process does not have it"
+            );
+        }
+        // Every process is checked before any moves, so that a bad pid later in the list does
+        // not stop a migration half done.
+        for &process in &args.pid {
+            scan::check_process(process)
+                .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
+        }
+        let selection = match (&args.range, &args.mapping) {
+            (ranges, _) if !ranges.is_empty() => Selection::Ranges(ranges.clone()),
+            (_, Some(pattern)) => Selection::Mappings(pattern.clone()),
+            _ => Selection::All,
+        };
+        Ok(Config {
+            pids: args.pid.clone(),
             to: args.to,
             from: args.from.clone(),
-            selection: selection.clone(),
-            dry_run: args.dry_run,
-        };
+            selection,
+            options: Options {
+                dry_run: args.dry_run,
+                move_all: args.all,
+                batch: Some(args.batch),
+                max_stall,
+                charge: args.charge,
+                threads: args.threads,
+                placement: args.placement.clone(),
+                ..Options::default()
+            },
+            explain: args.explain,
+            best_effort: args.best_effort,
+            json: args.json,
+        })
+    }
+
+    fn request(&self, process: Process) -> Request<'static> {
+        let request = Request::process(process, self.selection.clone(), self.to);
+        match &self.from {
+            Some(from) => request.from_nodes(from.clone()),
+            None => request,
+        }
+        .with(self.options.clone())
+    }
+}
+
+pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let topo = Topology::detect().context("reading the topology from /sys")?;
+    let config = Config::new(args, &topo)?;
+    let loaded = args.model.load()?;
+    let migrator = Migrator::with(topo, loaded.model, Resources::detect()?);
+    let mut incomplete = false;
+    if config.json {
+        write!(out, "[")?;
+    }
+    for (k, &process) in config.pids.iter().enumerate() {
+        let request = config.request(process);
+        let context = || format!("migrating the pages of {process} to node {}", config.to);
+        let (scan, plan) = migrator.plan(&request).with_context(context)?;
+        if config.explain {
+            let text = explain(process, &plan, &loaded.source);
+            // JSON goes to stdout alone.
+            if config.json {
+                eprintln!("{text}");
+            } else {
+                writeln!(out, "{text}")?;
+            }
+        }
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template(
                 "{spinner} {msg} [{elapsed_precise}] {wide_bar} {pos}/{len} pages",
             )
             .expect("valid progress template"),
         );
-        bar.set_message(format!("{process} → node {}", args.to));
-        let explained = std::sync::Mutex::new(None);
-        let choose = |bytes: u64| -> Result<KernelPlan, MigrateError> {
-            let choice = plan(args, &planner, route, bytes)?;
-            let cpus = choice.cpus.clone();
-            *explained.lock().expect("not poisoned") = Some(choice);
-            Ok(KernelPlan {
-                cpus,
-                batch: args.batch,
-                max_stall,
-                move_all: args.all,
-                charge: args.charge,
+        bar.set_message(format!("{process} → node {}", config.to));
+        let report = migrator
+            .execute(&request, &scan, &plan, &|p| match p {
+                Progress::Planned(n) => bar.set_length(n),
+                Progress::Moved(n) => bar.inc(n),
             })
-        };
-        let report = kernel::migrate_process_planned(&topo, &request, &choose, &|p| match p {
-            Progress::Planned(n) => bar.set_length(n),
-            Progress::Moved(n) => bar.inc(n),
-        })
-        .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
+            .with_context(context)?;
         bar.finish_and_clear();
-        let mut predicted = None;
-        if let Some(why) = explained.into_inner().expect("not poisoned")
-            && args.explain
-        {
-            predicted = why.predicted_gbps;
-            let text = format!(
-                "plan for {process}: {} thread(s) on CPUs {}, {} pages per call, charged to the {}; {}\n  why: {}",
-                why.cpus.len(),
-                why.cpus.iter().copied().collect::<CpuSet>(),
-                args.batch,
-                if args.charge == ChargeTo::Target {
-                    "target's cgroup"
-                } else {
-                    "caller"
-                },
-                loaded.source,
-                why.why.join("\n  why: ")
-            );
-            // JSON goes to stdout alone.
-            if args.json {
-                eprintln!("{text}");
-            } else {
-                writeln!(out, "{text}")?;
-            }
-        }
         // Each report as soon as its process is done: an interrupted run keeps what finished.
-        if args.json {
+        if config.json {
             writeln!(out, "{}", if k == 0 { "" } else { "," })?;
             serde_json::to_writer_pretty(&mut *out, &report)?;
         } else {
             render(&report, out)?;
-            if args.explain
+            if config.explain
                 && report.pages_moved > 0
-                && let Some(line) = check_prediction(report.gbps(), predicted, report.calls.threads)
+                && let Some(line) =
+                    check_prediction(report.gbps(), plan.predicted_gbps, report.calls.threads)
             {
                 writeln!(out, "{line}")?;
             }
@@ -247,14 +260,33 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         out.flush()?;
         incomplete |= report.pages_not_moved() > 0;
     }
-    if args.json {
+    if config.json {
         writeln!(out, "\n]")?;
     }
-    Ok(if incomplete && !args.best_effort && !args.dry_run {
-        Outcome::Incomplete
-    } else {
-        Outcome::Complete
-    })
+    Ok(
+        if incomplete && !config.best_effort && !config.options.dry_run {
+            Outcome::Incomplete
+        } else {
+            Outcome::Complete
+        },
+    )
+}
+
+/// `--explain`: the plan's path, threads, batch, who pays, and every reason.
+fn explain(process: Process, plan: &Plan, model_source: &str) -> String {
+    format!(
+        "plan for {process}: {} thread(s) on CPUs {}, {} pages per call, the {} path, charged to the {}; {model_source}\n  why: {}",
+        plan.cpus.len(),
+        plan.cpus.iter().copied().collect::<CpuSet>(),
+        plan.batch,
+        plan.path,
+        if plan.charge == ChargeTo::Target {
+            "target's cgroup"
+        } else {
+            "caller"
+        },
+        plan.why.join("\n  why: ")
+    )
 }
 
 /// The kernel path's check of its plan: the measured rate against the model's prediction for
@@ -268,23 +300,6 @@ fn check_prediction(measured: f64, predicted: Option<f64>, threads: usize) -> Op
     } else {
         format!("  checked: {measured:.2} GB/s, as predicted ({predicted:.2} GB/s)")
     })
-}
-
-/// The threads' CPUs for a migration of `bytes`: the planner's, or as the options say.
-fn plan(
-    args: &MigrateArgs,
-    planner: &Planner<'_>,
-    route: Route,
-    bytes: u64,
-) -> Result<KernelChoice, MigrateError> {
-    let page = sys::base_page_size() as u64;
-    Ok(planner.plan_kernel_as(
-        Job { bytes, route },
-        args.batch as u64 * page,
-        args.threads,
-        args.placement.as_ref(),
-        "--threads",
-    )?)
 }
 
 fn mib(bytes: u64) -> String {

@@ -7,13 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pagemig::account::{Path, RemapFacts, Report, SkipReason, Verify};
 use pagemig::copy::{CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, Pool};
-use pagemig::migrate::kernel;
-use pagemig::migrate::remap::{self, RemapError, RemapPlan};
+use pagemig::migrate::remap::{self, Handles, RemapError, Tools};
 use pagemig::migrate::reservoir::Reservoirs;
+use pagemig::migrate::scan;
+use pagemig::policy::Resources;
 use pagemig::process::Process;
 use pagemig::procfs;
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping, PageNode, Uffd};
 use pagemig::topology::{NodeId, NodeSet, Topology};
+use pagemig::{Migrator, Plan, Request};
 
 const PAGE: usize = 4096;
 
@@ -48,7 +50,7 @@ fn facts(r: &Report) -> &RemapFacts {
 
 fn on_node(start: usize, len: usize, step: usize) -> Vec<PageNode> {
     let pages: Vec<usize> = (start..start + len).step_by(step).collect();
-    kernel::query(Process::Current, &pages).unwrap()
+    scan::query(Process::Current, &pages).unwrap()
 }
 
 #[test]
@@ -68,13 +70,15 @@ fn addresses_contents_and_untouched_pages_are_kept() {
     let before = m.as_slice().to_vec();
     let start = m.as_ptr() as usize;
     let pool = pool();
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((2 << 20) / PAGE);
+    let tools = Tools {
         engine: &pool,
-        batch_bytes: 2 << 20,
+        handles: &handles,
         reservoirs: None,
     };
     for to in [b, a] {
-        let r = remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan).unwrap();
+        let r = remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan, tools).unwrap();
         assert_eq!(m.as_ptr() as usize, start);
         assert_eq!(
             r.pages_moved + r.pages_not_moved(),
@@ -170,9 +174,11 @@ fn writers_lose_nothing(test: &str, huge: bool, reservoir: bool) {
     };
     let pool = pool();
     let reservoirs = Reservoirs::new(4 * pages * PAGE);
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((2 * HUGE_PAGE_SIZE) / PAGE);
+    let tools = Tools {
         engine: &pool,
-        batch_bytes: 2 * HUGE_PAGE_SIZE,
+        handles: &handles,
         reservoirs: reservoir.then_some(&reservoirs),
     };
     let mut waited = 0;
@@ -180,7 +186,7 @@ fn writers_lose_nothing(test: &str, huge: bool, reservoir: bool) {
     for round in 0..12 {
         let to = if round % 2 == 0 { b } else { a };
         // SAFETY: the mapping is anonymous private; the threads touch it only through atomics.
-        let r = unsafe { remap::migrate_range(&topo, base, m.len(), to, &plan) }.unwrap();
+        let r = unsafe { remap::migrate_range(&topo, base, m.len(), to, &plan, tools) }.unwrap();
         assert_eq!(r.pages_moved, pages as u64, "{r:#?}");
         waited += facts(&r).writes_waited;
         from_reservoir += facts(&r).pages_from_reservoir;
@@ -268,21 +274,23 @@ fn what_cannot_be_remapped_is_refused_by_name() {
         return;
     };
     let pool = pool();
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((1 << 20) / PAGE);
+    let tools = Tools {
         engine: &pool,
-        batch_bytes: 1 << 20,
+        handles: &handles,
         reservoirs: None,
     };
     // SAFETY: each call is refused before it touches anything.
     unsafe {
         assert!(matches!(
-            remap::migrate_range(&topo, 4096, 4096, a, &plan),
+            remap::migrate_range(&topo, 4096, 4096, a, &plan, tools),
             Err(RemapError::NotMapped { .. })
         ));
         let m = Mapping::anonymous(4 * PAGE).unwrap();
         let start = m.as_ptr() as usize;
         assert!(matches!(
-            remap::migrate_range(&topo, start + 1, PAGE, a, &plan),
+            remap::migrate_range(&topo, start + 1, PAGE, a, &plan, tools),
             Err(RemapError::Misaligned { .. })
         ));
         // Past the end of the usable part of a mapping: tests running beside this one may map
@@ -293,7 +301,7 @@ fn what_cannot_be_remapped_is_refused_by_name() {
             libc::mprotect((start + 4 * PAGE) as *mut _, 60 * PAGE, libc::PROT_NONE),
             0
         );
-        let err = remap::migrate_range(&topo, start, 64 * PAGE, a, &plan).unwrap_err();
+        let err = remap::migrate_range(&topo, start, 64 * PAGE, a, &plan, tools).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -306,8 +314,8 @@ fn what_cannot_be_remapped_is_refused_by_name() {
             .into_iter()
             .find(|m| !m.path.is_empty() && m.path.starts_with('/'))
             .unwrap();
-        let err =
-            remap::migrate_range(&topo, exe.start, exe.end - exe.start, a, &plan).unwrap_err();
+        let err = remap::migrate_range(&topo, exe.start, exe.end - exe.start, a, &plan, tools)
+            .unwrap_err();
         assert!(
             matches!(err, RemapError::NotAnonymousPrivate { .. }),
             "{err}"
@@ -317,7 +325,7 @@ fn what_cannot_be_remapped_is_refused_by_name() {
         locked.populate();
         if libc::mlock(locked.as_ptr().cast(), 4 * PAGE) == 0 {
             let start = locked.as_ptr() as usize;
-            let err = remap::migrate_range(&topo, start, 4 * PAGE, a, &plan).unwrap_err();
+            let err = remap::migrate_range(&topo, start, 4 * PAGE, a, &plan, tools).unwrap_err();
             assert!(matches!(err, RemapError::Locked { .. }), "{err}");
             assert!(err.to_string().contains("locked in memory"), "{err}");
         }
@@ -347,12 +355,14 @@ fn a_failed_copy_leaves_every_page_usable_where_it_was() {
     let mut m = Mapping::anonymous(64 * PAGE).unwrap();
     m.bind(&NodeSet::from_iter([a])).unwrap();
     m.as_mut_slice().fill(7);
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((1 << 20) / PAGE);
+    let tools = Tools {
         engine: &Failing,
-        batch_bytes: 1 << 20,
+        handles: &handles,
         reservoirs: None,
     };
-    let err = remap::migrate_mapping(&topo, &mut m, 0..64 * PAGE, b, &plan).unwrap_err();
+    let err = remap::migrate_mapping(&topo, &mut m, 0..64 * PAGE, b, &plan, tools).unwrap_err();
     assert!(
         matches!(err, RemapError::Copy { moved_until, .. } if moved_until == m.as_ptr() as usize),
         "{err}"
@@ -380,9 +390,11 @@ fn recycled_pages_never_show_their_old_contents() {
     let len = pages * PAGE;
     let pool = pool();
     let reservoirs = Reservoirs::new(2 * len);
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((len) / PAGE);
+    let tools = Tools {
         engine: &pool,
-        batch_bytes: len,
+        handles: &handles,
         reservoirs: Some(&reservoirs),
     };
     let buffer = |node: NodeId| {
@@ -394,14 +406,14 @@ fn recycled_pages_never_show_their_old_contents() {
     // X's pages hold a secret; moving X a -> b leaves them in node a's reservoir.
     let mut x = buffer(a);
     x.as_mut_slice().fill(0xAA);
-    let r = remap::migrate_mapping(&topo, &mut x, 0..len, b, &plan).unwrap();
+    let r = remap::migrate_mapping(&topo, &mut x, 0..len, b, &plan, tools).unwrap();
     assert_eq!(facts(&r).pages_recycled, pages as u64, "{r:#?}");
     // Y, with every 8th page never touched, moves b -> a on X's old pages.
     let mut y = buffer(b);
     for i in (0..pages).filter(|i| i % 8 != 0) {
         y.as_mut_slice()[i * PAGE..(i + 1) * PAGE].fill(0x55);
     }
-    let r = remap::migrate_mapping(&topo, &mut y, 0..len, a, &plan).unwrap();
+    let r = remap::migrate_mapping(&topo, &mut y, 0..len, a, &plan, tools).unwrap();
     assert_eq!(facts(&r).pages_from_reservoir, pages as u64, "{r:#?}");
     let start = y.as_ptr() as usize;
     let placed = on_node(start, len, PAGE);
@@ -493,17 +505,11 @@ fn without_userfaultfd_the_kernel_path_moves_own_memory() {
     let mut m = Mapping::anonymous(64 * PAGE).unwrap();
     m.bind(&NodeSet::from_iter([a])).unwrap();
     m.as_mut_slice().fill(3);
-    let pool = pool();
-    let plan = RemapPlan {
-        engine: &pool,
-        batch_bytes: 1 << 20,
-        reservoirs: None,
-    };
-    let kernel_plan = pagemig::migrate::kernel::KernelPlan::serial(64);
-    // SAFETY: `m` is anonymous private memory that no other thread touches.
-    let moved =
-        unsafe { remap::migrate_own(&topo, m.as_ptr() as usize, m.len(), b, &plan, &kernel_plan) }
-            .unwrap();
+    let migrator = Migrator::with(topo, None, Resources::snapshot().unwrap());
+    let (start, len) = (m.as_ptr() as usize, m.len());
+    let moved = migrator
+        .migrate(&Request::mapping(&mut m, 0..len, b))
+        .unwrap();
     assert_eq!(moved.path, Path::Kernel, "{moved:#?}");
     assert!(
         moved.why.iter().any(|w| w.contains("userfaultfd")),
@@ -516,7 +522,7 @@ fn without_userfaultfd_the_kernel_path_moves_own_memory() {
         "{moved:#?}"
     );
     assert!(
-        on_node(m.as_ptr() as usize, m.len(), PAGE)
+        on_node(start, len, PAGE)
             .iter()
             .all(|p| *p == PageNode::Node(b))
     );
@@ -545,13 +551,15 @@ fn a_target_node_that_fills_up_stops_with_every_page_usable() {
         chunk.fill(i as u8);
     }
     let pool = pool();
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((16 << 20) / PAGE);
+    let tools = Tools {
         engine: &pool,
-        batch_bytes: 16 << 20,
+        handles: &handles,
         reservoirs: None,
     };
     let start = m.as_ptr() as usize;
-    let err = remap::migrate_mapping(&topo, &mut m, 0..len, small, &plan).unwrap_err();
+    let err = remap::migrate_mapping(&topo, &mut m, 0..len, small, &plan, tools).unwrap_err();
     let RemapError::NoMemory { moved_until, .. } = err else {
         panic!("expected NoMemory: {err}")
     };
@@ -662,18 +670,21 @@ fn random_sub_ranges_move_between_every_pair_of_nodes() {
                 let first = outer.start + rand(outer.len());
                 (first..first + 1 + rand(outer.end - first), b)
             };
-            let plan = RemapPlan {
+            let handles = Handles::open().unwrap();
+            let mut plan = Plan::remap(1 + rand(1024));
+            let tools = Tools {
                 engine: &pool,
-                batch_bytes: (1 + rand(1024)) * PAGE,
+                handles: &handles,
                 reservoirs: reservoir.then_some(&reservoirs),
             };
             let start = base + range.start * PAGE;
             let len = range.len() * PAGE;
             let full = round % 4 == 1;
             let verify = if full { Verify::Full } else { Verify::Sample };
+            plan.verify = verify;
             // SAFETY: the mapping is anonymous private; the writers touch it only through
             // atomics.
-            let r = unsafe { remap::migrate_range_verified(&topo, start, len, to, &plan, verify) }
+            let r = unsafe { remap::migrate_range(&topo, start, len, to, &plan, tools) }
                 .unwrap_or_else(|e| panic!("round {round}, pages {range:?} to node {to}: {e}"));
             let holes = range.clone().filter(|&i| untouched(i)).count() as u64;
             assert_eq!(
@@ -734,8 +745,9 @@ fn random_sub_ranges_move_between_every_pair_of_nodes() {
 /// through auto's check of its choices (timed and judged per batch size), at no extra cost.
 #[test]
 fn the_auto_engine_checks_its_choices_on_the_remap_path() {
+    use pagemig::copy::Copier;
     use pagemig::policy::{
-        AutoEngine, Copier, CopyPoint, CostModel, Effort, MachineId, Planner, Resources,
+        AutoEngine, CopyPoint, CostModel, Effort, MachineId, Planner, Resources,
     };
     let Some((topo, a, b)) = setup("the_auto_engine_checks_its_choices_on_the_remap_path") else {
         return;
@@ -774,13 +786,15 @@ fn the_auto_engine_checks_its_choices_on_the_remap_path() {
         page.fill(i as u8 ^ 0x5a);
     }
     let before = m.as_slice().to_vec();
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((batch) / PAGE);
+    let tools = Tools {
         engine: &auto,
-        batch_bytes: batch,
+        handles: &handles,
         reservoirs: None,
     };
     for to in [b, a] {
-        remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan).unwrap();
+        remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan, tools).unwrap();
         assert!(
             m.as_slice() == &before[..],
             "contents changed moving to node {to}"

@@ -4,11 +4,12 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 use indicatif::ProgressBar;
+use pagemig::copy::Copier;
 use pagemig::copy::dma::{self, DmaKind};
 use pagemig::copy::{
     CopyEngine, CopyOp, CpuEngine, EngineKind, Offload, PageCopy, Placement, Pool, Route,
 };
-use pagemig::policy::{AutoEngine, Copier, Effort, Planner, Resources, worker_counts};
+use pagemig::policy::{AutoEngine, Effort, Planner, Resources, worker_counts};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{NodeId, NodeSet, Topology};
 

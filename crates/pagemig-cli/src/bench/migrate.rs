@@ -6,15 +6,16 @@ use std::io::Write;
 use anyhow::{Context, bail};
 use pagemig::account::{Phases, Verify};
 use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
-use pagemig::migrate::kernel::{self, KernelPlan};
-use pagemig::migrate::remap::{self, RemapPlan};
+use pagemig::migrate::kernel;
+use pagemig::migrate::remap::{self, Handles, Tools};
 use pagemig::migrate::reservoir::Reservoirs;
 use pagemig::migrate::syscall;
-use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources, Threads, worker_counts};
+use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources, worker_counts};
 use pagemig::process::Process;
 use pagemig::procfs;
 use pagemig::sys::{self, ForeignOut, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
+use pagemig::{Plan, Threads};
 
 use super::{
     OutputArgs, PageTable, PhaseRow, Report, Row, check_node, default_rows, measure,
@@ -112,12 +113,13 @@ struct Timed {
 
 /// How one column moves a block.
 enum Mover {
-    Kernel(KernelPlan),
+    Kernel(Plan),
     /// The kernel path with the planner's threads for each row's size.
-    KernelAuto(KernelPlan),
+    KernelAuto(Plan),
     /// One move_pages call with every page, as a program under libpagemig_preload.so makes it.
     Preload(Box<syscall::Context>),
-    Remap(Box<dyn CopyEngine>, Verify),
+    /// The remap path with an engine, checking the new pages as said, with its userfaultfd.
+    Remap(Box<dyn CopyEngine>, Verify, Box<Handles>),
     /// The copy engine alone, copying the same bytes into pages already faulted in on the
     /// target: what the remap path would reach if everything around its copy were free.
     Copy(Box<dyn CopyEngine>),
@@ -182,21 +184,16 @@ impl Block {
                 }
                 self.pages_failed += status.iter().filter(|&&s| s != to as c_int).count() as u64;
             }
-            Mover::Remap(engine, verify) => {
+            Mover::Remap(engine, verify, handles) => {
                 let bytes = pages * self.page_size;
-                let plan = RemapPlan {
+                let mut plan = Plan::remap(bytes / sys::base_page_size());
+                plan.verify = *verify;
+                let tools = Tools {
                     engine: engine.as_ref(),
-                    batch_bytes: bytes,
+                    handles,
                     reservoirs,
                 };
-                let r = remap::migrate_mapping_verified(
-                    topo,
-                    &mut self.buf,
-                    0..bytes,
-                    to,
-                    &plan,
-                    *verify,
-                )?;
+                let r = remap::migrate_mapping(topo, &mut self.buf, 0..bytes, to, &plan, tools)?;
                 self.pages_failed += r.pages_not_moved();
                 phases.add(&r.phases);
             }
@@ -292,17 +289,18 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let with_vanilla = from != to;
     let mut movers: Vec<(String, Mover)> = Vec::new();
     if with_vanilla {
-        movers.push(("vanilla".into(), Mover::Kernel(KernelPlan::serial(1))));
+        movers.push(("vanilla".into(), Mover::Kernel(Plan::serial(1))));
     }
     for &n in &threads {
         let mover = match args.path {
-            PathKind::Kernel => Mover::Kernel(KernelPlan::parallel(cpus[..n].to_vec(), 0)),
+            PathKind::Kernel => Mover::Kernel(Plan::parallel(cpus[..n].to_vec(), 0)),
             PathKind::Remap => Mover::Remap(
                 Box::new(
                     Pool::new(CpuEngine::new(EngineKind::Nt)?, &cpus[..n])
                         .context("starting copy workers")?,
                 ),
                 args.verify.into(),
+                Box::new(Handles::open()?),
             ),
         };
         movers.push((format!("mt_{n}"), mover));
@@ -318,13 +316,14 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     movers.push((
         "auto".into(),
         match args.path {
-            PathKind::Kernel => Mover::KernelAuto(KernelPlan::serial(0)),
+            PathKind::Kernel => Mover::KernelAuto(Plan::serial(0)),
             PathKind::Remap => Mover::Remap(
                 Box::new(
                     AutoEngine::new(&planner, route)
                         .context("starting the auto column's engine")?,
                 ),
                 args.verify.into(),
+                Box::new(Handles::open()?),
             ),
         },
     ));

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use super::plan::Plan;
 use super::reservoir::Reservoirs;
 use super::scan::{PageState, scan_own, scan_own_for};
 use crate::account::{
@@ -30,7 +31,7 @@ use crate::topology::{NodeId, NodeSet, Topology};
 /// error says up to where: every page is readable and writable either way.
 #[derive(Debug, thiserror::Error)]
 pub enum RemapError {
-    /// userfaultfd write-protect is not available; [`migrate_own`] falls back to the kernel path.
+    /// userfaultfd write-protect is not available: the planner chooses the kernel path instead.
     #[error(
         "the remap path needs userfaultfd write-protect of unpopulated pages (Linux 6.4+) and \
          permission to use userfaultfd (vm.unprivileged_userfaultfd, or user-mode faults): {source}"
@@ -148,17 +149,17 @@ pub enum RemapError {
 pub const SAMPLE_BASE_PAGES: usize = 16;
 
 /// What the remap path keeps open between calls: the userfaultfd that write-protects batches,
-/// and the `/proc/self` files it asks about pages and mappings. [`Reservoirs`] keep one for
-/// their lifetime; a call without reservoirs opens its own.
+/// and the `/proc/self` files it asks about pages and mappings. Opened once (the
+/// [`crate::Migrator`] keeps one for its lifetime), so that a call does not open them again.
 #[derive(Debug)]
-pub(crate) struct Handles {
+pub struct Handles {
     uffd: Uffd,
     pagemap: Pagemap,
 }
 
 impl Handles {
     /// Opens the userfaultfd (write-protect of unpopulated pages) and the files.
-    pub(crate) fn open() -> Result<Self, RemapError> {
+    pub fn open() -> Result<Self, RemapError> {
         let uffd =
             Uffd::open_write_protect().map_err(|source| RemapError::Unsupported { source })?;
         let pagemap = Pagemap::open_own().map_err(|source| RemapError::NoProcfs { source })?;
@@ -286,21 +287,22 @@ fn pages_to_verify(runs: &[(Range<usize>, bool)], mode: Verify) -> Vec<usize> {
     out
 }
 
-/// How the remap path runs.
-pub struct RemapPlan<'a> {
-    /// Copies the pages (a [`crate::copy::Pool`] for several workers).
+/// What the remap path works with besides its [`Plan`].
+#[derive(Clone, Copy)]
+pub struct Tools<'a> {
+    /// Copies the pages, as the plan's copier says (a [`crate::copy::Pool`] for several
+    /// workers).
     pub engine: &'a dyn CopyEngine,
-    /// Bytes per batch: writers to a batch wait while it moves. Rounded to 2 MB where the range
-    /// is 2 MB aligned.
-    pub batch_bytes: usize,
-    /// Where new pages come from and old pages go, instead of being allocated and freed; they
-    /// also keep the userfaultfd open between calls. With them, accesses to a batch's pages that
-    /// are not there yet (never touched, or between the two remaps) wait for the batch too.
+    /// The userfaultfd and files, kept open between calls.
+    pub handles: &'a Handles,
+    /// Where new pages come from and old pages go, instead of being allocated and freed. With
+    /// them, accesses to a batch's pages that are not there yet (never touched, or between the
+    /// two remaps) wait for the batch too.
     pub reservoirs: Option<&'a Reservoirs>,
 }
 
-/// Moves `[start, start + len)` of the calling process to node `to`, keeping its addresses and
-/// contents, one batch at a time; checks a sample of the new pages ([`Verify::Sample`]).
+/// Moves `[start, start + len)` of the calling process to node `to` as `plan` says, keeping
+/// its addresses and contents, one batch at a time; checks the new pages as `plan.verify` says.
 ///
 /// # Safety
 /// The range must be anonymous private memory of this process that no thread unmaps, remaps or
@@ -313,23 +315,8 @@ pub unsafe fn migrate_range(
     start: usize,
     len: usize,
     to: NodeId,
-    plan: &RemapPlan<'_>,
-) -> Result<Report, RemapError> {
-    // SAFETY: forwarded from the caller.
-    unsafe { migrate_range_verified(topology, start, len, to, plan, Verify::Sample) }
-}
-
-/// As [`migrate_range`], checking the new pages as `verify` says.
-///
-/// # Safety
-/// As [`migrate_range`].
-pub unsafe fn migrate_range_verified(
-    topology: &Topology,
-    start: usize,
-    len: usize,
-    to: NodeId,
-    plan: &RemapPlan<'_>,
-    verify: Verify,
+    plan: &Plan,
+    tools: Tools<'_>,
 ) -> Result<Report, RemapError> {
     let caller_cpu_start = sys::thread_cpu_time();
     let started = Instant::now();
@@ -339,20 +326,14 @@ pub unsafe fn migrate_range_verified(
         .checked_add(len)
         .ok_or(RemapError::Misaligned { start, len })?;
     super::check_target(topology, to)?;
-    let own;
-    let handles = match plan.reservoirs {
-        Some(r) => r.handles()?,
-        None => {
-            own = Handles::open()?;
-            &own
-        }
-    };
+    let verify = plan.verify;
+    let handles = tools.handles;
     check_range(&handles.pagemap, start, end)?;
     let (uffd, pagemap) = (&handles.uffd, &handles.pagemap);
     let aligned = start.is_multiple_of(HUGE_PAGE_SIZE) && len.is_multiple_of(HUGE_PAGE_SIZE);
     let page = sys::base_page_size();
     let unit = if aligned { HUGE_PAGE_SIZE } else { page };
-    let batch = plan.batch_bytes.max(unit) / unit * unit;
+    let batch = plan.batch.saturating_mul(page).max(unit) / unit * unit;
     let mut facts = RemapFacts {
         batches: 0,
         pages_from_reservoir: 0,
@@ -389,7 +370,7 @@ pub unsafe fn migrate_range_verified(
 
         // Writers wait from here until the wake; with reservoirs, so do accesses to pages that
         // are not there.
-        uffd.register(pos, b_len, plan.reservoirs.is_some())
+        uffd.register(pos, b_len, tools.reservoirs.is_some())
             .map_err(failed)?;
         // On any failure below, lift the protection so that the batch stays usable where it is;
         // the userfaultfd may outlive this call, so the range is unregistered too.
@@ -417,7 +398,7 @@ pub unsafe fn migrate_range_verified(
         let present: usize = runs.iter().map(|r| r.len()).sum();
         // Old pages go to the reservoir of their node: only whole batches of data, whose chunk
         // then has no hole that a later copy would fault in under an old memory policy.
-        let recycle_to = match (plan.reservoirs, runs.as_slice()) {
+        let recycle_to = match (tools.reservoirs, runs.as_slice()) {
             (Some(_), [r]) if r.len() == b_len && scan.bytes(PageState::Swapped) == 0 => {
                 match sys::query_page_nodes(0, &[pos]).map_err(|e| undo(failed(e)))?[..] {
                     [PageNode::Node(n)] => Some(n),
@@ -428,7 +409,7 @@ pub unsafe fn migrate_range_verified(
         };
         laps.lap(&mut phases.scan);
 
-        let reserved = plan.reservoirs.is_some_and(|r| r.holds(to, huge, b_len));
+        let reserved = tools.reservoirs.is_some_and(|r| r.holds(to, huge, b_len));
         if !reserved {
             // Keep a margin above the node's watermarks: filling a node that a mapping is bound
             // to invokes the OOM killer.
@@ -450,7 +431,7 @@ pub unsafe fn migrate_range_verified(
             laps.lap(&mut phases.check);
         }
 
-        let reserved = plan.reservoirs.and_then(|r| r.take(to, huge, b_len));
+        let reserved = tools.reservoirs.and_then(|r| r.take(to, huge, b_len));
         let new = match reserved {
             Some(mut m) => {
                 // Drop the stale pages the copy will not overwrite.
@@ -491,7 +472,7 @@ pub unsafe fn migrate_range_verified(
                 )
             })
             .collect();
-        let stats = plan.engine.copy(&ops).map_err(|source| {
+        let stats = tools.engine.copy(&ops).map_err(|source| {
             undo(RemapError::Copy {
                 start,
                 end,
@@ -537,7 +518,7 @@ pub unsafe fn migrate_range_verified(
         // Read the fault messages before waking: a woken fault takes its message with it.
         facts.writes_waited += uffd.drain().map_err(failed)? as u64;
         uffd.wake(pos, b_len).map_err(failed)?;
-        if let (Some(r), Some((node, mut old))) = (plan.reservoirs, recycled) {
+        if let (Some(r), Some((node, mut old))) = (tools.reservoirs, recycled) {
             // After the wake: writers do not wait for this.
             old.restore_write_access().map_err(failed)?;
             let pages = (old.len() / page) as u64;
@@ -617,31 +598,19 @@ pub unsafe fn migrate_range_verified(
             usage_after_usec: None,
         },
         remap: Some(facts),
-        why: Vec::new(),
+        why: plan.why.clone(),
     })
 }
 
 /// Moves the bytes `range` (page-aligned offsets) of `mapping` to node `to` with the remap path,
 /// keeping their addresses: the owned, node-placed buffer of this library (see [`Mapping::bind`]).
-/// Checks a sample of the new pages ([`Verify::Sample`]).
 pub fn migrate_mapping(
     topology: &Topology,
     mapping: &mut Mapping,
     range: Range<usize>,
     to: NodeId,
-    plan: &RemapPlan<'_>,
-) -> Result<Report, RemapError> {
-    migrate_mapping_verified(topology, mapping, range, to, plan, Verify::Sample)
-}
-
-/// As [`migrate_mapping`], checking the new pages as `verify` says.
-pub fn migrate_mapping_verified(
-    topology: &Topology,
-    mapping: &mut Mapping,
-    range: Range<usize>,
-    to: NodeId,
-    plan: &RemapPlan<'_>,
-    verify: Verify,
+    plan: &Plan,
+    tools: Tools<'_>,
 ) -> Result<Report, RemapError> {
     let start = mapping.as_ptr() as usize + range.start;
     let len = range
@@ -650,40 +619,5 @@ pub fn migrate_mapping_verified(
         .saturating_sub(range.start);
     // SAFETY: `mapping` is anonymous private memory that this exclusive borrow keeps every
     // other reference away from for the whole call; the range lies inside it.
-    unsafe { migrate_range_verified(topology, start, len, to, plan, verify) }
-}
-
-/// Moves `[start, start + len)` of the calling process to node `to` with the remap path, or with
-/// the kernel path (`move_pages`) where userfaultfd write-protect is not available (an old
-/// kernel, or a seccomp profile that forbids userfaultfd); the report says which path and why.
-///
-/// # Safety
-/// As [`migrate_range`].
-pub unsafe fn migrate_own(
-    topology: &Topology,
-    start: usize,
-    len: usize,
-    to: NodeId,
-    plan: &RemapPlan<'_>,
-    kernel_plan: &super::kernel::KernelPlan,
-) -> Result<Report, RemapError> {
-    // SAFETY: forwarded from the caller.
-    match unsafe { migrate_range(topology, start, len, to, plan) } {
-        Ok(report) => Ok(report),
-        Err(e @ RemapError::Unsupported { .. }) => {
-            let range = start..start + len;
-            let request = super::kernel::ProcessRequest {
-                process: Process::Current,
-                to,
-                from: None,
-                selection: super::kernel::Selection::Ranges(vec![range]),
-                dry_run: false,
-            };
-            let mut report =
-                super::kernel::migrate_process(topology, &request, kernel_plan, &|_| {})?;
-            report.why.push(e.to_string());
-            Ok(report)
-        }
-        Err(e) => Err(e),
-    }
+    unsafe { migrate_range(topology, start, len, to, plan, tools) }
 }

@@ -1,10 +1,10 @@
 //! The planner on fake topologies, loads and cost models; the model's JSON file.
 
 use pagemig::copy::dma::DmaKind;
-use pagemig::copy::{EngineKind, Placement, Route};
+use pagemig::copy::{Copier, EngineKind, Placement, Route};
 use pagemig::policy::{
-    CalibrateOptions, Copier, CopyPoint, CostModel, Effort, Job, KernelPoint, MachineId,
-    ModelError, Planner, Resources, calibrate, worker_counts,
+    CalibrateOptions, CopyPoint, CostModel, Effort, Job, KernelPoint, MachineId, ModelError,
+    Planner, Resources, calibrate, worker_counts,
 };
 use pagemig::topology::{CpuSet, Topology};
 use proptest::prelude::*;
