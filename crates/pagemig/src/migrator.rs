@@ -206,9 +206,6 @@ impl Migrator {
                 ));
                 let mut report: Option<Report> = None;
                 for r in runs {
-                    if request.options.dry_run {
-                        break;
-                    }
                     // SAFETY: own ranges are made only by `Request::own`, whose caller keeps
                     // `migrate_range`'s contract, and `Request::mapping`, which borrows the
                     // mapping exclusively for as long as the request lives.
@@ -230,10 +227,11 @@ impl Migrator {
                         Some(all) => merge(all, one),
                     });
                 }
-                match report {
-                    Some(r) => Ok(r),
-                    None => Ok(dry_remap(request, scan, plan)),
-                }
+                report.ok_or(MigrateError::BadRange {
+                    start: 0,
+                    end: 0,
+                    reason: "no range to move",
+                })
             }
         }
     }
@@ -276,48 +274,4 @@ fn merge(mut all: Report, one: Report) -> Report {
         a.verification.batches_checked_in_full += b.verification.batches_checked_in_full;
     }
     all
-}
-
-/// What the remap path would move: the pages with data of each range.
-fn dry_remap(request: &Request<'_>, scan: &Scan, plan: &Plan) -> Report {
-    let page = crate::sys::base_page_size() as u64;
-    let bytes = scan.bytes_to_move();
-    let requested = match &scan.found {
-        Found::Runs(runs) => runs.iter().map(|r| r.range.len() as u64).sum::<u64>() / page,
-        Found::Pages(p) => p.requested,
-    };
-    let mut skipped = std::collections::BTreeMap::new();
-    if requested > bytes / page {
-        skipped.insert(
-            crate::account::SkipReason::NothingToMove,
-            requested - bytes / page,
-        );
-    }
-    Report {
-        path: Path::Remap,
-        process: Process::Current,
-        to: request.to,
-        dry_run: true,
-        page_size: page,
-        pages_requested: requested,
-        pages_moved: bytes / page,
-        pages_already_on_target: 0,
-        pages_skipped: skipped,
-        pages_failed: Default::default(),
-        pages_left_by_node: Default::default(),
-        bytes_moved: bytes,
-        calls: Default::default(),
-        phases: Default::default(),
-        wall: Default::default(),
-        caller_cpu: Default::default(),
-        process_exited: false,
-        charged_to: crate::account::Charge {
-            to: plan.charge,
-            cgroup: None,
-            usage_before_usec: None,
-            usage_after_usec: None,
-        },
-        remap: None,
-        why: plan.why.clone(),
-    }
 }

@@ -119,7 +119,8 @@ pub struct Job {
     pub route: Route,
 }
 
-/// How to copy one batch, and why.
+/// How to copy one batch of a given size, and why. Not a [`Plan`]: the auto engine keeps one
+/// per batch size for the life of a copy route, where a plan is one migration's.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CopyPlan {
     /// The copier.
@@ -541,6 +542,11 @@ impl<'a> Planner<'a> {
         }
         if o.path == PathChoice::Kernel {
             return Ok(kernel_because("asked for".into()));
+        }
+        if o.dry_run {
+            return Ok(kernel_because(
+                "a dry run: the kernel path counts what would move, and where it is".into(),
+            ));
         }
         if o.move_all {
             return Ok(kernel_because(
