@@ -809,3 +809,61 @@ fn the_auto_engine_checks_its_choices_on_the_remap_path() {
     assert!(!at.measured.is_empty(), "{at:?}");
     assert!(at.measured.iter().all(|(_, g)| *g > 0.0), "{at:?}");
 }
+
+/// The planner chooses the path: the remap path for the caller's own memory where userfaultfd
+/// write-protect works, the kernel path for a process's pages or when asked; each plan says why.
+#[test]
+fn the_migrator_chooses_the_path_and_says_why() {
+    let Some((topo, a, b)) = setup("the_migrator_chooses_the_path_and_says_why") else {
+        return;
+    };
+    let migrator = Migrator::with(topo, None, Resources::snapshot().unwrap());
+    let mut m = Mapping::anonymous(256 * PAGE).unwrap();
+    m.bind(&NodeSet::from_iter([a])).unwrap();
+    m.as_mut_slice().fill(5);
+    let len = m.len();
+
+    let (scan, plan) = migrator.plan(&Request::mapping(&mut m, 0..len, b)).unwrap();
+    assert_eq!(scan.bytes_to_move(), len as u64);
+    assert_eq!(plan.path, Path::Remap, "{plan:#?}");
+    assert!(plan.why[0].starts_with("the remap path"), "{:?}", plan.why);
+    let r = migrator
+        .migrate(&Request::mapping(&mut m, 0..len, b))
+        .unwrap();
+    assert_eq!(r.path, Path::Remap, "{r:#?}");
+    assert_eq!(r.pages_moved, 256, "{r:#?}");
+    assert_eq!(r.why, plan.why);
+    // Scan, plan and the remap path's steps are all phases of the one wall time.
+    assert!(
+        !r.phases.scan.is_zero() && !r.phases.copy.is_zero(),
+        "{r:#?}"
+    );
+    let sum = r.phases.total().as_secs_f64();
+    assert!(
+        sum <= r.wall.as_secs_f64() * 1.001 && sum >= 0.95 * r.wall.as_secs_f64(),
+        "{r:#?}"
+    );
+    assert!(m.as_slice().iter().all(|&x| x == 5));
+
+    let kernel = Request::mapping(&mut m, 0..len, a).with(pagemig::Options {
+        path: pagemig::PathChoice::Kernel,
+        ..pagemig::Options::default()
+    });
+    let (_, plan) = migrator.plan(&kernel).unwrap();
+    assert_eq!(plan.path, Path::Kernel, "{plan:#?}");
+    assert!(plan.why[0].contains("asked for"), "{:?}", plan.why);
+    let r = migrator.migrate(&kernel).unwrap();
+    assert_eq!(r.path, Path::Kernel, "{r:#?}");
+    assert_eq!(r.pages_moved + r.pages_already_on_target, 256, "{r:#?}");
+
+    let start = m.as_ptr() as usize;
+    let range = start..start + len;
+    let process = Request::process(Process::Current, pagemig::Selection::Ranges(vec![range]), b);
+    let (_, plan) = migrator.plan(&process).unwrap();
+    assert_eq!(plan.path, Path::Kernel, "{plan:#?}");
+    assert!(
+        plan.why[0].contains("the pages of a process"),
+        "{:?}",
+        plan.why
+    );
+}
