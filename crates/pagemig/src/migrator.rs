@@ -122,12 +122,14 @@ impl Migrator {
     }
 
     /// Scans and plans `request` without moving anything; the time planning took is the
-    /// scan's `plan` phase.
+    /// scan's `plan` phase, its CPU time is in the scan's.
     pub fn plan(&self, request: &Request<'_>) -> Result<(Scan, Plan), MigrateError> {
         let mut scan = scan::scan(&self.topology, request)?;
+        let cpu = crate::sys::thread_cpu_time();
         let mut laps = Laps::start();
         let plan = self.planner().plan(request, &scan)?;
         laps.lap(&mut scan.phases.plan);
+        scan.caller_cpu += crate::sys::thread_cpu_time().saturating_sub(cpu);
         Ok((scan, plan))
     }
 
@@ -159,6 +161,7 @@ impl Migrator {
         let mut report = self.execute_plan(request, scan, plan, progress)?;
         report.phases.add(&scan.phases);
         report.wall += scan.phases.total();
+        report.caller_cpu += scan.caller_cpu;
         Ok(report)
     }
 
@@ -187,6 +190,7 @@ impl Migrator {
                 let mut report = in_cgroup::execute(&as_process, pages, plan, progress)?;
                 report.phases.add(&found.phases);
                 report.wall += found.phases.total();
+                report.caller_cpu += found.caller_cpu;
                 Ok(report)
             }
             (Found::Runs(runs), Path::Remap) => {

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -232,6 +233,8 @@ pub struct Scan {
     pub found: Found,
     /// Time spent, in the `check`, `scan` and `query` phases (and `plan`, once planned).
     pub phases: Phases,
+    /// CPU time of the calling thread spent on them.
+    pub caller_cpu: Duration,
 }
 
 /// The pages a scan found.
@@ -275,6 +278,7 @@ impl Scan {
 /// The scan step of `request`: the process's pages and where they are, or the runs of the
 /// caller's own ranges. Checks the target and the `from` nodes first.
 pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateError> {
+    let cpu = sys::thread_cpu_time();
     let mut laps = Laps::start();
     let mut phases = Phases::default();
     check_target(topology, request.to)?;
@@ -307,6 +311,7 @@ pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateE
                 process: *process,
                 found: Found::Pages(pages),
                 phases,
+                caller_cpu: sys::thread_cpu_time().saturating_sub(cpu),
             })
         }
         Memory::Own(own) => {
@@ -326,6 +331,7 @@ pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateE
                 process,
                 found: Found::Runs(runs),
                 phases,
+                caller_cpu: sys::thread_cpu_time().saturating_sub(cpu),
             })
         }
     }
