@@ -214,7 +214,11 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let migrator = Migrator::with(topo, loaded.model, Resources::detect()?);
     let mut incomplete = false;
     if config.json {
-        write!(out, "[")?;
+        interrupt::close_json_on_signal()?;
+        interrupt::whole(|| {
+            write!(out, "[")?;
+            out.flush()
+        })?;
     }
     for (k, &process) in config.pids.iter().enumerate() {
         let request = config.request(process);
@@ -245,8 +249,11 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         bar.finish_and_clear();
         // Each report as soon as its process is done: an interrupted run keeps what finished.
         if config.json {
-            writeln!(out, "{}", if k == 0 { "" } else { "," })?;
-            serde_json::to_writer_pretty(&mut *out, &report)?;
+            interrupt::whole(|| -> anyhow::Result<()> {
+                writeln!(out, "{}", if k == 0 { "" } else { "," })?;
+                serde_json::to_writer_pretty(&mut *out, &report)?;
+                Ok(out.flush()?)
+            })?;
         } else {
             render(&report, out)?;
             if config.explain
@@ -261,7 +268,10 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         incomplete |= report.pages_not_moved() > 0;
     }
     if config.json {
-        writeln!(out, "\n]")?;
+        interrupt::whole(|| {
+            writeln!(out, "\n]")?;
+            out.flush()
+        })?;
     }
     Ok(
         if incomplete && !config.best_effort && !config.options.dry_run {
@@ -270,6 +280,80 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             Outcome::Complete
         },
     )
+}
+
+/// SIGINT or SIGTERM during `migrate --json`: the JSON array is closed after the last report
+/// written in whole, and the program exits with 130, at once (a migration in flight is not
+/// waited for, as without the handler).
+mod interrupt {
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    const IDLE: u8 = 0;
+    const WRITING: u8 = 1;
+    const INTERRUPTED: u8 = 2;
+    const CLOSING: u8 = 3;
+    static STATE: AtomicU8 = AtomicU8::new(IDLE);
+
+    /// The exit status of a program ended by SIGINT, as shells report it.
+    const STATUS: i32 = 130;
+
+    /// Ends the array on standard output (fd 1, bypassing the flushed buffer) and exits.
+    fn close_and_exit() -> ! {
+        const CLOSE: &[u8] = b"\n]\n";
+        // SAFETY: fd 1 is standard output, open for the program's life.
+        let stdout = unsafe { std::os::fd::BorrowedFd::borrow_raw(1) };
+        // write(2), async-signal-safe.
+        let _ = rustix::io::write(stdout, CLOSE);
+        signal_hook::low_level::exit(STATUS)
+    }
+
+    /// Installs the handlers.
+    pub fn close_json_on_signal() -> std::io::Result<()> {
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // SAFETY: the action does only async-signal-safe things: atomic operations,
+            // write(2) and _exit(2).
+            unsafe {
+                signal_hook::low_level::register(signal, || {
+                    match STATE.compare_exchange(IDLE, CLOSING, Ordering::SeqCst, Ordering::SeqCst)
+                    {
+                        Ok(_) => close_and_exit(),
+                        // A report is being written: its writer closes the array after it.
+                        Err(_) => {
+                            let _ = STATE.compare_exchange(
+                                WRITING,
+                                INTERRUPTED,
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                            );
+                        }
+                    }
+                })
+            }?;
+        }
+        Ok(())
+    }
+
+    /// Runs `write` (which writes and flushes) so that a signal never cuts what it writes in
+    /// two: one arriving meanwhile ends the program right after it.
+    pub fn whole<T>(write: impl FnOnce() -> T) -> T {
+        if STATE
+            .compare_exchange(IDLE, WRITING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            // A handler is closing the array and exiting.
+            loop {
+                std::thread::park();
+            }
+        }
+        let done = write();
+        if STATE
+            .compare_exchange(WRITING, IDLE, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            close_and_exit();
+        }
+        done
+    }
 }
 
 /// `--explain`: the plan's path, threads, batch, who pays, and every reason.
