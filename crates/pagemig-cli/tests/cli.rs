@@ -942,11 +942,8 @@ fn an_interrupted_json_migration_keeps_what_finished_as_valid_json() {
         assert!(reader.read_line(&mut text).unwrap() > 0, "{text}");
     }
     // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) },
-        0,
-        "cannot signal the child"
-    );
+    let sent = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(sent, 0, "cannot signal the child");
     reader.read_to_string(&mut text).unwrap();
     let status = child.wait().unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
