@@ -5,7 +5,7 @@ use crate::copy::{Copier, CopyEngine, CpuEngine, EngineKind, Pool, dma};
 use crate::migrate::remap::{self, Handles, Tools};
 use crate::migrate::reservoir::Reservoirs;
 use crate::migrate::scan::{self, Found};
-use crate::migrate::{MigrateError, Plan, Progress, Request, Scan, Selection, in_cgroup};
+use crate::migrate::{Memory, MigrateError, Plan, Progress, Request, Scan, Selection, in_cgroup};
 use crate::policy::{CostModel, Planner, Resources};
 use crate::process::Process;
 use crate::topology::{Topology, TopologyError};
@@ -177,8 +177,8 @@ impl Migrator {
             (Found::Runs(_), Path::Kernel) => {
                 // The caller's own memory by the kernel path: its present pages and their nodes.
                 let ranges = match &request.memory {
-                    crate::migrate::Memory::Own(own) => own.ranges().to_vec(),
-                    crate::migrate::Memory::Process { .. } => Vec::new(),
+                    Memory::Own(own) => own.ranges().to_vec(),
+                    Memory::Process { .. } => Vec::new(),
                 };
                 let as_process =
                     Request::process(Process::Current, Selection::Ranges(ranges), request.to)
@@ -193,7 +193,14 @@ impl Migrator {
                 report.caller_cpu += found.caller_cpu;
                 Ok(report)
             }
-            (Found::Runs(runs), Path::Remap) => {
+            (Found::Runs(_), Path::Remap) => {
+                // The request's ranges, not the scan's: only a request vouches for memory that
+                // may be replaced in place.
+                let Memory::Own(own) = &request.memory else {
+                    return Err(MigrateError::RemapUnavailable {
+                        why: "the remap path moves only the caller's own memory".into(),
+                    });
+                };
                 let handles = self
                     .handles
                     .as_ref()
@@ -204,12 +211,12 @@ impl Migrator {
                     handles,
                     reservoirs: self.reservoirs.as_ref(),
                 };
-                let total: u64 = runs.iter().map(|r| r.range.len() as u64).sum();
+                let total: u64 = own.ranges().iter().map(|r| r.len() as u64).sum();
                 progress(Progress::Planned(
                     total / crate::sys::base_page_size() as u64,
                 ));
                 let mut report: Option<Report> = None;
-                for r in runs {
+                for r in own.ranges() {
                     // SAFETY: own ranges are made only by `Request::own`, whose caller keeps
                     // `migrate_range`'s contract, and `Request::mapping`, which borrows the
                     // mapping exclusively for as long as the request lives.
@@ -217,8 +224,8 @@ impl Migrator {
                     let one = unsafe {
                         remap::migrate_range(
                             &self.topology,
-                            r.range.start,
-                            r.range.len(),
+                            r.start,
+                            r.len(),
                             request.to,
                             plan,
                             tools,
