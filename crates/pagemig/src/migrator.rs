@@ -176,7 +176,7 @@ impl Migrator {
             (Found::Pages(pages), _) => in_cgroup::execute(request, pages, plan, progress),
             (Found::Runs(_), Path::Kernel) => {
                 // The caller's own memory by the kernel path: its present pages and their nodes.
-                let ranges = match &request.memory {
+                let ranges = match request.memory() {
                     Memory::Own(own) => own.ranges().to_vec(),
                     Memory::Process { .. } => Vec::new(),
                 };
@@ -196,7 +196,7 @@ impl Migrator {
             (Found::Runs(_), Path::Remap) => {
                 // The request's ranges, not the scan's: only a request vouches for memory that
                 // may be replaced in place.
-                let Memory::Own(own) = &request.memory else {
+                let Memory::Own(own) = request.memory() else {
                     return Err(MigrateError::RemapUnavailable {
                         why: "the remap path moves only the caller's own memory".into(),
                     });

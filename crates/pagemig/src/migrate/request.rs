@@ -16,8 +16,9 @@ use crate::topology::{NodeId, NodeSet};
 /// borrows it exclusively until it is dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
-    /// Which memory.
-    pub memory: Memory,
+    /// Which memory: private, so that ranges of own memory stay with the request (and the
+    /// borrow) that vouches for them.
+    memory: Memory,
     /// Target node.
     pub to: NodeId,
     /// How.
@@ -204,6 +205,11 @@ impl<'a> Request<'a> {
             options: Options::default(),
             borrow: PhantomData,
         }
+    }
+
+    /// Which memory moves.
+    pub fn memory(&self) -> &Memory {
+        &self.memory
     }
 
     /// The same request, for the pages now on `from` only (a request of a process's pages).

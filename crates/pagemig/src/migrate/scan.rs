@@ -282,7 +282,7 @@ pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateE
     let mut laps = Laps::start();
     let mut phases = Phases::default();
     check_target(topology, request.to)?;
-    match &request.memory {
+    match request.memory() {
         Memory::Process {
             process,
             selection,

@@ -505,7 +505,7 @@ impl<'a> Planner<'a> {
     pub fn plan(&self, request: &Request<'_>, scan: &Scan) -> Result<Plan, PlacementError> {
         let o = &request.options;
         let page = sys::base_page_size() as u64;
-        let from = match &request.memory {
+        let from = match request.memory() {
             Memory::Process { from, .. } => from.as_ref().and_then(|f| f.iter().next()),
             Memory::Own(_) => None,
         };
