@@ -20,7 +20,7 @@ pub use model::{CopyPoint, CostModel, KernelPoint, MachineId, ModelError, Satura
 use crate::account::Path;
 use crate::cgroup::Cgroup;
 use crate::copy::{Copier, EngineKind, Placement, PlacementError, Route};
-use crate::migrate::{Found, Memory, PathChoice, Plan, Request, Scan, Threads};
+use crate::migrate::{Memory, PathChoice, Plan, Request, Scan, Threads};
 use crate::process::Process;
 use crate::sys::{self, SysError};
 use crate::topology::{CpuId, CpuSet, Topology};
@@ -535,7 +535,7 @@ impl<'a> Planner<'a> {
             k.why.insert(0, format!("the kernel path: {why}"));
             k
         };
-        if !matches!(scan.found, Found::Runs(_)) {
+        if !matches!(request.memory(), Memory::Own(_)) {
             return Ok(kernel_because(
                 "the pages of a process (the remap path moves only the caller's own memory)".into(),
             ));
