@@ -138,6 +138,8 @@ pub fn execute(
     let own = Cgroup::of(Process::Current).ok();
     let (paying, helper) = match plan.charge {
         ChargeTo::Caller => (own, false),
+        // A dry run moves nothing: no helper, and no need to know the target's cgroup.
+        ChargeTo::Target if request.options.dry_run => (own, false),
         ChargeTo::Target => {
             let target = Cgroup::of(process)
                 .map_err(|source| MigrateError::TargetCgroup { process, source })?;
@@ -154,11 +156,7 @@ pub fn execute(
         let cgroup = paying.as_ref().expect("a helper has a cgroup to enter");
         move_pages_in(cgroup, process, p, n, st, plan, pr)
     };
-    let mover: &kernel::Mover<'_> = if helper && !request.options.dry_run {
-        &in_helper
-    } else {
-        &direct
-    };
+    let mover: &kernel::Mover<'_> = if helper { &in_helper } else { &direct };
     kernel::execute(request, pages, plan, paying.as_ref(), mover, progress)
 }
 
