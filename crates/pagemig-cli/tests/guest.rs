@@ -113,14 +113,13 @@ fn range_request(process: Process, start: usize, len: usize, to: NodeId) -> Requ
 }
 
 /// Scans `req`, then moves its pages as `plan` says (a fixed plan in place of the planner's).
-fn migrate_as(req: &Request<'_>, plan: &Plan) -> Result<Report, MigrateError> {
-    let migrator = Migrator::new().unwrap();
+fn migrate_as(migrator: &Migrator, req: &Request<'_>, plan: &Plan) -> Result<Report, MigrateError> {
     let (scan, _) = migrator.plan(req)?;
     migrator.execute(req, &scan, plan, &|_| {})
 }
 
 fn migrate(req: &Request<'_>, plan: &Plan) -> Report {
-    let r = migrate_as(req, plan).unwrap();
+    let r = migrate_as(&Migrator::new().unwrap(), req, plan).unwrap();
     // Every requested page is accounted for exactly once.
     assert_eq!(
         r.pages_requested,
@@ -540,6 +539,8 @@ fn a_process_that_exits_mid_migration_is_reported_cleanly() {
     let Some((_, nodes)) = multi_node("a_process_that_exits_mid_migration") else {
         return;
     };
+    // Built first, so that the migration starts as soon after the victim as it always did.
+    let migrator = Migrator::new().unwrap();
     let mut victim = Victim::spawn("writer", 8192, nodes[0]);
     let req = range_request(victim.pid(), victim.start, victim.len, nodes[1]);
     let pid = victim.child.id();
@@ -548,7 +549,7 @@ fn a_process_that_exits_mid_migration_is_reported_cleanly() {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     });
-    let result = migrate_as(&req, &Plan::parallel(all_cpus(), 64));
+    let result = migrate_as(&migrator, &req, &Plan::parallel(all_cpus(), 64));
     killer.join().unwrap();
     let _ = victim.child.wait();
     match result {
@@ -572,7 +573,7 @@ fn a_process_that_exits_mid_migration_is_reported_cleanly() {
         Err(e) => panic!("unexpected error: {e}"),
     }
     // Once it is gone, the error says so.
-    let err = migrate_as(&req, &Plan::serial(64)).unwrap_err();
+    let err = migrate_as(&migrator, &req, &Plan::serial(64)).unwrap_err();
     assert!(matches!(err, MigrateError::NoSuchProcess { .. }), "{err}");
 }
 
