@@ -351,21 +351,34 @@ impl Phases {
 }
 
 /// A stopwatch whose laps cover the time from its start without gaps: each lap adds the time
-/// since the previous one to a phase, so the phases add up to the wall time.
+/// since the previous one to a phase, and the wall time is the span of the laps, so the phases
+/// add up to it whatever preempts the thread between two lines.
 #[derive(Debug, Clone, Copy)]
-pub struct Laps(Instant);
+pub struct Laps {
+    start: Instant,
+    last: Instant,
+}
 
 impl Laps {
     /// Starts now.
     pub fn start() -> Self {
-        Laps(Instant::now())
+        let now = Instant::now();
+        Laps {
+            start: now,
+            last: now,
+        }
     }
 
     /// Adds the time since the previous lap (or the start) to `phase`.
     pub fn lap(&mut self, phase: &mut Duration) {
         let now = Instant::now();
-        *phase += now - self.0;
-        self.0 = now;
+        *phase += now - self.last;
+        self.last = now;
+    }
+
+    /// The time from the start to the last lap: the wall time of what the laps measured.
+    pub fn wall(&self) -> Duration {
+        self.last - self.start
     }
 }
 

@@ -321,7 +321,6 @@ pub fn execute(
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, MigrateError> {
     let caller_cpu = sys::thread_cpu_time();
-    let started = Instant::now();
     let mut laps = Laps::start();
     let mut phases = Phases::default();
     let process = request.process_moved();
@@ -359,7 +358,7 @@ pub fn execute(
     let finish = |mut report: Report, mut phases: Phases, mut laps: Laps| {
         laps.lap(&mut phases.verify);
         report.phases = phases;
-        report.wall = started.elapsed();
+        report.wall = laps.wall();
         report.caller_cpu = sys::thread_cpu_time().saturating_sub(caller_cpu);
         report
     };

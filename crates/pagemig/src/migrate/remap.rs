@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::plan::Plan;
 use super::reservoir::Reservoirs;
@@ -319,7 +319,6 @@ pub unsafe fn migrate_range(
     tools: Tools<'_>,
 ) -> Result<Report, RemapError> {
     let caller_cpu_start = sys::thread_cpu_time();
-    let started = Instant::now();
     let mut laps = Laps::start();
     let mut phases = Phases::default();
     let end = start
@@ -588,7 +587,7 @@ pub unsafe fn migrate_range(
             ..CallStats::default()
         },
         phases,
-        wall: started.elapsed(),
+        wall: laps.wall(),
         caller_cpu: sys::thread_cpu_time().saturating_sub(caller_cpu_start),
         process_exited: false,
         charged_to: Charge {
