@@ -6,17 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use pagemig::account::ChargeTo;
-use pagemig::account::Report;
-use pagemig::copy::{Placement, Route};
-use pagemig::migrate::kernel::{self, KernelPlan, ProcessRequest, Progress, Selection};
-use pagemig::migrate::{MigrateError, check_target};
-use pagemig::policy::{Job, KernelChoice, Planner, Resources, Threads};
+use pagemig::account::{ChargeTo, Report};
+use pagemig::copy::Placement;
+use pagemig::migrate::{check_target, scan};
+use pagemig::policy::Resources;
 use pagemig::process::Process;
 use pagemig::procfs;
-use pagemig::sys;
 use pagemig::topology::{CpuSet, NodeId, NodeSet, Topology};
-use pagemig::workers::Workers;
+use pagemig::{Migrator, Options, Plan, Progress, Request, Selection, Threads};
 
 use crate::model::ModelArgs;
 
@@ -131,118 +128,138 @@ pub enum Outcome {
     Incomplete,
 }
 
-pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
-    let topo = Topology::detect().context("reading the topology from /sys")?;
-    let workers = Workers::new();
-    check_target(&topo, args.to)?;
-    if args.batch == 0 {
-        anyhow::bail!("--batch must be at least one page");
-    }
-    let max_stall = match args.max_stall {
-        Some(ms) if ms > 0.0 && ms.is_finite() => Some(Duration::from_secs_f64(ms / 1e3)),
-        Some(ms) => anyhow::bail!("--max-stall {ms}: must be a positive number of milliseconds"),
-        None => None,
-    };
-    if args.all
-        && !procfs::status(Process::Current)
-            .context("reading this process's capabilities")?
-            .cap_sys_nice
-    {
-        anyhow::bail!(
-            "--all moves pages shared with other processes (MPOL_MF_MOVE_ALL), which needs \
-             CAP_SYS_NICE, and this process does not have it"
-        );
-    }
-    // Every process is checked before any moves, so that a bad pid later in the list does not
-    // stop a migration half done.
-    for &process in &args.pid {
-        kernel::check_process(process)
-            .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
-    }
-    let loaded = args.model.load()?;
-    let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?);
-    let selection = match (&args.range, &args.mapping) {
-        (ranges, _) if !ranges.is_empty() => Selection::Ranges(ranges.clone()),
-        (_, Some(pattern)) => Selection::Mappings(pattern.clone()),
-        _ => Selection::All,
-    };
-    let route = Route {
-        from: args.from.as_ref().and_then(|f| f.iter().next()),
-        to: Some(args.to),
-    };
-    let mut incomplete = false;
-    if args.json {
-        write!(out, "[")?;
-    }
-    for (k, &process) in args.pid.iter().enumerate() {
-        let request = ProcessRequest {
-            process,
+/// `pagemig migrate`'s arguments, checked and turned into what the library takes: every
+/// problem is found before any page moves.
+struct Config {
+    /// Every process, checked to exist and to be movable by this caller.
+    pids: Vec<Process>,
+    to: NodeId,
+    from: Option<NodeSet>,
+    selection: Selection,
+    options: Options,
+    explain: bool,
+    best_effort: bool,
+    json: bool,
+}
+
+impl Config {
+    fn new(args: &MigrateArgs, topo: &Topology) -> anyhow::Result<Self> {
+        check_target(topo, args.to)?;
+        if args.batch == 0 {
+            anyhow::bail!("--batch must be at least one page");
+        }
+        let max_stall = match args.max_stall {
+            Some(ms) if ms > 0.0 && ms.is_finite() => Some(Duration::from_secs_f64(ms / 1e3)),
+            Some(ms) => {
+                anyhow::bail!("--max-stall {ms}: must be a positive number of milliseconds")
+            }
+            None => None,
+        };
+        if args.all
+            && !procfs::status(Process::Current)
+                .context("reading this process's capabilities")?
+                .cap_sys_nice
+        {
+            anyhow::bail!(
+                "--all moves pages shared with other processes (MPOL_MF_MOVE_ALL), which needs \
+                 CAP_SYS_NICE, and this process does not have it"
+            );
+        }
+        // Every process is checked before any moves, so that a bad pid later in the list does
+        // not stop a migration half done.
+        for &process in &args.pid {
+            scan::check_process(process)
+                .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
+        }
+        let selection = match (&args.range, &args.mapping) {
+            (ranges, _) if !ranges.is_empty() => Selection::Ranges(ranges.clone()),
+            (_, Some(pattern)) => Selection::Mappings(pattern.clone()),
+            _ => Selection::All,
+        };
+        Ok(Config {
+            pids: args.pid.clone(),
             to: args.to,
             from: args.from.clone(),
-            selection: selection.clone(),
-            dry_run: args.dry_run,
-        };
+            selection,
+            options: Options {
+                dry_run: args.dry_run,
+                move_all: args.all,
+                batch: Some(args.batch),
+                max_stall,
+                charge: args.charge,
+                threads: args.threads,
+                placement: args.placement.clone(),
+                ..Options::default()
+            },
+            explain: args.explain,
+            best_effort: args.best_effort,
+            json: args.json,
+        })
+    }
+
+    fn request(&self, process: Process) -> Request<'static> {
+        let request = Request::process(process, self.selection.clone(), self.to);
+        match &self.from {
+            Some(from) => request.from_nodes(from.clone()),
+            None => request,
+        }
+        .with(self.options.clone())
+    }
+}
+
+pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
+    let topo = Topology::detect().context("reading the topology from /sys")?;
+    let config = Config::new(args, &topo)?;
+    let loaded = args.model.load()?;
+    let migrator = Migrator::with(topo, loaded.model, Resources::detect()?);
+    let mut incomplete = false;
+    if config.json {
+        interrupt::close_json_on_signal()?;
+        interrupt::whole(|| {
+            write!(out, "[")?;
+            out.flush()
+        })?;
+    }
+    for (k, &process) in config.pids.iter().enumerate() {
+        let request = config.request(process);
+        let context = || format!("migrating the pages of {process} to node {}", config.to);
+        let (scan, plan) = migrator.plan(&request).with_context(context)?;
+        if config.explain {
+            let text = explain(process, &plan, &loaded.source);
+            // JSON goes to stdout alone.
+            if config.json {
+                eprintln!("{text}");
+            } else {
+                writeln!(out, "{text}")?;
+            }
+        }
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template(
                 "{spinner} {msg} [{elapsed_precise}] {wide_bar} {pos}/{len} pages",
             )
             .expect("valid progress template"),
         );
-        bar.set_message(format!("{process} → node {}", args.to));
-        let explained = std::sync::Mutex::new(None);
-        let choose = |bytes: u64| -> Result<KernelPlan, MigrateError> {
-            let choice = plan(args, &planner, route, bytes)?;
-            let cpus = choice.cpus.clone();
-            *explained.lock().expect("not poisoned") = Some(choice);
-            Ok(KernelPlan {
-                cpus,
-                batch: args.batch,
-                max_stall,
-                move_all: args.all,
-                charge: args.charge,
-            })
-        };
-        let report =
-            kernel::migrate_process_planned(&topo, &request, &choose, &workers, &|p| match p {
+        bar.set_message(format!("{process} → node {}", config.to));
+        let report = migrator
+            .execute(&request, &scan, &plan, &|p| match p {
                 Progress::Planned(n) => bar.set_length(n),
                 Progress::Moved(n) => bar.inc(n),
             })
-            .with_context(|| format!("migrating the pages of {process} to node {}", args.to))?;
+            .with_context(context)?;
         bar.finish_and_clear();
-        let mut predicted = None;
-        if let Some(why) = explained.into_inner().expect("not poisoned")
-            && args.explain
-        {
-            predicted = why.predicted_gbps;
-            let text = format!(
-                "plan for {process}: {} thread(s) on CPUs {}, {} pages per call, charged to the {}; {}\n  why: {}",
-                why.cpus.len(),
-                why.cpus.iter().copied().collect::<CpuSet>(),
-                args.batch,
-                if args.charge == ChargeTo::Target {
-                    "target's cgroup"
-                } else {
-                    "caller"
-                },
-                loaded.source,
-                why.why.join("\n  why: ")
-            );
-            // JSON goes to stdout alone.
-            if args.json {
-                eprintln!("{text}");
-            } else {
-                writeln!(out, "{text}")?;
-            }
-        }
         // Each report as soon as its process is done: an interrupted run keeps what finished.
-        if args.json {
-            writeln!(out, "{}", if k == 0 { "" } else { "," })?;
-            serde_json::to_writer_pretty(&mut *out, &report)?;
+        if config.json {
+            interrupt::whole(|| -> anyhow::Result<()> {
+                writeln!(out, "{}", if k == 0 { "" } else { "," })?;
+                serde_json::to_writer_pretty(&mut *out, &report)?;
+                Ok(out.flush()?)
+            })?;
         } else {
             render(&report, out)?;
-            if args.explain
+            if config.explain
                 && report.pages_moved > 0
-                && let Some(line) = check_prediction(report.gbps(), predicted, report.calls.threads)
+                && let Some(line) =
+                    check_prediction(report.gbps(), plan.predicted_gbps, report.calls.threads)
             {
                 writeln!(out, "{line}")?;
             }
@@ -250,14 +267,110 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         out.flush()?;
         incomplete |= report.pages_not_moved() > 0;
     }
-    if args.json {
-        writeln!(out, "\n]")?;
+    if config.json {
+        interrupt::whole(|| {
+            writeln!(out, "\n]")?;
+            out.flush()
+        })?;
     }
-    Ok(if incomplete && !args.best_effort && !args.dry_run {
-        Outcome::Incomplete
-    } else {
-        Outcome::Complete
-    })
+    Ok(
+        if incomplete && !config.best_effort && !config.options.dry_run {
+            Outcome::Incomplete
+        } else {
+            Outcome::Complete
+        },
+    )
+}
+
+/// SIGINT or SIGTERM during `migrate --json`: the JSON array is closed after the last report
+/// written in whole, and the program exits with 130, at once (a migration in flight is not
+/// waited for, as without the handler).
+mod interrupt {
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    const IDLE: u8 = 0;
+    const WRITING: u8 = 1;
+    const INTERRUPTED: u8 = 2;
+    const CLOSING: u8 = 3;
+    static STATE: AtomicU8 = AtomicU8::new(IDLE);
+
+    /// The exit status of a program ended by SIGINT, as shells report it.
+    const STATUS: i32 = 130;
+
+    /// Ends the array on standard output (fd 1, bypassing the flushed buffer) and exits.
+    fn close_and_exit() -> ! {
+        const CLOSE: &[u8] = b"\n]\n";
+        // SAFETY: fd 1 is standard output, open for the program's life.
+        let stdout = unsafe { std::os::fd::BorrowedFd::borrow_raw(1) };
+        // write(2), async-signal-safe.
+        let _ = rustix::io::write(stdout, CLOSE);
+        signal_hook::low_level::exit(STATUS)
+    }
+
+    /// Installs the handlers.
+    pub fn close_json_on_signal() -> std::io::Result<()> {
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // SAFETY: the action does only async-signal-safe things: atomic operations,
+            // write(2) and _exit(2).
+            unsafe {
+                signal_hook::low_level::register(signal, || {
+                    match STATE.compare_exchange(IDLE, CLOSING, Ordering::SeqCst, Ordering::SeqCst)
+                    {
+                        Ok(_) => close_and_exit(),
+                        // A report is being written: its writer closes the array after it.
+                        Err(_) => {
+                            let _ = STATE.compare_exchange(
+                                WRITING,
+                                INTERRUPTED,
+                                Ordering::SeqCst,
+                                Ordering::SeqCst,
+                            );
+                        }
+                    }
+                })
+            }?;
+        }
+        Ok(())
+    }
+
+    /// Runs `write` (which writes and flushes) so that a signal never cuts what it writes in
+    /// two: one arriving meanwhile ends the program right after it.
+    pub fn whole<T>(write: impl FnOnce() -> T) -> T {
+        if STATE
+            .compare_exchange(IDLE, WRITING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            // A handler is closing the array and exiting.
+            loop {
+                std::thread::park();
+            }
+        }
+        let done = write();
+        if STATE
+            .compare_exchange(WRITING, IDLE, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            close_and_exit();
+        }
+        done
+    }
+}
+
+/// `--explain`: the plan's path, threads, batch, who pays, and every reason.
+fn explain(process: Process, plan: &Plan, model_source: &str) -> String {
+    format!(
+        "plan for {process}: {} thread(s) on CPUs {}, {} pages per call, the {} path, charged to the {}; {model_source}\n  why: {}",
+        plan.cpus.len(),
+        plan.cpus.iter().copied().collect::<CpuSet>(),
+        plan.batch,
+        plan.path,
+        if plan.charge == ChargeTo::Target {
+            "target's cgroup"
+        } else {
+            "caller"
+        },
+        plan.why.join("\n  why: ")
+    )
 }
 
 /// The kernel path's check of its plan: the measured rate against the model's prediction for
@@ -273,29 +386,36 @@ fn check_prediction(measured: f64, predicted: Option<f64>, threads: usize) -> Op
     })
 }
 
-/// The threads' CPUs for a migration of `bytes`: the planner's, or as the options say.
-fn plan(
-    args: &MigrateArgs,
-    planner: &Planner<'_>,
-    route: Route,
-    bytes: u64,
-) -> Result<KernelChoice, MigrateError> {
-    let page = sys::base_page_size() as u64;
-    Ok(planner.plan_kernel_as(
-        Job { bytes, route },
-        args.batch as u64 * page,
-        args.threads,
-        args.placement.as_ref(),
-        "--threads",
-    )?)
-}
-
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Every phase that took time, and their sum against the wall time.
+fn phase_line(r: &Report) -> String {
+    let shown: Vec<String> = r
+        .phases
+        .named()
+        .iter()
+        .filter(|(_, d)| !d.is_zero())
+        .map(|(name, d)| format!("{name} {}", ms(*d)))
+        .collect();
+    let total = r.phases.total();
+    let share = if r.wall.is_zero() {
+        1.0
+    } else {
+        total.as_secs_f64() / r.wall.as_secs_f64()
+    };
+    format!(
+        "phases: {}; sum {} of wall {} ({:.0}%)",
+        shown.join(", "),
+        ms(total),
+        ms(r.wall),
+        share * 100.0
+    )
 }
 
 fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -351,15 +471,7 @@ fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
             r.calls.final_batch
         )?;
     }
-    writeln!(
-        out,
-        "  phases: scan {}, query {}, move {}, verify {}; wall {}",
-        ms(r.phases.scan),
-        ms(r.phases.query),
-        ms(r.phases.moving),
-        ms(r.phases.verify),
-        ms(r.wall),
-    )?;
+    writeln!(out, "  {}", phase_line(r))?;
     if !r.dry_run {
         if r.calls.thread_cpu.is_empty() {
             writeln!(
@@ -375,6 +487,11 @@ fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
                 each.join(", ")
             )?;
         }
+        writeln!(
+            out,
+            "  CPU time of the calling thread: {}",
+            ms(r.caller_cpu)
+        )?;
         let c = &r.charged_to;
         let who = match c.to {
             ChargeTo::Caller => "the caller",

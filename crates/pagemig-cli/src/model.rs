@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use pagemig::policy::{self, CalibrateOptions, Copier, CostModel, Effort, MachineId, SizeCheck};
+use pagemig::copy::Copier;
+use pagemig::policy::{self, CalibrateOptions, CostModel, Effort, MachineId, SizeCheck};
 use pagemig::sys;
 use pagemig::topology::Topology;
 use pagemig::workers::Workers;

@@ -984,3 +984,50 @@ fn tier_refuses_bad_input_before_anything_starts() {
         stderr(&o)
     );
 }
+
+/// SIGINT while `migrate --json` runs with stdout piped: the reports of the processes done are
+/// kept whole, the JSON array is closed, and the program exits with 130.
+#[test]
+fn an_interrupted_json_migration_keeps_what_finished_as_valid_json() {
+    use std::io::{BufRead, BufReader, Read};
+    let sleeper = Sleeper::new();
+    let pid = sleeper.0.id().to_string();
+    // Many migrations one after another, so that the signal comes while some are left.
+    let pids = vec![pid.as_str(); 2000].join(",");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pagemig"))
+        .args(["migrate", "--pid", &pids, "--to", "0", "--json"])
+        .env("XDG_CACHE_HOME", "/nonexistent-pagemig-test-cache")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    // The first report is whole once the separator after it is written.
+    while !text.lines().any(|l| l == "},") {
+        assert!(reader.read_line(&mut text).unwrap() > 0, "{text}");
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    let sent = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(sent, 0, "cannot signal the child");
+    reader.read_to_string(&mut text).unwrap();
+    let status = child.wait().unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "{e}: not JSON: ...{}",
+            &text[text.len().saturating_sub(300)..]
+        )
+    });
+    let reports = json.as_array().unwrap();
+    assert!(
+        !reports.is_empty() && reports.len() < 2000,
+        "{} reports",
+        reports.len()
+    );
+    assert!(
+        reports
+            .iter()
+            .all(|r| r["process"].is_string() || r["process"].is_number())
+    );
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}

@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use pagemig::account::{FailureCause, Report, SkipReason};
 use pagemig::migrate::MigrateError;
-use pagemig::migrate::kernel::{self, KernelPlan, ProcessRequest, Selection};
+use pagemig::migrate::scan;
 use pagemig::process::Process;
 use pagemig::procfs;
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping, PageNode};
 use pagemig::topology::{NodeId, NodeSet, Topology};
-use pagemig::workers::Workers;
+use pagemig::{Migrator, Plan, Request, Selection};
 
 const PAGE: usize = 4096;
 
@@ -88,7 +88,7 @@ fn page_addrs(start: usize, len: usize) -> Vec<usize> {
 
 /// Asserts, with the kernel's answer, that every page is on `node`.
 fn assert_on(process: Process, start: usize, len: usize, node: NodeId) {
-    let placed = kernel::query(process, &page_addrs(start, len)).unwrap();
+    let placed = scan::query(process, &page_addrs(start, len)).unwrap();
     let off: Vec<_> = placed
         .iter()
         .enumerate()
@@ -108,23 +108,28 @@ fn numa_maps_bytes(process: Process, addr: usize) -> std::collections::BTreeMap<
         .unwrap_or_default()
 }
 
-fn range_request(process: Process, start: usize, len: usize, to: NodeId) -> ProcessRequest {
-    ProcessRequest {
-        process,
-        to,
-        from: None,
-        selection: Selection::Ranges(vec![start..start + len]),
-        dry_run: false,
-    }
+fn range_request(process: Process, start: usize, len: usize, to: NodeId) -> Request<'static> {
+    Request::process(process, Selection::Ranges(vec![start..start + len]), to)
 }
 
-fn migrate(req: &ProcessRequest, plan: &KernelPlan) -> Report {
-    let topo = Topology::detect().unwrap();
-    let r = kernel::migrate_process(&topo, req, plan, &Workers::new(), &|_| {}).unwrap();
+/// Scans `req`, then moves its pages as `plan` says (a fixed plan in place of the planner's).
+fn migrate_as(migrator: &Migrator, req: &Request<'_>, plan: &Plan) -> Result<Report, MigrateError> {
+    let (scan, _) = migrator.plan(req)?;
+    migrator.execute(req, &scan, plan, &|_| {})
+}
+
+fn migrate(req: &Request<'_>, plan: &Plan) -> Report {
+    let r = migrate_as(&Migrator::new().unwrap(), req, plan).unwrap();
     // Every requested page is accounted for exactly once.
     assert_eq!(
         r.pages_requested,
         r.pages_moved + r.pages_already_on_target + r.pages_skipped_total() + r.pages_not_moved(),
+        "{r:#?}"
+    );
+    // Every instant is in a phase: the phases add up to the wall time.
+    let sum = r.phases.total().as_secs_f64();
+    assert!(
+        sum <= r.wall.as_secs_f64() && sum >= 0.95 * r.wall.as_secs_f64(),
         "{r:#?}"
     );
     r
@@ -146,7 +151,7 @@ fn pages_only_read_are_nothing_to_move() {
     let start = m.as_ptr() as usize;
     let r = migrate(
         &range_request(Process::Current, start, 32 * PAGE, nodes[1]),
-        &KernelPlan::parallel(all_cpus(), 4),
+        &Plan::parallel(all_cpus(), 4),
     );
     assert_eq!(r.pages_moved, 8, "{r:#?}");
     assert_eq!(r.pages_not_moved(), 0, "{r:#?}");
@@ -170,10 +175,7 @@ fn own_pages_land_on_every_node_serial_and_parallel() {
     let (start, len) = (m.as_ptr() as usize, m.len());
     let sum = checksum(m.as_slice());
     assert_on(Process::Current, start, len, home);
-    let plans = [
-        KernelPlan::serial(4096),
-        KernelPlan::parallel(all_cpus(), 256),
-    ];
+    let plans = [Plan::serial(4096), Plan::parallel(all_cpus(), 256)];
     for (k, &to) in nodes
         .iter()
         .filter(|&&n| n != home)
@@ -220,16 +222,16 @@ fn selection_by_node_and_dry_run() {
     // Move the first half to b, then ask to move only pages on b back to a.
     migrate(
         &range_request(Process::Current, start, len / 2, b),
-        &KernelPlan::serial(64),
+        &Plan::serial(64),
     );
     let mut req = range_request(Process::Current, start, len, a);
-    req.dry_run = true;
-    let dry = migrate(&req, &KernelPlan::serial(64));
+    req.options.dry_run = true;
+    let dry = migrate(&req, &Plan::serial(64));
     assert_eq!((dry.pages_moved, dry.pages_already_on_target), (32, 32));
     assert_on(Process::Current, start, len / 2, b);
-    req.dry_run = false;
-    req.from = Some(NodeSet::from_iter([b]));
-    let r = migrate(&req, &KernelPlan::serial(64));
+    req.options.dry_run = false;
+    req = req.from_nodes(NodeSet::from_iter([b]));
+    let r = migrate(&req, &Plan::serial(64));
     assert_eq!((r.pages_requested, r.pages_moved), (32, 32), "{r:#?}");
     assert_on(Process::Current, start, len, a);
 }
@@ -240,7 +242,7 @@ fn max_stall_shrinks_batches() {
         return;
     };
     let m = filled(2048, nodes[0], 3);
-    let mut plan = KernelPlan::parallel(all_cpus(), 4096);
+    let mut plan = Plan::parallel(all_cpus(), 4096);
     // Far below the cost of one page here, so batches must drop to a handful of pages.
     plan.max_stall = Some(Duration::from_micros(20));
     let r = migrate(
@@ -270,9 +272,9 @@ fn transparent_huge_pages_move_and_report_whether_they_stay_huge() {
     let huge_before = procfs::anon_huge_bytes(Process::Current, start..start + len).unwrap() >> 10;
     for (round, &to) in [nodes[1], nodes[0]].iter().enumerate() {
         let plan = if round == 0 {
-            KernelPlan::serial(4096)
+            Plan::serial(4096)
         } else {
-            KernelPlan::parallel(all_cpus(), 512)
+            Plan::parallel(all_cpus(), 512)
         };
         let r = migrate(&range_request(Process::Current, start, len, to), &plan);
         assert_eq!(r.pages_moved, (len / PAGE) as u64, "{r:#?}");
@@ -490,11 +492,8 @@ fn another_process_keeps_every_write_while_it_moves_back_and_forth() {
     };
     let victim = Victim::spawn("writer", 4096, nodes[0]);
     let (start, len) = (victim.start, victim.len);
-    let mut plans = vec![
-        KernelPlan::serial(512),
-        KernelPlan::parallel(all_cpus(), 128),
-    ];
-    let mut stalled = KernelPlan::parallel(all_cpus(), 1024);
+    let mut plans = vec![Plan::serial(512), Plan::parallel(all_cpus(), 128)];
+    let mut stalled = Plan::parallel(all_cpus(), 1024);
     stalled.max_stall = Some(Duration::from_millis(2));
     plans.push(stalled);
     for round in 0..6 {
@@ -519,7 +518,7 @@ fn shared_pages_need_move_all() {
     };
     let victim = Victim::spawn("shared", 64, nodes[0]);
     let req = range_request(victim.pid(), victim.start, victim.len, nodes[1]);
-    let r = migrate(&req, &KernelPlan::serial(64));
+    let r = migrate(&req, &Plan::serial(64));
     // Skipped as asked (no --all), not failed.
     assert_eq!(
         r.pages_skipped.get(&SkipReason::Shared),
@@ -528,7 +527,7 @@ fn shared_pages_need_move_all() {
     );
     assert_eq!(r.pages_not_moved(), 0, "{r:#?}");
     assert_eq!(r.pages_moved, 0);
-    let mut plan = KernelPlan::serial(64);
+    let mut plan = Plan::serial(64);
     plan.move_all = true;
     let r = migrate(&req, &plan);
     assert_eq!(r.pages_moved, 64, "{r:#?}");
@@ -537,9 +536,11 @@ fn shared_pages_need_move_all() {
 
 #[test]
 fn a_process_that_exits_mid_migration_is_reported_cleanly() {
-    let Some((topo, nodes)) = multi_node("a_process_that_exits_mid_migration") else {
+    let Some((_, nodes)) = multi_node("a_process_that_exits_mid_migration") else {
         return;
     };
+    // Built first, so that the migration starts as soon after the victim as it always did.
+    let migrator = Migrator::new().unwrap();
     let mut victim = Victim::spawn("writer", 8192, nodes[0]);
     let req = range_request(victim.pid(), victim.start, victim.len, nodes[1]);
     let pid = victim.child.id();
@@ -548,13 +549,7 @@ fn a_process_that_exits_mid_migration_is_reported_cleanly() {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     });
-    let result = kernel::migrate_process(
-        &topo,
-        &req,
-        &KernelPlan::parallel(all_cpus(), 64),
-        &Workers::new(),
-        &|_| {},
-    );
+    let result = migrate_as(&migrator, &req, &Plan::parallel(all_cpus(), 64));
     killer.join().unwrap();
     let _ = victim.child.wait();
     match result {
@@ -578,14 +573,7 @@ fn a_process_that_exits_mid_migration_is_reported_cleanly() {
         Err(e) => panic!("unexpected error: {e}"),
     }
     // Once it is gone, the error says so.
-    let err = kernel::migrate_process(
-        &topo,
-        &req,
-        &KernelPlan::serial(64),
-        &Workers::new(),
-        &|_| {},
-    )
-    .unwrap_err();
+    let err = migrate_as(&migrator, &req, &Plan::serial(64)).unwrap_err();
     assert!(matches!(err, MigrateError::NoSuchProcess { .. }), "{err}");
 }
 
@@ -608,7 +596,7 @@ fn a_full_target_node_leaves_pages_behind_intact() {
     let sum = checksum(m.as_slice());
     let r = migrate(
         &range_request(Process::Current, m.as_ptr() as usize, m.len(), small.id),
-        &KernelPlan::parallel(all_cpus(), 4096),
+        &Plan::parallel(all_cpus(), 4096),
     );
     eprintln!(
         "full target: moved {}, failed {:?}",
@@ -675,7 +663,7 @@ fn pinned_pages_are_reported_and_the_rest_moves() {
     let sum = checksum(m.as_slice());
     let r = migrate(
         &range_request(Process::Current, start, m.len(), nodes[1]),
-        &KernelPlan::parallel(all_cpus(), 64),
+        &Plan::parallel(all_cpus(), 64),
     );
     eprintln!(
         "pinned: moved {}, failed {:?}",

@@ -5,15 +5,17 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use pagemig::account::{Path, RemapFacts, Report, SkipReason, Verify};
 use pagemig::copy::{CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, Pool};
-use pagemig::migrate::kernel;
-use pagemig::migrate::remap::{self, RemapError, RemapPlan};
+use pagemig::migrate::remap::{self, Handles, RemapError, Tools};
 use pagemig::migrate::reservoir::Reservoirs;
+use pagemig::migrate::scan;
+use pagemig::policy::Resources;
 use pagemig::process::Process;
 use pagemig::procfs;
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping, PageNode, Uffd};
 use pagemig::topology::{NodeId, NodeSet, Topology};
-use pagemig::workers::Workers;
+use pagemig::{Migrator, Plan, Request};
 
 const PAGE: usize = 4096;
 
@@ -44,9 +46,16 @@ fn pool() -> Pool<CpuEngine> {
     .unwrap()
 }
 
+/// What the remap path said about a migration it made.
+fn facts(r: &Report) -> &RemapFacts {
+    r.remap
+        .as_ref()
+        .unwrap_or_else(|| panic!("not moved by the remap path: {r:#?}"))
+}
+
 fn on_node(start: usize, len: usize, step: usize) -> Vec<PageNode> {
     let pages: Vec<usize> = (start..start + len).step_by(step).collect();
-    kernel::query(Process::Current, &pages).unwrap()
+    scan::query(Process::Current, &pages).unwrap()
 }
 
 #[test]
@@ -66,18 +75,30 @@ fn addresses_contents_and_untouched_pages_are_kept() {
     let before = m.as_slice().to_vec();
     let start = m.as_ptr() as usize;
     let pool = pool();
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((2 << 20) / PAGE);
+    let tools = Tools {
         engine: &pool,
-        batch_bytes: 2 << 20,
+        handles: &handles,
         reservoirs: None,
     };
     for to in [b, a] {
-        let r = remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan).unwrap();
+        let r = remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan, tools).unwrap();
         assert_eq!(m.as_ptr() as usize, start);
-        assert_eq!(r.pages_copied, (pages - pages / 8) as u64, "{r:#?}");
-        assert_eq!(r.pages_untouched, (pages / 8) as u64);
-        assert_eq!(r.pages_on_target, r.pages_copied);
-        assert_eq!(r.batches, 4);
+        assert_eq!(
+            r.pages_moved + r.pages_not_moved(),
+            (pages - pages / 8) as u64,
+            "{r:#?}"
+        );
+        assert_eq!(r.skipped(SkipReason::NothingToMove), (pages / 8) as u64);
+        assert_eq!(r.pages_not_moved(), 0, "{r:#?}");
+        assert_eq!(facts(&r).batches, 4);
+        // Every instant is in a phase: the phases add up to the wall time.
+        let sum = r.phases.total().as_secs_f64();
+        assert!(
+            sum <= r.wall.as_secs_f64() && sum >= 0.95 * r.wall.as_secs_f64(),
+            "{r:#?}"
+        );
         let placed = on_node(start, m.len(), PAGE);
         for (i, p) in placed.iter().enumerate() {
             let want = if i % 8 == 0 {
@@ -158,9 +179,11 @@ fn writers_lose_nothing(test: &str, huge: bool, reservoir: bool) {
     };
     let pool = pool();
     let reservoirs = Reservoirs::new(4 * pages * PAGE);
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((2 * HUGE_PAGE_SIZE) / PAGE);
+    let tools = Tools {
         engine: &pool,
-        batch_bytes: 2 * HUGE_PAGE_SIZE,
+        handles: &handles,
         reservoirs: reservoir.then_some(&reservoirs),
     };
     let mut waited = 0;
@@ -168,10 +191,10 @@ fn writers_lose_nothing(test: &str, huge: bool, reservoir: bool) {
     for round in 0..12 {
         let to = if round % 2 == 0 { b } else { a };
         // SAFETY: the mapping is anonymous private; the threads touch it only through atomics.
-        let r = unsafe { remap::migrate_range(&topo, base, m.len(), to, &plan) }.unwrap();
-        assert_eq!(r.pages_on_target, pages as u64, "{r:#?}");
-        waited += r.writes_waited;
-        from_reservoir += r.pages_from_reservoir;
+        let r = unsafe { remap::migrate_range(&topo, base, m.len(), to, &plan, tools) }.unwrap();
+        assert_eq!(r.pages_moved, pages as u64, "{r:#?}");
+        waited += facts(&r).writes_waited;
+        from_reservoir += facts(&r).pages_from_reservoir;
     }
     if reservoir {
         // Every migration after the first two takes its pages from the other one's old pages.
@@ -256,21 +279,23 @@ fn what_cannot_be_remapped_is_refused_by_name() {
         return;
     };
     let pool = pool();
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((1 << 20) / PAGE);
+    let tools = Tools {
         engine: &pool,
-        batch_bytes: 1 << 20,
+        handles: &handles,
         reservoirs: None,
     };
     // SAFETY: each call is refused before it touches anything.
     unsafe {
         assert!(matches!(
-            remap::migrate_range(&topo, 4096, 4096, a, &plan),
+            remap::migrate_range(&topo, 4096, 4096, a, &plan, tools),
             Err(RemapError::NotMapped { .. })
         ));
         let m = Mapping::anonymous(4 * PAGE).unwrap();
         let start = m.as_ptr() as usize;
         assert!(matches!(
-            remap::migrate_range(&topo, start + 1, PAGE, a, &plan),
+            remap::migrate_range(&topo, start + 1, PAGE, a, &plan, tools),
             Err(RemapError::Misaligned { .. })
         ));
         // Past the end of the usable part of a mapping: tests running beside this one may map
@@ -281,7 +306,7 @@ fn what_cannot_be_remapped_is_refused_by_name() {
             libc::mprotect((start + 4 * PAGE) as *mut _, 60 * PAGE, libc::PROT_NONE),
             0
         );
-        let err = remap::migrate_range(&topo, start, 64 * PAGE, a, &plan).unwrap_err();
+        let err = remap::migrate_range(&topo, start, 64 * PAGE, a, &plan, tools).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -294,8 +319,8 @@ fn what_cannot_be_remapped_is_refused_by_name() {
             .into_iter()
             .find(|m| !m.path.is_empty() && m.path.starts_with('/'))
             .unwrap();
-        let err =
-            remap::migrate_range(&topo, exe.start, exe.end - exe.start, a, &plan).unwrap_err();
+        let err = remap::migrate_range(&topo, exe.start, exe.end - exe.start, a, &plan, tools)
+            .unwrap_err();
         assert!(
             matches!(err, RemapError::NotAnonymousPrivate { .. }),
             "{err}"
@@ -305,7 +330,7 @@ fn what_cannot_be_remapped_is_refused_by_name() {
         locked.populate();
         if libc::mlock(locked.as_ptr().cast(), 4 * PAGE) == 0 {
             let start = locked.as_ptr() as usize;
-            let err = remap::migrate_range(&topo, start, 4 * PAGE, a, &plan).unwrap_err();
+            let err = remap::migrate_range(&topo, start, 4 * PAGE, a, &plan, tools).unwrap_err();
             assert!(matches!(err, RemapError::Locked { .. }), "{err}");
             assert!(err.to_string().contains("locked in memory"), "{err}");
         }
@@ -335,12 +360,14 @@ fn a_failed_copy_leaves_every_page_usable_where_it_was() {
     let mut m = Mapping::anonymous(64 * PAGE).unwrap();
     m.bind(&NodeSet::from_iter([a])).unwrap();
     m.as_mut_slice().fill(7);
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((1 << 20) / PAGE);
+    let tools = Tools {
         engine: &Failing,
-        batch_bytes: 1 << 20,
+        handles: &handles,
         reservoirs: None,
     };
-    let err = remap::migrate_mapping(&topo, &mut m, 0..64 * PAGE, b, &plan).unwrap_err();
+    let err = remap::migrate_mapping(&topo, &mut m, 0..64 * PAGE, b, &plan, tools).unwrap_err();
     assert!(
         matches!(err, RemapError::Copy { moved_until, .. } if moved_until == m.as_ptr() as usize),
         "{err}"
@@ -368,9 +395,11 @@ fn recycled_pages_never_show_their_old_contents() {
     let len = pages * PAGE;
     let pool = pool();
     let reservoirs = Reservoirs::new(2 * len);
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((len) / PAGE);
+    let tools = Tools {
         engine: &pool,
-        batch_bytes: len,
+        handles: &handles,
         reservoirs: Some(&reservoirs),
     };
     let buffer = |node: NodeId| {
@@ -382,15 +411,15 @@ fn recycled_pages_never_show_their_old_contents() {
     // X's pages hold a secret; moving X a -> b leaves them in node a's reservoir.
     let mut x = buffer(a);
     x.as_mut_slice().fill(0xAA);
-    let r = remap::migrate_mapping(&topo, &mut x, 0..len, b, &plan).unwrap();
-    assert_eq!(r.pages_recycled, pages as u64, "{r:#?}");
+    let r = remap::migrate_mapping(&topo, &mut x, 0..len, b, &plan, tools).unwrap();
+    assert_eq!(facts(&r).pages_recycled, pages as u64, "{r:#?}");
     // Y, with every 8th page never touched, moves b -> a on X's old pages.
     let mut y = buffer(b);
     for i in (0..pages).filter(|i| i % 8 != 0) {
         y.as_mut_slice()[i * PAGE..(i + 1) * PAGE].fill(0x55);
     }
-    let r = remap::migrate_mapping(&topo, &mut y, 0..len, a, &plan).unwrap();
-    assert_eq!(r.pages_from_reservoir, pages as u64, "{r:#?}");
+    let r = remap::migrate_mapping(&topo, &mut y, 0..len, a, &plan, tools).unwrap();
+    assert_eq!(facts(&r).pages_from_reservoir, pages as u64, "{r:#?}");
     let start = y.as_ptr() as usize;
     let placed = on_node(start, len, PAGE);
     for (i, (page, place)) in y.as_slice().chunks_exact(PAGE).zip(&placed).enumerate() {
@@ -481,39 +510,24 @@ fn without_userfaultfd_the_kernel_path_moves_own_memory() {
     let mut m = Mapping::anonymous(64 * PAGE).unwrap();
     m.bind(&NodeSet::from_iter([a])).unwrap();
     m.as_mut_slice().fill(3);
-    let pool = pool();
-    let plan = RemapPlan {
-        engine: &pool,
-        batch_bytes: 1 << 20,
-        reservoirs: None,
-    };
-    let kernel_plan = pagemig::migrate::kernel::KernelPlan::serial(64);
-    // SAFETY: `m` is anonymous private memory that no other thread touches.
-    let moved = unsafe {
-        remap::migrate_own(
-            &topo,
-            m.as_ptr() as usize,
-            m.len(),
-            b,
-            &plan,
-            &kernel_plan,
-            &Workers::new(),
-        )
-    }
-    .unwrap();
-    match moved {
-        remap::OwnMigration::Kernel { report, why } => {
-            assert!(why.contains("userfaultfd"), "{why}");
-            assert_eq!(
-                report.pages_moved + report.pages_already_on_target,
-                64,
-                "{report:#?}"
-            );
-        }
-        other => panic!("expected the kernel path: {other:?}"),
-    }
+    let migrator = Migrator::with(topo, None, Resources::snapshot().unwrap());
+    let (start, len) = (m.as_ptr() as usize, m.len());
+    let moved = migrator
+        .migrate(&Request::mapping(&mut m, 0..len, b))
+        .unwrap();
+    assert_eq!(moved.path, Path::Kernel, "{moved:#?}");
     assert!(
-        on_node(m.as_ptr() as usize, m.len(), PAGE)
+        moved.why.iter().any(|w| w.contains("userfaultfd")),
+        "{:?}",
+        moved.why
+    );
+    assert_eq!(
+        moved.pages_moved + moved.pages_already_on_target,
+        64,
+        "{moved:#?}"
+    );
+    assert!(
+        on_node(start, len, PAGE)
             .iter()
             .all(|p| *p == PageNode::Node(b))
     );
@@ -542,13 +556,15 @@ fn a_target_node_that_fills_up_stops_with_every_page_usable() {
         chunk.fill(i as u8);
     }
     let pool = pool();
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((16 << 20) / PAGE);
+    let tools = Tools {
         engine: &pool,
-        batch_bytes: 16 << 20,
+        handles: &handles,
         reservoirs: None,
     };
     let start = m.as_ptr() as usize;
-    let err = remap::migrate_mapping(&topo, &mut m, 0..len, small, &plan).unwrap_err();
+    let err = remap::migrate_mapping(&topo, &mut m, 0..len, small, &plan, tools).unwrap_err();
     let RemapError::NoMemory { moved_until, .. } = err else {
         panic!("expected NoMemory: {err}")
     };
@@ -659,29 +675,36 @@ fn random_sub_ranges_move_between_every_pair_of_nodes() {
                 let first = outer.start + rand(outer.len());
                 (first..first + 1 + rand(outer.end - first), b)
             };
-            let plan = RemapPlan {
+            let handles = Handles::open().unwrap();
+            let mut plan = Plan::remap(1 + rand(1024));
+            let tools = Tools {
                 engine: &pool,
-                batch_bytes: (1 + rand(1024)) * PAGE,
+                handles: &handles,
                 reservoirs: reservoir.then_some(&reservoirs),
             };
             let start = base + range.start * PAGE;
             let len = range.len() * PAGE;
             let full = round % 4 == 1;
-            let verify = if full {
-                remap::Verify::Full
-            } else {
-                remap::Verify::Sample
-            };
+            let verify = if full { Verify::Full } else { Verify::Sample };
+            plan.verify = verify;
             // SAFETY: the mapping is anonymous private; the writers touch it only through
             // atomics.
-            let r = unsafe { remap::migrate_range_verified(&topo, start, len, to, &plan, verify) }
+            let r = unsafe { remap::migrate_range(&topo, start, len, to, &plan, tools) }
                 .unwrap_or_else(|e| panic!("round {round}, pages {range:?} to node {to}: {e}"));
             let holes = range.clone().filter(|&i| untouched(i)).count() as u64;
-            assert_eq!(r.pages_untouched, holes, "round {round}: {r:#?}");
-            assert_eq!(r.pages_copied, range.len() as u64 - holes, "{r:#?}");
-            assert_eq!(r.pages_on_target, r.pages_copied, "round {round}: {r:#?}");
-            assert_eq!(r.verification.mode, verify);
-            scan = Some(r.scan);
+            assert_eq!(
+                r.skipped(SkipReason::NothingToMove),
+                holes,
+                "round {round}: {r:#?}"
+            );
+            assert_eq!(
+                r.pages_moved + r.pages_not_moved(),
+                range.len() as u64 - holes,
+                "{r:#?}"
+            );
+            assert_eq!(r.pages_not_moved(), 0, "round {round}: {r:#?}");
+            assert_eq!(facts(&r).verification.mode, verify);
+            scan = Some(facts(&r).scan);
             assert!(r.phases.total() <= r.wall, "{r:#?}");
             let placed = on_node(start, len, PAGE);
             for (i, p) in range.clone().zip(&placed) {
@@ -727,8 +750,9 @@ fn random_sub_ranges_move_between_every_pair_of_nodes() {
 /// through auto's check of its choices (timed and judged per batch size), at no extra cost.
 #[test]
 fn the_auto_engine_checks_its_choices_on_the_remap_path() {
+    use pagemig::copy::Copier;
     use pagemig::policy::{
-        AutoEngine, Copier, CopyPoint, CostModel, Effort, MachineId, Planner, Resources,
+        AutoEngine, CopyPoint, CostModel, Effort, MachineId, Planner, Resources,
     };
     let Some((topo, a, b)) = setup("the_auto_engine_checks_its_choices_on_the_remap_path") else {
         return;
@@ -767,13 +791,15 @@ fn the_auto_engine_checks_its_choices_on_the_remap_path() {
         page.fill(i as u8 ^ 0x5a);
     }
     let before = m.as_slice().to_vec();
-    let plan = RemapPlan {
+    let handles = Handles::open().unwrap();
+    let plan = Plan::remap((batch) / PAGE);
+    let tools = Tools {
         engine: &auto,
-        batch_bytes: batch,
+        handles: &handles,
         reservoirs: None,
     };
     for to in [b, a] {
-        remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan).unwrap();
+        remap::migrate_mapping(&topo, &mut m, 0..pages * PAGE, to, &plan, tools).unwrap();
         assert!(
             m.as_slice() == &before[..],
             "contents changed moving to node {to}"
@@ -787,4 +813,62 @@ fn the_auto_engine_checks_its_choices_on_the_remap_path() {
         .unwrap_or_else(|| panic!("no check of 256 KiB batches: {checks:?}"));
     assert!(!at.measured.is_empty(), "{at:?}");
     assert!(at.measured.iter().all(|(_, g)| *g > 0.0), "{at:?}");
+}
+
+/// The planner chooses the path: the remap path for the caller's own memory where userfaultfd
+/// write-protect works, the kernel path for a process's pages or when asked; each plan says why.
+#[test]
+fn the_migrator_chooses_the_path_and_says_why() {
+    let Some((topo, a, b)) = setup("the_migrator_chooses_the_path_and_says_why") else {
+        return;
+    };
+    let migrator = Migrator::with(topo, None, Resources::snapshot().unwrap());
+    let mut m = Mapping::anonymous(256 * PAGE).unwrap();
+    m.bind(&NodeSet::from_iter([a])).unwrap();
+    m.as_mut_slice().fill(5);
+    let len = m.len();
+
+    let (scan, plan) = migrator.plan(&Request::mapping(&mut m, 0..len, b)).unwrap();
+    assert_eq!(scan.bytes_to_move(), len as u64);
+    assert_eq!(plan.path, Path::Remap, "{plan:#?}");
+    assert!(plan.why[0].starts_with("the remap path"), "{:?}", plan.why);
+    let r = migrator
+        .migrate(&Request::mapping(&mut m, 0..len, b))
+        .unwrap();
+    assert_eq!(r.path, Path::Remap, "{r:#?}");
+    assert_eq!(r.pages_moved, 256, "{r:#?}");
+    assert_eq!(r.why, plan.why);
+    // Scan, plan and the remap path's steps are all phases of the one wall time.
+    assert!(
+        !r.phases.scan.is_zero() && !r.phases.copy.is_zero(),
+        "{r:#?}"
+    );
+    let sum = r.phases.total().as_secs_f64();
+    assert!(
+        sum <= r.wall.as_secs_f64() * 1.001 && sum >= 0.95 * r.wall.as_secs_f64(),
+        "{r:#?}"
+    );
+    assert!(m.as_slice().iter().all(|&x| x == 5));
+
+    let kernel = Request::mapping(&mut m, 0..len, a).with(pagemig::Options {
+        path: pagemig::PathChoice::Kernel,
+        ..pagemig::Options::default()
+    });
+    let (_, plan) = migrator.plan(&kernel).unwrap();
+    assert_eq!(plan.path, Path::Kernel, "{plan:#?}");
+    assert!(plan.why[0].contains("asked for"), "{:?}", plan.why);
+    let r = migrator.migrate(&kernel).unwrap();
+    assert_eq!(r.path, Path::Kernel, "{r:#?}");
+    assert_eq!(r.pages_moved + r.pages_already_on_target, 256, "{r:#?}");
+
+    let start = m.as_ptr() as usize;
+    let range = start..start + len;
+    let process = Request::process(Process::Current, pagemig::Selection::Ranges(vec![range]), b);
+    let (_, plan) = migrator.plan(&process).unwrap();
+    assert_eq!(plan.path, Path::Kernel, "{plan:#?}");
+    assert!(
+        plan.why[0].contains("the pages of a process"),
+        "{:?}",
+        plan.why
+    );
 }

@@ -13,7 +13,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use pagemig::migrate::kernel;
+use pagemig::migrate::scan;
 use pagemig::process::Process;
 use pagemig::sys::{Mapping, PageNode};
 use pagemig::topology::{NodeId, NodeSet, Topology};
@@ -85,7 +85,7 @@ fn pagemig_bin() -> String {
 /// The share of the pages of `start..start+len` on `node`, by the kernel's answer.
 fn share_on(pid: u32, start: usize, len: usize, node: NodeId) -> f64 {
     let pages: Vec<usize> = (start..start + len).step_by(PAGE).collect();
-    let placed = kernel::query(Process::Pid(pid), &pages).unwrap();
+    let placed = scan::query(Process::Pid(pid), &pages).unwrap();
     placed
         .iter()
         .filter(|p| **p == PageNode::Node(node))

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Serialize, Serializer};
 
@@ -247,26 +247,197 @@ impl Charge {
     }
 }
 
-/// Wall time of each phase of a migration.
+/// Which way a migration moved its pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Path {
+    /// `move_pages(2)`: the kernel copies, for any process the caller may ptrace.
+    Kernel,
+    /// The caller's own memory: write-protect, copy with a copy engine, `mremap` in place.
+    Remap,
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Path::Kernel => "kernel",
+            Path::Remap => "remap",
+        })
+    }
+}
+
+/// Wall time of each phase of a migration, for both paths: a phase a path does not have stays
+/// zero. Every instant of a migration belongs to exactly one phase (they are measured as laps of
+/// one [`Laps`] stopwatch), so they add up to [`Report::wall`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Phases {
-    /// Reading the mappings and which pages are present.
+    /// Reading the mappings and which pages hold data.
     #[serde(rename = "scan_ms", serialize_with = "millis")]
     pub scan: Duration,
+    /// Sorting the pages and choosing how to move them.
+    #[serde(rename = "plan_ms", serialize_with = "millis")]
+    pub plan: Duration,
+    /// Checking the range, the target's free memory and the paying cgroup; opening what the
+    /// path needs.
+    #[serde(rename = "check_ms", serialize_with = "millis")]
+    pub check: Duration,
     /// Asking where each page is.
     #[serde(rename = "query_ms", serialize_with = "millis")]
     pub query: Duration,
-    /// Moving.
+    /// Registering and write-protecting (remap path).
+    #[serde(rename = "protect_ms", serialize_with = "millis")]
+    pub protect: Duration,
+    /// Taking pages from a reservoir, or mapping, binding and populating new ones (remap path).
+    #[serde(rename = "alloc_ms", serialize_with = "millis")]
+    pub alloc: Duration,
+    /// Copying with a copy engine (remap path).
+    #[serde(rename = "copy_ms", serialize_with = "millis")]
+    pub copy: Duration,
+    /// `mremap` of the new pages over the old addresses (remap path).
+    #[serde(rename = "remap_ms", serialize_with = "millis")]
+    pub remap: Duration,
+    /// Reading the writers' fault messages, waking them, handing old pages to a reservoir.
+    #[serde(rename = "wake_ms", serialize_with = "millis")]
+    pub wake: Duration,
+    /// `move_pages` calls (kernel path).
     #[serde(rename = "move_ms", serialize_with = "millis")]
     pub moving: Duration,
-    /// Asking again where each moved page is.
+    /// Asking again where the moved pages are.
     #[serde(rename = "verify_ms", serialize_with = "millis")]
     pub verify: Duration,
 }
 
-/// What one migration did.
+impl Phases {
+    /// Each phase with its name, in the order a migration goes through them.
+    pub fn named(&self) -> [(&'static str, Duration); 11] {
+        [
+            ("scan", self.scan),
+            ("plan", self.plan),
+            ("check", self.check),
+            ("query", self.query),
+            ("protect", self.protect),
+            ("alloc", self.alloc),
+            ("copy", self.copy),
+            ("remap", self.remap),
+            ("wake", self.wake),
+            ("move", self.moving),
+            ("verify", self.verify),
+        ]
+    }
+
+    /// The sum of the phases: the wall time of the migrations they were measured in.
+    pub fn total(&self) -> Duration {
+        self.named().iter().map(|(_, d)| *d).sum()
+    }
+
+    /// Adds `other`'s phases to these.
+    pub fn add(&mut self, other: &Phases) {
+        for (mine, theirs) in [
+            (&mut self.scan, other.scan),
+            (&mut self.plan, other.plan),
+            (&mut self.check, other.check),
+            (&mut self.query, other.query),
+            (&mut self.protect, other.protect),
+            (&mut self.alloc, other.alloc),
+            (&mut self.copy, other.copy),
+            (&mut self.remap, other.remap),
+            (&mut self.wake, other.wake),
+            (&mut self.moving, other.moving),
+            (&mut self.verify, other.verify),
+        ] {
+            *mine += theirs;
+        }
+    }
+}
+
+/// A stopwatch whose laps cover the time from its start without gaps: each lap adds the time
+/// since the previous one to a phase, and the wall time is the span of the laps, so the phases
+/// add up to it whatever preempts the thread between two lines.
+#[derive(Debug, Clone, Copy)]
+pub struct Laps {
+    start: Instant,
+    last: Instant,
+}
+
+impl Laps {
+    /// Starts now.
+    pub fn start() -> Self {
+        let now = Instant::now();
+        Laps {
+            start: now,
+            last: now,
+        }
+    }
+
+    /// Adds the time since the previous lap (or the start) to `phase`.
+    pub fn lap(&mut self, phase: &mut Duration) {
+        let now = Instant::now();
+        *phase += now - self.last;
+        self.last = now;
+    }
+
+    /// The time from the start to the last lap: the wall time of what the laps measured.
+    pub fn wall(&self) -> Duration {
+        self.last - self.start
+    }
+}
+
+/// How the pages of the caller's own memory were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ScanMethod {
+    /// One `PAGEMAP_SCAN` ioctl per 256 runs.
+    PagemapScan,
+    /// Reading the pagemap entry of every page (kernels before 6.7); the shared zero page counts
+    /// as present there, and huge pages are found in `/proc/self/smaps`.
+    PagemapRead,
+}
+
+/// How the remap path checks that the new pages are on the target node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum Verify {
+    /// Ask about a bounded sample of each batch: one base page of every huge page and a fixed
+    /// number of base pages. The new pages were bound to the target and faulted in before the
+    /// remap, so a sample that is all on the target counts the whole batch there; a sample with
+    /// any page elsewhere makes the batch checked in full.
+    #[default]
+    Sample,
+    /// Ask about every page that was copied.
+    Full,
+}
+
+/// What the check after each batch of the remap path did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// As asked.
+    pub mode: Verify,
+    /// Pages the kernel was asked about.
+    pub pages_checked: u64,
+    /// Batches whose sample found a page off the target, and that were checked in full.
+    pub batches_checked_in_full: u64,
+}
+
+/// What only the remap path has to say.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RemapFacts {
+    /// Batches (one protect, copy, remap and wake each).
+    pub batches: u64,
+    /// Pages whose new memory came from a reservoir, already faulted in.
+    pub pages_from_reservoir: u64,
+    /// Old pages kept in a reservoir instead of being freed.
+    pub pages_recycled: u64,
+    /// Writes that waited for their batch.
+    pub writes_waited: u64,
+    /// How the pages were found.
+    pub scan: ScanMethod,
+    /// How the pages on the target were counted.
+    pub verification: Verification,
+}
+
+/// What one migration did, whichever path moved it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
+    /// Which way the pages moved.
+    pub path: Path,
     /// Whose pages.
     pub process: Process,
     /// Target node.
@@ -275,10 +446,12 @@ pub struct Report {
     pub dry_run: bool,
     /// Base page size; every count below is in pages of this size (a 2 MB THP counts 512).
     pub page_size: u64,
-    /// Present pages selected (on the `--from` nodes when given): moved, already on target,
-    /// skipped and failed add up to it.
+    /// Pages selected: the present pages (on the `--from` nodes when given) for the kernel path,
+    /// every page of the range for the remap path. Moved, already on target, skipped and failed
+    /// add up to it.
     pub pages_requested: u64,
-    /// Pages that are on the target node now and were not before.
+    /// Pages that are on the target node now and were not before (the remap path: pages copied
+    /// and found on the target afterwards).
     pub pages_moved: u64,
     /// Pages that were on the target already.
     pub pages_already_on_target: u64,
@@ -290,17 +463,25 @@ pub struct Report {
     pub pages_left_by_node: BTreeMap<NodeId, u64>,
     /// Bytes moved.
     pub bytes_moved: u64,
-    /// Kernel calls.
+    /// Kernel calls (kernel path) and the CPU time of the threads that moved or copied.
     pub calls: CallStats,
-    /// Time per phase.
+    /// Time per phase; they add up to `wall`.
     pub phases: Phases,
     /// Wall time of the whole migration.
     #[serde(rename = "wall_ms", serialize_with = "millis")]
     pub wall: Duration,
+    /// CPU time of the calling thread during the migration (its thread CPU clock): scanning,
+    /// planning, checking, and the moves or copies it made itself.
+    #[serde(rename = "caller_cpu_ms", serialize_with = "millis")]
+    pub caller_cpu: Duration,
     /// The process exited during the migration; counts are what moved before.
     pub process_exited: bool,
     /// Who paid for the CPU time.
     pub charged_to: Charge,
+    /// What only the remap path says (`None` for the kernel path).
+    pub remap: Option<RemapFacts>,
+    /// Why this path and plan: the planner's reasons.
+    pub why: Vec<String>,
 }
 
 impl Report {
@@ -310,14 +491,24 @@ impl Report {
         self.pages_failed.values().sum()
     }
 
+    /// Pages skipped for `reason` (zero when none were).
+    pub fn skipped(&self, reason: SkipReason) -> u64 {
+        self.pages_skipped.get(&reason).copied().unwrap_or(0)
+    }
+
     /// Pages skipped on purpose (see [`SkipReason`]).
     pub fn pages_skipped_total(&self) -> u64 {
         self.pages_skipped.values().sum()
     }
 
-    /// Bytes moved per second of the move phase, in GB/s.
+    /// Bytes moved per second, in GB/s: of the move phase on the kernel path (what the cost
+    /// model predicts), of the whole migration on the remap path.
     pub fn gbps(&self) -> f64 {
-        let secs = self.phases.moving.as_secs_f64();
+        let secs = match self.path {
+            Path::Kernel => self.phases.moving,
+            Path::Remap => self.wall,
+        }
+        .as_secs_f64();
         if secs > 0.0 {
             self.bytes_moved as f64 / secs / 1e9
         } else {

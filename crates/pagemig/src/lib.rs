@@ -5,7 +5,9 @@
 //! - [`workers`]: the one set of long-lived worker threads pinned to CPUs that every parallel
 //!   part runs on.
 //! - [`copy`]: the [`copy::CopyEngine`] trait, CPU engines and the pinned worker [`copy::Pool`].
-//! - [`migrate`]: moving pages of any process between nodes (the kernel path).
+//! - [`Migrator`]: the front door: a [`Request`] in, a [`account::Report`] out.
+//! - [`migrate`]: the steps of a migration: request, scan, plan, and the two executors (the
+//!   kernel path for any process, the remap path for the caller's own memory).
 //! - [`policy`]: the planner and its calibrated cost model.
 //! - [`account`]: what a migration did, per page and per phase, and who paid for it.
 //! - [`cgroup`]: cgroup v2 membership, CPU quota and usage.
@@ -18,6 +20,7 @@ pub mod account;
 pub mod cgroup;
 pub mod copy;
 pub mod migrate;
+mod migrator;
 pub mod policy;
 pub mod process;
 pub mod procfs;
@@ -25,3 +28,7 @@ pub mod sys;
 pub mod tier;
 pub mod topology;
 pub mod workers;
+
+pub use account::Report;
+pub use migrate::{Memory, Options, PathChoice, Plan, Progress, Request, Scan, Selection, Threads};
+pub use migrator::{Migrator, MigratorError};

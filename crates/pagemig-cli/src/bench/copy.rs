@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use indicatif::ProgressBar;
+use pagemig::copy::Copier;
 use pagemig::copy::dma::{self, DmaKind};
 use pagemig::copy::{
     CopyEngine, CopyOp, CpuEngine, EngineKind, Offload, PageCopy, Placement, Pool, Route,
 };
-use pagemig::policy::{AutoEngine, Copier, Effort, Planner, Resources};
+use pagemig::policy::{AutoEngine, Effort, Planner, Resources};
 use pagemig::sys::{self, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet};
 use pagemig::workers::Workers;

@@ -5,17 +5,19 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use pagemig::account::{Phases, Verify};
 use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
-use pagemig::migrate::kernel::{self, KernelPlan};
-use pagemig::migrate::remap::{self, RemapPhases, RemapPlan, Verify};
+use pagemig::migrate::kernel;
+use pagemig::migrate::remap::{self, Handles, Tools};
 use pagemig::migrate::reservoir::Reservoirs;
 use pagemig::migrate::syscall;
-use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources, Threads};
+use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources};
 use pagemig::process::Process;
 use pagemig::procfs;
-use pagemig::sys::{ForeignOut, HUGE_PAGE_SIZE, Mapping};
+use pagemig::sys::{self, ForeignOut, HUGE_PAGE_SIZE, Mapping};
 use pagemig::topology::{CpuId, NodeId, NodeSet, Topology};
 use pagemig::workers::Workers;
+use pagemig::{Plan, Threads};
 
 use super::options::{TableArgs, TableOptions};
 use super::table::{PageTable, Row};
@@ -178,18 +180,19 @@ impl From<VerifyArg> for Verify {
 /// those migrations.
 #[derive(Default)]
 struct Timed {
-    phases: RemapPhases,
+    phases: Phases,
     wall: std::time::Duration,
 }
 
 /// How one column moves a block.
 enum Mover {
-    Kernel(KernelPlan),
+    Kernel(Plan),
     /// The kernel path with the planner's threads for each row's size.
-    KernelAuto(KernelPlan),
+    KernelAuto(Plan),
     /// One move_pages call with every page, as a program under libpagemig_preload.so makes it.
     Preload(Box<syscall::Context>),
-    Remap(Box<dyn CopyEngine>, Verify),
+    /// The remap path with an engine, checking the new pages as said, with its userfaultfd.
+    Remap(Box<dyn CopyEngine>, Verify, Box<Handles>),
     /// The copy engine alone, copying the same bytes into pages already faulted in on the
     /// target: what the remap path would reach if everything around its copy were free.
     Copy(Box<dyn CopyEngine>),
@@ -219,7 +222,7 @@ impl Block<'_> {
         (a, b): (NodeId, NodeId),
         mover: &Mover,
         reservoirs: Option<&Reservoirs>,
-        phases: &mut RemapPhases,
+        phases: &mut Phases,
     ) -> anyhow::Result<()> {
         let to = if self.at == a { b } else { a };
         let start = self.buf.as_ptr() as usize;
@@ -227,16 +230,17 @@ impl Block<'_> {
             Mover::Kernel(plan) | Mover::KernelAuto(plan) => {
                 // One address per page: the head of a huge page moves all of it.
                 let addrs: Vec<usize> = (0..pages).map(|i| start + i * self.page_size).collect();
-                let moved = kernel::move_pages(
+                let mut status = vec![0; pages];
+                kernel::move_pages(
                     Process::Current,
                     &addrs,
                     &vec![to; pages],
+                    &mut status,
                     plan,
                     self.workers,
                     &|_| {},
                 )?;
-                self.pages_failed +=
-                    moved.status.iter().filter(|&&s| s != to as i32).count() as u64;
+                self.pages_failed += status.iter().filter(|&&s| s != to as i32).count() as u64;
             }
             Mover::Preload(ctx) => {
                 let addrs: Vec<usize> = (0..pages).map(|i| start + i * self.page_size).collect();
@@ -256,22 +260,17 @@ impl Block<'_> {
                 }
                 self.pages_failed += status.iter().filter(|&&s| s != to as c_int).count() as u64;
             }
-            Mover::Remap(engine, verify) => {
+            Mover::Remap(engine, verify, handles) => {
                 let bytes = pages * self.page_size;
-                let plan = RemapPlan {
+                let mut plan = Plan::remap(bytes / sys::base_page_size());
+                plan.verify = *verify;
+                let tools = Tools {
                     engine: engine.as_ref(),
-                    batch_bytes: bytes,
+                    handles,
                     reservoirs,
                 };
-                let r = remap::migrate_mapping_verified(
-                    topo,
-                    &mut self.buf,
-                    0..bytes,
-                    to,
-                    &plan,
-                    *verify,
-                )?;
-                self.pages_failed += r.pages_copied - r.pages_on_target;
+                let r = remap::migrate_mapping(topo, &mut self.buf, 0..bytes, to, &plan, tools)?;
+                self.pages_failed += r.pages_not_moved();
                 phases.add(&r.phases);
             }
             Mover::Copy(engine) => {
@@ -361,17 +360,18 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
     let with_vanilla = from != to;
     let mut movers: Vec<(String, Mover)> = Vec::new();
     if with_vanilla {
-        movers.push(("vanilla".into(), Mover::Kernel(KernelPlan::serial(1))));
+        movers.push(("vanilla".into(), Mover::Kernel(Plan::serial(1))));
     }
     for &n in &table.threads {
         let mover = match path {
-            PathKind::Kernel => Mover::Kernel(KernelPlan::parallel(cpus[..n].to_vec(), 0)),
+            PathKind::Kernel => Mover::Kernel(Plan::parallel(cpus[..n].to_vec(), 0)),
             PathKind::Remap => Mover::Remap(
                 Box::new(
                     Pool::new(&workers, CpuEngine::new(EngineKind::Nt)?, &cpus[..n])
                         .context("starting copy workers")?,
                 ),
                 verify.into(),
+                Box::new(Handles::open()?),
             ),
         };
         movers.push((format!("mt_{n}"), mover));
@@ -387,13 +387,14 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
     movers.push((
         "auto".into(),
         match path {
-            PathKind::Kernel => Mover::KernelAuto(KernelPlan::serial(0)),
+            PathKind::Kernel => Mover::KernelAuto(Plan::serial(0)),
             PathKind::Remap => Mover::Remap(
                 Box::new(
                     AutoEngine::new(&planner, route, &workers)
                         .context("starting the auto column's engine")?,
                 ),
                 verify.into(),
+                Box::new(Handles::open()?),
             ),
         },
     ));
@@ -549,7 +550,7 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
                 let reservoirs = Reservoirs::new(3 * bytes);
                 let reservoirs = reservoir.then_some(&reservoirs);
                 let mut runs = 0u32;
-                let mut warm_up = RemapPhases::default();
+                let mut warm_up = Phases::default();
                 cells.push(measure(reps, per_sample, bytes, |i| {
                     // The warm-up (step 0) fills the reservoirs: its phases are not counted. It
                     // migrates twice: a previous row's migrations split the block into mappings

@@ -19,7 +19,7 @@ use anyhow::Context;
 use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
-use pagemig::migrate::remap::RemapPhases;
+use pagemig::account::Phases;
 use pagemig::topology::{NodeId, Topology};
 
 use crate::machine::Machine;
@@ -113,7 +113,7 @@ impl PhaseRow {
         page_size: usize,
         pages: usize,
         column: &str,
-        phases: &RemapPhases,
+        phases: &Phases,
         wall: std::time::Duration,
         runs: u32,
     ) -> Self {

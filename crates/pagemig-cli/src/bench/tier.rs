@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use pagemig::account::ChargeTo;
 use pagemig::migrate::check_target;
-use pagemig::migrate::kernel;
-use pagemig::policy::{Planner, Resources, Threads};
+use pagemig::migrate::scan;
+use pagemig::policy::Resources;
 use pagemig::process::Process;
 use pagemig::sys::{self, Mapping, PageNode};
 use pagemig::tier::Size;
@@ -20,7 +20,7 @@ use pagemig::tier::agent::{self, Agent, AgentConfig, MoveOptions};
 use pagemig::tier::damon::{self, Action, Damon, DamonAttrs, Scheme};
 use pagemig::tier::decide::Policy;
 use pagemig::topology::{NodeId, NodeSet, Topology};
-use pagemig::workers::Workers;
+use pagemig::{Migrator, Threads};
 use serde::Serialize;
 
 use crate::machine::Host;
@@ -229,7 +229,7 @@ fn share_on(pid: u32, start: usize, len: usize, node: NodeId) -> anyhow::Result<
     let pages: Vec<usize> = (start..start + len)
         .step_by(sys::base_page_size())
         .collect();
-    let placed = kernel::query(Process::Pid(pid), &pages)?;
+    let placed = scan::query(Process::Pid(pid), &pages)?;
     Ok(placed
         .iter()
         .filter(|p| **p == PageNode::Node(node))
@@ -317,8 +317,7 @@ fn measure(config: &TierBenchConfig, start_on: NodeId, with_pagemig: bool) -> an
         kdamond_cpu_s: 0.0,
     };
     if with_pagemig {
-        let planner = Planner::new(topo, None, Resources::detect()?);
-        let workers = Workers::new();
+        let migrator = Migrator::with(topo.clone(), None, Resources::detect()?);
         let options = MoveOptions {
             threads: Threads::Auto,
             batch: 4096,
@@ -341,9 +340,7 @@ fn measure(config: &TierBenchConfig, start_on: NodeId, with_pagemig: bool) -> an
             dry_run: false,
         };
         let (mut agent, _) = Agent::start(config, topo)?;
-        let mover = |r: &agent::MoveRequest| {
-            agent::move_with_kernel_path(topo, &planner, &options, r, &workers)
-        };
+        let mover = |r: &agent::MoveRequest| agent::move_through(&migrator, &options, r);
         while t0.elapsed() < limit {
             std::thread::sleep(interval);
             let report = agent.step(&mover)?;

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use pagemig::Threads;
 use pagemig::account::ChargeTo;
-use pagemig::policy::Threads;
 use pagemig::tier::Size;
 use pagemig::tier::damon::DamonAttrs;
 use pagemig::tier::decide::Policy;

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use pagemig::policy::{Planner, Resources};
+use pagemig::Migrator;
+use pagemig::policy::Resources;
 use pagemig::tier::agent::{self, Agent, AgentConfig, IntervalReport, MoveOptions};
 use pagemig::tier::decide::Direction;
 use pagemig::topology::Topology;
-use pagemig::workers::Workers;
 use serde_json::json;
 
 pub use config::TierArgs;
@@ -123,8 +123,7 @@ pub fn run(args: &TierArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let s = args.settings()?;
     let topo = Topology::detect().context("reading the topology from /sys")?;
     let loaded = ModelArgs { model: None }.load()?;
-    let planner = Planner::new(&topo, loaded.model.as_ref(), Resources::detect()?);
-    let workers = Workers::new();
+    let migrator = Migrator::with(topo.clone(), loaded.model, Resources::detect()?);
     let options = MoveOptions {
         threads: s.threads,
         batch: s.batch,
@@ -188,9 +187,7 @@ pub fn run(args: &TierArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let deadline = s.duration.map(|d| started + d);
-    let mover = |request: &agent::MoveRequest| {
-        agent::move_with_kernel_path(&topo, &planner, &options, request, &workers)
-    };
+    let mover = |request: &agent::MoveRequest| agent::move_through(&migrator, &options, request);
     let mut totals = Totals::default();
     let mut next = started + s.interval;
     let why_stopped = loop {

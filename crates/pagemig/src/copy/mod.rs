@@ -27,6 +27,58 @@ pub use queue::{
     AsyncCopyEngine, Completion, Offload, OpStatus, Queue, Ticket, copy_and_wait, scope,
 };
 
+/// How a batch is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "on", rename_all = "kebab-case")]
+pub enum Copier {
+    /// On the calling thread, the whole batch in one call.
+    Thread {
+        /// The engine.
+        engine: EngineKind,
+    },
+    /// Split by bytes over this many pinned pool workers.
+    Pool {
+        /// The engine every worker runs.
+        engine: EngineKind,
+        /// Workers.
+        workers: usize,
+    },
+    /// A DMA engine: no CPU thread copies.
+    Dma {
+        /// The engine.
+        engine: dma::DmaKind,
+    },
+}
+
+impl Copier {
+    /// The CPU engine that copies (none for a DMA engine).
+    pub fn cpu_engine(self) -> Option<EngineKind> {
+        match self {
+            Copier::Thread { engine } | Copier::Pool { engine, .. } => Some(engine),
+            Copier::Dma { .. } => None,
+        }
+    }
+
+    /// CPU threads that copy (none for a DMA engine).
+    pub fn threads(self) -> usize {
+        match self {
+            Copier::Thread { .. } => 1,
+            Copier::Pool { workers, .. } => workers,
+            Copier::Dma { .. } => 0,
+        }
+    }
+}
+
+impl fmt::Display for Copier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Copier::Thread { engine } => write!(f, "{engine} on the calling thread"),
+            Copier::Pool { engine, workers } => write!(f, "{engine} on {workers} pool worker(s)"),
+            Copier::Dma { engine } => write!(f, "the {engine} DMA engine"),
+        }
+    }
+}
+
 /// What a copy did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CopyStats {

@@ -1,5 +1,5 @@
-//! Helper processes that make the kernel path's `move_pages` calls from inside another cgroup,
-//! so that the CPU time of a migration is charged to that cgroup.
+//! The kernel path with its CPU time charged as the plan says: under [`ChargeTo::Target`],
+//! helper processes make the `move_pages` calls from inside the target's cgroup.
 //!
 //! The helper is this program again (`/proc/self/exe`), started with [`HELPER_ENV`] set: a
 //! program that migrates with [`ChargeTo::Target`] checks for it first thing in `main` and then
@@ -14,8 +14,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::MigrateError;
-use super::kernel::{self, KernelPlan, Moved};
-use crate::account::{CallStats, ChargeTo};
+use super::kernel;
+use super::plan::Plan;
+use super::request::{Progress, Request};
+use super::scan::Pages;
+use crate::account::{CallStats, ChargeTo, Report};
 use crate::cgroup::Cgroup;
 use crate::process::Process;
 use crate::sys;
@@ -26,7 +29,7 @@ use crate::workers::Workers;
 pub const HELPER_ENV: &str = "PAGEMIG_MOVE_HELPER";
 
 #[derive(Serialize, Deserialize)]
-struct Request {
+struct Work {
     pid: i32,
     pages: Vec<usize>,
     nodes: Vec<NodeId>,
@@ -51,7 +54,6 @@ struct Reply {
     median_ns: u64,
     final_batch: usize,
     thread_cpu_ns: Vec<u64>,
-    process_exited: bool,
     failure: Option<Failure>,
 }
 
@@ -65,39 +67,38 @@ fn nanos(d: Duration) -> u64 {
 pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> {
     let mut text = String::new();
     input.read_to_string(&mut text)?;
-    let req: Request = serde_json::from_str(&text)?;
+    let req: Work = serde_json::from_str(&text)?;
     let process = if req.pid == 0 {
         Process::Current
     } else {
         Process::Pid(req.pid as u32)
     };
-    let plan = KernelPlan {
-        cpus: req.cpus,
-        batch: req.batch,
-        max_stall: req.max_stall_ns.map(Duration::from_nanos),
-        move_all: req.move_all,
-        charge: ChargeTo::Caller,
-    };
+    let mut plan = Plan::parallel(req.cpus, req.batch);
+    plan.max_stall = req.max_stall_ns.map(Duration::from_nanos);
+    plan.move_all = req.move_all;
     let out = std::sync::Mutex::new(output);
     let progress = |n: u64| {
         let _ = writeln!(out.lock().unwrap_or_else(|p| p.into_inner()), "p {n}");
     };
-    let reply = match kernel::move_pages(
+    let mut status = vec![0; req.pages.len()];
+    let moved = kernel::move_pages(
         process,
         &req.pages,
         &req.nodes,
+        &mut status,
         &plan,
+        // The helper is a process of its own: its calls run on workers of its own.
         &Workers::new(),
         &progress,
-    ) {
-        Ok(m) => Reply {
-            status: m.status,
-            calls: m.calls.calls,
-            longest_ns: nanos(m.calls.longest),
-            median_ns: nanos(m.calls.median),
-            final_batch: m.calls.final_batch,
-            thread_cpu_ns: m.calls.thread_cpu.iter().map(|d| nanos(*d)).collect(),
-            process_exited: m.process_exited,
+    );
+    let reply = match moved {
+        Ok(calls) => Reply {
+            status,
+            calls: calls.calls,
+            longest_ns: nanos(calls.longest),
+            median_ns: nanos(calls.median),
+            final_batch: calls.final_batch,
+            thread_cpu_ns: calls.thread_cpu.iter().map(|d| nanos(*d)).collect(),
             failure: None,
         },
         Err(e) => Reply {
@@ -107,7 +108,6 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
             median_ns: 0,
             final_batch: 0,
             thread_cpu_ns: Vec::new(),
-            process_exited: false,
             failure: Some(match e {
                 MigrateError::NoSuchProcess { .. } => Failure::NoSuchProcess,
                 MigrateError::PermissionDenied { .. } => Failure::PermissionDenied,
@@ -128,16 +128,53 @@ fn open_procs(cgroup: &Cgroup) -> io::Result<OwnedFd> {
     Ok(file.into())
 }
 
+/// The kernel path ([`kernel::execute`]) for `pages` of `request`, charged as `plan.charge`
+/// says: to the caller's cgroup, or to the target's, whose cgroup then gets a helper process
+/// that makes the calls (unless the caller is in that cgroup already).
+pub fn execute(
+    request: &Request<'_>,
+    pages: &Pages,
+    plan: &Plan,
+    workers: &Workers,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, MigrateError> {
+    let process = request.process_moved();
+    let own = Cgroup::of(Process::Current).ok();
+    let (paying, helper) = match plan.charge {
+        ChargeTo::Caller => (own, false),
+        // A dry run moves nothing: no helper, and no need to know the target's cgroup.
+        ChargeTo::Target if request.options.dry_run => (own, false),
+        ChargeTo::Target => {
+            let target = Cgroup::of(process)
+                .map_err(|source| MigrateError::TargetCgroup { process, source })?;
+            // A caller in the target's cgroup already pays there: no helper has to enter it
+            // (which would need write access to cgroup.procs for nothing).
+            let helper = own.is_none_or(|c| c.path != target.path);
+            (Some(target), helper)
+        }
+    };
+    let direct = |p: &[usize], n: &[NodeId], st: &mut [i32], pr: &(dyn Fn(u64) + Sync)| {
+        kernel::move_pages(process, p, n, st, plan, workers, pr)
+    };
+    let in_helper = |p: &[usize], n: &[NodeId], st: &mut [i32], pr: &(dyn Fn(u64) + Sync)| {
+        let cgroup = paying.as_ref().expect("a helper has a cgroup to enter");
+        move_pages_in(cgroup, process, p, n, st, plan, pr)
+    };
+    let mover: &kernel::Mover<'_> = if helper { &in_helper } else { &direct };
+    kernel::execute(request, pages, plan, paying.as_ref(), mover, progress)
+}
+
 /// [`kernel::move_pages`] done by a helper process inside `cgroup`. Nothing moves when the
 /// helper cannot be placed there.
-pub(super) fn move_pages_in(
+fn move_pages_in(
     cgroup: &Cgroup,
     process: Process,
     pages: &[usize],
     nodes: &[NodeId],
-    plan: &KernelPlan,
+    status: &mut [i32],
+    plan: &Plan,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<Moved, MigrateError> {
+) -> Result<CallStats, MigrateError> {
     let enter = |source: io::Error| MigrateError::EnterCgroup {
         process,
         cgroup: cgroup.path.clone(),
@@ -149,7 +186,7 @@ pub(super) fn move_pages_in(
         Process::Current => std::process::id() as i32,
         Process::Pid(p) => p as i32,
     };
-    let request = Request {
+    let work = Work {
         pid,
         pages: pages.to_vec(),
         nodes: nodes.to_vec(),
@@ -169,7 +206,7 @@ pub(super) fn move_pages_in(
     let io_error = |e: io::Error| helper_failed(format!("talking to the helper: {e}"));
     {
         let mut stdin = child.stdin.take().expect("stdin is piped");
-        let text = serde_json::to_vec(&request).map_err(|e| io_error(e.into()))?;
+        let text = serde_json::to_vec(&work).map_err(|e| io_error(e.into()))?;
         stdin.write_all(&text).map_err(io_error)?;
     }
     let stdout = child.stdout.take().expect("stdout is piped");
@@ -191,19 +228,23 @@ pub(super) fn move_pages_in(
         Some(Failure::PermissionDenied) => return Err(MigrateError::PermissionDenied { process }),
         Some(Failure::Other(message)) => return Err(helper_failed(message)),
     }
-    Ok(Moved {
-        status: reply.status,
-        calls: CallStats::new(
-            reply.calls,
-            Duration::from_nanos(reply.longest_ns),
-            Duration::from_nanos(reply.median_ns),
-            reply.final_batch,
-            reply
-                .thread_cpu_ns
-                .into_iter()
-                .map(Duration::from_nanos)
-                .collect(),
-        ),
-        process_exited: reply.process_exited,
-    })
+    if reply.status.len() != status.len() {
+        return Err(helper_failed(format!(
+            "the helper answered for {} pages of {}",
+            reply.status.len(),
+            status.len()
+        )));
+    }
+    status.copy_from_slice(&reply.status);
+    Ok(CallStats::new(
+        reply.calls,
+        Duration::from_nanos(reply.longest_ns),
+        Duration::from_nanos(reply.median_ns),
+        reply.final_batch,
+        reply
+            .thread_cpu_ns
+            .into_iter()
+            .map(Duration::from_nanos)
+            .collect(),
+    ))
 }

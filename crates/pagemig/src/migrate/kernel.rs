@@ -1,58 +1,19 @@
 //! The kernel path: `move_pages(2)` for any process, batches split over pinned threads.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::in_cgroup;
-use super::{MigrateError, check_target};
-use crate::account::{CallStats, Charge, ChargeTo, FailureCause, Phases, Report, SkipReason};
+use super::MigrateError;
+use super::plan::Plan;
+use super::request::{Progress, Request};
+use super::scan::{Pages, is_gone, query, sys_error};
+use crate::account::{CallStats, Charge, FailureCause, Laps, Path, Phases, Report, SkipReason};
 use crate::cgroup::Cgroup;
 use crate::process::Process;
-use crate::procfs::{self, ProcfsError, VmArea};
 use crate::sys::{self, Errno, PageNode, SysError};
-use crate::topology::{CpuId, NodeId, NodeSet, Topology};
+use crate::topology::NodeId;
 use crate::workers::Workers;
-
-/// How the kernel path runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelPlan {
-    /// One thread per entry, pinned to that CPU, each calling `move_pages` on its batches.
-    /// Empty: one call after another on the calling thread, unpinned.
-    pub cpus: Vec<CpuId>,
-    /// Pages per `move_pages` call (the most, when `max_stall` adapts it).
-    pub batch: usize,
-    /// Longest time one call may hold the target's pages: batch sizes follow the measured cost
-    /// per page so that calls stay under it.
-    pub max_stall: Option<Duration>,
-    /// Also move pages shared with other processes (`MPOL_MF_MOVE_ALL`, needs `CAP_SYS_NICE`).
-    pub move_all: bool,
-    /// Who pays: with [`ChargeTo::Target`] the calls are made by a helper process in the
-    /// target's cgroup (see [`super::in_cgroup`]).
-    pub charge: ChargeTo,
-}
-
-impl KernelPlan {
-    /// Calls on the calling thread, `batch` pages each.
-    pub fn serial(batch: usize) -> Self {
-        KernelPlan {
-            cpus: Vec::new(),
-            batch,
-            max_stall: None,
-            move_all: false,
-            charge: ChargeTo::Caller,
-        }
-    }
-
-    /// One pinned thread per CPU of `cpus`, `batch` pages per call.
-    pub fn parallel(cpus: Vec<CpuId>, batch: usize) -> Self {
-        KernelPlan {
-            cpus,
-            ..KernelPlan::serial(batch)
-        }
-    }
-}
 
 /// Batch size of the first calls under `max_stall`, before the cost per page is known.
 const PROBE_BATCH: usize = 16;
@@ -63,36 +24,6 @@ const UNREPORTED: i32 = i32::MIN;
 /// Rounds of retries for pages a call left behind.
 const MAX_ROUNDS: usize = 4;
 
-/// Pages per placement query.
-const QUERY_CHUNK: usize = 1 << 16;
-
-/// What [`move_pages`] did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Moved {
-    /// Per page, as `move_pages` reported it: the node the page is on, or `-errno`; `-ESRCH` for
-    /// pages not attempted because the process exited, `-ENOMEM` for pages not attempted because
-    /// their target node filled up.
-    pub status: Vec<i32>,
-    /// Kernel calls.
-    pub calls: CallStats,
-    /// The process exited before every page was attempted.
-    pub process_exited: bool,
-}
-
-/// Whether a failed call means the process is gone: `ESRCH`, or `EINVAL` from a process that is
-/// exiting (its memory is freed before /proc shows it as a zombie).
-fn is_gone(process: Process, e: &SysError) -> bool {
-    e.errno == Errno::SRCH || (e.errno == Errno::INVAL && procfs::has_exited(process))
-}
-
-fn sys_error(process: Process, e: SysError) -> MigrateError {
-    match e.errno {
-        _ if is_gone(process, &e) => MigrateError::NoSuchProcess { process },
-        Errno::PERM | Errno::ACCESS => MigrateError::PermissionDenied { process },
-        _ => MigrateError::Sys { process, source: e },
-    }
-}
-
 /// State shared by the threads moving one node's group of pages.
 struct Group<'a> {
     process: Process,
@@ -100,9 +31,8 @@ struct Group<'a> {
     node: NodeId,
     cursor: AtomicUsize,
     batch: &'a AtomicUsize,
-    plan: &'a KernelPlan,
+    plan: &'a Plan,
     stop: &'a AtomicBool,
-    exited: &'a AtomicBool,
     /// The target node ran out of memory: the group's remaining pages are not tried.
     full: AtomicBool,
     progress: &'a (dyn Fn(u64) + Sync),
@@ -139,7 +69,6 @@ impl Group<'_> {
                     }
                 }
                 Err(e) if is_gone(self.process, &e) => {
-                    self.exited.store(true, Ordering::Relaxed);
                     self.stop.store(true, Ordering::Relaxed);
                 }
                 Err(e) if e.errno == Errno::NOMEM => {
@@ -248,37 +177,28 @@ impl Group<'_> {
     }
 }
 
-/// The cgroup that pays under [`ChargeTo::Target`].
-fn target_cgroup(process: Process) -> Result<Cgroup, MigrateError> {
-    Cgroup::of(process).map_err(|source| MigrateError::TargetCgroup { process, source })
-}
-
 /// Moves `pages[i]` of `process` to node `nodes[i]`: pages are grouped by target node, and each
 /// group is moved in batches by the `workers` of the plan's CPUs (one job per CPU, pulling
 /// batches until the group is done). `progress` is called with the number of pages of each
-/// completed call. Per-page outcomes are in [`Moved::status`]; an error means the move could not
-/// go on (no permission, a worker could not be pinned, a job panicked).
+/// completed call. As `move_pages(2)` does, `status[i]` says where `pages[i]` is
+/// afterwards (its node) or why it did not move (`-errno`); `-ESRCH` marks pages not attempted
+/// because the process exited (see [`process_exited`]), `-ENOMEM` pages not attempted because
+/// their target node filled up. An error means the move could not go on (no permission, a
+/// worker could not be pinned, a job panicked).
 ///
 /// # Panics
-/// If `nodes` is not as long as `pages`.
+/// If `nodes` or `status` is not as long as `pages`.
 pub fn move_pages(
     process: Process,
     pages: &[usize],
     nodes: &[NodeId],
-    plan: &KernelPlan,
+    status: &mut [i32],
+    plan: &Plan,
     workers: &Workers,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<Moved, MigrateError> {
+) -> Result<CallStats, MigrateError> {
     assert_eq!(pages.len(), nodes.len(), "one target node per page");
-    if plan.charge == ChargeTo::Target {
-        let cgroup = target_cgroup(process)?;
-        // A caller in the target's cgroup already pays there: no helper has to enter it (which
-        // would need write access to cgroup.procs for nothing).
-        let own = Cgroup::of(Process::Current).ok();
-        if own.is_none_or(|c| c.path != cgroup.path) {
-            return in_cgroup::move_pages_in(&cgroup, process, pages, nodes, plan, progress);
-        }
-    }
+    assert_eq!(pages.len(), status.len(), "one status per page");
     let mut order: Vec<usize> = (0..pages.len()).collect();
     order.sort_by_key(|&i| nodes[i]);
     let sorted: Vec<usize> = order.iter().map(|&i| pages[i]).collect();
@@ -290,7 +210,6 @@ pub fn move_pages(
     };
     let batch = AtomicUsize::new(first_batch.max(1));
     let stop = AtomicBool::new(false);
-    let exited = AtomicBool::new(false);
     let mut durations = Vec::new();
     // CPU time of the k-th thread, summed over the node groups (each group has its own threads).
     let mut thread_cpu: Vec<Duration> = Vec::new();
@@ -311,7 +230,6 @@ pub fn move_pages(
             batch: &batch,
             plan,
             stop: &stop,
-            exited: &exited,
             full: AtomicBool::new(false),
             progress,
         };
@@ -345,286 +263,106 @@ pub fn move_pages(
         lo = hi;
     }
 
-    let mut status = vec![0; pages.len()];
     for (k, &i) in order.iter().enumerate() {
         status[i] = sorted_status[k];
     }
-    Ok(Moved {
-        status,
-        calls: CallStats::from_durations(durations, batch.load(Ordering::Relaxed), thread_cpu),
-        process_exited: exited.load(Ordering::Relaxed),
-    })
+    Ok(CallStats::from_durations(
+        durations,
+        batch.load(Ordering::Relaxed),
+        thread_cpu,
+    ))
 }
 
-/// Where each page is (`move_pages` without nodes), in chunks.
-pub fn query(process: Process, pages: &[usize]) -> Result<Vec<PageNode>, MigrateError> {
-    let mut out = Vec::with_capacity(pages.len());
-    for chunk in pages.chunks(QUERY_CHUNK) {
-        out.extend(sys::query_page_nodes(process.raw(), chunk).map_err(|e| sys_error(process, e))?);
-    }
-    Ok(out)
+/// Whether a [`move_pages`] status says the process exited before every page was attempted.
+pub fn process_exited(status: &[i32]) -> bool {
+    status.contains(&-libc::ESRCH)
 }
 
-/// Checks, before anything moves, that the process exists, has user memory (not a zombie or a
-/// kernel thread) and that the caller may move its pages (an empty `move_pages` call: the
-/// kernel's own checks of the pid and the caller's rights).
-pub fn check_process(process: Process) -> Result<(), MigrateError> {
-    procfs::check_user_memory(process)?;
-    sys::move_pages(process.raw(), &[], None, &mut [], false)
-        .map(drop)
-        .map_err(|e| sys_error(process, e))
-}
+/// Makes the `move_pages` calls of [`execute`]: [`move_pages`] itself, or the same done by a
+/// helper process in another cgroup (see [`super::in_cgroup`]). Its arguments are those of
+/// [`move_pages`] without the process and the plan, which it knows.
+pub type Mover<'a> = dyn Fn(&[usize], &[NodeId], &mut [i32], &(dyn Fn(u64) + Sync)) -> Result<CallStats, MigrateError>
+    + 'a;
 
-/// Which memory of the process to move.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selection {
-    /// Every mapping (except the kernel's `[vdso]`, `[vvar]`, `[vsyscall]`).
-    All,
-    /// These address ranges (rounded out to whole pages).
-    Ranges(Vec<Range<usize>>),
-    /// Mappings matching a pattern (see [`VmArea::matches`]).
-    Mappings(String),
-}
-
-/// A migration of a process's pages to one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessRequest {
-    /// Whose pages.
-    pub process: Process,
-    /// Target node.
-    pub to: NodeId,
-    /// Only pages now on these nodes.
-    pub from: Option<NodeSet>,
-    /// Which memory.
-    pub selection: Selection,
-    /// Count what would move, move nothing.
-    pub dry_run: bool,
-}
-
-/// Progress of [`migrate_process`], for a progress bar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// This many pages will be moved.
-    Planned(u64),
-    /// This many more pages were handled by the kernel.
-    Moved(u64),
-}
-
-/// The parts of the selected mappings to scan.
-fn select(
-    process: Process,
-    areas: Vec<VmArea>,
-    selection: &Selection,
-) -> Result<Vec<Range<usize>>, MigrateError> {
-    let (special, areas): (Vec<VmArea>, Vec<VmArea>) =
-        areas.into_iter().partition(VmArea::is_special);
-    match selection {
-        Selection::All => Ok(areas.iter().map(|a| a.start..a.end).collect()),
-        Selection::Mappings(pattern) => {
-            let picked: Vec<_> = areas
-                .iter()
-                .filter(|a| a.matches(pattern))
-                .map(|a| a.start..a.end)
-                .collect();
-            if picked.is_empty()
-                && let Some(area) = special.iter().find(|a| a.matches(pattern))
-            {
-                return Err(MigrateError::KernelMapping {
-                    process,
-                    pattern: pattern.clone(),
-                    mapping: area.path.clone(),
-                });
-            }
-            if picked.is_empty() {
-                return Err(MigrateError::NoMatchingMapping {
-                    process,
-                    pattern: pattern.clone(),
-                });
-            }
-            Ok(picked)
-        }
-        Selection::Ranges(ranges) => {
-            let page = sys::base_page_size();
-            let mut out = Vec::new();
-            for r in ranges {
-                if r.start >= r.end {
-                    return Err(MigrateError::BadRange {
-                        start: r.start,
-                        end: r.end,
-                        reason: "the end is not after the start",
-                    });
-                }
-                // An end in the last page of the address space cannot be rounded up: clamp it
-                // (no process maps that page).
-                let end = r
-                    .end
-                    .checked_next_multiple_of(page)
-                    .unwrap_or(usize::MAX / page * page);
-                let start = r.start / page * page;
-                let before = out.len();
-                out.extend(
-                    areas
-                        .iter()
-                        .filter(|a| a.start < end && start < a.end)
-                        .map(|a| a.start.max(start)..a.end.min(end)),
-                );
-                if out.len() == before {
-                    return Err(MigrateError::BadRange {
-                        start: r.start,
-                        end: r.end,
-                        reason: "nothing is mapped there in this process",
-                    });
-                }
-            }
-            Ok(out)
-        }
-    }
-}
-
-/// Moves the selected, present pages of a process that are not on `to` yet (and are on `from`,
-/// when given) to node `to`, then asks the kernel again where each one is to count what moved.
-pub fn migrate_process(
-    topology: &Topology,
-    request: &ProcessRequest,
-    plan: &KernelPlan,
-    workers: &Workers,
+/// The kernel path: moves the pages a scan of `request`'s process found (`pages`) to its target
+/// as `plan` says, with `mover` making the calls, then asks the kernel again where each one is
+/// to count what moved. `paying` is the cgroup whose CPU usage is read before and after the
+/// move phase.
+pub fn execute(
+    request: &Request<'_>,
+    pages: &Pages,
+    plan: &Plan,
+    paying: Option<&Cgroup>,
+    mover: &Mover<'_>,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, MigrateError> {
-    migrate_process_planned(topology, request, &|_| Ok(plan.clone()), workers, progress)
-}
-
-/// As [`migrate_process`], with the plan chosen by `plan(bytes)` once the bytes to move are
-/// known (after the scan, before anything moves).
-pub fn migrate_process_planned(
-    topology: &Topology,
-    request: &ProcessRequest,
-    plan: &dyn Fn(u64) -> Result<KernelPlan, MigrateError>,
-    workers: &Workers,
-    progress: &(dyn Fn(Progress) + Sync),
-) -> Result<Report, MigrateError> {
-    let started = Instant::now();
-    let process = request.process;
-    check_target(topology, request.to)?;
-    if let Some(from) = &request.from {
-        for node in from.iter() {
-            if topology.node(node).is_none() {
-                return Err(MigrateError::NoSuchNode {
-                    node,
-                    online: topology.nodes.iter().map(|n| n.id).collect(),
-                });
-            }
-        }
-    }
+    let caller_cpu = sys::thread_cpu_time();
+    let mut laps = Laps::start();
     let mut phases = Phases::default();
-
-    let t = Instant::now();
-    check_process(process)?;
-    let ranges = select(process, procfs::read_maps(process)?, &request.selection)?;
-    let mut present = Vec::new();
-    for r in ranges {
-        match procfs::present_pages(process, r, &mut present) {
-            // A mapping that went away meanwhile has no pages to move.
-            Err(ProcfsError::Read { .. }) => {}
-            other => other?,
-        }
-    }
-    phases.scan = t.elapsed();
-
-    let t = Instant::now();
-    let before = query(process, &present)?;
-    phases.query = t.elapsed();
-
-    let mut failed: BTreeMap<FailureCause, u64> = BTreeMap::new();
-    let mut skipped: BTreeMap<SkipReason, u64> = BTreeMap::new();
-    let mut already = 0u64;
-    let mut to_move = Vec::new();
-    let mut requested = 0u64;
-    for (&page, place) in present.iter().zip(&before) {
-        match *place {
-            PageNode::Node(n) if request.from.as_ref().is_some_and(|f| !f.contains(n)) => {}
-            PageNode::Node(n) if n == request.to => {
-                requested += 1;
-                already += 1;
-            }
-            PageNode::Node(_) => {
-                requested += 1;
-                to_move.push(page);
-            }
-            PageNode::Error(_) if request.from.is_some() => {}
-            // Present in the page tables but no page the kernel can move: the shared zero page
-            // of memory read but never written (`EFAULT`), or freed since the scan (`ENOENT`).
-            PageNode::Error(Errno::FAULT | Errno::NOENT) => {
-                requested += 1;
-                *skipped.entry(SkipReason::NothingToMove).or_default() += 1;
-            }
-            PageNode::Error(e) => {
-                requested += 1;
-                *failed.entry(FailureCause::from_errno(e)).or_default() += 1;
-            }
-        }
-    }
+    let process = request.process_moved();
+    let to = request.to;
+    let to_move = &pages.to_move;
     progress(Progress::Planned(to_move.len() as u64));
     let page_size = sys::base_page_size() as u64;
-    let plan = &plan(to_move.len() as u64 * page_size)?;
     let mut report = Report {
+        path: Path::Kernel,
         process,
-        to: request.to,
-        dry_run: request.dry_run,
+        to,
+        dry_run: request.options.dry_run,
         page_size,
-        pages_requested: requested,
+        pages_requested: pages.requested,
         pages_moved: 0,
-        pages_already_on_target: already,
-        pages_skipped: skipped,
-        pages_failed: failed,
+        pages_already_on_target: pages.already_on_target,
+        pages_skipped: pages.skipped.clone(),
+        pages_failed: pages.failed.clone(),
         pages_left_by_node: BTreeMap::new(),
         bytes_moved: 0,
         calls: CallStats::default(),
-        phases,
+        phases: Phases::default(),
         wall: Duration::ZERO,
+        caller_cpu: Duration::ZERO,
         process_exited: false,
         charged_to: Charge {
             to: plan.charge,
-            cgroup: None,
+            cgroup: paying.map(|c| c.path.clone()),
             usage_before_usec: None,
             usage_after_usec: None,
         },
+        remap: None,
+        why: plan.why.clone(),
     };
-    if request.dry_run {
+    let finish = |mut report: Report, mut phases: Phases, mut laps: Laps| {
+        laps.lap(&mut phases.verify);
+        report.phases = phases;
+        report.wall = laps.wall();
+        report.caller_cpu = sys::thread_cpu_time().saturating_sub(caller_cpu);
+        report
+    };
+    if request.options.dry_run {
         report.pages_moved = to_move.len() as u64;
         report.bytes_moved = report.pages_moved * page_size;
-        report.wall = started.elapsed();
-        return Ok(report);
+        return Ok(finish(report, phases, laps));
     }
 
-    let paying = match plan.charge {
-        ChargeTo::Caller => Cgroup::of(Process::Current).ok(),
-        ChargeTo::Target => Some(target_cgroup(process)?),
-    };
-    let usage = || {
-        paying
-            .as_ref()
-            .and_then(|c| c.usage().ok())
-            .map(|u| u.usage_usec)
-    };
-    report.charged_to.cgroup = paying.as_ref().map(|c| c.path.clone());
+    let usage = || paying.and_then(|c| c.usage().ok()).map(|u| u.usage_usec);
     report.charged_to.usage_before_usec = usage();
-    let t = Instant::now();
-    let targets = vec![request.to; to_move.len()];
-    let moved = move_pages(process, &to_move, &targets, plan, workers, &|n| {
+    let targets = vec![to; to_move.len()];
+    let mut status = vec![0; to_move.len()];
+    laps.lap(&mut phases.check);
+    report.calls = mover(to_move, &targets, &mut status, &|n| {
         progress(Progress::Moved(n))
     })?;
-    report.phases.moving = t.elapsed();
+    laps.lap(&mut phases.moving);
     report.charged_to.usage_after_usec = usage();
-    report.calls = moved.calls;
-    report.process_exited = moved.process_exited;
+    report.process_exited = process_exited(&status);
+    laps.lap(&mut phases.check);
 
     // The status array is not the truth for huge pages (subpages of a THP that moved can say
     // EBUSY), so ask again where every page is; only if the process is gone, trust the array.
-    let t = Instant::now();
-    let after = if moved.process_exited {
+    let after = if report.process_exited {
         None
     } else {
-        match query(process, &to_move) {
+        match query(process, to_move) {
             Ok(a) => Some(a),
             Err(MigrateError::NoSuchProcess { .. }) => {
                 report.process_exited = true;
@@ -633,13 +371,12 @@ pub fn migrate_process_planned(
             Err(e) => return Err(e),
         }
     };
-    report.phases.verify = t.elapsed();
-    for (i, &status) in moved.status.iter().enumerate() {
+    for (i, &status) in status.iter().enumerate() {
         let now = after
             .as_ref()
             .map_or(PageNode::from_status(status), |a| a[i]);
         match now {
-            PageNode::Node(n) if n == request.to => report.pages_moved += 1,
+            PageNode::Node(n) if n == to => report.pages_moved += 1,
             // Without MPOL_MF_MOVE_ALL, shared pages stay by request, not by failure.
             PageNode::Node(_) if status == -libc::EACCES && !plan.move_all => {
                 *report.pages_skipped.entry(SkipReason::Shared).or_default() += 1;
@@ -667,8 +404,7 @@ pub fn migrate_process_planned(
         }
     }
     report.bytes_moved = report.pages_moved * page_size;
-    report.wall = started.elapsed();
-    Ok(report)
+    Ok(finish(report, phases, laps))
 }
 
 #[cfg(test)]
@@ -678,12 +414,36 @@ pub fn migrate_process_planned(
 )]
 mod tests {
     use super::*;
+    use crate::migrate::request::Selection;
+    use crate::migrate::scan::{Found, scan};
     use crate::sys::Mapping;
+    use crate::topology::Topology;
 
     fn this_node() -> (Topology, NodeId) {
         let t = Topology::detect().unwrap();
         let n = t.memory_nodes().iter().next().unwrap();
         (t, n)
+    }
+
+    /// Scans and moves with `plan`, calls made on this process's side.
+    fn migrate(
+        topo: &Topology,
+        request: &Request<'_>,
+        plan: &Plan,
+    ) -> Result<Report, MigrateError> {
+        let scan = scan(topo, request)?;
+        let Found::Pages(pages) = &scan.found else {
+            panic!("a process request finds pages: {scan:?}");
+        };
+        let process = request.process_moved();
+        execute(
+            request,
+            pages,
+            plan,
+            None,
+            &|p, n, st, pr| move_pages(process, p, n, st, plan, &Workers::new(), pr),
+            &|_| {},
+        )
     }
 
     #[test]
@@ -692,16 +452,14 @@ mod tests {
         let mut m = Mapping::anonymous(32 * 4096).unwrap();
         m.as_mut_slice()[..20 * 4096].fill(9);
         let start = m.as_ptr() as usize;
-        let req = ProcessRequest {
-            process: Process::Current,
-            to: node,
-            from: None,
-            selection: Selection::Ranges(vec![start..start + 32 * 4096]),
-            dry_run: false,
-        };
+        let req = Request::process(
+            Process::Current,
+            Selection::Ranges(vec![start..start + 32 * 4096]),
+            node,
+        );
         let cpus: Vec<u32> = sys::allowed_cpus().unwrap().iter().collect();
-        for plan in [KernelPlan::serial(4), KernelPlan::parallel(cpus.clone(), 3)] {
-            let r = migrate_process(&topo, &req, &plan, &Workers::new(), &|_| {}).unwrap();
+        for plan in [Plan::serial(4), Plan::parallel(cpus.clone(), 3)] {
+            let r = migrate(&topo, &req, &plan).unwrap();
             assert_eq!(r.pages_requested, 20, "{r:?}");
             assert_eq!(r.pages_already_on_target, 20);
             assert_eq!(r.pages_moved, 0);
@@ -721,21 +479,12 @@ mod tests {
             .sum();
         assert_eq!(sum, 0);
         let start = m.as_ptr() as usize;
-        let req = ProcessRequest {
-            process: Process::Current,
-            to: node,
-            from: None,
-            selection: Selection::Ranges(vec![start..start + 32 * 4096]),
-            dry_run: false,
-        };
-        let r = migrate_process(
-            &topo,
-            &req,
-            &KernelPlan::serial(8),
-            &Workers::new(),
-            &|_| {},
-        )
-        .unwrap();
+        let req = Request::process(
+            Process::Current,
+            Selection::Ranges(vec![start..start + 32 * 4096]),
+            node,
+        );
+        let r = migrate(&topo, &req, &Plan::serial(8)).unwrap();
         assert_eq!(r.pages_not_moved(), 0, "{r:#?}");
         assert_eq!(r.pages_already_on_target, 8, "{r:#?}");
         assert_eq!(
@@ -756,12 +505,14 @@ mod tests {
         m.as_mut_slice().fill(1);
         let pages: Vec<usize> = (0..64).map(|i| m.as_ptr() as usize + i * 4096).collect();
         let calls = std::sync::atomic::AtomicU64::new(0);
-        let mut plan = KernelPlan::parallel(sys::allowed_cpus().unwrap().iter().collect(), 8);
+        let mut plan = Plan::parallel(sys::allowed_cpus().unwrap().iter().collect(), 8);
         plan.max_stall = Some(Duration::from_secs(1));
-        let moved = move_pages(
+        let mut status = vec![0; 64];
+        let stats = move_pages(
             Process::Current,
             &pages,
             &vec![node; 64],
+            &mut status,
             &plan,
             &Workers::new(),
             &|n| {
@@ -770,102 +521,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(calls.load(Ordering::Relaxed), 64);
-        assert!(
-            moved.status.iter().all(|&s| s == node as i32),
-            "{:?}",
-            moved.status
-        );
-        assert!(!moved.process_exited);
-        assert!(moved.calls.calls >= 8);
-        assert!(moved.calls.longest >= moved.calls.median);
-    }
-
-    #[test]
-    fn selections_are_checked() {
-        let m = Mapping::anonymous(4 * 4096).unwrap();
-        let start = m.as_ptr() as usize;
-        let areas = procfs::read_maps(Process::Current).unwrap();
-        let picked = select(
-            Process::Current,
-            areas.clone(),
-            &Selection::Ranges(vec![start + 10..start + 4096 + 1]),
-        )
-        .unwrap();
-        assert_eq!(picked, [start..start + 2 * 4096]);
-        assert!(matches!(
-            select(
-                Process::Current,
-                areas.clone(),
-                &Selection::Ranges(vec![start..start])
-            ),
-            Err(MigrateError::BadRange {
-                reason: "the end is not after the start",
-                ..
-            })
-        ));
-        assert!(matches!(
-            select(
-                Process::Current,
-                areas.clone(),
-                &Selection::Ranges(vec![4096..8192])
-            ),
-            Err(MigrateError::BadRange {
-                reason: "nothing is mapped there in this process",
-                ..
-            })
-        ));
-        assert!(matches!(
-            select(
-                Process::Current,
-                areas.clone(),
-                &Selection::Mappings("no-such-file".into())
-            ),
-            Err(MigrateError::NoMatchingMapping { .. })
-        ));
-        let e = select(
-            Process::Current,
-            areas.clone(),
-            &Selection::Mappings("[vdso]".into()),
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("selects only the kernel's own mapping [vdso] of the calling process"),
-            "{e}"
-        );
-        // An end in the last page of the address space is clamped, not wrapped.
-        let to_the_top = select(
-            Process::Current,
-            areas.clone(),
-            &Selection::Ranges(vec![0..usize::MAX]),
-        )
-        .unwrap();
-        assert!(
-            to_the_top.iter().any(|r| r.contains(&start)),
-            "{to_the_top:x?}"
-        );
-        let all = select(Process::Current, areas, &Selection::All).unwrap();
-        assert!(all.iter().any(|r| r.contains(&start)));
+        assert!(status.iter().all(|&s| s == node as i32), "{status:?}");
+        assert!(!process_exited(&status));
+        assert!(stats.calls >= 8);
+        assert!(stats.longest >= stats.median);
     }
 
     #[test]
     fn a_missing_pid_is_refused() {
         let (topo, node) = this_node();
-        let req = ProcessRequest {
-            process: Process::Pid(i32::MAX as u32 - 1),
-            to: node,
-            from: None,
-            selection: Selection::All,
-            dry_run: false,
-        };
-        let err = migrate_process(
-            &topo,
-            &req,
-            &KernelPlan::serial(64),
-            &Workers::new(),
-            &|_| {},
-        )
-        .unwrap_err();
+        let req = Request::process(Process::Pid(i32::MAX as u32 - 1), Selection::All, node);
+        let err = migrate(&topo, &req, &Plan::serial(64)).unwrap_err();
         assert!(matches!(err, MigrateError::NoSuchProcess { .. }), "{err}");
         assert!(err.to_string().contains("does not exist"));
     }

@@ -1,16 +1,26 @@
-//! Moving pages between nodes.
+//! Moving pages between nodes, in steps: a [`Request`] (which memory, which node, options) →
+//! [`scan::scan`] (which pages, where they are) → a [`Plan`] (chosen by
+//! [`crate::policy::Planner::plan`]; nothing here chooses) → an executor → an
+//! [`crate::account::Report`].
 //!
-//! [`kernel`] moves pages of any process the caller may ptrace with `move_pages(2)`, in batches
-//! split over pinned threads; [`remap`] moves the calling process's own memory with a copy
-//! engine and `mremap`; [`scan`] finds the pages of a range that hold data; [`syscall`] gives `move_pages(2)` and `migrate_pages(2)` their exact
-//! semantics for the C library.
+//! The executors: [`kernel`] moves pages of any process the caller may ptrace with
+//! `move_pages(2)`, in batches split over pinned threads, wrapped by [`in_cgroup`] which charges
+//! the CPU time as the plan says; [`remap`] moves the calling process's own memory with a copy
+//! engine and `mremap`, taking pages from [`reservoir`]s. [`syscall`] gives `move_pages(2)` and
+//! `migrate_pages(2)` their exact semantics for the C library.
 
 pub mod in_cgroup;
 pub mod kernel;
+pub mod plan;
 pub mod remap;
+pub mod request;
 pub mod reservoir;
 pub mod scan;
 pub mod syscall;
+
+pub use plan::Plan;
+pub use request::{Memory, Options, OwnRanges, PathChoice, Progress, Request, Selection, Threads};
+pub use scan::{Found, Pages, Scan};
 
 use std::path::PathBuf;
 
@@ -151,6 +161,27 @@ pub enum MigrateError {
         /// What it said.
         message: String,
     },
+    /// The remap path failed.
+    #[error(transparent)]
+    Remap(Box<remap::RemapError>),
+    /// A plan takes the remap path where it cannot run.
+    #[error("the plan takes the remap path, which cannot run here: {why}")]
+    RemapUnavailable {
+        /// Why it cannot.
+        why: String,
+    },
+    /// The plan's copy engine cannot run here.
+    #[error("cannot start the plan's copy engine")]
+    CopyEngine(#[from] crate::copy::CopyError),
+    /// The plan's copy workers could not start.
+    #[error("cannot start the plan's copy workers")]
+    CopyPool(#[from] crate::copy::PoolError),
+}
+
+impl From<remap::RemapError> for MigrateError {
+    fn from(e: remap::RemapError) -> Self {
+        MigrateError::Remap(Box::new(e))
+    }
 }
 
 impl From<ProcfsError> for MigrateError {

@@ -8,13 +8,17 @@
 // whose contract the caller keeps, and the copy ops over raw addresses follow from it.
 #![allow(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde::Serialize;
-
+use super::plan::Plan;
 use super::reservoir::Reservoirs;
-use super::scan::{PageState, ScanMethod, scan_own, scan_own_for};
+use super::scan::{PageState, scan_own, scan_own_for};
+use crate::account::{
+    CallStats, Charge, ChargeTo, FailureCause, Laps, Path, Phases, RemapFacts, Report, ScanMethod,
+    SkipReason, Verification, Verify,
+};
 use crate::copy::{CopyEngine, CopyError, CopyOp};
 use crate::process::Process;
 use crate::procfs;
@@ -27,7 +31,7 @@ use crate::topology::{NodeId, NodeSet, Topology};
 /// error says up to where: every page is readable and writable either way.
 #[derive(Debug, thiserror::Error)]
 pub enum RemapError {
-    /// userfaultfd write-protect is not available; [`migrate_own`] falls back to the kernel path.
+    /// userfaultfd write-protect is not available: the planner chooses the kernel path instead.
     #[error(
         "the remap path needs userfaultfd write-protect of unpopulated pages (Linux 6.4+) and \
          permission to use userfaultfd (vm.unprivileged_userfaultfd, or user-mode faults): {source}"
@@ -141,143 +145,21 @@ pub enum RemapError {
     },
 }
 
-/// Wall time of each step of the remap path, summed over batches. Every instant of a call
-/// belongs to exactly one step, so the steps add up to [`RemapReport::wall`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct RemapPhases {
-    /// Checking the range (mapped, anonymous, private, writable, not locked) and the target's
-    /// free memory, and opening the userfaultfd where no reservoirs keep one open.
-    pub check: Duration,
-    /// Finding the pages with data (`PAGEMAP_SCAN`) and, with reservoirs, their node.
-    pub scan: Duration,
-    /// Registering and write-protecting.
-    pub protect: Duration,
-    /// Taking pages from a reservoir, or mapping, binding and populating new ones.
-    pub alloc: Duration,
-    /// Copying.
-    pub copy: Duration,
-    /// `mremap` of the new pages over the old addresses (and of the old ones into a reservoir).
-    pub remap: Duration,
-    /// Reading the writers' fault messages, waking them, and handing old pages to a reservoir.
-    pub wake: Duration,
-    /// Asking the kernel where the new pages are ([`Verify`]).
-    pub verify: Duration,
-}
-
-impl RemapPhases {
-    /// The sum of the steps: the wall time of the calls they were measured in.
-    pub fn total(&self) -> Duration {
-        self.check
-            + self.scan
-            + self.protect
-            + self.alloc
-            + self.copy
-            + self.remap
-            + self.wake
-            + self.verify
-    }
-
-    /// Adds `other`'s steps to these.
-    pub fn add(&mut self, other: &RemapPhases) {
-        self.check += other.check;
-        self.scan += other.scan;
-        self.protect += other.protect;
-        self.alloc += other.alloc;
-        self.copy += other.copy;
-        self.remap += other.remap;
-        self.wake += other.wake;
-        self.verify += other.verify;
-    }
-}
-
-/// A stopwatch whose laps cover the time from its start without gaps.
-struct Laps(Instant);
-
-impl Laps {
-    /// Adds the time since the previous lap to `phase`.
-    fn lap(&mut self, phase: &mut Duration) {
-        let now = Instant::now();
-        *phase += now - self.0;
-        self.0 = now;
-    }
-}
-
-/// How the remap path checks that the new pages are on the target node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub enum Verify {
-    /// Ask about a bounded sample of each batch: one base page of every huge page and
-    /// [`SAMPLE_BASE_PAGES`] base pages. The new pages were bound to the target and faulted in
-    /// before the remap, so a sample that is all on the target counts the whole batch there; a
-    /// sample with any page elsewhere makes the batch checked in full.
-    #[default]
-    Sample,
-    /// Ask about every page that was copied.
-    Full,
-}
-
 /// Base pages asked about per batch by [`Verify::Sample`].
 pub const SAMPLE_BASE_PAGES: usize = 16;
 
-/// What the check after each batch did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Verification {
-    /// As asked.
-    pub mode: Verify,
-    /// Pages the kernel was asked about.
-    pub pages_checked: u64,
-    /// Batches whose sample found a page off the target, and that were checked in full.
-    pub batches_checked_in_full: u64,
-}
-
-/// What a remap migration did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RemapReport {
-    /// Target node.
-    pub to: NodeId,
-    /// Bytes in the range.
-    pub bytes: u64,
-    /// Pages that held data (present or swapped out) and were copied.
-    pub pages_copied: u64,
-    /// Pages that had never been written (untouched, or only read), left without memory.
-    pub pages_untouched: u64,
-    /// Copied pages on the target node afterwards: counted page by page with [`Verify::Full`],
-    /// from a sample with [`Verify::Sample`] (see [`RemapReport::verification`]).
-    pub pages_on_target: u64,
-    /// Batches (one protect, copy, remap and wake each).
-    pub batches: u64,
-    /// Pages whose new memory came from a reservoir, already faulted in.
-    pub pages_from_reservoir: u64,
-    /// Old pages kept in a reservoir instead of being freed.
-    pub pages_recycled: u64,
-    /// Writes that waited for their batch.
-    pub writes_waited: u64,
-    /// How the pages were found.
-    pub scan: ScanMethod,
-    /// How `pages_on_target` was established.
-    pub verification: Verification,
-    /// Time per step; they add up to `wall`.
-    pub phases: RemapPhases,
-    /// Wall time.
-    pub wall: Duration,
-    /// CPU time of the calling thread during the migration (its thread CPU clock).
-    pub caller_cpu: Duration,
-    /// CPU time of the copy engine's worker threads (zero for an engine that copies on the
-    /// calling thread).
-    pub worker_cpu: Duration,
-}
-
 /// What the remap path keeps open between calls: the userfaultfd that write-protects batches,
-/// and the `/proc/self` files it asks about pages and mappings. [`Reservoirs`] keep one for
-/// their lifetime; a call without reservoirs opens its own.
+/// and the `/proc/self` files it asks about pages and mappings. Opened once (the
+/// [`crate::Migrator`] keeps one for its lifetime), so that a call does not open them again.
 #[derive(Debug)]
-pub(crate) struct Handles {
+pub struct Handles {
     uffd: Uffd,
     pagemap: Pagemap,
 }
 
 impl Handles {
     /// Opens the userfaultfd (write-protect of unpopulated pages) and the files.
-    pub(crate) fn open() -> Result<Self, RemapError> {
+    pub fn open() -> Result<Self, RemapError> {
         let uffd =
             Uffd::open_write_protect().map_err(|source| RemapError::Unsupported { source })?;
         let pagemap = Pagemap::open_own().map_err(|source| RemapError::NoProcfs { source })?;
@@ -405,21 +287,22 @@ fn pages_to_verify(runs: &[(Range<usize>, bool)], mode: Verify) -> Vec<usize> {
     out
 }
 
-/// How the remap path runs.
-pub struct RemapPlan<'a> {
-    /// Copies the pages (a [`crate::copy::Pool`] for several workers).
+/// What the remap path works with besides its [`Plan`].
+#[derive(Clone, Copy)]
+pub struct Tools<'a> {
+    /// Copies the pages, as the plan's copier says (a [`crate::copy::Pool`] for several
+    /// workers).
     pub engine: &'a dyn CopyEngine,
-    /// Bytes per batch: writers to a batch wait while it moves. Rounded to 2 MB where the range
-    /// is 2 MB aligned.
-    pub batch_bytes: usize,
-    /// Where new pages come from and old pages go, instead of being allocated and freed; they
-    /// also keep the userfaultfd open between calls. With them, accesses to a batch's pages that
-    /// are not there yet (never touched, or between the two remaps) wait for the batch too.
+    /// The userfaultfd and files, kept open between calls.
+    pub handles: &'a Handles,
+    /// Where new pages come from and old pages go, instead of being allocated and freed. With
+    /// them, accesses to a batch's pages that are not there yet (never touched, or between the
+    /// two remaps) wait for the batch too.
     pub reservoirs: Option<&'a Reservoirs>,
 }
 
-/// Moves `[start, start + len)` of the calling process to node `to`, keeping its addresses and
-/// contents, one batch at a time; checks a sample of the new pages ([`Verify::Sample`]).
+/// Moves `[start, start + len)` of the calling process to node `to` as `plan` says, keeping
+/// its addresses and contents, one batch at a time; checks the new pages as `plan.verify` says.
 ///
 /// # Safety
 /// The range must be anonymous private memory of this process that no thread unmaps, remaps or
@@ -432,52 +315,25 @@ pub unsafe fn migrate_range(
     start: usize,
     len: usize,
     to: NodeId,
-    plan: &RemapPlan<'_>,
-) -> Result<RemapReport, RemapError> {
-    // SAFETY: forwarded from the caller.
-    unsafe { migrate_range_verified(topology, start, len, to, plan, Verify::Sample) }
-}
-
-/// As [`migrate_range`], checking the new pages as `verify` says.
-///
-/// # Safety
-/// As [`migrate_range`].
-pub unsafe fn migrate_range_verified(
-    topology: &Topology,
-    start: usize,
-    len: usize,
-    to: NodeId,
-    plan: &RemapPlan<'_>,
-    verify: Verify,
-) -> Result<RemapReport, RemapError> {
+    plan: &Plan,
+    tools: Tools<'_>,
+) -> Result<Report, RemapError> {
     let caller_cpu_start = sys::thread_cpu_time();
-    let started = Instant::now();
-    let mut laps = Laps(started);
-    let mut phases = RemapPhases::default();
+    let mut laps = Laps::start();
+    let mut phases = Phases::default();
     let end = start
         .checked_add(len)
         .ok_or(RemapError::Misaligned { start, len })?;
     super::check_target(topology, to)?;
-    let own;
-    let handles = match plan.reservoirs {
-        Some(r) => r.handles()?,
-        None => {
-            own = Handles::open()?;
-            &own
-        }
-    };
+    let verify = plan.verify;
+    let handles = tools.handles;
     check_range(&handles.pagemap, start, end)?;
     let (uffd, pagemap) = (&handles.uffd, &handles.pagemap);
     let aligned = start.is_multiple_of(HUGE_PAGE_SIZE) && len.is_multiple_of(HUGE_PAGE_SIZE);
     let page = sys::base_page_size();
     let unit = if aligned { HUGE_PAGE_SIZE } else { page };
-    let batch = plan.batch_bytes.max(unit) / unit * unit;
-    let mut report = RemapReport {
-        to,
-        bytes: len as u64,
-        pages_copied: 0,
-        pages_untouched: 0,
-        pages_on_target: 0,
+    let batch = plan.batch.saturating_mul(page).max(unit) / unit * unit;
+    let mut facts = RemapFacts {
         batches: 0,
         pages_from_reservoir: 0,
         pages_recycled: 0,
@@ -488,11 +344,9 @@ pub unsafe fn migrate_range_verified(
             pages_checked: 0,
             batches_checked_in_full: 0,
         },
-        phases: RemapPhases::default(),
-        wall: Duration::ZERO,
-        caller_cpu: Duration::ZERO,
-        worker_cpu: Duration::ZERO,
     };
+    let (mut copied_total, mut untouched, mut on_target_total) = (0u64, 0u64, 0u64);
+    let (mut copy_threads, mut worker_cpu) = (0usize, Duration::ZERO);
     // Free memory on the target, read once where a batch first needs new pages, then counted
     // down: earlier batches of this call used some.
     let mut free: Option<u64> = None;
@@ -515,7 +369,7 @@ pub unsafe fn migrate_range_verified(
 
         // Writers wait from here until the wake; with reservoirs, so do accesses to pages that
         // are not there.
-        uffd.register(pos, b_len, plan.reservoirs.is_some())
+        uffd.register(pos, b_len, tools.reservoirs.is_some())
             .map_err(failed)?;
         // On any failure below, lift the protection so that the batch stays usable where it is;
         // the userfaultfd may outlive this call, so the range is unregistered too.
@@ -532,7 +386,7 @@ pub unsafe fn migrate_range_verified(
         let later = scan_own_for(pagemap, pos..b_end, PageCategories::PRESENT)
             .map_err(|e| undo(failed(e)))?;
         scan.merge_present(&later);
-        report.scan = scan.method;
+        facts.scan = scan.method;
         let huge = aligned && scan.has_huge();
         // Offsets from `pos` of the pages to copy.
         let runs: Vec<Range<usize>> = scan
@@ -543,7 +397,7 @@ pub unsafe fn migrate_range_verified(
         let present: usize = runs.iter().map(|r| r.len()).sum();
         // Old pages go to the reservoir of their node: only whole batches of data, whose chunk
         // then has no hole that a later copy would fault in under an old memory policy.
-        let recycle_to = match (plan.reservoirs, runs.as_slice()) {
+        let recycle_to = match (tools.reservoirs, runs.as_slice()) {
             (Some(_), [r]) if r.len() == b_len && scan.bytes(PageState::Swapped) == 0 => {
                 match sys::query_page_nodes(0, &[pos]).map_err(|e| undo(failed(e)))?[..] {
                     [PageNode::Node(n)] => Some(n),
@@ -554,7 +408,7 @@ pub unsafe fn migrate_range_verified(
         };
         laps.lap(&mut phases.scan);
 
-        let reserved = plan.reservoirs.is_some_and(|r| r.holds(to, huge, b_len));
+        let reserved = tools.reservoirs.is_some_and(|r| r.holds(to, huge, b_len));
         if !reserved {
             // Keep a margin above the node's watermarks: filling a node that a mapping is bound
             // to invokes the OOM killer.
@@ -576,14 +430,14 @@ pub unsafe fn migrate_range_verified(
             laps.lap(&mut phases.check);
         }
 
-        let reserved = plan.reservoirs.and_then(|r| r.take(to, huge, b_len));
+        let reserved = tools.reservoirs.and_then(|r| r.take(to, huge, b_len));
         let new = match reserved {
             Some(mut m) => {
                 // Drop the stale pages the copy will not overwrite.
                 for h in holes(&runs, b_len) {
                     m.discard(h).map_err(|e| undo(failed(e)))?;
                 }
-                report.pages_from_reservoir += (b_len / page) as u64;
+                facts.pages_from_reservoir += (b_len / page) as u64;
                 m
             }
             None => {
@@ -617,7 +471,7 @@ pub unsafe fn migrate_range_verified(
                 )
             })
             .collect();
-        let stats = plan.engine.copy(&ops).map_err(|source| {
+        let stats = tools.engine.copy(&ops).map_err(|source| {
             undo(RemapError::Copy {
                 start,
                 end,
@@ -625,7 +479,8 @@ pub unsafe fn migrate_range_verified(
                 source,
             })
         })?;
-        report.worker_cpu += stats.worker_cpu;
+        worker_cpu += stats.worker_cpu;
+        copy_threads = copy_threads.max(stats.threads);
         drop(ops);
         laps.lap(&mut phases.copy);
 
@@ -660,14 +515,14 @@ pub unsafe fn migrate_range_verified(
         laps.lap(&mut phases.remap);
 
         // Read the fault messages before waking: a woken fault takes its message with it.
-        report.writes_waited += uffd.drain().map_err(failed)? as u64;
+        facts.writes_waited += uffd.drain().map_err(failed)? as u64;
         uffd.wake(pos, b_len).map_err(failed)?;
-        if let (Some(r), Some((node, mut old))) = (plan.reservoirs, recycled) {
+        if let (Some(r), Some((node, mut old))) = (tools.reservoirs, recycled) {
             // After the wake: writers do not wait for this.
             old.restore_write_access().map_err(failed)?;
             let pages = (old.len() / page) as u64;
             if r.give(node, huge, old) {
-                report.pages_recycled += pages;
+                facts.pages_recycled += pages;
             }
         }
         laps.lap(&mut phases.wake);
@@ -693,45 +548,69 @@ pub unsafe fn migrate_range_verified(
                 let all = pages_to_verify(&copied, Verify::Full);
                 checked += all.len();
                 found = on_target(&all)?;
-                report.verification.batches_checked_in_full += 1;
+                facts.verification.batches_checked_in_full += 1;
             }
         }
-        report.verification.pages_checked += checked as u64;
-        report.pages_on_target += found as u64;
-        report.pages_copied += copied_pages as u64;
-        report.pages_untouched += ((b_len - present) / page) as u64;
-        report.batches += 1;
+        facts.verification.pages_checked += checked as u64;
+        on_target_total += found as u64;
+        copied_total += copied_pages as u64;
+        untouched += ((b_len - present) / page) as u64;
+        facts.batches += 1;
         pos = b_end;
         laps.lap(&mut phases.verify);
     }
-    report.phases = phases;
-    report.wall = started.elapsed();
-    report.caller_cpu = sys::thread_cpu_time().saturating_sub(caller_cpu_start);
-    Ok(report)
+    let page = page as u64;
+    let mut pages_skipped = BTreeMap::new();
+    if untouched > 0 {
+        pages_skipped.insert(SkipReason::NothingToMove, untouched);
+    }
+    let mut pages_failed = BTreeMap::new();
+    if copied_total > on_target_total {
+        pages_failed.insert(FailureCause::StillElsewhere, copied_total - on_target_total);
+    }
+    Ok(Report {
+        path: Path::Remap,
+        process: Process::Current,
+        to,
+        dry_run: false,
+        page_size: page,
+        pages_requested: len as u64 / page,
+        pages_moved: on_target_total,
+        pages_already_on_target: 0,
+        pages_skipped,
+        pages_failed,
+        pages_left_by_node: BTreeMap::new(),
+        bytes_moved: on_target_total * page,
+        calls: CallStats {
+            threads: copy_threads,
+            cpu_time: worker_cpu,
+            ..CallStats::default()
+        },
+        phases,
+        wall: laps.wall(),
+        caller_cpu: sys::thread_cpu_time().saturating_sub(caller_cpu_start),
+        process_exited: false,
+        charged_to: Charge {
+            to: ChargeTo::Caller,
+            cgroup: None,
+            usage_before_usec: None,
+            usage_after_usec: None,
+        },
+        remap: Some(facts),
+        why: plan.why.clone(),
+    })
 }
 
 /// Moves the bytes `range` (page-aligned offsets) of `mapping` to node `to` with the remap path,
 /// keeping their addresses: the owned, node-placed buffer of this library (see [`Mapping::bind`]).
-/// Checks a sample of the new pages ([`Verify::Sample`]).
 pub fn migrate_mapping(
     topology: &Topology,
     mapping: &mut Mapping,
     range: Range<usize>,
     to: NodeId,
-    plan: &RemapPlan<'_>,
-) -> Result<RemapReport, RemapError> {
-    migrate_mapping_verified(topology, mapping, range, to, plan, Verify::Sample)
-}
-
-/// As [`migrate_mapping`], checking the new pages as `verify` says.
-pub fn migrate_mapping_verified(
-    topology: &Topology,
-    mapping: &mut Mapping,
-    range: Range<usize>,
-    to: NodeId,
-    plan: &RemapPlan<'_>,
-    verify: Verify,
-) -> Result<RemapReport, RemapError> {
+    plan: &Plan,
+    tools: Tools<'_>,
+) -> Result<Report, RemapError> {
     let start = mapping.as_ptr() as usize + range.start;
     let len = range
         .end
@@ -739,57 +618,5 @@ pub fn migrate_mapping_verified(
         .saturating_sub(range.start);
     // SAFETY: `mapping` is anonymous private memory that this exclusive borrow keeps every
     // other reference away from for the whole call; the range lies inside it.
-    unsafe { migrate_range_verified(topology, start, len, to, plan, verify) }
-}
-
-/// How [`migrate_own`] moved the memory.
-#[derive(Debug)]
-pub enum OwnMigration {
-    /// By the remap path.
-    Remap(RemapReport),
-    /// By the kernel path, because the remap path is not available here.
-    Kernel {
-        /// What the kernel path did.
-        report: crate::account::Report,
-        /// Why the remap path was not used.
-        why: String,
-    },
-}
-
-/// Moves `[start, start + len)` of the calling process to node `to` with the remap path, or with
-/// the kernel path (`move_pages`) where userfaultfd write-protect is not available (an old
-/// kernel, or a seccomp profile that forbids userfaultfd); the result says which and why.
-///
-/// # Safety
-/// As [`migrate_range`].
-pub unsafe fn migrate_own(
-    topology: &Topology,
-    start: usize,
-    len: usize,
-    to: NodeId,
-    plan: &RemapPlan<'_>,
-    kernel_plan: &super::kernel::KernelPlan,
-    workers: &crate::workers::Workers,
-) -> Result<OwnMigration, RemapError> {
-    // SAFETY: forwarded from the caller.
-    match unsafe { migrate_range(topology, start, len, to, plan) } {
-        Ok(report) => Ok(OwnMigration::Remap(report)),
-        Err(e @ RemapError::Unsupported { .. }) => {
-            let range = start..start + len;
-            let request = super::kernel::ProcessRequest {
-                process: Process::Current,
-                to,
-                from: None,
-                selection: super::kernel::Selection::Ranges(vec![range]),
-                dry_run: false,
-            };
-            let report =
-                super::kernel::migrate_process(topology, &request, kernel_plan, workers, &|_| {})?;
-            Ok(OwnMigration::Kernel {
-                report,
-                why: e.to_string(),
-            })
-        }
-        Err(e) => Err(e),
-    }
+    unsafe { migrate_range(topology, start, len, to, plan, tools) }
 }

@@ -2,17 +2,13 @@
 //! on its hot path.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-
-use super::remap::{Handles, RemapError};
+use std::sync::Mutex;
 
 use crate::sys::{HUGE_PAGE_SIZE, Mapping, SysError, base_page_size};
 use crate::topology::{NodeId, NodeSet};
 
 /// Chunks of pages already faulted in on their node, by (node, huge pages, length), up to a
-/// memory cap; and the userfaultfd and `/proc/self` files that the remap path keeps open for as
-/// long as the reservoirs live, so that a call does not open them again. Threads may share
-/// them; calls that run at the same time may then count each other's waiting writes.
+/// memory cap. Threads may share them.
 ///
 /// Chunks hold stale data: the remap path hands a chunk out only to a batch whose present pages
 /// it overwrites by copying and whose other pages it drops first, so no byte of a previous owner
@@ -21,7 +17,6 @@ use crate::topology::{NodeId, NodeSet};
 pub struct Reservoirs {
     cap: usize,
     inner: Mutex<Inner>,
-    handles: OnceLock<Handles>,
 }
 
 #[derive(Debug, Default)]
@@ -36,18 +31,7 @@ impl Reservoirs {
         Reservoirs {
             cap: cap_bytes,
             inner: Mutex::new(Inner::default()),
-            handles: OnceLock::new(),
         }
-    }
-
-    /// The remap path's userfaultfd and files, opened on first use.
-    pub(crate) fn handles(&self) -> Result<&Handles, RemapError> {
-        if let Some(h) = self.handles.get() {
-            return Ok(h);
-        }
-        // Two first callers at once both open; the second's handles are dropped.
-        let _ = self.handles.set(Handles::open()?);
-        Ok(self.handles.get().expect("set just above"))
     }
 
     /// Bytes held now.

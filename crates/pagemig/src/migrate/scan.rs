@@ -1,16 +1,27 @@
-//! Which pages of a range of this process hold data, as runs: what a migration has to move.
+//! The scan step: which pages a [`Request`] moves, and where they are.
+//!
+//! For a process: its mappings, the present pages of the selected ones, and the node of each
+//! ([`Pages`]). For the caller's own memory: which pages of each range hold data, as [`Runs`].
 //!
 //! One `PAGEMAP_SCAN` ioctl answers with runs of pages (Linux 6.7+); older kernels get the
 //! pagemap entries read page by page. Nothing here reads a file whose size grows with the
 //! process's mappings, except the fallback's huge-page check.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
+use std::time::Duration;
 
 use serde::Serialize;
 
+use super::request::{Memory, Request, Selection};
+use super::{MigrateError, check_target};
+use crate::account::{FailureCause, Laps, Phases, ScanMethod, SkipReason};
 use crate::process::Process;
-use crate::procfs;
-use crate::sys::{self, Errno, PageCategories, PageRegion, Pagemap, SysError, pagemap_entry};
+use crate::procfs::{self, ProcfsError, VmArea};
+use crate::sys::{
+    self, Errno, PageCategories, PageNode, PageRegion, Pagemap, SysError, pagemap_entry,
+};
+use crate::topology::{NodeId, NodeSet, Topology};
 
 /// What the pages of a run are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,19 +54,9 @@ pub struct Run {
     pub huge: bool,
 }
 
-/// How a [`Scan`] asked the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum ScanMethod {
-    /// One `PAGEMAP_SCAN` ioctl per 256 runs.
-    PagemapScan,
-    /// Reading the pagemap entry of every page (kernels before 6.7); the shared zero page counts
-    /// as present there, and huge pages are found in `/proc/self/smaps`.
-    PagemapRead,
-}
-
-/// The pages of a range, as runs that cover it from start to end.
+/// The pages of a range of the caller's own memory, as runs that cover it from start to end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Scan {
+pub struct Runs {
     /// The range scanned.
     pub range: Range<usize>,
     /// Runs in address order, covering `range` without gaps.
@@ -64,7 +65,7 @@ pub struct Scan {
     pub method: ScanMethod,
 }
 
-impl Scan {
+impl Runs {
     /// The runs whose pages hold data ([`PageState::has_data`]), merged where they touch.
     pub fn data_runs(&self) -> Vec<Range<usize>> {
         let mut out: Vec<Range<usize>> = Vec::new();
@@ -90,7 +91,7 @@ impl Scan {
     /// range was write-protected) sees present with data of their own are present here too,
     /// whatever this scan said. Only its present runs count: after write protection, the
     /// kernel reports the markers it puts on never-touched pages as swapped.
-    pub fn merge_present(&mut self, later: &Scan) {
+    pub fn merge_present(&mut self, later: &Runs) {
         let mut runs = Vec::with_capacity(self.runs.len());
         let mut b = later.runs.iter().peekable();
         for a in &self.runs {
@@ -123,7 +124,7 @@ impl Scan {
 
 /// Scans `range` (page-aligned) of the calling process with `PAGEMAP_SCAN`, or by reading the
 /// pagemap where the kernel does not have the ioctl.
-pub fn scan_own(pagemap: &Pagemap, range: Range<usize>) -> Result<Scan, SysError> {
+pub fn scan_own(pagemap: &Pagemap, range: Range<usize>) -> Result<Runs, SysError> {
     scan_own_for(
         pagemap,
         range,
@@ -136,7 +137,7 @@ pub fn scan_own_for(
     pagemap: &Pagemap,
     range: Range<usize>,
     any: PageCategories,
-) -> Result<Scan, SysError> {
+) -> Result<Runs, SysError> {
     let mut regions = Vec::new();
     let returned = any | PageCategories::PFNZERO | PageCategories::HUGE;
     match pagemap.scan(range.clone(), any, returned, &mut regions) {
@@ -149,7 +150,7 @@ pub fn scan_own_for(
 }
 
 /// Runs from `PAGEMAP_SCAN`'s regions: the gaps between them are untouched pages.
-fn from_regions(range: Range<usize>, regions: &[PageRegion]) -> Scan {
+fn from_regions(range: Range<usize>, regions: &[PageRegion]) -> Runs {
     let mut runs = Vec::with_capacity(2 * regions.len() + 1);
     let mut pos = range.start;
     for r in regions {
@@ -171,7 +172,7 @@ fn from_regions(range: Range<usize>, regions: &[PageRegion]) -> Scan {
         pos = r.range.end;
     }
     push(&mut runs, pos..range.end, PageState::Untouched, false);
-    Scan {
+    Runs {
         range,
         runs,
         method: ScanMethod::PagemapScan,
@@ -192,7 +193,7 @@ fn push(runs: &mut Vec<Run>, range: Range<usize>, state: PageState, huge: bool) 
 }
 
 /// The fallback: every page's pagemap entry, 8 bytes each.
-fn read_entries(pagemap: &Pagemap, range: Range<usize>) -> Result<Scan, SysError> {
+fn read_entries(pagemap: &Pagemap, range: Range<usize>) -> Result<Runs, SysError> {
     const CHUNK: usize = 4096;
     let page = sys::base_page_size();
     // The pagemap has no huge-page bit: smaps says whether the range's mappings have any.
@@ -216,14 +217,290 @@ fn read_entries(pagemap: &Pagemap, range: Range<usize>) -> Result<Scan, SysError
         }
         addr += n * page;
     }
-    Ok(Scan {
+    Ok(Runs {
         range,
         runs,
         method: ScanMethod::PagemapRead,
     })
 }
 
+/// What the scan step found: the pages a [`Request`] would move, and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scan {
+    /// Whose pages.
+    pub process: Process,
+    /// The pages.
+    pub found: Found,
+    /// Time spent, in the `check`, `scan` and `query` phases (and `plan`, once planned).
+    pub phases: Phases,
+    /// CPU time of the calling thread spent on them.
+    pub caller_cpu: Duration,
+}
+
+/// The pages a scan found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    /// Present pages of a process and where they are (what the kernel path moves).
+    Pages(Pages),
+    /// Runs of each range of the caller's own memory (what the remap path moves).
+    Runs(Vec<Runs>),
+}
+
+/// The selected, present pages of a process, sorted by what happens to them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pages {
+    /// Pages not on the target yet (and on the `from` nodes, when given): these move.
+    pub to_move: Vec<usize>,
+    /// Present pages selected: `to_move`, `already_on_target`, `skipped` and `failed` add up
+    /// to it.
+    pub requested: u64,
+    /// Pages on the target already.
+    pub already_on_target: u64,
+    /// Pages left where they are on purpose.
+    pub skipped: BTreeMap<SkipReason, u64>,
+    /// Pages the placement query could not place.
+    pub failed: BTreeMap<FailureCause, u64>,
+}
+
+impl Scan {
+    /// Bytes of the pages that would move.
+    pub fn bytes_to_move(&self) -> u64 {
+        match &self.found {
+            Found::Pages(p) => p.to_move.len() as u64 * sys::base_page_size() as u64,
+            Found::Runs(runs) => runs
+                .iter()
+                .map(|r| (r.bytes(PageState::Present) + r.bytes(PageState::Swapped)) as u64)
+                .sum(),
+        }
+    }
+}
+
+/// The scan step of `request`: the process's pages and where they are, or the runs of the
+/// caller's own ranges. Checks the target and the `from` nodes first.
+pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateError> {
+    let cpu = sys::thread_cpu_time();
+    let mut laps = Laps::start();
+    let mut phases = Phases::default();
+    check_target(topology, request.to)?;
+    match request.memory() {
+        Memory::Process {
+            process,
+            selection,
+            from,
+        } => {
+            if let Some(from) = from {
+                for node in from.iter() {
+                    if topology.node(node).is_none() {
+                        return Err(MigrateError::NoSuchNode {
+                            node,
+                            online: topology.nodes.iter().map(|n| n.id).collect(),
+                        });
+                    }
+                }
+            }
+            laps.lap(&mut phases.check);
+            let pages = scan_process(
+                *process,
+                selection,
+                from.as_ref(),
+                request.to,
+                &mut laps,
+                &mut phases,
+            )?;
+            Ok(Scan {
+                process: *process,
+                found: Found::Pages(pages),
+                phases,
+                caller_cpu: sys::thread_cpu_time().saturating_sub(cpu),
+            })
+        }
+        Memory::Own(own) => {
+            let process = Process::Current;
+            let pagemap =
+                Pagemap::open_own().map_err(|source| MigrateError::Sys { process, source })?;
+            laps.lap(&mut phases.check);
+            let mut runs = Vec::with_capacity(own.ranges().len());
+            for r in own.ranges() {
+                runs.push(
+                    scan_own(&pagemap, r.clone())
+                        .map_err(|source| MigrateError::Sys { process, source })?,
+                );
+            }
+            laps.lap(&mut phases.scan);
+            Ok(Scan {
+                process,
+                found: Found::Runs(runs),
+                phases,
+                caller_cpu: sys::thread_cpu_time().saturating_sub(cpu),
+            })
+        }
+    }
+}
+
+/// The present pages of `selection` of `process`, and where they are.
+pub fn scan_process(
+    process: Process,
+    selection: &Selection,
+    from: Option<&NodeSet>,
+    to: NodeId,
+    laps: &mut Laps,
+    phases: &mut Phases,
+) -> Result<Pages, MigrateError> {
+    check_process(process)?;
+    let ranges = select(process, procfs::read_maps(process)?, selection)?;
+    let mut present = Vec::new();
+    for r in ranges {
+        match procfs::present_pages(process, r, &mut present) {
+            // A mapping that went away meanwhile has no pages to move.
+            Err(ProcfsError::Read { .. }) => {}
+            other => other?,
+        }
+    }
+    laps.lap(&mut phases.scan);
+    let before = query(process, &present)?;
+    laps.lap(&mut phases.query);
+
+    let mut pages = Pages::default();
+    for (&page, place) in present.iter().zip(&before) {
+        match *place {
+            PageNode::Node(n) if from.is_some_and(|f| !f.contains(n)) => {}
+            PageNode::Node(n) if n == to => {
+                pages.requested += 1;
+                pages.already_on_target += 1;
+            }
+            PageNode::Node(_) => {
+                pages.requested += 1;
+                pages.to_move.push(page);
+            }
+            PageNode::Error(_) if from.is_some() => {}
+            // Present in the page tables but no page the kernel can move: the shared zero page
+            // of memory read but never written (`EFAULT`), or freed since the scan (`ENOENT`).
+            PageNode::Error(Errno::FAULT | Errno::NOENT) => {
+                pages.requested += 1;
+                *pages.skipped.entry(SkipReason::NothingToMove).or_default() += 1;
+            }
+            PageNode::Error(e) => {
+                pages.requested += 1;
+                *pages.failed.entry(FailureCause::from_errno(e)).or_default() += 1;
+            }
+        }
+    }
+    laps.lap(&mut phases.scan);
+    Ok(pages)
+}
+
+/// Pages per placement query.
+const QUERY_CHUNK: usize = 1 << 16;
+
+/// Whether a failed call means the process is gone: `ESRCH`, or `EINVAL` from a process that is
+/// exiting (its memory is freed before /proc shows it as a zombie).
+pub(crate) fn is_gone(process: Process, e: &SysError) -> bool {
+    e.errno == Errno::SRCH || (e.errno == Errno::INVAL && procfs::has_exited(process))
+}
+
+pub(crate) fn sys_error(process: Process, e: SysError) -> MigrateError {
+    match e.errno {
+        _ if is_gone(process, &e) => MigrateError::NoSuchProcess { process },
+        Errno::PERM | Errno::ACCESS => MigrateError::PermissionDenied { process },
+        _ => MigrateError::Sys { process, source: e },
+    }
+}
+
+/// Where each page is (`move_pages` without nodes), in chunks.
+pub fn query(process: Process, pages: &[usize]) -> Result<Vec<PageNode>, MigrateError> {
+    let mut out = Vec::with_capacity(pages.len());
+    for chunk in pages.chunks(QUERY_CHUNK) {
+        out.extend(sys::query_page_nodes(process.raw(), chunk).map_err(|e| sys_error(process, e))?);
+    }
+    Ok(out)
+}
+
+/// Checks, before anything moves, that the process exists, has user memory (not a zombie or a
+/// kernel thread) and that the caller may move its pages (an empty `move_pages` call: the
+/// kernel's own checks of the pid and the caller's rights).
+pub fn check_process(process: Process) -> Result<(), MigrateError> {
+    procfs::check_user_memory(process)?;
+    sys::move_pages(process.raw(), &[], None, &mut [], false)
+        .map(drop)
+        .map_err(|e| sys_error(process, e))
+}
+
+/// The parts of the selected mappings to scan.
+fn select(
+    process: Process,
+    areas: Vec<VmArea>,
+    selection: &Selection,
+) -> Result<Vec<Range<usize>>, MigrateError> {
+    let (special, areas): (Vec<VmArea>, Vec<VmArea>) =
+        areas.into_iter().partition(VmArea::is_special);
+    match selection {
+        Selection::All => Ok(areas.iter().map(|a| a.start..a.end).collect()),
+        Selection::Mappings(pattern) => {
+            let picked: Vec<_> = areas
+                .iter()
+                .filter(|a| a.matches(pattern))
+                .map(|a| a.start..a.end)
+                .collect();
+            if picked.is_empty()
+                && let Some(area) = special.iter().find(|a| a.matches(pattern))
+            {
+                return Err(MigrateError::KernelMapping {
+                    process,
+                    pattern: pattern.clone(),
+                    mapping: area.path.clone(),
+                });
+            }
+            if picked.is_empty() {
+                return Err(MigrateError::NoMatchingMapping {
+                    process,
+                    pattern: pattern.clone(),
+                });
+            }
+            Ok(picked)
+        }
+        Selection::Ranges(ranges) => {
+            let page = sys::base_page_size();
+            let mut out = Vec::new();
+            for r in ranges {
+                if r.start >= r.end {
+                    return Err(MigrateError::BadRange {
+                        start: r.start,
+                        end: r.end,
+                        reason: "the end is not after the start",
+                    });
+                }
+                // An end in the last page of the address space cannot be rounded up: clamp it
+                // (no process maps that page).
+                let end = r
+                    .end
+                    .checked_next_multiple_of(page)
+                    .unwrap_or(usize::MAX / page * page);
+                let start = r.start / page * page;
+                let before = out.len();
+                out.extend(
+                    areas
+                        .iter()
+                        .filter(|a| a.start < end && start < a.end)
+                        .map(|a| a.start.max(start)..a.end.min(end)),
+                );
+                if out.len() == before {
+                    return Err(MigrateError::BadRange {
+                        start: r.start,
+                        end: r.end,
+                        reason: "nothing is mapped there in this process",
+                    });
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
 #[cfg(test)]
+#[allow(
+    clippy::single_range_in_vec_init,
+    reason = "a selection is a list of ranges"
+)]
 mod tests {
     use super::*;
     use crate::sys::{HUGE_PAGE_SIZE, Mapping};
@@ -263,7 +540,7 @@ mod tests {
     }
 
     /// The fallback cannot tell the zero page from a page of data.
-    fn zero_as_present(s: &Scan, page: usize) -> usize {
+    fn zero_as_present(s: &Runs, page: usize) -> usize {
         match s.method {
             ScanMethod::PagemapScan => {
                 assert_eq!(s.bytes(PageState::Zero), page);
@@ -341,5 +618,73 @@ mod tests {
             [0x2000..0x4000, 0x5000..0x6000, 0x200000..0x600000]
         );
         assert!(s.has_huge());
+    }
+
+    #[test]
+    fn selections_are_checked() {
+        let m = Mapping::anonymous(4 * 4096).unwrap();
+        let start = m.as_ptr() as usize;
+        let areas = procfs::read_maps(Process::Current).unwrap();
+        let picked = select(
+            Process::Current,
+            areas.clone(),
+            &Selection::Ranges(vec![start + 10..start + 4096 + 1]),
+        )
+        .unwrap();
+        assert_eq!(picked, [start..start + 2 * 4096]);
+        assert!(matches!(
+            select(
+                Process::Current,
+                areas.clone(),
+                &Selection::Ranges(vec![start..start])
+            ),
+            Err(MigrateError::BadRange {
+                reason: "the end is not after the start",
+                ..
+            })
+        ));
+        assert!(matches!(
+            select(
+                Process::Current,
+                areas.clone(),
+                &Selection::Ranges(vec![4096..8192])
+            ),
+            Err(MigrateError::BadRange {
+                reason: "nothing is mapped there in this process",
+                ..
+            })
+        ));
+        assert!(matches!(
+            select(
+                Process::Current,
+                areas.clone(),
+                &Selection::Mappings("no-such-file".into())
+            ),
+            Err(MigrateError::NoMatchingMapping { .. })
+        ));
+        let e = select(
+            Process::Current,
+            areas.clone(),
+            &Selection::Mappings("[vdso]".into()),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("selects only the kernel's own mapping [vdso] of the calling process"),
+            "{e}"
+        );
+        // An end in the last page of the address space is clamped, not wrapped.
+        let to_the_top = select(
+            Process::Current,
+            areas.clone(),
+            &Selection::Ranges(vec![0..usize::MAX]),
+        )
+        .unwrap();
+        assert!(
+            to_the_top.iter().any(|r| r.contains(&start)),
+            "{to_the_top:x?}"
+        );
+        let all = select(Process::Current, areas, &Selection::All).unwrap();
+        assert!(all.iter().any(|r| r.contains(&start)));
     }
 }

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::kernel::{self, KernelPlan, ProcessRequest, Selection};
-use crate::account::ChargeTo;
+use super::scan::{self, Found};
+use super::{Plan, Request, Selection, in_cgroup};
 use crate::copy::Route;
-use crate::policy::{CostModel, Job, Planner, Resources, Threads};
+use crate::migrate::Threads;
+use crate::policy::{CostModel, Job, Planner, Resources};
 use crate::process::Process;
 use crate::procfs;
 use crate::sys::{self, Errno, ForeignOut, HUGE_PAGE_SIZE};
@@ -799,24 +800,20 @@ fn prepare_migration(
     };
     let cpus = threads_for(ctx, target.rss, route)
         .map_err(|why| format!("resident memory {} MiB: {why}", target.rss >> 20))?;
-    let plan = KernelPlan {
-        cpus: cpus.clone(),
-        batch: MIGRATE_BATCH,
-        max_stall: None,
-        move_all: own.cap_sys_nice,
-        charge: ChargeTo::Caller,
-    };
+    let mut plan = Plan::parallel(cpus.clone(), MIGRATE_BATCH);
+    plan.move_all = own.cap_sys_nice;
     let mut pages = 0;
     let mut stopped = None;
     for &(s, d) in &pairs {
-        let request = ProcessRequest {
-            process,
-            to: d,
-            from: Some(NodeSet::from_iter([s])),
-            selection: Selection::All,
-            dry_run: false,
-        };
-        match kernel::migrate_process(&ctx.topology, &request, &plan, &ctx.workers, &|_| {}) {
+        let request =
+            Request::process(process, Selection::All, d).from_nodes(NodeSet::from_iter([s]));
+        let moved = scan::scan(&ctx.topology, &request).and_then(|scan| match &scan.found {
+            Found::Pages(pages) => {
+                in_cgroup::execute(&request, pages, &plan, &ctx.workers, &|_| {})
+            }
+            Found::Runs(_) => unreachable!("a request of a process's pages finds pages"),
+        });
+        match moved {
             Ok(report) => pages += report.pages_moved,
             Err(e) => {
                 stopped = Some(e.to_string());

@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{Copier, CopyPlan, CopyPoint, Job, Planner, median};
+use super::{CopyPlan, CopyPoint, Job, Planner, median};
+use crate::copy::Copier;
 use crate::copy::dma::{self, DmaKind};
 use crate::copy::{
     CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, PlacementError, Pool,

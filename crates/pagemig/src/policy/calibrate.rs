@@ -5,15 +5,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::auto::{AutoEngine, AutoError, MAX_MOVES, SAMPLE_EVERY, SizeCheck, WINDOW};
-use super::model::{Copier, CopyPoint, CostModel, KernelPoint, MachineId, Saturation};
+use super::model::{CopyPoint, CostModel, KernelPoint, MachineId, Saturation};
 use super::{Planner, Resources, median};
+use crate::copy::Copier;
 use crate::copy::dma::{self, DmaKind};
 use crate::copy::{
     CopyEngine, CopyError, CopyOp, CpuEngine, EngineKind, Placement, PlacementError, Pool,
     PoolError, Route,
 };
 use crate::migrate::MigrateError;
-use crate::migrate::kernel::{self, KernelPlan};
+use crate::migrate::Plan;
+use crate::migrate::kernel;
 use crate::process::Process;
 use crate::sys::{self, Mapping, SysError};
 use crate::topology::{self, NodeId, NodeSet, Topology};
@@ -354,14 +356,15 @@ pub fn calibrate(
                 .collect();
             let mut at = a;
             for &threads in &workers {
-                let plan =
-                    KernelPlan::parallel(cpus[..threads].to_vec(), pages.len().div_ceil(threads));
+                let plan = Plan::parallel(cpus[..threads].to_vec(), pages.len().div_ceil(threads));
+                let mut status = vec![0; pages.len()];
                 let gbps = median_gbps(budget.reps.min(3), 1, bytes, |_| {
                     let to = if at == a { b } else { a };
                     kernel::move_pages(
                         Process::Current,
                         &pages,
                         &vec![to; pages.len()],
+                        &mut status,
                         &plan,
                         worker_set,
                         &|_| {},

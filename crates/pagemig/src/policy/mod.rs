@@ -15,10 +15,12 @@ pub use auto::{AutoEngine, Move, SizeCheck};
 pub use calibrate::{
     CalibrateError, CalibrateOptions, Effort, Step, calibrate, check_choices, worker_counts,
 };
-pub use model::{Copier, CopyPoint, CostModel, KernelPoint, MachineId, ModelError, Saturation};
+pub use model::{CopyPoint, CostModel, KernelPoint, MachineId, ModelError, Saturation};
 
+use crate::account::Path;
 use crate::cgroup::Cgroup;
-use crate::copy::{EngineKind, Placement, PlacementError, Route};
+use crate::copy::{Copier, EngineKind, Placement, PlacementError, Route};
+use crate::migrate::{Memory, PathChoice, Plan, Request, Scan, Threads};
 use crate::process::Process;
 use crate::sys::{self, SysError};
 use crate::topology::{CpuId, CpuSet, Topology};
@@ -117,7 +119,8 @@ pub struct Job {
     pub route: Route,
 }
 
-/// How to copy one batch, and why.
+/// How to copy one batch of a given size, and why. Not a [`Plan`]: the auto engine keeps one
+/// per batch size for the life of a copy route, where a plan is one migration's.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CopyPlan {
     /// The copier.
@@ -132,41 +135,6 @@ pub struct CopyPlan {
     pub why: Vec<String>,
 }
 
-/// How many threads call `move_pages`, where, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct KernelChoice {
-    /// CPUs of the threads, in order.
-    pub cpus: Vec<CpuId>,
-    /// Predicted GB/s, when the kernel path was calibrated.
-    pub predicted_gbps: Option<f64>,
-    /// Why.
-    pub why: Vec<String>,
-}
-
-/// How many threads: the planner's choice, or a fixed count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Threads {
-    /// As the planner chooses.
-    #[default]
-    Auto,
-    /// Exactly this many.
-    Count(usize),
-}
-
-impl std::str::FromStr for Threads {
-    type Err = String;
-    /// `auto` or a positive number.
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Threads::Auto),
-            _ => match s.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(Threads::Count(n)),
-                _ => Err(format!("expected auto or a positive number, got {s:?}")),
-            },
-        }
-    }
-}
-
 /// Chooses engines, workers and placement.
 #[derive(Debug, Clone)]
 pub struct Planner<'a> {
@@ -177,6 +145,8 @@ pub struct Planner<'a> {
     model_note: Option<String>,
     /// Pick a DMA engine over a faster CPU plan, to save CPU time.
     prefer_dma: bool,
+    /// Whether the remap path can run here, and why not.
+    remap: Result<(), String>,
 }
 
 impl<'a> Planner<'a> {
@@ -190,7 +160,15 @@ impl<'a> Planner<'a> {
             resources,
             model_note: mismatch.map(|m| format!("saved cost model not used: {m}")),
             prefer_dma: false,
+            remap: Err("not known to work here".into()),
         }
+    }
+
+    /// Whether the remap path works here (userfaultfd write-protect, `/proc/self`), and why
+    /// not: without it, [`Planner::plan`] always chooses the kernel path.
+    pub fn remap_support(mut self, support: Result<(), String>) -> Self {
+        self.remap = support;
+        self
     }
 
     /// Copies with a DMA engine wherever the model has one at least as fast as one CPU thread,
@@ -406,7 +384,7 @@ impl<'a> Planner<'a> {
 
     /// How many threads call `move_pages` for a migration of `job.bytes` in calls of
     /// `batch_bytes`, and where they run.
-    pub fn plan_kernel(&self, job: Job, batch_bytes: u64) -> Result<KernelChoice, PlacementError> {
+    pub fn plan_kernel(&self, job: Job, batch_bytes: u64) -> Result<Plan, PlacementError> {
         let (cap, cap_why) = self.worker_cap();
         let calls = job.bytes.div_ceil(batch_bytes.max(1)).max(1);
         let cap = cap.min(usize::try_from(calls).unwrap_or(usize::MAX));
@@ -450,12 +428,19 @@ impl<'a> Planner<'a> {
                 "at most {cap}: {cap_why} (and one thread per call)"
             ));
         }
-        let (cpus, place_why) = self.place(job.route, threads)?;
+        let (placement, place_why) = self.placement(job.route);
+        let cpus = placement.choose(self.topology, job.route, &self.resources.allowed, threads)?;
         why.push(place_why);
-        Ok(KernelChoice {
-            cpus,
+        let page = sys::base_page_size() as u64;
+        let batch = usize::try_from(batch_bytes / page)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        Ok(Plan {
+            placement: Some(placement),
             predicted_gbps: predicted,
+            baseline_gbps: self.model.and_then(|m| m.predict_kernel(1, job.bytes)),
             why,
+            ..Plan::parallel(cpus, batch)
         })
     }
 
@@ -468,7 +453,7 @@ impl<'a> Planner<'a> {
         threads: Threads,
         placement: Option<&Placement>,
         source: &str,
-    ) -> Result<KernelChoice, PlacementError> {
+    ) -> Result<Plan, PlacementError> {
         let mut choice = self.plan_kernel(job, batch_bytes)?;
         let count = match threads {
             // One pinned thread per CPU: more than the usable CPUs would only queue on them.
@@ -507,8 +492,135 @@ impl<'a> Planner<'a> {
         };
         if let Some(p) = placement {
             choice.cpus = p.choose(self.topology, job.route, &self.resources.allowed, count)?;
+            choice.placement = Some(p);
         }
         Ok(choice)
+    }
+
+    /// The plan of a migration: the path, then the threads (and the remap path's copier), their
+    /// placement and the batch, from what the scan found, the request's options, the cost model
+    /// and the resources. The remap path is chosen for the caller's own memory where it works
+    /// here and the model does not predict the kernel path faster; the kernel path otherwise.
+    /// Every choice says why.
+    pub fn plan(&self, request: &Request<'_>, scan: &Scan) -> Result<Plan, PlacementError> {
+        let o = &request.options;
+        let page = sys::base_page_size() as u64;
+        let from = match request.memory() {
+            Memory::Process { from, .. } => from.as_ref().and_then(|f| f.iter().next()),
+            Memory::Own(_) => None,
+        };
+        let route = Route {
+            from,
+            to: Some(request.to),
+        };
+        let batch = o.batch();
+        let mut kernel = self.plan_kernel_as(
+            Job {
+                bytes: scan.bytes_to_move(),
+                route,
+            },
+            batch as u64 * page,
+            o.threads,
+            o.placement.as_ref(),
+            // The option's name in the command line, where users set it.
+            "--threads",
+        )?;
+        kernel.batch = batch;
+        kernel.max_stall = o.max_stall;
+        kernel.move_all = o.move_all;
+        kernel.charge = o.charge;
+        kernel.verify = o.verify;
+        let kernel_because = |why: String| {
+            let mut k = kernel.clone();
+            k.why.insert(0, format!("the kernel path: {why}"));
+            k
+        };
+        if !matches!(request.memory(), Memory::Own(_)) {
+            return Ok(kernel_because(
+                "the pages of a process (the remap path moves only the caller's own memory)".into(),
+            ));
+        }
+        if o.path == PathChoice::Kernel {
+            return Ok(kernel_because("asked for".into()));
+        }
+        if o.dry_run {
+            return Ok(kernel_because(
+                "a dry run: the kernel path counts what would move, and where it is".into(),
+            ));
+        }
+        if o.move_all {
+            return Ok(kernel_because(
+                "shared pages are to move too (the remap path moves only private memory)".into(),
+            ));
+        }
+        if let Err(e) = &self.remap {
+            return Ok(kernel_because(format!(
+                "the remap path cannot run here: {e}"
+            )));
+        }
+        let mut copy = self.plan_copy(Job {
+            bytes: batch as u64 * page,
+            route,
+        })?;
+        if let Threads::Count(n) = o.threads {
+            let (cap, cap_why) = self.hard_cap();
+            let workers = n.min(cap);
+            let engine = copy.copier.cpu_engine().unwrap_or(EngineKind::Memcpy);
+            copy.copier = if workers <= 1 {
+                Copier::Thread { engine }
+            } else {
+                Copier::Pool { engine, workers }
+            };
+            copy.cpus = match copy.copier {
+                Copier::Pool { workers, .. } => self.worker_cpus(route, workers)?,
+                _ => Vec::new(),
+            };
+            copy.why.push(if workers < n {
+                format!("{workers} copy thread(s): --threads {n}, but at most {cap}: {cap_why}")
+            } else {
+                format!("{workers} copy thread(s): --threads {n}")
+            });
+        }
+        if let Some(engine) = o.engine {
+            copy.copier = match copy.copier {
+                Copier::Pool { workers, .. } => Copier::Pool { engine, workers },
+                _ => Copier::Thread { engine },
+            };
+            copy.why
+                .push(format!("engine {engine}: chosen by the user"));
+        }
+        if let (Some(c), Some(k)) = (copy.predicted_gbps, kernel.predicted_gbps)
+            && k > c
+        {
+            return Ok(kernel_because(format!(
+                "predicted {k:.2} GB/s, faster than the remap path's copy ({c:.2} GB/s)"
+            )));
+        }
+        let mut why = vec![match (copy.predicted_gbps, kernel.predicted_gbps) {
+            (Some(c), Some(k)) => format!(
+                "the remap path: the caller's own memory, userfaultfd write-protect works, its copy is predicted at {c:.2} GB/s against the kernel path's {k:.2} GB/s"
+            ),
+            _ => "the remap path: the caller's own memory and userfaultfd write-protect works (no measurement of the kernel path says it is faster)".into(),
+        }];
+        why.extend(copy.why);
+        let placement = match copy.copier {
+            Copier::Pool { .. } => Some(self.placement(route).0),
+            _ => None,
+        };
+        Ok(Plan {
+            path: Path::Remap,
+            copier: Some(copy.copier),
+            cpus: copy.cpus,
+            placement,
+            batch,
+            max_stall: None,
+            move_all: false,
+            charge: o.charge,
+            verify: o.verify,
+            predicted_gbps: copy.predicted_gbps,
+            baseline_gbps: copy.baseline_gbps,
+            why,
+        })
     }
 }
 

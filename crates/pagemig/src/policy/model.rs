@@ -1,6 +1,5 @@
 //! The cost model: copy and migration bandwidth measured on this machine, saved as JSON.
 
-use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -8,61 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::Effort;
-use crate::copy::EngineKind;
-use crate::copy::dma::DmaKind;
+use crate::copy::{Copier, EngineKind};
 use crate::topology::{self, Topology};
-
-/// How a batch is copied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(tag = "on", rename_all = "kebab-case")]
-pub enum Copier {
-    /// On the calling thread, the whole batch in one call.
-    Thread {
-        /// The engine.
-        engine: EngineKind,
-    },
-    /// Split by bytes over this many pinned pool workers.
-    Pool {
-        /// The engine every worker runs.
-        engine: EngineKind,
-        /// Workers.
-        workers: usize,
-    },
-    /// A DMA engine: no CPU thread copies.
-    Dma {
-        /// The engine.
-        engine: DmaKind,
-    },
-}
-
-impl Copier {
-    /// The CPU engine that copies (none for a DMA engine).
-    pub fn cpu_engine(self) -> Option<EngineKind> {
-        match self {
-            Copier::Thread { engine } | Copier::Pool { engine, .. } => Some(engine),
-            Copier::Dma { .. } => None,
-        }
-    }
-
-    /// CPU threads that copy (none for a DMA engine).
-    pub fn threads(self) -> usize {
-        match self {
-            Copier::Thread { .. } => 1,
-            Copier::Pool { workers, .. } => workers,
-            Copier::Dma { .. } => 0,
-        }
-    }
-}
-
-impl fmt::Display for Copier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Copier::Thread { engine } => write!(f, "{engine} on the calling thread"),
-            Copier::Pool { engine, workers } => write!(f, "{engine} on {workers} pool worker(s)"),
-            Copier::Dma { engine } => write!(f, "the {engine} DMA engine"),
-        }
-    }
-}
 
 /// Copy bandwidth of one way of copying at one batch size.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

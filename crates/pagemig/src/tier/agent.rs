@@ -3,7 +3,7 @@
 //! [`Agent::start`] checks everything it can before it touches DAMON or moves a page (nodes,
 //! tiers, budget, rate, the processes and the right to move their pages), then starts tracking.
 //! [`Agent::step`] runs one interval and returns it as an [`IntervalReport`]. Moves go through one
-//! function given by the caller, normally [`move_with_kernel_path`], so that the way pages move
+//! function given by the caller, normally [`move_through`], so that the way pages move
 //! can change without touching the agent.
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,17 +17,15 @@ use super::damon::{Cleaned, Damon, DamonAttrs};
 use super::decide::{self, ChunkView, Decision, Direction, Limits, Policy};
 use super::heat::{ChunkKey, HeatMap};
 use super::{Size, TierError};
+use crate::Migrator;
 use crate::account::ChargeTo;
 use crate::account::Report;
-use crate::copy::Route;
-use crate::migrate::kernel::{self, KernelPlan, ProcessRequest, Selection};
-use crate::migrate::{MigrateError, check_target};
-use crate::policy::{Job, Planner, Threads};
+use crate::migrate::scan;
+use crate::migrate::{MigrateError, Options, Request, Selection, Threads, check_target};
 use crate::process::Process;
 use crate::procfs::{self, ProcfsError};
 use crate::sys::{self, PageNode};
 use crate::topology::{NodeId, NodeSet, Topology, node_free_bytes};
-use crate::workers::Workers;
 
 /// What the agent is asked to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,7 +186,7 @@ fn scan(
             other => other?,
         }
     }
-    let nodes = kernel::query(process, &present)?;
+    let nodes = scan::query(process, &present)?;
     let mut chunks: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
     let mut per_node: BTreeMap<NodeId, u64> = BTreeMap::new();
     for (addr, place) in present.iter().zip(nodes) {
@@ -518,41 +516,25 @@ pub struct MoveOptions {
     pub charge: ChargeTo,
 }
 
-/// Moves one request's pages with the kernel path, threads and placement planned for its size.
-pub fn move_with_kernel_path(
-    topology: &Topology,
-    planner: &Planner<'_>,
+/// Moves one request's pages through `migrator` (the kernel path: the pages are another
+/// process's), threads and placement planned for its size.
+pub fn move_through(
+    migrator: &Migrator,
     options: &MoveOptions,
     request: &MoveRequest,
-    workers: &Workers,
 ) -> Result<Report, MigrateError> {
-    let page = sys::base_page_size() as u64;
-    let route = Route {
-        from: request.from.iter().next(),
-        to: Some(request.to),
-    };
-    let process_request = ProcessRequest {
-        process: Process::Pid(request.pid),
-        to: request.to,
-        from: Some(request.from.clone()),
-        selection: Selection::Ranges(request.ranges.clone()),
-        dry_run: false,
-    };
-    let plan = |bytes: u64| -> Result<KernelPlan, MigrateError> {
-        let choice = planner.plan_kernel_as(
-            Job { bytes, route },
-            options.batch as u64 * page,
-            options.threads,
-            None,
-            "--threads",
-        )?;
-        Ok(KernelPlan {
-            cpus: choice.cpus,
-            batch: options.batch,
-            max_stall: options.max_stall,
-            move_all: false,
-            charge: options.charge,
-        })
-    };
-    kernel::migrate_process_planned(topology, &process_request, &plan, workers, &|_| {})
+    let request = Request::process(
+        Process::Pid(request.pid),
+        Selection::Ranges(request.ranges.clone()),
+        request.to,
+    )
+    .from_nodes(request.from.clone())
+    .with(Options {
+        batch: Some(options.batch),
+        max_stall: options.max_stall,
+        charge: options.charge,
+        threads: options.threads,
+        ..Options::default()
+    });
+    migrator.migrate(&request)
 }

@@ -4,7 +4,8 @@
 
 use std::fs;
 
-use pagemig::policy::{CostModel, Threads};
+use pagemig::Threads;
+use pagemig::policy::CostModel;
 use pagemig::process::Process;
 use pagemig::topology::{IdSet, Topology};
 use proptest::prelude::*;

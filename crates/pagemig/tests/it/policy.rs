@@ -1,10 +1,10 @@
 //! The planner on fake topologies, loads and cost models; the model's JSON file.
 
 use pagemig::copy::dma::DmaKind;
-use pagemig::copy::{EngineKind, Placement, Route};
+use pagemig::copy::{Copier, EngineKind, Placement, Route};
 use pagemig::policy::{
-    CalibrateOptions, Copier, CopyPoint, CostModel, Effort, Job, KernelPoint, MachineId,
-    ModelError, Planner, Resources, calibrate, worker_counts,
+    CalibrateOptions, CopyPoint, CostModel, Effort, Job, KernelPoint, MachineId, ModelError,
+    Planner, Resources, calibrate, worker_counts,
 };
 use pagemig::topology::{CpuSet, Topology};
 use proptest::prelude::*;
@@ -452,4 +452,73 @@ fn the_check_corrects_a_plan_that_does_not_deliver() {
             .iter()
             .any(|p| p.copier == memcpy && p.bytes == 4096)
     );
+}
+
+/// The planner chooses the path: the remap path for own memory where it works and the model
+/// does not predict the kernel path faster; the kernel path otherwise; each with its reason.
+#[test]
+fn the_planner_chooses_the_path_from_the_model() {
+    use pagemig::account::{Path, Phases, ScanMethod};
+    use pagemig::migrate::scan::{PageState, Run, Runs};
+    use pagemig::migrate::{Found, Scan};
+    use pagemig::process::Process;
+    use pagemig::sys::Mapping;
+    use pagemig::{Request, Selection};
+
+    let t = fake_sysfs::epyc_2s().read();
+    let fast_copy = model(&t);
+    let mut fast_kernel = fast_copy.clone();
+    for p in &mut fast_kernel.kernel_path {
+        p.gbps *= 100.0;
+    }
+    let mut buffer = Mapping::anonymous(64 * MIB as usize).unwrap();
+    let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+    let scan = Scan {
+        process: Process::Current,
+        found: Found::Runs(vec![Runs {
+            range: range.clone(),
+            runs: vec![Run {
+                range,
+                state: PageState::Present,
+                huge: false,
+            }],
+            method: ScanMethod::PagemapScan,
+        }]),
+        phases: Phases::default(),
+        caller_cpu: std::time::Duration::ZERO,
+    };
+    let own = Request::mapping(&mut buffer, 0..64 * MIB as usize, 1);
+    let planner = |m| Planner::new(&t, Some(m), idle("0-63")).remap_support(Ok(()));
+
+    let plan = planner(&fast_copy).plan(&own, &scan).unwrap();
+    assert_eq!(plan.path, Path::Remap, "{:?}", plan.why);
+    assert!(
+        plan.why[0].contains("against the kernel path's"),
+        "{:?}",
+        plan.why
+    );
+    assert!(plan.copier.is_some());
+
+    let plan = planner(&fast_kernel).plan(&own, &scan).unwrap();
+    assert_eq!(plan.path, Path::Kernel, "{:?}", plan.why);
+    assert!(
+        plan.why[0].contains("faster than the remap path's copy"),
+        "{:?}",
+        plan.why
+    );
+
+    let unsupported = Planner::new(&t, Some(&fast_copy), idle("0-63"))
+        .remap_support(Err("no userfaultfd".into()))
+        .plan(&own, &scan)
+        .unwrap();
+    assert_eq!(unsupported.path, Path::Kernel);
+    assert!(
+        unsupported.why[0].contains("no userfaultfd"),
+        "{:?}",
+        unsupported.why
+    );
+
+    let process = Request::process(Process::Pid(1), Selection::All, 1);
+    let plan = planner(&fast_copy).plan(&process, &scan).unwrap();
+    assert_eq!(plan.path, Path::Kernel);
 }

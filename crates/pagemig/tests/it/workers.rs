@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
+use pagemig::Plan;
 use pagemig::copy::{CopyEngine, CopyError, CopyOp, CopyStats, EngineKind, Offload, Pool};
 use pagemig::migrate::MigrateError;
-use pagemig::migrate::kernel::{self, KernelPlan};
+use pagemig::migrate::kernel;
 use pagemig::process::Process;
 use pagemig::sys::{self, Mapping};
 use pagemig::topology::Topology;
@@ -113,13 +114,15 @@ fn no_thread_is_started_per_call() {
     let mut m = Mapping::anonymous(64 * 4096).unwrap();
     m.as_mut_slice().fill(3);
     let pages: Vec<usize> = (0..64).map(|i| m.as_ptr() as usize + i * 4096).collect();
-    let plan = KernelPlan::parallel(cpus.clone(), 4);
+    let plan = Plan::parallel(cpus.clone(), 4);
     let movers = Mutex::new(HashSet::new());
     for _ in 0..20 {
-        let moved = kernel::move_pages(
+        let mut status = vec![0; pages.len()];
+        kernel::move_pages(
             Process::Current,
             &pages,
             &vec![node; pages.len()],
+            &mut status,
             &plan,
             &workers,
             &|_| {
@@ -127,7 +130,7 @@ fn no_thread_is_started_per_call() {
             },
         )
         .unwrap();
-        assert!(moved.status.iter().all(|&s| s == node as i32));
+        assert!(status.iter().all(|&s| s == node as i32));
     }
     let movers = movers.into_inner().unwrap();
     assert!(
@@ -241,12 +244,13 @@ fn a_cpu_that_cannot_be_pinned_is_an_error_naming_it() {
                 .contains(&format!("cannot pin a worker thread to cpu {cpu}")),
             "{err}"
         );
-        let plan = KernelPlan::parallel(vec![cpu], 8);
+        let plan = Plan::parallel(vec![cpu], 8);
         let m = Mapping::anonymous(4096).unwrap();
         let err = kernel::move_pages(
             Process::Current,
             &[m.as_ptr() as usize],
             &[node],
+            &mut [0],
             &plan,
             &workers,
             &|_| {},
