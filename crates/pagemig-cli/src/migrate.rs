@@ -198,6 +198,7 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
                 max_stall,
                 move_all: args.all,
                 charge: args.charge,
+                region: 0,
             })
         };
         let report = kernel::migrate_process_planned(&topo, &request, &choose, &|p| match p {

@@ -4,11 +4,11 @@ use std::ffi::{c_int, c_ulong};
 use std::io::Write;
 
 use anyhow::{Context, bail};
+use pagemig::abi;
 use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
 use pagemig::migrate::kernel::{self, KernelPlan};
 use pagemig::migrate::remap::{self, RemapPhases, RemapPlan, Verify};
 use pagemig::migrate::reservoir::Reservoirs;
-use pagemig::migrate::syscall;
 use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources, Threads, worker_counts};
 use pagemig::process::Process;
 use pagemig::procfs;
@@ -115,7 +115,7 @@ enum Mover {
     /// The kernel path with the planner's threads for each row's size.
     KernelAuto(KernelPlan),
     /// One move_pages call with every page, as a program under libpagemig_preload.so makes it.
-    Preload(Box<syscall::Context>),
+    Preload(Box<abi::Context>),
     Remap(Box<dyn CopyEngine>, Verify),
     /// The copy engine alone, copying the same bytes into pages already faulted in on the
     /// target: what the remap path would reach if everything around its copy were free.
@@ -161,14 +161,14 @@ impl Block {
                 let addrs: Vec<usize> = (0..pages).map(|i| start + i * self.page_size).collect();
                 let nodes = vec![to as c_int; pages];
                 let mut status = vec![0; pages];
-                let call = syscall::move_pages(
+                let call = abi::move_pages(
                     ctx,
                     0,
                     pages as c_ulong,
                     addrs.as_ptr().cast(),
                     nodes.as_ptr(),
                     ForeignOut::from(&mut status[..]),
-                    syscall::MPOL_MF_MOVE,
+                    abi::MPOL_MF_MOVE,
                 );
                 if let Err(e) = call.result {
                     bail!("move_pages through libpagemig's code failed: {e}");
@@ -333,18 +333,11 @@ pub fn run(args: &MigrateBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.path == PathKind::Kernel && with_vanilla {
         movers.push((
             "preload".into(),
-            Mover::Preload(Box::new(
-                syscall::Context {
-                    topology: topo.clone(),
-                    model: loaded.model.clone(),
-                    threads: Threads::Auto,
-                    log: false,
-                    warnings: Vec::new(),
-                    unusable: None,
-                    min_split_bytes: 0,
-                }
-                .with_split_threshold(),
-            )),
+            Mover::Preload(Box::new(abi::Context::with_topology(
+                topo.clone(),
+                Threads::Auto,
+                loaded.model.clone(),
+            ))),
         ));
     }
     let free = |n: NodeId| usable_free(&topo, n);

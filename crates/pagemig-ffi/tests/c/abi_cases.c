@@ -36,6 +36,8 @@ struct bitmask *numa_allocate_nodemask(void);
 struct bitmask *numa_bitmask_setbit(struct bitmask *, unsigned int);
 void numa_bitmask_free(struct bitmask *);
 int numa_num_possible_nodes(void);
+void *numa_alloc(size_t size);
+void numa_free(void *mem, size_t size);
 
 #define MOVE 2
 #define MOVE_ALL 4
@@ -204,27 +206,24 @@ static void move_case(const char *name, int way) {
     } else if (!strcmp(name, "no-pages")) {
         n = 0;
     } else if (!strcmp(name, "freed")) {
-        /* A touched page, a page never touched, a page only read (the kernel's shared zero
-         * page) and an address freed just before the call. */
-        char *t = block(1, 0, 0), *u = block(1, 0, 1), *z = block(1, 0, 1);
+        /* 64 touched pages (one region: with two threads or more pagemig splits the call), a
+         * page never touched, a page only read (the kernel's shared zero page) and a page
+         * freed with numa_free just before the call, where the next mapping of the process
+         * would be placed: whoever answers, nothing may map it before the call has looked. */
+        n = fresh(pages, 64, 0);
+        char *u = block(1, 0, 1), *z = block(1, 0, 1);
         volatile char r = *z;
         (void)r;
-        /* Large enough for a thread stack to be mapped there afterwards: the freed address
-         * (its last page) must stay freed for the call, whoever answers it. */
-        size_t freed = 8UL << 20;
-        char *f = mmap(NULL, freed, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (f == MAP_FAILED) {
-            perror("mmap");
+        char *f = numa_alloc(page);
+        if (!f) {
+            perror("numa_alloc");
             exit(2);
         }
-        memset(f, 1, freed);
-        pages[0] = t;
-        place(pages, 1, node_a);
-        munmap(f, freed);
-        pages[n++] = t;
+        memset(f, 1, page);
+        numa_free(f, page);
         pages[n++] = u;
         pages[n++] = z;
-        pages[n++] = f + freed - page;
+        pages[n++] = f;
         for (int i = 0; i < n; i++)
             nodes[i] = node_b;
     }

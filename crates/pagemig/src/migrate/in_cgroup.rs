@@ -33,6 +33,7 @@ struct Request {
     batch: usize,
     max_stall_ns: Option<u64>,
     move_all: bool,
+    region: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -51,6 +52,7 @@ struct Reply {
     final_batch: usize,
     thread_cpu_ns: Vec<u64>,
     process_exited: bool,
+    left_behind: u64,
     failure: Option<Failure>,
 }
 
@@ -76,6 +78,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
         max_stall: req.max_stall_ns.map(Duration::from_nanos),
         move_all: req.move_all,
         charge: ChargeTo::Caller,
+        region: req.region,
     };
     let out = std::sync::Mutex::new(output);
     let progress = |n: u64| {
@@ -90,6 +93,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
             final_batch: m.calls.final_batch,
             thread_cpu_ns: m.calls.thread_cpu.iter().map(|d| nanos(*d)).collect(),
             process_exited: m.process_exited,
+            left_behind: m.left_behind,
             failure: None,
         },
         Err(e) => Reply {
@@ -100,6 +104,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
             final_batch: 0,
             thread_cpu_ns: Vec::new(),
             process_exited: false,
+            left_behind: 0,
             failure: Some(match e {
                 MigrateError::NoSuchProcess { .. } => Failure::NoSuchProcess,
                 MigrateError::PermissionDenied { .. } => Failure::PermissionDenied,
@@ -149,6 +154,7 @@ pub(super) fn move_pages_in(
         batch: plan.batch,
         max_stall_ns: plan.max_stall.map(nanos),
         move_all: plan.move_all,
+        region: plan.region,
     };
     let mut command = Command::new("/proc/self/exe");
     command
@@ -197,5 +203,6 @@ pub(super) fn move_pages_in(
                 .collect(),
         ),
         process_exited: reply.process_exited,
+        left_behind: reply.left_behind,
     })
 }

@@ -30,6 +30,11 @@ pub struct KernelPlan {
     /// Who pays: with [`ChargeTo::Target`] the calls are made by a helper process in the
     /// target's cgroup (see [`super::in_cgroup`]).
     pub charge: ChargeTo,
+    /// Entries next to each other in the array whose pages are in one aligned region of this
+    /// many bytes stay in one call, so that no two calls share a folio (the kernel answers a
+    /// folio's entries by each other: one queued for migration makes the next `EBUSY`). Zero:
+    /// batches are cut anywhere.
+    pub region: usize,
 }
 
 impl KernelPlan {
@@ -41,6 +46,7 @@ impl KernelPlan {
             max_stall: None,
             move_all: false,
             charge: ChargeTo::Caller,
+            region: 0,
         }
     }
 
@@ -76,6 +82,9 @@ pub struct Moved {
     pub calls: CallStats,
     /// The process exited before every page was attempted.
     pub process_exited: bool,
+    /// Pages the first call of their batch left behind (`move_pages` returned more than 0):
+    /// their status is what the retries found.
+    pub left_behind: u64,
 }
 
 /// Whether a failed call means the process is gone: `ESRCH`, or `EINVAL` from a process that is
@@ -112,6 +121,7 @@ struct ThreadResult {
     pieces: Vec<(usize, Vec<i32>)>,
     durations: Vec<Duration>,
     cpu_time: Duration,
+    left_behind: u64,
     error: Option<MigrateError>,
 }
 
@@ -129,13 +139,11 @@ impl Group<'_> {
         let mut targets = Vec::new();
         while !self.stop.load(Ordering::Relaxed) && !self.full.load(Ordering::Relaxed) {
             let want = self.batch.load(Ordering::Relaxed).max(1);
-            let start = self.cursor.fetch_add(want, Ordering::Relaxed);
-            if start >= self.pages.len() {
+            let Some(Range { start, end }) = self.claim(want) else {
                 break;
-            }
-            let end = (start + want).min(self.pages.len());
+            };
             let first_call = out.durations.len();
-            match self.move_batch(&self.pages[start..end], &mut targets, &mut out.durations) {
+            match self.move_batch(&self.pages[start..end], &mut targets, &mut out) {
                 Ok(status) => {
                     out.pieces.push((start, status));
                     (self.progress)((end - start) as u64);
@@ -181,6 +189,31 @@ impl Group<'_> {
         out
     }
 
+    /// The next batch: `want` pages, or more to end it where a region of the plan ends.
+    fn claim(&self, want: usize) -> Option<Range<usize>> {
+        let pages = self.pages;
+        let region = self.plan.region.max(1);
+        let mut start = self.cursor.load(Ordering::Relaxed);
+        loop {
+            if start >= pages.len() {
+                return None;
+            }
+            let mut end = (start + want).min(pages.len());
+            while end < pages.len() && pages[end] / region == pages[end - 1] / region {
+                end += 1;
+            }
+            match self.cursor.compare_exchange_weak(
+                start,
+                end,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(start..end),
+                Err(now) => start = now,
+            }
+        }
+    }
+
     /// Moves one batch and returns a status per page. When the kernel leaves pages behind
     /// (`move_pages` > 0), it stops at the failing run of pages and reports none of that run, not
     /// even those that moved: ask where the unreported pages are, and try those still elsewhere
@@ -189,11 +222,11 @@ impl Group<'_> {
         &self,
         pages: &[usize],
         targets: &mut Vec<i32>,
-        durations: &mut Vec<Duration>,
+        out: &mut ThreadResult,
     ) -> Result<Vec<i32>, SysError> {
         let mut status = vec![UNREPORTED; pages.len()];
         let mut pending: Vec<usize> = (0..pages.len()).collect();
-        for _ in 0..MAX_ROUNDS {
+        for round in 0..MAX_ROUNDS {
             let addrs: Vec<usize> = pending.iter().map(|&i| pages[i]).collect();
             let mut st = vec![UNREPORTED; addrs.len()];
             targets.clear();
@@ -206,12 +239,15 @@ impl Group<'_> {
                 &mut st,
                 self.plan.move_all,
             )?;
-            durations.push(t.elapsed());
+            out.durations.push(t.elapsed());
             for (&i, &s) in pending.iter().zip(&st) {
                 status[i] = s;
             }
             if left == 0 {
                 break;
+            }
+            if round == 0 {
+                out.left_behind += left as u64;
             }
             pending.retain(|&i| status[i] == UNREPORTED);
             let addrs: Vec<usize> = pending.iter().map(|&i| pages[i]).collect();
@@ -298,6 +334,7 @@ pub fn move_pages(
     let mut durations = Vec::new();
     // CPU time of the k-th thread, summed over the node groups (each group has its own threads).
     let mut thread_cpu: Vec<Duration> = Vec::new();
+    let mut left_behind = 0;
 
     let mut lo = 0;
     while lo < sorted.len() && !stop.load(Ordering::Relaxed) {
@@ -358,6 +395,7 @@ pub fn move_pages(
         sorted_status[lo..hi].fill(untried_status);
         for (k, r) in results.into_iter().enumerate() {
             thread_cpu[k] += r.cpu_time;
+            left_behind += r.left_behind;
             if let Some(e) = r.error {
                 return Err(e);
             }
@@ -377,6 +415,7 @@ pub fn move_pages(
         status,
         calls: CallStats::from_durations(durations, batch.load(Ordering::Relaxed), thread_cpu),
         process_exited: exited.load(Ordering::Relaxed),
+        left_behind,
     })
 }
 

@@ -2,15 +2,13 @@
 //!
 //! [`kernel`] moves pages of any process the caller may ptrace with `move_pages(2)`, in batches
 //! split over pinned threads; [`remap`] moves the calling process's own memory with a copy
-//! engine and `mremap`; [`scan`] finds the pages of a range that hold data; [`syscall`] gives `move_pages(2)` and `migrate_pages(2)` their exact
-//! semantics for the C library.
+//! engine and `mremap`; [`scan`] finds the pages of a range that hold data.
 
 pub mod in_cgroup;
 pub mod kernel;
 pub mod remap;
 pub mod reservoir;
 pub mod scan;
-pub mod syscall;
 
 use std::path::PathBuf;
 

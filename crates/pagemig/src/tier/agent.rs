@@ -550,6 +550,7 @@ pub fn move_with_kernel_path(
             max_stall: options.max_stall,
             move_all: false,
             charge: options.charge,
+            region: 0,
         })
     };
     kernel::migrate_process_planned(topology, &process_request, &plan, &|_| {})
