@@ -6,7 +6,6 @@ use std::ffi::{c_int, c_ulong, c_void};
 use std::time::Instant;
 
 use super::{Call, Context, Execution, MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, process_of};
-use crate::account::ChargeTo;
 use crate::copy::Route;
 use crate::migrate::kernel::{self, KernelPlan};
 use crate::procfs;
@@ -256,7 +255,6 @@ fn split_move(
         move_all,
         ..KernelPlan::parallel(cpus.clone(), batch)
     };
-    debug_assert_eq!(plan.charge, ChargeTo::Caller);
     let finish_unchanged = |why: String| {
         // The kernel's own call answers from where the pages are now; the addresses that were
         // unmapped when the call began stay EFAULT.

@@ -748,6 +748,37 @@ mod tests {
     }
 
     #[test]
+    fn batches_end_where_a_region_of_the_plan_ends() {
+        let r = 1 << 21;
+        // Two entries per region.
+        let pages: Vec<usize> = (0..8).map(|i| i * (r / 2)).collect();
+        let (stop, exited) = (AtomicBool::new(false), AtomicBool::new(false));
+        let claims = |region: usize, want: usize| {
+            let plan = KernelPlan {
+                region,
+                ..KernelPlan::serial(want)
+            };
+            let batch = AtomicUsize::new(want);
+            let group = Group {
+                process: Process::Current,
+                pages: &pages,
+                node: 0,
+                cursor: AtomicUsize::new(0),
+                batch: &batch,
+                plan: &plan,
+                stop: &stop,
+                exited: &exited,
+                full: AtomicBool::new(false),
+                progress: &|_| {},
+            };
+            std::iter::from_fn(|| group.claim(want)).collect::<Vec<_>>()
+        };
+        assert_eq!(claims(r, 1), [0..2, 2..4, 4..6, 6..8]);
+        assert_eq!(claims(r, 3), [0..4, 4..8]);
+        assert_eq!(claims(0, 3), [0..3, 3..6, 6..8]);
+    }
+
+    #[test]
     fn pages_already_on_the_only_node_are_counted_as_such() {
         let (topo, node) = this_node();
         let mut m = Mapping::anonymous(32 * 4096).unwrap();
