@@ -3,14 +3,12 @@
 //! pages grouped by target node, batches split over pinned threads. Calls pagemig cannot answer
 //! exactly as the kernel would go to the kernel unchanged.
 //!
-//! Settings come from the environment, read on the first call: `PAGEMIG_THREADS` (`auto`, the
-//! default, or a thread count), `PAGEMIG_LOG=1` (one line per call on standard error: what was
-//! planned and how long it took), `PAGEMIG_MODEL` (a cost model saved by `pagemig calibrate`).
-//! The header is `include/pagemig.h`.
-//!
-//! The settings are read once, when the library is loaded (a constructor), so that nothing is
-//! read, allocated or started for them during a call; `libpagemig_preload.so` uses this crate's
-//! [`Settings`] and entry points as a Rust library.
+//! Settings come from the environment, read once when the library is loaded (a constructor, so
+//! that nothing is read, allocated or started for them during a call): `PAGEMIG_THREADS`
+//! (`auto`, the default, or a thread count), `PAGEMIG_LOG=1` (one line per call on standard
+//! error: what was planned and how long it took), `PAGEMIG_MODEL` (a cost model saved by
+//! `pagemig calibrate`). The header is `include/pagemig.h`. `libpagemig_preload.so` uses this
+//! crate's [`Settings`] and entry points as a Rust library.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_long, c_ulong, c_void};
