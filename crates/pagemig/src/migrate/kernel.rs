@@ -82,8 +82,9 @@ pub struct Moved {
     pub calls: CallStats,
     /// The process exited before every page was attempted.
     pub process_exited: bool,
-    /// Pages the first call of their batch left behind (`move_pages` returned more than 0):
-    /// their status is what the retries found.
+    /// What the first calls of the batches returned, added up: pages the kernel could not
+    /// migrate and those after them in the call that it did not try. Their status is what the
+    /// retries found.
     pub left_behind: u64,
 }
 
