@@ -375,6 +375,25 @@ mod tests {
     /// lowest mapping, where the next one (a thread's stack, a buffer) would be placed.
     #[test]
     fn an_address_freed_before_the_call_stays_efault() {
+        // Other tests of this process map memory too and could take the freed address: the
+        // check runs alone, in a process of its own.
+        const ALONE: &str = "PAGEMIG_TEST_ALONE";
+        if std::env::var_os(ALONE).is_none() {
+            let name = module_path!().split_once("::").expect("in a crate").1;
+            let name = format!("{name}::an_address_freed_before_the_call_stays_efault");
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", &name, "--test-threads", "1", "--nocapture"])
+                .env(ALONE, "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
         let node = topology::node_state("has_memory")
             .unwrap()
             .iter()
