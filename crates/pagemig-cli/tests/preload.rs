@@ -177,6 +177,13 @@ fn check_cases(
             log.contains(&format!("pages moved {a}->{b} by {by}")),
             "{log}"
         );
+        // The freed case was split over the threads, and still answered EFAULT.
+        assert!(
+            log.lines()
+                .any(|l| l.contains("move_pages(pid 0, 67 pages, flags 0x2) = 0")
+                    && l.contains("thread(s) on CPUs")),
+            "the freed case was not split: {log}"
+        );
         // Checked once the call would be split: with one thread it goes to the kernel first.
         assert!(log.contains(&format!(
             "passed to the kernel: node {missing} has no memory"

@@ -3,13 +3,23 @@
 //! libnuma's own `move_pages`/`migrate_pages` symbols) or not, are executed by pagemig, with
 //! the system calls' semantics. Settings as for libpagemig: `PAGEMIG_THREADS`, `PAGEMIG_LOG=1`,
 //! `PAGEMIG_MODEL`. Calls pagemig cannot answer exactly as the kernel would go to the kernel
-//! unchanged.
+//! unchanged. The settings and the log line are libpagemig's (its `settings` module, compiled
+//! into this library too), read when the library is loaded.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_int, c_long, c_ulong, c_void};
 
-use pagemig::migrate::syscall;
+#[path = "../../pagemig-ffi/src/settings.rs"]
+mod settings;
+
 use pagemig::sys::{Errno, ForeignOut, set_errno};
+use settings::{load_settings, migrate_pages_c, move_pages_c};
+
+// SAFETY: a function pointer in .init_array is called once by the dynamic loader when the
+// library is loaded, with no arguments, before any entry point can be called.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static LOAD: extern "C" fn() = load_settings;
 
 /// `move_pages(2)`, as libnuma declares it.
 ///
@@ -26,7 +36,7 @@ pub unsafe extern "C" fn move_pages(
 ) -> c_long {
     // SAFETY: the C caller handed `status` over to be written, as move_pages(2) asks.
     let status = unsafe { ForeignOut::new(status, count as usize) };
-    syscall::move_pages_c(pid, count, pages, nodes, status, flags)
+    move_pages_c(pid, count, pages, nodes, status, flags)
 }
 
 /// `migrate_pages(2)`, as libnuma declares it.
@@ -40,7 +50,7 @@ pub unsafe extern "C" fn migrate_pages(
     old_nodes: *const c_ulong,
     new_nodes: *const c_ulong,
 ) -> c_long {
-    syscall::migrate_pages_c(pid, maxnode, old_nodes, new_nodes)
+    migrate_pages_c(pid, maxnode, old_nodes, new_nodes)
 }
 
 /// libnuma's `numa_move_pages`: `move_pages` with an int result.

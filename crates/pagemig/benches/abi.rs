@@ -9,11 +9,15 @@
 use std::ffi::{c_int, c_ulong, c_void};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use pagemig::migrate::syscall::{self, Context, MPOL_MF_MOVE};
+use pagemig::Threads;
+use pagemig::abi::{self, Context, MPOL_MF_MOVE};
+use pagemig::policy::CostModel;
 use pagemig::sys::{self, ForeignOut, Mapping};
 
 fn abi_call_overhead(c: &mut Criterion) {
-    let ctx = Context::from_env();
+    let threads = std::env::var("PAGEMIG_THREADS").map_or(Ok(Threads::Auto), |v| v.parse());
+    let model = std::env::var_os("PAGEMIG_MODEL").map(|p| CostModel::load(p.as_ref()).unwrap());
+    let ctx = Context::new(threads.unwrap(), model);
     let page = sys::base_page_size();
     let mut m = Mapping::anonymous(8 * page).unwrap();
     m.as_mut_slice().fill(1);
@@ -44,7 +48,7 @@ fn abi_call_overhead(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("pagemig", n), |b| {
             b.iter(|| {
-                let call = syscall::move_pages(
+                let call = abi::move_pages(
                     &ctx,
                     0,
                     n as c_ulong,

@@ -159,6 +159,10 @@ pub struct CallStats {
     /// CPU time of each thread.
     #[serde(rename = "thread_cpu_ms", serialize_with = "millis_each")]
     pub thread_cpu: Vec<Duration>,
+    /// What the first call of each batch returned, added up: pages the kernel could not migrate
+    /// and those after them in the call that it did not try (their status is what the retries
+    /// found).
+    pub left_behind: u64,
 }
 
 impl CallStats {
@@ -178,6 +182,7 @@ impl CallStats {
             threads: thread_cpu.len(),
             cpu_time: thread_cpu.iter().sum(),
             thread_cpu,
+            left_behind: 0,
         }
     }
 

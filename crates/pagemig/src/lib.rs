@@ -9,6 +9,8 @@
 //! - [`migrate`]: the steps of a migration: request, scan, plan, and the two executors (the
 //!   kernel path for any process, the remap path for the caller's own memory).
 //! - [`policy`]: the planner and its calibrated cost model.
+//! - [`abi`]: `move_pages(2)` and `migrate_pages(2)` with the kernel's answers, for the C
+//!   libraries.
 //! - [`account`]: what a migration did, per page and per phase, and who paid for it.
 //! - [`cgroup`]: cgroup v2 membership, CPU quota and usage.
 //! - [`process`] and [`procfs`]: the process whose pages move, and what `/proc` says about it.
@@ -16,6 +18,7 @@
 //! - [`sys`]: the safe wrappers over every system call pagemig makes.
 #![deny(unsafe_code)]
 
+pub mod abi;
 pub mod account;
 pub mod cgroup;
 pub mod copy;

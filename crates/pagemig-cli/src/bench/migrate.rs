@@ -5,12 +5,12 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use pagemig::abi;
 use pagemig::account::{Phases, Verify};
 use pagemig::copy::{CopyEngine, CopyOp, CpuEngine, EngineKind, Placement, Pool, Route};
 use pagemig::migrate::kernel;
 use pagemig::migrate::remap::{self, Handles, Tools};
 use pagemig::migrate::reservoir::Reservoirs;
-use pagemig::migrate::syscall;
 use pagemig::policy::{AutoEngine, Effort, Job, Planner, Resources};
 use pagemig::process::Process;
 use pagemig::procfs;
@@ -190,7 +190,7 @@ enum Mover {
     /// The kernel path with the planner's threads for each row's size.
     KernelAuto(Plan),
     /// One move_pages call with every page, as a program under libpagemig_preload.so makes it.
-    Preload(Box<syscall::Context>),
+    Preload(Box<abi::Context>),
     /// The remap path with an engine, checking the new pages as said, with its userfaultfd.
     Remap(Box<dyn CopyEngine>, Verify, Box<Handles>),
     /// The copy engine alone, copying the same bytes into pages already faulted in on the
@@ -246,14 +246,14 @@ impl Block<'_> {
                 let addrs: Vec<usize> = (0..pages).map(|i| start + i * self.page_size).collect();
                 let nodes = vec![to as c_int; pages];
                 let mut status = vec![0; pages];
-                let call = syscall::move_pages(
+                let call = abi::move_pages(
                     ctx,
                     0,
                     pages as c_ulong,
                     addrs.as_ptr().cast(),
                     nodes.as_ptr(),
                     ForeignOut::from(&mut status[..]),
-                    syscall::MPOL_MF_MOVE,
+                    abi::MPOL_MF_MOVE,
                 );
                 if let Err(e) = call.result {
                     bail!("move_pages through libpagemig's code failed: {e}");
@@ -414,19 +414,12 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
     if path == PathKind::Kernel && with_vanilla {
         movers.push((
             "preload".into(),
-            Mover::Preload(Box::new(
-                syscall::Context {
-                    topology: topo.clone(),
-                    model: loaded.model.clone(),
-                    threads: Threads::Auto,
-                    log: false,
-                    warnings: Vec::new(),
-                    unusable: None,
-                    min_split_bytes: 0,
-                    workers: Arc::clone(&workers),
-                }
-                .with_split_threshold(),
-            )),
+            Mover::Preload(Box::new(abi::Context::with_topology(
+                topo.clone(),
+                Threads::Auto,
+                loaded.model.clone(),
+                Arc::clone(&workers),
+            ))),
         ));
     }
 

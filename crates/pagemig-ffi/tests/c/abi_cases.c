@@ -36,6 +36,8 @@ struct bitmask *numa_allocate_nodemask(void);
 struct bitmask *numa_bitmask_setbit(struct bitmask *, unsigned int);
 void numa_bitmask_free(struct bitmask *);
 int numa_num_possible_nodes(void);
+void *numa_alloc(size_t size);
+void numa_free(void *mem, size_t size);
 
 #define MOVE 2
 #define MOVE_ALL 4
@@ -88,16 +90,16 @@ static void print_ints(const char *key, const int *v, int n) {
         printf("%s%d", i ? "," : "", v[i]);
 }
 
-/* One line: the answer, the status array, and where the pages are now. */
+/* One line: the answer, the status array, and where the first `placed` pages are now. */
 static void report(const char *name, int way, int pid, long rc, int err, void **pages,
-                   const int *status, int n) {
+                   const int *status, int n, int placed) {
     int after[PAGES * 2];
     printf("case=%s way=%s rc=%ld errno=%d", name, ways[way], rc, rc < 0 ? err : 0);
     if (status)
         print_ints("status", status, n);
-    if (pages && n > 0) {
-        syscall(SYS_move_pages, pid, n, pages, NULL, after, 0);
-        print_ints("after", after, n);
+    if (pages && placed > 0) {
+        syscall(SYS_move_pages, pid, placed, pages, NULL, after, 0);
+        print_ints("after", after, placed);
     }
     printf("\n");
     fflush(stdout);
@@ -120,7 +122,7 @@ static int fresh(void **pages, int n, int shared) {
 static void move_case(const char *name, int way) {
     void *pages[PAGES * 2];
     int nodes[PAGES * 2], status[PAGES * 2];
-    int n = 0, pid = 0, flags = MOVE;
+    int n = 0, pid = 0, flags = MOVE, placed = -1;
     void **pp = pages;
     int *sp = status;
     const int *np = nodes;
@@ -204,36 +206,36 @@ static void move_case(const char *name, int way) {
     } else if (!strcmp(name, "no-pages")) {
         n = 0;
     } else if (!strcmp(name, "freed")) {
-        /* A touched page, a page never touched, a page only read (the kernel's shared zero
-         * page) and an address freed just before the call. */
-        char *t = block(1, 0, 0), *u = block(1, 0, 1), *z = block(1, 0, 1);
+        /* 64 touched pages (one region: with two threads or more pagemig splits the call), a
+         * page never touched, a page only read (the kernel's shared zero page) and a page
+         * freed with numa_free just before the call, where the next mapping of the process
+         * would be placed: whoever answers, nothing may map it before the call has looked. */
+        n = fresh(pages, 64, 0);
+        char *u = block(1, 0, 1), *z = block(1, 0, 1);
         volatile char r = *z;
         (void)r;
-        /* Large enough for a thread stack to be mapped there afterwards: the freed address
-         * (its last page) must stay freed for the call, whoever answers it. */
-        size_t freed = 8UL << 20;
-        char *f = mmap(NULL, freed, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (f == MAP_FAILED) {
-            perror("mmap");
+        char *f = numa_alloc(page);
+        if (!f) {
+            perror("numa_alloc");
             exit(2);
         }
-        memset(f, 1, freed);
-        pages[0] = t;
-        place(pages, 1, node_a);
-        munmap(f, freed);
-        pages[n++] = t;
+        memset(f, 1, page);
+        numa_free(f, page);
         pages[n++] = u;
         pages[n++] = z;
-        pages[n++] = f + freed - page;
+        pages[n++] = f;
         for (int i = 0; i < n; i++)
             nodes[i] = node_b;
+        /* Not where the freed page is afterwards: the address is free for anything of the
+         * process to be mapped there, the threads pagemig starts for the call included. */
+        placed = n - 1;
     }
 
     errno = 0;
     long rc = call_move(way, pid, (unsigned long)n, pp, np, sp, flags);
     int err = errno;
     report(name, way, pid == dead_pid || pid == other_pid ? 0 : pid, rc, err,
-           pp == pages ? pages : NULL, sp == status ? status : NULL, n);
+           pp == pages ? pages : NULL, sp == status ? status : NULL, n, placed < 0 ? n : placed);
     if (child > 0) {
         kill(child, SIGKILL);
         waitpid(child, NULL, 0);
@@ -312,7 +314,7 @@ static void migrate_case(const char *name, int way) {
     if (rc == -2)
         printf("case=%s way=numa skipped\n", name);
     else
-        report(name, way, child, rc, err, pages, NULL, n);
+        report(name, way, child, rc, err, pages, NULL, n, n);
     kill(child, SIGKILL);
     waitpid(child, NULL, 0);
 }
@@ -329,9 +331,12 @@ int main(int argc, char **argv) {
     nomem = atoi(argv[4]);
     dead_pid = atoi(argv[5]);
     other_pid = atoi(argv[6]);
-    const char *moves[] = {"query", "move", "already", "mixed", "shared", "shared-move-all",
-                           "missing-node", "no-memory-node", "negative-node", "dead-pid",
-                           "other-user", "bad-flags", "bad-status", "bad-pages", "no-pages", "freed"};
+    /* "freed" first: pagemig's first split call of the process starts threads, whose new
+     * stacks would be mapped where the page was freed (later calls reuse cached stacks). */
+    const char *moves[] = {"freed", "query", "move", "already", "mixed", "shared",
+                           "shared-move-all", "missing-node", "no-memory-node", "negative-node",
+                           "dead-pid", "other-user", "bad-flags", "bad-status", "bad-pages",
+                           "no-pages"};
     const char *migrations[] = {"migrate", "migrate-dead-pid", "migrate-other-user",
                                 "migrate-bad-mask", "migrate-big-maxnode"};
     for (size_t c = 0; c < sizeof moves / sizeof *moves; c++) {

@@ -37,6 +37,7 @@ struct Work {
     batch: usize,
     max_stall_ns: Option<u64>,
     move_all: bool,
+    region: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -54,6 +55,7 @@ struct Reply {
     median_ns: u64,
     final_batch: usize,
     thread_cpu_ns: Vec<u64>,
+    left_behind: u64,
     failure: Option<Failure>,
 }
 
@@ -76,6 +78,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
     let mut plan = Plan::parallel(req.cpus, req.batch);
     plan.max_stall = req.max_stall_ns.map(Duration::from_nanos);
     plan.move_all = req.move_all;
+    plan.region = req.region;
     let out = std::sync::Mutex::new(output);
     let progress = |n: u64| {
         let _ = writeln!(out.lock().unwrap_or_else(|p| p.into_inner()), "p {n}");
@@ -99,6 +102,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
             median_ns: nanos(calls.median),
             final_batch: calls.final_batch,
             thread_cpu_ns: calls.thread_cpu.iter().map(|d| nanos(*d)).collect(),
+            left_behind: calls.left_behind,
             failure: None,
         },
         Err(e) => Reply {
@@ -108,6 +112,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
             median_ns: 0,
             final_batch: 0,
             thread_cpu_ns: Vec::new(),
+            left_behind: 0,
             failure: Some(match e {
                 MigrateError::NoSuchProcess { .. } => Failure::NoSuchProcess,
                 MigrateError::PermissionDenied { .. } => Failure::PermissionDenied,
@@ -194,6 +199,7 @@ fn move_pages_in(
         batch: plan.batch,
         max_stall_ns: plan.max_stall.map(nanos),
         move_all: plan.move_all,
+        region: plan.region,
     };
     let mut command = Command::new("/proc/self/exe");
     command
@@ -236,7 +242,7 @@ fn move_pages_in(
         )));
     }
     status.copy_from_slice(&reply.status);
-    Ok(CallStats::new(
+    let mut stats = CallStats::new(
         reply.calls,
         Duration::from_nanos(reply.longest_ns),
         Duration::from_nanos(reply.median_ns),
@@ -246,5 +252,7 @@ fn move_pages_in(
             .into_iter()
             .map(Duration::from_nanos)
             .collect(),
-    ))
+    );
+    stats.left_behind = reply.left_behind;
+    Ok(stats)
 }

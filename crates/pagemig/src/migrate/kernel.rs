@@ -1,6 +1,7 @@
 //! The kernel path: `move_pages(2)` for any process, batches split over pinned threads.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,7 @@ struct ThreadResult {
     pieces: Vec<(usize, Vec<i32>)>,
     durations: Vec<Duration>,
     cpu_time: Duration,
+    left_behind: u64,
     error: Option<MigrateError>,
 }
 
@@ -53,13 +55,11 @@ impl Group<'_> {
         let mut targets = Vec::new();
         while !self.stop.load(Ordering::Relaxed) && !self.full.load(Ordering::Relaxed) {
             let want = self.batch.load(Ordering::Relaxed).max(1);
-            let start = self.cursor.fetch_add(want, Ordering::Relaxed);
-            if start >= self.pages.len() {
+            let Some(Range { start, end }) = self.claim(want) else {
                 break;
-            }
-            let end = (start + want).min(self.pages.len());
+            };
             let first_call = out.durations.len();
-            match self.move_batch(&self.pages[start..end], &mut targets, &mut out.durations) {
+            match self.move_batch(&self.pages[start..end], &mut targets, &mut out) {
                 Ok(status) => {
                     out.pieces.push((start, status));
                     (self.progress)((end - start) as u64);
@@ -104,6 +104,31 @@ impl Group<'_> {
         out
     }
 
+    /// The next batch: `want` pages, or more to end it where a region of the plan ends.
+    fn claim(&self, want: usize) -> Option<Range<usize>> {
+        let pages = self.pages;
+        let region = self.plan.region.max(1);
+        let mut start = self.cursor.load(Ordering::Relaxed);
+        loop {
+            if start >= pages.len() {
+                return None;
+            }
+            let mut end = (start + want).min(pages.len());
+            while end < pages.len() && pages[end] / region == pages[end - 1] / region {
+                end += 1;
+            }
+            match self.cursor.compare_exchange_weak(
+                start,
+                end,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(start..end),
+                Err(now) => start = now,
+            }
+        }
+    }
+
     /// Moves one batch and returns a status per page. When the kernel leaves pages behind
     /// (`move_pages` > 0), it stops at the failing run of pages and reports none of that run, not
     /// even those that moved: ask where the unreported pages are, and try those still elsewhere
@@ -112,11 +137,11 @@ impl Group<'_> {
         &self,
         pages: &[usize],
         targets: &mut Vec<i32>,
-        durations: &mut Vec<Duration>,
+        out: &mut ThreadResult,
     ) -> Result<Vec<i32>, SysError> {
         let mut status = vec![UNREPORTED; pages.len()];
         let mut pending: Vec<usize> = (0..pages.len()).collect();
-        for _ in 0..MAX_ROUNDS {
+        for round in 0..MAX_ROUNDS {
             let addrs: Vec<usize> = pending.iter().map(|&i| pages[i]).collect();
             let mut st = vec![UNREPORTED; addrs.len()];
             targets.clear();
@@ -129,12 +154,15 @@ impl Group<'_> {
                 &mut st,
                 self.plan.move_all,
             )?;
-            durations.push(t.elapsed());
+            out.durations.push(t.elapsed());
             for (&i, &s) in pending.iter().zip(&st) {
                 status[i] = s;
             }
             if left == 0 {
                 break;
+            }
+            if round == 0 {
+                out.left_behind += left as u64;
             }
             pending.retain(|&i| status[i] == UNREPORTED);
             let addrs: Vec<usize> = pending.iter().map(|&i| pages[i]).collect();
@@ -213,6 +241,7 @@ pub fn move_pages(
     let mut durations = Vec::new();
     // CPU time of the k-th thread, summed over the node groups (each group has its own threads).
     let mut thread_cpu: Vec<Duration> = Vec::new();
+    let mut left_behind = 0;
 
     let mut lo = 0;
     while lo < sorted.len() && !stop.load(Ordering::Relaxed) {
@@ -252,6 +281,7 @@ pub fn move_pages(
         sorted_status[lo..hi].fill(untried_status);
         for (k, r) in results.into_iter().enumerate() {
             thread_cpu[k] += r.cpu_time;
+            left_behind += r.left_behind;
             if let Some(e) = r.error {
                 return Err(e);
             }
@@ -266,11 +296,9 @@ pub fn move_pages(
     for (k, &i) in order.iter().enumerate() {
         status[i] = sorted_status[k];
     }
-    Ok(CallStats::from_durations(
-        durations,
-        batch.load(Ordering::Relaxed),
-        thread_cpu,
-    ))
+    let mut stats = CallStats::from_durations(durations, batch.load(Ordering::Relaxed), thread_cpu);
+    stats.left_behind = left_behind;
+    Ok(stats)
 }
 
 /// Whether a [`move_pages`] status says the process exited before every page was attempted.
@@ -444,6 +472,34 @@ mod tests {
             &|p, n, st, pr| move_pages(process, p, n, st, plan, &Workers::new(), pr),
             &|_| {},
         )
+    }
+
+    #[test]
+    fn batches_end_where_a_region_of_the_plan_ends() {
+        let r = 1 << 21;
+        // Two entries per region.
+        let pages: Vec<usize> = (0..8).map(|i| i * (r / 2)).collect();
+        let stop = AtomicBool::new(false);
+        let claims = |region: usize, want: usize| {
+            let mut plan = Plan::serial(want);
+            plan.region = region;
+            let batch = AtomicUsize::new(want);
+            let group = Group {
+                process: Process::Current,
+                pages: &pages,
+                node: 0,
+                cursor: AtomicUsize::new(0),
+                batch: &batch,
+                plan: &plan,
+                stop: &stop,
+                full: AtomicBool::new(false),
+                progress: &|_| {},
+            };
+            std::iter::from_fn(|| group.claim(want)).collect::<Vec<_>>()
+        };
+        assert_eq!(claims(r, 1), [0..2, 2..4, 4..6, 6..8]);
+        assert_eq!(claims(r, 3), [0..4, 4..8]);
+        assert_eq!(claims(0, 3), [0..3, 3..6, 6..8]);
     }
 
     #[test]

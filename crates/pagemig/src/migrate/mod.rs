@@ -6,8 +6,7 @@
 //! The executors: [`kernel`] moves pages of any process the caller may ptrace with
 //! `move_pages(2)`, in batches split over pinned threads, wrapped by [`in_cgroup`] which charges
 //! the CPU time as the plan says; [`remap`] moves the calling process's own memory with a copy
-//! engine and `mremap`, taking pages from [`reservoir`]s. [`syscall`] gives `move_pages(2)` and
-//! `migrate_pages(2)` their exact semantics for the C library.
+//! engine and `mremap`, taking pages from [`reservoir`]s.
 
 pub mod in_cgroup;
 pub mod kernel;
@@ -16,7 +15,6 @@ pub mod remap;
 pub mod request;
 pub mod reservoir;
 pub mod scan;
-pub mod syscall;
 
 pub use plan::Plan;
 pub use request::{Memory, Options, OwnRanges, PathChoice, Progress, Request, Selection, Threads};

@@ -33,6 +33,11 @@ pub struct Plan {
     pub max_stall: Option<Duration>,
     /// Also move pages shared with other processes (`MPOL_MF_MOVE_ALL`, needs `CAP_SYS_NICE`).
     pub move_all: bool,
+    /// Kernel path: entries next to each other whose pages are in one aligned region of this
+    /// many bytes stay in one `move_pages` call, so that no two calls share a folio (the kernel
+    /// answers a folio's entries by each other: one queued for migration makes the next
+    /// `EBUSY`). Zero: batches are cut anywhere.
+    pub region: usize,
     /// Who pays: with [`ChargeTo::Target`] the kernel path's calls are made by a helper process
     /// in the target's cgroup (see [`super::in_cgroup`]).
     pub charge: ChargeTo,
@@ -57,6 +62,7 @@ impl Plan {
             batch,
             max_stall: None,
             move_all: false,
+            region: 0,
             charge: ChargeTo::Caller,
             verify: Verify::Sample,
             predicted_gbps: None,

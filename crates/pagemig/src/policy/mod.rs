@@ -615,6 +615,7 @@ impl<'a> Planner<'a> {
             batch,
             max_stall: None,
             move_all: false,
+            region: 0,
             charge: o.charge,
             verify: o.verify,
             predicted_gbps: copy.predicted_gbps,

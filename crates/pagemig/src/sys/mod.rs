@@ -18,7 +18,7 @@ mod uffd;
 pub use mem::{HUGE_PAGE_SIZE, Mapping, base_page_size};
 pub use numa::{
     PageNode, migrate_pages, migrate_pages_unchanged, move_pages, move_pages_unchanged,
-    query_page_nodes,
+    query_page_nodes, query_pages_unchanged,
 };
 pub use own::{ForeignOut, Plain, read_own, set_errno};
 pub use pagemap::{PageCategories, PageRegion, Pagemap, Vma, entry as pagemap_entry};

@@ -176,6 +176,44 @@ pub fn move_pages_unchanged(
     }
 }
 
+/// Where each page of a caller's array is (`move_pages` without nodes), asked before anything
+/// else of the call is mapped, for calls that must answer an address that was unmapped when
+/// they began with `EFAULT` whatever is mapped there later. `pages` is the address of the
+/// caller's array of `count` page addresses, as for [`move_pages_unchanged`].
+///
+/// The answer is written into a mapping made for it: the one thing mapped before the kernel
+/// looks. Nothing of the caller's can be in it, so an address of this process inside it was
+/// unmapped when asked and its entry is `-EFAULT`.
+pub fn query_pages_unchanged(
+    pid: c_int,
+    count: usize,
+    pages: usize,
+) -> Result<Vec<c_int>, SysError> {
+    let entry = std::mem::size_of::<c_int>();
+    let len = (count * entry)
+        .max(1)
+        .next_multiple_of(super::base_page_size());
+    let answers = super::Mapping::anonymous(len)?;
+    let own = answers.as_ptr() as usize..answers.as_ptr() as usize + answers.len();
+    // SAFETY: the mapping is this function's own, page-aligned and at least `count` ints long;
+    // only the kernel writes it, and it is read below only after the call.
+    let status = unsafe { ForeignOut::new(answers.as_ptr().cast_mut().cast(), count) };
+    move_pages_unchanged(pid, count as c_ulong, pages, 0, status, 0)?;
+    let mut out: Vec<c_int> = answers.as_slice()[..count * entry]
+        .chunks_exact(entry)
+        .map(|b| c_int::from_ne_bytes(b.try_into().expect("one int")))
+        .collect();
+    if pid == 0 || pid as u32 == std::process::id() {
+        let addrs = super::read_own::<usize>(pages, count)?;
+        for (s, a) in out.iter_mut().zip(addrs) {
+            if own.contains(&a) {
+                *s = -libc::EFAULT;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `migrate_pages(2)` with the caller's raw arguments, unchanged (see [`move_pages_unchanged`]):
 /// `old` and `new` are the addresses of the masks, which the kernel only reads, checking them.
 pub fn migrate_pages_unchanged(

@@ -1,0 +1,291 @@
+//! `move_pages(2)` and `migrate_pages(2)` as their man pages define them, executed by pagemig:
+//! what the C libraries (libpagemig and the `LD_PRELOAD` library) run.
+//!
+//! The answer (return value, errno, every status entry) is the kernel's own. [`move_pages`] is
+//! split into calls by target node and run by the kernel path's executor
+//! ([`crate::migrate::kernel::move_pages`]) only where the kernel answers each page of the split
+//! calls exactly as it would in the one call; anything else goes to the kernel unchanged, and
+//! the [`Execution`] says why. [`migrate_pages`] moves the pages with pagemig's threads first and
+//! then makes the caller's own call, which finds little left to do and gives the return value.
+//!
+//! The settings are values ([`Context::new`]): the C libraries read them from their environment
+//! and write the [`Call`]s to their log; this module neither reads the environment nor prints.
+
+mod migrate_pages;
+mod move_pages;
+
+use std::ffi::{c_int, c_long};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use migrate_pages::migrate_pages;
+pub use move_pages::move_pages;
+
+use crate::Threads;
+use crate::account::{CallStats, Report};
+use crate::copy::Route;
+use crate::policy::{CostModel, Job, Planner, Resources};
+use crate::process::Process;
+use crate::sys::{self, Errno};
+use crate::topology::{CpuId, CpuSet, NodeId, Topology};
+use crate::workers::Workers;
+
+/// `MPOL_MF_MOVE`: move pages mapped by this process only.
+pub const MPOL_MF_MOVE: c_int = 1 << 1;
+/// `MPOL_MF_MOVE_ALL`: also move pages shared with other processes (needs `CAP_SYS_NICE`).
+pub const MPOL_MF_MOVE_ALL: c_int = 1 << 2;
+
+/// Batch of the kernel path's calls: the planner's unit.
+const MIGRATE_BATCH: usize = 4096;
+
+/// What pagemig plans with: the machine and the settings, fixed for the life of the process
+/// that loaded the library.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The machine.
+    pub topology: Topology,
+    /// Its calibrated cost model, if one is used.
+    pub model: Option<CostModel>,
+    /// Threads per call: `auto` (the planner) or a fixed count.
+    pub threads: Threads,
+    /// Why pagemig cannot plan on this machine (every call then goes to the kernel unchanged).
+    pub unusable: Option<String>,
+    /// `move_pages` calls of fewer bytes than this go to the kernel unchanged without further
+    /// checks: below it the planner gives one thread even with every allowed CPU idle. Zero:
+    /// every call is planned; `u64::MAX`: none is.
+    pub min_split_bytes: u64,
+    /// The pinned threads that make the split calls, kept for the life of the context.
+    pub workers: Arc<Workers>,
+}
+
+impl Context {
+    /// The running machine with these settings; a machine whose topology cannot be read gives
+    /// a context that passes every call to the kernel ([`Context::unusable`] says why).
+    ///
+    /// ```
+    /// use pagemig::abi::Context;
+    /// use pagemig::policy::Threads;
+    ///
+    /// let ctx = Context::new(Threads::Count(1), None);
+    /// // One thread per call: every call goes to the kernel as it is.
+    /// assert_eq!(ctx.min_split_bytes, u64::MAX);
+    /// ```
+    pub fn new(threads: Threads, model: Option<CostModel>) -> Self {
+        match Topology::detect() {
+            Ok(topology) => Context::with_topology(topology, threads, model, Arc::default()),
+            Err(e) => Context {
+                topology: Topology {
+                    nodes: Vec::new(),
+                    online_cpus: CpuSet::default(),
+                    l3_domains: Vec::new(),
+                    tiers: Vec::new(),
+                },
+                model,
+                threads,
+                unusable: Some(e.to_string()),
+                workers: Arc::default(),
+                min_split_bytes: u64::MAX,
+            },
+        }
+    }
+
+    /// The settings on a topology already read.
+    ///
+    /// [`Context::min_split_bytes`] is the smallest migration (a power of two, from one page)
+    /// for which the planner plans two or more threads with the most it could be given: every
+    /// CPU allowed now, no quota and no load. Resources only ever lower the planner's thread
+    /// count, so a call below it would be planned onto one thread and passed to the kernel
+    /// anyway: deciding that from its size spares it every file read and system call.
+    pub fn with_topology(
+        topology: Topology,
+        threads: Threads,
+        model: Option<CostModel>,
+        workers: Arc<Workers>,
+    ) -> Self {
+        let min_split_bytes = match threads {
+            Threads::Count(n) if n >= 2 => 0,
+            Threads::Count(_) => u64::MAX,
+            Threads::Auto => {
+                let best = Resources {
+                    allowed: sys::allowed_cpus().unwrap_or_default(),
+                    cpu_quota: None,
+                    busy_cpus: 0.0,
+                };
+                let planner = Planner::new(&topology, model.as_ref(), best);
+                let page = sys::base_page_size() as u64;
+                (0..48)
+                    .map(|k| page << k)
+                    .find(|&bytes| {
+                        let job = Job {
+                            bytes,
+                            route: Route::default(),
+                        };
+                        planner
+                            .plan_kernel(job, MIGRATE_BATCH as u64 * page)
+                            .is_ok_and(|c| c.cpus.len() > 1)
+                    })
+                    // A smaller call may still plan two threads where the curve is not
+                    // monotone: halve it once for margin.
+                    .map_or(u64::MAX, |bytes| bytes / 2)
+            }
+        };
+        Context {
+            topology,
+            model,
+            threads,
+            unusable: None,
+            min_split_bytes,
+            workers,
+        }
+    }
+
+    /// Why calls cannot be planned here, if they cannot.
+    fn usable(&self) -> Result<(), String> {
+        match &self.unusable {
+            Some(why) => Err(format!("no topology: {why}")),
+            None => Ok(()),
+        }
+    }
+
+    /// The CPUs of the threads the planner (or the setting) gives a move of `bytes` along
+    /// `route`, or why it is one thread.
+    fn threads_for(&self, bytes: u64, route: Route) -> Result<Vec<CpuId>, String> {
+        let resources = Resources::snapshot().map_err(|e| e.to_string())?;
+        let planner = Planner::new(&self.topology, self.model.as_ref(), resources);
+        let page = sys::base_page_size() as u64;
+        let choice = planner
+            .plan_kernel_as(
+                Job { bytes, route },
+                MIGRATE_BATCH as u64 * page,
+                self.threads,
+                None,
+                "the thread setting",
+            )
+            .map_err(|e| e.to_string())?;
+        if choice.cpus.len() <= 1 {
+            return Err(format!("one thread planned ({})", choice.why.join("; ")));
+        }
+        Ok(choice.cpus)
+    }
+}
+
+/// How a call was executed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Execution {
+    /// `move_pages`, split into calls by target node, run by the kernel path's threads.
+    Split {
+        /// The threads' CPUs.
+        cpus: Vec<CpuId>,
+        /// Target nodes (one group of calls each).
+        groups: usize,
+        /// The kernel calls, as the executor counted them.
+        calls: CallStats,
+    },
+    /// `migrate_pages`: pagemig's threads moved pages between these nodes, then the caller's own
+    /// call finished the job and gave the answer.
+    Prepared {
+        /// The threads' CPUs.
+        cpus: Vec<CpuId>,
+        /// (from, to) node pairs, in the kernel's order.
+        pairs: Vec<(NodeId, NodeId)>,
+        /// What the kernel path did for each pair, in order (fewer when it stopped early).
+        reports: Vec<Report>,
+        /// Why pagemig's threads stopped early (the kernel's call did the rest), if they did.
+        stopped: Option<String>,
+    },
+    /// Passed to the kernel unchanged, for this reason.
+    Kernel(String),
+}
+
+/// One call's answer and how it was reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// The call and its main arguments, as a log line shows them.
+    pub request: String,
+    /// What the system call returns: pages not migrated, or the error.
+    pub result: Result<usize, Errno>,
+    /// How.
+    pub execution: Execution,
+    /// Wall time of the call.
+    pub took: Duration,
+}
+
+impl Call {
+    /// What a C function returns for this call: the result, or -1 with `errno` set. Call it
+    /// last: anything after it may change `errno`.
+    pub fn c_return(&self) -> c_long {
+        match self.result {
+            Ok(n) => n as c_long,
+            Err(errno) => {
+                sys::set_errno(errno);
+                -1
+            }
+        }
+    }
+}
+
+impl fmt::Display for Call {
+    /// `move_pages(pid 42, 4096 pages, flags 0x2) = 0 in 1.200 ms: ...`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.result {
+            Ok(n) => write!(f, "{} = {n}", self.request)?,
+            Err(e) => write!(f, "{} = -1 ({e})", self.request)?,
+        }
+        write!(
+            f,
+            " in {:.3} ms: {}",
+            self.took.as_secs_f64() * 1e3,
+            self.execution
+        )
+    }
+}
+
+impl fmt::Display for Execution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cpu_list = |cpus: &[CpuId]| cpus.iter().copied().collect::<CpuSet>();
+        match self {
+            Execution::Split {
+                cpus,
+                groups,
+                calls,
+            } => write!(
+                f,
+                "{} thread(s) on CPUs {}, {groups} target node(s), {} kernel calls",
+                calls.threads,
+                cpu_list(&cpus[..calls.threads.min(cpus.len())]),
+                calls.calls
+            ),
+            Execution::Prepared {
+                cpus,
+                pairs,
+                reports,
+                stopped,
+            } => {
+                let pages: u64 = reports.iter().map(|r| r.pages_moved).sum();
+                let pairs: Vec<String> = pairs.iter().map(|(a, b)| format!("{a}->{b}")).collect();
+                write!(
+                    f,
+                    "{pages} pages moved {} by {} thread(s) on CPUs {}, then the kernel's own call",
+                    pairs.join(","),
+                    cpus.len(),
+                    cpu_list(cpus)
+                )?;
+                match stopped {
+                    Some(why) => write!(f, " (pagemig stopped early: {why})"),
+                    None => Ok(()),
+                }
+            }
+            Execution::Kernel(reason) => write!(f, "passed to the kernel: {reason}"),
+        }
+    }
+}
+
+/// The process a C caller names: 0 and its own pid are the caller.
+fn process_of(pid: c_int) -> Process {
+    if pid == 0 || pid as u32 == std::process::id() {
+        Process::Current
+    } else {
+        Process::Pid(pid as u32)
+    }
+}
