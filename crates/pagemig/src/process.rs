@@ -66,3 +66,21 @@ impl Serialize for Process {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_parse() {
+        assert_eq!("self".parse(), Ok(Process::Current));
+        assert_eq!("42".parse(), Ok(Process::Pid(42)));
+        assert!("0".parse::<Process>().unwrap_err().contains("bad pid"));
+        assert!("-3".parse::<Process>().is_err());
+        assert_eq!(
+            Process::Pid(7).proc_path("maps"),
+            PathBuf::from("/proc/7/maps")
+        );
+        assert_eq!(Process::Current.raw(), 0);
+    }
+}

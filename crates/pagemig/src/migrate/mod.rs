@@ -20,8 +20,6 @@ pub use plan::Plan;
 pub use request::{Memory, Options, OwnRanges, PathChoice, Progress, Request, Selection, Threads};
 pub use scan::{Found, Pages, Scan};
 
-use std::path::PathBuf;
-
 use crate::copy::PlacementError;
 use crate::process::Process;
 use crate::procfs::ProcfsError;
@@ -38,14 +36,6 @@ pub enum MigrateError {
     NoSuchProcess {
         /// The process.
         process: Process,
-    },
-    /// The process has no user memory: a zombie or a kernel thread.
-    #[error("{process} is {what}: it has no user memory")]
-    NoUserMemory {
-        /// The process.
-        process: Process,
-        /// `a zombie` or `a kernel thread`.
-        what: &'static str,
     },
     /// The caller may not read or move the process's pages.
     #[error(
@@ -105,15 +95,10 @@ pub enum MigrateError {
         /// The kernel's mapping it matches.
         mapping: String,
     },
-    /// A /proc file could not be read.
-    #[error("cannot read {path}")]
-    Proc {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// What `/proc` said stops the migration: the process is a zombie or a kernel thread, or a
+    /// file could not be read.
+    #[error(transparent)]
+    Procfs(ProcfsError),
     /// A system call failed for a reason not listed above.
     #[error("{process}: {source}")]
     Sys {
@@ -186,11 +171,8 @@ impl From<ProcfsError> for MigrateError {
     fn from(e: ProcfsError) -> Self {
         match e {
             ProcfsError::NoSuchProcess { process } => MigrateError::NoSuchProcess { process },
-            ProcfsError::NoUserMemory { process, what } => {
-                MigrateError::NoUserMemory { process, what }
-            }
             ProcfsError::PermissionDenied { process } => MigrateError::PermissionDenied { process },
-            ProcfsError::Read { path, source } => MigrateError::Proc { path, source },
+            other => MigrateError::Procfs(other),
         }
     }
 }
@@ -255,18 +237,5 @@ mod tests {
             e.to_string(),
             "node 2 does not exist or is offline (online nodes: 0-1,3)"
         );
-    }
-
-    #[test]
-    fn pids_parse() {
-        assert_eq!("self".parse(), Ok(Process::Current));
-        assert_eq!("42".parse(), Ok(Process::Pid(42)));
-        assert!("0".parse::<Process>().unwrap_err().contains("bad pid"));
-        assert!("-3".parse::<Process>().is_err());
-        assert_eq!(
-            Process::Pid(7).proc_path("maps"),
-            PathBuf::from("/proc/7/maps")
-        );
-        assert_eq!(Process::Current.raw(), 0);
     }
 }
