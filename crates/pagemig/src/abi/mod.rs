@@ -65,7 +65,7 @@ impl Context {
     ///
     /// ```
     /// use pagemig::abi::Context;
-    /// use pagemig::policy::Threads;
+    /// use pagemig::Threads;
     ///
     /// let ctx = Context::new(Threads::Count(1), None);
     /// // One thread per call: every call goes to the kernel as it is.
