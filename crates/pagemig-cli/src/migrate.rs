@@ -487,6 +487,14 @@ fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
                 each.join(", ")
             )?;
         }
+        if let Some(helper) = r.calls.helper_cpu {
+            writeln!(
+                out,
+                "  CPU time of the helper process in the target's cgroup: {} (its start, its work and its reply; the threads' calls are {} of it)",
+                ms(helper),
+                ms(r.calls.cpu_time)
+            )?;
+        }
         writeln!(
             out,
             "  CPU time of the calling thread: {}",

@@ -1023,7 +1023,16 @@ fn cli_charge_target_bills_the_target_cgroup() {
                 used_ms >= cpu_ms * 0.9,
                 "cgroup used {used_ms} ms, threads {cpu_ms} ms: {r}"
             );
+            // The helper process's whole time is reported too: its threads' calls are part of
+            // it, and the cgroup paid for all of it (the report's figures add up).
+            let helper_ms = calls["helper_cpu_ms"].as_f64().unwrap();
+            assert!(helper_ms >= cpu_ms * 0.99, "helper {helper_ms} ms: {r}");
+            assert!(
+                used_ms >= helper_ms * 0.9,
+                "cgroup used {used_ms} ms, helper {helper_ms} ms: {r}"
+            );
         } else {
+            assert!(calls["helper_cpu_ms"].is_null(), "{r}");
             let caller = pagemig::cgroup::Cgroup::of(Process::Current).unwrap();
             assert_eq!(c["cgroup"], caller.path.as_str(), "{r}");
         }

@@ -138,6 +138,13 @@ fn millis_each<S: Serializer>(ds: &[Duration], s: S) -> Result<S::Ok, S::Error> 
     s.collect_seq(ds.iter().map(|d| d.as_secs_f64() * 1e3))
 }
 
+fn millis_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => millis(d, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// The kernel calls of a migration: how many, and how long the target was held by each.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CallStats {
@@ -163,6 +170,10 @@ pub struct CallStats {
     /// and those after them in the call that it did not try (their status is what the retries
     /// found).
     pub left_behind: u64,
+    /// Under [`ChargeTo::Target`] with a helper process: the helper's whole CPU time (its start,
+    /// reading its work, its threads' calls and its reply), of which `cpu_time` is the calls'.
+    #[serde(rename = "helper_cpu_ms", serialize_with = "millis_opt")]
+    pub helper_cpu: Option<Duration>,
 }
 
 impl CallStats {
@@ -183,6 +194,7 @@ impl CallStats {
             cpu_time: thread_cpu.iter().sum(),
             thread_cpu,
             left_behind: 0,
+            helper_cpu: None,
         }
     }
 

@@ -56,6 +56,8 @@ struct Reply {
     final_batch: usize,
     thread_cpu_ns: Vec<u64>,
     left_behind: u64,
+    /// The helper's whole CPU time, just before it replies.
+    process_cpu_ns: u64,
     failure: Option<Failure>,
 }
 
@@ -103,6 +105,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
             final_batch: calls.final_batch,
             thread_cpu_ns: calls.thread_cpu.iter().map(|d| nanos(*d)).collect(),
             left_behind: calls.left_behind,
+            process_cpu_ns: 0,
             failure: None,
         },
         Err(e) => Reply {
@@ -113,12 +116,17 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
             final_batch: 0,
             thread_cpu_ns: Vec::new(),
             left_behind: 0,
+            process_cpu_ns: 0,
             failure: Some(match e {
                 MigrateError::NoSuchProcess { .. } => Failure::NoSuchProcess,
                 MigrateError::PermissionDenied { .. } => Failure::PermissionDenied,
                 other => Failure::Other(format!("{other:#}")),
             }),
         },
+    };
+    let reply = Reply {
+        process_cpu_ns: nanos(sys::process_cpu_time()),
+        ..reply
     };
     let mut out = out.into_inner().unwrap_or_else(|p| p.into_inner());
     writeln!(out, "r {}", serde_json::to_string(&reply)?)?;
@@ -254,5 +262,6 @@ fn move_pages_in(
             .collect(),
     );
     stats.left_behind = reply.left_behind;
+    stats.helper_cpu = Some(Duration::from_nanos(reply.process_cpu_ns));
     Ok(stats)
 }
