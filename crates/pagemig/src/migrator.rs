@@ -16,9 +16,10 @@ use crate::workers::Workers;
 /// Moves memory between nodes: request → scan → plan → execute → report.
 ///
 /// Built once, it holds what does not change between migrations: the topology, the cost model,
-/// the resources the planner may use, the remap path's userfaultfd (opened once; where it
-/// cannot be, every migration takes the kernel path and the plan says why) and, when asked
-/// for, reservoirs of pre-faulted pages.
+/// the resources the planner may use, the pinned worker threads every migration runs on
+/// ([`Migrator::workers`]), the remap path's userfaultfd (opened once; where it cannot be,
+/// every migration takes the kernel path and the plan says why) and, when asked for,
+/// reservoirs of pre-faulted pages.
 ///
 /// Move this process's heap to the node it is on (a real migration on any machine; on a
 /// machine with several nodes, name another):
