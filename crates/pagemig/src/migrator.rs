@@ -171,11 +171,8 @@ impl Migrator {
         plan: &Plan,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<Report, MigrateError> {
-        let mut report = self.execute_plan(request, scan, plan, progress)?;
-        report.phases.add(&scan.phases);
-        report.wall += scan.phases.total();
-        report.caller_cpu += scan.caller_cpu;
-        Ok(report)
+        let report = self.execute_plan(request, scan, plan, progress)?;
+        Ok(with_scan(report, scan))
     }
 
     fn execute_plan(
@@ -202,12 +199,8 @@ impl Migrator {
                 let Found::Pages(pages) = &found.found else {
                     unreachable!("a process request finds pages")
                 };
-                let mut report =
-                    in_cgroup::execute(&as_process, pages, plan, &self.workers, progress)?;
-                report.phases.add(&found.phases);
-                report.wall += found.phases.total();
-                report.caller_cpu += found.caller_cpu;
-                Ok(report)
+                let report = in_cgroup::execute(&as_process, pages, plan, &self.workers, progress)?;
+                Ok(with_scan(report, &found))
             }
             (Found::Runs(_), Path::Remap) => {
                 // The request's ranges, not the scan's: only a request vouches for memory that
@@ -262,6 +255,14 @@ impl Migrator {
             }
         }
     }
+}
+
+/// `report` with the time and CPU time of the scan (and planning) that came before it.
+fn with_scan(mut report: Report, scan: &Scan) -> Report {
+    report.phases.add(&scan.phases);
+    report.wall += scan.phases.total();
+    report.caller_cpu += scan.caller_cpu;
+    report
 }
 
 /// The copy engine a plan of the remap path asks for.
