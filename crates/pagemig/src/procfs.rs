@@ -464,10 +464,14 @@ mod tests {
         );
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = Process::Pid(child.id());
-        while !has_exited(pid) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let e = check_user_memory(pid).unwrap_err();
+        // `has_exited` turns true as soon as the child drops its memory, a moment before the
+        // kernel marks it a zombie; until it is reaped, it then stays a zombie.
+        let e = loop {
+            match check_user_memory(pid) {
+                Ok(()) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                Err(e) => break e,
+            }
+        };
         child.wait().unwrap();
         assert!(
             e.to_string()
