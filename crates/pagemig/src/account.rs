@@ -50,67 +50,55 @@ impl FailureCause {
             other => FailureCause::Other(other.raw_os_error()),
         }
     }
-
-    /// Short name for JSON and CSV.
-    pub fn code(self) -> String {
-        match self {
-            FailureCause::Busy => "busy".into(),
-            FailureCause::NotPresent => "not_present".into(),
-            FailureCause::NotMapped => "not_mapped".into(),
-            FailureCause::NoMemory => "no_memory".into(),
-            FailureCause::Shared => "shared".into(),
-            FailureCause::Denied => "denied".into(),
-            FailureCause::ProcessExited => "process_exited".into(),
-            FailureCause::StillElsewhere => "still_elsewhere".into(),
-            FailureCause::Other(e) => format!("errno_{e}"),
-        }
-    }
 }
 
 impl fmt::Display for FailureCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FailureCause::Busy => f.write_str(
-                "pinned or busy (EBUSY, or left behind by the kernel for a transient reason)",
-            ),
-            FailureCause::NotPresent => f.write_str("not present (ENOENT)"),
-            FailureCause::NotMapped => f.write_str("not mapped (EFAULT)"),
-            FailureCause::NoMemory => f.write_str("no memory on the target node (ENOMEM)"),
-            FailureCause::Shared => {
-                f.write_str("shared with other processes: needs --all and CAP_SYS_NICE (EACCES)")
+        f.write_str(match self {
+            FailureCause::Busy => {
+                "pinned or busy (EBUSY, or left behind by the kernel for a transient reason)"
             }
-            FailureCause::Denied => f.write_str("not permitted (EPERM)"),
-            FailureCause::ProcessExited => f.write_str("process exited first"),
-            FailureCause::StillElsewhere => f.write_str("moved away again by someone else"),
-            FailureCause::Other(e) => write!(f, "{}", Errno::from_raw_os_error(*e)),
-        }
+            FailureCause::NotPresent => "not present (ENOENT)",
+            FailureCause::NotMapped => "not mapped (EFAULT)",
+            FailureCause::NoMemory => "no memory on the target node (ENOMEM)",
+            FailureCause::Shared => {
+                "shared with other processes: needs --all and CAP_SYS_NICE (EACCES)"
+            }
+            FailureCause::Denied => "not permitted (EPERM)",
+            FailureCause::ProcessExited => "process exited first",
+            FailureCause::StillElsewhere => "moved away again by someone else",
+            FailureCause::Other(e) => return write!(f, "{}", Errno::from_raw_os_error(*e)),
+        })
     }
 }
 
+/// Its short name in JSON and CSV (also as a map key, which must be a string).
 impl Serialize for FailureCause {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.code())
+        let code = match self {
+            FailureCause::Busy => "busy",
+            FailureCause::NotPresent => "not_present",
+            FailureCause::NotMapped => "not_mapped",
+            FailureCause::NoMemory => "no_memory",
+            FailureCause::Shared => "shared",
+            FailureCause::Denied => "denied",
+            FailureCause::ProcessExited => "process_exited",
+            FailureCause::StillElsewhere => "still_elsewhere",
+            FailureCause::Other(e) => return s.serialize_str(&format!("errno_{e}")),
+        };
+        s.serialize_str(code)
     }
 }
 
 /// Why a selected page was left where it is on purpose: not a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SkipReason {
     /// No page of its own to move: read but never written (the kernel's shared zero page), or
     /// no longer present when asked (`EFAULT`/`ENOENT` from the placement query).
     NothingToMove,
     /// Shared with other processes (`EACCES`); `MPOL_MF_MOVE_ALL` (`--all`) moves it.
     Shared,
-}
-
-impl SkipReason {
-    /// Short name for JSON.
-    pub fn code(self) -> &'static str {
-        match self {
-            SkipReason::NothingToMove => "nothing_to_move",
-            SkipReason::Shared => "shared",
-        }
-    }
 }
 
 impl fmt::Display for SkipReason {
@@ -121,12 +109,6 @@ impl fmt::Display for SkipReason {
             }
             SkipReason::Shared => "shared with other processes (--all moves them)",
         })
-    }
-}
-
-impl Serialize for SkipReason {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.code())
     }
 }
 
