@@ -102,7 +102,7 @@ pub enum PathChoice {
 }
 
 /// How the caller wants a migration done; every field has a default the planner fills in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Options {
     /// Count what would move, move nothing.
     pub dry_run: bool,
@@ -130,23 +130,6 @@ pub struct Options {
 /// Base pages per call or batch when the request does not say.
 pub const DEFAULT_BATCH: usize = 4096;
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            dry_run: false,
-            move_all: false,
-            batch: None,
-            max_stall: None,
-            charge: ChargeTo::Caller,
-            threads: Threads::Auto,
-            placement: None,
-            path: PathChoice::Auto,
-            engine: None,
-            verify: Verify::Sample,
-        }
-    }
-}
-
 impl Options {
     /// Base pages per call or batch.
     pub fn batch(&self) -> usize {
@@ -157,16 +140,12 @@ impl Options {
 impl Request<'static> {
     /// Moves `selection` of `process` to node `to`, with the default options.
     pub fn process(process: Process, selection: Selection, to: NodeId) -> Self {
-        Request {
-            memory: Memory::Process {
-                process,
-                selection,
-                from: None,
-            },
-            to,
-            options: Options::default(),
-            borrow: PhantomData,
-        }
+        let memory = Memory::Process {
+            process,
+            selection,
+            from: None,
+        };
+        Request::new(memory, to)
     }
 
     /// Moves `ranges` of the calling process's own memory to node `to`; the planner may move
@@ -181,16 +160,20 @@ impl Request<'static> {
     // An `unsafe fn` with no unsafe operation: its contract is what the remap path relies on.
     #[allow(unsafe_code)]
     pub unsafe fn own(ranges: Vec<Range<usize>>, to: NodeId) -> Self {
+        Request::new(Memory::Own(OwnRanges(ranges)), to)
+    }
+}
+
+impl<'a> Request<'a> {
+    fn new(memory: Memory, to: NodeId) -> Self {
         Request {
-            memory: Memory::Own(OwnRanges(ranges)),
+            memory,
             to,
             options: Options::default(),
             borrow: PhantomData,
         }
     }
-}
 
-impl<'a> Request<'a> {
     /// Moves the bytes `range` (offsets, rounded out to whole pages) of `mapping` to node `to`,
     /// keeping their addresses; the mapping stays borrowed while the request lives.
     pub fn mapping(mapping: &'a mut Mapping, range: Range<usize>, to: NodeId) -> Self {
@@ -199,12 +182,7 @@ impl<'a> Request<'a> {
         let end = range.end.min(mapping.len()).next_multiple_of(page);
         let start = (range.start / page * page).min(end);
         let range = base + start..base + end;
-        Request {
-            memory: Memory::Own(OwnRanges(Vec::from([range]))),
-            to,
-            options: Options::default(),
-            borrow: PhantomData,
-        }
+        Request::new(Memory::Own(OwnRanges(Vec::from([range]))), to)
     }
 
     /// Which memory moves.
