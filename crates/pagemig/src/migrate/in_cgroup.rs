@@ -35,7 +35,7 @@ struct Work {
     nodes: Vec<NodeId>,
     cpus: Vec<CpuId>,
     batch: usize,
-    max_stall_ns: Option<u64>,
+    max_stall: Option<Duration>,
     move_all: bool,
     region: usize,
 }
@@ -47,22 +47,23 @@ enum Failure {
     Other(String),
 }
 
+/// What the helper's calls did: the per-page status and [`CallStats`]'s parts.
 #[derive(Serialize, Deserialize)]
-struct Reply {
+struct Moved {
     status: Vec<i32>,
     calls: u64,
-    longest_ns: u64,
-    median_ns: u64,
+    longest: Duration,
+    median: Duration,
     final_batch: usize,
-    thread_cpu_ns: Vec<u64>,
+    thread_cpu: Vec<Duration>,
     left_behind: u64,
-    /// The helper's whole CPU time, just before it replies.
-    process_cpu_ns: u64,
-    failure: Option<Failure>,
 }
 
-fn nanos(d: Duration) -> u64 {
-    d.as_nanos().try_into().unwrap_or(u64::MAX)
+#[derive(Serialize, Deserialize)]
+struct Reply {
+    moved: Result<Moved, Failure>,
+    /// The helper's whole CPU time, just before it replies.
+    process_cpu: Duration,
 }
 
 /// The helper's side: reads a share of the work from `input`, moves the pages with
@@ -78,7 +79,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
         Process::Pid(req.pid as u32)
     };
     let mut plan = Plan::parallel(req.cpus, req.batch);
-    plan.max_stall = req.max_stall_ns.map(Duration::from_nanos);
+    plan.max_stall = req.max_stall;
     plan.move_all = req.move_all;
     plan.region = req.region;
     let out = std::sync::Mutex::new(output);
@@ -96,37 +97,23 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
         &Workers::new(),
         &progress,
     );
-    let reply = match moved {
-        Ok(calls) => Reply {
+    let moved = match moved {
+        Ok(calls) => Ok(Moved {
             status,
             calls: calls.calls,
-            longest_ns: nanos(calls.longest),
-            median_ns: nanos(calls.median),
+            longest: calls.longest,
+            median: calls.median,
             final_batch: calls.final_batch,
-            thread_cpu_ns: calls.thread_cpu.iter().map(|d| nanos(*d)).collect(),
+            thread_cpu: calls.thread_cpu,
             left_behind: calls.left_behind,
-            process_cpu_ns: 0,
-            failure: None,
-        },
-        Err(e) => Reply {
-            status: Vec::new(),
-            calls: 0,
-            longest_ns: 0,
-            median_ns: 0,
-            final_batch: 0,
-            thread_cpu_ns: Vec::new(),
-            left_behind: 0,
-            process_cpu_ns: 0,
-            failure: Some(match e {
-                MigrateError::NoSuchProcess { .. } => Failure::NoSuchProcess,
-                MigrateError::PermissionDenied { .. } => Failure::PermissionDenied,
-                other => Failure::Other(format!("{other:#}")),
-            }),
-        },
+        }),
+        Err(MigrateError::NoSuchProcess { .. }) => Err(Failure::NoSuchProcess),
+        Err(MigrateError::PermissionDenied { .. }) => Err(Failure::PermissionDenied),
+        Err(other) => Err(Failure::Other(format!("{other:#}"))),
     };
     let reply = Reply {
-        process_cpu_ns: nanos(sys::process_cpu_time()),
-        ..reply
+        moved,
+        process_cpu: sys::process_cpu_time(),
     };
     let mut out = out.into_inner().unwrap_or_else(|p| p.into_inner());
     writeln!(out, "r {}", serde_json::to_string(&reply)?)?;
@@ -205,7 +192,7 @@ fn move_pages_in(
         nodes: nodes.to_vec(),
         cpus: plan.cpus.clone(),
         batch: plan.batch,
-        max_stall_ns: plan.max_stall.map(nanos),
+        max_stall: plan.max_stall,
         move_all: plan.move_all,
         region: plan.region,
     };
@@ -236,32 +223,28 @@ fn move_pages_in(
     let exit = child.wait().map_err(io_error)?;
     let reply =
         reply.ok_or_else(|| helper_failed(format!("the helper gave no result ({exit})")))?;
-    match reply.failure {
-        None => {}
-        Some(Failure::NoSuchProcess) => return Err(MigrateError::NoSuchProcess { process }),
-        Some(Failure::PermissionDenied) => return Err(MigrateError::PermissionDenied { process }),
-        Some(Failure::Other(message)) => return Err(helper_failed(message)),
-    }
-    if reply.status.len() != status.len() {
+    let moved = match reply.moved {
+        Ok(moved) => moved,
+        Err(Failure::NoSuchProcess) => return Err(MigrateError::NoSuchProcess { process }),
+        Err(Failure::PermissionDenied) => return Err(MigrateError::PermissionDenied { process }),
+        Err(Failure::Other(message)) => return Err(helper_failed(message)),
+    };
+    if moved.status.len() != status.len() {
         return Err(helper_failed(format!(
             "the helper answered for {} pages of {}",
-            reply.status.len(),
+            moved.status.len(),
             status.len()
         )));
     }
-    status.copy_from_slice(&reply.status);
+    status.copy_from_slice(&moved.status);
     let mut stats = CallStats::new(
-        reply.calls,
-        Duration::from_nanos(reply.longest_ns),
-        Duration::from_nanos(reply.median_ns),
-        reply.final_batch,
-        reply
-            .thread_cpu_ns
-            .into_iter()
-            .map(Duration::from_nanos)
-            .collect(),
+        moved.calls,
+        moved.longest,
+        moved.median,
+        moved.final_batch,
+        moved.thread_cpu,
     );
-    stats.left_behind = reply.left_behind;
-    stats.helper_cpu = Some(Duration::from_nanos(reply.process_cpu_ns));
+    stats.left_behind = moved.left_behind;
+    stats.helper_cpu = Some(reply.process_cpu);
     Ok(stats)
 }
