@@ -46,22 +46,28 @@ pub enum ProcfsError {
     },
 }
 
+/// The fields of `/proc/PID/stat` after the command name, which is in parentheses and may
+/// contain spaces or parentheses itself: the state first.
+fn stat_fields(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default()
+}
+
+/// Whether a state of `/proc/PID/stat` is that of a zombie (or a dead task).
+fn is_zombie(state: &str) -> bool {
+    matches!(state, "Z" | "X" | "x")
+}
+
 /// Whether the process has exited or is exiting: gone from /proc, a zombie, or without memory
 /// any more (`VmSize` missing from its status). The kernel then answers `move_pages` with
 /// `EINVAL`, not `ESRCH`.
 pub fn has_exited(process: Process) -> bool {
     let zombie = match std::fs::read_to_string(process.proc_path("stat")) {
-        // The state follows the command name, which is in parentheses and may contain spaces.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| matches!(state, "Z" | "X" | "x")),
+        Ok(stat) => stat_fields(&stat).first().is_some_and(|s| is_zombie(s)),
         Err(_) => true,
     };
-    zombie
-        || std::fs::read_to_string(process.proc_path("status")).map_or(true, |status| {
-            !status.lines().any(|l| l.starts_with("VmSize:"))
-        })
+    zombie || read_text(process, "status").map_or(true, |s| field(&s, "VmSize").is_none())
 }
 
 /// `PF_KTHREAD` in the flags of `/proc/PID/stat`.
@@ -71,34 +77,18 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// kernel thread.
 pub fn check_user_memory(process: Process) -> Result<(), ProcfsError> {
     let stat = read_text(process, "stat")?;
-    // The state and flags follow the command name, which is in parentheses and may contain
-    // spaces or parentheses itself.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let bad = || ProcfsError::Read {
-        path: process.proc_path("stat"),
-        source: io::Error::new(
-            ErrorKind::InvalidData,
-            format!("unexpected contents {stat:?}"),
-        ),
-    };
+    let fields = stat_fields(&stat);
+    let bad = || invalid(process, "stat", format!("unexpected contents {stat:?}"));
     let state = *fields.first().ok_or_else(bad)?;
     let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
-    if matches!(state, "Z" | "X" | "x") {
-        return Err(ProcfsError::NoUserMemory {
-            process,
-            what: "a zombie",
-        });
-    }
-    if flags & PF_KTHREAD != 0 {
-        return Err(ProcfsError::NoUserMemory {
-            process,
-            what: "a kernel thread",
-        });
-    }
-    Ok(())
+    let what = if is_zombie(state) {
+        "a zombie"
+    } else if flags & PF_KTHREAD != 0 {
+        "a kernel thread"
+    } else {
+        return Ok(());
+    };
+    Err(ProcfsError::NoUserMemory { process, what })
 }
 
 /// One mapping of `/proc/PID/maps`.
@@ -163,6 +153,30 @@ fn read_text(process: Process, file: &str) -> Result<String, ProcfsError> {
     std::fs::read_to_string(process.proc_path(file)).map_err(|e| io_error(process, file, e))
 }
 
+/// A file whose contents are not what the kernel writes.
+fn invalid(process: Process, file: &str, what: String) -> ProcfsError {
+    ProcfsError::Read {
+        path: process.proc_path(file),
+        source: io::Error::new(ErrorKind::InvalidData, what),
+    }
+}
+
+/// The value of the `name:` line of a status-like file, trimmed.
+fn field<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// A `kB` value of a status-like file (`VmRSS:  1024 kB`) in bytes; 0 where there is none.
+fn kb_field(text: &str, name: &str) -> u64 {
+    field(text, name)
+        .and_then(|v| v.strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
 /// What `/proc/PID/status` says about a process's NUMA rights and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -177,31 +191,22 @@ pub struct Status {
 /// Reads `/proc/PID/status`.
 pub fn status(process: Process) -> Result<Status, ProcfsError> {
     let text = read_text(process, "status")?;
-    parse_status(&text).ok_or_else(|| ProcfsError::Read {
-        path: process.proc_path("status"),
-        source: io::Error::new(
-            ErrorKind::InvalidData,
-            "no Mems_allowed_list or CapEff line",
-        ),
+    parse_status(&text).ok_or_else(|| {
+        invalid(
+            process,
+            "status",
+            "no Mems_allowed_list or CapEff line".into(),
+        )
     })
 }
 
 fn parse_status(text: &str) -> Option<Status> {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
     const CAP_SYS_NICE: u32 = 23;
-    let caps = u64::from_str_radix(field("CapEff")?, 16).ok()?;
-    let rss_kb = field("VmRSS")
-        .and_then(|v| v.strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let caps = u64::from_str_radix(field(text, "CapEff")?, 16).ok()?;
     Some(Status {
-        mems_allowed: field("Mems_allowed_list")?.parse().ok()?,
+        mems_allowed: field(text, "Mems_allowed_list")?.parse().ok()?,
         cap_sys_nice: caps & (1 << CAP_SYS_NICE) != 0,
-        rss: rss_kb * 1024,
+        rss: kb_field(text, "VmRSS"),
     })
 }
 
@@ -222,10 +227,8 @@ pub fn read_maps(process: Process) -> Result<Vec<VmArea>, ProcfsError> {
             let range = f.next().unwrap_or_default();
             let perms = f.next().unwrap_or_default();
             let path = f.nth(3).unwrap_or_default().trim_start();
-            let (start, end) = parse_hex_range(range).ok_or_else(|| ProcfsError::Read {
-                path: process.proc_path("maps"),
-                source: io::Error::new(ErrorKind::InvalidData, format!("bad line {line:?}")),
-            })?;
+            let (start, end) = parse_hex_range(range)
+                .ok_or_else(|| invalid(process, "maps", format!("bad line {line:?}")))?;
             Ok(VmArea {
                 start,
                 end,
@@ -266,26 +269,34 @@ pub fn present_pages(
     Ok(())
 }
 
-/// Bytes of transparent huge pages (`AnonHugePages` in `/proc/PID/smaps`) in the mappings that
-/// overlap `range` (whole mappings: smaps counts no finer).
-pub fn anon_huge_bytes(process: Process, range: Range<usize>) -> Result<u64, ProcfsError> {
+/// Each line of `/proc/PID/smaps` about a mapping that overlaps `range`, with that mapping,
+/// until `f` returns `Some`.
+fn smaps_find<T>(
+    process: Process,
+    range: Range<usize>,
+    mut f: impl FnMut(&Range<usize>, &str) -> Option<T>,
+) -> Result<Option<T>, ProcfsError> {
     let smaps = read_text(process, "smaps")?;
-    let mut inside = false;
-    let mut total = 0;
+    let mut current = None;
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or_default();
         if let Some((start, end)) = parse_hex_range(first) {
-            inside = start < range.end && range.start < end;
-        } else if inside && let Some(kb) = line.strip_prefix("AnonHugePages:") {
-            total += kb
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .unwrap_or(0)
-                * 1024;
+            current = (start < range.end && range.start < end).then_some(start..end);
+        } else if let Some(found) = current.as_ref().and_then(|area| f(area, line)) {
+            return Ok(Some(found));
         }
     }
+    Ok(None)
+}
+
+/// Bytes of transparent huge pages (`AnonHugePages` in `/proc/PID/smaps`) in the mappings that
+/// overlap `range` (whole mappings: smaps counts no finer).
+pub fn anon_huge_bytes(process: Process, range: Range<usize>) -> Result<u64, ProcfsError> {
+    let mut total = 0;
+    smaps_find(process, range, |_, line| -> Option<()> {
+        total += kb_field(line, "AnonHugePages");
+        None
+    })?;
     Ok(total)
 }
 
@@ -295,32 +306,19 @@ pub fn first_locked(
     process: Process,
     range: Range<usize>,
 ) -> Result<Option<Range<usize>>, ProcfsError> {
-    let smaps = read_text(process, "smaps")?;
-    let mut current = None;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or_default();
-        if let Some((start, end)) = parse_hex_range(first) {
-            current = (start < range.end && range.start < end).then_some(start..end);
-        } else if let (Some(area), Some(flags)) = (&current, line.strip_prefix("VmFlags:"))
-            && flags.split_whitespace().any(|f| f == "lo")
-        {
-            return Ok(Some(area.clone()));
-        }
-    }
-    Ok(None)
+    smaps_find(process, range, |area, line| {
+        let flags = line.strip_prefix("VmFlags:")?;
+        flags
+            .split_whitespace()
+            .any(|f| f == "lo")
+            .then(|| area.clone())
+    })
 }
 
 /// Bytes of the process locked in memory (`VmLck` in `/proc/PID/status`): a file of fixed size,
 /// so that a caller can skip the scan of `smaps` ([`first_locked`]) when nothing is locked.
 pub fn locked_bytes(process: Process) -> Result<u64, ProcfsError> {
-    let text = read_text(process, "status")?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("VmLck:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024)
+    Ok(kb_field(&read_text(process, "status")?, "VmLck"))
 }
 
 /// Memory of one mapping per node, from `/proc/PID/numa_maps`.
