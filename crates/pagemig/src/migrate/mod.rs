@@ -24,7 +24,7 @@ use crate::copy::PlacementError;
 use crate::process::Process;
 use crate::procfs::ProcfsError;
 use crate::sys::SysError;
-use crate::topology::{NodeId, NodeSet, Topology};
+use crate::topology::{Node, NodeId, NodeSet, Topology};
 use crate::workers::WorkerError;
 
 /// Why pages could not be moved at all. Per-page failures are not errors: they are counted in
@@ -177,19 +177,23 @@ impl From<ProcfsError> for MigrateError {
     }
 }
 
+/// Refuses a node that is offline or unknown.
+fn check_node(topology: &Topology, node: NodeId) -> Result<&Node, MigrateError> {
+    topology.node(node).ok_or_else(|| MigrateError::NoSuchNode {
+        node,
+        online: topology.nodes.iter().map(|n| n.id).collect(),
+    })
+}
+
 /// Refuses a target node that is offline, unknown or has no memory, before anything moves.
 pub fn check_target(topology: &Topology, node: NodeId) -> Result<(), MigrateError> {
-    match topology.node(node) {
-        None => Err(MigrateError::NoSuchNode {
-            node,
-            online: topology.nodes.iter().map(|n| n.id).collect(),
-        }),
-        Some(n) if !n.has_memory => Err(MigrateError::NodeWithoutMemory {
+    if !check_node(topology, node)?.has_memory {
+        return Err(MigrateError::NodeWithoutMemory {
             node,
             with_memory: topology.memory_nodes(),
-        }),
-        Some(_) => Ok(()),
+        });
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -197,7 +201,6 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::topology::Node;
 
     fn node(id: NodeId, cpus: &str, has_memory: bool) -> Node {
         Node {

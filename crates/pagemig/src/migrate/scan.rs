@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::request::{Memory, Request, Selection};
-use super::{MigrateError, check_target};
+use super::{MigrateError, check_node, check_target};
 use crate::account::{FailureCause, Laps, Phases, ScanMethod, SkipReason};
 use crate::process::Process;
 use crate::procfs::{self, ProcfsError, VmArea};
@@ -282,59 +282,35 @@ pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateE
     let mut laps = Laps::start();
     let mut phases = Phases::default();
     check_target(topology, request.to)?;
-    match request.memory() {
+    let process = request.process_moved();
+    let found = match request.memory() {
         Memory::Process {
-            process,
-            selection,
-            from,
+            selection, from, ..
         } => {
-            if let Some(from) = from {
-                for node in from.iter() {
-                    if topology.node(node).is_none() {
-                        return Err(MigrateError::NoSuchNode {
-                            node,
-                            online: topology.nodes.iter().map(|n| n.id).collect(),
-                        });
-                    }
-                }
+            for node in from.iter().flat_map(NodeSet::iter) {
+                check_node(topology, node)?;
             }
             laps.lap(&mut phases.check);
-            let pages = scan_process(
-                *process,
-                selection,
-                from.as_ref(),
-                request.to,
-                &mut laps,
-                &mut phases,
-            )?;
-            Ok(Scan {
-                process: *process,
-                found: Found::Pages(pages),
-                phases,
-                caller_cpu: sys::thread_cpu_time().saturating_sub(cpu),
-            })
+            let from = from.as_ref();
+            let pages = scan_process(process, selection, from, request.to, &mut laps, &mut phases)?;
+            Found::Pages(pages)
         }
         Memory::Own(own) => {
-            let process = Process::Current;
-            let pagemap =
-                Pagemap::open_own().map_err(|source| MigrateError::Sys { process, source })?;
+            let sys_error = |source| MigrateError::Sys { process, source };
+            let pagemap = Pagemap::open_own().map_err(sys_error)?;
             laps.lap(&mut phases.check);
-            let mut runs = Vec::with_capacity(own.ranges().len());
-            for r in own.ranges() {
-                runs.push(
-                    scan_own(&pagemap, r.clone())
-                        .map_err(|source| MigrateError::Sys { process, source })?,
-                );
-            }
+            let runs = own.ranges().iter().map(|r| scan_own(&pagemap, r.clone()));
+            let runs = runs.collect::<Result<_, _>>().map_err(sys_error)?;
             laps.lap(&mut phases.scan);
-            Ok(Scan {
-                process,
-                found: Found::Runs(runs),
-                phases,
-                caller_cpu: sys::thread_cpu_time().saturating_sub(cpu),
-            })
+            Found::Runs(runs)
         }
-    }
+    };
+    Ok(Scan {
+        process,
+        found,
+        phases,
+        caller_cpu: sys::thread_cpu_time().saturating_sub(cpu),
+    })
 }
 
 /// The present pages of `selection` of `process`, and where they are.
@@ -550,13 +526,16 @@ mod tests {
         }
     }
 
+    fn r(a: usize, b: usize, categories: PageCategories) -> PageRegion {
+        PageRegion {
+            range: a..b,
+            categories,
+        }
+    }
+
     #[test]
     fn a_later_scan_adds_pages_that_gained_data() {
         let p = PageCategories::PRESENT;
-        let r = |a: usize, b: usize, c: PageCategories| PageRegion {
-            range: a..b,
-            categories: c,
-        };
         let mut first = from_regions(
             0x0..0x10000,
             &[
@@ -584,10 +563,6 @@ mod tests {
 
     #[test]
     fn regions_become_runs_with_untouched_gaps() {
-        let r = |a: usize, b: usize, c: PageCategories| PageRegion {
-            range: a..b,
-            categories: c,
-        };
         let p = PageCategories::PRESENT;
         let regions = [
             r(0x2000, 0x4000, p),
@@ -625,66 +600,41 @@ mod tests {
         let m = Mapping::anonymous(4 * 4096).unwrap();
         let start = m.as_ptr() as usize;
         let areas = procfs::read_maps(Process::Current).unwrap();
-        let picked = select(
-            Process::Current,
-            areas.clone(),
-            &Selection::Ranges(vec![start + 10..start + 4096 + 1]),
-        )
-        .unwrap();
+        let pick = |selection| select(Process::Current, areas.clone(), &selection);
+        let ranges = |r: Range<usize>| pick(Selection::Ranges(vec![r]));
+        let picked = ranges(start + 10..start + 4096 + 1).unwrap();
         assert_eq!(picked, [start..start + 2 * 4096]);
         assert!(matches!(
-            select(
-                Process::Current,
-                areas.clone(),
-                &Selection::Ranges(vec![start..start])
-            ),
+            ranges(start..start),
             Err(MigrateError::BadRange {
                 reason: "the end is not after the start",
                 ..
             })
         ));
         assert!(matches!(
-            select(
-                Process::Current,
-                areas.clone(),
-                &Selection::Ranges(vec![4096..8192])
-            ),
+            ranges(4096..8192),
             Err(MigrateError::BadRange {
                 reason: "nothing is mapped there in this process",
                 ..
             })
         ));
         assert!(matches!(
-            select(
-                Process::Current,
-                areas.clone(),
-                &Selection::Mappings("no-such-file".into())
-            ),
+            pick(Selection::Mappings("no-such-file".into())),
             Err(MigrateError::NoMatchingMapping { .. })
         ));
-        let e = select(
-            Process::Current,
-            areas.clone(),
-            &Selection::Mappings("[vdso]".into()),
-        )
-        .unwrap_err();
+        let e = pick(Selection::Mappings("[vdso]".into())).unwrap_err();
         assert!(
             e.to_string()
                 .contains("selects only the kernel's own mapping [vdso] of the calling process"),
             "{e}"
         );
         // An end in the last page of the address space is clamped, not wrapped.
-        let to_the_top = select(
-            Process::Current,
-            areas.clone(),
-            &Selection::Ranges(vec![0..usize::MAX]),
-        )
-        .unwrap();
+        let to_the_top = ranges(0..usize::MAX).unwrap();
         assert!(
             to_the_top.iter().any(|r| r.contains(&start)),
             "{to_the_top:x?}"
         );
-        let all = select(Process::Current, areas, &Selection::All).unwrap();
+        let all = pick(Selection::All).unwrap();
         assert!(all.iter().any(|r| r.contains(&start)));
     }
 }
