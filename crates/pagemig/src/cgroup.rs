@@ -4,7 +4,6 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -53,13 +52,6 @@ pub struct CpuUsage {
     pub user_usec: u64,
     /// `system_usec`.
     pub system_usec: u64,
-}
-
-impl CpuUsage {
-    /// `usage_usec` as a duration.
-    pub fn usage(&self) -> Duration {
-        Duration::from_micros(self.usage_usec)
-    }
 }
 
 /// Where the cgroup v2 hierarchy is mounted, from mountinfo text: the mount point of the first
