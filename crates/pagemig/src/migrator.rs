@@ -171,20 +171,9 @@ impl Migrator {
         plan: &Plan,
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<Report, MigrateError> {
-        let report = self.execute_plan(request, scan, plan, progress)?;
-        Ok(with_scan(report, scan))
-    }
-
-    fn execute_plan(
-        &self,
-        request: &Request<'_>,
-        scan: &Scan,
-        plan: &Plan,
-        progress: &(dyn Fn(Progress) + Sync),
-    ) -> Result<Report, MigrateError> {
-        match (&scan.found, plan.path) {
+        let report = match (&scan.found, plan.path) {
             (Found::Pages(pages), _) => {
-                in_cgroup::execute(request, pages, plan, &self.workers, progress)
+                in_cgroup::execute(request, pages, plan, &self.workers, progress)?
             }
             (Found::Runs(_), Path::Kernel) => {
                 // The caller's own memory by the kernel path: its present pages and their nodes.
@@ -195,74 +184,63 @@ impl Migrator {
                 let as_process =
                     Request::process(Process::Current, Selection::Ranges(ranges), request.to)
                         .with(request.options.clone());
-                let found = scan::scan(&self.topology, &as_process)?;
-                let Found::Pages(pages) = &found.found else {
-                    unreachable!("a process request finds pages")
-                };
-                let report = in_cgroup::execute(&as_process, pages, plan, &self.workers, progress)?;
-                Ok(with_scan(report, &found))
+                let workers = &self.workers;
+                in_cgroup::scan_and_execute(&self.topology, &as_process, plan, workers, progress)?
             }
-            (Found::Runs(_), Path::Remap) => {
-                // The request's ranges, not the scan's: only a request vouches for memory that
-                // may be replaced in place.
-                let Memory::Own(own) = request.memory() else {
-                    return Err(MigrateError::RemapUnavailable {
-                        why: "the remap path moves only the caller's own memory".into(),
-                    });
-                };
-                let handles = self
-                    .handles
-                    .as_ref()
-                    .map_err(|why| MigrateError::RemapUnavailable { why: why.clone() })?;
-                let engine = build_engine(plan, &self.workers)?;
-                let tools = Tools {
-                    engine: engine.as_ref(),
-                    handles,
-                    reservoirs: self.reservoirs.as_ref(),
-                };
-                let total: u64 = own.ranges().iter().map(|r| r.len() as u64).sum();
-                progress(Progress::Planned(
-                    total / crate::sys::base_page_size() as u64,
-                ));
-                let mut report: Option<Report> = None;
-                for r in own.ranges() {
-                    // SAFETY: own ranges are made only by `Request::own`, whose caller keeps
-                    // `migrate_range`'s contract, and `Request::mapping`, which borrows the
-                    // mapping exclusively for as long as the request lives.
-                    #[allow(unsafe_code)]
-                    let one = unsafe {
-                        remap::migrate_range(
-                            &self.topology,
-                            r.start,
-                            r.len(),
-                            request.to,
-                            plan,
-                            tools,
-                        )
-                    }
-                    .map_err(|e| MigrateError::Remap(Box::new(e)))?;
-                    progress(Progress::Moved(one.pages_requested));
-                    report = Some(match report {
-                        None => one,
-                        Some(all) => merge(all, one),
-                    });
-                }
-                report.ok_or(MigrateError::BadRange {
-                    start: 0,
-                    end: 0,
-                    reason: "no range to move",
-                })
-            }
-        }
+            (Found::Runs(_), Path::Remap) => self.remap(request, plan, progress)?,
+        };
+        Ok(scan.add_to(report))
     }
-}
 
-/// `report` with the time and CPU time of the scan (and planning) that came before it.
-fn with_scan(mut report: Report, scan: &Scan) -> Report {
-    report.phases.add(&scan.phases);
-    report.wall += scan.phases.total();
-    report.caller_cpu += scan.caller_cpu;
-    report
+    /// The remap path for the ranges of `request`, one report for them all.
+    fn remap(
+        &self,
+        request: &Request<'_>,
+        plan: &Plan,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<Report, MigrateError> {
+        // The request's ranges, not the scan's: only a request vouches for memory that may be
+        // replaced in place.
+        let Memory::Own(own) = request.memory() else {
+            return Err(MigrateError::RemapUnavailable {
+                why: "the remap path moves only the caller's own memory".into(),
+            });
+        };
+        let handles = self
+            .handles
+            .as_ref()
+            .map_err(|why| MigrateError::RemapUnavailable { why: why.clone() })?;
+        let engine = build_engine(plan, &self.workers)?;
+        let tools = Tools {
+            engine: engine.as_ref(),
+            handles,
+            reservoirs: self.reservoirs.as_ref(),
+        };
+        let total: u64 = own.ranges().iter().map(|r| r.len() as u64).sum();
+        progress(Progress::Planned(
+            total / crate::sys::base_page_size() as u64,
+        ));
+        let mut report: Option<Report> = None;
+        for r in own.ranges() {
+            // SAFETY: own ranges are made only by `Request::own`, whose caller keeps
+            // `migrate_range`'s contract, and `Request::mapping`, which borrows the mapping
+            // exclusively for as long as the request lives.
+            #[allow(unsafe_code)]
+            let one = unsafe {
+                remap::migrate_range(&self.topology, r.start, r.len(), request.to, plan, tools)
+            }?;
+            progress(Progress::Moved(one.pages_requested));
+            report = Some(match report {
+                None => one,
+                Some(all) => merge(all, one),
+            });
+        }
+        report.ok_or(MigrateError::BadRange {
+            start: 0,
+            end: 0,
+            reason: "no range to move",
+        })
+    }
 }
 
 /// The copy engine a plan of the remap path asks for.

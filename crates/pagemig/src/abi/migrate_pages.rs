@@ -4,9 +4,8 @@
 use std::ffi::{c_int, c_ulong};
 use std::time::Instant;
 
-use super::{Call, Context, Execution, MIGRATE_BATCH, process_of};
+use super::{Call, Context, Execution, MIGRATE_BATCH, kernel_answers, process_of};
 use crate::copy::Route;
-use crate::migrate::scan::{self, Found};
 use crate::migrate::{Plan, Request, Selection, in_cgroup};
 use crate::process::Process;
 use crate::procfs;
@@ -100,21 +99,16 @@ fn prepare_migration(
     }
     let bits = maxnode.saturating_sub(1) as usize;
     let words = bits.div_ceil(c_ulong::BITS as usize);
-    let read = |ptr: *const c_ulong, what: &str| -> Result<Vec<c_ulong>, String> {
+    let read = |ptr: *const c_ulong, what| -> Result<Vec<c_ulong>, String> {
         if ptr.is_null() {
             return Ok(vec![0; words]);
         }
         sys::read_own::<u64>(ptr as usize, words)
             .map(|v| v.into_iter().map(|w| w as c_ulong).collect())
-            .map_err(|e| {
-                format!(
-                    "the {what} mask cannot be read ({}): the kernel answers",
-                    e.errno
-                )
-            })
+            .map_err(kernel_answers(what))
     };
-    let old = read(old_nodes, "old")?;
-    let new = read(new_nodes, "new")?;
+    let old = read(old_nodes, "the old mask cannot be read")?;
+    let new = read(new_nodes, "the new mask cannot be read")?;
     let (from, to) = (mask_nodes(&old, bits), mask_nodes(&new, bits));
     let possible = topology::node_state("possible").map_err(|e| e.to_string())?;
     if let Some(n) = from
@@ -162,13 +156,8 @@ fn prepare_migration(
     for &(s, d) in &pairs {
         let request =
             Request::process(process, Selection::All, d).from_nodes(NodeSet::from_iter([s]));
-        let moved = scan::scan(&ctx.topology, &request).and_then(|scan| match &scan.found {
-            Found::Pages(pages) => {
-                in_cgroup::execute(&request, pages, &plan, &ctx.workers, &|_| {})
-            }
-            Found::Runs(_) => unreachable!("a request of a process's pages finds pages"),
-        });
-        match moved {
+        let workers = &ctx.workers;
+        match in_cgroup::scan_and_execute(&ctx.topology, &request, &plan, workers, &|_| {}) {
             Ok(report) => reports.push(report),
             Err(e) => {
                 stopped = Some(e.to_string());

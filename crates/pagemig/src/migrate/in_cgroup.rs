@@ -17,12 +17,12 @@ use super::MigrateError;
 use super::kernel;
 use super::plan::Plan;
 use super::request::{Progress, Request};
-use super::scan::Pages;
+use super::scan::{self, Found, Pages};
 use crate::account::{CallStats, ChargeTo, Report};
 use crate::cgroup::Cgroup;
 use crate::process::Process;
 use crate::sys;
-use crate::topology::{CpuId, NodeId};
+use crate::topology::{CpuId, NodeId, Topology};
 use crate::workers::Workers;
 
 /// Environment variable that turns this program into a migration helper.
@@ -162,6 +162,22 @@ pub fn execute(
     };
     let mover: &kernel::Mover<'_> = if helper { &in_helper } else { &direct };
     kernel::execute(request, pages, plan, paying.as_ref(), mover, progress)
+}
+
+/// Scans `request`, a request of a process's pages, and moves them by [`execute`]; the
+/// report's phases and wall time include the scan's.
+pub fn scan_and_execute(
+    topology: &Topology,
+    request: &Request<'_>,
+    plan: &Plan,
+    workers: &Workers,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, MigrateError> {
+    let scan = scan::scan(topology, request)?;
+    let Found::Pages(pages) = &scan.found else {
+        unreachable!("a request of a process's pages finds pages")
+    };
+    Ok(scan.add_to(execute(request, pages, plan, workers, progress)?))
 }
 
 /// [`kernel::move_pages`] done by a helper process inside `cgroup`. Nothing moves when the

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::request::{Memory, Request, Selection};
 use super::{MigrateError, check_node, check_target};
-use crate::account::{FailureCause, Laps, Phases, ScanMethod, SkipReason};
+use crate::account::{FailureCause, Laps, Phases, Report, ScanMethod, SkipReason};
 use crate::process::Process;
 use crate::procfs::{self, ProcfsError, VmArea};
 use crate::sys::{
@@ -263,6 +263,15 @@ pub struct Pages {
 }
 
 impl Scan {
+    /// `report` with the time and CPU time of this scan (and its planning) added: what came
+    /// before the execution that made it.
+    pub fn add_to(&self, mut report: Report) -> Report {
+        report.phases.add(&self.phases);
+        report.wall += self.phases.total();
+        report.caller_cpu += self.caller_cpu;
+        report
+    }
+
     /// Bytes of the pages that would move.
     pub fn bytes_to_move(&self) -> u64 {
         match &self.found {
