@@ -281,6 +281,12 @@ impl fmt::Display for Execution {
     }
 }
 
+/// Why a call goes to the kernel unchanged when a step before anything moves fails with `e`:
+/// the kernel's own call then gives the answer for it.
+fn kernel_answers(what: &str) -> impl FnOnce(sys::SysError) -> String + '_ {
+    move |e| format!("{what} ({}): the kernel answers", e.errno)
+}
+
 /// The process a C caller names: 0 and its own pid are the caller.
 fn process_of(pid: c_int) -> Process {
     if pid == 0 || pid as u32 == std::process::id() {

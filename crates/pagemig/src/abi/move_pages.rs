@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::ffi::{c_int, c_ulong, c_void};
 use std::time::Instant;
 
-use super::{Call, Context, Execution, MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, process_of};
+use super::{Call, Context, Execution, MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, kernel_answers, process_of};
 use crate::copy::Route;
 use crate::migrate::Plan;
 use crate::migrate::kernel;
@@ -94,24 +94,19 @@ impl Arrays {
         nodes: *const c_int,
         status: ForeignOut<'_>,
     ) -> Result<Self, String> {
-        let unreadable = |what: &str, e: sys::SysError| {
-            format!(
-                "the {what} array cannot be read ({}): the kernel answers",
-                e.errno
-            )
-        };
         let arrays = Arrays {
-            pages: sys::read_own(pages as usize, count).map_err(|e| unreadable("pages", e))?,
-            nodes: sys::read_own(nodes as usize, count).map_err(|e| unreadable("nodes", e))?,
-            status: status.read().map_err(|e| unreadable("status", e))?,
+            pages: sys::read_own(pages as usize, count)
+                .map_err(kernel_answers("the pages array cannot be read"))?,
+            nodes: sys::read_own(nodes as usize, count)
+                .map_err(kernel_answers("the nodes array cannot be read"))?,
+            status: status
+                .read()
+                .map_err(kernel_answers("the status array cannot be read"))?,
         };
         // Writing back what it holds tells whether it is writable before anything moves.
-        status.write(&arrays.status).map_err(|e| {
-            format!(
-                "the status array is not writable ({}): the kernel answers",
-                e.errno
-            )
-        })?;
+        status
+            .write(&arrays.status)
+            .map_err(kernel_answers("the status array is not writable"))?;
         Ok(arrays)
     }
 }
@@ -218,12 +213,8 @@ fn split_move(
     // Where every page is, asked before pagemig allocates or starts anything: an address
     // unmapped now is EFAULT for this call even if pagemig's own memory (a buffer, a thread's
     // stack) is mapped there afterwards.
-    let at_entry = sys::query_pages_unchanged(pid, count, pages as usize).map_err(|e| {
-        format!(
-            "the placement query fails ({}): the kernel answers",
-            e.errno
-        )
-    })?;
+    let at_entry = sys::query_pages_unchanged(pid, count, pages as usize)
+        .map_err(kernel_answers("the placement query fails"))?;
     let route = Route {
         from: None,
         to: sys::read_own::<c_int>(nodes as usize, 1)
@@ -335,23 +326,20 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_split_move_answers_as_the_kernel() {
-        let node = topology::node_state("has_memory")
-            .unwrap()
-            .iter()
-            .next()
-            .unwrap() as c_int;
-        // Every fourth page of 4 MiB: at least two 2 MiB regions, so at least two calls.
-        let mut m = sys::Mapping::anonymous(1024 * 4096).unwrap();
-        m.as_mut_slice()[..800 * 4096].fill(3);
-        let mut pages: Vec<*const c_void> = (0..256)
-            .map(|i| m.as_ptr().wrapping_add(i * 4 * 4096).cast())
-            .collect();
-        pages.push(8 as *const c_void);
-        let nodes = vec![node; pages.len()];
+    fn first_memory_node() -> c_int {
+        let nodes = topology::node_state("has_memory").unwrap();
+        nodes.iter().next().unwrap() as c_int
+    }
+
+    /// The same call (on this process, `MPOL_MF_MOVE`) made by the kernel and by pagemig: the
+    /// kernel's result and status array, then pagemig's call and status array.
+    fn kernel_and_ours(
+        ctx: &Context,
+        pages: &[*const c_void],
+        nodes: &[c_int],
+    ) -> (Result<usize, Errno>, Vec<c_int>, Call, Vec<c_int>) {
         let count = pages.len() as c_ulong;
-        let mut kernel = vec![-1; pages.len()];
+        let (mut kernel, mut ours) = (vec![-1; pages.len()], vec![-1; pages.len()]);
         let k = sys::move_pages_unchanged(
             0,
             count,
@@ -360,9 +348,8 @@ mod tests {
             ForeignOut::from(&mut kernel[..]),
             MPOL_MF_MOVE,
         );
-        let mut ours = vec![-1; pages.len()];
         let o = move_pages(
-            &context(2),
+            ctx,
             0,
             count,
             pages.as_ptr(),
@@ -370,7 +357,21 @@ mod tests {
             ForeignOut::from(&mut ours[..]),
             MPOL_MF_MOVE,
         );
-        assert_eq!(k.map_err(|e| e.errno), o.result);
+        (k.map_err(|e| e.errno), kernel, o, ours)
+    }
+
+    #[test]
+    fn a_split_move_answers_as_the_kernel() {
+        let node = first_memory_node();
+        // Every fourth page of 4 MiB: at least two 2 MiB regions, so at least two calls.
+        let mut m = sys::Mapping::anonymous(1024 * 4096).unwrap();
+        m.as_mut_slice()[..800 * 4096].fill(3);
+        let mut pages: Vec<*const c_void> = (0..256)
+            .map(|i| m.as_ptr().wrapping_add(i * 4 * 4096).cast())
+            .collect();
+        pages.push(8 as *const c_void);
+        let (k, kernel, o, ours) = kernel_and_ours(&context(2), &pages, &vec![node; pages.len()]);
+        assert_eq!(k, o.result);
         assert_eq!(kernel, ours);
         assert!(
             matches!(&o.execution, Execution::Split { calls, .. } if calls.calls >= 2),
@@ -404,41 +405,20 @@ mod tests {
             );
             return;
         }
-        let node = topology::node_state("has_memory")
-            .unwrap()
-            .iter()
-            .next()
-            .unwrap() as c_int;
+        let node = first_memory_node();
         let mut m = sys::Mapping::anonymous(1024 * 4096).unwrap();
         m.as_mut_slice().fill(1);
         let mut pages: Vec<*const c_void> = (0..256)
             .map(|i| m.as_ptr().wrapping_add(i * 4 * 4096).cast())
             .collect();
         let nodes = vec![node; pages.len() + 1];
-        let (mut kernel, mut ours) = (vec![-1; nodes.len()], vec![-1; nodes.len()]);
         for threads in [2, 4] {
             let ctx = context(threads);
             let freed = sys::Mapping::anonymous(4096).unwrap();
             pages.push(freed.as_ptr().cast());
             drop(freed);
-            let k = sys::move_pages_unchanged(
-                0,
-                pages.len() as c_ulong,
-                pages.as_ptr() as usize,
-                nodes.as_ptr() as usize,
-                ForeignOut::from(&mut kernel[..]),
-                MPOL_MF_MOVE,
-            );
-            let o = move_pages(
-                &ctx,
-                0,
-                pages.len() as c_ulong,
-                pages.as_ptr(),
-                nodes.as_ptr(),
-                ForeignOut::from(&mut ours[..]),
-                MPOL_MF_MOVE,
-            );
-            assert_eq!(k.map_err(|e| e.errno), o.result);
+            let (k, kernel, o, ours) = kernel_and_ours(&ctx, &pages, &nodes);
+            assert_eq!(k, o.result);
             assert_eq!(kernel[256], -libc::EFAULT);
             assert_eq!(kernel, ours, "{threads} threads: {o}");
             assert!(matches!(o.execution, Execution::Split { .. }), "{o}");
