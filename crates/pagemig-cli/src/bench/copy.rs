@@ -624,28 +624,15 @@ fn measure_limit(
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
+    use super::super::options::testing::{self, parse};
     use super::*;
 
-    #[derive(Parser)]
-    struct Line {
-        #[command(flatten)]
-        args: CopyArgs,
-    }
-
     fn validate(host: Host, args: &[&str]) -> anyhow::Result<CopyConfig> {
-        Line::try_parse_from([&["copy"], args].concat())
-            .unwrap()
-            .args
-            .validate(host)
+        parse::<CopyArgs>(args).validate(host)
     }
 
     fn refusal(host: Host, args: &[&str]) -> String {
-        match validate(host, args) {
-            Ok(_) => panic!("{args:?} accepted"),
-            Err(e) => format!("{e:#}"),
-        }
+        testing::refusal(validate(host, args), args)
     }
 
     #[test]

@@ -605,28 +605,15 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
+    use super::super::options::testing::{self, parse};
     use super::*;
 
-    #[derive(Parser)]
-    struct Line {
-        #[command(flatten)]
-        args: MigrateBenchArgs,
-    }
-
     fn validate(host: Host, args: &[&str]) -> anyhow::Result<MigrateBenchConfig> {
-        Line::try_parse_from([&["migrate"], args].concat())
-            .unwrap()
-            .args
-            .validate(host)
+        parse::<MigrateBenchArgs>(args).validate(host)
     }
 
     fn refusal(host: Host, args: &[&str]) -> String {
-        match validate(host, args) {
-            Ok(_) => panic!("{args:?} accepted"),
-            Err(e) => format!("{e:#}"),
-        }
+        testing::refusal(validate(host, args), args)
     }
 
     #[test]

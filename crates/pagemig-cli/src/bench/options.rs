@@ -216,21 +216,11 @@ fn default_rows(page_size: usize, quick: bool) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
+    use super::testing::{self, try_parse};
     use super::*;
 
-    /// The table options of a command line, as clap parses them.
-    #[derive(Debug, Parser)]
-    struct Line {
-        #[command(flatten)]
-        table: TableArgs,
-    }
-
     fn parse(args: &[&str]) -> TableArgs {
-        Line::try_parse_from([&["bench"], args].concat())
-            .unwrap()
-            .table
+        testing::parse(args)
     }
 
     fn refusal(args: &[&str]) -> String {
@@ -289,8 +279,39 @@ mod tests {
             ),
             (&["--page-size", "3k"], "must be a power of two"),
         ] {
-            let e = Line::try_parse_from([&["bench"], args].concat()).unwrap_err();
+            let e = try_parse::<TableArgs>(args).unwrap_err();
             assert!(e.to_string().contains(want), "{args:?}: {e}");
+        }
+    }
+}
+
+/// What the benches' argument tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use clap::{Args, Parser};
+
+    /// A command line of one bench's arguments, as clap parses them.
+    #[derive(Parser)]
+    struct Line<A: Args> {
+        #[command(flatten)]
+        args: A,
+    }
+
+    /// `args` parsed as one bench's arguments, or clap's refusal.
+    pub(crate) fn try_parse<A: Args>(args: &[&str]) -> Result<A, clap::Error> {
+        Line::<A>::try_parse_from([&["bench"], args].concat()).map(|line| line.args)
+    }
+
+    /// `args` parsed as one bench's arguments.
+    pub(crate) fn parse<A: Args>(args: &[&str]) -> A {
+        try_parse(args).unwrap()
+    }
+
+    /// The error chain of a validation of `args` that must fail.
+    pub(crate) fn refusal<C>(validated: anyhow::Result<C>, args: &[&str]) -> String {
+        match validated {
+            Ok(_) => panic!("{args:?} accepted"),
+            Err(e) => format!("{e:#}"),
         }
     }
 }

@@ -468,20 +468,11 @@ pub fn run(bench: &TierBench, out: &mut dyn Write) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
+    use super::super::options::testing;
     use super::*;
 
-    #[derive(Parser)]
-    struct Line {
-        #[command(flatten)]
-        args: TierBenchArgs,
-    }
-
     fn parse(args: &[&str]) -> TierBenchArgs {
-        Line::try_parse_from([&["tier"], args].concat())
-            .unwrap()
-            .args
+        testing::parse(args)
     }
 
     #[test]
