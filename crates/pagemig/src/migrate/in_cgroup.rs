@@ -7,7 +7,6 @@
 //! stdin, reports progress and the per-page result on stdout.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -30,7 +29,8 @@ pub const HELPER_ENV: &str = "PAGEMIG_MOVE_HELPER";
 
 #[derive(Serialize, Deserialize)]
 struct Work {
-    pid: i32,
+    /// The target by pid: the helper is another process, so the caller is named by its own.
+    pid: u32,
     pages: Vec<usize>,
     nodes: Vec<NodeId>,
     cpus: Vec<CpuId>,
@@ -73,11 +73,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
     let mut text = String::new();
     input.read_to_string(&mut text)?;
     let req: Work = serde_json::from_str(&text)?;
-    let process = if req.pid == 0 {
-        Process::Current
-    } else {
-        Process::Pid(req.pid as u32)
-    };
+    let process = Process::Pid(req.pid);
     let mut plan = Plan::parallel(req.cpus, req.batch);
     plan.max_stall = req.max_stall;
     plan.move_all = req.move_all;
@@ -118,14 +114,6 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
     let mut out = out.into_inner().unwrap_or_else(|p| p.into_inner());
     writeln!(out, "r {}", serde_json::to_string(&reply)?)?;
     out.flush()
-}
-
-/// Opens the cgroup's `cgroup.procs` for writing.
-fn open_procs(cgroup: &Cgroup) -> io::Result<OwnedFd> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(cgroup.dir.join("cgroup.procs"))?;
-    Ok(file.into())
 }
 
 /// The kernel path ([`kernel::execute`]) for `pages` of `request`, charged as `plan.charge`
@@ -196,14 +184,15 @@ fn move_pages_in(
         cgroup: cgroup.path.clone(),
         source,
     };
-    let procs = open_procs(cgroup).map_err(enter)?;
-    let pid = match process {
-        // The helper is another process: name the caller by its pid.
-        Process::Current => std::process::id() as i32,
-        Process::Pid(p) => p as i32,
-    };
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.dir.join("cgroup.procs"))
+        .map_err(enter)?;
     let work = Work {
-        pid,
+        pid: match process {
+            Process::Current => std::process::id(),
+            Process::Pid(p) => p,
+        },
         pages: pages.to_vec(),
         nodes: nodes.to_vec(),
         cpus: plan.cpus.clone(),
@@ -218,7 +207,7 @@ fn move_pages_in(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let mut child = sys::spawn_in_cgroup(&mut command, &procs).map_err(enter)?;
+    let mut child = sys::spawn_in_cgroup(&mut command, &procs.into()).map_err(enter)?;
     let helper_failed = |what: String| MigrateError::Helper { message: what };
     let io_error = |e: io::Error| helper_failed(format!("talking to the helper: {e}"));
     {
