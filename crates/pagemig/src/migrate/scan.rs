@@ -426,22 +426,16 @@ fn select(
                 .filter(|a| a.matches(pattern))
                 .map(|a| a.start..a.end)
                 .collect();
-            if picked.is_empty()
-                && let Some(area) = special.iter().find(|a| a.matches(pattern))
-            {
-                return Err(MigrateError::KernelMapping {
+            let pattern = pattern.clone();
+            match special.iter().find(|a| a.matches(&pattern)) {
+                _ if !picked.is_empty() => Ok(picked),
+                Some(area) => Err(MigrateError::KernelMapping {
                     process,
-                    pattern: pattern.clone(),
+                    pattern,
                     mapping: area.path.clone(),
-                });
+                }),
+                None => Err(MigrateError::NoMatchingMapping { process, pattern }),
             }
-            if picked.is_empty() {
-                return Err(MigrateError::NoMatchingMapping {
-                    process,
-                    pattern: pattern.clone(),
-                });
-            }
-            Ok(picked)
         }
         Selection::Ranges(ranges) => {
             let page = sys::base_page_size();
