@@ -121,10 +121,7 @@ fn millis_each<S: Serializer>(ds: &[Duration], s: S) -> Result<S::Ok, S::Error> 
 }
 
 fn millis_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => millis(d, s),
-        None => s.serialize_none(),
-    }
+    d.map(|d| d.as_secs_f64() * 1e3).serialize(s)
 }
 
 /// The kernel calls of a migration: how many, and how long the target was held by each.

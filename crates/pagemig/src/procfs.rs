@@ -344,25 +344,19 @@ pub fn placement(process: Process) -> Result<Vec<AreaPlacement>, ProcfsError> {
         };
         let mut counts = BTreeMap::new();
         let mut page_kb = 4;
-        for w in words {
-            if let Some((key, value)) = w.split_once('=') {
-                if let (Some(node), Ok(n)) = (key.strip_prefix('N'), value.parse::<u64>()) {
-                    if let Ok(node) = node.parse::<NodeId>() {
-                        counts.insert(node, n);
-                    }
-                } else if key == "kernelpagesize_kB" {
-                    page_kb = value.parse().unwrap_or(4);
-                }
+        for (key, value) in words.filter_map(|w| w.split_once('=')) {
+            if key == "kernelpagesize_kB" {
+                page_kb = value.parse().unwrap_or(4);
+            } else if let (Some(Ok(node)), Ok(n)) = (
+                key.strip_prefix('N').map(str::parse::<NodeId>),
+                value.parse::<u64>(),
+            ) {
+                counts.insert(node, n);
             }
         }
         let size = page_kb * 1024;
-        by_start.insert(
-            start,
-            (
-                counts.into_iter().map(|(n, c)| (n, c * size)).collect(),
-                size,
-            ),
-        );
+        let bytes = counts.into_iter().map(|(n, c)| (n, c * size)).collect();
+        by_start.insert(start, (bytes, size));
     }
     Ok(maps
         .into_iter()
