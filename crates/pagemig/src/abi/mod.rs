@@ -142,10 +142,8 @@ impl Context {
 
     /// Why calls cannot be planned here, if they cannot.
     fn usable(&self) -> Result<(), String> {
-        match &self.unusable {
-            Some(why) => Err(format!("no topology: {why}")),
-            None => Ok(()),
-        }
+        let unusable = self.unusable.as_ref();
+        unusable.map_or(Ok(()), |why| Err(format!("no topology: {why}")))
     }
 
     /// The CPUs of the threads the planner (or the setting) gives a move of `bytes` along
