@@ -3,6 +3,8 @@
 
 use std::marker::PhantomData;
 
+use super::kernels::Kernel;
+
 /// A copy of `len` bytes from `src` to `dst`, borrowed for `'a`.
 ///
 /// Built safely from slices, where the borrow checker proves that no two ops of a batch alias a
@@ -70,7 +72,7 @@ impl<'a> CopyOp<'a> {
     }
 
     /// Copies with `kernel`, a function with the contract of `ptr::copy_nonoverlapping`.
-    pub(crate) fn run(&self, kernel: unsafe fn(*mut u8, *const u8, usize)) {
+    pub(crate) fn run(&self, kernel: Kernel) {
         if self.len > 0 {
             // SAFETY: the constructors guarantee both ranges are valid, disjoint and exclusively
             // ours for 'a, which outlives &self.
@@ -79,7 +81,7 @@ impl<'a> CopyOp<'a> {
     }
 
     /// Copies with one call of `kernel` per `piece` bytes (the last call takes what is left).
-    pub(crate) fn run_pieces(&self, piece: usize, kernel: unsafe fn(*mut u8, *const u8, usize)) {
+    pub(crate) fn run_pieces(&self, piece: usize, kernel: Kernel) {
         let piece = piece.max(1);
         let mut at = 0;
         while at < self.len {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use list::{CpuSet, IdSet, ListError, MAX_ID, NodeSet};
+pub(crate) use sysfs::parse_bytes;
 
 /// A NUMA node id, as in `/sys/devices/system/node/nodeN`.
 pub type NodeId = u32;

@@ -82,16 +82,19 @@ pub(super) fn parse_meminfo(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Parses a cache `size` file such as `32768K` or `1M` into bytes.
-fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let (digits, scale) = match t.as_bytes().last()? {
-        b'K' => (&t[..t.len() - 1], 1 << 10),
-        b'M' => (&t[..t.len() - 1], 1 << 20),
-        b'G' => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
+/// Bytes with an optional K, M, G or T suffix (powers of 1024, either case, an optional `B` or
+/// `iB` after it), as cache `size` files (`32768K`) and users (`2GiB`) write them.
+pub(crate) fn parse_bytes(text: &str) -> Option<u64> {
+    let upper = text.trim().to_ascii_uppercase();
+    let digits = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (number, shift) = match digits.chars().last() {
+        Some('K') => (&digits[..digits.len() - 1], 10),
+        Some('M') => (&digits[..digits.len() - 1], 20),
+        Some('G') => (&digits[..digits.len() - 1], 30),
+        Some('T') => (&digits[..digits.len() - 1], 40),
+        _ => (digits, 0),
     };
-    digits.parse::<u64>().ok()?.checked_mul(scale)
+    number.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
@@ -218,7 +221,9 @@ fn read_l3_domains(
                 continue;
             }
             if let Some(shared) = read_list(&dir.join("shared_cpu_list"))? {
-                let size = read_opt(&dir.join("size"))?.as_deref().and_then(parse_size);
+                let size = read_opt(&dir.join("size"))?
+                    .as_deref()
+                    .and_then(parse_bytes);
                 found = Some((shared.intersection(online_cpus), size));
                 break;
             }
@@ -275,8 +280,8 @@ mod tests {
         assert_eq!(m["MemTotal"], 1_024_000);
         assert_eq!(m["MemFree"], 10_240);
         assert_eq!(m["HugePages_Total"], 0);
-        assert_eq!(parse_size("32768K"), Some(32 << 20));
-        assert_eq!(parse_size("1M\n"), Some(1 << 20));
-        assert_eq!(parse_size("junk"), None);
+        assert_eq!(parse_bytes("32768K"), Some(32 << 20));
+        assert_eq!(parse_bytes("1M\n"), Some(1 << 20));
+        assert_eq!(parse_bytes("junk"), None);
     }
 }
