@@ -73,11 +73,7 @@ impl<'a> CopyOp<'a> {
 
     /// Copies with `kernel`, a function with the contract of `ptr::copy_nonoverlapping`.
     pub(crate) fn run(&self, kernel: Kernel) {
-        if self.len > 0 {
-            // SAFETY: the constructors guarantee both ranges are valid, disjoint and exclusively
-            // ours for 'a, which outlives &self.
-            unsafe { kernel(self.dst, self.src, self.len) }
-        }
+        self.run_pieces(self.len, kernel)
     }
 
     /// Copies with one call of `kernel` per `piece` bytes (the last call takes what is left).
@@ -86,7 +82,8 @@ impl<'a> CopyOp<'a> {
         let mut at = 0;
         while at < self.len {
             let n = piece.min(self.len - at);
-            // SAFETY: as in `run`, for the sub-range at..at + n of both ranges.
+            // SAFETY: the constructors guarantee both ranges are valid, disjoint and exclusively
+            // ours for 'a, which outlives &self; at..at + n is inside both.
             unsafe { kernel(self.dst.add(at), self.src.add(at), n) }
             at += n;
         }

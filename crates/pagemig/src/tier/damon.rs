@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{AccessSample, TierError};
-use crate::topology::NodeId;
+use crate::topology::{NodeId, numbered_entries};
 
 /// The sysfs directory of DAMON's administration interface on a running kernel.
 pub const ADMIN: &str = "/sys/kernel/mm/damon/admin";
@@ -242,20 +242,9 @@ pub fn node_ranges(sysfs: &Path, node: NodeId) -> Result<Vec<Range<u64>>, TierEr
             source: io::Error::new(ErrorKind::InvalidData, format!("{text:?} is not hex")),
         })?;
     let dir = sysfs.join(format!("devices/system/node/node{node}"));
-    let mut blocks: Vec<u64> = fs::read_dir(&dir)
-        .map_err(|e| sysfs_error(&dir, "listing", e))?
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()?
-                .strip_prefix("memory")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    blocks.sort_unstable();
+    let entries = fs::read_dir(&dir).map_err(|e| sysfs_error(&dir, "listing", e))?;
     let mut out: Vec<Range<u64>> = Vec::new();
-    for b in blocks {
+    for b in numbered_entries::<u64>(entries, "memory") {
         let r = b * block..(b + 1) * block;
         match out.last_mut() {
             Some(last) if last.end == r.start => last.end = r.end,
@@ -610,11 +599,7 @@ impl Damon {
             }
             let tried = dir.join("contexts/0/schemes/0/tried_regions");
             let entries = fs::read_dir(&tried).map_err(|e| sysfs_error(&tried, "listing", e))?;
-            let mut regions: Vec<usize> = entries
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect();
-            regions.sort_unstable();
-            for r in regions {
+            for r in numbered_entries::<usize>(entries, "") {
                 let rd = tried.join(r.to_string());
                 let start = read_u64(&rd.join("start"))? as usize;
                 let end = read_u64(&rd.join("end"))? as usize;

@@ -41,10 +41,11 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
-    fn new(opcode: u8, flags: u32, completion: u64, a: u64, b: u64, size: u32) -> Self {
+    /// A descriptor that asks for a completion record at `completion`.
+    fn new(opcode: u8, completion: u64, a: u64, b: u64, size: u32) -> Self {
         let mut bytes = [0u8; 64];
         // Bytes 0..3: PASID (bits 0..19) and privilege (bit 31): zero; ENQCMD fills the PASID.
-        let word = (flags & 0x00ff_ffff) | (u32::from(opcode) << 24);
+        let word = flags::CRAV | flags::RCR | (u32::from(opcode) << 24);
         bytes[4..8].copy_from_slice(&word.to_le_bytes());
         bytes[8..16].copy_from_slice(&completion.to_le_bytes());
         bytes[16..24].copy_from_slice(&a.to_le_bytes());
@@ -56,26 +57,12 @@ impl Descriptor {
     /// A memory move of `len` bytes, with a completion record at `completion`. Without block
     /// on fault: a page fault ends it early with the bytes done in the record.
     pub fn memmove(src: u64, dst: u64, len: u32, completion: u64) -> Self {
-        Self::new(
-            OPCODE_MEMMOVE,
-            flags::CRAV | flags::RCR,
-            completion,
-            src,
-            dst,
-            len,
-        )
+        Self::new(OPCODE_MEMMOVE, completion, src, dst, len)
     }
 
     /// A batch of `count` descriptors at `list` (64-byte aligned).
     pub fn batch(list: u64, count: u32, completion: u64) -> Self {
-        Self::new(
-            OPCODE_BATCH,
-            flags::CRAV | flags::RCR,
-            completion,
-            list,
-            0,
-            count,
-        )
+        Self::new(OPCODE_BATCH, completion, list, 0, count)
     }
 
     /// The 64 bytes.
@@ -274,12 +261,7 @@ impl Dsa {
         let mut queues = Vec::new();
         let mut refused = Vec::new();
         for q in work_queues(Path::new("/sys"), Path::new("/dev"))? {
-            let cpu_ok = if q.shared {
-                crate::sys::dsa::cpu_has_enqcmd()
-            } else {
-                crate::sys::dsa::cpu_has_movdir64b()
-            };
-            if !cpu_ok {
+            if !crate::sys::dsa::cpu_can_submit(q.shared) {
                 refused.push(format!(
                     "{}: the CPU lacks {}",
                     q.name,
