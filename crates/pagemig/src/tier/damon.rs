@@ -209,22 +209,28 @@ fn turn_off(dir: &Path) -> Result<(), TierError> {
     command(dir, "off").map(drop)
 }
 
-/// Field `n` (from 1, as in proc(5)) of `/proc/PID/stat`, from field 3 on, or `None` when the
-/// process does not exist.
-fn stat_field(pid: u32, n: usize) -> Option<u64> {
+/// Numeric fields `ns` (numbered from 1 as in proc(5), each after the command, so 3 or more) of
+/// one read of `/proc/PID/stat`, or `None` when the process does not exist.
+fn stat_fields<const N: usize>(pid: u32, ns: [usize; N]) -> Option<[u64; N]> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(n - 3)?.parse().ok()
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let mut out = [0; N];
+    for (value, n) in out.iter_mut().zip(ns) {
+        *value = fields.get(n - 3)?.parse().ok()?;
+    }
+    Some(out)
 }
 
 /// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
 fn start_time(pid: u32) -> Option<u64> {
-    stat_field(pid, 22)
+    stat_fields(pid, [22]).map(|[start]| start)
 }
 
 /// CPU time of a thread from `/proc/PID/stat` (user + system: fields 14 and 15).
 fn thread_cpu(pid: u32) -> Option<Duration> {
-    let ticks = stat_field(pid, 14)? + stat_field(pid, 15)?;
+    let [user, system] = stat_fields(pid, [14, 15])?;
+    let ticks = user + system;
     let hz = rustix::param::clock_ticks_per_second().max(1);
     Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
