@@ -5,6 +5,9 @@
 //! `(dst, src, len)` order: `src` readable and `dst` writable for `len` bytes, no overlap.
 #![allow(unsafe_code)]
 
+/// A copy loop: `(dst, src, len)`, with the contract of `ptr::copy_nonoverlapping`.
+pub(crate) type Kernel = unsafe fn(*mut u8, *const u8, usize);
+
 /// Plain `memcpy` from the C library (through `ptr::copy_nonoverlapping`).
 ///
 /// # Safety
@@ -55,127 +58,80 @@ pub(super) unsafe fn rep_movsq(dst: *mut u8, src: *const u8, len: usize) {
     }
 }
 
-/// Non-temporal copy with 64-byte AVX-512 streaming stores: the destination bypasses the caches.
-///
-/// # Safety
-/// As `ptr::copy_nonoverlapping`, and the CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn stream_avx512(dst: *mut u8, src: *const u8, len: usize) {
-    use std::arch::x86_64::{__m512i, _mm_sfence, _mm512_loadu_si512, _mm512_stream_si512};
-    const V: usize = 64;
-    let head = dst.align_offset(V).min(len);
-    // SAFETY: all offsets stay below len; the caller guarantees the ranges, and the streaming
-    // stores go to 64-byte aligned addresses (dst + head is aligned).
-    unsafe {
-        std::ptr::copy_nonoverlapping(src, dst, head);
-        let (mut s, mut d, mut n) = (src.add(head), dst.add(head), len - head);
-        while n >= 4 * V {
-            let a = _mm512_loadu_si512(s.cast::<__m512i>());
-            let b = _mm512_loadu_si512(s.add(V).cast::<__m512i>());
-            let c = _mm512_loadu_si512(s.add(2 * V).cast::<__m512i>());
-            let e = _mm512_loadu_si512(s.add(3 * V).cast::<__m512i>());
-            _mm512_stream_si512(d.cast::<__m512i>(), a);
-            _mm512_stream_si512(d.add(V).cast::<__m512i>(), b);
-            _mm512_stream_si512(d.add(2 * V).cast::<__m512i>(), c);
-            _mm512_stream_si512(d.add(3 * V).cast::<__m512i>(), e);
-            (s, d, n) = (s.add(4 * V), d.add(4 * V), n - 4 * V);
+/// A non-temporal copy with `$v`-byte streaming stores: the destination bypasses the caches.
+/// The three vector widths differ only in their types and intrinsics.
+macro_rules! stream_kernel {
+    ($(#[$attr:meta])* $name:ident, $v:literal, $vec:ident, $load:ident, $store:ident) => {
+        $(#[$attr])*
+        ///
+        /// # Safety
+        /// As `ptr::copy_nonoverlapping`, and the CPU must have the instructions used.
+        #[cfg(target_arch = "x86_64")]
+        pub(super) unsafe fn $name(dst: *mut u8, src: *const u8, len: usize) {
+            use std::arch::x86_64::{$load, $store, $vec, _mm_sfence};
+            const V: usize = $v;
+            let head = dst.align_offset(V).min(len);
+            // SAFETY: all offsets stay below len; the caller guarantees the ranges, and the
+            // streaming stores go to V-byte aligned addresses (dst + head is aligned).
+            unsafe {
+                std::ptr::copy_nonoverlapping(src, dst, head);
+                let (mut s, mut d, mut n) = (src.add(head), dst.add(head), len - head);
+                while n >= 4 * V {
+                    let a = $load(s.cast::<$vec>());
+                    let b = $load(s.add(V).cast::<$vec>());
+                    let c = $load(s.add(2 * V).cast::<$vec>());
+                    let e = $load(s.add(3 * V).cast::<$vec>());
+                    $store(d.cast::<$vec>(), a);
+                    $store(d.add(V).cast::<$vec>(), b);
+                    $store(d.add(2 * V).cast::<$vec>(), c);
+                    $store(d.add(3 * V).cast::<$vec>(), e);
+                    (s, d, n) = (s.add(4 * V), d.add(4 * V), n - 4 * V);
+                }
+                while n >= V {
+                    $store(d.cast::<$vec>(), $load(s.cast::<$vec>()));
+                    (s, d, n) = (s.add(V), d.add(V), n - V);
+                }
+                std::ptr::copy_nonoverlapping(s, d, n);
+                // Streaming stores are weakly ordered: make them visible before the copy counts
+                // as done.
+                _mm_sfence();
+            }
         }
-        while n >= V {
-            _mm512_stream_si512(d.cast::<__m512i>(), _mm512_loadu_si512(s.cast::<__m512i>()));
-            (s, d, n) = (s.add(V), d.add(V), n - V);
-        }
-        std::ptr::copy_nonoverlapping(s, d, n);
-        _mm_sfence();
-    }
+    };
 }
+
+stream_kernel!(
+    /// Non-temporal copy with 64-byte AVX-512 streaming stores (AVX-512F).
+    #[target_feature(enable = "avx512f")]
+    stream_avx512, 64, __m512i, _mm512_loadu_si512, _mm512_stream_si512
+);
+stream_kernel!(
+    /// Non-temporal copy with 32-byte AVX2 streaming stores (AVX2).
+    #[target_feature(enable = "avx2")]
+    stream_avx2, 32, __m256i, _mm256_loadu_si256, _mm256_stream_si256
+);
+stream_kernel!(
+    /// Non-temporal copy with 16-byte SSE2 streaming stores (every x86_64 CPU has SSE2).
+    stream_sse2, 16, __m128i, _mm_loadu_si128, _mm_stream_si128
+);
 
 /// The AVX-512 kernel where the CPU has AVX-512F, or why not.
 #[cfg(target_arch = "x86_64")]
-pub(super) fn avx512_stream_kernel() -> Result<unsafe fn(*mut u8, *const u8, usize), String> {
+pub(super) fn avx512_stream_kernel() -> Result<Kernel, String> {
     if std::is_x86_feature_detected!("avx512f") {
-        Ok(stream_avx512 as unsafe fn(*mut u8, *const u8, usize))
+        Ok(stream_avx512 as Kernel)
     } else {
         Err("this CPU has no AVX-512F (cpuid leaf 7: avx512f not set)".into())
     }
 }
 
-/// Non-temporal copy with 32-byte AVX2 streaming stores: the destination bypasses the caches.
-///
-/// # Safety
-/// As `ptr::copy_nonoverlapping`, and the CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-pub(super) unsafe fn stream_avx2(dst: *mut u8, src: *const u8, len: usize) {
-    use std::arch::x86_64::{__m256i, _mm_sfence, _mm256_loadu_si256, _mm256_stream_si256};
-    const V: usize = 32;
-    let head = dst.align_offset(V).min(len);
-    // SAFETY: all offsets stay below len; the caller guarantees the ranges, and the streaming
-    // stores go to 32-byte aligned addresses (dst + head is aligned).
-    unsafe {
-        std::ptr::copy_nonoverlapping(src, dst, head);
-        let (mut s, mut d, mut n) = (src.add(head), dst.add(head), len - head);
-        while n >= 4 * V {
-            let a = _mm256_loadu_si256(s.cast::<__m256i>());
-            let b = _mm256_loadu_si256(s.add(V).cast::<__m256i>());
-            let c = _mm256_loadu_si256(s.add(2 * V).cast::<__m256i>());
-            let e = _mm256_loadu_si256(s.add(3 * V).cast::<__m256i>());
-            _mm256_stream_si256(d.cast::<__m256i>(), a);
-            _mm256_stream_si256(d.add(V).cast::<__m256i>(), b);
-            _mm256_stream_si256(d.add(2 * V).cast::<__m256i>(), c);
-            _mm256_stream_si256(d.add(3 * V).cast::<__m256i>(), e);
-            (s, d, n) = (s.add(4 * V), d.add(4 * V), n - 4 * V);
-        }
-        while n >= V {
-            _mm256_stream_si256(d.cast::<__m256i>(), _mm256_loadu_si256(s.cast::<__m256i>()));
-            (s, d, n) = (s.add(V), d.add(V), n - V);
-        }
-        std::ptr::copy_nonoverlapping(s, d, n);
-        // Streaming stores are weakly ordered: make them visible before the copy counts as done.
-        _mm_sfence();
-    }
-}
-
-/// Non-temporal copy with 16-byte SSE2 streaming stores (every x86_64 CPU has SSE2).
-///
-/// # Safety
-/// As `ptr::copy_nonoverlapping`.
-#[cfg(target_arch = "x86_64")]
-pub(super) unsafe fn stream_sse2(dst: *mut u8, src: *const u8, len: usize) {
-    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
-    const V: usize = 16;
-    let head = dst.align_offset(V).min(len);
-    // SAFETY: as in stream_avx2, with 16-byte aligned streaming stores.
-    unsafe {
-        std::ptr::copy_nonoverlapping(src, dst, head);
-        let (mut s, mut d, mut n) = (src.add(head), dst.add(head), len - head);
-        while n >= 4 * V {
-            let a = _mm_loadu_si128(s.cast::<__m128i>());
-            let b = _mm_loadu_si128(s.add(V).cast::<__m128i>());
-            let c = _mm_loadu_si128(s.add(2 * V).cast::<__m128i>());
-            let e = _mm_loadu_si128(s.add(3 * V).cast::<__m128i>());
-            _mm_stream_si128(d.cast::<__m128i>(), a);
-            _mm_stream_si128(d.add(V).cast::<__m128i>(), b);
-            _mm_stream_si128(d.add(2 * V).cast::<__m128i>(), c);
-            _mm_stream_si128(d.add(3 * V).cast::<__m128i>(), e);
-            (s, d, n) = (s.add(4 * V), d.add(4 * V), n - 4 * V);
-        }
-        while n >= V {
-            _mm_stream_si128(d.cast::<__m128i>(), _mm_loadu_si128(s.cast::<__m128i>()));
-            (s, d, n) = (s.add(V), d.add(V), n - V);
-        }
-        std::ptr::copy_nonoverlapping(s, d, n);
-        _mm_sfence();
-    }
-}
-
 /// The AVX2 kernel where the CPU has AVX2 (a safe fn pointer to a `target_feature` fn needs the
-/// run-time check first).
+/// run-time check first), else the SSE2 one.
 #[cfg(target_arch = "x86_64")]
-pub(super) fn avx2_stream_kernel() -> Option<unsafe fn(*mut u8, *const u8, usize)> {
+pub(super) fn avx2_or_sse2_stream_kernel() -> (&'static str, Kernel) {
     if std::is_x86_feature_detected!("avx2") {
-        Some(stream_avx2 as unsafe fn(*mut u8, *const u8, usize))
+        ("nt-avx2", stream_avx2 as Kernel)
     } else {
-        None
+        ("nt-sse2", stream_sse2)
     }
 }

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use kernels::Kernel;
+
 pub use op::CopyOp;
 pub use placement::{Placement, PlacementError, Route};
 pub use pool::{Piece, Pool, PoolError, split_by_bytes};
@@ -169,21 +171,17 @@ impl EngineKind {
         EngineKind::Movsb,
         EngineKind::Nt512,
     ];
+}
 
+impl fmt::Display for EngineKind {
     /// The name used on the command line and in tables.
-    pub fn as_str(self) -> &'static str {
-        match self {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
             EngineKind::Memcpy => "memcpy",
             EngineKind::Nt => "nt",
             EngineKind::Movsb => "movsb",
             EngineKind::Nt512 => "nt512",
-        }
-    }
-}
-
-impl fmt::Display for EngineKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        })
     }
 }
 
@@ -192,7 +190,7 @@ impl FromStr for EngineKind {
     fn from_str(s: &str) -> Result<Self, String> {
         EngineKind::ALL
             .into_iter()
-            .find(|k| k.as_str() == s)
+            .find(|k| k.to_string() == s)
             .ok_or_else(|| {
                 format!("unknown copy engine {s:?} (expected memcpy, nt, movsb or nt512)")
             })
@@ -213,19 +211,16 @@ impl FromStr for EngineKind {
 pub struct CpuEngine {
     kind: EngineKind,
     variant: &'static str,
-    kernel: unsafe fn(*mut u8, *const u8, usize),
+    kernel: Kernel,
 }
 
 impl CpuEngine {
     /// The best variant of `kind` for this CPU, or why there is none.
     pub fn new(kind: EngineKind) -> Result<Self, CopyError> {
-        let (variant, kernel): (&'static str, unsafe fn(*mut u8, *const u8, usize)) = match kind {
+        let (variant, kernel): (&'static str, Kernel) = match kind {
             EngineKind::Memcpy => ("memcpy", kernels::memcpy),
             #[cfg(target_arch = "x86_64")]
-            EngineKind::Nt => match kernels::avx2_stream_kernel() {
-                Some(k) => ("nt-avx2", k),
-                None => ("nt-sse2", kernels::stream_sse2),
-            },
+            EngineKind::Nt => kernels::avx2_or_sse2_stream_kernel(),
             // No streaming-store kernel for this architecture: plain copies, named honestly.
             #[cfg(not(target_arch = "x86_64"))]
             EngineKind::Nt => ("nt-portable", kernels::memcpy),
@@ -286,18 +281,16 @@ impl CpuEngine {
 pub struct PageCopy {
     page: usize,
     variant: &'static str,
-    kernel: unsafe fn(*mut u8, *const u8, usize),
+    kernel: Kernel,
 }
 
 impl PageCopy {
     /// The page copy of this machine, in base pages of this kernel's size.
     pub fn new() -> Self {
         #[cfg(target_arch = "x86_64")]
-        let (variant, kernel): (&'static str, unsafe fn(*mut u8, *const u8, usize)) =
-            ("copy_page (rep movsq)", kernels::rep_movsq);
+        let (variant, kernel): (_, Kernel) = ("copy_page (rep movsq)", kernels::rep_movsq);
         #[cfg(not(target_arch = "x86_64"))]
-        let (variant, kernel): (&'static str, unsafe fn(*mut u8, *const u8, usize)) =
-            ("copy_page (portable)", kernels::memcpy);
+        let (variant, kernel): (_, Kernel) = ("copy_page (portable)", kernels::memcpy);
         PageCopy {
             page: crate::sys::base_page_size(),
             variant,

@@ -3,6 +3,8 @@
 
 use std::marker::PhantomData;
 
+use super::kernels::Kernel;
+
 /// A copy of `len` bytes from `src` to `dst`, borrowed for `'a`.
 ///
 /// Built safely from slices, where the borrow checker proves that no two ops of a batch alias a
@@ -70,21 +72,18 @@ impl<'a> CopyOp<'a> {
     }
 
     /// Copies with `kernel`, a function with the contract of `ptr::copy_nonoverlapping`.
-    pub(crate) fn run(&self, kernel: unsafe fn(*mut u8, *const u8, usize)) {
-        if self.len > 0 {
-            // SAFETY: the constructors guarantee both ranges are valid, disjoint and exclusively
-            // ours for 'a, which outlives &self.
-            unsafe { kernel(self.dst, self.src, self.len) }
-        }
+    pub(crate) fn run(&self, kernel: Kernel) {
+        self.run_pieces(self.len, kernel)
     }
 
     /// Copies with one call of `kernel` per `piece` bytes (the last call takes what is left).
-    pub(crate) fn run_pieces(&self, piece: usize, kernel: unsafe fn(*mut u8, *const u8, usize)) {
+    pub(crate) fn run_pieces(&self, piece: usize, kernel: Kernel) {
         let piece = piece.max(1);
         let mut at = 0;
         while at < self.len {
             let n = piece.min(self.len - at);
-            // SAFETY: as in `run`, for the sub-range at..at + n of both ranges.
+            // SAFETY: the constructors guarantee both ranges are valid, disjoint and exclusively
+            // ours for 'a, which outlives &self; at..at + n is inside both.
             unsafe { kernel(self.dst.add(at), self.src.add(at), n) }
             at += n;
         }

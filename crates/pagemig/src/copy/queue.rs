@@ -46,19 +46,12 @@ impl Completion {
     /// `Ok` with the stats when every op is done; otherwise the first op that is not.
     pub fn into_result(self) -> Result<CopyStats, CopyError> {
         for (op, status) in self.ops.into_iter().enumerate() {
-            match status {
-                OpStatus::Done => {}
-                OpStatus::Failed { copied, reason } => {
-                    return Err(CopyError::OpFailed { op, copied, reason });
-                }
-                OpStatus::Cancelled { copied } => {
-                    return Err(CopyError::OpFailed {
-                        op,
-                        copied,
-                        reason: "cancelled".into(),
-                    });
-                }
-            }
+            let (copied, reason) = match status {
+                OpStatus::Done => continue,
+                OpStatus::Failed { copied, reason } => (copied, reason),
+                OpStatus::Cancelled { copied } => (copied, "cancelled".into()),
+            };
+            return Err(CopyError::OpFailed { op, copied, reason });
         }
         Ok(self.stats)
     }
@@ -280,6 +273,7 @@ impl Shared {
 /// through a queue, so that the caller submits and goes on with its own work. Pieces of a
 /// submission start in submission order. A submission hands each idle channel's worker a job
 /// that copies queued pieces until the queue is empty; a channel never holds its worker longer.
+#[derive(Debug)]
 pub struct Offload {
     shared: Arc<Shared>,
     workers: Arc<Workers>,
@@ -359,14 +353,8 @@ fn drain(shared: &Shared, engine: CpuEngine, channel: usize) {
 impl Drop for Offload {
     /// Lets the channels finish what is queued (submissions are waited for by their scope).
     fn drop(&mut self) {
-        let mut state = self.shared.lock();
-        while state.draining.iter().any(|&d| d) {
-            state = self
-                .shared
-                .done
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
-        }
+        let state = self.shared.lock();
+        drop((self.shared.done).wait_while(state, |s| s.draining.iter().any(|&d| d)));
     }
 }
 
@@ -430,13 +418,9 @@ impl AsyncCopyEngine for Offload {
                 channels: vec![false; self.cpus.len()],
             },
         );
-        let idle: Vec<usize> = if pieces == 0 {
-            Vec::new()
-        } else {
-            (0..self.cpus.len())
-                .filter(|&c| !state.draining[c])
-                .collect()
-        };
+        let idle: Vec<usize> = (0..self.cpus.len())
+            .filter(|&c| pieces > 0 && !state.draining[c])
+            .collect();
         for &c in &idle {
             state.draining[c] = true;
         }
@@ -462,43 +446,22 @@ impl AsyncCopyEngine for Offload {
 
     fn poll(&self, ticket: Ticket) -> Option<Completion> {
         let mut state = self.shared.lock();
-        if state.subs.get(&ticket.0)?.pieces_left > 0 {
-            return None;
-        }
-        state.subs.remove(&ticket.0).map(completion)
+        let done = state.subs.get(&ticket.0)?.pieces_left == 0;
+        done.then(|| completion(state.subs.remove(&ticket.0).expect("present")))
     }
 
     fn wait(&self, ticket: Ticket) -> Completion {
-        let mut state = self.shared.lock();
-        loop {
-            match state.subs.get(&ticket.0) {
-                None => panic!("wait: ticket {} is not in flight", ticket.0),
-                Some(s) if s.pieces_left == 0 => {
-                    return completion(state.subs.remove(&ticket.0).expect("present"));
-                }
-                Some(_) => {
-                    state = self
-                        .shared
-                        .done
-                        .wait(state)
-                        .unwrap_or_else(|p| p.into_inner())
-                }
-            }
-        }
+        let busy = |s: &mut State| s.subs.get(&ticket.0).is_some_and(|s| s.pieces_left > 0);
+        let mut state = (self.shared.done)
+            .wait_while(self.shared.lock(), busy)
+            .unwrap_or_else(|p| p.into_inner());
+        let sub = state.subs.remove(&ticket.0);
+        completion(sub.unwrap_or_else(|| panic!("wait: ticket {} is not in flight", ticket.0)))
     }
 
     fn cancel(&self, ticket: Ticket) {
         if let Some(sub) = self.shared.lock().subs.get_mut(&ticket.0) {
             sub.cancelled = true;
         }
-    }
-}
-
-impl std::fmt::Debug for Offload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Offload")
-            .field("cpus", &self.cpus)
-            .field("engine", &self.engine.name())
-            .finish()
     }
 }

@@ -13,14 +13,11 @@ use super::SysError;
 /// Bytes of a work queue's portal mapping.
 const PORTAL: usize = 4096;
 
-/// Whether the CPU has `ENQCMD` (CPUID.(EAX=7,ECX=0):ECX bit 29), needed for shared queues.
-pub fn cpu_has_enqcmd() -> bool {
-    std::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 29) != 0
-}
-
-/// Whether the CPU has `MOVDIR64B` (CPUID.(EAX=7,ECX=0):ECX bit 28), needed for dedicated queues.
-pub fn cpu_has_movdir64b() -> bool {
-    std::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 28) != 0
+/// Whether the CPU can submit to a `shared` queue (`ENQCMD`: CPUID.(EAX=7,ECX=0):ECX bit 29) or
+/// a dedicated one (`MOVDIR64B`: bit 28).
+pub fn cpu_can_submit(shared: bool) -> bool {
+    let bit = if shared { 29 } else { 28 };
+    std::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << bit) != 0
 }
 
 /// A work queue's submission portal, mapped; unmapped and closed on drop.

@@ -47,4 +47,9 @@ impl SysError {
         let raw = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
         Self::new(call, Errno::from_raw_os_error(raw))
     }
+
+    /// What a raw system call's return value says: the count it returned, or the errno it left.
+    fn check(call: &'static str, rc: std::ffi::c_long) -> Result<usize, Self> {
+        usize::try_from(rc).map_err(|_| Self::last(call))
+    }
 }

@@ -42,11 +42,7 @@ pub(super) fn mbind_bind(addr: usize, len: usize, nodes: &NodeSet) -> Result<(),
             (MPOL_MF_MOVE | MPOL_MF_STRICT) as c_long,
         )
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(SysError::last("mbind"))
-    }
+    SysError::check("mbind", rc).map(drop)
 }
 
 /// Where one page is, as `move_pages(2)` reports it.
@@ -100,11 +96,7 @@ pub fn move_pages(
             flags as c_long,
         )
     };
-    if rc < 0 {
-        Err(SysError::last("move_pages"))
-    } else {
-        Ok(rc as usize)
-    }
+    SysError::check("move_pages", rc)
 }
 
 /// `migrate_pages(2)`: moves every page of process `pid` that is on a node of `old` to the node
@@ -136,11 +128,7 @@ pub fn migrate_pages(
             new.as_ptr(),
         )
     };
-    if rc < 0 {
-        Err(SysError::last("migrate_pages"))
-    } else {
-        Ok(rc as usize)
-    }
+    SysError::check("migrate_pages", rc)
 }
 
 /// `move_pages(2)` with the caller's raw arguments, unchanged: for callers (the C library) that
@@ -169,11 +157,7 @@ pub fn move_pages_unchanged(
             flags as c_long,
         )
     };
-    if rc < 0 {
-        Err(SysError::last("move_pages"))
-    } else {
-        Ok(rc as usize)
-    }
+    SysError::check("move_pages", rc)
 }
 
 /// Where each page of a caller's array is (`move_pages` without nodes), asked before anything
@@ -225,11 +209,7 @@ pub fn migrate_pages_unchanged(
     // SAFETY: migrate_pages only reads the two masks, with copy_from_user (EFAULT for a bad
     // pointer), and preserves the contents of every page it moves.
     let rc = unsafe { libc::syscall(libc::SYS_migrate_pages, pid as c_long, maxnode, old, new) };
-    if rc < 0 {
-        Err(SysError::last("migrate_pages"))
-    } else {
-        Ok(rc as usize)
-    }
+    SysError::check("migrate_pages", rc)
 }
 
 /// Asks the kernel on which node each page is (`move_pages` with no target nodes).

@@ -256,35 +256,28 @@ impl Agent {
             .filter_map(|n| topology.node(n))
             .map(|n| n.mem_total)
             .sum();
-        let budget = match config.fast_budget {
-            Some(size) => {
-                let b = size.of(fast_total);
-                if b > fast_total {
-                    return Err(TierError::BudgetTooLarge {
-                        budget: b,
-                        nodes: config.fast.clone(),
-                        total: fast_total,
-                    });
-                }
-                b
-            }
-            None => u64::MAX,
-        };
+        let budget = config
+            .fast_budget
+            .map_or(u64::MAX, |size| size.of(fast_total));
+        if config.fast_budget.is_some() && budget > fast_total {
+            return Err(TierError::BudgetTooLarge {
+                budget,
+                nodes: config.fast.clone(),
+                total: fast_total,
+            });
+        }
         let margin = config.free_margin.of(fast_total);
-        let allowance = match config.rate {
-            Some(rate) => {
-                let per_interval = (rate as f64 * config.interval.as_secs_f64()) as u64;
-                if per_interval < config.granularity as u64 {
-                    return Err(TierError::RateTooLow {
-                        bytes_per_second: rate,
-                        per_interval,
-                        granularity: config.granularity,
-                    });
-                }
-                per_interval
-            }
-            None => u64::MAX,
-        };
+        let per_interval = |rate: u64| (rate as f64 * config.interval.as_secs_f64()) as u64;
+        let allowance = config.rate.map_or(u64::MAX, per_interval);
+        if let Some(rate) = config.rate
+            && allowance < config.granularity as u64
+        {
+            return Err(TierError::RateTooLow {
+                bytes_per_second: rate,
+                per_interval: allowance,
+                granularity: config.granularity,
+            });
+        }
         let mut pids = config.pids.clone();
         pids.dedup();
         if pids.is_empty() {
@@ -332,7 +325,12 @@ impl Agent {
         self.budget
     }
 
-    fn drop_process(&mut self, pid: u32) -> Result<(), TierError> {
+    /// Forgets `pid` (it exited), once, and notes it in `dropped`.
+    fn drop_process(&mut self, pid: u32, dropped: &mut Vec<u32>) -> Result<(), TierError> {
+        if dropped.contains(&pid) {
+            return Ok(());
+        }
+        dropped.push(pid);
         self.pids.retain(|&p| p != pid);
         self.heat.remove_process(pid);
         self.last_moved.retain(|k, _| k.pid != pid);
@@ -351,8 +349,7 @@ impl Agent {
         let mut dropped = Vec::new();
         for pid in self.pids.clone() {
             if procfs::has_exited(Process::Pid(pid)) {
-                self.drop_process(pid)?;
-                dropped.push(pid);
+                self.drop_process(pid, &mut dropped)?;
             }
         }
         let samples = self.damon.sample()?;
@@ -369,8 +366,7 @@ impl Agent {
             let (per_chunk, per_node) = match scan(pid, &fast, &slow, g) {
                 Ok(s) => s,
                 Err(e) if is_gone(&e) || procfs::has_exited(Process::Pid(pid)) => {
-                    self.drop_process(pid)?;
-                    dropped.push(pid);
+                    self.drop_process(pid, &mut dropped)?;
                     continue;
                 }
                 Err(e) => return Err(TierError::Process { pid, source: e }),
@@ -430,17 +426,11 @@ impl Agent {
                             requested_bytes: request.bytes,
                             report,
                         });
-                        if exited && !dropped.contains(&request.pid) {
-                            self.drop_process(request.pid)?;
-                            dropped.push(request.pid);
+                        if exited {
+                            self.drop_process(request.pid, &mut dropped)?;
                         }
                     }
-                    Err(e) if is_gone(&e) => {
-                        if !dropped.contains(&request.pid) {
-                            self.drop_process(request.pid)?;
-                            dropped.push(request.pid);
-                        }
-                    }
+                    Err(e) if is_gone(&e) => self.drop_process(request.pid, &mut dropped)?,
                     Err(source) => {
                         return Err(TierError::Move {
                             pid: request.pid,

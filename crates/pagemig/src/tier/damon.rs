@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{AccessSample, TierError};
-use crate::topology::NodeId;
+use crate::topology::{NodeId, numbered_entries};
 
 /// The sysfs directory of DAMON's administration interface on a running kernel.
 pub const ADMIN: &str = "/sys/kernel/mm/damon/admin";
@@ -183,35 +183,54 @@ fn write(path: &Path, value: impl std::fmt::Display) -> Result<(), TierError> {
     fs::write(path, value.to_string()).map_err(|e| sysfs_error(path, "writing", e))
 }
 
-/// Turns the kdamond in `dir` off. The kernel refuses (`EINVAL`, `EPERM`) when it has already
-/// stopped, which is where it should be.
-fn turn_off(dir: &Path) -> Result<(), TierError> {
-    match write(&dir.join("state"), "off") {
-        Err(TierError::Damon { source, .. })
-            if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) =>
-        {
-            Ok(())
-        }
-        other => other,
+fn runtime_error(path: &Path) -> impl FnOnce(io::Error) -> TierError + '_ {
+    |source| TierError::Runtime {
+        path: path.to_owned(),
+        source,
     }
 }
 
-/// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`), or
-/// `None` when it does not exist.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    // Fields after the command: state is field 3, starttime field 22.
-    rest.split_whitespace().nth(19)?.parse().ok()
+/// Writes `command` to the `state` file of the kdamond in `dir`; `false` when the kernel
+/// refuses it (`EINVAL`, `EPERM`) because the kdamond has stopped.
+fn command(dir: &Path, command: &str) -> Result<bool, TierError> {
+    match write(&dir.join("state"), command) {
+        Ok(()) => Ok(true),
+        Err(TierError::Damon { source, .. })
+            if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// CPU time of a thread from `/proc/PID/stat` (user + system), if it is there.
-fn thread_cpu(pid: u32) -> Option<Duration> {
+/// Turns the kdamond in `dir` off; one that has already stopped is where it should be.
+fn turn_off(dir: &Path) -> Result<(), TierError> {
+    command(dir, "off").map(drop)
+}
+
+/// Numeric fields `ns` (numbered from 1 as in proc(5), each after the command, so 3 or more) of
+/// one read of `/proc/PID/stat`, or `None` when the process does not exist.
+fn stat_fields<const N: usize>(pid: u32, ns: [usize; N]) -> Option<[u64; N]> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let mut out = [0; N];
+    for (value, n) in out.iter_mut().zip(ns) {
+        *value = fields.get(n - 3)?.parse().ok()?;
+    }
+    Some(out)
+}
+
+/// The start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
+fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid, [22]).map(|[start]| start)
+}
+
+/// CPU time of a thread from `/proc/PID/stat` (user + system: fields 14 and 15).
+fn thread_cpu(pid: u32) -> Option<Duration> {
+    let [user, system] = stat_fields(pid, [14, 15])?;
+    let ticks = user + system;
     let hz = rustix::param::clock_ticks_per_second().max(1);
     Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
@@ -229,20 +248,9 @@ pub fn node_ranges(sysfs: &Path, node: NodeId) -> Result<Vec<Range<u64>>, TierEr
             source: io::Error::new(ErrorKind::InvalidData, format!("{text:?} is not hex")),
         })?;
     let dir = sysfs.join(format!("devices/system/node/node{node}"));
-    let mut blocks: Vec<u64> = fs::read_dir(&dir)
-        .map_err(|e| sysfs_error(&dir, "listing", e))?
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()?
-                .strip_prefix("memory")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    blocks.sort_unstable();
+    let entries = fs::read_dir(&dir).map_err(|e| sysfs_error(&dir, "listing", e))?;
     let mut out: Vec<Range<u64>> = Vec::new();
-    for b in blocks {
+    for b in numbered_entries::<u64>(entries, "memory") {
         let r = b * block..(b + 1) * block;
         match out.last_mut() {
             Some(last) if last.end == r.start => last.end = r.end,
@@ -283,12 +291,10 @@ pub fn clean_stale(admin: &Path, runtime_dir: &Path) -> Result<Option<Cleaned>, 
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(TierError::Runtime { path, source: e }),
+        Err(e) => return Err(runtime_error(&path)(e)),
     };
-    let record: Record = serde_json::from_str(&text).map_err(|e| TierError::Runtime {
-        path: path.clone(),
-        source: io::Error::new(ErrorKind::InvalidData, e),
-    })?;
+    let record: Record = serde_json::from_str(&text)
+        .map_err(|e| runtime_error(&path)(io::Error::new(ErrorKind::InvalidData, e)))?;
     if record.agent != std::process::id() && start_time(record.agent) == Some(record.agent_start) {
         return Err(TierError::AgentRunning {
             pid: record.agent,
@@ -324,10 +330,7 @@ pub fn clean_stale(admin: &Path, runtime_dir: &Path) -> Result<Option<Cleaned>, 
     if !foreign {
         restore_count(&kdamonds, &record)?;
     }
-    fs::remove_file(&path).map_err(|e| TierError::Runtime {
-        path: path.clone(),
-        source: e,
-    })?;
+    fs::remove_file(&path).map_err(runtime_error(&path))?;
     Ok(Some(Cleaned {
         agent: record.agent,
         kdamonds: record.kdamonds.iter().map(|k| k.index).collect(),
@@ -423,10 +426,7 @@ impl Damon {
                 return Err(TierError::DamonBusy { index, pid });
             }
         }
-        fs::create_dir_all(runtime_dir).map_err(|e| TierError::Runtime {
-            path: runtime_dir.to_owned(),
-            source: e,
-        })?;
+        fs::create_dir_all(runtime_dir).map_err(runtime_error(runtime_dir))?;
         let record = Record {
             agent: std::process::id(),
             agent_start: start_time(std::process::id()).unwrap_or(0),
@@ -451,7 +451,7 @@ impl Damon {
         };
         // Recorded before the kernel is touched: a kill from here on is cleaned by the next start.
         damon.save()?;
-        match damon.write(&damon.kdamonds_dir.join("nr_kdamonds"), base + pids.len()) {
+        match write(&damon.kdamonds_dir.join("nr_kdamonds"), base + pids.len()) {
             Err(TierError::Damon { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
                 // A kdamond was turned on between our check and the write.
                 damon.stopped = true;
@@ -468,7 +468,7 @@ impl Damon {
         }
         for (i, &pid) in pids.iter().enumerate() {
             let dir = damon.kdamond_dir(i);
-            damon.write(&dir.join("state"), "on").map_err(|e| match e {
+            write(&dir.join("state"), "on").map_err(|e| match e {
                 TierError::Damon { source, .. }
                     if source.raw_os_error() == Some(libc::ESRCH)
                         || source.raw_os_error() == Some(libc::EINVAL) =>
@@ -484,10 +484,6 @@ impl Damon {
         Ok((damon, cleaned))
     }
 
-    fn write(&self, path: &Path, value: impl std::fmt::Display) -> Result<(), TierError> {
-        write(path, value)
-    }
-
     fn kdamond_dir(&self, i: usize) -> PathBuf {
         self.kdamonds_dir
             .join(self.record.kdamonds[i].index.to_string())
@@ -495,10 +491,7 @@ impl Damon {
 
     fn save(&self) -> Result<(), TierError> {
         let text = serde_json::to_string(&self.record).expect("a record serialises");
-        fs::write(&self.record_path, text).map_err(|e| TierError::Runtime {
-            path: self.record_path.clone(),
-            source: e,
-        })
+        fs::write(&self.record_path, text).map_err(runtime_error(&self.record_path))
     }
 
     /// One context with `vaddr` operations, one target and one `stat` scheme for every region.
@@ -518,18 +511,13 @@ impl Damon {
         }
         write(&ctx.join("operations"), ops)?;
         let attrs = ctx.join("monitoring_attrs");
-        write(
-            &attrs.join("intervals/sample_us"),
-            self.attrs.sample.as_micros(),
-        )?;
-        write(
-            &attrs.join("intervals/aggr_us"),
-            self.attrs.aggr.as_micros(),
-        )?;
-        write(
-            &attrs.join("intervals/update_us"),
-            self.attrs.update.as_micros(),
-        )?;
+        let a = self.attrs;
+        for (file, interval) in [("sample", a.sample), ("aggr", a.aggr), ("update", a.update)] {
+            write(
+                &attrs.join(format!("intervals/{file}_us")),
+                interval.as_micros(),
+            )?;
+        }
         // max before min: the kernel checks min <= max on commit, not per file, but keeping the
         // pair ordered at every step costs nothing.
         write(&attrs.join("nr_regions/max"), self.attrs.max_regions)?;
@@ -611,23 +599,13 @@ impl Damon {
                 continue;
             }
             let dir = self.kdamond_dir(i);
-            match write(&dir.join("state"), "update_schemes_tried_regions") {
-                Ok(()) => {}
-                // The kdamond stopped meanwhile (its process exited).
-                Err(TierError::Damon { source, .. })
-                    if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) =>
-                {
-                    continue;
-                }
-                Err(e) => return Err(e),
+            // A kdamond that stopped meanwhile (its process exited) has nothing to say.
+            if !command(&dir, "update_schemes_tried_regions")? {
+                continue;
             }
             let tried = dir.join("contexts/0/schemes/0/tried_regions");
             let entries = fs::read_dir(&tried).map_err(|e| sysfs_error(&tried, "listing", e))?;
-            let mut regions: Vec<usize> = entries
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect();
-            regions.sort_unstable();
-            for r in regions {
+            for r in numbered_entries::<usize>(entries, "") {
                 let rd = tried.join(r.to_string());
                 let start = read_u64(&rd.join("start"))? as usize;
                 let end = read_u64(&rd.join("end"))? as usize;
@@ -656,11 +634,7 @@ impl Damon {
                 continue;
             }
             let dir = self.kdamond_dir(i);
-            match write(&dir.join("state"), "update_schemes_stats") {
-                Err(TierError::Damon { source, .. })
-                    if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) => {}
-                other => other?,
-            }
+            command(&dir, "update_schemes_stats")?;
             for j in 0..self.specs[i].1.len() {
                 total += read_u64(&dir.join(format!("contexts/0/schemes/{j}/stats/sz_applied")))?;
             }
@@ -703,10 +677,7 @@ impl Damon {
         match first_error {
             // The record stays so that the next start tries again.
             Some(e) => Err(e),
-            None => fs::remove_file(&self.record_path).map_err(|e| TierError::Runtime {
-                path: self.record_path.clone(),
-                source: e,
-            }),
+            None => fs::remove_file(&self.record_path).map_err(runtime_error(&self.record_path)),
         }
     }
 }

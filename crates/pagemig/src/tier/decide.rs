@@ -190,10 +190,7 @@ pub fn decide(chunks: &[ChunkView], limits: &Limits, policy: &Policy, now: u64) 
     }
     // Still over the limit: the coldest warm chunks go, between the thresholds or not.
     for c in rest {
-        if fast <= limit {
-            break;
-        }
-        if c.fast_bytes > allowance {
+        if fast <= limit || c.fast_bytes > allowance {
             break;
         }
         allowance -= c.fast_bytes;

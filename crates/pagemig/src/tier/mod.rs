@@ -21,7 +21,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::migrate::MigrateError;
-use crate::topology::{NodeId, NodeSet};
+use crate::topology::{NodeId, NodeSet, parse_bytes};
 
 /// One region a tracker reports, with its access frequency over the last sample.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -80,22 +80,7 @@ impl FromStr for Size {
                 )),
             };
         }
-        let upper = t.to_ascii_uppercase();
-        let digits = upper.trim_end_matches("IB").trim_end_matches('B');
-        let (number, shift) = match digits.chars().last() {
-            Some('K') => (&digits[..digits.len() - 1], 10),
-            Some('M') => (&digits[..digits.len() - 1], 20),
-            Some('G') => (&digits[..digits.len() - 1], 30),
-            Some('T') => (&digits[..digits.len() - 1], 40),
-            _ => (digits, 0),
-        };
-        number
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(1u64 << shift))
-            .map(Size::Bytes)
-            .ok_or_else(|| {
+        parse_bytes(t).map(Size::Bytes).ok_or_else(|| {
                 format!("bad size {text:?}: expected bytes with K, M, G or T (64M, 2G) or a percentage (25%)")
             })
     }

@@ -163,17 +163,13 @@ impl fmt::Display for IdSet {
     /// Writes the shortest list form: `0-3,7`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut ids = self.iter().peekable();
-        let mut first = true;
+        let mut comma = "";
         while let Some(lo) = ids.next() {
             let mut hi = lo;
-            while ids.peek() == Some(&(hi + 1)) {
+            while ids.next_if_eq(&(hi + 1)).is_some() {
                 hi += 1;
-                ids.next();
             }
-            if !first {
-                f.write_str(",")?;
-            }
-            first = false;
+            f.write_str(std::mem::replace(&mut comma, ","))?;
             if lo == hi {
                 write!(f, "{lo}")?;
             } else {

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use list::{CpuSet, IdSet, ListError, MAX_ID, NodeSet};
+pub(crate) use sysfs::{numbered_entries, parse_bytes};
 
 /// A NUMA node id, as in `/sys/devices/system/node/nodeN`.
 pub type NodeId = u32;
@@ -190,23 +191,16 @@ pub fn cpu_model() -> String {
     // Read once per process: it does not change, and /proc/cpuinfo costs tens of microseconds
     // on a large machine, which callers planning every move_pages call cannot pay.
     static MODEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    MODEL.get_or_init(read_cpu_model).clone()
-}
-
-fn read_cpu_model() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    info.lines()
-        .find_map(|l| {
+    let read = || {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = info.lines().find_map(|l| {
             let (key, value) = l.split_once(':')?;
             matches!(key.trim(), "model name" | "Model" | "cpu model")
                 .then(|| value.trim().to_owned())
-        })
-        .unwrap_or_else(|| {
-            rustix::system::uname()
-                .machine()
-                .to_string_lossy()
-                .into_owned()
-        })
+        });
+        model.unwrap_or_else(|| rustix::system::uname().machine().to_string_lossy().into())
+    };
+    MODEL.get_or_init(read).clone()
 }
 
 /// The running kernel's release (`uname -r`).

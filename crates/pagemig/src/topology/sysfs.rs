@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use super::{CacheDomain, CpuSet, IdSet, MemoryTier, Node, NodeSet, Topology, TopologyError};
 
@@ -18,20 +19,15 @@ fn read_opt(path: &Path) -> Result<Option<String>, TopologyError> {
     }
 }
 
-fn read_required(path: &Path) -> Result<String, TopologyError> {
-    read_opt(path)?.ok_or_else(|| TopologyError::Read {
+fn bad(path: &Path, detail: impl ToString) -> TopologyError {
+    TopologyError::Parse {
         path: path.to_owned(),
-        // The same words as every other failed read ("No such file or directory").
-        source: std::io::Error::from_raw_os_error(libc::ENOENT),
-    })
+        detail: detail.to_string(),
+    }
 }
 
 fn parse_list(path: &Path, text: &str) -> Result<IdSet, TopologyError> {
-    text.parse()
-        .map_err(|e: super::ListError| TopologyError::Parse {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })
+    text.parse().map_err(|e: super::ListError| bad(path, e))
 }
 
 fn read_list(path: &Path) -> Result<Option<IdSet>, TopologyError> {
@@ -44,17 +40,19 @@ pub(super) fn node_state(root: &Path, state: &str) -> Result<NodeSet, TopologyEr
 
 /// `numbered(dir, "node")` lists the ids N of entries `dirN` under `dir`, sorted.
 fn numbered(dir: &Path, prefix: &str) -> Result<Vec<u32>, TopologyError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(TopologyError::Read {
-                path: dir.to_owned(),
-                source,
-            });
-        }
-    };
-    let mut ids: Vec<u32> = entries
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(numbered_entries(entries, prefix)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(TopologyError::Read {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The numbers N of the entries named `PREFIXN` of a directory listing, sorted.
+pub(crate) fn numbered_entries<T: FromStr + Ord>(entries: fs::ReadDir, prefix: &str) -> Vec<T> {
+    let mut ids: Vec<T> = entries
         .filter_map(|e| {
             e.ok()?
                 .file_name()
@@ -65,7 +63,7 @@ fn numbered(dir: &Path, prefix: &str) -> Result<Vec<u32>, TopologyError> {
         })
         .collect();
     ids.sort_unstable();
-    Ok(ids)
+    ids
 }
 
 /// Parses `Node 0 MemTotal:  24567000 kB` lines into bytes by field name.
@@ -82,25 +80,30 @@ pub(super) fn parse_meminfo(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Parses a cache `size` file such as `32768K` or `1M` into bytes.
-fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let (digits, scale) = match t.as_bytes().last()? {
-        b'K' => (&t[..t.len() - 1], 1 << 10),
-        b'M' => (&t[..t.len() - 1], 1 << 20),
-        b'G' => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
+/// Bytes with an optional K, M, G or T suffix (powers of 1024, either case, an optional `B` or
+/// `iB` after it), as cache `size` files (`32768K`) and users (`2GiB`) write them.
+pub(crate) fn parse_bytes(text: &str) -> Option<u64> {
+    let upper = text.trim().to_ascii_uppercase();
+    let digits = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (number, shift) = match digits.chars().last() {
+        Some('K') => (&digits[..digits.len() - 1], 10),
+        Some('M') => (&digits[..digits.len() - 1], 20),
+        Some('G') => (&digits[..digits.len() - 1], 30),
+        Some('T') => (&digits[..digits.len() - 1], 40),
+        _ => (digits, 0),
     };
-    digits.parse::<u64>().ok()?.checked_mul(scale)
+    number.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
     let cpu_dir = root.join("devices/system/cpu");
     let node_dir = root.join("devices/system/node");
-    let online_cpus = parse_list(
-        &cpu_dir.join("online"),
-        &read_required(&cpu_dir.join("online"))?,
-    )?;
+    let online_path = cpu_dir.join("online");
+    let online_text = fs::read_to_string(&online_path).map_err(|source| TopologyError::Read {
+        path: online_path.clone(),
+        source,
+    })?;
+    let online_cpus = parse_list(&online_path, &online_text)?;
 
     let nodes = match read_list(&node_dir.join("online"))? {
         Some(online) => read_nodes(&node_dir, &online, &online_cpus)?,
@@ -136,10 +139,8 @@ fn read_nodes(
         .iter()
         .find(|id| !node_dir.join(format!("node{id}")).is_dir())
     {
-        return Err(TopologyError::Parse {
-            path: node_dir.join("online"),
-            detail: format!("node {id} is online but node{id} does not exist"),
-        });
+        let detail = format!("node {id} is online but node{id} does not exist");
+        return Err(bad(&node_dir.join("online"), detail));
     }
     for id in online.iter() {
         let dir = node_dir.join(format!("node{id}"));
@@ -151,10 +152,7 @@ fn read_nodes(
             Some(text) => {
                 let mem = parse_meminfo(&text);
                 if !mem.contains_key("MemTotal") {
-                    return Err(TopologyError::Parse {
-                        path: meminfo_path,
-                        detail: "no \"Node N MemTotal: SIZE kB\" line".into(),
-                    });
+                    return Err(bad(&meminfo_path, "no \"Node N MemTotal: SIZE kB\" line"));
                 }
                 mem
             }
@@ -168,20 +166,12 @@ fn read_nodes(
                     .split_whitespace()
                     .map(str::parse::<u32>)
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| TopologyError::Parse {
-                        path: distance_path.clone(),
-                        detail: e.to_string(),
-                    })?;
+                    .map_err(|e| bad(&distance_path, e))?;
                 // The kernel writes one distance per online node, in id order.
                 if values.len() != online.len() {
-                    return Err(TopologyError::Parse {
-                        path: distance_path,
-                        detail: format!(
-                            "{} distance(s) for {} online node(s) ({online})",
-                            values.len(),
-                            online.len()
-                        ),
-                    });
+                    let (n, nodes) = (values.len(), online.len());
+                    let detail = format!("{n} distance(s) for {nodes} online node(s) ({online})");
+                    return Err(bad(&distance_path, detail));
                 }
                 online.iter().zip(values).collect()
             }
@@ -218,7 +208,9 @@ fn read_l3_domains(
                 continue;
             }
             if let Some(shared) = read_list(&dir.join("shared_cpu_list"))? {
-                let size = read_opt(&dir.join("size"))?.as_deref().and_then(parse_size);
+                let size = read_opt(&dir.join("size"))?
+                    .as_deref()
+                    .and_then(parse_bytes);
                 found = Some((shared.intersection(online_cpus), size));
                 break;
             }
@@ -275,8 +267,8 @@ mod tests {
         assert_eq!(m["MemTotal"], 1_024_000);
         assert_eq!(m["MemFree"], 10_240);
         assert_eq!(m["HugePages_Total"], 0);
-        assert_eq!(parse_size("32768K"), Some(32 << 20));
-        assert_eq!(parse_size("1M\n"), Some(1 << 20));
-        assert_eq!(parse_size("junk"), None);
+        assert_eq!(parse_bytes("32768K"), Some(32 << 20));
+        assert_eq!(parse_bytes("1M\n"), Some(1 << 20));
+        assert_eq!(parse_bytes("junk"), None);
     }
 }

@@ -154,15 +154,11 @@ impl Cuda {
     fn finish(&self, sub: Submission) -> Completion {
         for &e in &sub.events {
             // SAFETY: events this engine created and recorded, complete now.
-            unsafe {
-                let _ = result::event::destroy(e);
-            }
+            let _ = unsafe { result::event::destroy(e) };
         }
         for &p in &sub.pinned {
             // SAFETY: ranges this submission pinned, its copies complete.
-            unsafe {
-                let _ = sys::cuMemHostUnregister(p);
-            }
+            let _ = unsafe { sys::cuMemHostUnregister(p) };
         }
         let mut bytes = 0;
         let ops = sub
@@ -287,9 +283,7 @@ impl Drop for Cuda {
             }
         }
         // SAFETY: releases the retain of `open`.
-        unsafe {
-            let _ = sys::cuDevicePrimaryCtxRelease_v2(self.device);
-        }
+        let _ = unsafe { sys::cuDevicePrimaryCtxRelease_v2(self.device) };
     }
 }
 
@@ -344,9 +338,7 @@ impl Drop for DeviceBuffer<'_> {
     fn drop(&mut self) {
         let _ = self.gpu.current();
         // SAFETY: the allocation of `alloc`, no copy in flight (the copies are synchronous).
-        unsafe {
-            let _ = result::free_sync(self.ptr);
-        }
+        let _ = unsafe { result::free_sync(self.ptr) };
     }
 }
 

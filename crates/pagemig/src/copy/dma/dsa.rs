@@ -8,7 +8,6 @@
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,36 +25,27 @@ pub const OPCODE_MEMMOVE: u8 = 0x03;
 
 /// Descriptor flags (bits 0..23 of bytes 4..6).
 pub mod flags {
-    /// Wait for earlier descriptors of the batch.
-    pub const FENCE: u32 = 0x0001;
     /// Block on fault: the device waits for the page fault to be resolved.
     pub const BOF: u32 = 0x0002;
     /// Completion record address valid.
     pub const CRAV: u32 = 0x0004;
     /// Request a completion record.
     pub const RCR: u32 = 0x0008;
-    /// Cache control: write the destination to the cache.
-    pub const CC: u32 = 0x0100;
 }
 
 /// A 64-byte work descriptor, as the device reads it.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C, align(64))]
 pub struct Descriptor {
     bytes: [u8; 64],
 }
 
-impl fmt::Debug for Descriptor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Descriptor({:02x?})", &self.bytes[..])
-    }
-}
-
 impl Descriptor {
-    fn new(opcode: u8, flags: u32, completion: u64, a: u64, b: u64, size: u32) -> Self {
+    /// A descriptor that asks for a completion record at `completion`.
+    fn new(opcode: u8, completion: u64, a: u64, b: u64, size: u32) -> Self {
         let mut bytes = [0u8; 64];
         // Bytes 0..3: PASID (bits 0..19) and privilege (bit 31): zero; ENQCMD fills the PASID.
-        let word = (flags & 0x00ff_ffff) | (u32::from(opcode) << 24);
+        let word = flags::CRAV | flags::RCR | (u32::from(opcode) << 24);
         bytes[4..8].copy_from_slice(&word.to_le_bytes());
         bytes[8..16].copy_from_slice(&completion.to_le_bytes());
         bytes[16..24].copy_from_slice(&a.to_le_bytes());
@@ -67,26 +57,12 @@ impl Descriptor {
     /// A memory move of `len` bytes, with a completion record at `completion`. Without block
     /// on fault: a page fault ends it early with the bytes done in the record.
     pub fn memmove(src: u64, dst: u64, len: u32, completion: u64) -> Self {
-        Self::new(
-            OPCODE_MEMMOVE,
-            flags::CRAV | flags::RCR,
-            completion,
-            src,
-            dst,
-            len,
-        )
+        Self::new(OPCODE_MEMMOVE, completion, src, dst, len)
     }
 
     /// A batch of `count` descriptors at `list` (64-byte aligned).
     pub fn batch(list: u64, count: u32, completion: u64) -> Self {
-        Self::new(
-            OPCODE_BATCH,
-            flags::CRAV | flags::RCR,
-            completion,
-            list,
-            0,
-            count,
-        )
+        Self::new(OPCODE_BATCH, completion, list, 0, count)
     }
 
     /// The 64 bytes.
@@ -134,11 +110,6 @@ impl Record {
     /// A record the device has not written.
     pub const fn empty() -> Self {
         Record { bytes: [0; 32] }
-    }
-
-    /// A record with these bytes (as the device would write them).
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Record { bytes }
     }
 
     /// Reads the fields; the status byte is read first, volatile, since the device writes it
@@ -240,6 +211,7 @@ pub fn work_queues(sysfs: &Path, dev: &Path) -> Result<Vec<WorkQueue>, CopyError
 }
 
 /// A queue opened for submission.
+#[derive(Debug)]
 struct Open {
     queue: WorkQueue,
     portal: crate::sys::dsa::Portal,
@@ -247,36 +219,39 @@ struct Open {
     in_flight: AtomicUsize,
 }
 
-/// The descriptors, records and batch lists of one submission: boxed so that their addresses
-/// stay fixed while the device uses them.
+/// The part of an op one memmove descriptor copies.
+#[derive(Debug)]
+struct Piece {
+    op: usize,
+    /// Offset in the op.
+    off: usize,
+    src: usize,
+    dst: usize,
+    len: usize,
+    queue: usize,
+    /// Boxed so that its address stays fixed while the device writes it.
+    record: Box<Record>,
+    /// The batch list it went in, if any.
+    batch: Option<usize>,
+}
+
+/// The pieces and batch lists of one submission.
+#[derive(Debug)]
 struct Submission {
-    /// (op, offset, len, record) per descriptor.
-    pieces: Vec<(usize, usize, usize, Box<Record>)>,
-    /// Batch descriptor lists and their records (kept alive for the device).
+    pieces: Vec<Piece>,
+    /// Batch descriptor lists and their records (kept alive, at fixed addresses, for the device).
     lists: Vec<(Box<[Descriptor]>, Box<Record>)>,
-    /// The batch each piece went in, if any.
-    batch_of: Vec<Option<usize>>,
-    /// Queue of each piece, for the in-flight count.
-    queue_of: Vec<usize>,
-    src: Vec<usize>,
-    dst: Vec<usize>,
-    lens: Vec<usize>,
+    ops: usize,
 }
 
 /// DSA as a copy engine: every enabled user work queue of every device.
+#[derive(Debug)]
 pub struct Dsa {
     queues: Vec<Open>,
     next_queue: AtomicUsize,
     next_ticket: AtomicU64,
     subs: Mutex<HashMap<u64, Submission>>,
     cpu: CpuEngine,
-}
-
-impl fmt::Debug for Dsa {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.queues.iter().map(|q| q.queue.name.as_str()).collect();
-        f.debug_struct("Dsa").field("queues", &names).finish()
-    }
 }
 
 impl Dsa {
@@ -286,12 +261,7 @@ impl Dsa {
         let mut queues = Vec::new();
         let mut refused = Vec::new();
         for q in work_queues(Path::new("/sys"), Path::new("/dev"))? {
-            let cpu_ok = if q.shared {
-                crate::sys::dsa::cpu_has_enqcmd()
-            } else {
-                crate::sys::dsa::cpu_has_movdir64b()
-            };
-            if !cpu_ok {
+            if !crate::sys::dsa::cpu_can_submit(q.shared) {
                 refused.push(format!(
                     "{}: the CPU lacks {}",
                     q.name,
@@ -394,67 +364,59 @@ impl AsyncCopyEngine for Dsa {
         for (op, o) in batch.iter().enumerate() {
             let mut off = 0;
             while off < o.len() {
-                let q = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
-                let max = self.queues[q]
-                    .queue
-                    .max_transfer
-                    .clamp(4096, u32::MAX as u64) as usize;
-                let len = max.min(o.len() - off);
-                pieces.push((op, off, len, Box::new(Record::empty()), q));
+                let queue = self.next_queue.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+                let max = self.queues[queue].queue.max_transfer;
+                let len = (max.clamp(4096, u32::MAX as u64) as usize).min(o.len() - off);
+                pieces.push(Piece {
+                    op,
+                    off,
+                    src: o.src() as usize + off,
+                    dst: o.dst() as usize + off,
+                    len,
+                    queue,
+                    record: Box::new(Record::empty()),
+                    batch: None,
+                });
                 off += len;
             }
         }
         // Group each queue's pieces into batches (one descriptor when alone).
         let mut lists = Vec::new();
-        let mut batch_of = vec![None; pieces.len()];
         for q in 0..self.queues.len() {
-            let mine: Vec<usize> = (0..pieces.len()).filter(|&i| pieces[i].4 == q).collect();
-            let max_batch = self.queues[q].queue.max_batch.max(1);
-            for group in mine.chunks(max_batch) {
+            let mine: Vec<usize> = (0..pieces.len())
+                .filter(|&i| pieces[i].queue == q)
+                .collect();
+            for group in mine.chunks(self.queues[q].queue.max_batch.max(1)) {
                 let descs: Vec<Descriptor> = group
                     .iter()
                     .map(|&i| {
-                        let (op, off, len, ref rec, _) = pieces[i];
-                        Descriptor::memmove(
-                            (batch[op].src() as usize + off) as u64,
-                            (batch[op].dst() as usize + off) as u64,
-                            len as u32,
-                            &**rec as *const Record as u64,
-                        )
+                        let p = &pieces[i];
+                        let record = &*p.record as *const Record as u64;
+                        Descriptor::memmove(p.src as u64, p.dst as u64, p.len as u32, record)
                     })
                     .collect();
                 if let [single] = descs[..] {
                     // SAFETY: the descriptor's addresses are the op's (valid until completion by
                     // submit's contract) and a boxed record that lives in the submission.
                     unsafe { self.send(q, &single) };
-                } else {
-                    let list: Box<[Descriptor]> = descs.into_boxed_slice();
-                    let rec = Box::new(Record::empty());
-                    let d = Descriptor::batch(
-                        list.as_ptr() as u64,
-                        list.len() as u32,
-                        &*rec as *const Record as u64,
-                    );
-                    // SAFETY: as above; the list and its record are kept with the submission.
-                    unsafe { self.send(q, &d) };
-                    for &i in group {
-                        batch_of[i] = Some(lists.len());
-                    }
-                    lists.push((list, rec));
+                    continue;
                 }
+                let list: Box<[Descriptor]> = descs.into_boxed_slice();
+                let rec = Box::new(Record::empty());
+                let record = &*rec as *const Record as u64;
+                let d = Descriptor::batch(list.as_ptr() as u64, list.len() as u32, record);
+                // SAFETY: as above; the list and its record are kept with the submission.
+                unsafe { self.send(q, &d) };
+                for &i in group {
+                    pieces[i].batch = Some(lists.len());
+                }
+                lists.push((list, rec));
             }
         }
         let sub = Submission {
-            queue_of: pieces.iter().map(|p| p.4).collect(),
-            pieces: pieces
-                .into_iter()
-                .map(|(op, off, len, rec, _)| (op, off, len, rec))
-                .collect(),
+            pieces,
             lists,
-            batch_of,
-            src: batch.iter().map(|o| o.src() as usize).collect(),
-            dst: batch.iter().map(|o| o.dst() as usize).collect(),
-            lens: batch.iter().map(CopyOp::len).collect(),
+            ops: batch.len(),
         };
         self.lock().insert(ticket, sub);
         Ok(Ticket(ticket))
@@ -464,44 +426,38 @@ impl AsyncCopyEngine for Dsa {
         let mut subs = self.lock();
         let sub = subs.get(&ticket.0)?;
         // A batch that failed as a whole writes no record of its own descriptors.
-        let batch_failed = |k: usize| {
-            sub.batch_of[k].is_some_and(|b| {
+        let batch_failed = |p: &Piece| {
+            p.batch.is_some_and(|b| {
                 !matches!(
                     sub.lists[b].1.read().status,
                     Status::Pending | Status::Success | Status::BatchFail
                 )
             })
         };
-        if (0..sub.pieces.len())
-            .any(|k| sub.pieces[k].3.read().status == Status::Pending && !batch_failed(k))
+        if (sub.pieces.iter())
+            .any(|p| p.record.read().status == Status::Pending && !batch_failed(p))
         {
             return None;
         }
         let sub = subs.remove(&ticket.0).expect("present");
         drop(subs);
-        let mut ops: Vec<OpStatus> = vec![OpStatus::Done; sub.lens.len()];
+        let mut ops: Vec<OpStatus> = vec![OpStatus::Done; sub.ops];
         let mut bytes = 0u64;
-        for (k, (op, off, len, rec)) in sub.pieces.iter().enumerate() {
-            self.queues[sub.queue_of[k]]
+        for p in &sub.pieces {
+            self.queues[p.queue]
                 .in_flight
                 .fetch_sub(1, Ordering::AcqRel);
-            let outcome = match (rec.read(), sub.batch_of[k]) {
+            let outcome = match (p.record.read(), p.batch) {
                 (o, Some(b)) if o.status == Status::Pending => sub.lists[b].1.read(),
                 (o, _) => o,
             };
-            match finish(
-                &self.cpu,
-                sub.src[*op] + off,
-                sub.dst[*op] + off,
-                *len,
-                outcome,
-            ) {
-                Ok(()) => bytes += *len as u64,
+            match finish(&self.cpu, p.src, p.dst, p.len, outcome) {
+                Ok(()) => bytes += p.len as u64,
                 Err((done, reason)) => {
                     bytes += done as u64;
-                    if ops[*op] == OpStatus::Done {
-                        ops[*op] = OpStatus::Failed {
-                            copied: off + done,
+                    if ops[p.op] == OpStatus::Done {
+                        ops[p.op] = OpStatus::Failed {
+                            copied: p.off + done,
                             reason,
                         };
                     }
@@ -512,7 +468,7 @@ impl AsyncCopyEngine for Dsa {
             ops,
             stats: CopyStats {
                 bytes,
-                ops: sub.lens.len() as u64,
+                ops: sub.ops as u64,
                 threads: 0,
                 worker_cpu: Duration::ZERO,
             },
@@ -584,7 +540,7 @@ mod tests {
         bytes[0] = status;
         bytes[4..8].copy_from_slice(&done.to_le_bytes());
         bytes[8..16].copy_from_slice(&fault.to_le_bytes());
-        Record::from_bytes(bytes)
+        Record { bytes }
     }
 
     #[test]

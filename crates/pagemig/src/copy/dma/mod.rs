@@ -27,19 +27,15 @@ pub enum DmaKind {
 impl DmaKind {
     /// Every kind.
     pub const ALL: [DmaKind; 2] = [DmaKind::Dsa, DmaKind::Cuda];
-
-    /// The name on the command line and in tables.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DmaKind::Dsa => "dsa",
-            DmaKind::Cuda => "cuda",
-        }
-    }
 }
 
 impl fmt::Display for DmaKind {
+    /// The name on the command line and in tables.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(match self {
+            DmaKind::Dsa => "dsa",
+            DmaKind::Cuda => "cuda",
+        })
     }
 }
 
@@ -48,7 +44,7 @@ impl FromStr for DmaKind {
     fn from_str(s: &str) -> Result<Self, String> {
         DmaKind::ALL
             .into_iter()
-            .find(|k| k.as_str() == s)
+            .find(|k| k.to_string() == s)
             .ok_or_else(|| format!("unknown DMA engine {s:?} (expected dsa or cuda)"))
     }
 }
