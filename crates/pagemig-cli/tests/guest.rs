@@ -46,7 +46,8 @@ fn multi_node(test: &str) -> Option<(Topology, Vec<NodeId>)> {
         skip(
             test,
             &format!(
-                "needs 2 NUMA nodes with memory, this machine has {}; `cargo xtask guest-test` runs it in QEMU guests",
+                "needs 2 NUMA nodes with memory, this machine has {} (node {}); `cargo xtask guest-test` runs it in QEMU guests",
+                nodes.len(),
                 topo.memory_nodes()
             ),
         );

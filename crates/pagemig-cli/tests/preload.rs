@@ -29,7 +29,8 @@ fn setup(test: &str) -> Option<(Topology, Vec<NodeId>, String)> {
         skip(
             test,
             &format!(
-                "needs 2 NUMA nodes with memory, this machine has {}; `cargo xtask guest-test` runs it in QEMU guests",
+                "needs 2 NUMA nodes with memory, this machine has {} (node {}); `cargo xtask guest-test` runs it in QEMU guests",
+                nodes.len(),
                 topo.memory_nodes()
             ),
         );
