@@ -25,24 +25,23 @@ const UNREPORTED: i32 = i32::MIN;
 /// Rounds of retries for pages a call left behind.
 const MAX_ROUNDS: usize = 4;
 
-/// Under the thread-count check, a group moves in this many rounds (at least a few calls per
+/// Under the thread-count check, a group moves in this many rounds (at least two calls per
 /// thread each); [`CHECK_ROUNDS`] of them measure a thread count.
 const ROUNDS: usize = 16;
 const CHECK_ROUNDS: usize = 3;
-/// A thread count measured under this share of its prediction makes the alternative worth trying.
-const SLOWER: f64 = 0.90;
 
-/// The check of the kernel path's thread count while it runs: the plan's count is measured over
-/// [`CHECK_ROUNDS`] rounds (their median GB/s); when it runs more than 10% under its prediction
-/// (or has none), half as many threads are tried for as many rounds and the faster is kept. One
-/// trial at most: exploration is bounded.
+/// The check of a planned thread count while it runs: it is measured over [`CHECK_ROUNDS`]
+/// rounds (their median GB/s); when it runs more than 10% under the plan's prediction, half as
+/// many threads are tried for as many rounds and the faster is kept. One trial at most: the
+/// exploration is bounded. Nothing is checked without a prediction or with one thread.
 struct ThreadCheck {
-    /// The plan's thread count, and the alternative.
+    /// The plan's thread count and the alternative; which of them runs.
     counts: [usize; 2],
-    predicted: Option<f64>,
     at: usize,
+    predicted: f64,
     window: Vec<f64>,
-    measured: [Option<f64>; 2],
+    /// The plan's count's GB/s in its last window.
+    planned: f64,
     settled: bool,
     /// What was measured and decided.
     notes: Vec<String>,
@@ -52,11 +51,11 @@ impl ThreadCheck {
     fn new(threads: usize, predicted: Option<f64>) -> Self {
         ThreadCheck {
             counts: [threads, (threads / 2).max(1)],
-            predicted,
             at: 0,
+            predicted: predicted.unwrap_or(0.0),
             window: Vec::new(),
-            measured: [None; 2],
-            settled: threads < 2,
+            planned: 0.0,
+            settled: threads < 2 || predicted.is_none(),
             notes: Vec::new(),
         }
     }
@@ -73,24 +72,20 @@ impl ThreadCheck {
         }
         let mut w = std::mem::take(&mut self.window);
         w.sort_by(f64::total_cmp);
-        let m = w[w.len() / 2];
-        self.measured[self.at] = Some(m);
-        let [n, half] = self.counts;
+        let (m, [n, half], p) = (w[w.len() / 2], self.counts, self.predicted);
         if self.at == 1 {
-            let before = self.measured[0].unwrap_or(0.0);
-            let keep = m > before;
+            let keep = m > self.planned;
             self.notes.push(format!(
-                "tried {half} thread(s): {m:.2} GB/s against {before:.2} on {n}: {}",
+                "tried {half} thread(s): {m:.2} GB/s against {:.2} on {n}: {}",
+                self.planned,
                 if keep { "kept" } else { "back" }
             ));
-            self.at = usize::from(keep);
-            self.settled = true;
-        } else if self.predicted.is_none_or(|p| m < SLOWER * p) {
-            self.notes.push(match self.predicted {
-                Some(p) => format!("{n} thread(s) measured {m:.2} GB/s, more than 10% under the predicted {p:.2}: trying {half}"),
-                None => format!("{n} thread(s) measured {m:.2} GB/s, nothing predicted: trying {half}"),
-            });
-            self.at = 1;
+            (self.at, self.settled) = (usize::from(keep), true);
+        } else if m < 0.9 * p {
+            self.notes.push(format!(
+                "{n} thread(s) measured {m:.2} GB/s, more than 10% under the predicted {p:.2}: trying {half}"
+            ));
+            (self.at, self.planned) = (1, m);
         }
     }
 }
@@ -538,11 +533,11 @@ pub fn execute(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::single_range_in_vec_init,
-    reason = "a selection is a list of ranges"
-)]
 mod tests {
+    #![allow(
+        clippy::single_range_in_vec_init,
+        reason = "a selection is a list of ranges"
+    )]
     use super::*;
     use crate::migrate::request::Selection;
     use crate::migrate::scan::{Found, scan};
@@ -713,8 +708,8 @@ mod tests {
         assert_eq!((c.threads(), c.notes.len()), (4, 2), "one trial at most");
 
         let mut c = ThreadCheck::new(3, None);
-        window(&mut c, 5.0); // nothing predicted: the alternative is tried
-        assert_eq!(c.threads(), 1);
+        window(&mut c, 5.0); // nothing predicted: nothing to measure against
+        assert_eq!((c.threads(), c.notes.len()), (3, 0));
         assert!(
             ThreadCheck::new(1, Some(10.0)).settled,
             "one thread: nothing to try"

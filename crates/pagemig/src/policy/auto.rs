@@ -7,8 +7,9 @@
 //! visible share of the copy); after [`WINDOW`] timed batches ([`LARGE_WINDOW`] from 1 MiB, where
 //! one batch takes long enough to time well and few come) their median is the copier's
 //! measured GB/s. When the copier runs more than 10% under what another is predicted or was
-//! measured to do, the other is tried for a window; the faster of the two is kept. At most
-//! [`MAX_MOVES`] changes per size: exploration is bounded, and then the size settles.
+//! measured to do (in two windows in a row for small batches, whose windows are short and a
+//! burst of noise can fill one), the other is tried for a window; the faster of the two is kept.
+//! At most [`MAX_MOVES`] changes per size: exploration is bounded, and then the size settles.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -100,6 +101,8 @@ struct Judge {
     measured: Vec<Option<f64>>,
     /// While a candidate is tried: the candidate it is measured against.
     trial_from: Option<usize>,
+    /// Windows in a row in which the copier in use ran slow.
+    slow: usize,
     moves: Vec<Move>,
 }
 
@@ -158,50 +161,46 @@ impl Bucket {
         }
         let m = median(std::mem::take(&mut j.window)).unwrap_or(0.0);
         j.measured[at] = Some(m);
-        let name = |i: usize| self.candidates[i].copier;
-        let next = match j.trial_from.take() {
-            Some(from) => {
-                let before = j.measured[from].unwrap_or(0.0);
-                (before > m).then(|| {
-                    (
-                        from,
-                        format!(
-                            "tried {}: {m:.2} GB/s, slower than {} ({before:.2}): back",
-                            name(at),
-                            name(from)
-                        ),
-                    )
-                })
-            }
-            None => {
-                let other = (0..self.candidates.len())
-                    .filter(|&i| i != at)
-                    .map(|i| (i, j.measured[i], self.candidates[i].predicted))
-                    .max_by(|a, b| a.1.unwrap_or(a.2).total_cmp(&b.1.unwrap_or(b.2)));
-                match other {
-                    Some((i, measured, predicted))
-                        if m < SLOWER * measured.unwrap_or(predicted) =>
-                    {
-                        let expected = match measured {
-                            Some(g) => format!("measured {g:.2}"),
-                            None => {
-                                j.trial_from = Some(at);
-                                format!("predicted {predicted:.2}; trying it")
-                            }
-                        };
-                        Some((
-                            i,
-                            format!(
-                                "{} measured {m:.2} GB/s (predicted {:.2}), more than 10% under {} ({expected})",
-                                name(at),
-                                self.candidates[at].predicted,
-                                name(i)
-                            ),
-                        ))
+        let (name, predicted) = (
+            |i: usize| self.candidates[i].copier,
+            |i: usize| self.candidates[i].predicted,
+        );
+        let next = if let Some(from) = j.trial_from.take() {
+            let before = j.measured[from].unwrap_or(0.0);
+            let back = format!(
+                "tried {}: {m:.2} GB/s, slower than {}",
+                name(at),
+                name(from)
+            );
+            (before > m).then(|| (from, format!("{back} ({before:.2}): back")))
+        } else {
+            // The fastest other copier, by what it measured or else what it is predicted to do.
+            let figure = |i: usize| j.measured[i].unwrap_or(predicted(i));
+            let other = (0..self.candidates.len())
+                .filter(|&i| i != at)
+                .max_by(|&a, &b| figure(a).total_cmp(&figure(b)));
+            let slow = other.filter(|&i| m < SLOWER * figure(i));
+            j.slow = slow.map_or(0, |_| j.slow + 1);
+            let strikes = if self.window == WINDOW { 2 } else { 1 };
+            slow.filter(|_| j.slow >= strikes).map(|i| {
+                j.slow = 0;
+                let expected = match j.measured[i] {
+                    Some(g) => format!("measured {g:.2}"),
+                    None => {
+                        j.trial_from = Some(at);
+                        format!("predicted {:.2}; trying it", predicted(i))
                     }
-                    _ => None,
-                }
-            }
+                };
+                let under = format!("more than 10% under {} ({expected})", name(i));
+                (
+                    i,
+                    format!(
+                        "{} measured {m:.2} GB/s (predicted {:.2}), {under}",
+                        name(at),
+                        predicted(at)
+                    ),
+                )
+            })
         };
         if let Some((to, why)) = next {
             j.moves.push(Move {
@@ -321,12 +320,6 @@ impl AutoEngine {
     /// The plan for a batch of `bytes`.
     pub fn plan(&self, bytes: u64) -> &CopyPlan {
         &self.plans[Self::index(bytes)]
-    }
-
-    /// The copier batches of `bytes` use now (the plan's, unless the check changed it).
-    pub fn current(&self, bytes: u64) -> Copier {
-        let b = &self.buckets[Self::index(bytes)];
-        b.candidates[b.current.load(Ordering::Relaxed)].copier
     }
 
     /// What the check measured, for every batch size that had a full window of timed batches.
@@ -457,7 +450,9 @@ mod tests {
     #[test]
     fn a_slow_plan_tries_the_runner_up_and_keeps_the_faster() {
         let b = bucket(&[10.0, 9.5, 6.0]);
-        window(&b, 7.0); // under 0.9 x 9.5: try the runner-up
+        window(&b, 7.0); // under 0.9 x 9.5, once: maybe a burst of noise
+        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        window(&b, 7.0); // twice in a row: try the runner-up
         assert_eq!(b.current.load(Ordering::Relaxed), 1);
         window(&b, 9.0); // faster than 7.0: kept
         assert_eq!(b.current.load(Ordering::Relaxed), 1);
@@ -470,8 +465,12 @@ mod tests {
     fn a_slower_runner_up_is_left_and_exploration_stops() {
         let b = bucket(&[10.0, 9.5, 9.0]);
         window(&b, 7.0);
+        window(&b, 7.0);
         assert_eq!(b.current.load(Ordering::Relaxed), 1);
         window(&b, 5.0); // slower than 7.0: back to the plan
+        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        window(&b, 9.5); // a fast window in between: the count of slow ones starts again
+        window(&b, 7.0);
         assert_eq!(b.current.load(Ordering::Relaxed), 0);
         window(&b, 7.0); // memcpy (predicted 9.0) not tried yet: try it
         assert_eq!(b.current.load(Ordering::Relaxed), 2);
