@@ -336,7 +336,6 @@ pub fn move_pages(
         let round = (hi - lo)
             .div_ceil(ROUNDS)
             .max(2 * plan.batch * plan.cpus.len());
-        let mut pieces = Vec::new();
         loop {
             let start = group.cursor.load(Ordering::Relaxed);
             if start >= hi - lo
@@ -356,10 +355,8 @@ pub fn move_pages(
             let results: Vec<ThreadResult> = if plan.cpus.is_empty() {
                 vec![group.run()]
             } else {
-                let threads = check.threads().min(plan.cpus.len());
-                workers.run(&plan.cpus[..threads.min(calls_needed).max(1)], |_| {
-                    group.run()
-                })?
+                let threads = check.threads().min(calls_needed).max(1);
+                workers.run(&plan.cpus[..threads], |_| group.run())?
             };
             let moved = group.cursor.load(Ordering::Relaxed).min(hi - lo) - start;
             check.record((moved * page) as f64 / t.elapsed().as_secs_f64().max(1e-9) / 1e9);
@@ -372,19 +369,18 @@ pub fn move_pages(
                 if let Some(e) = r.error {
                     return Err(e);
                 }
-                pieces.extend(r.pieces);
+                for (start, status) in r.pieces {
+                    sorted_status[lo + start..][..status.len()].copy_from_slice(&status);
+                }
                 durations.extend(r.durations);
             }
         }
-        // Pages a full node never got a chance at are left behind for want of memory.
-        let untried_status = if group.full.load(Ordering::Relaxed) {
-            -libc::ENOMEM
-        } else {
-            -libc::ESRCH
-        };
-        sorted_status[lo..hi].fill(untried_status);
-        for (start, status) in pieces {
-            sorted_status[lo + start..lo + start + status.len()].copy_from_slice(&status);
+        if group.full.load(Ordering::Relaxed) {
+            // Pages a full node never got a chance at are left behind for want of memory.
+            let untried = sorted_status[lo..hi]
+                .iter_mut()
+                .filter(|s| **s == -libc::ESRCH);
+            untried.for_each(|s| *s = -libc::ENOMEM);
         }
         lo = hi;
     }

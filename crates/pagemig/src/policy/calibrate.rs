@@ -252,15 +252,11 @@ pub fn calibrate(
     for (e, engine) in engines.iter().enumerate() {
         let kind = engine.kind();
         copiers.push((e, Copier::Thread { engine: kind }));
-        copiers.extend(workers.iter().map(|&w| {
-            (
-                e,
-                Copier::Pool {
-                    engine: kind,
-                    workers: w,
-                },
-            )
-        }));
+        let pool = |workers| Copier::Pool {
+            engine: kind,
+            workers,
+        };
+        copiers.extend(workers.iter().map(|&w| (e, pool(w))));
     }
     for (d, (kind, _)) in dmas.iter().enumerate() {
         copiers.push((d, Copier::Dma { engine: *kind }));
@@ -356,27 +352,26 @@ pub fn calibrate(
     }
 
     let largest = budget.copy_sizes.last().copied().unwrap_or(0);
+    // Per engine, the fewest workers within 90% of its best at the largest batch.
     let saturation = engines
         .iter()
         .filter_map(|e| {
-            let at_largest: Vec<(usize, f64)> = copy
-                .iter()
-                .filter(|p| p.bytes == largest)
+            let at_largest: Vec<(usize, f64)> = (copy.iter())
                 .filter_map(|p| match p.copier {
-                    Copier::Pool { engine, workers } if engine == e.kind() => {
+                    Copier::Pool { engine, workers }
+                        if engine == e.kind() && p.bytes == largest =>
+                    {
                         Some((workers, p.gbps))
                     }
                     _ => None,
                 })
                 .collect();
             let best = at_largest.iter().map(|p| p.1).fold(0.0, f64::max);
-            let (workers, gbps) = at_largest
-                .iter()
-                .copied()
-                .filter(|p| p.1 >= 0.9 * best)
-                .min_by_key(|p| p.0)?;
+            let near = at_largest.iter().filter(|p| p.1 >= 0.9 * best);
+            let &(workers, gbps) = near.min_by_key(|p| p.0)?;
+            let engine = e.kind();
             Some(Saturation {
-                engine: e.kind(),
+                engine,
                 workers,
                 gbps,
                 best_gbps: best,
