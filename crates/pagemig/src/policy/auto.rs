@@ -137,6 +137,21 @@ impl Bucket {
         }
     }
 
+    /// Starts with an alternative predicted more than 10% faster than the plan, if one is: only
+    /// the load's worker cap keeps a plan from it, and runnable tasks share CPUs rather than take
+    /// them. The check goes back to the plan if it measures slower.
+    fn start_above_the_load_cap(&self) {
+        let c = &self.candidates;
+        if let Some(i) = (1..c.len()).find(|&i| SLOWER * c[i].predicted > c[0].predicted) {
+            self.judge.lock().unwrap_or_else(PoisonError::into_inner).moves.push(Move {
+                from: c[0].copier,
+                to: c[i].copier,
+                why: format!("predicted {:.2} GB/s against the plan's {:.2}, which the load's worker cap chose: started with it", c[i].predicted, c[0].predicted),
+            });
+            self.current.store(i, Ordering::Relaxed);
+        }
+    }
+
     /// Whether to time this batch.
     fn times(&self, bytes: usize) -> bool {
         if self.settled.load(Ordering::Relaxed) {
@@ -296,8 +311,10 @@ impl AutoEngine {
                     *w = (*w).max(workers);
                 }
             }
+            let bucket = Bucket::new(candidates, bytes);
+            bucket.start_above_the_load_cap();
             plans.push(plan);
-            buckets.push(Bucket::new(candidates, bytes));
+            buckets.push(bucket);
         }
         let mut pools = BTreeMap::new();
         for (kind, count) in widest {
@@ -484,6 +501,24 @@ mod tests {
             "no more moves once settled"
         );
         assert!(!b.times(1 << 30), "a settled size is not timed");
+    }
+
+    #[test]
+    fn a_copier_above_the_load_cap_starts_and_the_plan_is_its_fallback() {
+        let b = bucket_of(&[10.0, 12.0, 6.0], 64 << 20);
+        b.start_above_the_load_cap();
+        assert_eq!(b.current.load(Ordering::Relaxed), 1, "12 > 10 / 0.9");
+        window(&b, 7.0); // under 0.9 x the plan's 10: the plan is tried
+        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        window(&b, 9.0); // faster: kept
+        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        let near = bucket(&[10.0, 10.5]);
+        near.start_above_the_load_cap();
+        assert_eq!(
+            near.current.load(Ordering::Relaxed),
+            0,
+            "within 10%: the plan"
+        );
     }
 
     #[test]
