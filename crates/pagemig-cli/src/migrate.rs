@@ -470,6 +470,9 @@ fn render(r: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
             ms(r.calls.median),
             r.calls.final_batch
         )?;
+        for note in &r.calls.thread_check {
+            writeln!(out, "  thread count checked: {note}")?;
+        }
     }
     writeln!(out, "  {}", phase_line(r))?;
     if !r.dry_run {

@@ -153,6 +153,8 @@ pub struct CallStats {
     /// reading its work, its threads' calls and its reply), of which `cpu_time` is the calls'.
     #[serde(rename = "helper_cpu_ms", serialize_with = "millis_opt")]
     pub helper_cpu: Option<Duration>,
+    /// The kernel path's check of its thread count while it ran: what it measured and decided.
+    pub thread_check: Vec<String>,
 }
 
 impl CallStats {
@@ -174,6 +176,7 @@ impl CallStats {
             thread_cpu,
             left_behind: 0,
             helper_cpu: None,
+            thread_check: Vec::new(),
         }
     }
 

@@ -25,12 +25,79 @@ const UNREPORTED: i32 = i32::MIN;
 /// Rounds of retries for pages a call left behind.
 const MAX_ROUNDS: usize = 4;
 
+/// Under the thread-count check, a group moves in this many rounds (at least two calls per
+/// thread each); [`CHECK_ROUNDS`] of them measure a thread count.
+const ROUNDS: usize = 16;
+const CHECK_ROUNDS: usize = 3;
+
+/// The check of a planned thread count while it runs: it is measured over [`CHECK_ROUNDS`]
+/// rounds (their median GB/s); when it runs more than 10% under the plan's prediction, half as
+/// many threads are tried for as many rounds and the faster is kept. One trial at most: the
+/// exploration is bounded. Nothing is checked without a prediction or with one thread.
+struct ThreadCheck {
+    /// The plan's thread count and the alternative; which of them runs.
+    counts: [usize; 2],
+    at: usize,
+    predicted: f64,
+    window: Vec<f64>,
+    /// The plan's count's GB/s in its last window.
+    planned: f64,
+    settled: bool,
+    /// What was measured and decided.
+    notes: Vec<String>,
+}
+
+impl ThreadCheck {
+    fn new(threads: usize, predicted: Option<f64>) -> Self {
+        ThreadCheck {
+            counts: [threads, (threads / 2).max(1)],
+            at: 0,
+            predicted: predicted.unwrap_or(0.0),
+            window: Vec::new(),
+            planned: 0.0,
+            settled: threads < 2 || predicted.is_none(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn threads(&self) -> usize {
+        self.counts[self.at]
+    }
+
+    /// Takes in the GB/s of one round of [`ThreadCheck::threads`]; judges after a window.
+    fn record(&mut self, gbps: f64) {
+        self.window.push(gbps);
+        if self.settled || self.window.len() < CHECK_ROUNDS {
+            return;
+        }
+        let mut w = std::mem::take(&mut self.window);
+        w.sort_by(f64::total_cmp);
+        let (m, [n, half], p) = (w[w.len() / 2], self.counts, self.predicted);
+        if self.at == 1 {
+            let keep = m > self.planned;
+            self.notes.push(format!(
+                "tried {half} thread(s): {m:.2} GB/s against {:.2} on {n}: {}",
+                self.planned,
+                if keep { "kept" } else { "back" }
+            ));
+            (self.at, self.settled) = (usize::from(keep), true);
+        } else if m < 0.9 * p {
+            self.notes.push(format!(
+                "{n} thread(s) measured {m:.2} GB/s, more than 10% under the predicted {p:.2}: trying {half}"
+            ));
+            (self.at, self.planned) = (1, m);
+        }
+    }
+}
+
 /// State shared by the threads moving one node's group of pages.
 struct Group<'a> {
     process: Process,
     pages: &'a [usize],
     node: NodeId,
     cursor: AtomicUsize,
+    /// Where the current round ends: no batch starts there or after.
+    end: AtomicUsize,
     batch: &'a AtomicUsize,
     plan: &'a Plan,
     stop: &'a AtomicBool,
@@ -110,7 +177,7 @@ impl Group<'_> {
         let region = self.plan.region.max(1);
         let mut start = self.cursor.load(Ordering::Relaxed);
         loop {
-            if start >= pages.len() {
+            if start >= pages.len().min(self.end.load(Ordering::Relaxed)) {
                 return None;
             }
             let mut end = (start + want).min(pages.len());
@@ -242,6 +309,8 @@ pub fn move_pages(
     // CPU time of the k-th thread, summed over the node groups (each group has its own threads).
     let mut thread_cpu: Vec<Duration> = Vec::new();
     let mut left_behind = 0;
+    let page = sys::base_page_size();
+    let mut check = ThreadCheck::new(plan.cpus.len(), plan.predicted_gbps);
 
     let mut lo = 0;
     while lo < sorted.len() && !stop.load(Ordering::Relaxed) {
@@ -256,39 +325,62 @@ pub fn move_pages(
             pages: &sorted[lo..hi],
             node,
             cursor: AtomicUsize::new(0),
+            end: AtomicUsize::new(0),
             batch: &batch,
             plan,
             stop: &stop,
             full: AtomicBool::new(false),
             progress,
         };
-        let calls_needed = (hi - lo).div_ceil(batch.load(Ordering::Relaxed).max(1));
-        let results: Vec<ThreadResult> = if plan.cpus.is_empty() {
-            vec![group.run()]
-        } else {
-            let cpus = &plan.cpus[..plan.cpus.len().min(calls_needed).max(1)];
-            workers.run(cpus, |_| group.run())?
-        };
-        if thread_cpu.len() < results.len() {
-            thread_cpu.resize(results.len(), Duration::ZERO);
+        // Rounds, each run by the check's thread count and timed; one round once it settles.
+        let round = (hi - lo)
+            .div_ceil(ROUNDS)
+            .max(2 * plan.batch * plan.cpus.len());
+        loop {
+            let start = group.cursor.load(Ordering::Relaxed);
+            if start >= hi - lo
+                || stop.load(Ordering::Relaxed)
+                || group.full.load(Ordering::Relaxed)
+            {
+                break;
+            }
+            let end = if check.settled {
+                hi - lo
+            } else {
+                start + round
+            };
+            group.end.store(end, Ordering::Relaxed);
+            let calls_needed = (end - start).div_ceil(batch.load(Ordering::Relaxed).max(1));
+            let t = Instant::now();
+            let results: Vec<ThreadResult> = if plan.cpus.is_empty() {
+                vec![group.run()]
+            } else {
+                let threads = check.threads().min(calls_needed).max(1);
+                workers.run(&plan.cpus[..threads], |_| group.run())?
+            };
+            let moved = group.cursor.load(Ordering::Relaxed).min(hi - lo) - start;
+            check.record((moved * page) as f64 / t.elapsed().as_secs_f64().max(1e-9) / 1e9);
+            if thread_cpu.len() < results.len() {
+                thread_cpu.resize(results.len(), Duration::ZERO);
+            }
+            for (k, r) in results.into_iter().enumerate() {
+                thread_cpu[k] += r.cpu_time;
+                left_behind += r.left_behind;
+                if let Some(e) = r.error {
+                    return Err(e);
+                }
+                for (start, status) in r.pieces {
+                    sorted_status[lo + start..][..status.len()].copy_from_slice(&status);
+                }
+                durations.extend(r.durations);
+            }
         }
-        // Pages a full node never got a chance at are left behind for want of memory.
-        let untried_status = if group.full.load(Ordering::Relaxed) {
-            -libc::ENOMEM
-        } else {
-            -libc::ESRCH
-        };
-        sorted_status[lo..hi].fill(untried_status);
-        for (k, r) in results.into_iter().enumerate() {
-            thread_cpu[k] += r.cpu_time;
-            left_behind += r.left_behind;
-            if let Some(e) = r.error {
-                return Err(e);
-            }
-            for (start, status) in r.pieces {
-                sorted_status[lo + start..lo + start + status.len()].copy_from_slice(&status);
-            }
-            durations.extend(r.durations);
+        if group.full.load(Ordering::Relaxed) {
+            // Pages a full node never got a chance at are left behind for want of memory.
+            let untried = sorted_status[lo..hi]
+                .iter_mut()
+                .filter(|s| **s == -libc::ESRCH);
+            untried.for_each(|s| *s = -libc::ENOMEM);
         }
         lo = hi;
     }
@@ -298,6 +390,7 @@ pub fn move_pages(
     }
     let mut stats = CallStats::from_durations(durations, batch.load(Ordering::Relaxed), thread_cpu);
     stats.left_behind = left_behind;
+    stats.thread_check = check.notes;
     Ok(stats)
 }
 
@@ -436,11 +529,11 @@ pub fn execute(
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::single_range_in_vec_init,
-    reason = "a selection is a list of ranges"
-)]
 mod tests {
+    #![allow(
+        clippy::single_range_in_vec_init,
+        reason = "a selection is a list of ranges"
+    )]
     use super::*;
     use crate::migrate::request::Selection;
     use crate::migrate::scan::{Found, scan};
@@ -489,6 +582,7 @@ mod tests {
                 pages: &pages,
                 node: 0,
                 cursor: AtomicUsize::new(0),
+                end: AtomicUsize::new(usize::MAX),
                 batch: &batch,
                 plan: &plan,
                 stop: &stop,
@@ -581,6 +675,41 @@ mod tests {
         assert!(!process_exited(&status));
         assert!(stats.calls >= 8);
         assert!(stats.longest >= stats.median);
+    }
+
+    #[test]
+    fn the_thread_check_tries_half_as_many_and_keeps_the_faster() {
+        let window =
+            |c: &mut ThreadCheck, gbps: f64| (0..CHECK_ROUNDS).for_each(|_| c.record(gbps));
+        let mut c = ThreadCheck::new(4, Some(10.0));
+        window(&mut c, 9.5); // within 10% of the prediction: kept, nothing tried
+        assert_eq!((c.threads(), c.notes.len()), (4, 0));
+        c.record(9.6);
+        c.record(1.0); // one slow round is not a slow window
+        c.record(9.8);
+        assert_eq!(c.threads(), 4);
+        window(&mut c, 6.0); // under 0.9 x 10: try 2
+        assert_eq!(c.threads(), 2);
+        assert!(!c.settled);
+        window(&mut c, 7.0); // faster than 6.0: kept
+        assert_eq!(c.threads(), 2);
+        assert!(c.settled && c.notes[1].contains("kept"), "{:?}", c.notes);
+
+        let mut c = ThreadCheck::new(4, Some(10.0));
+        window(&mut c, 6.0);
+        window(&mut c, 5.0); // slower than 6.0: back to the plan's 4, for good
+        assert_eq!(c.threads(), 4);
+        assert!(c.settled && c.notes[1].contains("back"), "{:?}", c.notes);
+        window(&mut c, 1.0);
+        assert_eq!((c.threads(), c.notes.len()), (4, 2), "one trial at most");
+
+        let mut c = ThreadCheck::new(3, None);
+        window(&mut c, 5.0); // nothing predicted: nothing to measure against
+        assert_eq!((c.threads(), c.notes.len()), (3, 0));
+        assert!(
+            ThreadCheck::new(1, Some(10.0)).settled,
+            "one thread: nothing to try"
+        );
     }
 
     #[test]

@@ -13,9 +13,7 @@ use crate::copy::{
     CopyEngine, CopyError, CopyOp, CpuEngine, EngineKind, Placement, PlacementError, Pool,
     PoolError, Route,
 };
-use crate::migrate::MigrateError;
-use crate::migrate::Plan;
-use crate::migrate::kernel;
+use crate::migrate::{MigrateError, Plan, kernel};
 use crate::process::Process;
 use crate::sys::{self, Mapping, SysError};
 use crate::topology::{self, NodeId, NodeSet, Topology};
@@ -113,28 +111,19 @@ impl Budget {
                 .take_while(|&s| s <= largest)
                 .collect()
         };
-        match effort {
-            Effort::Builtin => Budget {
-                reps: 3,
-                sample_bytes: 2 << 20,
-                working_set: 16 << 20,
-                copy_sizes: sizes(mib),
-                kernel_sizes: vec![4 * mib, 32 * mib],
-            },
-            Effort::Quick => Budget {
-                reps: 5,
-                sample_bytes: 16 << 20,
-                working_set: 64 << 20,
-                copy_sizes: sizes(16 * mib),
-                kernel_sizes: vec![4 * mib, 64 * mib],
-            },
-            Effort::Full => Budget {
-                reps: 7,
-                sample_bytes: 32 << 20,
-                working_set: 128 << 20,
-                copy_sizes: sizes(64 * mib),
-                kernel_sizes: vec![mib, 16 * mib, 256 * mib],
-            },
+        // Repetitions, MiB per sample, MiB of working set, largest batch and `move_pages` sizes.
+        let (reps, sample, set, largest, kernel): (usize, usize, usize, u64, &[u64]) = match effort
+        {
+            Effort::Builtin => (3, 2, 16, 1, &[4, 32]),
+            Effort::Quick => (5, 16, 64, 16, &[4, 64]),
+            Effort::Full => (7, 32, 128, 64, &[1, 16, 256]),
+        };
+        Budget {
+            reps,
+            sample_bytes: sample << 20,
+            working_set: set << 20,
+            copy_sizes: sizes(largest * mib),
+            kernel_sizes: kernel.iter().map(|k| k * mib).collect(),
         }
     }
 }
@@ -146,26 +135,6 @@ pub fn worker_counts(max: usize) -> Vec<usize> {
         .collect();
     c.push(max.max(1));
     c
-}
-
-/// Median of `reps` samples of GB/s after one warm-up call; each sample makes `calls` calls of
-/// `step(i)` moving `bytes` each.
-fn median_gbps<E>(
-    reps: usize,
-    calls: usize,
-    bytes: u64,
-    mut step: impl FnMut(usize) -> Result<(), E>,
-) -> Result<f64, E> {
-    step(0)?;
-    let mut samples = Vec::with_capacity(reps);
-    for r in 0..reps {
-        let t = Instant::now();
-        for i in 0..calls {
-            step(1 + r * calls + i)?;
-        }
-        samples.push(bytes as f64 * calls as f64 / t.elapsed().as_secs_f64() / 1e9);
-    }
-    Ok(median(samples).unwrap_or(0.0))
 }
 
 /// The figure a copier is credited with: its lower quartile less half its interquartile range.
@@ -283,15 +252,11 @@ pub fn calibrate(
     for (e, engine) in engines.iter().enumerate() {
         let kind = engine.kind();
         copiers.push((e, Copier::Thread { engine: kind }));
-        copiers.extend(workers.iter().map(|&w| {
-            (
-                e,
-                Copier::Pool {
-                    engine: kind,
-                    workers: w,
-                },
-            )
-        }));
+        let pool = |workers| Copier::Pool {
+            engine: kind,
+            workers,
+        };
+        copiers.extend(workers.iter().map(|&w| (e, pool(w))));
     }
     for (d, (kind, _)) in dmas.iter().enumerate() {
         copiers.push((d, Copier::Dma { engine: *kind }));
@@ -358,20 +323,24 @@ pub fn calibrate(
             for &threads in &workers {
                 let plan = Plan::parallel(cpus[..threads].to_vec(), pages.len().div_ceil(threads));
                 let mut status = vec![0; pages.len()];
-                let gbps = median_gbps(budget.reps.min(3), 1, bytes, |_| {
-                    let to = if at == a { b } else { a };
+                // Back and forth between the nodes: one warm-up move, then the samples.
+                let mut samples = Vec::new();
+                for r in 0..=budget.reps.min(3) {
+                    at = if at == a { b } else { a };
+                    let t = Instant::now();
+                    let to = vec![at; pages.len()];
                     kernel::move_pages(
                         Process::Current,
                         &pages,
-                        &vec![to; pages.len()],
+                        &to,
                         &mut status,
                         &plan,
                         worker_set,
                         &|_| {},
                     )?;
-                    at = to;
-                    Ok::<(), MigrateError>(())
-                })?;
+                    samples.extend((r > 0).then(|| bytes as f64 / t.elapsed().as_secs_f64() / 1e9));
+                }
+                let gbps = median(samples).unwrap_or(0.0);
                 kernel_path.push(KernelPoint {
                     threads,
                     bytes,
@@ -383,27 +352,26 @@ pub fn calibrate(
     }
 
     let largest = budget.copy_sizes.last().copied().unwrap_or(0);
+    // Per engine, the fewest workers within 90% of its best at the largest batch.
     let saturation = engines
         .iter()
         .filter_map(|e| {
-            let at_largest: Vec<(usize, f64)> = copy
-                .iter()
-                .filter(|p| p.bytes == largest)
+            let at_largest: Vec<(usize, f64)> = (copy.iter())
                 .filter_map(|p| match p.copier {
-                    Copier::Pool { engine, workers } if engine == e.kind() => {
+                    Copier::Pool { engine, workers }
+                        if engine == e.kind() && p.bytes == largest =>
+                    {
                         Some((workers, p.gbps))
                     }
                     _ => None,
                 })
                 .collect();
             let best = at_largest.iter().map(|p| p.1).fold(0.0, f64::max);
-            let (workers, gbps) = at_largest
-                .iter()
-                .copied()
-                .filter(|p| p.1 >= 0.9 * best)
-                .min_by_key(|p| p.0)?;
+            let near = at_largest.iter().filter(|p| p.1 >= 0.9 * best);
+            let &(workers, gbps) = near.min_by_key(|p| p.0)?;
+            let engine = e.kind();
             Some(Saturation {
-                engine: e.kind(),
+                engine,
                 workers,
                 gbps,
                 best_gbps: best,

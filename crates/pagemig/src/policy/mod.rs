@@ -188,11 +188,6 @@ impl<'a> Planner<'a> {
         self.topology
     }
 
-    /// The resources planned for.
-    pub fn resources(&self) -> &Resources {
-        &self.resources
-    }
-
     /// The most workers the resources allow, and why.
     pub fn worker_cap(&self) -> (usize, String) {
         let (mut cap, mut why) = self.hard_cap();
@@ -211,12 +206,7 @@ impl<'a> Planner<'a> {
     /// The most workers this process may run at all (affinity mask, cgroup `cpu.max`), whatever
     /// the load, and why.
     fn hard_cap(&self) -> (usize, String) {
-        let usable = self
-            .resources
-            .allowed
-            .intersection(&self.topology.online_cpus)
-            .len()
-            .max(1);
+        let usable = self.usable();
         let mut cap = usable;
         let mut why = format!("{usable} usable CPU(s) in the affinity mask");
         if let Some(q) = self.resources.cpu_quota {
@@ -227,6 +217,12 @@ impl<'a> Planner<'a> {
             }
         }
         (cap, why)
+    }
+
+    /// Online CPUs in the affinity mask (at least one).
+    fn usable(&self) -> usize {
+        let online = &self.topology.online_cpus;
+        self.resources.allowed.intersection(online).len().max(1)
     }
 
     /// Where workers for `route` go: near the target if it has CPUs, near the source for a
@@ -458,13 +454,7 @@ impl<'a> Planner<'a> {
         let count = match threads {
             // One pinned thread per CPU: more than the usable CPUs would only queue on them.
             Threads::Count(n) => {
-                let usable = self
-                    .resources
-                    .allowed
-                    .intersection(&self.topology.online_cpus)
-                    .iter()
-                    .count()
-                    .max(1);
+                let usable = self.usable();
                 if n > usable {
                     choice.why.insert(
                         0,

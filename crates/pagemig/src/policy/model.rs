@@ -306,58 +306,40 @@ impl CostModel {
         const GBPS: &str = "a positive, finite number of GB/s, at most 100000";
         const COUNT: &str = "a positive count";
         const BYTES: &str = "a positive number of bytes";
-        let gbps = |field: String, v: f64| {
-            if v.is_finite() && v > 0.0 && v <= 1e5 {
-                Ok(())
-            } else {
-                Err((field, format!("{v:?}"), GBPS))
-            }
-        };
-        let positive = |field: String, v: u64, expected| {
-            if v > 0 {
-                Ok(())
-            } else {
-                Err((field, v.to_string(), expected))
-            }
-        };
-        for (i, p) in self.copy.iter().enumerate() {
-            gbps(format!("copy[{i}].gbps"), p.gbps)?;
-            positive(format!("copy[{i}].bytes"), p.bytes, BYTES)?;
-            if let Copier::Pool { workers, .. } = p.copier {
-                positive(format!("copy[{i}].copier.workers"), workers as u64, COUNT)?;
+        const MICROS: &str = "a non-negative, finite number of microseconds";
+        let mut figures: Vec<(String, f64, &'static str)> = Vec::new();
+        for (name, points) in [("copy", &self.copy), ("observed", &self.observed)] {
+            for (i, p) in points.iter().enumerate() {
+                figures.push((format!("{name}[{i}].gbps"), p.gbps, GBPS));
+                figures.push((format!("{name}[{i}].bytes"), p.bytes as f64, BYTES));
+                if let Copier::Pool { workers, .. } = p.copier {
+                    figures.push((format!("{name}[{i}].copier.workers"), workers as f64, COUNT));
+                }
             }
         }
         for (i, p) in self.kernel_path.iter().enumerate() {
-            gbps(format!("kernel_path[{i}].gbps"), p.gbps)?;
-            positive(format!("kernel_path[{i}].bytes"), p.bytes, BYTES)?;
-            positive(format!("kernel_path[{i}].threads"), p.threads as u64, COUNT)?;
+            figures.push((format!("kernel_path[{i}].gbps"), p.gbps, GBPS));
+            figures.push((format!("kernel_path[{i}].bytes"), p.bytes as f64, BYTES));
+            figures.push((format!("kernel_path[{i}].threads"), p.threads as f64, COUNT));
         }
         for (i, s) in self.saturation.iter().enumerate() {
-            gbps(format!("saturation[{i}].gbps"), s.gbps)?;
-            gbps(format!("saturation[{i}].best_gbps"), s.best_gbps)?;
-            positive(format!("saturation[{i}].workers"), s.workers as u64, COUNT)?;
+            figures.push((format!("saturation[{i}].gbps"), s.gbps, GBPS));
+            figures.push((format!("saturation[{i}].best_gbps"), s.best_gbps, GBPS));
+            figures.push((format!("saturation[{i}].workers"), s.workers as f64, COUNT));
         }
-        for (i, p) in self.observed.iter().enumerate() {
-            gbps(format!("observed[{i}].gbps"), p.gbps)?;
-            positive(format!("observed[{i}].bytes"), p.bytes, BYTES)?;
-            if let Copier::Pool { workers, .. } = p.copier {
-                positive(
-                    format!("observed[{i}].copier.workers"),
-                    workers as u64,
-                    COUNT,
-                )?;
-            }
+        figures.extend(
+            self.pool_handoff_us
+                .map(|us| ("pool_handoff_us".into(), us, MICROS)),
+        );
+        let good = |v: f64, expected| match expected {
+            GBPS => v.is_finite() && v > 0.0 && v <= 1e5,
+            MICROS => v.is_finite() && v >= 0.0,
+            _ => v > 0.0,
+        };
+        match figures.into_iter().find(|f| !good(f.1, f.2)) {
+            Some((field, v, expected)) => Err((field, format!("{v:?}"), expected)),
+            None => Ok(()),
         }
-        if let Some(us) = self.pool_handoff_us
-            && !(us.is_finite() && us >= 0.0)
-        {
-            return Err((
-                "pool_handoff_us".into(),
-                format!("{us:?}"),
-                "a non-negative, finite number of microseconds",
-            ));
-        }
-        Ok(())
     }
 
     /// Writes the model to `path`, replacing it atomically. The directory must exist: a path
