@@ -214,10 +214,12 @@ fn bench_migrate_remap_same_node_has_phases() {
         assert!(p["copy_ms"].as_f64().unwrap() > 0.0, "{p}");
         let share = p["copy_share"].as_f64().unwrap();
         assert!(share > 0.0 && share <= 1.0, "{p}");
-        // The phases cover the bench's own clock around each migration; only the bench's few
-        // instructions around the call are outside them.
+        // The phases are laps inside the bench's own clock around each migration: never more
+        // than it. How much of it they cover is timing (a preemption between the bench's clock
+        // and the first lap of a 0.2 ms migration is outside them), so it is not asserted here;
+        // the remap and guest tests check that a report's phases add up to its wall time.
         let accounted = p["accounted"].as_f64().unwrap();
-        assert!(accounted > 0.8 && accounted <= 1.0, "{p}");
+        assert!(accounted > 0.0 && accounted <= 1.0, "{p}");
     }
 }
 
