@@ -310,19 +310,6 @@ pub fn first_locked(
     Ok(None)
 }
 
-/// Bytes of the process locked in memory (`VmLck` in `/proc/PID/status`): a file of fixed size,
-/// so that a caller can skip the scan of `smaps` ([`first_locked`]) when nothing is locked.
-pub fn locked_bytes(process: Process) -> Result<u64, ProcfsError> {
-    let text = read_text(process, "status")?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("VmLck:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024)
-}
-
 /// Memory of one mapping per node, from `/proc/PID/numa_maps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AreaPlacement {
