@@ -315,12 +315,6 @@ pub fn first_locked(
     })
 }
 
-/// Bytes of the process locked in memory (`VmLck` in `/proc/PID/status`): a file of fixed size,
-/// so that a caller can skip the scan of `smaps` ([`first_locked`]) when nothing is locked.
-pub fn locked_bytes(process: Process) -> Result<u64, ProcfsError> {
-    Ok(kb_field(&read_text(process, "status")?, "VmLck"))
-}
-
 /// Memory of one mapping per node, from `/proc/PID/numa_maps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AreaPlacement {

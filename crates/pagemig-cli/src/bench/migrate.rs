@@ -193,8 +193,10 @@ enum Mover {
     Preload(Box<abi::Context>),
     /// The remap path with an engine, checking the new pages as said, with its userfaultfd.
     Remap(Box<dyn CopyEngine>, Verify, Box<Handles>),
-    /// The copy engine alone, copying the same bytes into pages already faulted in on the
-    /// target: what the remap path would reach if everything around its copy were free.
+    /// The copy engine alone, copying the same bytes back and forth between the block and pages
+    /// already faulted in on the target: what the remap path would reach if everything around
+    /// its copy were free. Each copy reads what the one before wrote, as the remap path's copy
+    /// reads the pages its previous migration wrote (non-temporal stores leave them uncached).
     Copy(Box<dyn CopyEngine>),
 }
 
@@ -210,6 +212,8 @@ struct Block<'w> {
     pages_failed: u64,
     /// Where the copy column copies to: as large as `buf`, faulted in on the target node.
     copy_dst: Option<Mapping>,
+    /// Whether the copy column's next copy goes from `copy_dst` back to `buf`.
+    copy_back: bool,
 }
 
 impl Block<'_> {
@@ -275,12 +279,17 @@ impl Block<'_> {
             }
             Mover::Copy(engine) => {
                 let bytes = pages * self.page_size;
-                let dst = self
+                let other = self
                     .copy_dst
                     .as_mut()
                     .context("no destination for the copy column")?;
+                let (src, dst) = match self.copy_back {
+                    false => (&mut self.buf, other),
+                    true => (other, &mut self.buf),
+                };
+                self.copy_back = !self.copy_back;
                 engine.copy(&[CopyOp::new(
-                    &self.buf.as_slice()[..bytes],
+                    &src.as_slice()[..bytes],
                     &mut dst.as_mut_slice()[..bytes],
                 )])?;
                 // The pages stay where they are.
@@ -437,7 +446,7 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
             PathKind::Remap => format!(
                 "remap path, node {from} {} node {to}: mt_N write-protects, copies with N non-temporal workers on CPUs {cpus:?}, \
              remaps and wakes, one batch per migration, {}{}; new pages checked {}; copy: the mt_{max_threads} engine alone copying \
-             the same bytes into pages already faulted in on node {to}, so that mt_N / copy is the remap path's share of copy speed",
+             the same bytes back and forth between the block and pages already faulted in on node {to}, so that mt_N / copy is the remap path's share of copy speed",
                 if from == to { "to" } else { "<->" },
                 if *reservoir {
                     "new pages from per-node reservoirs, old ones recycled into them"
@@ -515,6 +524,7 @@ pub fn run(config: &MigrateBenchConfig, out: &mut dyn Write) -> anyhow::Result<(
             page_size,
             pages_failed: 0,
             copy_dst,
+            copy_back: false,
         };
         let mut table = PageTable {
             page_size,

@@ -168,10 +168,9 @@ impl Handles {
 }
 
 /// Checks that `[start, end)` is mapped anonymous private writable memory that is not locked:
-/// one `PROCMAP_QUERY` per mapping, and the process's locked total (`VmLck`, a file of fixed
-/// size). `/proc/self/maps` is read only to name a problem or where the kernel has no
-/// `PROCMAP_QUERY` (before 6.11), `smaps` only where something is locked. (A cheaper probe of
-/// the lock, `madvise(MADV_COLD)` on one page, splits the huge page it falls in.)
+/// per mapping, one `PROCMAP_QUERY` and one `madvise(MADV_COLD)` probe (see
+/// [`sys::lru_advice_allowed`]). `/proc/self/maps` and `smaps` are read only to name a problem,
+/// or where the kernel has no `PROCMAP_QUERY` (before 6.11).
 fn check_range(pagemap: &Pagemap, start: usize, end: usize) -> Result<(), RemapError> {
     let page = sys::base_page_size();
     if start >= end || !start.is_multiple_of(page) || !end.is_multiple_of(page) {
@@ -180,29 +179,36 @@ fn check_range(pagemap: &Pagemap, start: usize, end: usize) -> Result<(), RemapE
             len: end.saturating_sub(start),
         });
     }
-    let mut pos = start;
-    let fine = loop {
-        match pagemap.vma_at_or_after(pos) {
+    let (mut pos, mut fine) = (start, true);
+    while fine && pos < end {
+        fine = match pagemap.vma_at_or_after(pos) {
             Ok(Some(v)) if v.range.start <= pos && v.writable && !v.shared && !v.file_backed => {
+                // Advice on part of a huge page would split it: probe all of it, or one base page.
+                let block = pos - pos % HUGE_PAGE_SIZE..pos - pos % HUGE_PAGE_SIZE + HUGE_PAGE_SIZE;
+                let huge = v.range.start <= block.start && block.end <= v.range.end;
+                let probe = match huge
+                    && scan_own_for(pagemap, pos..pos + page, PageCategories::HUGE)
+                        .is_ok_and(|s| s.has_huge())
+                {
+                    true => block,
+                    false => pos..pos + page,
+                };
                 pos = v.range.end;
-                if pos >= end {
-                    break true;
-                }
+                sys::lru_advice_allowed(probe)
             }
-            _ => break false,
-        }
-    };
+            _ => false,
+        };
+    }
     if !fine {
         check_range_in_maps(start, end)?;
-    }
-    if procfs::locked_bytes(Process::Current).map_or(true, |b| b > 0)
-        && let Some(locked) = procfs::first_locked(Process::Current, start..end)
+        if let Some(locked) = procfs::first_locked(Process::Current, start..end)
             .map_err(|_| RemapError::NotMapped { start, end })?
-    {
-        return Err(RemapError::Locked {
-            start: locked.start,
-            end: locked.end,
-        });
+        {
+            return Err(RemapError::Locked {
+                start: locked.start,
+                end: locked.end,
+            });
+        }
     }
     Ok(())
 }
@@ -517,9 +523,10 @@ pub unsafe fn migrate_range(
         // Read the fault messages before waking: a woken fault takes its message with it.
         facts.writes_waited += uffd.drain().map_err(failed)? as u64;
         uffd.wake(pos, b_len).map_err(failed)?;
-        if let (Some(r), Some((node, mut old))) = (tools.reservoirs, recycled) {
+        if let (Some(r), Some((node, old))) = (tools.reservoirs, recycled) {
             // After the wake: writers do not wait for this.
-            old.restore_write_access().map_err(failed)?;
+            uffd.restore_write_access(old.as_ptr() as usize, old.len())
+                .map_err(failed)?;
             let pages = (old.len() / page) as u64;
             if r.give(node, huge, old) {
                 facts.pages_recycled += pages;

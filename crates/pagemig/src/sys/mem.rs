@@ -181,25 +181,6 @@ impl Mapping {
         self.advise_range(range, Advice::LinuxDontNeed, "madvise(MADV_DONTNEED)")
     }
 
-    /// Makes the page-table entries of this mapping writable again where they are not, in one
-    /// pass over them: `mprotect` to read-only and back to read-write, which upgrades the
-    /// entries of pages this process owns alone. Pages moved in by
-    /// [`Mapping::take_pages_from`] from a write-protected range keep their read-only entries,
-    /// and every first write to one of them would otherwise take a page fault.
-    pub fn restore_write_access(&mut self) -> Result<(), SysError> {
-        use rustix::mm::MprotectFlags;
-        for prot in [
-            MprotectFlags::READ,
-            MprotectFlags::READ | MprotectFlags::WRITE,
-        ] {
-            // SAFETY: the range is this mapping, borrowed exclusively; it ends read-write, as
-            // it was mapped, and no access happens in between.
-            unsafe { rustix::mm::mprotect(self.ptr.as_ptr().cast(), self.len, prot) }
-                .map_err(|e| SysError::new("mprotect", e))?;
-        }
-        Ok(())
-    }
-
     /// Moves the pages of `[src, src + len)` to offset `offset` of this mapping (`mremap` with
     /// `MREMAP_FIXED` and `MREMAP_DONTUNMAP`): the pages there are dropped, and the source stays
     /// mapped with no pages, so that its next access faults. The source must lie within one
@@ -261,6 +242,16 @@ impl Mapping {
             Err(e) => Err((self, SysError::new("mremap", e))),
         }
     }
+}
+
+/// Whether the kernel takes `madvise(MADV_COLD)` on `range` (page-aligned memory of this
+/// process): it refuses (`EINVAL`) where the range is locked in memory (mlock), hugetlb or a PFN
+/// map, which is all a caller learns; otherwise the advice only moves the range's pages to the
+/// back of the reclaim order, and splits a huge page the range covers in part.
+pub fn lru_advice_allowed(range: std::ops::Range<usize>) -> bool {
+    // SAFETY: MADV_COLD changes no byte and no mapping; a range that is not mapped is refused.
+    unsafe { rustix::mm::madvise(range.start as *mut c_void, range.len(), Advice::LinuxCold) }
+        .is_ok()
 }
 
 impl Drop for Mapping {

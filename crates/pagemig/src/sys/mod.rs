@@ -15,7 +15,7 @@ mod process;
 mod thread;
 mod uffd;
 
-pub use mem::{HUGE_PAGE_SIZE, Mapping, base_page_size};
+pub use mem::{HUGE_PAGE_SIZE, Mapping, base_page_size, lru_advice_allowed};
 pub use numa::{
     PageNode, migrate_pages, migrate_pages_unchanged, move_pages, move_pages_unchanged,
     query_page_nodes, query_pages_unchanged,

@@ -62,11 +62,7 @@ impl Uffd {
     /// faults on pages that are not there (those wait for [`Uffd::wake`] too). The range must be
     /// page-aligned anonymous memory of this process.
     pub fn register(&self, start: usize, len: usize, missing: bool) -> Result<(), SysError> {
-        let missing = if missing {
-            UFFDIO_REGISTER_MODE_MISSING
-        } else {
-            0
-        };
+        let missing = u32::from(missing) * UFFDIO_REGISTER_MODE_MISSING;
         let mut reg = uffdio_register {
             range: uffdio_range {
                 start: start as u64,
@@ -96,6 +92,16 @@ impl Uffd {
     /// Lifts the write protection of a registered range and wakes its writers.
     pub fn unprotect(&self, start: usize, len: usize) -> Result<(), SysError> {
         self.set_write_protect(start, len, 0)
+    }
+
+    /// Makes the read-only page-table entries of `[start, start + len)` (anonymous memory, not
+    /// registered) writable again in one pass: unregistering a write-protect range resolves its
+    /// entries (Linux 6.2+), upgrading those of pages this process owns alone. Pages that
+    /// `mremap` moves out of a protected range keep read-only entries, and every first write to
+    /// one of them would otherwise fault.
+    pub fn restore_write_access(&self, start: usize, len: usize) -> Result<(), SysError> {
+        self.register(start, len, false)?;
+        self.unregister(start, len)
     }
 
     fn set_write_protect(&self, start: usize, len: usize, mode: u64) -> Result<(), SysError> {
@@ -129,11 +135,7 @@ impl Uffd {
             let n = unsafe { libc::read(self.fd.as_raw_fd(), msgs.as_mut_ptr().cast(), size) };
             if n < 0 {
                 let e = SysError::last("read(userfaultfd)");
-                return if e.errno == Errno::AGAIN {
-                    Ok(count)
-                } else {
-                    Err(e)
-                };
+                return (e.errno == Errno::AGAIN).then_some(count).ok_or(e);
             }
             count += n as usize / std::mem::size_of::<uffd_msg>();
             if (n as usize) < size {
