@@ -38,6 +38,8 @@ struct Work {
     max_stall: Option<Duration>,
     move_all: bool,
     region: usize,
+    /// The plan's prediction, so that the helper's calls check their thread count too.
+    predicted_gbps: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -57,6 +59,7 @@ struct Moved {
     final_batch: usize,
     thread_cpu: Vec<Duration>,
     left_behind: u64,
+    thread_check: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -78,6 +81,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
     plan.max_stall = req.max_stall;
     plan.move_all = req.move_all;
     plan.region = req.region;
+    plan.predicted_gbps = req.predicted_gbps;
     let out = std::sync::Mutex::new(output);
     let progress = |n: u64| {
         let _ = writeln!(out.lock().unwrap_or_else(|p| p.into_inner()), "p {n}");
@@ -102,6 +106,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
             final_batch: calls.final_batch,
             thread_cpu: calls.thread_cpu,
             left_behind: calls.left_behind,
+            thread_check: calls.thread_check,
         }),
         Err(MigrateError::NoSuchProcess { .. }) => Err(Failure::NoSuchProcess),
         Err(MigrateError::PermissionDenied { .. }) => Err(Failure::PermissionDenied),
@@ -200,6 +205,7 @@ fn move_pages_in(
         max_stall: plan.max_stall,
         move_all: plan.move_all,
         region: plan.region,
+        predicted_gbps: plan.predicted_gbps,
     };
     let mut command = Command::new("/proc/self/exe");
     command
@@ -250,6 +256,58 @@ fn move_pages_in(
         moved.thread_cpu,
     );
     stats.left_behind = moved.left_behind;
+    stats.thread_check = moved.thread_check;
     stats.helper_cpu = Some(reply.process_cpu);
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::Mapping;
+
+    #[test]
+    fn the_helper_checks_its_thread_count_and_says_so() {
+        let cpus: Vec<CpuId> = sys::allowed_cpus().unwrap().iter().take(2).collect();
+        if cpus.len() < 2 {
+            eprintln!("skipped: the thread check needs 2 usable CPUs, this process has 1");
+            return;
+        }
+        let node = Topology::detect()
+            .unwrap()
+            .memory_nodes()
+            .iter()
+            .next()
+            .unwrap();
+        let mut m = Mapping::anonymous(256 * 4096).unwrap();
+        m.as_mut_slice().fill(3);
+        let pages: Vec<usize> = (0..256).map(|i| m.as_ptr() as usize + i * 4096).collect();
+        let work = Work {
+            pid: std::process::id(),
+            nodes: vec![node; pages.len()],
+            pages,
+            cpus,
+            batch: 2,
+            max_stall: None,
+            move_all: false,
+            region: 0,
+            // Far above any machine: the plan's count runs under it, so half as many are tried.
+            predicted_gbps: Some(1e6),
+        };
+        let mut out = Vec::new();
+        serve(serde_json::to_vec(&work).unwrap().as_slice(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let json = text.lines().find_map(|l| l.strip_prefix("r ")).unwrap();
+        let reply: Reply = serde_json::from_str(json).unwrap();
+        let Ok(moved) = reply.moved else {
+            panic!("the helper failed: {text}")
+        };
+        assert!(moved.status.iter().all(|&s| s >= 0), "{:?}", moved.status);
+        assert!(
+            moved.thread_check.iter().any(|n| n.contains("trying 1")),
+            "{:?}",
+            moved.thread_check
+        );
+        assert!(m.as_slice().iter().all(|&b| b == 3));
+    }
 }
