@@ -426,9 +426,11 @@ fn select(
                 .filter(|a| a.matches(pattern))
                 .map(|a| a.start..a.end)
                 .collect();
+            if !picked.is_empty() {
+                return Ok(picked);
+            }
             let pattern = pattern.clone();
             match special.iter().find(|a| a.matches(&pattern)) {
-                _ if !picked.is_empty() => Ok(picked),
                 Some(area) => Err(MigrateError::KernelMapping {
                     process,
                     pattern,
