@@ -184,15 +184,13 @@ fn check_range(pagemap: &Pagemap, start: usize, end: usize) -> Result<(), RemapE
         fine = match pagemap.vma_at_or_after(pos) {
             Ok(Some(v)) if v.range.start <= pos && v.writable && !v.shared && !v.file_backed => {
                 // Advice on part of a huge page would split it: probe all of it, or one base page.
-                let block = pos - pos % HUGE_PAGE_SIZE..pos - pos % HUGE_PAGE_SIZE + HUGE_PAGE_SIZE;
-                let huge = v.range.start <= block.start && block.end <= v.range.end;
-                let probe = match huge
+                let block_start = pos - pos % HUGE_PAGE_SIZE;
+                let block = block_start..block_start + HUGE_PAGE_SIZE;
+                let in_huge_page = v.range.start <= block.start
+                    && block.end <= v.range.end
                     && scan_own_for(pagemap, pos..pos + page, PageCategories::HUGE)
-                        .is_ok_and(|s| s.has_huge())
-                {
-                    true => block,
-                    false => pos..pos + page,
-                };
+                        .is_ok_and(|s| s.has_huge());
+                let probe = if in_huge_page { block } else { pos..pos + page };
                 pos = v.range.end;
                 sys::lru_advice_allowed(probe)
             }

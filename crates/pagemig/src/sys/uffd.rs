@@ -62,7 +62,11 @@ impl Uffd {
     /// faults on pages that are not there (those wait for [`Uffd::wake`] too). The range must be
     /// page-aligned anonymous memory of this process.
     pub fn register(&self, start: usize, len: usize, missing: bool) -> Result<(), SysError> {
-        let missing = u32::from(missing) * UFFDIO_REGISTER_MODE_MISSING;
+        let missing = if missing {
+            UFFDIO_REGISTER_MODE_MISSING
+        } else {
+            0
+        };
         let mut reg = uffdio_register {
             range: uffdio_range {
                 start: start as u64,
