@@ -112,6 +112,13 @@ impl fmt::Display for SkipReason {
     }
 }
 
+/// The middle sample (the upper one of the two middles for an even count); `None` for none.
+/// Calibration, the auto engine's check and the kernel path's thread check judge by it.
+pub(crate) fn median(mut samples: Vec<f64>) -> Option<f64> {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied()
+}
+
 fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1e3)
 }

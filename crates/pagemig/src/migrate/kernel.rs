@@ -9,7 +9,9 @@ use super::MigrateError;
 use super::plan::Plan;
 use super::request::{Progress, Request};
 use super::scan::{Pages, is_gone, query, sys_error};
-use crate::account::{CallStats, Charge, FailureCause, Laps, Path, Phases, Report, SkipReason};
+use crate::account::{
+    CallStats, Charge, FailureCause, Laps, Path, Phases, Report, SkipReason, median,
+};
 use crate::cgroup::Cgroup;
 use crate::process::Process;
 use crate::sys::{self, Errno, PageNode, SysError};
@@ -66,13 +68,15 @@ impl ThreadCheck {
 
     /// Takes in the GB/s of one round of [`ThreadCheck::threads`]; judges after a window.
     fn record(&mut self, gbps: f64) {
-        self.window.push(gbps);
-        if self.settled || self.window.len() < CHECK_ROUNDS {
+        if self.settled {
             return;
         }
-        let mut w = std::mem::take(&mut self.window);
-        w.sort_by(f64::total_cmp);
-        let (m, [n, half], p) = (w[w.len() / 2], self.counts, self.predicted);
+        self.window.push(gbps);
+        if self.window.len() < CHECK_ROUNDS {
+            return;
+        }
+        let m = median(std::mem::take(&mut self.window)).unwrap_or(0.0);
+        let ([n, half], p) = (self.counts, self.predicted);
         if self.at == 1 {
             let keep = m > self.planned;
             self.notes.push(format!(

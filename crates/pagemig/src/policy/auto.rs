@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{CopyPlan, CopyPoint, Job, Planner, median};
+use super::{CopyPlan, CopyPoint, Job, Planner};
+use crate::account::median;
 use crate::copy::Copier;
 use crate::copy::dma::{self, DmaKind};
 use crate::copy::{

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::auto::{AutoEngine, AutoError, MAX_MOVES, SAMPLE_EVERY, SizeCheck, WINDOW};
 use super::model::{CopyPoint, CostModel, KernelPoint, MachineId, Saturation};
-use super::{Planner, Resources, median};
+use super::{Planner, Resources};
+use crate::account::median;
 use crate::copy::Copier;
 use crate::copy::dma::{self, DmaKind};
 use crate::copy::{

@@ -17,7 +17,7 @@ pub use calibrate::{
 };
 pub use model::{CopyPoint, CostModel, KernelPoint, MachineId, ModelError, Saturation};
 
-use crate::account::Path;
+use crate::account::{Path, median};
 use crate::cgroup::Cgroup;
 use crate::copy::{Copier, EngineKind, Placement, PlacementError, Route};
 use crate::migrate::{Memory, PathChoice, Plan, Request, Scan, Threads};
@@ -33,13 +33,6 @@ pub const DEFAULT_KERNEL_BYTES_PER_THREAD: u64 = 64 << 20;
 /// Options within this share of the best predicted bandwidth count as equal: the one with the
 /// fewest threads wins, since bandwidth that stops growing is not worth more CPUs.
 const NEAR_BEST: f64 = 0.98;
-
-/// The middle sample (the upper one of the two middles for an even count); `None` for none.
-/// Calibration and the auto engine's check judge copiers by it.
-fn median(mut samples: Vec<f64>) -> Option<f64> {
-    samples.sort_by(f64::total_cmp);
-    samples.get(samples.len() / 2).copied()
-}
 
 /// Among (option, GB/s), the fewest-threaded option predicted within [`NEAR_BEST`] of the best.
 fn fewest_near_best<T: Copy>(
