@@ -264,6 +264,7 @@ fn move_pages_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::migrate::kernel::tests::this_node;
     use crate::sys::Mapping;
 
     #[test]
@@ -273,12 +274,7 @@ mod tests {
             eprintln!("skipped: the thread check needs 2 usable CPUs, this process has 1");
             return;
         }
-        let node = Topology::detect()
-            .unwrap()
-            .memory_nodes()
-            .iter()
-            .next()
-            .unwrap();
+        let (_, node) = this_node();
         let mut m = Mapping::anonymous(256 * 4096).unwrap();
         m.as_mut_slice().fill(3);
         let pages: Vec<usize> = (0..256).map(|i| m.as_ptr() as usize + i * 4096).collect();

@@ -533,7 +533,7 @@ pub fn execute(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(
         clippy::single_range_in_vec_init,
         reason = "a selection is a list of ranges"
@@ -544,7 +544,8 @@ mod tests {
     use crate::sys::Mapping;
     use crate::topology::Topology;
 
-    fn this_node() -> (Topology, NodeId) {
+    /// The topology and its first node with memory.
+    pub(in crate::migrate) fn this_node() -> (Topology, NodeId) {
         let t = Topology::detect().unwrap();
         let n = t.memory_nodes().iter().next().unwrap();
         (t, n)
