@@ -324,6 +324,7 @@ pub fn move_pages(
                 .iter()
                 .take_while(|&&i| nodes[i] == node)
                 .count();
+        sorted_status[lo..hi].fill(UNREPORTED);
         let group = Group {
             process,
             pages: &sorted[lo..hi],
@@ -379,13 +380,17 @@ pub fn move_pages(
                 durations.extend(r.durations);
             }
         }
-        if group.full.load(Ordering::Relaxed) {
-            // Pages a full node never got a chance at are left behind for want of memory.
-            let untried = sorted_status[lo..hi]
-                .iter_mut()
-                .filter(|s| **s == -libc::ESRCH);
-            untried.for_each(|s| *s = -libc::ENOMEM);
-        }
+        // Pages no call reached: a full node left them behind for want of memory; otherwise
+        // the process exited (or the migration stopped) first.
+        let untried = if group.full.load(Ordering::Relaxed) {
+            -libc::ENOMEM
+        } else {
+            -libc::ESRCH
+        };
+        let unreported = sorted_status[lo..hi]
+            .iter_mut()
+            .filter(|s| **s == UNREPORTED);
+        unreported.for_each(|s| *s = untried);
         lo = hi;
     }
 
