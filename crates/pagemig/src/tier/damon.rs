@@ -18,7 +18,7 @@ use std::fs;
 use std::io::{self, ErrorKind};
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -164,8 +164,27 @@ fn sysfs_error(path: &Path, op: &'static str, source: io::Error) -> TierError {
     }
 }
 
+/// How long a DAMON file answering `EBUSY` is retried.
+const BUSY_FOR: Duration = Duration::from_secs(2);
+
+/// `op`, retried while it fails with `EBUSY` for up to [`BUSY_FOR`]. DAMON's sysfs files only
+/// try to take the interface's one lock (`mutex_trylock(&damon_sysfs_lock)` in
+/// mm/damon/sysfs.c) and answer `EBUSY` while anyone holds it for a moment: another file's
+/// access, a command being handed to a kdamond, a kdamond stopping.
+fn unless_busy<T>(mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let start = Instant::now();
+    loop {
+        match op() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < BUSY_FOR => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            done => return done,
+        }
+    }
+}
+
 fn read(path: &Path) -> Result<String, TierError> {
-    fs::read_to_string(path)
+    unless_busy(|| fs::read_to_string(path))
         .map(|s| s.trim().to_owned())
         .map_err(|e| sysfs_error(path, "reading", e))
 }
@@ -180,7 +199,8 @@ fn read_u64(path: &Path) -> Result<u64, TierError> {
 }
 
 fn write(path: &Path, value: impl std::fmt::Display) -> Result<(), TierError> {
-    fs::write(path, value.to_string()).map_err(|e| sysfs_error(path, "writing", e))
+    let value = value.to_string();
+    unless_busy(|| fs::write(path, &value)).map_err(|e| sysfs_error(path, "writing", e))
 }
 
 fn runtime_error(path: &Path) -> impl FnOnce(io::Error) -> TierError + '_ {
@@ -686,5 +706,26 @@ impl Drop for Damon {
     fn drop(&mut self) {
         // Errors here have no one to go to; the record stays and the next start cleans up.
         let _ = self.teardown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_file_is_asked_again_and_other_errors_are_not() {
+        let mut answers = vec![Ok(7), Err(libc::EBUSY), Err(libc::EBUSY)];
+        let got = unless_busy(|| answers.pop().unwrap().map_err(io::Error::from_raw_os_error));
+        assert_eq!(got.unwrap(), 7);
+        let mut asked = 0;
+        let got = unless_busy(|| -> io::Result<()> {
+            asked += 1;
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        });
+        assert_eq!(
+            (got.unwrap_err().raw_os_error(), asked),
+            (Some(libc::EINVAL), 1)
+        );
     }
 }
