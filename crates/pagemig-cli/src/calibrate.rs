@@ -81,7 +81,7 @@ impl CalibrateArgs {
 fn model_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     match given {
         Some(p) => Ok(p.to_owned()),
-        None => CostModel::default_path()
+        None => crate::model::default_path()
             .context("no cache directory: set HOME or XDG_CACHE_HOME, or give --model FILE"),
     }
 }

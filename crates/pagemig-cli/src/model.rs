@@ -45,7 +45,7 @@ impl ModelArgs {
                 path: Some(path.clone()),
             });
         }
-        Ok(match CostModel::default_path().filter(|p| p.exists()) {
+        Ok(match default_path().filter(|p| p.exists()) {
             Some(path) => match CostModel::load(&path) {
                 Ok(model) => LoadedModel {
                     model: Some(model),
@@ -106,6 +106,11 @@ impl LoadedModel {
             ),
         })
     }
+}
+
+/// Where `pagemig calibrate` saves the model by default (from `XDG_CACHE_HOME` or `HOME`).
+pub fn default_path() -> Option<PathBuf> {
+    CostModel::default_path(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
 }
 
 /// One line per batch size where the auto engine's check changed copier: what it measured and

@@ -37,7 +37,12 @@ impl Settings {
         };
         let path = std::env::var_os("PAGEMIG_MODEL")
             .map(PathBuf::from)
-            .or_else(CostModel::default_path);
+            .or_else(|| {
+                CostModel::default_path(
+                    std::env::var_os("XDG_CACHE_HOME"),
+                    std::env::var_os("HOME"),
+                )
+            });
         let model = path.and_then(|p| match CostModel::load(&p) {
             Ok(m) => Some(m),
             Err(e) if p.exists() => {

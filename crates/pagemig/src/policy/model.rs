@@ -1,5 +1,6 @@
 //! The cost model: copy and migration bandwidth measured on this machine, saved as JSON.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -249,13 +250,17 @@ impl CostModel {
         })
     }
 
-    /// Where `pagemig calibrate` saves the model: `$XDG_CACHE_HOME/pagemig/model.json`, or
-    /// `~/.cache/pagemig/model.json`.
-    pub fn default_path() -> Option<PathBuf> {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
+    /// Where `pagemig calibrate` saves the model, given the values of `XDG_CACHE_HOME` and
+    /// `HOME` (the caller reads the environment, the library does not):
+    /// `$XDG_CACHE_HOME/pagemig/model.json`, or `$HOME/.cache/pagemig/model.json`.
+    pub fn default_path(
+        xdg_cache_home: Option<OsString>,
+        home: Option<OsString>,
+    ) -> Option<PathBuf> {
+        let cache = xdg_cache_home
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+            .or_else(|| home.map(|h| PathBuf::from(h).join(".cache")))?;
         Some(cache.join("pagemig").join("model.json"))
     }
 
