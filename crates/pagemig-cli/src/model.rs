@@ -113,12 +113,12 @@ pub fn default_path() -> Option<PathBuf> {
     CostModel::default_path(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
 }
 
-/// One line per batch size where the auto engine's check changed copier: what it measured and
-/// what it uses now.
+/// One line per batch size where the auto engine's check tried another copier: what it
+/// measured, what it changed and what it uses now.
 pub fn describe_checks(checks: &[SizeCheck]) -> Vec<String> {
     checks
         .iter()
-        .filter(|c| !c.moves.is_empty())
+        .filter(|c| c.trials > 0 || !c.moves.is_empty())
         .map(|c| {
             let measured: Vec<String> = c
                 .measured
@@ -126,11 +126,12 @@ pub fn describe_checks(checks: &[SizeCheck]) -> Vec<String> {
                 .map(|(copier, g)| format!("{copier} {g:.2}"))
                 .collect();
             format!(
-                "{} batches: planned {} (predicted {:.2} GB/s), measured GB/s: {}; {} change(s), now {}",
+                "{} batches: planned {} (predicted {:.2} GB/s), measured GB/s: {}; {} trial(s), {} change(s), now {}",
                 page_size_label(c.bytes as usize),
                 c.planned,
                 c.predicted_gbps,
                 measured.join(", "),
+                c.trials,
                 c.moves.len(),
                 c.current
             )

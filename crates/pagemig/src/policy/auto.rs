@@ -7,9 +7,10 @@
 //! visible share of the copy); after [`WINDOW`] timed batches ([`LARGE_WINDOW`] from 1 MiB, where
 //! one batch takes long enough to time well and few come) their median is the copier's
 //! measured GB/s. When the copier runs more than 10% under what another is predicted or was
-//! measured to do (in two windows in a row for small batches, whose windows are short and a
-//! burst of noise can fill one), the other is tried for a window; the faster of the two is kept.
-//! At most [`MAX_MOVES`] changes per size: exploration is bounded, and then the size settles.
+//! measured to do, in two windows in a row (a burst of noise can fill one), the two take turns, timed batch by timed batch, until each has
+//! a window, and the faster of the two is kept: both are measured under the same conditions, so
+//! a burst of noise that slowed the first window cannot decide. At most [`MAX_TRIALS`] trials per
+//! size: exploration is bounded, and then the size settles.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -38,10 +39,13 @@ const SLOWER: f64 = 0.90;
 pub const WINDOW: usize = 8;
 /// Timed batches per judgement from [`LARGE_FROM`] bytes.
 pub const LARGE_WINDOW: usize = 3;
+/// Slow windows in a row that start a trial: one slow window can be a burst of noise, and a
+/// trial costs a window of the slower copier.
+const STRIKES: usize = 2;
 /// Batches of at least this many bytes are judged after [`LARGE_WINDOW`] timed batches.
 const LARGE_FROM: u64 = 1 << 20;
-/// Changes of copier per batch size, trials and returns together.
-pub const MAX_MOVES: usize = 4;
+/// Trials per batch size.
+pub const MAX_TRIALS: usize = 4;
 /// Alternatives per batch size besides the plan's copier and `memcpy` on the calling thread.
 const ALTERNATIVES: usize = 2;
 /// Batches of at least this many bytes are all timed.
@@ -87,6 +91,8 @@ pub struct SizeCheck {
     pub current: Copier,
     /// Measured GB/s (median of the last window of timed batches) of every copier that ran.
     pub measured: Vec<(Copier, f64)>,
+    /// Trials: another copier and the one in use took turns.
+    pub trials: usize,
     /// Changes of copier, in order.
     pub moves: Vec<Move>,
 }
@@ -96,14 +102,25 @@ struct Candidate {
     predicted: f64,
 }
 
+/// A trial: the copier in use and a challenger take turns, timed batch by timed batch, until
+/// each has a window; a burst of noise then slows both instead of deciding between them.
+struct Trial {
+    from: usize,
+    to: usize,
+    /// Timed batches of `from`, then of `to`.
+    samples: [Vec<f64>; 2],
+    /// What started it.
+    why: String,
+}
+
 #[derive(Default)]
 struct Judge {
     window: Vec<f64>,
     measured: Vec<Option<f64>>,
-    /// While a candidate is tried: the candidate it is measured against.
-    trial_from: Option<usize>,
+    trial: Option<Trial>,
     /// Windows in a row in which the copier in use ran slow.
     slow: usize,
+    trials: usize,
     moves: Vec<Move>,
 }
 
@@ -171,63 +188,73 @@ impl Bucket {
         if self.settled.load(Ordering::Relaxed) || self.current.load(Ordering::Relaxed) != at {
             return; // timed while another thread changed copier: it belongs to neither window
         }
+        let name = |i: usize| self.candidates[i].copier;
+        if let Some(t) = &mut j.trial {
+            t.samples[usize::from(at == t.to)].push(gbps);
+            if t.samples.iter().any(|s| s.len() < self.window) {
+                let other = if at == t.to { t.from } else { t.to };
+                self.current.store(other, Ordering::Relaxed);
+                return;
+            }
+        }
+        // A trial still here has a window of each: decide it.
+        if let Some(t) = j.trial.take() {
+            let [before, after] = t.samples.map(|s| median(s).unwrap_or(0.0));
+            j.measured[t.from] = Some(before);
+            j.measured[t.to] = Some(after);
+            let keep = if after > before { t.to } else { t.from };
+            if keep == t.to {
+                j.moves.push(Move {
+                    from: name(t.from),
+                    to: name(t.to),
+                    why: format!(
+                        "{}; taking turns: {} {after:.2} GB/s, {} {before:.2}",
+                        t.why,
+                        name(t.to),
+                        name(t.from)
+                    ),
+                });
+            }
+            self.current.store(keep, Ordering::Relaxed);
+            if j.trials >= MAX_TRIALS {
+                self.settled.store(true, Ordering::Relaxed);
+            }
+            return;
+        }
         j.window.push(gbps);
         if j.window.len() < self.window {
             return;
         }
         let m = median(std::mem::take(&mut j.window)).unwrap_or(0.0);
         j.measured[at] = Some(m);
-        let (name, predicted) = (
-            |i: usize| self.candidates[i].copier,
-            |i: usize| self.candidates[i].predicted,
-        );
-        let next = if let Some(from) = j.trial_from.take() {
-            let before = j.measured[from].unwrap_or(0.0);
-            let back = format!(
-                "tried {}: {m:.2} GB/s, slower than {}",
+        let predicted = |i: usize| self.candidates[i].predicted;
+        // The fastest other copier, by what it measured or else what it is predicted to do.
+        let figure = |i: usize| j.measured[i].unwrap_or(predicted(i));
+        let other = (0..self.candidates.len())
+            .filter(|&i| i != at)
+            .max_by(|&a, &b| figure(a).total_cmp(&figure(b)));
+        let slow = other.filter(|&i| m < SLOWER * figure(i));
+        j.slow = slow.map_or(0, |_| j.slow + 1);
+        if let Some(to) = slow.filter(|_| j.slow >= STRIKES) {
+            let expected = match j.measured[to] {
+                Some(g) => format!("measured {g:.2}"),
+                None => format!("predicted {:.2}", predicted(to)),
+            };
+            let why = format!(
+                "{} measured {m:.2} GB/s (predicted {:.2}), more than 10% under {} ({expected})",
                 name(at),
-                name(from)
+                predicted(at),
+                name(to)
             );
-            (before > m).then(|| (from, format!("{back} ({before:.2}): back")))
-        } else {
-            // The fastest other copier, by what it measured or else what it is predicted to do.
-            let figure = |i: usize| j.measured[i].unwrap_or(predicted(i));
-            let other = (0..self.candidates.len())
-                .filter(|&i| i != at)
-                .max_by(|&a, &b| figure(a).total_cmp(&figure(b)));
-            let slow = other.filter(|&i| m < SLOWER * figure(i));
-            j.slow = slow.map_or(0, |_| j.slow + 1);
-            let strikes = if self.window == WINDOW { 2 } else { 1 };
-            slow.filter(|_| j.slow >= strikes).map(|i| {
-                j.slow = 0;
-                let expected = match j.measured[i] {
-                    Some(g) => format!("measured {g:.2}"),
-                    None => {
-                        j.trial_from = Some(at);
-                        format!("predicted {:.2}; trying it", predicted(i))
-                    }
-                };
-                let under = format!("more than 10% under {} ({expected})", name(i));
-                (
-                    i,
-                    format!(
-                        "{} measured {m:.2} GB/s (predicted {:.2}), {under}",
-                        name(at),
-                        predicted(at)
-                    ),
-                )
-            })
-        };
-        if let Some((to, why)) = next {
-            j.moves.push(Move {
-                from: name(at),
-                to: name(to),
+            j.slow = 0;
+            j.trials += 1;
+            j.trial = Some(Trial {
+                from: at,
+                to,
+                samples: Default::default(),
                 why,
             });
             self.current.store(to, Ordering::Relaxed);
-        }
-        if j.moves.len() >= MAX_MOVES && j.trial_from.is_none() {
-            self.settled.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -359,6 +386,7 @@ impl AutoEngine {
                     predicted_gbps: b.candidates[0].predicted,
                     current: b.candidates[b.current.load(Ordering::Relaxed)].copier,
                     measured,
+                    trials: j.trials,
                     moves: j.moves.clone(),
                 })
             })
@@ -456,6 +484,20 @@ mod tests {
         }
     }
 
+    /// A trial's turns until each copier has a window: the challenger measures `to`, the copier
+    /// it challenges `from`; they alternate batch by batch.
+    fn turns(b: &Bucket, from: f64, to: f64) {
+        let challenger = b.judge.lock().unwrap().trial.as_ref().expect("a trial").to;
+        let mut last = None;
+        for _ in 0..2 * b.window {
+            let at = b.current.load(Ordering::Relaxed);
+            assert_ne!(Some(at), last, "the two take turns");
+            last = Some(at);
+            b.record(at, if at == challenger { to } else { from });
+        }
+        assert!(b.judge.lock().unwrap().trial.is_none(), "decided");
+    }
+
     #[test]
     fn a_plan_that_delivers_is_kept() {
         let b = bucket(&[10.0, 9.5, 6.0]);
@@ -471,12 +513,28 @@ mod tests {
         window(&b, 7.0); // under 0.9 x 9.5, once: maybe a burst of noise
         assert_eq!(b.current.load(Ordering::Relaxed), 0);
         window(&b, 7.0); // twice in a row: try the runner-up
-        assert_eq!(b.current.load(Ordering::Relaxed), 1);
-        window(&b, 9.0); // faster than 7.0: kept
+        assert_eq!(
+            b.current.load(Ordering::Relaxed),
+            1,
+            "the challenger goes first"
+        );
+        turns(&b, 7.0, 9.0); // faster than 7.0: kept
         assert_eq!(b.current.load(Ordering::Relaxed), 1);
         let j = b.judge.lock().unwrap();
         assert_eq!(j.moves.len(), 1);
-        assert!(j.moves[0].why.contains("trying it"), "{:?}", j.moves);
+        assert!(j.moves[0].why.contains("taking turns"), "{:?}", j.moves);
+        assert_eq!(j.measured[..2], [Some(7.0), Some(9.0)]);
+    }
+
+    #[test]
+    fn a_slow_window_that_was_noise_does_not_decide() {
+        let b = bucket_of(&[10.0, 9.5], 64 << 20);
+        window(&b, 7.0);
+        window(&b, 7.0);
+        assert_eq!(b.current.load(Ordering::Relaxed), 1);
+        turns(&b, 9.8, 9.0); // taking turns, the plan does what it was predicted to
+        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        assert!(b.judge.lock().unwrap().moves.is_empty());
     }
 
     #[test]
@@ -485,23 +543,33 @@ mod tests {
         window(&b, 7.0);
         window(&b, 7.0);
         assert_eq!(b.current.load(Ordering::Relaxed), 1);
-        window(&b, 5.0); // slower than 7.0: back to the plan
+        turns(&b, 7.0, 5.0); // slower than 7.0: the plan stays
         assert_eq!(b.current.load(Ordering::Relaxed), 0);
         window(&b, 9.5); // a fast window in between: the count of slow ones starts again
         window(&b, 7.0);
         assert_eq!(b.current.load(Ordering::Relaxed), 0);
         window(&b, 7.0); // memcpy (predicted 9.0) not tried yet: try it
         assert_eq!(b.current.load(Ordering::Relaxed), 2);
-        window(&b, 6.0); // slower: back
+        turns(&b, 7.0, 6.0); // slower: the plan stays
+        for _ in 2..MAX_TRIALS {
+            assert!(!b.settled.load(Ordering::Relaxed));
+            window(&b, 5.0); // under what memcpy measured (6.0): try it again
+            window(&b, 5.0);
+            turns(&b, 7.0, 6.0);
+        }
         assert_eq!(b.current.load(Ordering::Relaxed), 0);
-        assert!(b.settled.load(Ordering::Relaxed), "four moves: settled");
+        assert!(
+            b.settled.load(Ordering::Relaxed),
+            "{MAX_TRIALS} trials: settled"
+        );
         window(&b, 1.0);
         assert_eq!(
             b.current.load(Ordering::Relaxed),
             0,
-            "no more moves once settled"
+            "no more trials once settled"
         );
         assert!(!b.times(1 << 30), "a settled size is not timed");
+        assert!(b.judge.lock().unwrap().moves.is_empty(), "no change kept");
     }
 
     #[test]
@@ -509,9 +577,10 @@ mod tests {
         let b = bucket_of(&[10.0, 12.0, 6.0], 64 << 20);
         b.start_above_the_load_cap();
         assert_eq!(b.current.load(Ordering::Relaxed), 1, "12 > 10 / 0.9");
-        window(&b, 7.0); // under 0.9 x the plan's 10: the plan is tried
+        window(&b, 7.0); // under 0.9 x the plan's 10, twice: the plan is tried
+        window(&b, 7.0);
         assert_eq!(b.current.load(Ordering::Relaxed), 0);
-        window(&b, 9.0); // faster: kept
+        turns(&b, 7.0, 9.0); // faster: kept
         assert_eq!(b.current.load(Ordering::Relaxed), 0);
         let near = bucket(&[10.0, 10.5]);
         near.start_above_the_load_cap();
@@ -526,7 +595,7 @@ mod tests {
     fn large_batches_are_judged_after_fewer() {
         let b = bucket_of(&[10.0, 9.5], 64 << 20);
         assert_eq!(b.window, LARGE_WINDOW);
-        for _ in 0..LARGE_WINDOW {
+        for _ in 0..STRIKES * LARGE_WINDOW {
             b.record(0, 5.0);
         }
         assert_eq!(b.current.load(Ordering::Relaxed), 1);

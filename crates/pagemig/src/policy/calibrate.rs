@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::auto::{AutoEngine, AutoError, MAX_MOVES, SAMPLE_EVERY, SizeCheck, WINDOW};
+use super::auto::{AutoEngine, AutoError, MAX_TRIALS, SAMPLE_EVERY, SizeCheck, WINDOW};
 use super::model::{CopyPoint, CostModel, KernelPoint, MachineId, Saturation};
 use super::{Planner, Resources};
 use crate::account::median;
@@ -27,8 +27,8 @@ const IDLE_POOLS: Duration = Duration::from_micros(300);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Effort {
-    /// Batches up to 1 MiB, 3 samples each (three times as many up to 64 KiB, twice up to
-    /// 1 MiB, as for every effort): well under a second, for commands that need a model
+    /// Batches up to 1 MiB, 3 samples each (three times as many up to 64 KiB, twice above,
+    /// as for every effort): well under a second, for commands that need a model
     /// and find none saved (bandwidth is taken as flat beyond 1 MiB).
     Builtin,
     /// Batches up to 16 MiB, 5 samples (more for small batches): a few seconds.
@@ -153,13 +153,15 @@ pub(super) fn pessimistic(mut samples: Vec<f64>) -> Option<f64> {
     Some((q1 - (q3 - q1) / 2.0).max(lowest))
 }
 
-/// Samples per copier at a batch size: small batches are timed more often, since a burst of
-/// noise moves their figures more and they decide the copier of the most common migrations.
+/// Samples per copier at a batch size, a multiple of the effort's count: three times up to
+/// 64 KiB, since a burst of noise moves small batches' figures more and they decide the copier
+/// of the most common migrations; twice above, where pool workers on a virtual machine stall
+/// now and then (a CPU taken away by the host) and the lower quartile of five samples is one of
+/// the two slowest.
 fn reps_at(reps: usize, bytes: u64) -> usize {
     match bytes {
         b if b <= 64 << 10 => 3 * reps,
-        b if b <= 1 << 20 => 2 * reps,
-        _ => reps,
+        _ => 2 * reps,
     }
 }
 
@@ -425,7 +427,7 @@ pub fn check_choices(
             let slots = budget.working_set / len;
             // Enough timed batches for every window the check may need at this size.
             let every = if len >= 256 << 10 { 1 } else { SAMPLE_EVERY };
-            for i in 0..WINDOW * every * (MAX_MOVES + 1) {
+            for i in 0..WINDOW * every * (MAX_TRIALS + 1) {
                 let off = (i % slots) * len;
                 auto.copy(&[CopyOp::new(
                     &src.as_slice()[off..off + len],
@@ -480,7 +482,7 @@ mod tests {
     fn small_batches_get_more_samples() {
         assert_eq!(super::reps_at(5, 4096), 15);
         assert_eq!(super::reps_at(5, 1 << 20), 10);
-        assert_eq!(super::reps_at(5, 16 << 20), 5);
+        assert_eq!(super::reps_at(5, 16 << 20), 10);
     }
 
     #[test]
