@@ -134,6 +134,7 @@ pub fn run(config: &Calibration, out: &mut dyn Write) -> anyhow::Result<()> {
             && old.mismatch(&MachineId::of(topo)).is_none()
         {
             model.learn(&old.observed);
+            model.learn_kernel(&old.observed_kernel);
         }
         bar.set_message("checking the model's choices");
         checked = policy::check_choices(topo, &mut model, Resources::detect()?, options, &workers)

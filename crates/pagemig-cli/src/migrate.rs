@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::ops::Range;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pagemig::account::{ChargeTo, Report};
 use pagemig::copy::Placement;
 use pagemig::migrate::{check_target, scan};
-use pagemig::policy::Resources;
+use pagemig::policy::{CostModel, KernelPoint, Resources};
 use pagemig::process::Process;
 use pagemig::procfs;
 use pagemig::topology::{CpuSet, NodeId, NodeSet, Topology};
@@ -211,6 +212,8 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     let topo = Topology::detect().context("reading the topology from /sys")?;
     let config = Config::new(args, &topo)?;
     let loaded = args.model.load()?;
+    // A model read from a file learns what the kernel path's thread check measures.
+    let mut learning = loaded.path.clone().zip(loaded.model.clone());
     let migrator = Migrator::with(topo, loaded.model, Resources::detect()?);
     let mut incomplete = false;
     if config.json {
@@ -247,6 +250,10 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             })
             .with_context(context)?;
         bar.finish_and_clear();
+        let learned = match &mut learning {
+            Some((path, model)) => learn_thread_check(path, model, &report, scan.bytes_to_move())?,
+            None => None,
+        };
         // Each report as soon as its process is done: an interrupted run keeps what finished.
         if config.json {
             interrupt::whole(|| -> anyhow::Result<()> {
@@ -262,6 +269,14 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
                     check_prediction(report.gbps(), plan.predicted_gbps, report.calls.threads)
             {
                 writeln!(out, "{line}")?;
+            }
+        }
+        if let Some(note) = learned {
+            // JSON goes to stdout alone.
+            if config.json {
+                eprintln!("{note}");
+            } else {
+                writeln!(out, "  {note}")?;
             }
         }
         out.flush()?;
@@ -280,6 +295,40 @@ pub fn run(args: &MigrateArgs, out: &mut dyn Write) -> anyhow::Result<Outcome> {
             Outcome::Complete
         },
     )
+}
+
+/// Where the kernel path's thread check tried another thread count: both counts' measured GB/s
+/// go into the model, which is saved to `path`; says so.
+fn learn_thread_check(
+    path: &Path,
+    model: &mut CostModel,
+    report: &Report,
+    bytes: u64,
+) -> anyhow::Result<Option<String>> {
+    let points: Vec<KernelPoint> = report
+        .calls
+        .thread_gbps
+        .iter()
+        .map(|&(threads, gbps)| KernelPoint {
+            threads,
+            bytes,
+            gbps,
+        })
+        .collect();
+    if model.learn_kernel(&points) == 0 {
+        return Ok(None);
+    }
+    model.save(path).with_context(|| {
+        format!(
+            "saving what the thread check measured to {}",
+            path.display()
+        )
+    })?;
+    Ok(Some(format!(
+        "the cost model {} learned {} move_pages figure(s) from the thread count check",
+        path.display(),
+        points.len()
+    )))
 }
 
 /// SIGINT or SIGTERM during `migrate --json`: the JSON array is closed after the last report

@@ -793,6 +793,85 @@ fn cli_migrate_stat_and_errors() {
     }
 }
 
+/// Where the kernel path's thread check tries half as many threads, a model read from a file
+/// learns both counts' measured figures, and the next plan starts from them.
+#[test]
+fn cli_migrate_teaches_the_model_its_thread_check() {
+    use pagemig::policy::{CostModel, Effort, KernelPoint, MachineId};
+    let test = "cli_migrate_teaches_the_model_its_thread_check";
+    let Some((topo, nodes)) = multi_node(test) else {
+        return;
+    };
+    if all_cpus().len() < 2 {
+        return skip(test, "the thread check needs 2 usable CPUs");
+    }
+    // Two threads predicted far faster than any machine, one thread far slower: the plan takes
+    // two, which run more than 10% under their prediction, so one is tried.
+    let point = |threads, bytes, gbps| KernelPoint {
+        threads,
+        bytes,
+        gbps,
+    };
+    let model = CostModel {
+        version: CostModel::VERSION,
+        machine: MachineId::of(&topo),
+        kernel: String::new(),
+        created_unix: 0,
+        effort: Effort::Builtin,
+        copy: Vec::new(),
+        kernel_path: [1 << 20, 1 << 30]
+            .into_iter()
+            .flat_map(|b| [point(1, b, 0.001), point(2, b, 1000.0)])
+            .collect(),
+        saturation: Vec::new(),
+        observed: Vec::new(),
+        observed_kernel: Vec::new(),
+        pool_handoff_us: None,
+    };
+    let path = std::env::temp_dir().join(format!("pagemig-model-{}.json", std::process::id()));
+    model.save(&path).unwrap();
+    let pages = 2048;
+    let victim = Victim::spawn("writer", pages, nodes[0]);
+    let o = pagemig(&[
+        "migrate",
+        "--pid",
+        &victim.child.id().to_string(),
+        "--to",
+        &nodes[1].to_string(),
+        "--range",
+        &format!("{:#x}-{:#x}", victim.start, victim.start + victim.len),
+        "--batch",
+        "16",
+        "--model",
+        path.to_str().unwrap(),
+        "--json",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let report = json(&o);
+    let calls = &report[0]["calls"];
+    assert_eq!(calls["threads"], 2, "{report}");
+    let tried: Vec<u64> = calls["thread_gbps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(tried, [2, 1], "{report}");
+    assert!(err.contains("learned 2 move_pages figure(s)"), "{err}");
+    let learned = CostModel::load(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let counts: Vec<usize> = learned.observed_kernel.iter().map(|p| p.threads).collect();
+    assert_eq!(counts, [2, 1], "{learned:?}");
+    let bytes = (pages * PAGE) as u64;
+    assert!(learned.observed_kernel.iter().all(|p| p.bytes == bytes));
+    assert!(
+        learned.predict_kernel(2, bytes).unwrap() < 1000.0,
+        "the next plan starts from what was measured"
+    );
+    assert!(victim.finish(), "the victim lost a write");
+}
+
 #[test]
 fn cli_without_permission_explains_why() {
     let Some(_) = multi_node("cli_without_permission_explains_why") else {

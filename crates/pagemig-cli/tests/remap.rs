@@ -774,6 +774,7 @@ fn the_auto_engine_checks_its_choices_on_the_remap_path() {
         kernel_path: Vec::new(),
         saturation: Vec::new(),
         observed: Vec::new(),
+        observed_kernel: Vec::new(),
         pool_handoff_us: None,
     };
     let planner = Planner::new(&topo, Some(&model), Resources::detect().unwrap());

@@ -162,6 +162,9 @@ pub struct CallStats {
     pub helper_cpu: Option<Duration>,
     /// The kernel path's check of its thread count while it ran: what it measured and decided.
     pub thread_check: Vec<String>,
+    /// Where that check tried another thread count: GB/s measured with each (`[threads, GB/s]`
+    /// pairs), what a cost model learns from ([`crate::policy::CostModel::learn_kernel`]).
+    pub thread_gbps: Vec<(usize, f64)>,
 }
 
 impl CallStats {
@@ -184,6 +187,7 @@ impl CallStats {
             left_behind: 0,
             helper_cpu: None,
             thread_check: Vec::new(),
+            thread_gbps: Vec::new(),
         }
     }
 

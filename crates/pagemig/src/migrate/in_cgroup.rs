@@ -60,6 +60,7 @@ struct Moved {
     thread_cpu: Vec<Duration>,
     left_behind: u64,
     thread_check: Vec<String>,
+    thread_gbps: Vec<(usize, f64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -107,6 +108,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
             thread_cpu: calls.thread_cpu,
             left_behind: calls.left_behind,
             thread_check: calls.thread_check,
+            thread_gbps: calls.thread_gbps,
         }),
         Err(MigrateError::NoSuchProcess { .. }) => Err(Failure::NoSuchProcess),
         Err(MigrateError::PermissionDenied { .. }) => Err(Failure::PermissionDenied),
@@ -257,6 +259,7 @@ fn move_pages_in(
     );
     stats.left_behind = moved.left_behind;
     stats.thread_check = moved.thread_check;
+    stats.thread_gbps = moved.thread_gbps;
     stats.helper_cpu = Some(reply.process_cpu);
     Ok(stats)
 }
@@ -303,6 +306,12 @@ mod tests {
             moved.thread_check.iter().any(|n| n.contains("trying 1")),
             "{:?}",
             moved.thread_check
+        );
+        let counts: Vec<usize> = moved.thread_gbps.iter().map(|p| p.0).collect();
+        assert_eq!(
+            counts,
+            [2, 1],
+            "both counts measured, for the model to learn"
         );
         assert!(m.as_slice().iter().all(|&b| b == 3));
     }

@@ -47,6 +47,8 @@ struct ThreadCheck {
     settled: bool,
     /// What was measured and decided.
     notes: Vec<String>,
+    /// After a trial: GB/s of each thread count, for the cost model to learn.
+    measured: Vec<(usize, f64)>,
 }
 
 impl ThreadCheck {
@@ -59,6 +61,7 @@ impl ThreadCheck {
             planned: 0.0,
             settled: threads < 2 || predicted.is_none(),
             notes: Vec::new(),
+            measured: Vec::new(),
         }
     }
 
@@ -85,6 +88,7 @@ impl ThreadCheck {
                 if keep { "kept" } else { "back" }
             ));
             (self.at, self.settled) = (usize::from(keep), true);
+            self.measured = vec![(n, self.planned), (half, m)];
         } else if m < 0.9 * p {
             self.notes.push(format!(
                 "{n} thread(s) measured {m:.2} GB/s, more than 10% under the predicted {p:.2}: trying {half}"
@@ -400,6 +404,7 @@ pub fn move_pages(
     let mut stats = CallStats::from_durations(durations, batch.load(Ordering::Relaxed), thread_cpu);
     stats.left_behind = left_behind;
     stats.thread_check = check.notes;
+    stats.thread_gbps = check.measured;
     Ok(stats)
 }
 
@@ -701,9 +706,14 @@ pub(super) mod tests {
         window(&mut c, 6.0); // under 0.9 x 10: try 2
         assert_eq!(c.threads(), 2);
         assert!(!c.settled);
+        assert!(
+            c.measured.is_empty(),
+            "nothing to learn before the trial ends"
+        );
         window(&mut c, 7.0); // faster than 6.0: kept
         assert_eq!(c.threads(), 2);
         assert!(c.settled && c.notes[1].contains("kept"), "{:?}", c.notes);
+        assert_eq!(c.measured, [(4, 6.0), (2, 7.0)]);
 
         let mut c = ThreadCheck::new(4, Some(10.0));
         window(&mut c, 6.0);

@@ -393,6 +393,7 @@ pub fn calibrate(
         kernel_path,
         saturation,
         observed: Vec::new(),
+        observed_kernel: Vec::new(),
         pool_handoff_us: Some(pool_handoff_us),
     })
 }

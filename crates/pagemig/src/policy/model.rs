@@ -92,6 +92,10 @@ pub struct CostModel {
     /// choices), which replaces the calibrated figure of the same copier at the same size.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub observed: Vec<CopyPoint>,
+    /// `move_pages` bandwidth measured while migrating (the kernel path's check of its thread
+    /// count), which replaces the calibrated figure of the same thread count at the same size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observed_kernel: Vec<KernelPoint>,
     /// How long handing one tiny batch to one pool worker and getting the reply takes, in
     /// microseconds: why small batches stay on the calling thread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,41 +188,20 @@ impl CostModel {
     /// Predicted GB/s of `copier` for a batch of `bytes`; `None` if it was not measured. An
     /// observed figure replaces the calibrated one of the same size.
     pub fn predict_copy(&self, copier: Copier, bytes: u64) -> Option<f64> {
-        let observed: Vec<&CopyPoint> = self
-            .observed
-            .iter()
-            .filter(|p| p.copier == copier)
-            .collect();
-        let points = self
-            .copy
-            .iter()
-            .filter(|p| p.copier == copier && !observed.iter().any(|o| o.bytes == p.bytes))
-            .chain(observed.iter().copied());
-        interpolate(&curve(points.map(|p| (p.bytes, p.gbps))), bytes)
+        predict(&self.copy, &self.observed, copier, bytes)
     }
 
     /// Takes in figures measured while copying: each replaces the observed figure of the same
     /// copier and size, if any. Returns how many were new or changed.
     pub fn learn(&mut self, points: &[CopyPoint]) -> usize {
-        let mut changed = 0;
-        for p in points.iter().filter(|p| p.gbps.is_finite() && p.gbps > 0.0) {
-            match self
-                .observed
-                .iter_mut()
-                .find(|o| o.copier == p.copier && o.bytes == p.bytes)
-            {
-                Some(o) if o.gbps == p.gbps => {}
-                Some(o) => {
-                    o.gbps = p.gbps;
-                    changed += 1;
-                }
-                None => {
-                    self.observed.push(*p);
-                    changed += 1;
-                }
-            }
-        }
-        changed
+        learn(&mut self.observed, points)
+    }
+
+    /// Takes in `move_pages` figures measured while migrating (the kernel path's check of its
+    /// thread count): each replaces the observed figure of the same thread count and size, if
+    /// any. Returns how many were new or changed.
+    pub fn learn_kernel(&mut self, points: &[KernelPoint]) -> usize {
+        learn(&mut self.observed_kernel, points)
     }
 
     /// Thread counts measured on the kernel path.
@@ -230,9 +213,9 @@ impl CostModel {
     }
 
     /// Predicted `move_pages` GB/s with `threads` threads for `bytes`; `None` if not measured.
+    /// An observed figure replaces the calibrated one of the same size.
     pub fn predict_kernel(&self, threads: usize, bytes: u64) -> Option<f64> {
-        let points = self.kernel_path.iter().filter(|p| p.threads == threads);
-        interpolate(&curve(points.map(|p| (p.bytes, p.gbps))), bytes)
+        predict(&self.kernel_path, &self.observed_kernel, threads, bytes)
     }
 
     /// Why this model should not be used on `machine`, if it should not.
@@ -322,10 +305,15 @@ impl CostModel {
                 }
             }
         }
-        for (i, p) in self.kernel_path.iter().enumerate() {
-            figures.push((format!("kernel_path[{i}].gbps"), p.gbps, GBPS));
-            figures.push((format!("kernel_path[{i}].bytes"), p.bytes as f64, BYTES));
-            figures.push((format!("kernel_path[{i}].threads"), p.threads as f64, COUNT));
+        for (name, points) in [
+            ("kernel_path", &self.kernel_path),
+            ("observed_kernel", &self.observed_kernel),
+        ] {
+            for (i, p) in points.iter().enumerate() {
+                figures.push((format!("{name}[{i}].gbps"), p.gbps, GBPS));
+                figures.push((format!("{name}[{i}].bytes"), p.bytes as f64, BYTES));
+                figures.push((format!("{name}[{i}].threads"), p.threads as f64, COUNT));
+            }
         }
         for (i, s) in self.saturation.iter().enumerate() {
             figures.push((format!("saturation[{i}].gbps"), s.gbps, GBPS));
@@ -362,6 +350,69 @@ impl CostModel {
     }
 }
 
+/// A measured figure of a cost model: which curve it is on (a copier, a thread count), its size
+/// and GB/s.
+trait Figure: Copy {
+    type Curve: PartialEq;
+    fn on(&self) -> Self::Curve;
+    fn size(&self) -> (u64, f64);
+}
+
+impl Figure for CopyPoint {
+    type Curve = Copier;
+    fn on(&self) -> Copier {
+        self.copier
+    }
+    fn size(&self) -> (u64, f64) {
+        (self.bytes, self.gbps)
+    }
+}
+
+impl Figure for KernelPoint {
+    type Curve = usize;
+    fn on(&self) -> usize {
+        self.threads
+    }
+    fn size(&self) -> (u64, f64) {
+        (self.bytes, self.gbps)
+    }
+}
+
+/// GB/s at `bytes` on curve `on`, from the calibrated points with the observed ones in place of
+/// those of their size.
+fn predict<F: Figure>(calibrated: &[F], observed: &[F], on: F::Curve, bytes: u64) -> Option<f64> {
+    let observed: Vec<&F> = observed.iter().filter(|p| p.on() == on).collect();
+    let points = calibrated
+        .iter()
+        .filter(|p| p.on() == on && !observed.iter().any(|o| o.size().0 == p.size().0))
+        .chain(observed.iter().copied());
+    interpolate(&curve(points.map(Figure::size)), bytes)
+}
+
+/// Puts each usable figure of `points` into `observed`, in place of the one on the same curve at
+/// the same size; returns how many were new or changed.
+fn learn<F: Figure>(observed: &mut Vec<F>, points: &[F]) -> usize {
+    let mut changed = 0;
+    for p in points
+        .iter()
+        .filter(|p| p.size().1.is_finite() && p.size().1 > 0.0)
+    {
+        let same = |o: &&mut F| o.on() == p.on() && o.size().0 == p.size().0;
+        match observed.iter_mut().find(same) {
+            Some(o) if o.size().1 == p.size().1 => {}
+            Some(o) => {
+                *o = *p;
+                changed += 1;
+            }
+            None => {
+                observed.push(*p);
+                changed += 1;
+            }
+        }
+    }
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +441,7 @@ mod tests {
             kernel_path: Vec::new(),
             saturation: Vec::new(),
             observed: Vec::new(),
+            observed_kernel: Vec::new(),
             pool_handoff_us: None,
         };
         assert_eq!(m.predict_copy(thread, 4096), Some(8.0));
@@ -399,6 +451,21 @@ mod tests {
         assert_eq!(m.predict_copy(thread, 16384), Some(10.0));
         // The same figure again changes nothing; a bad one is not taken.
         assert_eq!(m.learn(&[point(4096, 5.0), point(4096, f64::NAN)]), 0);
+
+        // So on the kernel path, per thread count.
+        let kernel = |threads, gbps| KernelPoint {
+            threads,
+            bytes: 1 << 26,
+            gbps,
+        };
+        m.kernel_path = vec![kernel(1, 3.0), kernel(2, 6.0)];
+        assert_eq!(m.learn_kernel(&[kernel(2, 2.5), kernel(1, 3.1)]), 2);
+        assert_eq!(m.predict_kernel(2, 1 << 26), Some(2.5));
+        assert_eq!(m.predict_kernel(1, 1 << 26), Some(3.1));
+        assert_eq!(m.learn_kernel(&[kernel(2, 2.5)]), 0);
+        assert!(m.validate().is_ok());
+        m.observed_kernel[0].gbps = -1.0;
+        assert_eq!(m.validate().unwrap_err().0, "observed_kernel[0].gbps");
     }
 
     #[test]

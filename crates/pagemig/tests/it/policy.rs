@@ -64,6 +64,7 @@ fn model(topo: &Topology) -> CostModel {
         kernel_path,
         saturation: Vec::new(),
         observed: Vec::new(),
+        observed_kernel: Vec::new(),
         pool_handoff_us: None,
     }
 }
