@@ -168,46 +168,26 @@ pub struct CallStats {
 }
 
 impl CallStats {
-    /// Call statistics from their summary and the CPU time of each thread.
+    /// Summarises call durations, with the CPU time of each thread that made calls.
     pub fn new(
-        calls: u64,
-        longest: Duration,
-        median: Duration,
-        final_batch: usize,
-        thread_cpu: Vec<Duration>,
-    ) -> Self {
-        CallStats {
-            calls,
-            longest,
-            median,
-            final_batch,
-            threads: thread_cpu.len(),
-            cpu_time: thread_cpu.iter().sum(),
-            thread_cpu,
-            left_behind: 0,
-            helper_cpu: None,
-            thread_check: Vec::new(),
-            thread_gbps: Vec::new(),
-        }
-    }
-
-    /// Summarises call durations.
-    pub fn from_durations(
         mut durations: Vec<Duration>,
         final_batch: usize,
         thread_cpu: Vec<Duration>,
     ) -> Self {
         durations.sort_unstable();
-        CallStats::new(
-            durations.len() as u64,
-            durations.last().copied().unwrap_or_default(),
-            durations
+        CallStats {
+            calls: durations.len() as u64,
+            longest: durations.last().copied().unwrap_or_default(),
+            median: durations
                 .get(durations.len() / 2)
                 .copied()
                 .unwrap_or_default(),
             final_batch,
+            threads: thread_cpu.len(),
+            cpu_time: thread_cpu.iter().sum(),
             thread_cpu,
-        )
+            ..CallStats::default()
+        }
     }
 }
 

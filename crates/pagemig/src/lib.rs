@@ -34,4 +34,4 @@ pub mod workers;
 
 pub use account::Report;
 pub use migrate::{Memory, Options, PathChoice, Plan, Progress, Request, Scan, Selection, Threads};
-pub use migrator::{Migrator, MigratorError};
+pub use migrator::Migrator;

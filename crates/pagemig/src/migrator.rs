@@ -10,7 +10,7 @@ use crate::migrate::scan::{self, Found};
 use crate::migrate::{Memory, MigrateError, Plan, Progress, Request, Scan, Selection, in_cgroup};
 use crate::policy::{CostModel, Planner, Resources};
 use crate::process::Process;
-use crate::topology::{Topology, TopologyError};
+use crate::topology::Topology;
 use crate::workers::Workers;
 
 /// Moves memory between nodes: request → scan → plan → execute → report.
@@ -76,23 +76,16 @@ pub struct Migrator {
     workers: Arc<Workers>,
 }
 
-/// Why a [`Migrator`] could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum MigratorError {
-    /// The topology could not be read.
-    #[error(transparent)]
-    Topology(#[from] TopologyError),
-    /// The affinity mask could not be read.
-    #[error("cannot read this process's CPU affinity")]
-    Resources(#[source] crate::sys::SysError),
-}
-
 impl Migrator {
     /// A migrator for this machine: its topology from sysfs, no cost model (the planner then
-    /// uses one thread where it would need measurements), the resources as they are now.
-    pub fn new() -> Result<Self, MigratorError> {
+    /// uses one thread where it would need measurements), the resources as they are now (an
+    /// affinity mask that cannot be read is a [`MigrateError::Sys`] of the calling process).
+    pub fn new() -> Result<Self, MigrateError> {
         let topology = Topology::detect()?;
-        let resources = Resources::snapshot().map_err(MigratorError::Resources)?;
+        let resources = Resources::snapshot().map_err(|source| MigrateError::Sys {
+            process: Process::Current,
+            source,
+        })?;
         Ok(Self::with(topology, None, resources))
     }
 

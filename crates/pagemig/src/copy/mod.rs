@@ -24,7 +24,7 @@ use kernels::Kernel;
 
 pub use op::CopyOp;
 pub use placement::{Placement, PlacementError, Route};
-pub use pool::{Piece, Pool, PoolError, split_by_bytes};
+pub use pool::{Piece, Pool, split_by_bytes};
 pub use queue::{
     AsyncCopyEngine, Completion, Offload, OpStatus, Queue, Ticket, copy_and_wait, scope,
 };
@@ -106,16 +106,6 @@ pub enum CopyError {
         /// Which check failed.
         reason: String,
     },
-    /// A pool worker panicked while copying; its share of the batch may be incomplete.
-    #[error("copy worker {worker} (cpu {cpu}) panicked: {message}")]
-    WorkerPanicked {
-        /// Worker index in the pool.
-        worker: usize,
-        /// CPU the worker is pinned to.
-        cpu: u32,
-        /// The panic message.
-        message: String,
-    },
     /// A DMA device is not there, or cannot be used, for this reason.
     #[error("no usable {device} here: {reason}")]
     NoDevice {
@@ -134,7 +124,15 @@ pub enum CopyError {
         /// What the engine reported.
         reason: String,
     },
-    /// The workers could not run a share (one could not be started or pinned, or has stopped).
+    /// A pool was asked for with no CPU.
+    #[error("a copy pool needs at least one CPU")]
+    NoCpu,
+    /// No CPUs could be chosen for the copy workers.
+    #[error("placing copy workers")]
+    Placement(#[from] PlacementError),
+    /// The workers could not run a share: one could not be started or pinned, has stopped, or
+    /// panicked while copying (then the job is the worker's index in the pool, and its share of
+    /// the batch may be incomplete).
     #[error(transparent)]
     Workers(#[from] crate::workers::WorkerError),
 }

@@ -71,17 +71,6 @@ struct Chunk {
     len: usize,
 }
 
-/// Why a pool could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    /// A pool needs at least one CPU.
-    #[error("a copy pool needs at least one CPU")]
-    NoCpu,
-    /// A worker could not be started or pinned to its CPU.
-    #[error(transparent)]
-    Workers(#[from] WorkerError),
-}
-
 /// Copy workers, each pinned to one CPU, running engine `E` on their share of a batch: the
 /// workers of a shared [`Workers`] set, so that creating a pool starts a thread only for a CPU
 /// the set has no worker on yet, and copying starts none.
@@ -107,9 +96,9 @@ pub struct Pool<E> {
 impl<E: CopyEngine> Pool<E> {
     /// One worker of `workers` per entry of `cpus`, pinned to that CPU (a CPU may appear twice:
     /// it then has two workers); those not running yet are started now.
-    pub fn new(workers: &Arc<Workers>, engine: E, cpus: &[CpuId]) -> Result<Self, PoolError> {
+    pub fn new(workers: &Arc<Workers>, engine: E, cpus: &[CpuId]) -> Result<Self, CopyError> {
         if cpus.is_empty() {
-            return Err(PoolError::NoCpu);
+            return Err(CopyError::NoCpu);
         }
         workers.start(cpus)?;
         Ok(Pool {
@@ -173,13 +162,14 @@ impl<E: CopyEngine> Pool<E> {
                 .copy(&ops)
                 .map(|_| sys::thread_cpu_time().saturating_sub(cpu_start))
         });
+        // A panic names the worker in the pool, not the job among the busy ones.
         let results = results.map_err(|e| match e {
-            WorkerError::Panicked { job, cpu, message } => CopyError::WorkerPanicked {
-                worker: busy[job],
+            WorkerError::Panicked { job, cpu, message } => WorkerError::Panicked {
+                job: busy[job],
                 cpu,
                 message,
             },
-            other => CopyError::Workers(other),
+            other => other,
         })?;
         let mut worker_cpu = Duration::ZERO;
         for r in results {

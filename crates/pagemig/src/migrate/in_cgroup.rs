@@ -250,18 +250,19 @@ fn move_pages_in(
         )));
     }
     status.copy_from_slice(&moved.status);
-    let mut stats = CallStats::new(
-        moved.calls,
-        moved.longest,
-        moved.median,
-        moved.final_batch,
-        moved.thread_cpu,
-    );
-    stats.left_behind = moved.left_behind;
-    stats.thread_check = moved.thread_check;
-    stats.thread_gbps = moved.thread_gbps;
-    stats.helper_cpu = Some(reply.process_cpu);
-    Ok(stats)
+    Ok(CallStats {
+        calls: moved.calls,
+        longest: moved.longest,
+        median: moved.median,
+        final_batch: moved.final_batch,
+        threads: moved.thread_cpu.len(),
+        cpu_time: moved.thread_cpu.iter().sum(),
+        thread_cpu: moved.thread_cpu,
+        left_behind: moved.left_behind,
+        helper_cpu: Some(reply.process_cpu),
+        thread_check: moved.thread_check,
+        thread_gbps: moved.thread_gbps,
+    })
 }
 
 #[cfg(test)]

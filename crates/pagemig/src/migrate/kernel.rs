@@ -401,7 +401,7 @@ pub fn move_pages(
     for (k, &i) in order.iter().enumerate() {
         status[i] = sorted_status[k];
     }
-    let mut stats = CallStats::from_durations(durations, batch.load(Ordering::Relaxed), thread_cpu);
+    let mut stats = CallStats::new(durations, batch.load(Ordering::Relaxed), thread_cpu);
     stats.left_behind = left_behind;
     stats.thread_check = check.notes;
     stats.thread_gbps = check.measured;

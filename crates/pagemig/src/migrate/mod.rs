@@ -95,6 +95,9 @@ pub enum MigrateError {
         /// The kernel's mapping it matches.
         mapping: String,
     },
+    /// The topology could not be read (building a [`crate::Migrator`]).
+    #[error(transparent)]
+    Topology(#[from] crate::topology::TopologyError),
     /// What `/proc` said stops the migration: the process is a zombie or a kernel thread, or a
     /// file could not be read.
     #[error(transparent)]
@@ -153,12 +156,9 @@ pub enum MigrateError {
         /// Why it cannot.
         why: String,
     },
-    /// The plan's copy engine cannot run here.
-    #[error("cannot start the plan's copy engine")]
-    CopyEngine(#[from] crate::copy::CopyError),
-    /// The plan's copy workers could not start.
-    #[error("cannot start the plan's copy workers")]
-    CopyPool(#[from] crate::copy::PoolError),
+    /// The plan's copy engine cannot run here, or its copy workers could not start.
+    #[error("cannot start the plan's copier")]
+    Copier(#[from] crate::copy::CopyError),
 }
 
 impl From<remap::RemapError> for MigrateError {

@@ -23,10 +23,7 @@ use super::{CopyPlan, CopyPoint, Job, Planner};
 use crate::account::median;
 use crate::copy::Copier;
 use crate::copy::dma::{self, DmaKind};
-use crate::copy::{
-    CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, PlacementError, Pool,
-    PoolError, Route,
-};
+use crate::copy::{CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, Pool, Route};
 use crate::workers::Workers;
 
 /// Batch sizes planned for: one plan per power of two from 4 KiB to 1 TiB.
@@ -52,20 +49,6 @@ const ALTERNATIVES: usize = 2;
 const TIME_ALL_FROM: usize = 256 << 10;
 /// Smaller batches are timed one in this many.
 pub const SAMPLE_EVERY: usize = 8;
-
-/// Why an [`AutoEngine`] could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum AutoError {
-    /// Workers could not be placed.
-    #[error("placing copy workers")]
-    Placement(#[from] PlacementError),
-    /// Workers could not be started.
-    #[error("starting copy workers")]
-    Pool(#[from] PoolError),
-    /// A chosen engine cannot run here.
-    #[error(transparent)]
-    Engine(#[from] CopyError),
-}
 
 /// One change of copier made by the check.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -280,7 +263,7 @@ impl AutoEngine {
         planner: &Planner<'_>,
         route: Route,
         workers: &Arc<Workers>,
-    ) -> Result<Self, AutoError> {
+    ) -> Result<Self, CopyError> {
         let threads: BTreeMap<EngineKind, CpuEngine> = EngineKind::ALL
             .into_iter()
             .filter_map(|k| CpuEngine::new(k).ok().map(|e| (k, e)))

@@ -4,15 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::auto::{AutoEngine, AutoError, MAX_TRIALS, SAMPLE_EVERY, SizeCheck, WINDOW};
+use super::auto::{AutoEngine, MAX_TRIALS, SAMPLE_EVERY, SizeCheck, WINDOW};
 use super::model::{CopyPoint, CostModel, KernelPoint, MachineId, Saturation};
 use super::{Planner, Resources};
 use crate::account::median;
 use crate::copy::Copier;
 use crate::copy::dma::{self, DmaKind};
 use crate::copy::{
-    CopyEngine, CopyError, CopyOp, CpuEngine, EngineKind, Placement, PlacementError, Pool,
-    PoolError, Route,
+    CopyEngine, CopyError, CopyOp, CpuEngine, EngineKind, Placement, PlacementError, Pool, Route,
 };
 use crate::migrate::{MigrateError, Plan, kernel};
 use crate::process::Process;
@@ -74,7 +73,7 @@ pub enum CalibrateError {
     Placement(#[from] PlacementError),
     /// Workers could not be started.
     #[error("starting calibration workers")]
-    Pool(#[from] PoolError),
+    Pool(#[source] CopyError),
     /// A copy failed.
     #[error("calibration copy")]
     Copy(#[from] CopyError),
@@ -83,7 +82,7 @@ pub enum CalibrateError {
     Migrate(#[from] MigrateError),
     /// The engine that checks the model's choices could not start.
     #[error("checking the model's choices")]
-    Check(#[from] AutoError),
+    Check(#[source] CopyError),
 }
 
 /// One step of calibration, for a progress bar.
@@ -250,7 +249,8 @@ pub fn calibrate(
     let pools = engines
         .iter()
         .map(|e| Pool::new(worker_set, *e, &cpus))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CalibrateError::Pool)?;
     let mut copiers = Vec::new();
     for (e, engine) in engines.iter().enumerate() {
         let kind = engine.kind();
@@ -420,7 +420,7 @@ pub fn check_choices(
     };
     let checks = {
         let planner = Planner::new(topology, Some(model), resources);
-        let auto = AutoEngine::new(&planner, route, workers)?;
+        let auto = AutoEngine::new(&planner, route, workers).map_err(CalibrateError::Check)?;
         let src = buffer(budget.working_set, node)?;
         let mut dst = buffer(budget.working_set, node)?;
         for &bytes in &budget.copy_sizes {

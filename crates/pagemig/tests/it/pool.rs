@@ -4,8 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::ThreadId;
 
 use pagemig::copy::{
-    CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, Pool, PoolError,
-    split_by_bytes,
+    CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, Pool, split_by_bytes,
 };
 
 use pagemig::workers::WorkerError;
@@ -107,10 +106,8 @@ fn a_panicking_worker_is_reported_and_the_pool_goes_on() {
     // One worker gets the whole 13-byte op (shares split at 64-byte boundaries) and panics.
     let err = pool.copy(&[CopyOp::new(&src, &mut dst)]).unwrap_err();
     match err {
-        CopyError::WorkerPanicked {
-            worker, message, ..
-        } => {
-            assert_eq!(worker, 1);
+        CopyError::Workers(WorkerError::Panicked { job, message, .. }) => {
+            assert_eq!(job, 1);
             assert!(message.contains("13 bytes"), "{message}");
         }
         other => panic!("{other:?}"),
@@ -126,13 +123,13 @@ fn pinning_to_a_missing_cpu_is_an_error() {
     assert!(
         matches!(
             err,
-            PoolError::Workers(WorkerError::Pin { cpu: 100_000, .. })
+            CopyError::Workers(WorkerError::Pin { cpu: 100_000, .. })
         ),
         "{err:?}"
     );
     assert!(matches!(
         Pool::new(&crate::workers(), Probe::default(), &[]).unwrap_err(),
-        PoolError::NoCpu
+        CopyError::NoCpu
     ));
 }
 
