@@ -7,10 +7,11 @@
 //! visible share of the copy); after [`WINDOW`] timed batches ([`LARGE_WINDOW`] from 1 MiB, where
 //! one batch takes long enough to time well and few come) their median is the copier's
 //! measured GB/s. When the copier runs more than 10% under what another is predicted or was
-//! measured to do, in two windows in a row (a burst of noise can fill one), the two take turns, timed batch by timed batch, until each has
-//! a window, and the faster of the two is kept: both are measured under the same conditions, so
-//! a burst of noise that slowed the first window cannot decide. At most [`MAX_TRIALS`] trials per
-//! size: exploration is bounded, and then the size settles.
+//! measured to do, in two windows in a row (a burst of noise can fill one), the two take turns,
+//! timed batch by timed batch, until each has a window, and the faster of the two is kept: both
+//! are measured under the same conditions, so a burst of noise that slowed the first window
+//! cannot decide. At most [`MAX_TRIALS`] trials per size: exploration is bounded, and then the
+//! size settles.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -355,7 +355,8 @@ impl CostModel {
 trait Figure: Copy {
     type Curve: PartialEq;
     fn on(&self) -> Self::Curve;
-    fn size(&self) -> (u64, f64);
+    fn bytes(&self) -> u64;
+    fn gbps(&self) -> f64;
 }
 
 impl Figure for CopyPoint {
@@ -363,8 +364,11 @@ impl Figure for CopyPoint {
     fn on(&self) -> Copier {
         self.copier
     }
-    fn size(&self) -> (u64, f64) {
-        (self.bytes, self.gbps)
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    fn gbps(&self) -> f64 {
+        self.gbps
     }
 }
 
@@ -373,8 +377,11 @@ impl Figure for KernelPoint {
     fn on(&self) -> usize {
         self.threads
     }
-    fn size(&self) -> (u64, f64) {
-        (self.bytes, self.gbps)
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    fn gbps(&self) -> f64 {
+        self.gbps
     }
 }
 
@@ -384,9 +391,9 @@ fn predict<F: Figure>(calibrated: &[F], observed: &[F], on: F::Curve, bytes: u64
     let observed: Vec<&F> = observed.iter().filter(|p| p.on() == on).collect();
     let points = calibrated
         .iter()
-        .filter(|p| p.on() == on && !observed.iter().any(|o| o.size().0 == p.size().0))
+        .filter(|p| p.on() == on && !observed.iter().any(|o| o.bytes() == p.bytes()))
         .chain(observed.iter().copied());
-    interpolate(&curve(points.map(Figure::size)), bytes)
+    interpolate(&curve(points.map(|p| (p.bytes(), p.gbps()))), bytes)
 }
 
 /// Puts each usable figure of `points` into `observed`, in place of the one on the same curve at
@@ -395,11 +402,13 @@ fn learn<F: Figure>(observed: &mut Vec<F>, points: &[F]) -> usize {
     let mut changed = 0;
     for p in points
         .iter()
-        .filter(|p| p.size().1.is_finite() && p.size().1 > 0.0)
+        .filter(|p| p.gbps().is_finite() && p.gbps() > 0.0)
     {
-        let same = |o: &&mut F| o.on() == p.on() && o.size().0 == p.size().0;
-        match observed.iter_mut().find(same) {
-            Some(o) if o.size().1 == p.size().1 => {}
+        match observed
+            .iter_mut()
+            .find(|o| o.on() == p.on() && o.bytes() == p.bytes())
+        {
+            Some(o) if o.gbps() == p.gbps() => {}
             Some(o) => {
                 *o = *p;
                 changed += 1;
