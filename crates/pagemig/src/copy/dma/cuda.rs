@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use cudarc::driver::{DriverError, result, sys};
 
@@ -178,8 +177,7 @@ impl Cuda {
             stats: CopyStats {
                 bytes,
                 ops: sub.lens.len() as u64,
-                threads: 0,
-                worker_cpu: Duration::ZERO,
+                ..CopyStats::default()
             },
         }
     }
@@ -196,9 +194,7 @@ impl AsyncCopyEngine for Cuda {
         let mut failed = vec![None; batch.len()];
         let mut k = 0;
         for (i, op) in batch.iter().enumerate() {
-            let mut off = 0;
-            while off < op.len() {
-                let len = PIECE.min(op.len() - off);
+            for (off, len) in op.pieces(PIECE) {
                 let stream = self.streams[k % self.streams.len()];
                 k += 1;
                 // SAFETY: with unified addressing host pointers are valid copy addresses; the
@@ -214,7 +210,6 @@ impl AsyncCopyEngine for Cuda {
                 if rc != sys::CUresult::CUDA_SUCCESS && failed[i].is_none() {
                     failed[i] = Some(format!("cuMemcpyAsync: {rc:?}"));
                 }
-                off += len;
             }
         }
         let mut events = Vec::new();

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use crate::copy::{
     AsyncCopyEngine, Completion, CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind,
@@ -469,8 +468,7 @@ impl AsyncCopyEngine for Dsa {
             stats: CopyStats {
                 bytes,
                 ops: sub.ops as u64,
-                threads: 0,
-                worker_cpu: Duration::ZERO,
+                ..CopyStats::default()
             },
         })
     }
