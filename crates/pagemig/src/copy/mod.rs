@@ -318,15 +318,11 @@ impl CopyEngine for CpuEngine {
 
 /// Runs `copy` on every op of `batch` on the calling thread: the statistics of a one-thread copy.
 fn on_this_thread(batch: &[CopyOp<'_>], copy: impl Fn(&CopyOp<'_>)) -> CopyStats {
-    let mut bytes = 0;
-    for op in batch {
-        copy(op);
-        bytes += op.len() as u64;
-    }
+    batch.iter().for_each(copy);
     CopyStats {
-        bytes,
+        bytes: batch.iter().map(|op| op.len() as u64).sum(),
         ops: batch.len() as u64,
         threads: 1,
-        worker_cpu: Duration::ZERO,
+        ..CopyStats::default()
     }
 }
