@@ -367,7 +367,7 @@ pub fn scan_process(
     Ok(pages)
 }
 
-/// The present pages of `ranges` of `process`, in order.
+/// The present pages of `ranges` of `process`, in order (a mapping gone meanwhile has none).
 pub(crate) fn present_pages(
     process: Process,
     ranges: impl IntoIterator<Item = Range<usize>>,
@@ -375,7 +375,6 @@ pub(crate) fn present_pages(
     let mut present = Vec::new();
     for r in ranges {
         match procfs::present_pages(process, r, &mut present) {
-            // A mapping that went away meanwhile has no pages.
             Err(ProcfsError::Read { .. }) => {}
             other => other?,
         }
