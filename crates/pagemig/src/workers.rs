@@ -210,10 +210,7 @@ impl Drop for Workers {
 
 impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let cpus: Vec<usize> = self.lock().iter().map(Vec::len).collect();
-        let started: Vec<(usize, usize)> = cpus
-            .into_iter()
-            .enumerate()
+        let started: Vec<(usize, usize)> = (self.lock().iter().map(Vec::len).enumerate())
             .filter(|&(_, n)| n > 0)
             .collect();
         f.debug_struct("Workers")

@@ -215,40 +215,26 @@ pub struct CpuEngine {
 impl CpuEngine {
     /// The best variant of `kind` for this CPU, or why there is none.
     pub fn new(kind: EngineKind) -> Result<Self, CopyError> {
-        let (variant, kernel): (&'static str, Kernel) = match kind {
-            EngineKind::Memcpy => ("memcpy", kernels::memcpy),
+        let found: Result<(&'static str, Kernel), String> = match kind {
+            EngineKind::Memcpy => Ok(("memcpy", kernels::memcpy)),
             #[cfg(target_arch = "x86_64")]
-            EngineKind::Nt => kernels::avx2_or_sse2_stream_kernel(),
+            EngineKind::Nt => Ok(kernels::avx2_or_sse2_stream_kernel()),
             // No streaming-store kernel for this architecture: plain copies, named honestly.
             #[cfg(not(target_arch = "x86_64"))]
-            EngineKind::Nt => ("nt-portable", kernels::memcpy),
+            EngineKind::Nt => Ok(("nt-portable", kernels::memcpy)),
             #[cfg(target_arch = "x86_64")]
-            EngineKind::Movsb => ("movsb", kernels::rep_movsb),
+            EngineKind::Movsb => Ok(("movsb", kernels::rep_movsb)),
             #[cfg(not(target_arch = "x86_64"))]
-            EngineKind::Movsb => {
-                return Err(CopyError::Unavailable {
-                    engine: kind,
-                    reason: "rep movsb is an x86_64 instruction".into(),
-                });
-            }
+            EngineKind::Movsb => Err("rep movsb is an x86_64 instruction".into()),
             #[cfg(target_arch = "x86_64")]
-            EngineKind::Nt512 => match kernels::avx512_stream_kernel() {
-                Ok(k) => ("nt-avx512", k),
-                Err(reason) => {
-                    return Err(CopyError::Unavailable {
-                        engine: kind,
-                        reason,
-                    });
-                }
-            },
+            EngineKind::Nt512 => kernels::avx512_stream_kernel().map(|k| ("nt-avx512", k)),
             #[cfg(not(target_arch = "x86_64"))]
-            EngineKind::Nt512 => {
-                return Err(CopyError::Unavailable {
-                    engine: kind,
-                    reason: "AVX-512 is an x86_64 extension".into(),
-                });
-            }
+            EngineKind::Nt512 => Err("AVX-512 is an x86_64 extension".into()),
         };
+        let (variant, kernel) = found.map_err(|reason| CopyError::Unavailable {
+            engine: kind,
+            reason,
+        })?;
         Ok(Self {
             kind,
             variant,
@@ -332,15 +318,11 @@ impl CopyEngine for CpuEngine {
 
 /// Runs `copy` on every op of `batch` on the calling thread: the statistics of a one-thread copy.
 fn on_this_thread(batch: &[CopyOp<'_>], copy: impl Fn(&CopyOp<'_>)) -> CopyStats {
-    let mut bytes = 0;
-    for op in batch {
-        copy(op);
-        bytes += op.len() as u64;
-    }
+    batch.iter().for_each(copy);
     CopyStats {
-        bytes,
+        bytes: batch.iter().map(|op| op.len() as u64).sum(),
         ops: batch.len() as u64,
         threads: 1,
-        worker_cpu: Duration::ZERO,
+        ..CopyStats::default()
     }
 }

@@ -78,14 +78,19 @@ impl<'a> CopyOp<'a> {
 
     /// Copies with one call of `kernel` per `piece` bytes (the last call takes what is left).
     pub(crate) fn run_pieces(&self, piece: usize, kernel: Kernel) {
-        let piece = piece.max(1);
-        let mut at = 0;
-        while at < self.len {
-            let n = piece.min(self.len - at);
+        for (at, n) in self.pieces(piece) {
             // SAFETY: the constructors guarantee both ranges are valid, disjoint and exclusively
             // ours for 'a, which outlives &self; at..at + n is inside both.
             unsafe { kernel(self.dst.add(at), self.src.add(at), n) }
-            at += n;
         }
+    }
+
+    /// The op cut into pieces of `piece` bytes (the last takes what is left), in order, as
+    /// `(offset, length)`.
+    pub(crate) fn pieces(&self, piece: usize) -> impl Iterator<Item = (usize, usize)> {
+        let (len, piece) = (self.len, piece.max(1));
+        (0..len)
+            .step_by(piece)
+            .map(move |at| (at, piece.min(len - at)))
     }
 }

@@ -108,11 +108,6 @@ impl<E: CopyEngine> Pool<E> {
         })
     }
 
-    /// Number of workers.
-    pub fn workers(&self) -> usize {
-        self.cpus.len()
-    }
-
     /// The CPU of each worker.
     pub fn cpus(&self) -> Vec<CpuId> {
         self.cpus.clone()
@@ -171,15 +166,11 @@ impl<E: CopyEngine> Pool<E> {
             },
             other => other,
         })?;
-        let mut worker_cpu = Duration::ZERO;
-        for r in results {
-            worker_cpu += r?;
-        }
         Ok(CopyStats {
             bytes: lens.iter().sum::<usize>() as u64,
             ops: batch.len() as u64,
             threads: busy.len(),
-            worker_cpu,
+            worker_cpu: results.into_iter().sum::<Result<Duration, _>>()?,
         })
     }
 }

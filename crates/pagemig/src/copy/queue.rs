@@ -393,9 +393,7 @@ impl AsyncCopyEngine for Offload {
         state.next += 1;
         let mut pieces = 0;
         for (op, o) in batch.iter().enumerate() {
-            let mut off = 0;
-            while off < o.len() {
-                let len = PIECE.min(o.len() - off);
+            for (off, len) in o.pieces(PIECE) {
                 state.queue.push_back(Piece {
                     ticket,
                     op,
@@ -403,7 +401,6 @@ impl AsyncCopyEngine for Offload {
                     dst: o.dst() as usize + off,
                     len,
                 });
-                off += len;
                 pieces += 1;
             }
         }

@@ -256,11 +256,8 @@ impl Group<'_> {
             }
             pending = still;
         }
-        for s in &mut status {
-            if *s == UNREPORTED {
-                *s = -libc::EBUSY;
-            }
-        }
+        let unreported = status.iter_mut().filter(|s| **s == UNREPORTED);
+        unreported.for_each(|s| *s = -libc::EBUSY);
         Ok(status)
     }
 
@@ -306,11 +303,9 @@ pub fn move_pages(
     order.sort_by_key(|&i| nodes[i]);
     let sorted: Vec<usize> = order.iter().map(|&i| pages[i]).collect();
     let mut sorted_status = vec![-libc::ESRCH; pages.len()];
-    let first_batch = if plan.max_stall.is_some() {
-        plan.batch.min(PROBE_BATCH)
-    } else {
-        plan.batch
-    };
+    let first_batch = plan
+        .max_stall
+        .map_or(plan.batch, |_| plan.batch.min(PROBE_BATCH));
     let batch = AtomicUsize::new(first_batch.max(1));
     let stop = AtomicBool::new(false);
     let mut durations = Vec::new();
@@ -511,32 +506,25 @@ pub fn execute(
             .as_ref()
             .map_or(PageNode::from_status(status), |a| a[i]);
         match now {
-            PageNode::Node(n) if n == to => report.pages_moved += 1,
+            PageNode::Node(n) if n == to => {
+                report.pages_moved += 1;
+                continue;
+            }
             // Without MPOL_MF_MOVE_ALL, shared pages stay by request, not by failure.
             PageNode::Node(_) if status == -libc::EACCES && !plan.move_all => {
                 *report.pages_skipped.entry(SkipReason::Shared).or_default() += 1;
+                continue;
             }
-            PageNode::Node(n) => {
-                *report.pages_left_by_node.entry(n).or_default() += 1;
-                let cause = if status < 0 {
-                    FailureCause::from_errno(Errno::from_raw_os_error(-status))
-                } else {
-                    FailureCause::StillElsewhere
-                };
-                *report.pages_failed.entry(cause).or_default() += 1;
-            }
-            PageNode::Error(e) => {
-                let cause = if status < 0 {
-                    Errno::from_raw_os_error(-status)
-                } else {
-                    e
-                };
-                *report
-                    .pages_failed
-                    .entry(FailureCause::from_errno(cause))
-                    .or_default() += 1;
-            }
+            PageNode::Node(n) => *report.pages_left_by_node.entry(n).or_default() += 1,
+            PageNode::Error(_) => {}
         }
+        // A failure: the call's errno says why, or else where the page is.
+        let cause = match now {
+            _ if status < 0 => FailureCause::from_errno(Errno::from_raw_os_error(-status)),
+            PageNode::Node(_) => FailureCause::StillElsewhere,
+            PageNode::Error(e) => FailureCause::from_errno(e),
+        };
+        *report.pages_failed.entry(cause).or_default() += 1;
     }
     report.bytes_moved = report.pages_moved * page_size;
     Ok(finish(report, phases, laps))

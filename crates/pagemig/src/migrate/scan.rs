@@ -333,14 +333,7 @@ pub fn scan_process(
 ) -> Result<Pages, MigrateError> {
     check_process(process)?;
     let ranges = select(process, procfs::read_maps(process)?, selection)?;
-    let mut present = Vec::new();
-    for r in ranges {
-        match procfs::present_pages(process, r, &mut present) {
-            // A mapping that went away meanwhile has no pages to move.
-            Err(ProcfsError::Read { .. }) => {}
-            other => other?,
-        }
-    }
+    let present = present_pages(process, ranges)?;
     laps.lap(&mut phases.scan);
     let before = query(process, &present)?;
     laps.lap(&mut phases.query);
@@ -372,6 +365,21 @@ pub fn scan_process(
     }
     laps.lap(&mut phases.scan);
     Ok(pages)
+}
+
+/// The present pages of `ranges` of `process`, in order (a mapping gone meanwhile has none).
+pub(crate) fn present_pages(
+    process: Process,
+    ranges: impl IntoIterator<Item = Range<usize>>,
+) -> Result<Vec<usize>, MigrateError> {
+    let mut present = Vec::new();
+    for r in ranges {
+        match procfs::present_pages(process, r, &mut present) {
+            Err(ProcfsError::Read { .. }) => {}
+            other => other?,
+        }
+    }
+    Ok(present)
 }
 
 /// Pages per placement query.

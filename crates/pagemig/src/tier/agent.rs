@@ -23,7 +23,7 @@ use crate::account::Report;
 use crate::migrate::scan;
 use crate::migrate::{MigrateError, Options, Request, Selection, Threads, check_target};
 use crate::process::Process;
-use crate::procfs::{self, ProcfsError};
+use crate::procfs;
 use crate::sys::{self, PageNode};
 use crate::topology::{NodeId, NodeSet, Topology, node_free_bytes};
 
@@ -159,11 +159,12 @@ fn check_tier(topology: &Topology, nodes: &NodeSet, tier: &'static str) -> Resul
 /// The memory the agent tiers: private anonymous memory (heap, stack, anonymous mappings).
 /// Files' pages are shared with the page cache and other processes; moving them is not the
 /// agent's business.
-fn tiered_areas(pid: u32) -> Result<Vec<procfs::VmArea>, MigrateError> {
+fn tiered_areas(pid: u32) -> Result<Vec<Range<usize>>, MigrateError> {
     Ok(procfs::read_maps(Process::Pid(pid))?
         .into_iter()
         .filter(|a| !a.is_special() && !a.is_shared())
         .filter(|a| a.path.is_empty() || a.path.starts_with('['))
+        .map(|a| a.start..a.end)
         .collect())
 }
 
@@ -178,14 +179,7 @@ fn scan(
 ) -> Result<Scan, MigrateError> {
     let process = Process::Pid(pid);
     let page = sys::base_page_size();
-    let mut present = Vec::new();
-    for a in tiered_areas(pid)? {
-        match procfs::present_pages(process, a.start..a.end, &mut present) {
-            // A mapping that went away meanwhile has no pages.
-            Err(ProcfsError::Read { .. }) => {}
-            other => other?,
-        }
-    }
+    let present = scan::present_pages(process, tiered_areas(pid)?)?;
     let nodes = scan::query(process, &present)?;
     let mut chunks: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
     let mut per_node: BTreeMap<NodeId, u64> = BTreeMap::new();

@@ -210,16 +210,20 @@ fn runtime_error(path: &Path) -> impl FnOnce(io::Error) -> TierError + '_ {
     }
 }
 
+/// The errno of a DAMON file's answer, when `e` is one.
+fn errno(e: &TierError) -> Option<i32> {
+    match e {
+        TierError::Damon { source, .. } => source.raw_os_error(),
+        _ => None,
+    }
+}
+
 /// Writes `command` to the `state` file of the kdamond in `dir`; `false` when the kernel
 /// refuses it (`EINVAL`, `EPERM`) because the kdamond has stopped.
 fn command(dir: &Path, command: &str) -> Result<bool, TierError> {
     match write(&dir.join("state"), command) {
         Ok(()) => Ok(true),
-        Err(TierError::Damon { source, .. })
-            if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EPERM)) =>
-        {
-            Ok(false)
-        }
+        Err(e) if matches!(errno(&e), Some(libc::EINVAL | libc::EPERM)) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -391,11 +395,8 @@ impl Damon {
         attrs: DamonAttrs,
         schemes: &[Scheme],
     ) -> Result<(Damon, Option<Cleaned>), TierError> {
-        let specs = pids
-            .iter()
-            .map(|&p| (p, Vec::new(), schemes.to_vec()))
-            .collect();
-        Self::start_inner(admin, runtime_dir, attrs, specs)
+        let specs = vec![(Vec::new(), schemes.to_vec()); pids.len()];
+        Self::start_inner(admin, runtime_dir, attrs, pids, specs)
     }
 
     /// kdamonds on physical memory (`paddr` operations), one per entry, each monitoring those
@@ -407,20 +408,17 @@ impl Damon {
         attrs: DamonAttrs,
         kdamonds: &[(Vec<Range<u64>>, Vec<Scheme>)],
     ) -> Result<(Damon, Option<Cleaned>), TierError> {
-        let specs = kdamonds
-            .iter()
-            .map(|(r, s)| (0, r.clone(), s.clone()))
-            .collect();
-        Self::start_inner(admin, runtime_dir, attrs, specs)
+        let pids = vec![0; kdamonds.len()];
+        Self::start_inner(admin, runtime_dir, attrs, &pids, kdamonds.to_vec())
     }
 
     fn start_inner(
         admin: &Path,
         runtime_dir: &Path,
         attrs: DamonAttrs,
-        specs: Vec<(u32, Vec<Range<u64>>, Vec<Scheme>)>,
+        pids: &[u32],
+        specs: Vec<(Vec<Range<u64>>, Vec<Scheme>)>,
     ) -> Result<(Damon, Option<Cleaned>), TierError> {
-        let pids: Vec<u32> = specs.iter().map(|s| s.0).collect();
         probe(admin)?;
         if attrs.sample.is_zero() || attrs.aggr < attrs.sample || attrs.update.is_zero() {
             return Err(TierError::BadDamonAttrs {
@@ -466,13 +464,13 @@ impl Damon {
             record_path: runtime_dir.join(RECORD),
             record,
             attrs,
-            specs: specs.into_iter().map(|(_, r, s)| (r, s)).collect(),
+            specs,
             stopped: false,
         };
         // Recorded before the kernel is touched: a kill from here on is cleaned by the next start.
         damon.save()?;
         match write(&damon.kdamonds_dir.join("nr_kdamonds"), base + pids.len()) {
-            Err(TierError::Damon { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => {
+            Err(e) if errno(&e) == Some(libc::EBUSY) => {
                 // A kdamond was turned on between our check and the write.
                 damon.stopped = true;
                 let _ = fs::remove_file(&damon.record_path);
@@ -488,14 +486,9 @@ impl Damon {
         }
         for (i, &pid) in pids.iter().enumerate() {
             let dir = damon.kdamond_dir(i);
-            write(&dir.join("state"), "on").map_err(|e| match e {
-                TierError::Damon { source, .. }
-                    if source.raw_os_error() == Some(libc::ESRCH)
-                        || source.raw_os_error() == Some(libc::EINVAL) =>
-                {
-                    TierError::NoSuchProcess { pid }
-                }
-                e => e,
+            write(&dir.join("state"), "on").map_err(|e| match errno(&e) {
+                Some(libc::ESRCH | libc::EINVAL) => TierError::NoSuchProcess { pid },
+                _ => e,
             })?;
             let (_, thread) = kdamond_state(&damon.kdamonds_dir, damon.record.kdamonds[i].index)?;
             damon.record.kdamonds[i].thread = thread;
@@ -564,13 +557,11 @@ impl Damon {
             if let Some(node) = node {
                 write(&dir.join("target_nid"), node)?;
             }
-            write(&dir.join("action"), action).map_err(|e| match e {
-                TierError::Damon { source, .. } if source.raw_os_error() == Some(libc::EINVAL) => {
-                    TierError::BadDamonAttrs {
-                        reason: format!("this kernel's DAMON has no {action} action (Linux 6.11+)"),
-                    }
-                }
-                e => e,
+            write(&dir.join("action"), action).map_err(|e| match errno(&e) {
+                Some(libc::EINVAL) => TierError::BadDamonAttrs {
+                    reason: format!("this kernel's DAMON has no {action} action (Linux 6.11+)"),
+                },
+                _ => e,
             })?;
             let pattern = dir.join("access_pattern");
             write(&pattern.join("sz/min"), 0)?;
@@ -613,8 +604,7 @@ impl Damon {
     pub fn sample(&mut self) -> Result<Vec<AccessSample>, TierError> {
         let max = self.attrs.max_accesses() as f64;
         let mut out = Vec::new();
-        for i in 0..self.record.kdamonds.len() {
-            let k = self.record.kdamonds[i].clone();
+        for (i, k) in self.record.kdamonds.iter().enumerate() {
             if k.thread.is_none() {
                 continue;
             }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::AccessSample;
 
-/// A chunk: a process and the start of an aligned range of [`HeatMap::granularity`] bytes.
+/// A chunk: a process and the start of an aligned range of the [`HeatMap`]'s granularity in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ChunkKey {
     /// The process.
@@ -51,11 +51,6 @@ impl HeatMap {
             decay,
             chunks: BTreeMap::new(),
         }
-    }
-
-    /// Bytes per chunk.
-    pub fn granularity(&self) -> usize {
-        self.granularity
     }
 
     /// Folds one interval's samples in.

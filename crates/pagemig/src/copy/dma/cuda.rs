@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use cudarc::driver::{DriverError, result, sys};
 
@@ -136,19 +135,16 @@ impl Cuda {
                 _ => merged.push((s, e)),
             }
         }
-        let mut pinned = Vec::new();
-        for (s, e) in merged {
+        let pin = |(s, e): (usize, usize)| {
             // SAFETY: the range covers the ops' memory, valid until completion (submit's
             // contract); pinning does not change its contents.
             let rc =
                 unsafe { sys::cuMemHostRegister_v2(s as *mut c_void, e - s, REGISTER_PORTABLE) };
-            if rc == sys::CUresult::CUDA_SUCCESS {
-                pinned.push(s as *mut c_void);
-            }
             // Not pinned (already registered by the caller, or refused): the driver still
             // copies pageable memory, through its staging buffers.
-        }
-        pinned
+            (rc == sys::CUresult::CUDA_SUCCESS).then_some(s as *mut c_void)
+        };
+        merged.into_iter().filter_map(pin).collect()
     }
 
     fn finish(&self, sub: Submission) -> Completion {
@@ -178,8 +174,7 @@ impl Cuda {
             stats: CopyStats {
                 bytes,
                 ops: sub.lens.len() as u64,
-                threads: 0,
-                worker_cpu: Duration::ZERO,
+                ..CopyStats::default()
             },
         }
     }
@@ -196,9 +191,7 @@ impl AsyncCopyEngine for Cuda {
         let mut failed = vec![None; batch.len()];
         let mut k = 0;
         for (i, op) in batch.iter().enumerate() {
-            let mut off = 0;
-            while off < op.len() {
-                let len = PIECE.min(op.len() - off);
+            for (off, len) in op.pieces(PIECE) {
                 let stream = self.streams[k % self.streams.len()];
                 k += 1;
                 // SAFETY: with unified addressing host pointers are valid copy addresses; the
@@ -214,17 +207,16 @@ impl AsyncCopyEngine for Cuda {
                 if rc != sys::CUresult::CUDA_SUCCESS && failed[i].is_none() {
                     failed[i] = Some(format!("cuMemcpyAsync: {rc:?}"));
                 }
-                off += len;
             }
         }
-        let mut events = Vec::new();
-        for &s in &self.streams {
+        let record = |&s: &sys::CUstream| -> Result<sys::CUevent, CopyError> {
             let e = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
                 .map_err(|e| driver("cuEventCreate", e))?;
             // SAFETY: an event and a stream of this context.
             unsafe { result::event::record(e, s) }.map_err(|e| driver("cuEventRecord", e))?;
-            events.push(e);
-        }
+            Ok(e)
+        };
+        let events = self.streams.iter().map(record).collect::<Result<_, _>>()?;
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(
             ticket,

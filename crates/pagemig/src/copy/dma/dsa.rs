@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use crate::copy::{
     AsyncCopyEngine, Completion, CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind,
@@ -469,8 +468,7 @@ impl AsyncCopyEngine for Dsa {
             stats: CopyStats {
                 bytes,
                 ops: sub.ops as u64,
-                threads: 0,
-                worker_cpu: Duration::ZERO,
+                ..CopyStats::default()
             },
         })
     }
@@ -503,21 +501,16 @@ mod tests {
             0xabc0,
         );
         let b = d.as_bytes();
+        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         assert_eq!(std::mem::size_of::<Descriptor>(), 64);
         assert_eq!(std::mem::align_of::<Descriptor>(), 64);
         // PASID and privilege: zero (ENQCMD supplies the PASID).
         assert_eq!(&b[0..4], &[0, 0, 0, 0]);
         // Flags in bytes 4..6 (CRAV | RCR = 0x0c), opcode in byte 7.
         assert_eq!(&b[4..8], &[0x0c, 0x00, 0x00, OPCODE_MEMMOVE]);
-        assert_eq!(u64::from_le_bytes(b[8..16].try_into().unwrap()), 0xabc0);
-        assert_eq!(
-            u64::from_le_bytes(b[16..24].try_into().unwrap()),
-            0x1111_2222_3333_4444
-        );
-        assert_eq!(
-            u64::from_le_bytes(b[24..32].try_into().unwrap()),
-            0x5555_6666_7777_8888
-        );
+        assert_eq!(u64_at(8), 0xabc0);
+        assert_eq!(u64_at(16), 0x1111_2222_3333_4444);
+        assert_eq!(u64_at(24), 0x5555_6666_7777_8888);
         assert_eq!(u32::from_le_bytes(b[32..36].try_into().unwrap()), 0x10_0000);
         // Interrupt handle, reserved and operation-specific bytes: zero.
         assert!(b[36..].iter().all(|&x| x == 0));
