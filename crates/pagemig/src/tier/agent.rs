@@ -396,9 +396,7 @@ impl Agent {
         };
         let decisions = decide::decide(&chunks, &limits, &self.config.policy, self.interval);
         let fast_used: u64 = chunks.iter().map(|c| c.fast_bytes).sum();
-        let fast_limit = (self.budget as i64)
-            .min(fast_used as i64 + limits.fast_headroom)
-            .max(0) as u64;
+        let fast_limit = limits.fast_limit(fast_used);
         let tracking_cpu = sys::thread_cpu_time().saturating_sub(cpu);
 
         let mut moves = Vec::new();

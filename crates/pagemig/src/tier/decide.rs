@@ -101,6 +101,15 @@ pub struct Limits {
     pub allowance: u64,
 }
 
+impl Limits {
+    /// Most bytes the fast tier may hold when it holds `fast_used`: the budget, or less where
+    /// the fast nodes' free memory above the margin runs out first.
+    pub fn fast_limit(&self, fast_used: u64) -> u64 {
+        self.budget
+            .min(fast_used.saturating_add_signed(self.fast_headroom))
+    }
+}
+
 /// Which way a chunk moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -155,8 +164,7 @@ pub fn decide(chunks: &[ChunkView], limits: &Limits, policy: &Policy, now: u64) 
                 .is_none_or(|t| now.saturating_sub(t) >= policy.min_residency)
     };
     let fast_used: u64 = chunks.iter().map(|c| c.fast_bytes).sum();
-    let limit_by_memory = fast_used as i64 + limits.fast_headroom;
-    let limit = (limits.budget as i64).min(limit_by_memory).max(0) as u64;
+    let limit = limits.fast_limit(fast_used);
     let over_budget = fast_used > limits.budget;
 
     let mut promote: Vec<&ChunkView> = chunks
@@ -261,6 +269,22 @@ mod tests {
             .filter(|d| d.direction == dir)
             .map(|d| d.key.start / CHUNK as usize)
             .collect()
+    }
+
+    #[test]
+    fn without_a_budget_only_memory_limits_the_fast_tier() {
+        // No --fast-budget: the budget is u64::MAX, and cold chunks on the fast tier stay.
+        let mut chunks = vec![chunk(0, 0.9, false), chunk(1, 0.8, false)];
+        chunks.extend((2..6).map(|i| chunk(i, 0.0, true)));
+        let d = decide(&chunks, &limits(u64::MAX), &Policy::default(), 100);
+        assert_eq!(moved(&d, Direction::Promote), [0, 1]);
+        assert!(moved(&d, Direction::Demote).is_empty());
+        let tight = Limits {
+            fast_headroom: -(CHUNK as i64),
+            ..limits(u64::MAX)
+        };
+        assert_eq!(tight.fast_limit(4 * CHUNK), 3 * CHUNK);
+        assert_eq!(tight.fast_limit(0), 0);
     }
 
     #[test]
