@@ -113,18 +113,9 @@ impl Context {
                     busy_cpus: 0.0,
                 };
                 let planner = Planner::new(&topology, model.as_ref(), best);
-                let page = sys::base_page_size() as u64;
                 (0..48)
-                    .map(|k| page << k)
-                    .find(|&bytes| {
-                        let job = Job {
-                            bytes,
-                            route: Route::default(),
-                        };
-                        planner
-                            .plan_kernel(job, MIGRATE_BATCH as u64 * page)
-                            .is_ok_and(|c| c.cpus.len() > 1)
-                    })
+                    .map(|k| (sys::base_page_size() as u64) << k)
+                    .find(|&bytes| cpus_planned(&planner, threads, bytes, Route::default()).is_ok())
                     // A smaller call may still plan two threads where the curve is not
                     // monotone: halve it once for margin.
                     .map_or(u64::MAX, |bytes| bytes / 2)
@@ -151,21 +142,27 @@ impl Context {
     fn threads_for(&self, bytes: u64, route: Route) -> Result<Vec<CpuId>, String> {
         let resources = Resources::snapshot().map_err(|e| e.to_string())?;
         let planner = Planner::new(&self.topology, self.model.as_ref(), resources);
-        let page = sys::base_page_size() as u64;
-        let choice = planner
-            .plan_kernel_as(
-                Job { bytes, route },
-                MIGRATE_BATCH as u64 * page,
-                self.threads,
-                None,
-                "the thread setting",
-            )
-            .map_err(|e| e.to_string())?;
-        if choice.cpus.len() <= 1 {
-            return Err(format!("one thread planned ({})", choice.why.join("; ")));
-        }
-        Ok(choice.cpus)
+        cpus_planned(&planner, self.threads, bytes, route)
     }
+}
+
+/// The CPUs of the threads `planner` (or the setting `threads`) gives a move of `bytes` along
+/// `route`, or why it is one thread.
+fn cpus_planned(
+    planner: &Planner<'_>,
+    threads: Threads,
+    bytes: u64,
+    route: Route,
+) -> Result<Vec<CpuId>, String> {
+    let batch_bytes = MIGRATE_BATCH as u64 * sys::base_page_size() as u64;
+    let job = Job { bytes, route };
+    let choice = planner
+        .plan_kernel_as(job, batch_bytes, threads, None, "the thread setting")
+        .map_err(|e| e.to_string())?;
+    if choice.cpus.len() <= 1 {
+        return Err(format!("one thread planned ({})", choice.why.join("; ")));
+    }
+    Ok(choice.cpus)
 }
 
 /// How a call was executed.
