@@ -42,14 +42,6 @@ pub struct Cgroup {
     pub dir: PathBuf,
 }
 
-/// CPU time a cgroup has used, from its `cpu.stat` (always present in cgroup v2, also without the
-/// cpu controller).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct CpuUsage {
-    /// `usage_usec`: user + system time of every task in the cgroup and its descendants.
-    pub usage_usec: u64,
-}
-
 /// Where the cgroup v2 hierarchy is mounted, from mountinfo text: the mount point of the first
 /// `cgroup2` file system.
 pub fn parse_mountinfo(text: &str) -> Option<PathBuf> {
@@ -82,13 +74,11 @@ pub fn parse_cpu_max(text: &str) -> Option<f64> {
     (period > 0.0).then(|| quota / period)
 }
 
-/// The `usage_usec` line of a `cpu.stat` file (0 without one).
-pub fn parse_cpu_stat(text: &str) -> CpuUsage {
-    let usage_usec = text
-        .lines()
+/// The `usage_usec` of a `cpu.stat` file (0 without one).
+pub fn parse_cpu_stat(text: &str) -> u64 {
+    text.lines()
         .find_map(|l| l.strip_prefix("usage_usec")?.trim().parse().ok())
-        .unwrap_or(0);
-    CpuUsage { usage_usec }
+        .unwrap_or(0)
 }
 
 fn read(path: &Path) -> Result<String, CgroupError> {
@@ -114,8 +104,10 @@ impl Cgroup {
         })
     }
 
-    /// CPU time used so far by the cgroup's tasks and descendants.
-    pub fn usage(&self) -> Result<CpuUsage, CgroupError> {
+    /// CPU time used so far by the cgroup's tasks and descendants, in microseconds: the
+    /// `usage_usec` of its `cpu.stat` (always present in cgroup v2, also without the cpu
+    /// controller), user and system time together.
+    pub fn usage_usec(&self) -> Result<u64, CgroupError> {
         Ok(parse_cpu_stat(&read(&self.dir.join("cpu.stat"))?))
     }
 
@@ -157,7 +149,7 @@ mod tests {
         assert_eq!(parse_cpu_max("50000 100000\n"), Some(0.5));
         assert_eq!(parse_cpu_max("250000 100000"), Some(2.5));
         let stat = parse_cpu_stat("usage_usec 7\nuser_usec 5\nsystem_usec 2\nnr_periods 0\n");
-        assert_eq!(stat, CpuUsage { usage_usec: 7 });
+        assert_eq!(stat, 7);
     }
 
     #[test]
@@ -165,7 +157,7 @@ mod tests {
         match Cgroup::of(Process::Current) {
             Ok(cg) => {
                 assert!(cg.dir.is_dir(), "{cg:?}");
-                cg.usage().unwrap();
+                cg.usage_usec().unwrap();
             }
             Err(e) => eprintln!("skipped: {e}"),
         }
