@@ -43,14 +43,12 @@ const MIGRATE_BATCH: usize = 4096;
 /// that loaded the library.
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// The machine.
-    pub topology: Topology,
+    /// The machine, or why it cannot be read: then every call goes to the kernel unchanged.
+    pub topology: Result<Topology, String>,
     /// Its calibrated cost model, if one is used.
     pub model: Option<CostModel>,
     /// Threads per call: `auto` (the planner) or a fixed count.
     pub threads: Threads,
-    /// Why pagemig cannot plan on this machine (every call then goes to the kernel unchanged).
-    pub unusable: Option<String>,
     /// `move_pages` calls of fewer bytes than this go to the kernel unchanged without further
     /// checks: below it the planner gives one thread even with every allowed CPU idle. Zero:
     /// every call is planned; `u64::MAX`: none is.
@@ -61,7 +59,7 @@ pub struct Context {
 
 impl Context {
     /// The running machine with these settings; a machine whose topology cannot be read gives
-    /// a context that passes every call to the kernel ([`Context::unusable`] says why).
+    /// a context that passes every call to the kernel ([`Context::topology`] says why).
     ///
     /// ```
     /// use pagemig::abi::Context;
@@ -75,15 +73,9 @@ impl Context {
         match Topology::detect() {
             Ok(topology) => Context::with_topology(topology, threads, model, Arc::default()),
             Err(e) => Context {
-                topology: Topology {
-                    nodes: Vec::new(),
-                    online_cpus: CpuSet::default(),
-                    l3_domains: Vec::new(),
-                    tiers: Vec::new(),
-                },
+                topology: Err(e.to_string()),
                 model,
                 threads,
-                unusable: Some(e.to_string()),
                 workers: Arc::default(),
                 min_split_bytes: u64::MAX,
             },
@@ -122,26 +114,26 @@ impl Context {
             }
         };
         Context {
-            topology,
+            topology: Ok(topology),
             model,
             threads,
-            unusable: None,
             min_split_bytes,
             workers,
         }
     }
 
-    /// Why calls cannot be planned here, if they cannot.
-    fn usable(&self) -> Result<(), String> {
-        let unusable = self.unusable.as_ref();
-        unusable.map_or(Ok(()), |why| Err(format!("no topology: {why}")))
+    /// The machine calls are planned for, or why they cannot be planned here.
+    fn usable(&self) -> Result<&Topology, String> {
+        self.topology
+            .as_ref()
+            .map_err(|why| format!("no topology: {why}"))
     }
 
     /// The CPUs of the threads the planner (or the setting) gives a move of `bytes` along
     /// `route`, or why it is one thread.
     fn threads_for(&self, bytes: u64, route: Route) -> Result<Vec<CpuId>, String> {
         let resources = Resources::snapshot().map_err(|e| e.to_string())?;
-        let planner = Planner::new(&self.topology, self.model.as_ref(), resources);
+        let planner = Planner::new(self.usable()?, self.model.as_ref(), resources);
         cpus_planned(&planner, self.threads, bytes, route)
     }
 }
