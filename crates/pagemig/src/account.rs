@@ -11,8 +11,10 @@ use crate::process::Process;
 use crate::sys::Errno;
 use crate::topology::NodeId;
 
-/// Why a page did not move, from the kernel's per-page status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Why a page did not move, from the kernel's per-page status. Serialized as its short name, a
+/// string also as a map key (JSON, CSV).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FailureCause {
     /// Pinned (DMA, io_uring buffers, RDMA) or busy (locked, under writeback): `EBUSY`,
     /// `EAGAIN`, or left behind by the kernel for a transient reason without a per-page status
@@ -32,8 +34,14 @@ pub enum FailureCause {
     ProcessExited,
     /// The kernel said it moved but the page is elsewhere (a concurrent migration moved it).
     StillElsewhere,
-    /// Any other errno.
+    /// Any other errno: `errno_N`.
+    #[serde(untagged, serialize_with = "errno_name")]
     Other(i32),
+}
+
+/// The name of [`FailureCause::Other`].
+fn errno_name<S: Serializer>(errno: &i32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("errno_{errno}"))
 }
 
 impl FailureCause {
@@ -69,24 +77,6 @@ impl fmt::Display for FailureCause {
             FailureCause::StillElsewhere => "moved away again by someone else",
             FailureCause::Other(e) => return write!(f, "{}", Errno::from_raw_os_error(*e)),
         })
-    }
-}
-
-/// Its short name in JSON and CSV (also as a map key, which must be a string).
-impl Serialize for FailureCause {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let code = match self {
-            FailureCause::Busy => "busy",
-            FailureCause::NotPresent => "not_present",
-            FailureCause::NotMapped => "not_mapped",
-            FailureCause::NoMemory => "no_memory",
-            FailureCause::Shared => "shared",
-            FailureCause::Denied => "denied",
-            FailureCause::ProcessExited => "process_exited",
-            FailureCause::StillElsewhere => "still_elsewhere",
-            FailureCause::Other(e) => return s.serialize_str(&format!("errno_{e}")),
-        };
-        s.serialize_str(code)
     }
 }
 

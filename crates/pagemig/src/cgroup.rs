@@ -42,18 +42,6 @@ pub struct Cgroup {
     pub dir: PathBuf,
 }
 
-/// CPU time a cgroup has used, from its `cpu.stat` (always present in cgroup v2, also without the
-/// cpu controller).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct CpuUsage {
-    /// `usage_usec`: user + system time of every task in the cgroup and its descendants.
-    pub usage_usec: u64,
-    /// `user_usec`.
-    pub user_usec: u64,
-    /// `system_usec`.
-    pub system_usec: u64,
-}
-
 /// Where the cgroup v2 hierarchy is mounted, from mountinfo text: the mount point of the first
 /// `cgroup2` file system.
 pub fn parse_mountinfo(text: &str) -> Option<PathBuf> {
@@ -77,37 +65,20 @@ pub fn parse_proc_cgroup(text: &str) -> Option<String> {
 /// half a CPU.
 pub fn parse_cpu_max(text: &str) -> Option<f64> {
     let mut fields = text.split_whitespace();
-    let quota = fields.next()?;
+    // `max` is no number: no limit.
+    let quota: f64 = fields.next()?.parse().ok()?;
     let period: f64 = fields
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or(100_000.0);
-    match quota {
-        "max" => None,
-        q => q
-            .parse::<f64>()
-            .ok()
-            .filter(|_| period > 0.0)
-            .map(|q| q / period),
-    }
+    (period > 0.0).then(|| quota / period)
 }
 
-/// The fields of a `cpu.stat` file that say how much CPU time was used.
-pub fn parse_cpu_stat(text: &str) -> CpuUsage {
-    let mut usage = CpuUsage::default();
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(key), Some(value)) = (f.next(), f.next().and_then(|v| v.parse().ok())) else {
-            continue;
-        };
-        match key {
-            "usage_usec" => usage.usage_usec = value,
-            "user_usec" => usage.user_usec = value,
-            "system_usec" => usage.system_usec = value,
-            _ => {}
-        }
-    }
-    usage
+/// The `usage_usec` of a `cpu.stat` file (0 without one).
+pub fn parse_cpu_stat(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec")?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn read(path: &Path) -> Result<String, CgroupError> {
@@ -133,8 +104,10 @@ impl Cgroup {
         })
     }
 
-    /// CPU time used so far by the cgroup's tasks and descendants.
-    pub fn usage(&self) -> Result<CpuUsage, CgroupError> {
+    /// CPU time used so far by the cgroup's tasks and descendants, in microseconds: the
+    /// `usage_usec` of its `cpu.stat` (always present in cgroup v2, also without the cpu
+    /// controller), user and system time together.
+    pub fn usage_usec(&self) -> Result<u64, CgroupError> {
         Ok(parse_cpu_stat(&read(&self.dir.join("cpu.stat"))?))
     }
 
@@ -176,14 +149,7 @@ mod tests {
         assert_eq!(parse_cpu_max("50000 100000\n"), Some(0.5));
         assert_eq!(parse_cpu_max("250000 100000"), Some(2.5));
         let stat = parse_cpu_stat("usage_usec 7\nuser_usec 5\nsystem_usec 2\nnr_periods 0\n");
-        assert_eq!(
-            stat,
-            CpuUsage {
-                usage_usec: 7,
-                user_usec: 5,
-                system_usec: 2
-            }
-        );
+        assert_eq!(stat, 7);
     }
 
     #[test]
@@ -191,7 +157,7 @@ mod tests {
         match Cgroup::of(Process::Current) {
             Ok(cg) => {
                 assert!(cg.dir.is_dir(), "{cg:?}");
-                cg.usage().unwrap();
+                cg.usage_usec().unwrap();
             }
             Err(e) => eprintln!("skipped: {e}"),
         }

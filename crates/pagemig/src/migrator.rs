@@ -121,19 +121,15 @@ impl Migrator {
         &self.topology
     }
 
-    /// The planner, with this migrator's model and resources.
-    pub fn planner(&self) -> Planner<'_> {
-        Planner::new(&self.topology, self.model.as_ref(), self.resources.clone())
-            .remap_support(self.handles.as_ref().map(drop).map_err(Clone::clone))
-    }
-
     /// Scans and plans `request` without moving anything; the time planning took is the
     /// scan's `plan` phase, its CPU time is in the scan's.
     pub fn plan(&self, request: &Request<'_>) -> Result<(Scan, Plan), MigrateError> {
         let mut scan = scan::scan(&self.topology, request)?;
         let cpu = crate::sys::thread_cpu_time();
         let mut laps = Laps::start();
-        let plan = self.planner().plan(request, &scan)?;
+        let plan = Planner::new(&self.topology, self.model.as_ref(), self.resources.clone())
+            .remap_support(self.handles.as_ref().map(drop).map_err(Clone::clone))
+            .plan(request, &scan)?;
         laps.lap(&mut scan.phases.plan);
         scan.caller_cpu += crate::sys::thread_cpu_time().saturating_sub(cpu);
         Ok((scan, plan))
@@ -141,17 +137,8 @@ impl Migrator {
 
     /// Scans, plans and executes `request`.
     pub fn migrate(&self, request: &Request<'_>) -> Result<Report, MigrateError> {
-        self.migrate_with_progress(request, &|_| {})
-    }
-
-    /// As [`Migrator::migrate`], calling `progress` as pages are found and moved.
-    pub fn migrate_with_progress(
-        &self,
-        request: &Request<'_>,
-        progress: &(dyn Fn(Progress) + Sync),
-    ) -> Result<Report, MigrateError> {
         let (scan, plan) = self.plan(request)?;
-        self.execute(request, &scan, &plan, progress)
+        self.execute(request, &scan, &plan, &|_| {})
     }
 
     /// Executes `plan` for `request`, whose scan is `scan` (both from [`Migrator::plan`]). The
@@ -213,7 +200,7 @@ impl Migrator {
         progress(Progress::Planned(
             total / crate::sys::base_page_size() as u64,
         ));
-        let mut report: Option<Report> = None;
+        let mut reports = Vec::new();
         for r in own.ranges() {
             // SAFETY: own ranges are made only by `Request::own`, whose caller keeps
             // `migrate_range`'s contract, and `Request::mapping`, which borrows the mapping
@@ -223,16 +210,16 @@ impl Migrator {
                 remap::migrate_range(&self.topology, r.start, r.len(), request.to, plan, tools)
             }?;
             progress(Progress::Moved(one.pages_requested));
-            report = Some(match report {
-                None => one,
-                Some(all) => merge(all, one),
-            });
+            reports.push(one);
         }
-        report.ok_or(MigrateError::BadRange {
-            start: 0,
-            end: 0,
-            reason: "no range to move",
-        })
+        reports
+            .into_iter()
+            .reduce(merge)
+            .ok_or(MigrateError::BadRange {
+                start: 0,
+                end: 0,
+                reason: "no range to move",
+            })
     }
 }
 

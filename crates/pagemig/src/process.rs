@@ -4,14 +4,16 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
-/// The process whose pages move.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The process whose pages move; `"self"` or the pid in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Process {
     /// The calling process.
+    #[serde(rename = "self")]
     Current,
     /// Another process (or this one) by pid.
+    #[serde(untagged)]
     Pid(u32),
 }
 
@@ -54,15 +56,6 @@ impl FromStr for Process {
                 .filter(|&p| p > 0 && p <= i32::MAX as u32)
                 .map(Process::Pid)
                 .ok_or_else(|| format!("bad pid {s:?}: expected a positive number or \"self\"")),
-        }
-    }
-}
-
-impl Serialize for Process {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Process::Current => s.serialize_str("self"),
-            Process::Pid(p) => s.serialize_u32(*p),
         }
     }
 }

@@ -46,28 +46,13 @@ pub enum ProcfsError {
     },
 }
 
-/// The fields of `/proc/PID/stat` after the command name, which is in parentheses and may
-/// contain spaces or parentheses itself: the state first.
-fn stat_fields(stat: &str) -> Vec<&str> {
-    stat.rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default()
-}
-
-/// Whether a state of `/proc/PID/stat` is that of a zombie (or a dead task).
-fn is_zombie(state: &str) -> bool {
-    matches!(state, "Z" | "X" | "x")
-}
-
 /// Whether the process has exited or is exiting: gone from /proc, a zombie, or without memory
 /// any more (`VmSize` missing from its status). The kernel then answers `move_pages` with
 /// `EINVAL`, not `ESRCH`.
 pub fn has_exited(process: Process) -> bool {
-    let zombie = match std::fs::read_to_string(process.proc_path("stat")) {
-        Ok(stat) => stat_fields(&stat).first().is_some_and(|s| is_zombie(s)),
-        Err(_) => true,
-    };
-    zombie || read_text(process, "status").map_or(true, |s| field(&s, "VmSize").is_none())
+    // A kernel thread, which `check_user_memory` refuses too, has no `VmSize` either.
+    check_user_memory(process).is_err()
+        || read_text(process, "status").map_or(true, |s| field(&s, "VmSize").is_none())
 }
 
 /// `PF_KTHREAD` in the flags of `/proc/PID/stat`.
@@ -77,11 +62,17 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// kernel thread.
 pub fn check_user_memory(process: Process) -> Result<(), ProcfsError> {
     let stat = read_text(process, "stat")?;
-    let fields = stat_fields(&stat);
+    // The fields after the command name, which is in parentheses and may contain spaces or
+    // parentheses itself: the state first.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
     let bad = || invalid(process, "stat", format!("unexpected contents {stat:?}"));
     let state = *fields.first().ok_or_else(bad)?;
     let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
-    let what = if is_zombie(state) {
+    // `X` and `x`: dead, a zombie being reaped.
+    let what = if matches!(state, "Z" | "X" | "x") {
         "a zombie"
     } else if flags & PF_KTHREAD != 0 {
         "a kernel thread"

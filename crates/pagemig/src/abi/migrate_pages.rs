@@ -92,7 +92,7 @@ fn prepare_migration(
     old_nodes: *const c_ulong,
     new_nodes: *const c_ulong,
 ) -> Result<Execution, String> {
-    ctx.usable()?;
+    let topology = ctx.usable()?;
     let page = sys::base_page_size();
     if maxnode > (page * 8) as c_ulong {
         return Err(format!("maxnode {maxnode} is more than the kernel takes"));
@@ -157,7 +157,7 @@ fn prepare_migration(
         let request =
             Request::process(process, Selection::All, d).from_nodes(NodeSet::from_iter([s]));
         let workers = &ctx.workers;
-        match in_cgroup::scan_and_execute(&ctx.topology, &request, &plan, workers, &|_| {}) {
+        match in_cgroup::scan_and_execute(topology, &request, &plan, workers, &|_| {}) {
             Ok(report) => reports.push(report),
             Err(e) => {
                 stopped = Some(e.to_string());

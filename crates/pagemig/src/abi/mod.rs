@@ -43,14 +43,12 @@ const MIGRATE_BATCH: usize = 4096;
 /// that loaded the library.
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// The machine.
-    pub topology: Topology,
+    /// The machine, or why it cannot be read: then every call goes to the kernel unchanged.
+    pub topology: Result<Topology, String>,
     /// Its calibrated cost model, if one is used.
     pub model: Option<CostModel>,
     /// Threads per call: `auto` (the planner) or a fixed count.
     pub threads: Threads,
-    /// Why pagemig cannot plan on this machine (every call then goes to the kernel unchanged).
-    pub unusable: Option<String>,
     /// `move_pages` calls of fewer bytes than this go to the kernel unchanged without further
     /// checks: below it the planner gives one thread even with every allowed CPU idle. Zero:
     /// every call is planned; `u64::MAX`: none is.
@@ -61,7 +59,7 @@ pub struct Context {
 
 impl Context {
     /// The running machine with these settings; a machine whose topology cannot be read gives
-    /// a context that passes every call to the kernel ([`Context::unusable`] says why).
+    /// a context that passes every call to the kernel ([`Context::topology`] says why).
     ///
     /// ```
     /// use pagemig::abi::Context;
@@ -75,15 +73,9 @@ impl Context {
         match Topology::detect() {
             Ok(topology) => Context::with_topology(topology, threads, model, Arc::default()),
             Err(e) => Context {
-                topology: Topology {
-                    nodes: Vec::new(),
-                    online_cpus: CpuSet::default(),
-                    l3_domains: Vec::new(),
-                    tiers: Vec::new(),
-                },
+                topology: Err(e.to_string()),
                 model,
                 threads,
-                unusable: Some(e.to_string()),
                 workers: Arc::default(),
                 min_split_bytes: u64::MAX,
             },
@@ -113,59 +105,56 @@ impl Context {
                     busy_cpus: 0.0,
                 };
                 let planner = Planner::new(&topology, model.as_ref(), best);
-                let page = sys::base_page_size() as u64;
                 (0..48)
-                    .map(|k| page << k)
-                    .find(|&bytes| {
-                        let job = Job {
-                            bytes,
-                            route: Route::default(),
-                        };
-                        planner
-                            .plan_kernel(job, MIGRATE_BATCH as u64 * page)
-                            .is_ok_and(|c| c.cpus.len() > 1)
-                    })
+                    .map(|k| (sys::base_page_size() as u64) << k)
+                    .find(|&bytes| cpus_planned(&planner, threads, bytes, Route::default()).is_ok())
                     // A smaller call may still plan two threads where the curve is not
                     // monotone: halve it once for margin.
                     .map_or(u64::MAX, |bytes| bytes / 2)
             }
         };
         Context {
-            topology,
+            topology: Ok(topology),
             model,
             threads,
-            unusable: None,
             min_split_bytes,
             workers,
         }
     }
 
-    /// Why calls cannot be planned here, if they cannot.
-    fn usable(&self) -> Result<(), String> {
-        let unusable = self.unusable.as_ref();
-        unusable.map_or(Ok(()), |why| Err(format!("no topology: {why}")))
+    /// The machine calls are planned for, or why they cannot be planned here.
+    fn usable(&self) -> Result<&Topology, String> {
+        self.topology
+            .as_ref()
+            .map_err(|why| format!("no topology: {why}"))
     }
 
     /// The CPUs of the threads the planner (or the setting) gives a move of `bytes` along
     /// `route`, or why it is one thread.
     fn threads_for(&self, bytes: u64, route: Route) -> Result<Vec<CpuId>, String> {
         let resources = Resources::snapshot().map_err(|e| e.to_string())?;
-        let planner = Planner::new(&self.topology, self.model.as_ref(), resources);
-        let page = sys::base_page_size() as u64;
-        let choice = planner
-            .plan_kernel_as(
-                Job { bytes, route },
-                MIGRATE_BATCH as u64 * page,
-                self.threads,
-                None,
-                "the thread setting",
-            )
-            .map_err(|e| e.to_string())?;
-        if choice.cpus.len() <= 1 {
-            return Err(format!("one thread planned ({})", choice.why.join("; ")));
-        }
-        Ok(choice.cpus)
+        let planner = Planner::new(self.usable()?, self.model.as_ref(), resources);
+        cpus_planned(&planner, self.threads, bytes, route)
     }
+}
+
+/// The CPUs of the threads `planner` (or the setting `threads`) gives a move of `bytes` along
+/// `route`, or why it is one thread.
+fn cpus_planned(
+    planner: &Planner<'_>,
+    threads: Threads,
+    bytes: u64,
+    route: Route,
+) -> Result<Vec<CpuId>, String> {
+    let batch_bytes = MIGRATE_BATCH as u64 * sys::base_page_size() as u64;
+    let job = Job { bytes, route };
+    let choice = planner
+        .plan_kernel_as(job, batch_bytes, threads, None, "the thread setting")
+        .map_err(|e| e.to_string())?;
+    if choice.cpus.len() <= 1 {
+        return Err(format!("one thread planned ({})", choice.why.join("; ")));
+    }
+    Ok(choice.cpus)
 }
 
 /// How a call was executed.

@@ -80,37 +80,6 @@ fn split_keeps_answers(pages: &[usize], nodes: &[c_int], region: usize) -> Resul
     Ok(())
 }
 
-/// Reads the caller's arrays, or says why the call must go to the kernel unchanged.
-struct Arrays {
-    pages: Vec<usize>,
-    nodes: Vec<c_int>,
-    status: Vec<c_int>,
-}
-
-impl Arrays {
-    fn read(
-        count: usize,
-        pages: *const *const c_void,
-        nodes: *const c_int,
-        status: ForeignOut<'_>,
-    ) -> Result<Self, String> {
-        let arrays = Arrays {
-            pages: sys::read_own(pages as usize, count)
-                .map_err(kernel_answers("the pages array cannot be read"))?,
-            nodes: sys::read_own(nodes as usize, count)
-                .map_err(kernel_answers("the nodes array cannot be read"))?,
-            status: status
-                .read()
-                .map_err(kernel_answers("the status array cannot be read"))?,
-        };
-        // Writing back what it holds tells whether it is writable before anything moves.
-        status
-            .write(&arrays.status)
-            .map_err(kernel_answers("the status array is not writable"))?;
-        Ok(arrays)
-    }
-}
-
 /// Checks the targets as the kernel does before it moves anything: a node without memory is
 /// `ENODEV`, a node outside the process's cpuset `EACCES`, both for the whole call.
 fn check_nodes(pid: c_int, nodes: &[c_int]) -> Result<(), String> {
@@ -222,15 +191,25 @@ fn split_move(
             .and_then(|n| u32::try_from(n[0]).ok()),
     };
     let cpus = ctx.threads_for(bytes, route)?;
-    let mut arrays = Arrays::read(count, pages, nodes, status)?;
-    check_nodes(pid, &arrays.nodes)?;
+    let all_pages: Vec<usize> = sys::read_own(pages as usize, count)
+        .map_err(kernel_answers("the pages array cannot be read"))?;
+    let all_nodes: Vec<c_int> = sys::read_own(nodes as usize, count)
+        .map_err(kernel_answers("the nodes array cannot be read"))?;
+    let mut answers = status
+        .read()
+        .map_err(kernel_answers("the status array cannot be read"))?;
+    // Writing back what it holds tells whether it is writable before anything moves.
+    status
+        .write(&answers)
+        .map_err(kernel_answers("the status array is not writable"))?;
+    check_nodes(pid, &all_nodes)?;
     let region = largest_folio();
-    split_keeps_answers(&arrays.pages, &arrays.nodes, region)?;
+    split_keeps_answers(&all_pages, &all_nodes, region)?;
     // Unmapped when the call began: EFAULT, as the query said; the others move.
     let unmapped = |i: usize| at_entry[i] == -libc::EFAULT;
     let moving: Vec<usize> = (0..count).filter(|&i| !unmapped(i)).collect();
-    let addrs: Vec<usize> = moving.iter().map(|&i| arrays.pages[i]).collect();
-    let targets: Vec<NodeId> = moving.iter().map(|&i| arrays.nodes[i] as NodeId).collect();
+    let addrs: Vec<usize> = moving.iter().map(|&i| all_pages[i]).collect();
+    let targets: Vec<NodeId> = moving.iter().map(|&i| all_nodes[i] as NodeId).collect();
     let groups = targets.iter().collect::<HashSet<_>>().len();
     let batch = count.div_ceil(cpus.len() * 4).clamp(MIN_CALL, MAX_CALL);
     // One call on another thread only adds a thread's start to the kernel's work. With one
@@ -280,17 +259,17 @@ fn split_move(
         ));
     }
     for i in (0..count).filter(|&i| unmapped(i)) {
-        arrays.status[i] = -libc::EFAULT;
+        answers[i] = -libc::EFAULT;
     }
     for (&i, &s) in moving.iter().zip(&moved) {
-        arrays.status[i] = s;
+        answers[i] = s;
     }
     let execution = Execution::Split {
         cpus,
         groups,
         calls,
     };
-    match status.write(&arrays.status) {
+    match status.write(&answers) {
         Ok(()) => Ok((Ok(0), execution)),
         Err(e) => Ok((Err(e.errno), execution)),
     }

@@ -474,7 +474,7 @@ pub fn execute(
         return Ok(finish(report, phases, laps));
     }
 
-    let usage = || paying.and_then(|c| c.usage().ok()).map(|u| u.usage_usec);
+    let usage = || paying.and_then(|c| c.usage_usec().ok());
     report.charged_to.usage_before_usec = usage();
     let targets = vec![to; to_move.len()];
     let mut status = vec![0; to_move.len()];
