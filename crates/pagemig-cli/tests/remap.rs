@@ -357,33 +357,39 @@ fn a_failed_copy_leaves_every_page_usable_where_it_was() {
     let Some((topo, a, b)) = setup("a_failed_copy_leaves_every_page_usable") else {
         return;
     };
-    let mut m = Mapping::anonymous(64 * PAGE).unwrap();
-    m.bind(&NodeSet::from_iter([a])).unwrap();
-    m.as_mut_slice().fill(7);
     let handles = Handles::open().unwrap();
     let plan = Plan::remap((1 << 20) / PAGE);
-    let tools = Tools {
-        engine: &Failing,
-        handles: &handles,
-        reservoirs: None,
-    };
-    let err = remap::migrate_mapping(&topo, &mut m, 0..64 * PAGE, b, &plan, tools).unwrap_err();
-    assert!(
-        matches!(err, RemapError::Copy { moved_until, .. } if moved_until == m.as_ptr() as usize),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("the others where they were"),
-        "{err}"
-    );
-    // Writable again at once (a write-protected page would block this thread forever).
-    m.as_mut_slice().fill(9);
-    assert!(m.as_slice().iter().all(|&x| x == 9));
-    assert!(
-        on_node(m.as_ptr() as usize, m.len(), PAGE)
-            .iter()
-            .all(|p| *p == PageNode::Node(a))
-    );
+    // Without reservoirs the batch is write-protected; with them its base pages are moved out
+    // before the copy, and must be put back.
+    let reservoirs = Reservoirs::new(1 << 20);
+    for reservoirs in [None, Some(&reservoirs)] {
+        let mut m = Mapping::anonymous(64 * PAGE).unwrap();
+        m.bind(&NodeSet::from_iter([a])).unwrap();
+        m.as_mut_slice().fill(7);
+        let tools = Tools {
+            engine: &Failing,
+            handles: &handles,
+            reservoirs,
+        };
+        let err = remap::migrate_mapping(&topo, &mut m, 0..64 * PAGE, b, &plan, tools).unwrap_err();
+        assert!(
+            matches!(err, RemapError::Copy { moved_until, .. } if moved_until == m.as_ptr() as usize),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("the others where they were"),
+            "{err}"
+        );
+        assert!(m.as_slice().iter().all(|&x| x == 7), "contents lost");
+        // Writable again at once (a write-protected page would block this thread forever).
+        m.as_mut_slice().fill(9);
+        assert!(m.as_slice().iter().all(|&x| x == 9));
+        assert!(
+            on_node(m.as_ptr() as usize, m.len(), PAGE)
+                .iter()
+                .all(|p| *p == PageNode::Node(a))
+        );
+    }
 }
 
 #[test]

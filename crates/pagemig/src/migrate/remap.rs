@@ -1,9 +1,11 @@
 //! The remap path: migrate memory of the calling process without the kernel's one-thread copy.
 //!
-//! Per batch: write-protect the range with userfaultfd (writers wait, readers do not), allocate
-//! new pages on the target node, copy the present pages with a copy engine (a pinned worker pool),
-//! `mremap` the new pages over the same addresses, and wake the writers. Addresses and contents
-//! stay the same; pages never touched stay untouched.
+//! Per batch: stop writers with userfaultfd, allocate new pages on the target node, copy the
+//! present pages with a copy engine (a pinned worker pool), `mremap` the new pages over the same
+//! addresses, and wake the writers. Writers are stopped by write-protecting the range (readers go
+//! on) or, for base pages with reservoirs, by moving the old pages out of it first (every access
+//! waits; no page-table entry is changed one by one). Addresses and contents stay the same; pages
+//! never touched stay untouched.
 // Replacing the caller's pages in place is the point of this path: its entry is an `unsafe fn`
 // whose contract the caller keeps, and the copy ops over raw addresses follow from it.
 #![allow(unsafe_code)]
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use super::plan::Plan;
 use super::reservoir::Reservoirs;
-use super::scan::{PageState, scan_own, scan_own_for};
+use super::scan::{PageState, Runs, scan_own, scan_own_for};
 use crate::account::{
     CallStats, Charge, ChargeTo, FailureCause, Laps, Path, Phases, RemapFacts, Report, ScanMethod,
     SkipReason, Verification, Verify,
@@ -256,6 +258,49 @@ fn holes(runs: &[Range<usize>], len: usize) -> Vec<Range<usize>> {
     out
 }
 
+/// `runs`, scanned where pages were moved out to, as if scanned at `at`, where they came from.
+fn moved_to(mut runs: Runs, at: usize) -> Runs {
+    let shift =
+        |r: &Range<usize>| at + (r.start - runs.range.start)..at + (r.end - runs.range.start);
+    for r in &mut runs.runs {
+        r.range = shift(&r.range);
+    }
+    runs.range = shift(&runs.range);
+    runs
+}
+
+/// New pages for a batch of `len` bytes on `to` (`huge` pages or base pages, aligned to
+/// `unit`): a reservoir's chunk with the pages the copy will not overwrite dropped, or a new
+/// mapping with the pages of `runs` (offsets) faulted in. The flag says which.
+fn new_pages(
+    reservoirs: Option<&Reservoirs>,
+    to: NodeId,
+    huge: bool,
+    len: usize,
+    unit: usize,
+    runs: &[Range<usize>],
+) -> Result<(Mapping, bool), SysError> {
+    if let Some(mut m) = reservoirs.and_then(|r| r.take(to, huge, len)) {
+        // Drop the stale pages the copy will not overwrite.
+        for h in holes(runs, len) {
+            m.discard(h)?;
+        }
+        return Ok((m, true));
+    }
+    let new = Mapping::anonymous_aligned(len, unit)?;
+    // The new pages have the size of the old ones.
+    if huge {
+        new.advise_huge_pages()?;
+    } else {
+        new.advise_no_huge_pages()?;
+    }
+    new.bind(&NodeSet::from_iter([to]))?;
+    for r in runs {
+        new.populate_range(r.clone())?;
+    }
+    Ok((new, false))
+}
+
 /// The pages to ask about after a batch: every page of `runs` (absolute addresses) with
 /// [`Verify::Full`]; otherwise one page per huge page of `huge` runs and up to
 /// [`SAMPLE_BASE_PAGES`] base pages spread over the rest.
@@ -300,8 +345,9 @@ pub struct Tools<'a> {
     /// The userfaultfd and files, kept open between calls.
     pub handles: &'a Handles,
     /// Where new pages come from and old pages go, instead of being allocated and freed. With
-    /// them, accesses to a batch's pages that are not there yet (never touched, or between the
-    /// two remaps) wait for the batch too.
+    /// them, accesses to a batch's pages that are not there (never touched, or moved out) wait
+    /// for the batch too, and base pages are moved out before the copy instead of being
+    /// write-protected.
     pub reservoirs: Option<&'a Reservoirs>,
 }
 
@@ -312,8 +358,8 @@ pub struct Tools<'a> {
 /// The range must be anonymous private memory of this process that no thread unmaps, remaps or
 /// re-protects during the call, and that no live Rust reference (`&`/`&mut`) covers unless the
 /// caller accepts that the bytes behind it are replaced by identical ones. Other threads may
-/// read and write it through raw pointers or atomics: reads never wait, writes wait for their
-/// batch and are never lost.
+/// read and write it through raw pointers or atomics: writes wait for their batch and are never
+/// lost; reads wait only where base pages are moved out before the copy (with reservoirs).
 pub unsafe fn migrate_range(
     topology: &Topology,
     start: usize,
@@ -373,24 +419,64 @@ pub unsafe fn migrate_range(
 
         // Writers wait from here until the wake; with reservoirs, so do accesses to pages that
         // are not there.
-        uffd.register(pos, b_len, tools.reservoirs.is_some())
-            .map_err(failed)?;
-        // On any failure below, lift the protection so that the batch stays usable where it is;
-        // the userfaultfd may outlive this call, so the range is unregistered too.
-        let undo = |e: RemapError| {
+        let reservoirs = tools.reservoirs.is_some();
+        uffd.register(pos, b_len, reservoirs).map_err(failed)?;
+        // On any failure below, put back the old pages where they were moved out, and lift the
+        // protection, so that the batch stays usable where it is; the userfaultfd may outlive
+        // this call, so the range is unregistered too.
+        let undo = |e: RemapError, moved_out: Option<Mapping>| {
+            if let Some(old) = moved_out {
+                // SAFETY: [pos, b_end) was emptied by moving these very pages out, and accesses
+                // to it wait until it is unregistered below.
+                let _ = unsafe { old.replace(pos) };
+            }
             let _ = uffd.unprotect(pos, b_len);
             let _ = uffd.unregister(pos, b_len);
             e
         };
-        uffd.write_protect(pos, b_len)
-            .map_err(|e| undo(failed(e)))?;
+        let huge = aligned && scan.has_huge();
+        // Base pages, with reservoirs: move the old pages out to a chunk of their own (`mremap`
+        // moves page tables, whole ones for a 2 MB-aligned batch) and copy from there; every
+        // access to the batch waits (missing pages) until the new pages are in. Write-protecting
+        // costs a page-table entry per page, and so does giving the old pages write access back
+        // before a reservoir hands them out again: together as much as the copy of a 4 KB page.
+        // Huge pages are write-protected (an entry per 2 MB), and their readers go on.
+        let mut moved_out = None;
+        if reservoirs && !huge {
+            let mut old = Mapping::anonymous_aligned(b_len, HUGE_PAGE_SIZE)
+                .map_err(|e| undo(failed(e), None))?;
+            // SAFETY: [pos, b_end) is the caller's anonymous private memory, registered for
+            // missing pages: accesses wait until the new pages, or these on failure, are back.
+            match unsafe { old.take_pages_from(0, pos, b_len) } {
+                Ok(()) => moved_out = Some(old),
+                // The range spans several mappings (earlier batches of other sizes): one call
+                // cannot move it, so it is write-protected instead.
+                Err(e) if e.errno == sys::Errno::FAULT => {}
+                Err(e) => return Err(undo(failed(e), None)),
+            }
+        }
+        if moved_out.is_none() {
+            uffd.write_protect(pos, b_len)
+                .map_err(|e| undo(failed(e), None))?;
+        }
         laps.lap(&mut phases.protect);
 
-        // Pages written between the scan and the protection have data too.
-        let later = scan_own_for(pagemap, pos..b_end, PageCategories::PRESENT)
-            .map_err(|e| undo(failed(e)))?;
-        scan.merge_present(&later);
+        // Where the pages are copied from.
+        let src = moved_out.as_ref().map_or(pos, |m| m.as_ptr() as usize);
+        if moved_out.is_some() {
+            // Nothing reaches the old pages any more: what is there now is what to copy.
+            match scan_own(pagemap, src..src + b_len) {
+                Ok(old) => scan = moved_to(old, pos),
+                Err(e) => return Err(undo(failed(e), moved_out.take())),
+            }
+        } else {
+            // Pages written between the scan and the protection have data too.
+            let later = scan_own_for(pagemap, pos..b_end, PageCategories::PRESENT)
+                .map_err(|e| undo(failed(e), None))?;
+            scan.merge_present(&later);
+        }
         facts.scan = scan.method;
+        // Huge pages faulted in between the two looks count.
         let huge = aligned && scan.has_huge();
         // Offsets from `pos` of the pages to copy.
         let runs: Vec<Range<usize>> = scan
@@ -403,9 +489,12 @@ pub unsafe fn migrate_range(
         // then has no hole that a later copy would fault in under an old memory policy.
         let recycle_to = match (tools.reservoirs, runs.as_slice()) {
             (Some(_), [r]) if r.len() == b_len && scan.bytes(PageState::Swapped) == 0 => {
-                match sys::query_page_nodes(0, &[pos]).map_err(|e| undo(failed(e)))?[..] {
-                    [PageNode::Node(n)] => Some(n),
-                    _ => None,
+                match sys::query_page_nodes(0, &[src]) {
+                    Ok(nodes) => match nodes[..] {
+                        [PageNode::Node(n)] => Some(n),
+                        _ => None,
+                    },
+                    Err(e) => return Err(undo(failed(e), moved_out.take())),
                 }
             }
             _ => None,
@@ -421,99 +510,83 @@ pub unsafe fn migrate_range(
             let total = topology.node(to).map_or(0, |n| n.mem_total);
             let margin = (total / 16).max(32 << 20);
             if present as u64 + margin > left {
-                return Err(undo(RemapError::NoMemory {
-                    node: to,
-                    need: present as u64,
-                    free: left,
-                    start,
-                    end,
-                    moved_until: pos,
-                }));
+                return Err(undo(
+                    RemapError::NoMemory {
+                        node: to,
+                        need: present as u64,
+                        free: left,
+                        start,
+                        end,
+                        moved_until: pos,
+                    },
+                    moved_out.take(),
+                ));
             }
             free = Some(left - present as u64);
             laps.lap(&mut phases.check);
         }
 
-        let reserved = tools.reservoirs.and_then(|r| r.take(to, huge, b_len));
-        let new = match reserved {
-            Some(mut m) => {
-                // Drop the stale pages the copy will not overwrite.
-                for h in holes(&runs, b_len) {
-                    m.discard(h).map_err(|e| undo(failed(e)))?;
-                }
-                facts.pages_from_reservoir += (b_len / page) as u64;
-                m
-            }
-            None => {
-                let new = Mapping::anonymous_aligned(b_len, unit).map_err(|e| undo(failed(e)))?;
-                // The new pages have the size of the old ones.
-                if huge {
-                    new.advise_huge_pages().map_err(|e| undo(failed(e)))?;
-                } else {
-                    new.advise_no_huge_pages().map_err(|e| undo(failed(e)))?;
-                }
-                new.bind(&NodeSet::from_iter([to]))
-                    .map_err(|e| undo(failed(e)))?;
-                for r in &runs {
-                    new.populate_range(r.clone()).map_err(|e| undo(failed(e)))?;
-                }
+        let new = match new_pages(tools.reservoirs, to, huge, b_len, unit, &runs) {
+            Ok((new, from_reservoir)) => {
+                facts.pages_from_reservoir += u64::from(from_reservoir) * (b_len / page) as u64;
                 new
             }
+            Err(e) => return Err(undo(failed(e), moved_out.take())),
         };
         laps.lap(&mut phases.alloc);
 
         let ops: Vec<CopyOp<'_>> = runs
             .iter()
-            // SAFETY: source pages are pages of the caller's range with data (readable; writers
-            // are blocked), destinations are pages of `new`, which nothing else can reach; the
+            // SAFETY: source pages are pages with data of the caller's range, or of the chunk
+            // they were moved out to (readable; writers are blocked), destinations are pages of `new`, which nothing else can reach; the
             // two mappings are distinct, so no op overlaps another.
             .map(|r| unsafe {
                 CopyOp::from_raw(
-                    (pos + r.start) as *const u8,
+                    (src + r.start) as *const u8,
                     new.as_ptr().add(r.start).cast_mut(),
                     r.len(),
                 )
             })
             .collect();
-        let stats = tools.engine.copy(&ops).map_err(|source| {
-            undo(RemapError::Copy {
-                start,
-                end,
-                moved_until: pos,
-                source,
-            })
-        })?;
+        let stats = match tools.engine.copy(&ops) {
+            Ok(stats) => stats,
+            Err(source) => {
+                let e = RemapError::Copy {
+                    start,
+                    end,
+                    moved_until: pos,
+                    source,
+                };
+                return Err(undo(e, moved_out.take()));
+            }
+        };
         worker_cpu += stats.worker_cpu;
         copy_threads = copy_threads.max(stats.threads);
         drop(ops);
         laps.lap(&mut phases.copy);
 
-        // With reservoirs, first move the old pages out into a chunk for the source node's
-        // reservoir; the range stays mapped but empty, and accesses to it wait (MISSING).
-        let mut recycled = None;
-        if let Some(node) = recycle_to {
-            let mut old = Mapping::anonymous_aligned(b_len, unit).map_err(|e| undo(failed(e)))?;
+        // With reservoirs, old pages still in place move out into a chunk for the source
+        // node's reservoir; the range stays mapped but empty, and accesses to it wait (MISSING).
+        let write_protected = moved_out.is_none();
+        if let (None, Some(_)) = (&moved_out, recycle_to) {
+            let mut old =
+                Mapping::anonymous_aligned(b_len, unit).map_err(|e| undo(failed(e), None))?;
             // SAFETY: [pos, b_end) is the caller's anonymous private memory, copied into `new`
             // above; it gets `new`'s pages right below, and accesses wait until then.
             match unsafe { old.take_pages_from(0, pos, b_len) } {
-                Ok(()) => recycled = Some((node, old)),
+                Ok(()) => moved_out = Some(old),
                 // The range spans several mappings (earlier batches of other sizes): a chunk
                 // made of pieces could not be remapped in one call later, so this batch's old
                 // pages are freed by the remap instead.
                 Err(e) if e.errno == sys::Errno::FAULT => {}
-                Err(e) => return Err(undo(failed(e))),
+                Err(e) => return Err(undo(failed(e), None)),
             }
         }
         // SAFETY: the caller owns [pos, b_end) (checked anonymous private above) and accepts
         // identical bytes in place; writers are blocked until the wake below.
         if let Err((_, e)) = unsafe { new.replace(pos) } {
-            // Put the old pages back where they were before waking anyone.
-            if let Some((_, old)) = recycled {
-                // SAFETY: [pos, b_end) is the caller's range, emptied just above by moving these
-                // very pages out.
-                let _ = unsafe { old.replace(pos) };
-            }
-            return Err(undo(failed(e)));
+            // The old pages go back where they were before anyone is woken.
+            return Err(undo(failed(e), moved_out));
         }
         // The batch is now the new mapping, which is not registered: nothing to unregister.
         laps.lap(&mut phases.remap);
@@ -521,10 +594,13 @@ pub unsafe fn migrate_range(
         // Read the fault messages before waking: a woken fault takes its message with it.
         facts.writes_waited += uffd.drain().map_err(failed)? as u64;
         uffd.wake(pos, b_len).map_err(failed)?;
-        if let (Some(r), Some((node, old))) = (tools.reservoirs, recycled) {
-            // After the wake: writers do not wait for this.
-            uffd.restore_write_access(old.as_ptr() as usize, old.len())
-                .map_err(failed)?;
+        if let (Some(r), Some(node), Some(old)) = (tools.reservoirs, recycle_to, moved_out) {
+            // After the wake: writers do not wait for this. Pages moved out of a write-protected
+            // range keep read-only entries, and every first write to one would fault.
+            if write_protected {
+                uffd.restore_write_access(old.as_ptr() as usize, old.len())
+                    .map_err(failed)?;
+            }
             let pages = (old.len() / page) as u64;
             if r.give(node, huge, old) {
                 facts.pages_recycled += pages;

@@ -155,8 +155,9 @@ impl Request<'static> {
     /// Each range must be anonymous private memory of this process that no thread unmaps,
     /// remaps or re-protects while the request runs, and that no live Rust reference covers
     /// unless the caller accepts that the bytes behind it are replaced by identical ones. Other
-    /// threads may read and write it through raw pointers or atomics: reads never wait, writes
-    /// wait for their batch and are never lost.
+    /// threads may read and write it through raw pointers or atomics: writes wait for their
+    /// batch and are never lost; reads wait only where the remap path moves base pages out
+    /// before copying them (with reservoirs).
     // An `unsafe fn` with no unsafe operation: its contract is what the remap path relies on.
     #[allow(unsafe_code)]
     pub unsafe fn own(ranges: Vec<Range<usize>>, to: NodeId) -> Self {

@@ -3,9 +3,10 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use linux_raw_sys::general::{
-    UFFD_API, UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY,
-    UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP, uffd_msg, uffdio_api, uffdio_range,
-    uffdio_register, uffdio_writeprotect,
+    UFFD_API, UFFD_EVENT_PAGEFAULT, UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_FEATURE_WP_UNPOPULATED,
+    UFFD_PAGEFAULT_FLAG_WRITE, UFFD_USER_MODE_ONLY, UFFDIO_REGISTER_MODE_MISSING,
+    UFFDIO_REGISTER_MODE_WP, uffd_msg, uffdio_api, uffdio_range, uffdio_register,
+    uffdio_writeprotect,
 };
 use linux_raw_sys::ioctl::{
     UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WAKE, UFFDIO_WRITEPROTECT,
@@ -20,6 +21,7 @@ const MODE_WP: u64 = 1;
 /// A userfaultfd that can write-protect ranges of this process, unpopulated pages included.
 ///
 /// Writers to a protected range block in the kernel until [`Uffd::wake`]; readers never block.
+/// Registered for missing pages too, any access to a page that is not there blocks likewise.
 /// Closing it (drop) releases any writer still waiting.
 #[derive(Debug)]
 pub struct Uffd {
@@ -128,8 +130,8 @@ impl Uffd {
         self.ioctl("ioctl(UFFDIO_WAKE)", UFFDIO_WAKE, &mut range)
     }
 
-    /// Reads and discards the fault messages queued so far; returns how many there were (the
-    /// writes that waited).
+    /// Reads and discards the fault messages queued so far; returns how many were writes (the
+    /// writes that waited; reads of missing pages wait too, and are not counted).
     pub fn drain(&self) -> Result<usize, SysError> {
         let mut msgs = [std::mem::MaybeUninit::<uffd_msg>::uninit(); 16];
         let mut count = 0;
@@ -141,7 +143,18 @@ impl Uffd {
                 let e = SysError::last("read(userfaultfd)");
                 return (e.errno == Errno::AGAIN).then_some(count).ok_or(e);
             }
-            count += n as usize / std::mem::size_of::<uffd_msg>();
+            let read = n as usize / std::mem::size_of::<uffd_msg>();
+            count += msgs[..read]
+                .iter()
+                .filter(|m| {
+                    // SAFETY: the kernel wrote the first `read` messages whole; a page fault's
+                    // message carries the `pagefault` member of the union.
+                    let m = unsafe { m.assume_init_ref() };
+                    u32::from(m.event) == UFFD_EVENT_PAGEFAULT
+                        // SAFETY: as above, the event says which member is there.
+                        && unsafe { m.arg.pagefault.flags } & u64::from(UFFD_PAGEFAULT_FLAG_WRITE) != 0
+                })
+                .count();
             if (n as usize) < size {
                 return Ok(count);
             }
