@@ -3,8 +3,8 @@
 //!
 //! Every batch size (a power of two of bytes) keeps its plan's copier and a few alternatives:
 //! the next-fastest copiers the model predicts, and plain `memcpy` on the calling thread. Batches
-//! are timed (all large ones, one in [`SAMPLE_EVERY`] small ones, where reading the clock is a
-//! visible share of the copy); after [`WINDOW`] timed batches ([`LARGE_WINDOW`] from 1 MiB, where
+//! are timed (every large one alone; small ones, where reading the clock is a visible share of
+//! the copy, in groups of consecutive batches timed as one, [`batches_per_figure`]); after [`WINDOW`] timed batches ([`LARGE_WINDOW`] from 1 MiB, where
 //! one batch takes long enough to time well and few come) their median is the copier's
 //! measured GB/s. When the copier runs more than 10% under what another is predicted or was
 //! measured to do, in two windows in a row (a burst of noise can fill one), the two take turns,
@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -48,8 +48,27 @@ pub const MAX_TRIALS: usize = 4;
 const ALTERNATIVES: usize = 2;
 /// Batches of at least this many bytes are all timed.
 const TIME_ALL_FROM: usize = 256 << 10;
-/// Smaller batches are timed one in this many.
-pub const SAMPLE_EVERY: usize = 8;
+/// Smaller batches are timed in groups of at least this many consecutive ones, one figure a
+/// group: a small batch timed alone is unfair to its copier (on a Zen 4 host, 4 KB
+/// non-temporal copies timed one by one inside a stream of them ran at 0.5-0.7 of the stream's
+/// rate, and the batch after each of them faster than the rate), while a group takes in both.
+const GROUP: usize = 8;
+/// Bytes a group covers at least, so that a window of figures spans about half a millisecond
+/// of copying and a burst of noise (an interrupt, a CPU taken away for tens of microseconds)
+/// cannot fill it.
+const GROUP_BYTES: usize = 512 << 10;
+
+/// Batches of `bytes` that make one timed figure: one from [`TIME_ALL_FROM`], a group below.
+pub fn batches_per_figure(bytes: usize) -> usize {
+    if bytes >= TIME_ALL_FROM {
+        1
+    } else {
+        (GROUP_BYTES / bytes.max(1)).max(GROUP)
+    }
+}
+/// A group that took this many times as long as its first batch alone would have for its bytes
+/// had the caller pause between its batches: its first batch alone is taken instead.
+const PAUSED: f64 = 2.0;
 
 /// One change of copier made by the check.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -111,12 +130,54 @@ struct Judge {
 /// The copiers of one batch size and the check of the one in use.
 struct Bucket {
     candidates: Vec<Candidate>,
-    /// Timed batches per judgement.
+    /// Timed figures per judgement.
     window: usize,
+    /// Batches per group of small ones.
+    group_len: usize,
     current: AtomicUsize,
     seen: AtomicUsize,
     settled: AtomicBool,
     judge: Mutex<Judge>,
+    /// The small batches' group being timed.
+    group: Mutex<Option<Group>>,
+    /// Bytes of the group's batches after its first; plain loads and stores, as `seen`.
+    group_bytes: AtomicUsize,
+}
+
+/// Which batches of a size are timed, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    /// Not timed.
+    No,
+    /// Timed alone (a large batch).
+    Alone,
+    /// The first batch of a group of small ones: timed alone too, and starts the group's clock.
+    First,
+    /// Inside a group: its bytes count.
+    Inside,
+    /// The last batch of a group: the group's figure is taken.
+    Last,
+}
+
+/// A group of small batches being timed.
+struct Group {
+    start: Instant,
+    /// The candidate in use at its start: a group that saw a change of copier is dropped.
+    at: usize,
+    first_bytes: usize,
+    first: Duration,
+}
+
+/// GB/s of a group of batches: `bytes` in `elapsed`, or the first batch's (`first_bytes` in
+/// `first`) where the group took over [`PAUSED`] times what the first batch's rate gives.
+fn group_gbps(bytes: usize, elapsed: Duration, first_bytes: usize, first: Duration) -> f64 {
+    let rate = |b: usize, t: Duration| b as f64 / t.as_secs_f64().max(1e-9) / 1e9;
+    let alone = rate(first_bytes, first);
+    if elapsed.as_secs_f64() * alone * 1e9 > PAUSED * bytes as f64 {
+        alone
+    } else {
+        rate(bytes, elapsed)
+    }
 }
 
 impl Bucket {
@@ -129,6 +190,7 @@ impl Bucket {
             } else {
                 WINDOW
             },
+            group_len: batches_per_figure(bytes as usize),
             current: AtomicUsize::new(0),
             seen: AtomicUsize::new(0),
             settled: AtomicBool::new(n < 2),
@@ -136,6 +198,8 @@ impl Bucket {
                 measured: vec![None; n],
                 ..Judge::default()
             }),
+            group: Mutex::new(None),
+            group_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -154,16 +218,53 @@ impl Bucket {
         }
     }
 
-    /// Whether to time this batch.
-    fn times(&self, bytes: usize) -> bool {
+    /// Whether and how to time this batch.
+    fn timing(&self, bytes: usize) -> Timing {
         if self.settled.load(Ordering::Relaxed) {
-            return false;
+            return Timing::No;
+        }
+        if bytes >= TIME_ALL_FROM {
+            return Timing::Alone;
         }
         // A plain load and store, not an atomic add: a lost count under concurrent copies only
         // shifts which batch is timed, and costs no locked instruction per small batch.
         let n = self.seen.load(Ordering::Relaxed);
         self.seen.store(n.wrapping_add(1), Ordering::Relaxed);
-        bytes >= TIME_ALL_FROM || n.is_multiple_of(SAMPLE_EVERY)
+        match n % self.group_len {
+            0 => Timing::First,
+            k if k == self.group_len - 1 => Timing::Last,
+            _ => Timing::Inside,
+        }
+    }
+
+    /// Starts a group with its first batch, `bytes` copied by candidate `at` in `first`.
+    fn begin_group(&self, start: Instant, at: usize, bytes: usize, first: Duration) {
+        self.group_bytes.store(0, Ordering::Relaxed);
+        *self.group.lock().unwrap_or_else(PoisonError::into_inner) = Some(Group {
+            start,
+            at,
+            first_bytes: bytes,
+            first,
+        });
+    }
+
+    /// Counts a batch of the group.
+    fn add_to_group(&self, bytes: usize) {
+        let sum = self.group_bytes.load(Ordering::Relaxed);
+        self.group_bytes.store(sum + bytes, Ordering::Relaxed);
+    }
+
+    /// Ends the group at its last batch (candidate `at`, done at `end`) and takes in its figure.
+    fn end_group(&self, at: usize, end: Instant) {
+        let group = self
+            .group
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(g) = group.filter(|g| g.at == at) {
+            let bytes = g.first_bytes + self.group_bytes.load(Ordering::Relaxed);
+            self.record(at, group_gbps(bytes, end - g.start, g.first_bytes, g.first));
+        }
     }
 
     /// Takes in one timed batch of candidate `at`; judges after a window.
@@ -417,14 +518,27 @@ impl CopyEngine for AutoEngine {
         let b = &self.buckets[Self::index(bytes as u64)];
         let at = b.current.load(Ordering::Relaxed);
         let copier = b.candidates[at].copier;
-        if !b.times(bytes) {
+        let timing = b.timing(bytes);
+        if bytes == 0 || timing == Timing::No {
+            return self.run(copier, batch);
+        }
+        if timing == Timing::Inside {
+            b.add_to_group(bytes);
             return self.run(copier, batch);
         }
         let start = Instant::now();
         let stats = self.run(copier, batch)?;
-        let secs = start.elapsed().as_secs_f64();
-        if secs > 0.0 && bytes > 0 {
-            b.record(at, bytes as f64 / secs / 1e9);
+        let end = Instant::now();
+        match timing {
+            Timing::First => b.begin_group(start, at, bytes, end - start),
+            Timing::Last => {
+                b.add_to_group(bytes);
+                b.end_group(at, end);
+            }
+            _ => b.record(
+                at,
+                bytes as f64 / (end - start).as_secs_f64().max(1e-9) / 1e9,
+            ),
         }
         Ok(stats)
     }
@@ -552,7 +666,7 @@ mod tests {
             0,
             "no more trials once settled"
         );
-        assert!(!b.times(1 << 30), "a settled size is not timed");
+        assert_eq!(b.timing(1 << 30), Timing::No, "a settled size is not timed");
         assert!(b.judge.lock().unwrap().moves.is_empty(), "no change kept");
     }
 
@@ -576,6 +690,34 @@ mod tests {
     }
 
     #[test]
+    fn a_group_is_one_figure_unless_its_caller_paused() {
+        let us = Duration::from_micros;
+        // 8 batches of 4 KB in 4 us: 8.2 GB/s, though the first alone took 0.8 us (5.1 GB/s).
+        let g = group_gbps(8 * 4096, us(4), 4096, Duration::from_nanos(800));
+        assert!((g - 8.192).abs() < 1e-6, "{g}");
+        // The same batches spread over 100 us: the caller paused, the first batch alone counts.
+        let g = group_gbps(8 * 4096, us(100), 4096, Duration::from_nanos(800));
+        assert!((g - 5.12).abs() < 1e-6, "{g}");
+        // Timed through the engine: a group's batches, 4 KB a microsecond, make one figure.
+        let b = bucket(&[10.0, 9.0]);
+        let start = Instant::now();
+        for i in 0..b.group_len {
+            match b.timing(4096) {
+                Timing::First => b.begin_group(start, 0, 4096, us(1)),
+                Timing::Inside => b.add_to_group(4096),
+                Timing::Last => {
+                    b.add_to_group(4096);
+                    b.end_group(0, start + us(b.group_len as u64));
+                }
+                t => panic!("batch {i}: {t:?}"),
+            }
+        }
+        let j = b.judge.lock().unwrap();
+        assert_eq!(j.window.len(), 1);
+        assert!((j.window[0] - 4.096).abs() < 1e-6, "{:?}", j.window);
+    }
+
+    #[test]
     fn large_batches_are_judged_after_fewer() {
         let b = bucket_of(&[10.0, 9.5], 64 << 20);
         assert_eq!(b.window, LARGE_WINDOW);
@@ -587,11 +729,20 @@ mod tests {
     }
 
     #[test]
-    fn small_batches_are_timed_one_in_a_few() {
+    fn small_batches_are_timed_in_groups() {
         let b = bucket(&[10.0, 9.0]);
-        let timed = (0..8 * SAMPLE_EVERY).filter(|_| b.times(4096)).count();
-        assert_eq!(timed, 8);
-        assert!(b.times(TIME_ALL_FROM));
+        let n = b.group_len;
+        assert_eq!(n, batches_per_figure(4096));
+        let timings: Vec<Timing> = (0..2 * n).map(|_| b.timing(4096)).collect();
+        let first = |t: &Timing| *t == Timing::First;
+        assert_eq!(timings.iter().filter(|t| first(t)).count(), 2);
+        assert_eq!(timings[0], Timing::First);
+        assert_eq!(timings[n - 1], Timing::Last);
+        assert!(timings[1..n - 1].iter().all(|t| *t == Timing::Inside));
+        assert_eq!(batches_per_figure(4096), GROUP_BYTES / 4096);
+        assert_eq!(batches_per_figure(TIME_ALL_FROM / 2), GROUP);
+        assert_eq!(batches_per_figure(TIME_ALL_FROM), 1);
+        assert_eq!(b.timing(TIME_ALL_FROM), Timing::Alone);
         assert!(
             bucket(&[10.0]).settled.load(Ordering::Relaxed),
             "nothing to try"

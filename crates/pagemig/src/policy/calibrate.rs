@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::auto::{AutoEngine, MAX_TRIALS, SAMPLE_EVERY, SizeCheck, WINDOW};
+use super::auto::{AutoEngine, MAX_TRIALS, SizeCheck, WINDOW, batches_per_figure};
 use super::model::{CopyPoint, CostModel, KernelPoint, MachineId, Saturation};
 use super::{Planner, Resources};
 use crate::account::median;
@@ -427,8 +427,7 @@ pub fn check_choices(
             let len = bytes as usize;
             let slots = budget.working_set / len;
             // Enough timed batches for every window the check may need at this size.
-            let every = if len >= 256 << 10 { 1 } else { SAMPLE_EVERY };
-            for i in 0..WINDOW * every * (MAX_TRIALS + 1) {
+            for i in 0..WINDOW * batches_per_figure(len) * (MAX_TRIALS + 1) {
                 let off = (i % slots) * len;
                 auto.copy(&[CopyOp::new(
                     &src.as_slice()[off..off + len],
