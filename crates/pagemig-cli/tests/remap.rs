@@ -392,6 +392,108 @@ fn a_failed_copy_leaves_every_page_usable_where_it_was() {
     }
 }
 
+/// Fails like [`Failing`], but only after a reader and a writer of the batch, let go by the
+/// copy, have had time to start waiting for its pages; notes whether both were still waiting.
+struct StallThenFail {
+    go: Arc<AtomicBool>,
+    finished: Arc<AtomicU64>,
+    both_waited: AtomicBool,
+}
+
+impl CopyEngine for StallThenFail {
+    fn name(&self) -> String {
+        "stall-then-fail".into()
+    }
+    fn copy(&self, _: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        self.go.store(true, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        self.both_waited
+            .store(self.finished.load(Ordering::SeqCst) == 0, Ordering::SeqCst);
+        Err(CopyError::Unavailable {
+            engine: EngineKind::Memcpy,
+            reason: "test failure".into(),
+        })
+    }
+}
+
+/// With reservoirs, base pages are moved out before the copy and every access to the batch
+/// waits; when the copy fails, the pages go back and the threads that waited must be let go
+/// (after the pages are back the range is no longer registered, so unregistering it wakes
+/// nobody).
+#[test]
+fn a_failed_copy_lets_go_of_the_threads_waiting_for_moved_out_pages() {
+    let Some((topo, a, b)) = setup("a_failed_copy_lets_go_of_waiting_threads") else {
+        return;
+    };
+    let handles = Handles::open().unwrap();
+    let reservoirs = Reservoirs::new(1 << 20);
+    let plan = Plan::remap((1 << 20) / PAGE);
+    let len = 64 * PAGE;
+    let mut m = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE).unwrap();
+    m.advise_no_huge_pages().unwrap();
+    m.bind(&NodeSet::from_iter([a])).unwrap();
+    m.as_mut_slice().fill(7);
+    let base = m.as_ptr() as usize;
+    let go = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicU64::new(0));
+    let spawn = |page: usize, write: bool| {
+        let (go, finished) = (Arc::clone(&go), Arc::clone(&finished));
+        std::thread::spawn(move || {
+            while !go.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            let at = (base + page * PAGE) as *mut u8;
+            // SAFETY: a byte of `m`, which outlives this thread (joined below); the migration
+            // accepts other threads' raw accesses.
+            let seen = unsafe {
+                if write {
+                    at.write_volatile(9);
+                }
+                at.read_volatile()
+            };
+            finished.fetch_add(1, Ordering::SeqCst);
+            seen
+        })
+    };
+    let reader = spawn(5, false);
+    let writer = spawn(9, true);
+    let engine = StallThenFail {
+        go,
+        finished: Arc::clone(&finished),
+        both_waited: AtomicBool::new(false),
+    };
+    let tools = Tools {
+        engine: &engine,
+        handles: &handles,
+        reservoirs: Some(&reservoirs),
+    };
+    // SAFETY: `m` is anonymous private memory; the threads touch it only through raw pointers.
+    let err = unsafe { remap::migrate_range(&topo, base, len, b, &plan, tools) }.unwrap_err();
+    assert!(matches!(err, RemapError::Copy { .. }), "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while finished.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let let_go = finished.load(Ordering::SeqCst);
+    // Closing the userfaultfd releases any thread still waiting, so that the test can end.
+    drop(handles);
+    assert_eq!(reader.join().unwrap(), 7, "the reader saw other bytes");
+    assert_eq!(writer.join().unwrap(), 9, "the write was lost");
+    assert!(
+        engine.both_waited.load(Ordering::SeqCst),
+        "the threads did not wait for the moved-out pages: the test proved nothing"
+    );
+    assert_eq!(let_go, 2, "threads waiting for the batch were never woken");
+    assert_eq!(m.as_slice()[9 * PAGE], 9);
+    assert!(
+        m.as_slice()
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == if i == 9 * PAGE { 9 } else { 7 }),
+        "contents lost"
+    );
+}
+
 #[test]
 fn recycled_pages_never_show_their_old_contents() {
     let Some((topo, a, b)) = setup("recycled_pages_never_show_their_old_contents") else {

@@ -427,11 +427,14 @@ pub unsafe fn migrate_range(
         let undo = |e: RemapError, moved_out: Option<Mapping>| {
             if let Some(old) = moved_out {
                 // SAFETY: [pos, b_end) was emptied by moving these very pages out, and accesses
-                // to it wait until it is unregistered below.
+                // to it wait until they are woken below.
                 let _ = unsafe { old.replace(pos) };
             }
             let _ = uffd.unprotect(pos, b_len);
             let _ = uffd.unregister(pos, b_len);
+            // Pages put back replace the registered range, so unregistering it finds nothing
+            // registered and wakes nobody: the accesses that waited for them are woken here.
+            let _ = uffd.wake(pos, b_len);
             e
         };
         let huge = aligned && scan.has_huge();
