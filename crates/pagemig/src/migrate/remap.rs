@@ -360,6 +360,9 @@ pub struct Tools<'a> {
 /// caller accepts that the bytes behind it are replaced by identical ones. Other threads may
 /// read and write it through raw pointers or atomics: writes wait for their batch and are never
 /// lost; reads wait only where base pages are moved out before the copy (with reservoirs).
+/// System calls given a pointer into the range do not wait (userfaultfd here handles faults of
+/// user code only): while its batch moves, one that writes there, or with reservoirs one that
+/// reads a 4 KB page there (`write(2)` from a buffer), fails with `EFAULT`.
 pub unsafe fn migrate_range(
     topology: &Topology,
     start: usize,
