@@ -392,6 +392,217 @@ fn a_failed_copy_leaves_every_page_usable_where_it_was() {
     }
 }
 
+/// Lets the threads waiting on `go` touch the batch, gives them time to start waiting for its
+/// pages, notes whether all were still waiting, then copies (with `memcpy`) or fails like
+/// [`Failing`].
+struct Stall {
+    go: Arc<AtomicBool>,
+    finished: Arc<AtomicU64>,
+    all_waited: AtomicBool,
+    fail: bool,
+}
+
+impl Stall {
+    fn new(finished: &Arc<AtomicU64>, fail: bool) -> Self {
+        Stall {
+            go: Arc::default(),
+            finished: Arc::clone(finished),
+            all_waited: AtomicBool::new(false),
+            fail,
+        }
+    }
+}
+
+impl CopyEngine for Stall {
+    fn name(&self) -> String {
+        "stall".into()
+    }
+    fn copy(&self, ops: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        self.go.store(true, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        self.all_waited
+            .store(self.finished.load(Ordering::SeqCst) == 0, Ordering::SeqCst);
+        if self.fail {
+            return Failing.copy(ops);
+        }
+        CpuEngine::new(EngineKind::Memcpy)?.copy(ops)
+    }
+}
+
+/// A thread that, once `go` is set, writes `write` (if any) to the byte at `at`, reads it back
+/// and counts itself in `finished`; returns the byte read.
+fn toucher(
+    go: &Arc<AtomicBool>,
+    finished: &Arc<AtomicU64>,
+    at: usize,
+    write: Option<u8>,
+) -> std::thread::JoinHandle<u8> {
+    let (go, finished) = (Arc::clone(go), Arc::clone(finished));
+    std::thread::spawn(move || {
+        while !go.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
+        let at = at as *mut u8;
+        // SAFETY: a byte of a mapping that outlives this thread (the tests join it first); the
+        // migration accepts other threads' raw accesses.
+        let seen = unsafe {
+            if let Some(w) = write {
+                at.write_volatile(w);
+            }
+            at.read_volatile()
+        };
+        finished.fetch_add(1, Ordering::SeqCst);
+        seen
+    })
+}
+
+/// Waits up to 5 s for `n` threads to count themselves in `finished`; returns how many did.
+fn wait_for(finished: &AtomicU64, n: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while finished.load(Ordering::SeqCst) < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    finished.load(Ordering::SeqCst)
+}
+
+/// With reservoirs, base pages are moved out before the copy and every access to the batch
+/// waits; when the copy fails, the pages go back and the threads that waited must be let go
+/// (after the pages are back the range is no longer registered, so unregistering it wakes
+/// nobody).
+#[test]
+fn a_failed_copy_lets_go_of_the_threads_waiting_for_moved_out_pages() {
+    let Some((topo, a, b)) = setup("a_failed_copy_lets_go_of_waiting_threads") else {
+        return;
+    };
+    let handles = Handles::open().unwrap();
+    let reservoirs = Reservoirs::new(1 << 20);
+    let plan = Plan::remap((1 << 20) / PAGE);
+    let len = 64 * PAGE;
+    let mut m = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE).unwrap();
+    m.advise_no_huge_pages().unwrap();
+    m.bind(&NodeSet::from_iter([a])).unwrap();
+    m.as_mut_slice().fill(7);
+    let base = m.as_ptr() as usize;
+    let finished = Arc::new(AtomicU64::new(0));
+    let engine = Stall::new(&finished, true);
+    let reader = toucher(&engine.go, &finished, base + 5 * PAGE, None);
+    let writer = toucher(&engine.go, &finished, base + 9 * PAGE, Some(9));
+    let tools = Tools {
+        engine: &engine,
+        handles: &handles,
+        reservoirs: Some(&reservoirs),
+    };
+    // SAFETY: `m` is anonymous private memory; the threads touch it only through raw pointers.
+    let err = unsafe { remap::migrate_range(&topo, base, len, b, &plan, tools) }.unwrap_err();
+    assert!(matches!(err, RemapError::Copy { .. }), "{err}");
+    let let_go = wait_for(&finished, 2);
+    // Closing the userfaultfd releases any thread still waiting, so that the test can end.
+    drop(handles);
+    assert_eq!(reader.join().unwrap(), 7, "the reader saw other bytes");
+    assert_eq!(writer.join().unwrap(), 9, "the write was lost");
+    assert!(
+        engine.all_waited.load(Ordering::SeqCst),
+        "the threads did not wait for the moved-out pages: the test proved nothing"
+    );
+    assert_eq!(let_go, 2, "threads waiting for the batch were never woken");
+    assert_eq!(m.as_slice()[9 * PAGE], 9);
+    assert!(
+        m.as_slice()
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == if i == 9 * PAGE { 9 } else { 7 }),
+        "contents lost"
+    );
+}
+
+/// A batch that is not 2 MB-aligned, with pages never touched, moved out onto a reservoir chunk
+/// of stale bytes, while a reader of a never-touched page and writers of a never-touched page and
+/// of a page with data wait for it: the reader sees zeros, both writes land, the stale bytes
+/// show nowhere, and only the two writes count as writes that waited.
+#[test]
+fn an_unaligned_batch_with_holes_moved_out_keeps_every_access() {
+    let Some((topo, a, b)) = setup("an_unaligned_batch_with_holes_moved_out") else {
+        return;
+    };
+    let pages = 64;
+    let len = pages * PAGE;
+    let handles = Handles::open().unwrap();
+    let reservoirs = Reservoirs::new(2 * len);
+    let plan = Plan::remap(pages);
+    let pool = pool();
+    // Node b's reservoir gets a chunk of 0xAA pages: X's, moved b -> a.
+    let mut x = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE).unwrap();
+    x.advise_no_huge_pages().unwrap();
+    x.bind(&NodeSet::from_iter([b])).unwrap();
+    x.as_mut_slice().fill(0xAA);
+    let tools = Tools {
+        engine: &pool,
+        handles: &handles,
+        reservoirs: Some(&reservoirs),
+    };
+    let r = remap::migrate_mapping(&topo, &mut x, 0..len, a, &plan, tools).unwrap();
+    assert_eq!(facts(&r).pages_recycled, pages as u64, "{r:#?}");
+    // Y: one page past a 2 MB boundary; every 4th page never touched.
+    let y = Mapping::anonymous_aligned(len + PAGE, HUGE_PAGE_SIZE).unwrap();
+    y.advise_no_huge_pages().unwrap();
+    y.bind(&NodeSet::from_iter([a])).unwrap();
+    let base = y.as_ptr() as usize + PAGE;
+    for i in (0..pages).filter(|i| i % 4 != 0) {
+        // SAFETY: page i of Y's range, which nothing else touches yet.
+        unsafe { std::ptr::write_bytes((base + i * PAGE) as *mut u8, 0x55, PAGE) };
+    }
+    let finished = Arc::new(AtomicU64::new(0));
+    let engine = Stall::new(&finished, false);
+    let reader = toucher(&engine.go, &finished, base + 8 * PAGE + 100, None);
+    let hole_writer = toucher(&engine.go, &finished, base + 12 * PAGE + 200, Some(0x77));
+    let data_writer = toucher(&engine.go, &finished, base + 13 * PAGE + 300, Some(0x66));
+    let tools = Tools {
+        engine: &engine,
+        handles: &handles,
+        reservoirs: Some(&reservoirs),
+    };
+    // SAFETY: Y's range is anonymous private memory; the threads touch it through raw pointers.
+    let r = unsafe { remap::migrate_range(&topo, base, len, b, &plan, tools) }.unwrap();
+    assert_eq!(wait_for(&finished, 3), 3, "an access was never woken");
+    assert!(
+        engine.all_waited.load(Ordering::SeqCst),
+        "the threads did not wait for the moved-out batch: the test proved nothing"
+    );
+    assert_eq!(
+        reader.join().unwrap(),
+        0,
+        "a never-touched page read stale bytes"
+    );
+    assert_eq!(hole_writer.join().unwrap(), 0x77);
+    assert_eq!(data_writer.join().unwrap(), 0x66);
+    assert_eq!(facts(&r).pages_from_reservoir, pages as u64, "{r:#?}");
+    assert_eq!(facts(&r).writes_waited, 2, "{r:#?}");
+    assert_eq!(r.pages_moved, (pages - pages / 4) as u64, "{r:#?}");
+    assert_eq!(r.skipped(SkipReason::NothingToMove), (pages / 4) as u64);
+    // SAFETY: Y's range, which no other thread touches any more.
+    let bytes = unsafe { std::slice::from_raw_parts(base as *const u8, len) };
+    for (i, page) in bytes.chunks_exact(PAGE).enumerate() {
+        for (j, &byte) in page.iter().enumerate() {
+            let want = match (i, j) {
+                (12, 200) => 0x77,
+                (13, 300) => 0x66,
+                _ if i % 4 == 0 => 0,
+                _ => 0x55,
+            };
+            assert_eq!(byte, want, "page {i}, byte {j}");
+        }
+    }
+    let placed = on_node(base, len, PAGE);
+    for (i, p) in placed.iter().enumerate() {
+        if i % 4 != 0 || i == 12 {
+            assert_eq!(*p, PageNode::Node(b), "page {i}");
+        } else if i != 8 {
+            assert!(!matches!(p, PageNode::Node(_)), "untouched page {i}: {p:?}");
+        }
+    }
+    drop(y);
+}
+
 #[test]
 fn recycled_pages_never_show_their_old_contents() {
     let Some((topo, a, b)) = setup("recycled_pages_never_show_their_old_contents") else {

@@ -360,6 +360,9 @@ pub struct Tools<'a> {
 /// caller accepts that the bytes behind it are replaced by identical ones. Other threads may
 /// read and write it through raw pointers or atomics: writes wait for their batch and are never
 /// lost; reads wait only where base pages are moved out before the copy (with reservoirs).
+/// System calls given a pointer into the range do not wait (userfaultfd here handles faults of
+/// user code only): while its batch moves, one that writes there, or with reservoirs one that
+/// reads a 4 KB page there (`write(2)` from a buffer), fails with `EFAULT`.
 pub unsafe fn migrate_range(
     topology: &Topology,
     start: usize,
@@ -427,11 +430,14 @@ pub unsafe fn migrate_range(
         let undo = |e: RemapError, moved_out: Option<Mapping>| {
             if let Some(old) = moved_out {
                 // SAFETY: [pos, b_end) was emptied by moving these very pages out, and accesses
-                // to it wait until it is unregistered below.
+                // to it wait until they are woken below.
                 let _ = unsafe { old.replace(pos) };
             }
             let _ = uffd.unprotect(pos, b_len);
             let _ = uffd.unregister(pos, b_len);
+            // Pages put back replace the registered range, so unregistering it finds nothing
+            // registered and wakes nobody: the accesses that waited for them are woken here.
+            let _ = uffd.wake(pos, b_len);
             e
         };
         let huge = aligned && scan.has_huge();
