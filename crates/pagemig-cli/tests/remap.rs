@@ -515,6 +515,82 @@ fn a_failed_copy_lets_go_of_the_threads_waiting_for_moved_out_pages() {
     );
 }
 
+/// A system call reading a moved-out batch (`write(2)` from a buffer in it) waits for the batch
+/// like user code, where this process may handle the kernel's faults (as root), and then sends
+/// the batch's bytes.
+#[test]
+fn a_system_call_reading_a_moved_out_batch_waits_for_it() {
+    let Some((topo, a, b)) = setup("a_system_call_reading_a_moved_out_batch_waits") else {
+        return;
+    };
+    let unprivileged = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .is_ok_and(|v| v.trim() == "1");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 && !unprivileged {
+        println!(
+            "skipped a_system_call_reading_a_moved_out_batch_waits: kernel faults are handled only \
+             as root or with vm.unprivileged_userfaultfd = 1"
+        );
+        return;
+    }
+    let handles = Handles::open().unwrap();
+    let reservoirs = Reservoirs::new(1 << 20);
+    let plan = Plan::remap((1 << 20) / PAGE);
+    let len = 64 * PAGE;
+    let mut m = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE).unwrap();
+    m.advise_no_huge_pages().unwrap();
+    m.bind(&NodeSet::from_iter([a])).unwrap();
+    m.as_mut_slice().fill(7);
+    let base = m.as_ptr() as usize;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let finished = Arc::new(AtomicU64::new(0));
+    let engine = Stall::new(&finished, false);
+    let sender = {
+        let (go, finished) = (Arc::clone(&engine.go), Arc::clone(&finished));
+        let (at, fd) = (base + 5 * PAGE, fds[1]);
+        std::thread::spawn(move || {
+            while !go.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            // SAFETY: 64 bytes of a mapping that outlives this thread (joined below).
+            let sent = unsafe { libc::write(fd, at as *const libc::c_void, 64) };
+            let errno = std::io::Error::last_os_error();
+            finished.fetch_add(1, Ordering::SeqCst);
+            (sent, errno)
+        })
+    };
+    let tools = Tools {
+        engine: &engine,
+        handles: &handles,
+        reservoirs: Some(&reservoirs),
+    };
+    // SAFETY: `m` is anonymous private memory; the other thread only hands a pointer to it to
+    // the kernel.
+    let r = unsafe { remap::migrate_range(&topo, base, len, b, &plan, tools) }.unwrap();
+    assert_eq!(r.pages_moved, 64, "{r:#?}");
+    let (sent, errno) = sender.join().unwrap();
+    assert_eq!(
+        sent, 64,
+        "write(2) from the moved-out batch failed: {errno}"
+    );
+    assert!(
+        engine.all_waited.load(Ordering::SeqCst),
+        "the system call did not wait for the moved-out batch: the test proved nothing"
+    );
+    let mut got = [0u8; 64];
+    // SAFETY: `got` has room for 64 bytes; the pipe holds 64.
+    let read = unsafe { libc::read(fds[0], got.as_mut_ptr().cast(), 64) };
+    assert_eq!(read, 64);
+    assert_eq!(got, [7; 64]);
+    // SAFETY: both descriptors are this test's and closed once.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+}
+
 /// A batch that is not 2 MB-aligned, with pages never touched, moved out onto a reservoir chunk
 /// of stale bytes, while a reader of a never-touched page and writers of a never-touched page and
 /// of a page with data wait for it: the reader sees zeros, both writes land, the stale bytes

@@ -360,9 +360,10 @@ pub struct Tools<'a> {
 /// caller accepts that the bytes behind it are replaced by identical ones. Other threads may
 /// read and write it through raw pointers or atomics: writes wait for their batch and are never
 /// lost; reads wait only where base pages are moved out before the copy (with reservoirs).
-/// System calls given a pointer into the range do not wait (userfaultfd here handles faults of
-/// user code only): while its batch moves, one that writes there, or with reservoirs one that
-/// reads a 4 KB page there (`write(2)` from a buffer), fails with `EFAULT`.
+/// System calls given a pointer into the range wait likewise where the process may handle the
+/// kernel's faults with userfaultfd (`CAP_SYS_PTRACE`, or `vm.unprivileged_userfaultfd = 1`);
+/// elsewhere, while its batch moves, one that writes there, or with reservoirs one that reads a
+/// 4 KB page there (`write(2)` from a buffer), fails with `EFAULT`.
 pub unsafe fn migrate_range(
     topology: &Topology,
     start: usize,
@@ -597,9 +598,11 @@ pub unsafe fn migrate_range(
         // The batch is now the new mapping, which is not registered: nothing to unregister.
         laps.lap(&mut phases.remap);
 
-        // Read the fault messages before waking: a woken fault takes its message with it.
-        facts.writes_waited += uffd.drain().map_err(failed)? as u64;
+        // Read the fault messages before waking: a woken fault takes its message with it. The
+        // waiting threads are woken even where reading them failed.
+        let drained = uffd.drain();
         uffd.wake(pos, b_len).map_err(failed)?;
+        facts.writes_waited += drained.map_err(failed)? as u64;
         if let (Some(r), Some(node), Some(old)) = (tools.reservoirs, recycle_to, moved_out) {
             // After the wake: writers do not wait for this. Pages moved out of a write-protected
             // range keep read-only entries, and every first write to one would fault.

@@ -157,9 +157,11 @@ impl Request<'static> {
     /// unless the caller accepts that the bytes behind it are replaced by identical ones. Other
     /// threads may read and write it through raw pointers or atomics: writes wait for their
     /// batch and are never lost; reads wait only where the remap path moves base pages out
-    /// before copying them (with reservoirs). System calls given a pointer into a range do not
-    /// wait: while its batch moves, one that writes there, or with reservoirs one that reads a
-    /// 4 KB page there, fails with `EFAULT`.
+    /// before copying them (with reservoirs). System calls given a pointer into a range wait
+    /// likewise where the process may handle the kernel's faults with userfaultfd
+    /// (`CAP_SYS_PTRACE`, or `vm.unprivileged_userfaultfd = 1`); elsewhere, while its batch
+    /// moves, one that writes there, or with reservoirs one that reads a 4 KB page there, fails
+    /// with `EFAULT`.
     // An `unsafe fn` with no unsafe operation: its contract is what the remap path relies on.
     #[allow(unsafe_code)]
     pub unsafe fn own(ranges: Vec<Range<usize>>, to: NodeId) -> Self {

@@ -30,16 +30,23 @@ pub struct Uffd {
 
 impl Uffd {
     /// Opens a userfaultfd with write-protect support for unpopulated pages (Linux 6.4+).
-    /// Fails with `EPERM` where `vm.unprivileged_userfaultfd` forbids it, and with `EINVAL` (from
-    /// `UFFDIO_API`) on kernels without `WP_UNPOPULATED`.
+    /// Where this process may handle the kernel's own faults (`CAP_SYS_PTRACE`, or
+    /// `vm.unprivileged_userfaultfd = 1`), a system call given a pointer into a registered range
+    /// waits as user code does; elsewhere the userfaultfd handles faults of user code only, and
+    /// such a call fails with `EFAULT` instead of waiting. Fails with `EPERM` where
+    /// `vm.unprivileged_userfaultfd` forbids even that, and with `EINVAL` (from `UFFDIO_API`) on
+    /// kernels without `WP_UNPOPULATED`.
     pub fn open_write_protect() -> Result<Self, SysError> {
-        let flags = UserfaultfdFlags::CLOEXEC
-            | UserfaultfdFlags::NONBLOCK
-            | UserfaultfdFlags::from_bits_retain(UFFD_USER_MODE_ONLY);
+        let flags = UserfaultfdFlags::CLOEXEC | UserfaultfdFlags::NONBLOCK;
+        let user_mode_only = UserfaultfdFlags::from_bits_retain(UFFD_USER_MODE_ONLY);
         // SAFETY: a new userfaultfd registers nothing; only ranges this process passes to
         // register_write_protect are affected, and only while the fd lives.
-        let fd = unsafe { rustix::mm::userfaultfd(flags) }
-            .map_err(|e| SysError::new("userfaultfd", e))?;
+        let fd = match unsafe { rustix::mm::userfaultfd(flags) } {
+            // SAFETY: as above.
+            Err(Errno::PERM) => unsafe { rustix::mm::userfaultfd(flags | user_mode_only) },
+            opened => opened,
+        }
+        .map_err(|e| SysError::new("userfaultfd", e))?;
         let uffd = Uffd { fd };
         let mut api = uffdio_api {
             api: UFFD_API as u64,
