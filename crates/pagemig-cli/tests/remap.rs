@@ -465,6 +465,15 @@ fn wait_for(finished: &AtomicU64, n: u64) -> u64 {
     finished.load(Ordering::SeqCst)
 }
 
+/// `len` bytes of base pages on node `node`, 2 MB-aligned, every byte 7.
+fn sevens(len: usize, node: NodeId) -> Mapping {
+    let mut m = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE).unwrap();
+    m.advise_no_huge_pages().unwrap();
+    m.bind(&NodeSet::from_iter([node])).unwrap();
+    m.as_mut_slice().fill(7);
+    m
+}
+
 /// With reservoirs, base pages are moved out before the copy and every access to the batch
 /// waits; when the copy fails, the pages go back and the threads that waited must be let go
 /// (after the pages are back the range is no longer registered, so unregistering it wakes
@@ -478,10 +487,7 @@ fn a_failed_copy_lets_go_of_the_threads_waiting_for_moved_out_pages() {
     let reservoirs = Reservoirs::new(1 << 20);
     let plan = Plan::remap((1 << 20) / PAGE);
     let len = 64 * PAGE;
-    let mut m = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE).unwrap();
-    m.advise_no_huge_pages().unwrap();
-    m.bind(&NodeSet::from_iter([a])).unwrap();
-    m.as_mut_slice().fill(7);
+    let m = sevens(len, a);
     let base = m.as_ptr() as usize;
     let finished = Arc::new(AtomicU64::new(0));
     let engine = Stall::new(&finished, true);
@@ -537,10 +543,7 @@ fn a_system_call_reading_a_moved_out_batch_waits_for_it() {
     let reservoirs = Reservoirs::new(1 << 20);
     let plan = Plan::remap((1 << 20) / PAGE);
     let len = 64 * PAGE;
-    let mut m = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE).unwrap();
-    m.advise_no_huge_pages().unwrap();
-    m.bind(&NodeSet::from_iter([a])).unwrap();
-    m.as_mut_slice().fill(7);
+    let m = sevens(len, a);
     let base = m.as_ptr() as usize;
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors.
