@@ -103,6 +103,11 @@ struct Workload {
 
 impl Workload {
     fn spawn(node: NodeId) -> Workload {
+        // The previous test's processes may still be giving their memory back: a workload bound
+        // to a small memory-only node that does not fit yet is killed before it is ready.
+        let need = (HOT + COLD + 32 * MIB) as u64;
+        let free = || pagemig::topology::node_free_bytes(node).unwrap_or(0);
+        wait_for(Duration::from_secs(30), || free() >= need);
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -120,7 +125,13 @@ impl Workload {
             .by_ref()
             .map(|l| l.unwrap())
             .find_map(|l| l.split_once("READY ").map(|(_, rest)| rest.to_owned()))
-            .expect("workload said READY");
+            .unwrap_or_else(|| {
+                panic!(
+                    "the workload ended before it was ready ({}), node {node} has {} MiB free",
+                    child.wait().unwrap(),
+                    free() >> 20
+                )
+            });
         let mut f = ready
             .split_whitespace()
             .map(|a| usize::from_str_radix(a.trim_start_matches("0x"), 16).unwrap());
