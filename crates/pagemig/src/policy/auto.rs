@@ -8,7 +8,7 @@
 //! one batch takes long enough to time well and few come) their median is the copier's
 //! measured GB/s. When the copier runs more than 10% under what another is predicted or was
 //! measured to do, in two windows in a row (a burst of noise can fill one), the two take turns,
-//! timed batch by timed batch, until each has a window, and the faster of the two is kept: both
+//! figure by figure, until each has a window, and the faster of the two is kept: both
 //! are measured under the same conditions, so a burst of noise that slowed the first window
 //! cannot decide. At most [`MAX_TRIALS`] trials per size: exploration is bounded, and then the
 //! size settles.
@@ -105,7 +105,7 @@ struct Candidate {
     predicted: f64,
 }
 
-/// A trial: the copier in use and a challenger take turns, timed batch by timed batch, until
+/// A trial: the copier in use and a challenger take turns, figure by figure, until
 /// each has a window; a burst of noise then slows both instead of deciding between them.
 struct Trial {
     from: usize,
