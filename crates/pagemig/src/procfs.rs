@@ -1,6 +1,6 @@
 //! What `/proc/PID` says about a process's memory: mappings, present pages, pages per node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, ErrorKind};
 use std::ops::Range;
@@ -319,9 +319,37 @@ pub struct AreaPlacement {
 
 /// Where the memory of each mapping of a process is: what `numastat -p` shows.
 pub fn placement(process: Process) -> Result<Vec<AreaPlacement>, ProcfsError> {
-    let maps = read_maps(process)?;
-    let text = read_text(process, "numa_maps")?;
-    let mut by_start: BTreeMap<usize, (BTreeMap<NodeId, u64>, u64)> = BTreeMap::new();
+    // `maps` and `numa_maps` are two reads: a mapping made next to another and merged with it
+    // between them gives `numa_maps` a start that `maps` does not have, and the merged mapping
+    // would show no memory. Both are read again, a few times, until they agree.
+    let mut reads = 0;
+    let (maps, mut by_start) = loop {
+        let maps = read_maps(process)?;
+        let by_start = parse_numa_maps(&read_text(process, "numa_maps")?);
+        reads += 1;
+        let starts: BTreeSet<usize> = maps.iter().map(|a| a.start).collect();
+        if reads == 3 || by_start.keys().all(|s| starts.contains(s)) {
+            break (maps, by_start);
+        }
+    };
+    Ok(maps
+        .into_iter()
+        .map(|area| {
+            let (bytes_per_node, kernel_page_size) = by_start
+                .remove(&area.start)
+                .unwrap_or((BTreeMap::new(), 4096));
+            AreaPlacement {
+                area,
+                bytes_per_node,
+                kernel_page_size,
+            }
+        })
+        .collect())
+}
+
+/// Bytes per node and the kernel's page size of each mapping in `numa_maps`, by start address.
+fn parse_numa_maps(text: &str) -> BTreeMap<usize, (BTreeMap<NodeId, u64>, u64)> {
+    let mut by_start = BTreeMap::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
         let Some(start) = words.next().and_then(|w| usize::from_str_radix(w, 16).ok()) else {
@@ -343,19 +371,7 @@ pub fn placement(process: Process) -> Result<Vec<AreaPlacement>, ProcfsError> {
         let bytes = counts.into_iter().map(|(n, c)| (n, c * size)).collect();
         by_start.insert(start, (bytes, size));
     }
-    Ok(maps
-        .into_iter()
-        .map(|area| {
-            let (bytes_per_node, kernel_page_size) = by_start
-                .remove(&area.start)
-                .unwrap_or((BTreeMap::new(), 4096));
-            AreaPlacement {
-                area,
-                bytes_per_node,
-                kernel_page_size,
-            }
-        })
-        .collect())
+    by_start
 }
 
 #[cfg(test)]
