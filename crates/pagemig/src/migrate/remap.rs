@@ -269,6 +269,24 @@ fn moved_to(mut runs: Runs, at: usize) -> Runs {
     runs
 }
 
+/// Moves the pages of `[pos, pos + len)` out into a chunk of their own, 2 MB-aligned so that
+/// `mremap` moves whole page tables where it can; the range stays mapped but empty. `None`
+/// where the range spans several mappings (earlier batches of other sizes), which one call
+/// cannot move.
+///
+/// # Safety
+/// As [`Mapping::take_pages_from`]: `[pos, pos + len)` is page-aligned private anonymous memory
+/// of this process that the caller expects to lose its pages.
+unsafe fn move_out(pos: usize, len: usize) -> Result<Option<Mapping>, SysError> {
+    let mut old = Mapping::anonymous_aligned(len, HUGE_PAGE_SIZE)?;
+    // SAFETY: the caller vouches for the range.
+    match unsafe { old.take_pages_from(0, pos, len) } {
+        Ok(()) => Ok(Some(old)),
+        Err(e) if e.errno == sys::Errno::FAULT => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// New pages for a batch of `len` bytes on `to` (`huge` pages or base pages, aligned to
 /// `unit`): a reservoir's chunk with the pages the copy will not overwrite dropped, or a new
 /// mapping with the pages of `runs` (offsets) faulted in. The flag says which.
@@ -450,17 +468,10 @@ pub unsafe fn migrate_range(
         // Huge pages are write-protected (an entry per 2 MB), and their readers go on.
         let mut moved_out = None;
         if reservoirs && !huge {
-            let mut old = Mapping::anonymous_aligned(b_len, HUGE_PAGE_SIZE)
-                .map_err(|e| undo(failed(e), None))?;
             // SAFETY: [pos, b_end) is the caller's anonymous private memory, registered for
             // missing pages: accesses wait until the new pages, or these on failure, are back.
-            match unsafe { old.take_pages_from(0, pos, b_len) } {
-                Ok(()) => moved_out = Some(old),
-                // The range spans several mappings (earlier batches of other sizes): one call
-                // cannot move it, so it is write-protected instead.
-                Err(e) if e.errno == sys::Errno::FAULT => {}
-                Err(e) => return Err(undo(failed(e), None)),
-            }
+            // Where one call cannot move it, it is write-protected instead.
+            moved_out = unsafe { move_out(pos, b_len) }.map_err(|e| undo(failed(e), None))?;
         }
         if moved_out.is_none() {
             uffd.write_protect(pos, b_len)
@@ -545,8 +556,9 @@ pub unsafe fn migrate_range(
         let ops: Vec<CopyOp<'_>> = runs
             .iter()
             // SAFETY: source pages are pages with data of the caller's range, or of the chunk
-            // they were moved out to (readable; writers are blocked), destinations are pages of `new`, which nothing else can reach; the
-            // two mappings are distinct, so no op overlaps another.
+            // they were moved out to (readable; writers are blocked); destinations are pages of
+            // `new`, which nothing else can reach; the mappings are distinct, so no op overlaps
+            // another.
             .map(|r| unsafe {
                 CopyOp::from_raw(
                     (src + r.start) as *const u8,
@@ -576,18 +588,10 @@ pub unsafe fn migrate_range(
         // node's reservoir; the range stays mapped but empty, and accesses to it wait (MISSING).
         let write_protected = moved_out.is_none();
         if let (None, Some(_)) = (&moved_out, recycle_to) {
-            let mut old =
-                Mapping::anonymous_aligned(b_len, unit).map_err(|e| undo(failed(e), None))?;
             // SAFETY: [pos, b_end) is the caller's anonymous private memory, copied into `new`
-            // above; it gets `new`'s pages right below, and accesses wait until then.
-            match unsafe { old.take_pages_from(0, pos, b_len) } {
-                Ok(()) => moved_out = Some(old),
-                // The range spans several mappings (earlier batches of other sizes): a chunk
-                // made of pieces could not be remapped in one call later, so this batch's old
-                // pages are freed by the remap instead.
-                Err(e) if e.errno == sys::Errno::FAULT => {}
-                Err(e) => return Err(undo(failed(e), None)),
-            }
+            // above; it gets `new`'s pages right below, and accesses wait until then. Where one
+            // call cannot move it, its old pages are freed by the remap instead of recycled.
+            moved_out = unsafe { move_out(pos, b_len) }.map_err(|e| undo(failed(e), None))?;
         }
         // SAFETY: the caller owns [pos, b_end) (checked anonymous private above) and accepts
         // identical bytes in place; writers are blocked until the wake below.
