@@ -4,9 +4,9 @@
 //! Every batch size (a power of two of bytes) keeps its plan's copier and a few alternatives:
 //! the next-fastest copiers the model predicts, and plain `memcpy` on the calling thread. Batches
 //! are timed (every large one alone; small ones, where reading the clock is a visible share of
-//! the copy, in groups of consecutive batches timed as one, [`batches_per_figure`]); after [`WINDOW`] timed batches ([`LARGE_WINDOW`] from 1 MiB, where
-//! one batch takes long enough to time well and few come) their median is the copier's
-//! measured GB/s. When the copier runs more than 10% under what another is predicted or was
+//! the copy, in groups of consecutive batches timed as one, [`batches_per_figure`]); after
+//! [`WINDOW`] figures ([`LARGE_WINDOW`] from 1 MiB, where one batch takes long enough to time
+//! well and few come) their median is the copier's measured GB/s. When the copier runs more than 10% under what another is predicted or was
 //! measured to do, in two windows in a row (a burst of noise can fill one), the two take turns,
 //! figure by figure, until each has a window, and the faster of the two is kept: both
 //! are measured under the same conditions, so a burst of noise that slowed the first window
@@ -58,6 +58,10 @@ const GROUP: usize = 8;
 /// cannot fill it.
 const GROUP_BYTES: usize = 512 << 10;
 
+/// A group that took this many times as long as its first batch alone would have for its bytes
+/// had the caller pause between its batches: its first batch alone is taken instead.
+const PAUSED: f64 = 2.0;
+
 /// Batches of `bytes` that make one timed figure: one from [`TIME_ALL_FROM`], a group below.
 pub fn batches_per_figure(bytes: usize) -> usize {
     if bytes >= TIME_ALL_FROM {
@@ -66,9 +70,6 @@ pub fn batches_per_figure(bytes: usize) -> usize {
         (GROUP_BYTES / bytes.max(1)).max(GROUP)
     }
 }
-/// A group that took this many times as long as its first batch alone would have for its bytes
-/// had the caller pause between its batches: its first batch alone is taken instead.
-const PAUSED: f64 = 2.0;
 
 /// One change of copier made by the check.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -171,13 +172,17 @@ struct Group {
 /// GB/s of a group of batches: `bytes` in `elapsed`, or the first batch's (`first_bytes` in
 /// `first`) where the group took over [`PAUSED`] times what the first batch's rate gives.
 fn group_gbps(bytes: usize, elapsed: Duration, first_bytes: usize, first: Duration) -> f64 {
-    let rate = |b: usize, t: Duration| b as f64 / t.as_secs_f64().max(1e-9) / 1e9;
-    let alone = rate(first_bytes, first);
+    let alone = gbps(first_bytes, first);
     if elapsed.as_secs_f64() * alone * 1e9 > PAUSED * bytes as f64 {
         alone
     } else {
-        rate(bytes, elapsed)
+        gbps(bytes, elapsed)
     }
+}
+
+/// GB/s of `bytes` copied in `time` (a time under a nanosecond counts as one).
+fn gbps(bytes: usize, time: Duration) -> f64 {
+    bytes as f64 / time.as_secs_f64().max(1e-9) / 1e9
 }
 
 impl Bucket {
@@ -518,8 +523,12 @@ impl CopyEngine for AutoEngine {
         let b = &self.buckets[Self::index(bytes as u64)];
         let at = b.current.load(Ordering::Relaxed);
         let copier = b.candidates[at].copier;
-        let timing = b.timing(bytes);
-        if bytes == 0 || timing == Timing::No {
+        let timing = if bytes == 0 {
+            Timing::No
+        } else {
+            b.timing(bytes)
+        };
+        if timing == Timing::No {
             return self.run(copier, batch);
         }
         if timing == Timing::Inside {
@@ -535,10 +544,7 @@ impl CopyEngine for AutoEngine {
                 b.add_to_group(bytes);
                 b.end_group(at, end);
             }
-            _ => b.record(
-                at,
-                bytes as f64 / (end - start).as_secs_f64().max(1e-9) / 1e9,
-            ),
+            _ => b.record(at, gbps(bytes, end - start)),
         }
         Ok(stats)
     }
