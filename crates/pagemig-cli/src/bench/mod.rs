@@ -20,6 +20,7 @@ use comfy_table::{CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
 use pagemig::account::Phases;
+use pagemig::policy::{IDLE_POOLS, Turn, turns};
 use pagemig::topology::{NodeId, Topology};
 
 use crate::machine::Machine;
@@ -38,12 +39,11 @@ pub fn measure(
     Ok(cells.pop().flatten())
 }
 
-/// Longer than a pool worker polls for its next task before it sleeps.
-const IDLE_POOLS: std::time::Duration = std::time::Duration::from_micros(300);
-
 /// As [`measure`] for `columns` columns of one row: `step(column, i)`. The columns take turns
-/// sample by sample, so that noise from elsewhere on the machine (a neighbour's burst, a
-/// frequency change) spreads over all of them and their ratios stay fair.
+/// sample by sample ([`turns`]), so that noise from elsewhere on the machine (a neighbour's
+/// burst, a frequency change) spreads over all of them and their ratios stay fair; each sample
+/// starts where the one before it ended (`i` counts on), so it does not copy what that one left
+/// in the cache.
 pub fn measure_row(
     reps: usize,
     per_sample: usize,
@@ -55,18 +55,16 @@ pub fn measure_row(
         step(c, 0)?; // warm-up: first use of the pool's threads, page tables, caches
     }
     let mut samples = vec![Vec::with_capacity(reps); columns];
-    for r in 0..reps {
-        for (c, column) in samples.iter_mut().enumerate() {
-            // Workers of the previous column's pool poll for a while before they sleep; let them
-            // fall asleep first, or this column's sample pays for their polling.
-            std::thread::sleep(IDLE_POOLS);
-            let start = Instant::now();
-            for i in 0..per_sample {
-                step(c, 1 + r * per_sample + i)?;
-            }
-            let secs = start.elapsed().as_secs_f64();
-            column.push((bytes * per_sample) as f64 / secs / 1e9);
+    for Turn { candidate, number } in turns(reps, columns) {
+        // Workers of the previous column's pool poll for a while before they sleep; let them
+        // fall asleep first, or this column's sample pays for their polling.
+        std::thread::sleep(IDLE_POOLS);
+        let start = Instant::now();
+        for i in 0..per_sample {
+            step(candidate, 1 + number * per_sample + i)?;
         }
+        let secs = start.elapsed().as_secs_f64();
+        samples[candidate].push((bytes * per_sample) as f64 / secs / 1e9);
     }
     Ok(samples.into_iter().map(Cell::from_samples).collect())
 }

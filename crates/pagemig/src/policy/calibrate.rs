@@ -19,8 +19,9 @@ use crate::sys::{self, Mapping, SysError};
 use crate::topology::{self, NodeId, NodeSet, Topology};
 use crate::workers::Workers;
 
-/// Longer than pool workers poll for their next task before they sleep.
-const IDLE_POOLS: Duration = Duration::from_micros(300);
+/// Longer than pool workers poll for their next task before they sleep: the pause before each
+/// timed sample, so that it does not pay for the previous one's polling workers.
+pub const IDLE_POOLS: Duration = Duration::from_micros(300);
 
 /// How long calibration takes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -150,6 +151,34 @@ pub(super) fn pessimistic(mut samples: Vec<f64>) -> Option<f64> {
         samples[(3 * (n - 1)).div_ceil(4)],
     );
     Some((q1 - (q3 - q1) / 2.0).max(lowest))
+}
+
+/// One turn of interleaved sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    /// The candidate (a copier, a bench column) that measures in this turn.
+    pub candidate: usize,
+    /// 0, 1, 2 … in the order the turns are taken: which stretch of the working set the turn
+    /// copies, so that no turn copies the bytes that the turn before it has just left in the
+    /// cache.
+    pub number: usize,
+}
+
+/// The turns of `reps` rounds over `candidates`: each candidate once a round, in reverse order
+/// every other round, so that no candidate always follows the same one and inherits its cache
+/// state (the dirty lines an engine with ordinary stores leaves for the next to write back).
+/// Samples taken in turns spread a burst of noise from elsewhere on the machine over every
+/// candidate instead of favouring one.
+pub fn turns(reps: usize, candidates: usize) -> impl Iterator<Item = Turn> {
+    (0..reps * candidates).map(move |number| {
+        let (round, k) = (number / candidates, number % candidates);
+        let candidate = if round % 2 == 0 {
+            k
+        } else {
+            candidates - 1 - k
+        };
+        Turn { candidate, number }
+    })
 }
 
 /// Samples per copier at a batch size, a multiple of the effort's count: three times up to
@@ -282,23 +311,20 @@ pub fn calibrate(
             }
             .map(|_| ())
         };
-        // Samples of every copier take turns, so that a burst of noise from elsewhere on the
-        // machine spreads over all of them instead of favouring one.
         let reps = reps_at(budget.reps, bytes);
         let mut samples = vec![Vec::with_capacity(reps); copiers.len()];
         for (e, copier) in &copiers {
             step(*e, *copier, 0)?;
         }
-        for r in 0..reps {
-            for (k, (e, copier)) in copiers.iter().enumerate() {
-                // The previous copier's pool workers poll before they sleep: let them sleep.
-                std::thread::sleep(IDLE_POOLS);
-                let t = Instant::now();
-                for i in 0..calls {
-                    step(*e, *copier, 1 + r * calls + i)?;
-                }
-                samples[k].push(bytes as f64 * calls as f64 / t.elapsed().as_secs_f64() / 1e9);
+        for Turn { candidate, number } in turns(reps, copiers.len()) {
+            let (e, copier) = copiers[candidate];
+            // The previous copier's pool workers poll before they sleep: let them sleep.
+            std::thread::sleep(IDLE_POOLS);
+            let t = Instant::now();
+            for i in 0..calls {
+                step(e, copier, 1 + number * calls + i)?;
             }
+            samples[candidate].push(bytes as f64 * calls as f64 / t.elapsed().as_secs_f64() / 1e9);
         }
         for ((_, copier), s) in copiers.iter().zip(samples) {
             copy.push(CopyPoint {

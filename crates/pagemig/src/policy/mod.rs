@@ -13,7 +13,8 @@ use serde::Serialize;
 
 pub use auto::{AutoEngine, Move, SizeCheck};
 pub use calibrate::{
-    CalibrateError, CalibrateOptions, Effort, Step, calibrate, check_choices, worker_counts,
+    CalibrateError, CalibrateOptions, Effort, IDLE_POOLS, Step, Turn, calibrate, check_choices,
+    turns, worker_counts,
 };
 pub use model::{CopyPoint, CostModel, KernelPoint, MachineId, ModelError, Saturation};
 
