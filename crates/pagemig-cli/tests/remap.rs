@@ -1059,6 +1059,7 @@ fn the_auto_engine_checks_its_choices_on_the_remap_path() {
         copier: Copier::Thread { engine },
         bytes: 4096,
         gbps,
+        median_gbps: None,
     };
     let model = CostModel {
         version: CostModel::VERSION,

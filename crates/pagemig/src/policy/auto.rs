@@ -2,14 +2,16 @@
 //! choices while it runs.
 //!
 //! Every batch size (a power of two of bytes) keeps its plan's copier and a few alternatives:
-//! the next-fastest copiers the model predicts, and plain `memcpy` on the calling thread. Batches
-//! are timed (every large one alone; small ones, where reading the clock is a visible share of
-//! the copy, in groups of consecutive batches timed as one, [`batches_per_figure`]); after
-//! [`WINDOW`] figures ([`LARGE_WINDOW`] from 1 MiB, where one batch takes long enough to time
-//! well and few come) their median is the copier's measured GB/s. When the copier runs more than 10% under what another is predicted or was
-//! measured to do, in two windows in a row (a burst of noise can fill one), the two take turns,
-//! figure by figure, until each has a window, and the faster of the two is kept: both
-//! are measured under the same conditions, so a burst of noise that slowed the first window
+//! the copiers the model says typically do best, and plain `memcpy` on the calling thread.
+//! Batches are timed (every large one alone; small ones, where reading the clock is a visible
+//! share of the copy, in groups of consecutive batches timed as one, [`batches_per_figure`]);
+//! after [`WINDOW`] figures ([`LARGE_WINDOW`] from 1 MiB, where one batch takes long enough to
+//! time well and few come) their median is the copier's measured GB/s. When the copier runs more
+//! than 10% under what another was measured to do, or else typically does (its median figure:
+//! the plan is made with what each copier reliably does, so a fast but erratic one is tried
+//! where it typically does better), in two windows in a row (a burst of noise can fill one), the
+//! two take turns, figure by figure, until each has a window, and the faster of the two is kept:
+//! both are measured under the same conditions, so a burst of noise that slowed the first window
 //! cannot decide. At most [`MAX_TRIALS`] trials per size: exploration is bounded, and then the
 //! size settles.
 
@@ -43,7 +45,11 @@ const STRIKES: usize = 2;
 /// Batches of at least this many bytes are judged after [`LARGE_WINDOW`] timed batches.
 const LARGE_FROM: u64 = 1 << 20;
 /// Trials per batch size.
-pub const MAX_TRIALS: usize = 4;
+const MAX_TRIALS: usize = 4;
+/// Windows of figures a size's check takes at most: each trial follows [`STRIKES`] slow windows
+/// and takes a window of each of two copiers, taking turns, with the figure after each turn's
+/// change dropped (as many figures again).
+pub const MOST_WINDOWS: usize = MAX_TRIALS * (STRIKES + 4);
 /// Alternatives per batch size besides the plan's copier and `memcpy` on the calling thread.
 const ALTERNATIVES: usize = 2;
 /// Batches of at least this many bytes are all timed.
@@ -103,7 +109,10 @@ pub struct SizeCheck {
 
 struct Candidate {
     copier: Copier,
+    /// What the planner planned with (what the copier reliably does).
     predicted: f64,
+    /// What the copier typically does: worth a trial when the copier in use delivers less.
+    typical: f64,
 }
 
 /// A trial: the copier in use and a challenger take turns, figure by figure, until
@@ -124,6 +133,8 @@ struct Judge {
     trial: Option<Trial>,
     /// Windows in a row in which the copier in use ran slow.
     slow: usize,
+    /// The copier changed: its next figure is dropped.
+    warm_up: bool,
     trials: usize,
     moves: Vec<Move>,
 }
@@ -278,12 +289,15 @@ impl Bucket {
         if self.settled.load(Ordering::Relaxed) || self.current.load(Ordering::Relaxed) != at {
             return; // timed while another thread changed copier: it belongs to neither window
         }
+        if std::mem::take(&mut j.warm_up) {
+            return;
+        }
         let name = |i: usize| self.candidates[i].copier;
         if let Some(t) = &mut j.trial {
             t.samples[usize::from(at == t.to)].push(gbps);
             if t.samples.iter().any(|s| s.len() < self.window) {
                 let other = if at == t.to { t.from } else { t.to };
-                self.current.store(other, Ordering::Relaxed);
+                self.switch(&mut j, other);
                 return;
             }
         }
@@ -305,7 +319,9 @@ impl Bucket {
                     ),
                 });
             }
-            self.current.store(keep, Ordering::Relaxed);
+            if keep != at {
+                self.switch(&mut j, keep);
+            }
             if j.trials >= MAX_TRIALS {
                 self.settled.store(true, Ordering::Relaxed);
             }
@@ -317,9 +333,12 @@ impl Bucket {
         }
         let m = median(std::mem::take(&mut j.window)).unwrap_or(0.0);
         j.measured[at] = Some(m);
-        let predicted = |i: usize| self.candidates[i].predicted;
-        // The fastest other copier, by what it measured or else what it is predicted to do.
-        let figure = |i: usize| j.measured[i].unwrap_or(predicted(i));
+        let (predicted, typical) = (
+            |i: usize| self.candidates[i].predicted,
+            |i: usize| self.candidates[i].typical,
+        );
+        // The fastest other copier, by what it measured or else what it typically does.
+        let figure = |i: usize| j.measured[i].unwrap_or(typical(i));
         let other = (0..self.candidates.len())
             .filter(|&i| i != at)
             .max_by(|&a, &b| figure(a).total_cmp(&figure(b)));
@@ -328,7 +347,7 @@ impl Bucket {
         if let Some(to) = slow.filter(|_| j.slow >= STRIKES) {
             let expected = match j.measured[to] {
                 Some(g) => format!("measured {g:.2}"),
-                None => format!("predicted {:.2}", predicted(to)),
+                None => format!("typically {:.2}", typical(to)),
             };
             let why = format!(
                 "{} measured {m:.2} GB/s (predicted {:.2}), more than 10% under {} ({expected})",
@@ -344,8 +363,16 @@ impl Bucket {
                 samples: Default::default(),
                 why,
             });
-            self.current.store(to, Ordering::Relaxed);
+            self.switch(&mut j, to);
         }
+    }
+
+    /// Makes candidate `to` the copier in use. Its first figure is dropped: it paid for the
+    /// change (pool workers that fell asleep while another copier ran wake up, caches and
+    /// translations are cold), which a run of batches on one copier pays once, not per figure.
+    fn switch(&self, j: &mut Judge, to: usize) {
+        j.warm_up = true;
+        self.current.store(to, Ordering::Relaxed);
     }
 }
 
@@ -382,10 +409,18 @@ impl AutoEngine {
         for k in SMALLEST..=LARGEST {
             let bytes = 1u64 << k;
             let plan = planner.plan_copy(Job { bytes, route })?;
-            let mut candidates = vec![Candidate {
-                copier: plan.copier,
-                predicted: plan.predicted_gbps.unwrap_or(0.0),
-            }];
+            // A copier's typical (median) figure where the model kept one: a copier that is fast
+            // but erratic is planned with what it reliably does, and tried where it typically
+            // does better than what runs.
+            let candidate = |copier: Copier, predicted: f64| Candidate {
+                copier,
+                predicted,
+                typical: planner
+                    .model()
+                    .and_then(|m| m.typical_copy(copier, bytes))
+                    .map_or(predicted, |t| t.max(predicted)),
+            };
+            let mut candidates = vec![candidate(plan.copier, plan.predicted_gbps.unwrap_or(0.0))];
             match plan.copier {
                 Copier::Dma { engine } => {
                     // The user asked for DMA (or it is the fastest): no CPU alternatives.
@@ -398,28 +433,31 @@ impl AutoEngine {
                         // The plan needs it: say why it cannot run.
                         CpuEngine::new(engine)?;
                     }
-                    let ranked = planner.ranked_copiers(bytes);
                     let runs =
                         |c: &Copier| c.cpu_engine().is_some_and(|e| threads.contains_key(&e));
-                    candidates.extend(
-                        ranked
-                            .iter()
-                            .filter(|(c, _)| *c != plan.copier && runs(c))
-                            .take(ALTERNATIVES)
-                            .map(|&(copier, predicted)| Candidate { copier, predicted }),
-                    );
+                    // The alternatives most worth a trial: the highest typical figures.
+                    let mut ranked: Vec<Candidate> = planner
+                        .ranked_copiers(bytes)
+                        .into_iter()
+                        .filter(|(c, _)| runs(c))
+                        .map(|(copier, predicted)| candidate(copier, predicted))
+                        .collect();
+                    ranked.sort_by(|a, b| b.typical.total_cmp(&a.typical));
                     let memcpy = Copier::Thread {
                         engine: EngineKind::Memcpy,
                     };
-                    if !candidates.iter().any(|c| c.copier == memcpy) {
-                        let predicted = ranked
-                            .iter()
-                            .find(|(c, _)| *c == memcpy)
-                            .map_or(0.0, |r| r.1);
-                        candidates.push(Candidate {
-                            copier: memcpy,
-                            predicted,
-                        });
+                    let memcpy = ranked
+                        .iter()
+                        .position(|c| c.copier == memcpy)
+                        .map_or_else(|| candidate(memcpy, 0.0), |i| ranked.remove(i));
+                    candidates.extend(
+                        ranked
+                            .into_iter()
+                            .filter(|c| c.copier != plan.copier)
+                            .take(ALTERNATIVES),
+                    );
+                    if !candidates.iter().any(|c| c.copier == memcpy.copier) {
+                        candidates.push(memcpy);
                     }
                 }
             }
@@ -499,6 +537,7 @@ impl AutoEngine {
                     copier,
                     bytes: c.bytes,
                     gbps,
+                    median_gbps: None,
                 })
             })
             .collect()
@@ -575,29 +614,33 @@ mod tests {
                 .map(|(&p, engine)| Candidate {
                     copier: Copier::Thread { engine },
                     predicted: p,
+                    typical: p,
                 })
                 .collect(),
             bytes,
         )
     }
 
+    /// A window of figures of the copier in use (and the figure dropped after a change).
     fn window(b: &Bucket, gbps: f64) {
         let at = b.current.load(Ordering::Relaxed);
-        for _ in 0..b.window {
+        let warm_up = b.judge.lock().unwrap().warm_up;
+        for _ in 0..b.window + usize::from(warm_up) {
             b.record(at, gbps);
         }
     }
 
     /// A trial's turns until each copier has a window: the challenger measures `to`, the copier
-    /// it challenges `from`; they alternate batch by batch.
+    /// it challenges `from`; they alternate figure by figure, and the first figure after each
+    /// change is dropped.
     fn turns(b: &Bucket, from: f64, to: f64) {
         let challenger = b.judge.lock().unwrap().trial.as_ref().expect("a trial").to;
-        let mut last = None;
-        for _ in 0..2 * b.window {
+        for turn in 0..2 * b.window {
             let at = b.current.load(Ordering::Relaxed);
-            assert_ne!(Some(at), last, "the two take turns");
-            last = Some(at);
-            b.record(at, if at == challenger { to } else { from });
+            assert_eq!(at == challenger, turn % 2 == 0, "the two take turns");
+            let gbps = if at == challenger { to } else { from };
+            b.record(at, 0.001); // the first after a change: dropped, or it would decide
+            b.record(at, gbps);
         }
         assert!(b.judge.lock().unwrap().trial.is_none(), "decided");
     }
@@ -628,6 +671,26 @@ mod tests {
         assert_eq!(j.moves.len(), 1);
         assert!(j.moves[0].why.contains("taking turns"), "{:?}", j.moves);
         assert_eq!(j.measured[..2], [Some(7.0), Some(9.0)]);
+    }
+
+    #[test]
+    fn a_plan_that_delivers_tries_an_alternative_that_typically_does_better() {
+        let mut b = bucket(&[10.0, 9.0, 6.0]);
+        b.candidates[1].typical = 15.0; // erratic: reliably 9, typically 15
+        window(&b, 10.5);
+        window(&b, 10.5); // the plan does what it was predicted to, under 0.9 x 15
+        assert_eq!(b.current.load(Ordering::Relaxed), 1);
+        turns(&b, 10.5, 14.0);
+        assert_eq!(b.current.load(Ordering::Relaxed), 1, "faster: kept");
+        let j = b.judge.lock().unwrap();
+        assert!(j.moves[0].why.contains("typically 15.00"), "{:?}", j.moves);
+        drop(j);
+        let mut b = bucket(&[10.0, 9.0, 6.0]);
+        b.candidates[1].typical = 11.0;
+        for _ in 0..4 {
+            window(&b, 10.5); // within 10% of what the other typically does: no trial
+        }
+        assert_eq!(b.current.load(Ordering::Relaxed), 0);
     }
 
     #[test]

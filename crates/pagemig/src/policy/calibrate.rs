@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::auto::{AutoEngine, MAX_TRIALS, SizeCheck, WINDOW, batches_per_figure};
+use super::auto::{AutoEngine, MOST_WINDOWS, SizeCheck, WINDOW, batches_per_figure};
 use super::model::{CopyPoint, CostModel, KernelPoint, MachineId, Saturation};
 use super::{Planner, Resources};
 use crate::account::median;
@@ -330,6 +330,7 @@ pub fn calibrate(
             copy.push(CopyPoint {
                 copier: *copier,
                 bytes,
+                median_gbps: median(s.clone()),
                 gbps: pessimistic(s).unwrap_or(0.0),
             });
             progress(Step::Done);
@@ -453,7 +454,7 @@ pub fn check_choices(
             let len = bytes as usize;
             let slots = budget.working_set / len;
             // Enough timed batches for every window the check may need at this size.
-            for i in 0..WINDOW * batches_per_figure(len) * (MAX_TRIALS + 1) {
+            for i in 0..WINDOW * batches_per_figure(len) * MOST_WINDOWS {
                 let off = (i % slots) * len;
                 auto.copy(&[CopyOp::new(
                     &src.as_slice()[off..off + len],

@@ -18,8 +18,15 @@ pub struct CopyPoint {
     pub copier: Copier,
     /// Bytes per batch.
     pub bytes: u64,
-    /// Median GB/s.
+    /// GB/s the planner plans with: for a calibrated point what the copier reliably does (a
+    /// pessimistic figure of its samples, see [`super::calibrate`]), for an observed one the
+    /// median of what it did.
     pub gbps: f64,
+    /// A calibrated point's median GB/s, what the copier typically does: the auto engine tries
+    /// a copier whose typical figure is above what the one in use delivers. `None` where `gbps`
+    /// is the median already (observed points, models saved before this was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median_gbps: Option<f64>,
 }
 
 /// `move_pages` bandwidth with a number of threads at one migration size.
@@ -188,7 +195,14 @@ impl CostModel {
     /// Predicted GB/s of `copier` for a batch of `bytes`; `None` if it was not measured. An
     /// observed figure replaces the calibrated one of the same size.
     pub fn predict_copy(&self, copier: Copier, bytes: u64) -> Option<f64> {
-        predict(&self.copy, &self.observed, copier, bytes)
+        predict(&self.copy, &self.observed, copier, bytes, Figure::gbps)
+    }
+
+    /// What `copier` typically does for a batch of `bytes` (medians where calibration kept
+    /// them, [`CopyPoint::median_gbps`]), at least [`CostModel::predict_copy`]'s figure; `None`
+    /// if it was not measured.
+    pub fn typical_copy(&self, copier: Copier, bytes: u64) -> Option<f64> {
+        predict(&self.copy, &self.observed, copier, bytes, Figure::typical)
     }
 
     /// Takes in figures measured while copying: each replaces the observed figure of the same
@@ -215,7 +229,13 @@ impl CostModel {
     /// Predicted `move_pages` GB/s with `threads` threads for `bytes`; `None` if not measured.
     /// An observed figure replaces the calibrated one of the same size.
     pub fn predict_kernel(&self, threads: usize, bytes: u64) -> Option<f64> {
-        predict(&self.kernel_path, &self.observed_kernel, threads, bytes)
+        predict(
+            &self.kernel_path,
+            &self.observed_kernel,
+            threads,
+            bytes,
+            Figure::gbps,
+        )
     }
 
     /// Why this model should not be used on `machine`, if it should not.
@@ -299,6 +319,10 @@ impl CostModel {
         for (name, points) in [("copy", &self.copy), ("observed", &self.observed)] {
             for (i, p) in points.iter().enumerate() {
                 figures.push((format!("{name}[{i}].gbps"), p.gbps, GBPS));
+                figures.extend(
+                    p.median_gbps
+                        .map(|g| (format!("{name}[{i}].median_gbps"), g, GBPS)),
+                );
                 figures.push((format!("{name}[{i}].bytes"), p.bytes as f64, BYTES));
                 if let Copier::Pool { workers, .. } = p.copier {
                     figures.push((format!("{name}[{i}].copier.workers"), workers as f64, COUNT));
@@ -357,6 +381,10 @@ trait Figure: Copy {
     fn on(&self) -> Self::Curve;
     fn bytes(&self) -> u64;
     fn gbps(&self) -> f64;
+    /// What it typically does, where that is kept apart from `gbps`.
+    fn typical(&self) -> f64 {
+        self.gbps()
+    }
 }
 
 impl Figure for CopyPoint {
@@ -369,6 +397,9 @@ impl Figure for CopyPoint {
     }
     fn gbps(&self) -> f64 {
         self.gbps
+    }
+    fn typical(&self) -> f64 {
+        self.median_gbps.unwrap_or(self.gbps).max(self.gbps)
     }
 }
 
@@ -385,15 +416,21 @@ impl Figure for KernelPoint {
     }
 }
 
-/// GB/s at `bytes` on curve `on`, from the calibrated points with the observed ones in place of
-/// those of their size.
-fn predict<F: Figure>(calibrated: &[F], observed: &[F], on: F::Curve, bytes: u64) -> Option<f64> {
+/// GB/s at `bytes` on curve `on` (each point's `figure`), from the calibrated points with the
+/// observed ones in place of those of their size.
+fn predict<F: Figure>(
+    calibrated: &[F],
+    observed: &[F],
+    on: F::Curve,
+    bytes: u64,
+    figure: fn(&F) -> f64,
+) -> Option<f64> {
     let observed: Vec<&F> = observed.iter().filter(|p| p.on() == on).collect();
     let points = calibrated
         .iter()
         .filter(|p| p.on() == on && !observed.iter().any(|o| o.bytes() == p.bytes()))
         .chain(observed.iter().copied());
-    interpolate(&curve(points.map(|p| (p.bytes(), p.gbps()))), bytes)
+    interpolate(&curve(points.map(|p| (p.bytes(), figure(p)))), bytes)
 }
 
 /// Puts each usable figure of `points` into `observed`, in place of the one on the same curve at
@@ -435,6 +472,7 @@ mod tests {
             copier: thread,
             bytes,
             gbps,
+            median_gbps: None,
         };
         let mut m = CostModel {
             version: CostModel::VERSION,
@@ -454,10 +492,20 @@ mod tests {
             pool_handoff_us: None,
         };
         assert_eq!(m.predict_copy(thread, 4096), Some(8.0));
+        // Typically: the median where calibration kept one, else the figure itself.
+        m.copy[1].median_gbps = Some(14.0);
+        assert_eq!(m.typical_copy(thread, 16384), Some(14.0));
+        assert_eq!(m.predict_copy(thread, 16384), Some(10.0));
+        assert_eq!(m.typical_copy(thread, 4096), Some(8.0));
         assert_eq!(m.learn(&[point(4096, 5.0), point(8192, 4.0)]), 2);
         assert_eq!(m.predict_copy(thread, 4096), Some(5.0));
         assert_eq!(m.predict_copy(thread, 8192), Some(4.0));
         assert_eq!(m.predict_copy(thread, 16384), Some(10.0));
+        assert_eq!(
+            m.typical_copy(thread, 8192),
+            Some(4.0),
+            "an observed median"
+        );
         // The same figure again changes nothing; a bad one is not taken.
         assert_eq!(m.learn(&[point(4096, 5.0), point(4096, f64::NAN)]), 0);
 
@@ -473,6 +521,9 @@ mod tests {
         assert_eq!(m.predict_kernel(1, 1 << 26), Some(3.1));
         assert_eq!(m.learn_kernel(&[kernel(2, 2.5)]), 0);
         assert!(m.validate().is_ok());
+        m.copy[1].median_gbps = Some(f64::INFINITY);
+        assert_eq!(m.validate().unwrap_err().0, "copy[1].median_gbps");
+        m.copy[1].median_gbps = None;
         m.observed_kernel[0].gbps = -1.0;
         assert_eq!(m.validate().unwrap_err().0, "observed_kernel[0].gbps");
     }

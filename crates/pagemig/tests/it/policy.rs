@@ -34,12 +34,14 @@ fn model(topo: &Topology) -> CostModel {
                     if engine == EngineKind::Nt { 9.0 } else { 8.0 },
                     bytes,
                 ),
+                median_gbps: None,
             });
             for w in worker_counts(cpus) {
                 copy.push(CopyPoint {
                     copier: Copier::Pool { engine, workers: w },
                     bytes,
                     gbps: gbps(3.0, (9.0 * w as f64).min(72.0), bytes),
+                    median_gbps: None,
                 });
             }
         }
@@ -361,6 +363,7 @@ fn model_with_dma(topo: &Topology, bandwidth: f64) -> CostModel {
             },
             bytes,
             gbps: b / (20.0 * 1e3 + b / bandwidth),
+            median_gbps: None,
         });
     }
     m
@@ -431,6 +434,7 @@ fn the_check_corrects_a_plan_that_does_not_deliver() {
         copier: liar,
         bytes,
         gbps: 1000.0,
+        median_gbps: None,
     }));
     let options = CalibrateOptions {
         effort: Effort::Builtin,
