@@ -646,7 +646,7 @@ mod tests {
         assert_eq!(c.cpus.len(), 8);
         assert_eq!(c.cpus[..4], [0, 1, 2, 3], "near the destination first");
         assert_eq!(c.table.tables.len(), 3);
-        assert_eq!(c.budget.reps, 3);
+        assert_eq!(c.budget.reps, 5);
         let c = validate(Host::fake(2, 4), &["--from", "1", "--threads", "3"]).unwrap();
         assert_eq!((c.from, c.to, c.budget.reps), (1, 1, 7));
         assert_eq!(c.cpus, [4, 5, 6]);

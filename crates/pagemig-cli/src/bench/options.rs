@@ -25,7 +25,7 @@ pub struct TableArgs {
     /// CPUs].
     #[arg(long, value_delimiter = ',')]
     threads: Vec<usize>,
-    /// Repetitions per cell [default: 7; 3 with --quick].
+    /// Repetitions per cell [default: 7; 5 with --quick].
     #[arg(long)]
     reps: Option<usize>,
     /// Fewer rows, repetitions and bytes (bench copy: under a minute on 2 cores).
@@ -147,7 +147,7 @@ impl TableArgs {
         if let Some(n) = first_repeated(&self.threads) {
             bail!("--threads: {n} is given twice");
         }
-        let reps = self.reps.unwrap_or(if self.quick { 3 } else { 7 });
+        let reps = self.reps.unwrap_or(if self.quick { 5 } else { 7 });
         if reps == 0 {
             bail!("--reps must be at least 1");
         }
@@ -244,7 +244,7 @@ mod tests {
             .validate(&[4096], 1)
             .unwrap();
         assert_eq!(o.tables, [(2 << 20, vec![3, 1])]);
-        assert_eq!((o.threads, o.reps), (vec![1], 3));
+        assert_eq!((o.threads, o.reps), (vec![1], 5));
         assert_eq!(o.output.format, Format::Csv);
     }
 
