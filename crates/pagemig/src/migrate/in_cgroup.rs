@@ -40,6 +40,8 @@ struct Work {
     region: usize,
     /// The plan's prediction, so that the helper's calls check their thread count too.
     predicted_gbps: Option<f64>,
+    /// The user fixed the thread count: the helper keeps it.
+    threads_fixed: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,6 +85,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
     plan.move_all = req.move_all;
     plan.region = req.region;
     plan.predicted_gbps = req.predicted_gbps;
+    plan.threads_fixed = req.threads_fixed;
     let out = std::sync::Mutex::new(output);
     let progress = |n: u64| {
         let _ = writeln!(out.lock().unwrap_or_else(|p| p.into_inner()), "p {n}");
@@ -208,6 +211,7 @@ fn move_pages_in(
         move_all: plan.move_all,
         region: plan.region,
         predicted_gbps: plan.predicted_gbps,
+        threads_fixed: plan.threads_fixed,
     };
     let mut command = Command::new("/proc/self/exe");
     command
@@ -282,27 +286,33 @@ mod tests {
         let mut m = Mapping::anonymous(256 * 4096).unwrap();
         m.as_mut_slice().fill(3);
         let pages: Vec<usize> = (0..256).map(|i| m.as_ptr() as usize + i * 4096).collect();
-        let work = Work {
-            pid: std::process::id(),
-            nodes: vec![node; pages.len()],
-            pages,
-            cpus,
-            batch: 2,
-            max_stall: None,
-            move_all: false,
-            region: 0,
-            // Far above any machine: the plan's count runs under it, so half as many are tried.
-            predicted_gbps: Some(1e6),
+        let run = |threads_fixed| {
+            let work = Work {
+                pid: std::process::id(),
+                nodes: vec![node; pages.len()],
+                pages: pages.clone(),
+                cpus: cpus.clone(),
+                batch: 2,
+                max_stall: None,
+                move_all: false,
+                region: 0,
+                // Far above any machine: the plan's count runs under it, so half as many are
+                // tried, unless the user fixed it.
+                predicted_gbps: Some(1e6),
+                threads_fixed,
+            };
+            let mut out = Vec::new();
+            serve(serde_json::to_vec(&work).unwrap().as_slice(), &mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let json = text.lines().find_map(|l| l.strip_prefix("r ")).unwrap();
+            let reply: Reply = serde_json::from_str(json).unwrap();
+            let Ok(moved) = reply.moved else {
+                panic!("the helper failed: {text}")
+            };
+            assert!(moved.status.iter().all(|&s| s >= 0), "{:?}", moved.status);
+            moved
         };
-        let mut out = Vec::new();
-        serve(serde_json::to_vec(&work).unwrap().as_slice(), &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let json = text.lines().find_map(|l| l.strip_prefix("r ")).unwrap();
-        let reply: Reply = serde_json::from_str(json).unwrap();
-        let Ok(moved) = reply.moved else {
-            panic!("the helper failed: {text}")
-        };
-        assert!(moved.status.iter().all(|&s| s >= 0), "{:?}", moved.status);
+        let moved = run(false);
         assert!(
             moved.thread_check.iter().any(|n| n.contains("trying 1")),
             "{:?}",
@@ -313,6 +323,12 @@ mod tests {
             counts,
             [2, 1],
             "both counts measured, for the model to learn"
+        );
+        let moved = run(true);
+        assert!(
+            moved.thread_check.is_empty() && moved.thread_gbps.is_empty(),
+            "a count the user fixed is kept: {:?}",
+            moved.thread_check
         );
         assert!(m.as_slice().iter().all(|&b| b == 3));
     }

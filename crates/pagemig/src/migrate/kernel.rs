@@ -313,7 +313,9 @@ pub fn move_pages(
     let mut thread_cpu: Vec<Duration> = Vec::new();
     let mut left_behind = 0;
     let page = sys::base_page_size();
-    let mut check = ThreadCheck::new(plan.cpus.len(), plan.predicted_gbps);
+    // A count the user fixed is kept: nothing to check it against.
+    let predicted = plan.predicted_gbps.filter(|_| !plan.threads_fixed);
+    let mut check = ThreadCheck::new(plan.cpus.len(), predicted);
 
     let mut lo = 0;
     while lo < sorted.len() && !stop.load(Ordering::Relaxed) {

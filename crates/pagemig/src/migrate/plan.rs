@@ -45,6 +45,9 @@ pub struct Plan {
     pub verify: Verify,
     /// Predicted GB/s, when a cost model was used.
     pub predicted_gbps: Option<f64>,
+    /// The user fixed the thread count (kernel path): the executor keeps it, where it would
+    /// otherwise try fewer threads when they run more than 10% under the prediction.
+    pub threads_fixed: bool,
     /// Predicted GB/s of the baseline the plan must not lose to (one thread).
     pub baseline_gbps: Option<f64>,
     /// Why, one reason per choice.
@@ -66,6 +69,7 @@ impl Plan {
             charge: ChargeTo::Caller,
             verify: Verify::Sample,
             predicted_gbps: None,
+            threads_fixed: false,
             baseline_gbps: None,
             why: Vec::new(),
         }

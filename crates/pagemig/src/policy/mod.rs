@@ -464,6 +464,11 @@ impl<'a> Planner<'a> {
             }
             Threads::Auto => choice.cpus.len(),
         };
+        if let Threads::Count(_) = threads {
+            // What the model predicts for the user's count, not for the one it would choose.
+            choice.predicted_gbps = self.model.and_then(|m| m.predict_kernel(count, job.bytes));
+            choice.threads_fixed = true;
+        }
         let placement = match placement {
             Some(p) => {
                 choice
@@ -573,6 +578,13 @@ impl<'a> Planner<'a> {
             copy.why
                 .push(format!("engine {engine}: chosen by the user"));
         }
+        let fixed = matches!(o.threads, Threads::Count(_));
+        if fixed || o.engine.is_some() {
+            // What the model predicts for the user's copier, not for the one it would choose.
+            copy.predicted_gbps = self
+                .model
+                .and_then(|m| m.predict_copy(copy.copier, batch as u64 * page));
+        }
         if let (Some(c), Some(k)) = (copy.predicted_gbps, kernel.predicted_gbps)
             && k > c
         {
@@ -603,6 +615,7 @@ impl<'a> Planner<'a> {
             charge: o.charge,
             verify: o.verify,
             predicted_gbps: copy.predicted_gbps,
+            threads_fixed: fixed,
             baseline_gbps: copy.baseline_gbps,
             why,
         })

@@ -2,6 +2,7 @@
 
 use pagemig::copy::dma::DmaKind;
 use pagemig::copy::{Copier, EngineKind, Placement, Route};
+use pagemig::migrate::Threads;
 use pagemig::policy::{
     CalibrateOptions, CopyPoint, CostModel, Effort, Job, KernelPoint, MachineId, ModelError,
     Planner, Resources, calibrate, worker_counts,
@@ -492,7 +493,7 @@ fn the_planner_chooses_the_path_from_the_model() {
         phases: Phases::default(),
         caller_cpu: std::time::Duration::ZERO,
     };
-    let own = Request::mapping(&mut buffer, 0..64 * MIB as usize, 1);
+    let mut own = Request::mapping(&mut buffer, 0..64 * MIB as usize, 1);
     let planner = |m| Planner::new(&t, Some(m), idle("0-63")).remap_support(Ok(()));
 
     let plan = planner(&fast_copy).plan(&own, &scan).unwrap();
@@ -503,6 +504,27 @@ fn the_planner_chooses_the_path_from_the_model() {
         plan.why
     );
     assert!(plan.copier.is_some());
+    assert!(!plan.threads_fixed);
+
+    // Two copy threads fixed by the user: the prediction is for them.
+    own.options.threads = Threads::Count(2);
+    let batch_bytes = (own.options.batch() * pagemig::sys::base_page_size()) as u64;
+    let plan = planner(&fast_copy).plan(&own, &scan).unwrap();
+    own.options.threads = Threads::Auto;
+    let copier = plan.copier.unwrap();
+    assert_eq!(
+        (plan.path, copier.threads()),
+        (Path::Remap, 2),
+        "{:?}",
+        plan.why
+    );
+    assert!(plan.threads_fixed);
+    assert_eq!(
+        plan.predicted_gbps,
+        fast_copy.predict_copy(copier, batch_bytes),
+        "{:?}",
+        plan.why
+    );
 
     let plan = planner(&fast_kernel).plan(&own, &scan).unwrap();
     assert_eq!(plan.path, Path::Kernel, "{:?}", plan.why);
@@ -526,4 +548,35 @@ fn the_planner_chooses_the_path_from_the_model() {
     let process = Request::process(Process::Pid(1), Selection::All, 1);
     let plan = planner(&fast_copy).plan(&process, &scan).unwrap();
     assert_eq!(plan.path, Path::Kernel);
+}
+
+#[test]
+fn a_thread_count_the_user_fixed_is_predicted_for_itself_and_kept() {
+    let t = fake_sysfs::epyc_2s().read();
+    let m = model(&t);
+    let p = Planner::new(&t, Some(&m), idle("0-63"));
+    let (bytes, batch) = (1 << 30, 16 * MIB);
+    let auto = p
+        .plan_kernel_as(job(bytes, 0, 1), batch, Threads::Auto, None, "--threads")
+        .unwrap();
+    assert!(!auto.threads_fixed);
+    let chosen = auto.cpus.len();
+    assert_eq!(auto.predicted_gbps, m.predict_kernel(chosen, bytes));
+    let fixed = p
+        .plan_kernel_as(
+            job(bytes, 0, 1),
+            batch,
+            Threads::Count(2),
+            None,
+            "--threads",
+        )
+        .unwrap();
+    assert_ne!(chosen, 2, "{auto:?}");
+    assert_eq!(fixed.cpus.len(), 2);
+    assert!(fixed.threads_fixed);
+    assert_eq!(
+        fixed.predicted_gbps,
+        m.predict_kernel(2, bytes),
+        "{fixed:?}"
+    );
 }
