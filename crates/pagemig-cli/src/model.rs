@@ -158,7 +158,16 @@ pub fn summary(model: &CostModel) -> String {
     sizes.dedup();
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(["batch", "fastest copier", "GB/s", "one-thread memcpy GB/s"]);
+    // The planner plans with what a copier reliably does; the auto engine also tries one whose
+    // median is higher.
+    table.set_header([
+        "batch",
+        "fastest copier",
+        "GB/s, reliably",
+        "median",
+        "highest median",
+        "one-thread memcpy GB/s",
+    ]);
     for bytes in sizes {
         let at = |c: Copier| model.predict_copy(c, bytes).unwrap_or(0.0);
         let Some(best) = model
@@ -168,10 +177,24 @@ pub fn summary(model: &CostModel) -> String {
         else {
             continue;
         };
+        let typically = |c: Copier| model.typical_copy(c, bytes).unwrap_or(0.0);
+        let Some(top) = model
+            .copiers()
+            .into_iter()
+            .max_by(|a, b| typically(*a).total_cmp(&typically(*b)))
+        else {
+            continue;
+        };
         table.add_row([
             page_size_label(bytes as usize),
             best.to_string(),
             format!("{:.2}", at(best)),
+            format!("{:.2}", typically(best)),
+            if top == best {
+                "the same".into()
+            } else {
+                format!("{top}: {:.2}", typically(top))
+            },
             format!(
                 "{:.2}",
                 at(Copier::Thread {
