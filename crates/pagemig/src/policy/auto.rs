@@ -48,8 +48,10 @@ const LARGE_FROM: u64 = 1 << 20;
 const MAX_TRIALS: usize = 4;
 /// Windows of figures a size's check takes at most: each trial follows [`STRIKES`] slow windows
 /// and takes a window of each of two copiers, taking turns, with the figure after each turn's
-/// change dropped (as many figures again).
-pub const MOST_WINDOWS: usize = MAX_TRIALS * (STRIKES + 4);
+/// change dropped (as many figures again). A trial the challenger wins changes copier once more,
+/// and that figure is dropped too: one window more covers those of all but the last trial.
+pub const MOST_WINDOWS: usize = MAX_TRIALS * (STRIKES + 4) + 1;
+const _: () = assert!(MAX_TRIALS - 1 <= LARGE_WINDOW && LARGE_WINDOW <= WINDOW);
 /// Alternatives per batch size besides the plan's copier and `memcpy` on the calling thread.
 const ALTERNATIVES: usize = 2;
 /// Batches of at least this many bytes are all timed.
@@ -756,6 +758,26 @@ mod tests {
             0,
             "within 10%: the plan"
         );
+    }
+
+    #[test]
+    fn every_trial_a_size_may_take_fits_in_its_budget() {
+        // Each challenger wins its trial and then runs slow: every trial ends with a change of
+        // copier, whose first figure is dropped, and the next trial follows two windows later.
+        let b = bucket(&[10.0, 9.5, 9.0]);
+        for _ in 0..b.window * MOST_WINDOWS {
+            let at = b.current.load(Ordering::Relaxed);
+            let gbps = match &b.judge.lock().unwrap().trial {
+                Some(t) if t.to == at => 100.0,
+                Some(_) => 1.0,
+                None => 0.1,
+            };
+            b.record(at, gbps);
+        }
+        let j = b.judge.lock().unwrap();
+        assert_eq!(j.moves.len(), MAX_TRIALS, "{:?}", j.moves);
+        assert!(j.trial.is_none(), "the last trial was decided");
+        assert!(b.settled.load(Ordering::Relaxed));
     }
 
     #[test]
