@@ -99,7 +99,7 @@ pub struct SizeCheck {
     pub planned: Copier,
     /// Its predicted GB/s.
     pub predicted_gbps: f64,
-    /// The copier batches of this size use now.
+    /// The copier batches of this size use now (during a trial, the one the trial challenges).
     pub current: Copier,
     /// Measured GB/s (median of the last window of timed batches) of every copier that ran.
     pub measured: Vec<(Copier, f64)>,
@@ -369,6 +369,32 @@ impl Bucket {
         }
     }
 
+    /// What the check found for these batches of `bytes`, once a copier had a full window.
+    fn check(&self, bytes: u64) -> Option<SizeCheck> {
+        let j = self.judge.lock().unwrap_or_else(PoisonError::into_inner);
+        let measured: Vec<(Copier, f64)> = self
+            .candidates
+            .iter()
+            .zip(&j.measured)
+            .filter_map(|(c, m)| m.map(|g| (c.copier, g)))
+            .collect();
+        (!measured.is_empty()).then(|| SizeCheck {
+            bytes,
+            planned: self.candidates[0].copier,
+            predicted_gbps: self.candidates[0].predicted,
+            // During a trial the two take turns: the copier it challenges stays unless the
+            // trial decides otherwise.
+            current: self.candidates[j
+                .trial
+                .as_ref()
+                .map_or(self.current.load(Ordering::Relaxed), |t| t.from)]
+            .copier,
+            measured,
+            trials: j.trials,
+            moves: j.moves.clone(),
+        })
+    }
+
     /// Makes candidate `to` the copier in use. Its first figure is dropped: it paid for the
     /// change (pool workers that fell asleep while another copier ran wake up, caches and
     /// translations are cold), which a run of batches on one copier pays once, not per figure.
@@ -502,24 +528,7 @@ impl AutoEngine {
         self.buckets
             .iter()
             .enumerate()
-            .filter_map(|(i, b)| {
-                let j = b.judge.lock().unwrap_or_else(PoisonError::into_inner);
-                let measured: Vec<(Copier, f64)> = b
-                    .candidates
-                    .iter()
-                    .zip(&j.measured)
-                    .filter_map(|(c, m)| m.map(|g| (c.copier, g)))
-                    .collect();
-                (!measured.is_empty()).then(|| SizeCheck {
-                    bytes: 1 << (SMALLEST as usize + i),
-                    planned: b.candidates[0].copier,
-                    predicted_gbps: b.candidates[0].predicted,
-                    current: b.candidates[b.current.load(Ordering::Relaxed)].copier,
-                    measured,
-                    trials: j.trials,
-                    moves: j.moves.clone(),
-                })
-            })
+            .filter_map(|(i, b)| b.check(1 << (SMALLEST as usize + i)))
             .collect()
     }
 
@@ -778,6 +787,27 @@ mod tests {
         assert_eq!(j.moves.len(), MAX_TRIALS, "{:?}", j.moves);
         assert!(j.trial.is_none(), "the last trial was decided");
         assert!(b.settled.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_trial_still_running_changes_nothing_in_the_report() {
+        let b = bucket(&[10.0, 9.5]);
+        window(&b, 7.0);
+        window(&b, 7.0);
+        turns(&b, 7.0, 5.0); // the runner-up measured slower: the plan stays
+        window(&b, 4.0); // under 0.9 x the runner-up's 5.0, twice: it is tried again
+        window(&b, 4.0);
+        assert_eq!(
+            b.current.load(Ordering::Relaxed),
+            1,
+            "the challenger's turn"
+        );
+        let check = b.check(4096).unwrap();
+        let plan = b.candidates[0].copier;
+        assert_eq!(check.measured.len(), 2, "{check:?}");
+        // Reported (and learned, by `observed`) as the copier in use, the challenger's turn
+        // would look like a change the check made.
+        assert_eq!(check.current, plan, "{check:?}");
     }
 
     #[test]
