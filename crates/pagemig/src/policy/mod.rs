@@ -448,6 +448,13 @@ impl<'a> Planner<'a> {
         let count = match threads {
             // One pinned thread per CPU: more than the usable CPUs would only queue on them.
             Threads::Count(n) => {
+                // The planner's own count, its prediction and the load's cap are what it would
+                // have chosen, not this plan.
+                for w in &mut choice.why {
+                    if w.contains(" thread(s): predicted ") || w.starts_with("at most ") {
+                        *w = format!("the planner's own choice: {w}");
+                    }
+                }
                 let usable = self.usable();
                 if n > usable {
                     choice.why.insert(
@@ -467,6 +474,13 @@ impl<'a> Planner<'a> {
         if let Threads::Count(_) = threads {
             // What the model predicts for the user's count, not for the one it would choose.
             choice.predicted_gbps = self.model.and_then(|m| m.predict_kernel(count, job.bytes));
+            choice.why.insert(
+                1,
+                match choice.predicted_gbps {
+                    Some(g) => format!("{count} thread(s): predicted {g:.2} GB/s"),
+                    None => format!("{count} thread(s): not calibrated, no prediction"),
+                },
+            );
             choice.threads_fixed = true;
         }
         let placement = match placement {
@@ -581,9 +595,18 @@ impl<'a> Planner<'a> {
         let fixed = matches!(o.threads, Threads::Count(_));
         if fixed || o.engine.is_some() {
             // What the model predicts for the user's copier, not for the one it would choose.
+            for w in &mut copy.why {
+                if w.contains(": predicted ") {
+                    *w = format!("the planner's own choice: {w}");
+                }
+            }
             copy.predicted_gbps = self
                 .model
                 .and_then(|m| m.predict_copy(copy.copier, batch as u64 * page));
+            copy.why.push(match copy.predicted_gbps {
+                Some(g) => format!("{}: predicted {g:.2} GB/s", copy.copier),
+                None => format!("{}: not calibrated, no prediction", copy.copier),
+            });
         }
         if let (Some(c), Some(k)) = (copy.predicted_gbps, kernel.predicted_gbps)
             && k > c

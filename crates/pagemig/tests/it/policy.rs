@@ -525,6 +525,21 @@ fn the_planner_chooses_the_path_from_the_model() {
         "{:?}",
         plan.why
     );
+    let g = plan.predicted_gbps.unwrap();
+    assert!(plan.why[0].contains(&format!("predicted at {g:.2} GB/s")));
+    assert!(
+        plan.why
+            .contains(&format!("{copier}: predicted {g:.2} GB/s")),
+        "{:?}",
+        plan.why
+    );
+    assert!(
+        plan.why
+            .iter()
+            .any(|w| w.starts_with("the planner's own choice: ")),
+        "{:?}",
+        plan.why
+    );
 
     let plan = planner(&fast_kernel).plan(&own, &scan).unwrap();
     assert_eq!(plan.path, Path::Kernel, "{:?}", plan.why);
@@ -578,5 +593,15 @@ fn a_thread_count_the_user_fixed_is_predicted_for_itself_and_kept() {
         fixed.predicted_gbps,
         m.predict_kernel(2, bytes),
         "{fixed:?}"
+    );
+    // The reasons name the user's count and its prediction; the planner's own is marked so.
+    let g = fixed.predicted_gbps.unwrap();
+    assert_eq!(fixed.why[0], "2 thread(s): --threads 2");
+    assert_eq!(fixed.why[1], format!("2 thread(s): predicted {g:.2} GB/s"));
+    let own = format!("the planner's own choice: {chosen} thread(s): predicted");
+    assert!(
+        fixed.why.iter().any(|w| w.starts_with(&own)),
+        "{:?}",
+        fixed.why
     );
 }
