@@ -24,7 +24,9 @@ pub use own::{ForeignOut, Plain, read_own, set_errno};
 pub use pagemap::{PageCategories, PageRegion, Pagemap, Vma, entry as pagemap_entry};
 pub use process::spawn_in_cgroup;
 pub use rustix::io::Errno;
-pub use thread::{allowed_cpus, pin_current_thread, process_cpu_time, thread_cpu_time};
+pub use thread::{
+    Pinned, allowed_cpus, current_cpu, pin_current_thread, process_cpu_time, thread_cpu_time,
+};
 pub use uffd::Uffd;
 
 /// A system call that failed, with the kernel's error number kept as a value.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rustix::thread::{CpuSet as RawCpuSet, sched_getaffinity, sched_setaffinity};
+use rustix::thread::{CpuSet as RawCpuSet, sched_getaffinity, sched_getcpu, sched_setaffinity};
 use rustix::time::{ClockId, clock_gettime};
 
 use super::{Errno, SysError};
@@ -26,6 +26,35 @@ pub fn pin_current_thread(cpu: u32) -> Result<(), SysError> {
     let mut raw = RawCpuSet::new();
     raw.set(cpu);
     sched_setaffinity(None, &raw).map_err(|e| SysError::new("sched_setaffinity", e))
+}
+
+/// The CPU the calling thread runs on now (it may be moved right after, unless pinned).
+pub fn current_cpu() -> u32 {
+    sched_getcpu() as u32
+}
+
+/// The calling thread pinned to one CPU until this is dropped, which gives it back the
+/// affinity mask it had.
+#[derive(Debug)]
+pub struct Pinned {
+    saved: RawCpuSet,
+}
+
+impl Pinned {
+    /// Pins the calling thread to `cpu`, keeping its mask for the drop.
+    pub fn here(cpu: u32) -> Result<Self, SysError> {
+        let saved = sched_getaffinity(None).map_err(|e| SysError::new("sched_getaffinity", e))?;
+        pin_current_thread(cpu)?;
+        Ok(Pinned { saved })
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // Fails only where the thread's allowed CPUs changed meanwhile (a cpuset that no longer
+        // has them): the kernel then keeps it where it is.
+        let _ = sched_setaffinity(None, &self.saved);
+    }
 }
 
 /// CPU time the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`).

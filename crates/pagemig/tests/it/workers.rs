@@ -1,6 +1,7 @@
-//! The one set of pinned workers: jobs run on their CPUs, no thread is started per call (pool
-//! copies, offload copies, the kernel path's calls), workers are joined on drop, a panicking job
-//! is an error and not a hang, and a CPU that cannot be pinned is an error naming it.
+//! The one set of pinned workers: jobs run on their CPUs (the calling thread's own CPU's job on
+//! the calling thread, pinned for it), no thread is started per call (pool copies, offload
+//! copies, the kernel path's calls), workers are joined on drop, a panicking job is an error and
+//! not a hang, and a CPU that cannot be pinned is an error naming it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,6 +59,28 @@ fn jobs_run_on_their_cpus_and_answer_in_order() {
 }
 
 #[test]
+fn the_caller_runs_the_job_of_its_own_cpu_and_gets_its_mask_back() {
+    let workers = Workers::new();
+    let cpus = allowed();
+    let before = sys::allowed_cpus().unwrap();
+    let me = std::thread::current().id();
+    for _ in 0..20 {
+        let out = workers
+            .run(&cpus, |i| {
+                let on: Vec<u32> = sys::allowed_cpus().unwrap().iter().collect();
+                (std::thread::current().id(), on, i)
+            })
+            .unwrap();
+        // The caller runs on one of the CPUs asked for (all it may use): one job is its own.
+        let mine: Vec<_> = out.iter().filter(|o| o.0 == me).collect();
+        assert_eq!(mine.len(), 1, "{out:?}");
+        let (_, on, i) = mine[0];
+        assert_eq!(on, &[cpus[*i]], "pinned to that job's CPU while it ran");
+        assert_eq!(sys::allowed_cpus().unwrap(), before, "its mask back");
+    }
+}
+
+#[test]
 fn a_cpu_listed_twice_gets_two_workers_running_at_once() {
     let workers = Workers::new();
     let cpu = allowed()[0];
@@ -97,12 +120,13 @@ fn no_thread_is_started_per_call() {
         }
         copiers.extend(pool.engine().0.lock().unwrap().iter().copied());
     }
-    assert_eq!(
-        copiers.len(),
-        cpus.len(),
+    // The workers, and the caller for the share of the CPU it runs on.
+    let caller = std::thread::current().id();
+    assert!(
+        copiers.iter().filter(|&&t| t != caller).count() <= cpus.len(),
         "one thread per CPU for 50 copies"
     );
-    assert!(!copiers.contains(&std::thread::current().id()));
+    copiers.insert(caller);
 
     // The kernel path's calls run on the same workers, call after call.
     let node = Topology::detect()
@@ -172,6 +196,7 @@ fn workers_are_joined_on_drop() {
     let workers = Arc::new(Workers::new());
     let cpus = allowed();
     let pool = Pool::new(&workers, Threads::default(), &cpus).unwrap();
+    let me = tid();
     let tids = workers.run(&cpus, |_| tid()).unwrap();
     for t in &tids {
         assert!(std::path::Path::new(&format!("/proc/self/task/{t}")).exists());
@@ -182,7 +207,9 @@ fn workers_are_joined_on_drop() {
     let mut dst = [0u8; 100];
     pool.copy(&[CopyOp::new(&src, &mut dst)]).unwrap();
     drop(pool);
-    // A joined thread has exited; its /proc entry goes once the kernel has released it.
+    // A joined thread has exited; its /proc entry goes once the kernel has released it. The
+    // caller ran one job itself: it is not a worker.
+    let tids: Vec<String> = tids.into_iter().filter(|t| *t != me).collect();
     let start = Instant::now();
     let left = || {
         tids.iter()
