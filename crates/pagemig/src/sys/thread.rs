@@ -34,10 +34,12 @@ pub fn current_cpu() -> u32 {
 }
 
 /// The calling thread pinned to one CPU until this is dropped, which gives it back the
-/// affinity mask it had.
+/// affinity mask it had, unless its mask was changed meanwhile (by another thread of the
+/// program, `taskset -p`, or the kernel for a cpuset): that newer mask is kept.
 #[derive(Debug)]
 pub struct Pinned {
     saved: RawCpuSet,
+    pinned: RawCpuSet,
 }
 
 impl Pinned {
@@ -45,15 +47,20 @@ impl Pinned {
     pub fn here(cpu: u32) -> Result<Self, SysError> {
         let saved = sched_getaffinity(None).map_err(|e| SysError::new("sched_getaffinity", e))?;
         pin_current_thread(cpu)?;
-        Ok(Pinned { saved })
+        let mut pinned = RawCpuSet::new();
+        pinned.set(cpu as usize);
+        Ok(Pinned { saved, pinned })
     }
 }
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        // Fails only where the thread's allowed CPUs changed meanwhile (a cpuset that no longer
-        // has them): the kernel then keeps it where it is.
-        let _ = sched_setaffinity(None, &self.saved);
+        // A mask someone set while the thread was pinned is theirs: putting back the one from
+        // before would undo it. The restore fails only where the thread's allowed CPUs changed
+        // meanwhile (a cpuset that no longer has them): the kernel then keeps it where it is.
+        if sched_getaffinity(None).is_ok_and(|now| now == self.pinned) {
+            let _ = sched_setaffinity(None, &self.saved);
+        }
     }
 }
 

@@ -81,6 +81,44 @@ fn the_caller_runs_the_job_of_its_own_cpu_and_gets_its_mask_back() {
 }
 
 #[test]
+fn a_mask_set_from_outside_while_the_caller_runs_its_job_is_kept() {
+    use rustix::thread::{CpuSet, Pid, gettid, sched_setaffinity};
+    let cpus = allowed();
+    if cpus.len() < 2 {
+        return;
+    }
+    let (to_main, from_caller) = std::sync::mpsc::channel();
+    let (to_caller, from_main) = std::sync::mpsc::channel::<()>();
+    let caller = std::thread::spawn(move || {
+        let workers = Workers::new();
+        let me = std::thread::current().id();
+        let from_main = Mutex::new(from_main);
+        workers
+            .run(&cpus, |_| {
+                if std::thread::current().id() == me {
+                    let on: Vec<u32> = sys::allowed_cpus().unwrap().iter().collect();
+                    to_main.send((gettid().as_raw_nonzero().get(), on)).unwrap();
+                    from_main.lock().unwrap().recv().unwrap();
+                }
+            })
+            .unwrap();
+        sys::allowed_cpus().unwrap()
+    });
+    // Another thread of the program (or `taskset -p`) moves the caller while its job runs.
+    let (tid, on) = from_caller.recv().unwrap();
+    let other = allowed().into_iter().find(|c| on != [*c]).unwrap();
+    let mut set = CpuSet::new();
+    set.set(other as usize);
+    sched_setaffinity(Pid::from_raw(tid), &set).unwrap();
+    to_caller.send(()).unwrap();
+    let after: Vec<u32> = caller.join().unwrap().iter().collect();
+    assert_eq!(
+        after,
+        [other],
+        "the mask set meanwhile, not the one from before the call"
+    );
+}
+#[test]
 fn a_cpu_listed_twice_gets_two_workers_running_at_once() {
     let workers = Workers::new();
     let cpu = allowed()[0];
