@@ -60,7 +60,7 @@ pub enum WorkerError {
         source: std::io::Error,
     },
     /// A job panicked; the worker caught it and goes on.
-    #[error("job {job} (on the worker of cpu {cpu}) panicked: {message}")]
+    #[error("job {job} (on cpu {cpu}) panicked: {message}")]
     Panicked {
         /// Index of the job in the call.
         job: usize,
@@ -92,7 +92,8 @@ struct Worker {
 /// let workers = Workers::new();
 /// let cpus: Vec<u32> = pagemig::sys::allowed_cpus().unwrap().iter().collect();
 /// let data = vec![1u64, 2, 3, 4];
-/// // Job i runs on the worker of cpus[i] and may borrow from the caller.
+/// // Job i runs on cpus[i] (on its worker, or on this thread where it runs there) and may
+/// // borrow from the caller.
 /// let sums = workers.run(&cpus, |i| data.iter().sum::<u64>() * i as u64).unwrap();
 /// assert_eq!(sums[cpus.len() - 1], 10 * (cpus.len() as u64 - 1));
 /// ```

@@ -119,7 +119,9 @@ impl<E: CopyEngine> Pool<E> {
     }
 
     /// Copies the batch with its bytes split over the first `workers` workers (at least one, at
-    /// most all); the calling thread waits. A worker that panics is reported, the others finish.
+    /// most all); the calling thread copies the share of the CPU it runs on, if that is one of
+    /// theirs ([`Workers::run`]), and waits for the others. A worker that panics is reported,
+    /// the others finish.
     pub fn copy_with(&self, batch: &[CopyOp<'_>], workers: usize) -> Result<CopyStats, CopyError> {
         let n = workers.clamp(1, self.cpus.len());
         let lens: Vec<usize> = batch.iter().map(CopyOp::len).collect();

@@ -470,9 +470,16 @@ pub fn check_choices(
 }
 
 /// Median time, in microseconds, of handing a 64-byte copy to one pool worker and getting its
-/// reply, back to back (the worker is awake, as between the batches of a migration).
+/// reply, back to back (the worker is awake, as between the batches of a migration). The calling
+/// thread is held on another CPU meanwhile, where the process may use one: on the worker's CPU
+/// it would run the job itself ([`Workers::run`]), and there would be no hand-off to measure.
 fn handoff_us(pool: &Pool<CpuEngine>, src: &Mapping, dst: &mut Mapping) -> Result<f64, CopyError> {
     const CALLS: usize = 1000;
+    let worker = pool.cpus().first().copied();
+    let _elsewhere = sys::allowed_cpus()
+        .ok()
+        .and_then(|cpus| cpus.iter().find(|&c| Some(c) != worker))
+        .and_then(|c| sys::Pinned::here(c).ok());
     let op = [CopyOp::new(
         &src.as_slice()[..64],
         &mut dst.as_mut_slice()[..64],

@@ -40,6 +40,8 @@ pub fn current_cpu() -> u32 {
 pub struct Pinned {
     saved: RawCpuSet,
     pinned: RawCpuSet,
+    /// Not `Send`: dropped on another thread, it would set that thread's mask.
+    _this_thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Pinned {
@@ -49,7 +51,11 @@ impl Pinned {
         pin_current_thread(cpu)?;
         let mut pinned = RawCpuSet::new();
         pinned.set(cpu as usize);
-        Ok(Pinned { saved, pinned })
+        Ok(Pinned {
+            saved,
+            pinned,
+            _this_thread: std::marker::PhantomData,
+        })
     }
 }
 
