@@ -170,19 +170,14 @@ pub fn summary(model: &CostModel) -> String {
     ]);
     for bytes in sizes {
         let at = |c: Copier| model.predict_copy(c, bytes).unwrap_or(0.0);
-        let Some(best) = model
-            .copiers()
-            .into_iter()
-            .max_by(|a, b| at(*a).total_cmp(&at(*b)))
-        else {
-            continue;
-        };
         let typically = |c: Copier| model.typical_copy(c, bytes).unwrap_or(0.0);
-        let Some(top) = model
-            .copiers()
-            .into_iter()
-            .max_by(|a, b| typically(*a).total_cmp(&typically(*b)))
-        else {
+        let fastest = |by: &dyn Fn(Copier) -> f64| {
+            model
+                .copiers()
+                .into_iter()
+                .max_by(|a, b| by(*a).total_cmp(&by(*b)))
+        };
+        let (Some(best), Some(top)) = (fastest(&at), fastest(&typically)) else {
             continue;
         };
         table.add_row([
