@@ -484,7 +484,8 @@ impl AutoEngine {
                             .filter(|c| c.copier != plan.copier)
                             .take(ALTERNATIVES),
                     );
-                    if !candidates.iter().any(|c| c.copier == memcpy.copier) {
+                    // Taken out of the ranking above: among the candidates only as the plan.
+                    if memcpy.copier != plan.copier {
                         candidates.push(memcpy);
                     }
                 }
