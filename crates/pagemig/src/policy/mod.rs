@@ -35,6 +35,10 @@ pub const DEFAULT_KERNEL_BYTES_PER_THREAD: u64 = 64 << 20;
 /// fewest threads wins, since bandwidth that stops growing is not worth more CPUs.
 const NEAR_BEST: f64 = 0.98;
 
+/// Starts the reasons that give what the planner would choose where the user fixed the choice:
+/// they explain the planner, not the plan.
+const OWN: &str = "the planner's own choice: ";
+
 /// Among (option, GB/s), the fewest-threaded option predicted within [`NEAR_BEST`] of the best.
 fn fewest_near_best<T: Copy>(
     options: impl Iterator<Item = (T, f64)>,
@@ -279,6 +283,12 @@ impl<'a> Planner<'a> {
 
     /// How to copy a batch of `job.bytes`.
     pub fn plan_copy(&self, job: Job) -> Result<CopyPlan, PlacementError> {
+        self.plan_copy_with(job, "")
+    }
+
+    /// As [`Planner::plan_copy`], with `own` (empty or [`OWN`]) before the reason naming its
+    /// copier.
+    fn plan_copy_with(&self, job: Job, own: &str) -> Result<CopyPlan, PlacementError> {
         let (cap, cap_why) = self.worker_cap();
         let mut why: Vec<String> = self.model_note.iter().cloned().collect();
         let Some(model) = self.model else {
@@ -340,7 +350,7 @@ impl<'a> Planner<'a> {
             }
         }
         why.push(format!(
-            "{copier}: predicted {gbps:.2} GB/s for {} KiB, one-thread memcpy {:.2} GB/s",
+            "{own}{copier}: predicted {gbps:.2} GB/s for {} KiB, one-thread memcpy {:.2} GB/s",
             job.bytes >> 10,
             baseline.unwrap_or(0.0)
         ));
@@ -375,6 +385,17 @@ impl<'a> Planner<'a> {
     /// How many threads call `move_pages` for a migration of `job.bytes` in calls of
     /// `batch_bytes`, and where they run.
     pub fn plan_kernel(&self, job: Job, batch_bytes: u64) -> Result<Plan, PlacementError> {
+        self.plan_kernel_with(job, batch_bytes, "")
+    }
+
+    /// As [`Planner::plan_kernel`], with `own` (empty or [`OWN`]) before the reasons naming its
+    /// count: its prediction and the load's cap.
+    fn plan_kernel_with(
+        &self,
+        job: Job,
+        batch_bytes: u64,
+        own: &str,
+    ) -> Result<Plan, PlacementError> {
         let (cap, cap_why) = self.worker_cap();
         let calls = job.bytes.div_ceil(batch_bytes.max(1)).max(1);
         let cap = cap.min(usize::try_from(calls).unwrap_or(usize::MAX));
@@ -396,7 +417,7 @@ impl<'a> Planner<'a> {
                 .filter(|&(_, g)| one.is_none_or(|o| g >= o))
                 .unwrap_or((1, one.unwrap_or(0.0)));
                 why.push(format!(
-                    "{} thread(s): predicted {:.2} GB/s for {} MiB (one thread {:.2} GB/s)",
+                    "{own}{} thread(s): predicted {:.2} GB/s for {} MiB (one thread {:.2} GB/s)",
                     best.0,
                     best.1,
                     job.bytes >> 20,
@@ -415,7 +436,7 @@ impl<'a> Planner<'a> {
         };
         if threads == cap && cap > 1 {
             why.push(format!(
-                "at most {cap}: {cap_why} (and one thread per call)"
+                "{own}at most {cap}: {cap_why} (and one thread per call)"
             ));
         }
         let (placement, place_why) = self.placement(job.route);
@@ -444,17 +465,11 @@ impl<'a> Planner<'a> {
         placement: Option<&Placement>,
         source: &str,
     ) -> Result<Plan, PlacementError> {
-        let mut choice = self.plan_kernel(job, batch_bytes)?;
+        let fixed = matches!(threads, Threads::Count(_));
+        let mut choice = self.plan_kernel_with(job, batch_bytes, if fixed { OWN } else { "" })?;
         let count = match threads {
             // One pinned thread per CPU: more than the usable CPUs would only queue on them.
             Threads::Count(n) => {
-                // The planner's own count, its prediction and the load's cap are what it would
-                // have chosen, not this plan.
-                for w in &mut choice.why {
-                    if w.contains(" thread(s): predicted ") || w.starts_with("at most ") {
-                        *w = format!("the planner's own choice: {w}");
-                    }
-                }
                 let usable = self.usable();
                 if n > usable {
                     choice.why.insert(
@@ -471,7 +486,7 @@ impl<'a> Planner<'a> {
             }
             Threads::Auto => choice.cpus.len(),
         };
-        if let Threads::Count(_) = threads {
+        if fixed {
             // What the model predicts for the user's count, not for the one it would choose.
             choice.predicted_gbps = self.model.and_then(|m| m.predict_kernel(count, job.bytes));
             choice.why.insert(
@@ -561,10 +576,15 @@ impl<'a> Planner<'a> {
                 "the remap path cannot run here: {e}"
             )));
         }
-        let mut copy = self.plan_copy(Job {
-            bytes: batch as u64 * page,
-            route,
-        })?;
+        let fixed = matches!(o.threads, Threads::Count(_));
+        let own = if fixed || o.engine.is_some() { OWN } else { "" };
+        let mut copy = self.plan_copy_with(
+            Job {
+                bytes: batch as u64 * page,
+                route,
+            },
+            own,
+        )?;
         if let Threads::Count(n) = o.threads {
             let (cap, cap_why) = self.hard_cap();
             let workers = n.min(cap);
@@ -592,14 +612,8 @@ impl<'a> Planner<'a> {
             copy.why
                 .push(format!("engine {engine}: chosen by the user"));
         }
-        let fixed = matches!(o.threads, Threads::Count(_));
         if fixed || o.engine.is_some() {
             // What the model predicts for the user's copier, not for the one it would choose.
-            for w in &mut copy.why {
-                if w.contains(": predicted ") {
-                    *w = format!("the planner's own choice: {w}");
-                }
-            }
             copy.predicted_gbps = self
                 .model
                 .and_then(|m| m.predict_copy(copy.copier, batch as u64 * page));
