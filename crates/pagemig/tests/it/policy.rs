@@ -460,27 +460,15 @@ fn the_check_corrects_a_plan_that_does_not_deliver() {
     );
 }
 
-/// The planner chooses the path: the remap path for own memory where it works and the model
-/// does not predict the kernel path faster; the kernel path otherwise; each with its reason.
-#[test]
-fn the_planner_chooses_the_path_from_the_model() {
-    use pagemig::account::{Path, Phases, ScanMethod};
+/// A scan of the caller's own `buffer` that found all its pages present.
+fn present(buffer: &pagemig::sys::Mapping) -> pagemig::migrate::Scan {
+    use pagemig::account::{Phases, ScanMethod};
     use pagemig::migrate::scan::{PageState, Run, Runs};
     use pagemig::migrate::{Found, Scan};
-    use pagemig::process::Process;
-    use pagemig::sys::Mapping;
-    use pagemig::{Request, Selection};
 
-    let t = fake_sysfs::epyc_2s().read();
-    let fast_copy = model(&t);
-    let mut fast_kernel = fast_copy.clone();
-    for p in &mut fast_kernel.kernel_path {
-        p.gbps *= 100.0;
-    }
-    let mut buffer = Mapping::anonymous(64 * MIB as usize).unwrap();
     let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
-    let scan = Scan {
-        process: Process::Current,
+    Scan {
+        process: pagemig::process::Process::Current,
         found: Found::Runs(vec![Runs {
             range: range.clone(),
             runs: vec![Run {
@@ -492,7 +480,26 @@ fn the_planner_chooses_the_path_from_the_model() {
         }]),
         phases: Phases::default(),
         caller_cpu: std::time::Duration::ZERO,
-    };
+    }
+}
+
+/// The planner chooses the path: the remap path for own memory where it works and the model
+/// does not predict the kernel path faster; the kernel path otherwise; each with its reason.
+#[test]
+fn the_planner_chooses_the_path_from_the_model() {
+    use pagemig::account::Path;
+    use pagemig::process::Process;
+    use pagemig::sys::Mapping;
+    use pagemig::{Request, Selection};
+
+    let t = fake_sysfs::epyc_2s().read();
+    let fast_copy = model(&t);
+    let mut fast_kernel = fast_copy.clone();
+    for p in &mut fast_kernel.kernel_path {
+        p.gbps *= 100.0;
+    }
+    let mut buffer = Mapping::anonymous(64 * MIB as usize).unwrap();
+    let scan = present(&buffer);
     let mut own = Request::mapping(&mut buffer, 0..64 * MIB as usize, 1);
     let planner = |m| Planner::new(&t, Some(m), idle("0-63")).remap_support(Ok(()));
 
@@ -604,4 +611,91 @@ fn a_thread_count_the_user_fixed_is_predicted_for_itself_and_kept() {
         "{:?}",
         fixed.why
     );
+}
+
+/// Where the user fixed the thread count (or, on the remap path, the engine), every reason the
+/// planner gives for its own choice is marked so, on both paths: nothing it would have chosen
+/// reads as the plan. The other reasons (placement) stay as they are.
+#[test]
+fn the_planners_own_reasons_are_marked_where_the_user_fixed_the_choice() {
+    use pagemig::Request;
+    use pagemig::sys::Mapping;
+
+    let t = fake_sysfs::epyc_2s().read();
+    let m = model(&t);
+    let own = |w: &String| format!("the planner's own choice: {w}");
+
+    // The kernel path, with a load that caps the planner's own count, so it says so too.
+    let busy = Resources {
+        busy_cpus: 60.0,
+        ..idle("0-63")
+    };
+    let p = Planner::new(&t, Some(&m), busy);
+    let (bytes, batch) = (1 << 30, 16 * MIB);
+    let auto = p.plan_kernel(job(bytes, 0, 1), batch).unwrap();
+    let fixed = p
+        .plan_kernel_as(
+            job(bytes, 0, 1),
+            batch,
+            Threads::Count(2),
+            None,
+            "--threads",
+        )
+        .unwrap();
+    // Its count with its prediction, and the load's cap; then where the threads run.
+    let [count, cap, place] = &auto.why[..] else {
+        panic!("{:?}", auto.why)
+    };
+    let g = m.predict_kernel(2, bytes).unwrap();
+    assert_eq!(
+        fixed.why,
+        [
+            "2 thread(s): --threads 2".into(),
+            format!("2 thread(s): predicted {g:.2} GB/s"),
+            own(count),
+            own(cap),
+            place.clone(),
+        ],
+        "{:?}",
+        auto.why
+    );
+
+    // The remap path: the planner's copier, then the user's threads or engine.
+    let p = Planner::new(&t, Some(&m), idle("0-63")).remap_support(Ok(()));
+    let mut buffer = Mapping::anonymous(64 * MIB as usize).unwrap();
+    let scan = present(&buffer);
+    let mut request = Request::mapping(&mut buffer, 0..64 * MIB as usize, 1);
+    let batch_bytes = (request.options.batch() * pagemig::sys::base_page_size()) as u64;
+    let route = Route {
+        from: None,
+        to: Some(1),
+    };
+    let copy = p
+        .plan_copy(Job {
+            bytes: batch_bytes,
+            route,
+        })
+        .unwrap();
+    let (copier_why, rest) = copy.why.split_first().unwrap();
+    for (threads, engine, user) in [
+        (
+            Threads::Count(2),
+            None,
+            "2 copy thread(s): --threads 2".into(),
+        ),
+        (
+            Threads::Auto,
+            Some(EngineKind::Nt),
+            format!("engine {}: chosen by the user", EngineKind::Nt),
+        ),
+    ] {
+        (request.options.threads, request.options.engine) = (threads, engine);
+        let plan = p.plan(&request, &scan).unwrap();
+        let copier = plan.copier.unwrap();
+        let g = m.predict_copy(copier, batch_bytes).unwrap();
+        let mut expected = vec![own(copier_why)];
+        expected.extend(rest.iter().cloned());
+        expected.extend([user, format!("{copier}: predicted {g:.2} GB/s")]);
+        assert_eq!(plan.why[1..], expected, "{:?}", plan.why);
+    }
 }
