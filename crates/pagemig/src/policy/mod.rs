@@ -286,8 +286,8 @@ impl<'a> Planner<'a> {
         self.plan_copy_with(job, "")
     }
 
-    /// As [`Planner::plan_copy`], with `own` (empty or [`OWN`]) before the reason naming its
-    /// copier.
+    /// As [`Planner::plan_copy`], with `own` (empty or [`OWN`]) before the reasons for its
+    /// copier: its prediction, the load's cap, the DMA preference.
     fn plan_copy_with(&self, job: Job, own: &str) -> Result<CopyPlan, PlacementError> {
         let (cap, cap_why) = self.worker_cap();
         let mut why: Vec<String> = self.model_note.iter().cloned().collect();
@@ -339,14 +339,14 @@ impl<'a> Planner<'a> {
                 Some((d, g)) => {
                     let cpu_ms = copier.threads() as f64 * job.bytes as f64 / (gbps * 1e9) * 1e3;
                     why.push(format!(
-                        "prefer DMA: {d} ({g:.2} GB/s) instead of {copier} ({gbps:.2} GB/s), freeing {} copy thread(s), about {cpu_ms:.3} ms of CPU per batch",
+                        "{own}prefer DMA: {d} ({g:.2} GB/s) instead of {copier} ({gbps:.2} GB/s), freeing {} copy thread(s), about {cpu_ms:.3} ms of CPU per batch",
                         copier.threads()
                     ));
                     (copier, gbps) = (d, g);
                 }
-                None => why.push(
-                    "prefer DMA: no DMA engine measured at least as fast as one CPU thread for this size; the CPU plan stays".into(),
-                ),
+                None => why.push(format!(
+                    "{own}prefer DMA: no DMA engine measured at least as fast as one CPU thread for this size; the CPU plan stays"
+                )),
             }
         }
         why.push(format!(
@@ -362,7 +362,7 @@ impl<'a> Planner<'a> {
             .any(|(_, g)| g > gbps);
         if more {
             why.push(format!(
-                "more workers would be faster, but at most {cap}: {cap_why}"
+                "{own}more workers would be faster, but at most {cap}: {cap_why}"
             ));
         }
         let cpus = match copier {
@@ -388,8 +388,8 @@ impl<'a> Planner<'a> {
         self.plan_kernel_with(job, batch_bytes, "")
     }
 
-    /// As [`Planner::plan_kernel`], with `own` (empty or [`OWN`]) before the reasons naming its
-    /// count: its prediction and the load's cap.
+    /// As [`Planner::plan_kernel`], with `own` (empty or [`OWN`]) before the reasons for its
+    /// count: its prediction (or default) and the load's cap.
     fn plan_kernel_with(
         &self,
         job: Job,
@@ -428,7 +428,7 @@ impl<'a> Planner<'a> {
             _ => {
                 let t = (job.bytes / DEFAULT_KERNEL_BYTES_PER_THREAD).clamp(1, cap as u64) as usize;
                 why.push(format!(
-                    "kernel path not calibrated: one thread per {} MiB, {t} thread(s) (run `pagemig calibrate` on a machine with two nodes to measure)",
+                    "{own}kernel path not calibrated: one thread per {} MiB, {t} thread(s) (run `pagemig calibrate` on a machine with two nodes to measure)",
                     DEFAULT_KERNEL_BYTES_PER_THREAD >> 20
                 ));
                 (t, None)

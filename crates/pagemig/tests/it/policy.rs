@@ -660,6 +660,25 @@ fn the_planners_own_reasons_are_marked_where_the_user_fixed_the_choice() {
         auto.why
     );
 
+    // Without a model, the planner's default count is its own choice too.
+    let p = Planner::new(&t, None, idle("0-63"));
+    let auto = p.plan_kernel(job(bytes, 0, 1), batch).unwrap();
+    let fixed = p
+        .plan_kernel_as(
+            job(bytes, 0, 1),
+            batch,
+            Threads::Count(2),
+            None,
+            "--threads",
+        )
+        .unwrap();
+    assert!(
+        auto.why[0].starts_with("kernel path not calibrated"),
+        "{:?}",
+        auto.why
+    );
+    assert!(fixed.why.contains(&own(&auto.why[0])), "{:?}", fixed.why);
+
     // The remap path: the planner's copier, then the user's threads or engine.
     let p = Planner::new(&t, Some(&m), idle("0-63")).remap_support(Ok(()));
     let mut buffer = Mapping::anonymous(64 * MIB as usize).unwrap();
