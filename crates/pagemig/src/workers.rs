@@ -18,6 +18,7 @@
 #![allow(unsafe_code)]
 
 use std::any::Any;
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvError, Sender, TryRecvError};
@@ -31,8 +32,14 @@ use crate::topology::CpuId;
 /// How long a worker waiting for its next job, or a caller waiting for workers, polls before it
 /// sleeps. Waking a sleeping thread costs tens of microseconds on virtual machines (an IPI to a
 /// halted vCPU), more than copying a small batch; migrations come in bursts, so a short poll
-/// catches the next job or reply while the thread is still awake.
+/// catches the next job or reply while the thread is still awake (a worker whose job asked it,
+/// [`Workers::run_then_sleep`], sleeps at once instead).
 const SPIN: Duration = Duration::from_micros(50);
+
+thread_local! {
+    /// Set by a worker's job: the worker sleeps right after it instead of polling.
+    static SLEEP_AFTER_JOB: Cell<bool> = const { Cell::new(false) };
+}
 
 /// A job as a worker runs it.
 type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -135,6 +142,29 @@ impl Workers {
         F: Fn(usize) -> R + Sync,
         R: Send,
     {
+        self.run_jobs(cpus, f, false)
+    }
+
+    /// As [`Workers::run`], for a caller that changes its address space right after (`mremap`):
+    /// where the calling thread takes a share, the workers sleep as soon as their job is done
+    /// instead of polling for the next one. The kernel interrupts every CPU running a thread of
+    /// the process to flush its TLB, a polling worker included and a sleeping one not; waking
+    /// the workers for the next call costs tens of microseconds on a virtual machine, which the
+    /// caller's own share hides (where it only hands work off, it would wait for them: they
+    /// poll as usual then).
+    pub fn run_then_sleep<R, F>(&self, cpus: &[CpuId], f: F) -> Result<Vec<R>, WorkerError>
+    where
+        F: Fn(usize) -> R + Sync,
+        R: Send,
+    {
+        self.run_jobs(cpus, f, true)
+    }
+
+    fn run_jobs<R, F>(&self, cpus: &[CpuId], f: F, sleep_after: bool) -> Result<Vec<R>, WorkerError>
+    where
+        F: Fn(usize) -> R + Sync,
+        R: Send,
+    {
         let slots: Vec<Mutex<Option<std::thread::Result<R>>>> =
             cpus.iter().map(|_| Mutex::new(None)).collect();
         let latch = Arc::new(Latch {
@@ -166,9 +196,11 @@ impl Workers {
                     }
                 };
                 let (f, slot, done) = (&f, &slots[i], Arc::clone(&latch));
+                let sleep = sleep_after && own.is_some();
                 let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
                     let result = catch_unwind(AssertUnwindSafe(|| f(i)));
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                    SLEEP_AFTER_JOB.set(sleep);
                     done.count_down();
                 });
                 // SAFETY: the job borrows `f` and `slots`, which live until this function
@@ -321,9 +353,12 @@ fn work(jobs: &Receiver<Job>) {
     }
 }
 
-/// `rx.recv()`, polling for up to `SPIN` before sleeping.
+/// `rx.recv()`, polling for up to `SPIN` before sleeping, unless the last job asked to sleep.
 fn recv_spinning<T>(rx: &Receiver<T>) -> Result<T, RecvError> {
     let start = Instant::now();
+    if SLEEP_AFTER_JOB.replace(false) {
+        return rx.recv();
+    }
     loop {
         match rx.try_recv() {
             Ok(v) => return Ok(v),

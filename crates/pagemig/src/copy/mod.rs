@@ -144,6 +144,16 @@ pub trait CopyEngine: Send + Sync {
 
     /// Copies every op of the batch; returns when all bytes are copied, or says what failed.
     fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError>;
+
+    /// As [`CopyEngine::copy`], for a caller that changes its address space right after (the
+    /// remap path's `mremap`): an engine whose threads poll for the next batch may let them
+    /// sleep at once instead, so that the kernel need not interrupt them to flush their TLBs
+    /// ([`Workers::run_then_sleep`]).
+    ///
+    /// [`Workers::run_then_sleep`]: crate::workers::Workers::run_then_sleep
+    fn copy_before_remap(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        self.copy(batch)
+    }
 }
 
 /// The kinds of CPU copy engine.

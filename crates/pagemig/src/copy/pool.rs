@@ -123,6 +123,25 @@ impl<E: CopyEngine> Pool<E> {
     /// theirs ([`Workers::run`]), and waits for the others. A worker that panics is reported,
     /// the others finish.
     pub fn copy_with(&self, batch: &[CopyOp<'_>], workers: usize) -> Result<CopyStats, CopyError> {
+        self.split(batch, workers, false)
+    }
+
+    /// As [`Pool::copy_with`], for a caller that changes its address space right after: the
+    /// workers sleep after their share where the caller takes one ([`Workers::run_then_sleep`]).
+    pub fn copy_with_then_sleep(
+        &self,
+        batch: &[CopyOp<'_>],
+        workers: usize,
+    ) -> Result<CopyStats, CopyError> {
+        self.split(batch, workers, true)
+    }
+
+    fn split(
+        &self,
+        batch: &[CopyOp<'_>],
+        workers: usize,
+        then_sleep: bool,
+    ) -> Result<CopyStats, CopyError> {
         let n = workers.clamp(1, self.cpus.len());
         let lens: Vec<usize> = batch.iter().map(CopyOp::len).collect();
         // Workers whose share is empty (small batches) are not woken.
@@ -146,7 +165,7 @@ impl<E: CopyEngine> Pool<E> {
             })
             .unzip();
         let cpus: Vec<CpuId> = busy.iter().map(|&i| self.cpus[i]).collect();
-        let results = self.workers.run(&cpus, |job| {
+        let job = |job: usize| {
             let cpu_start = sys::thread_cpu_time();
             let ops: Vec<CopyOp<'_>> = shares[job]
                 .iter()
@@ -158,7 +177,12 @@ impl<E: CopyEngine> Pool<E> {
             self.engine
                 .copy(&ops)
                 .map(|_| sys::thread_cpu_time().saturating_sub(cpu_start))
-        });
+        };
+        let results = if then_sleep {
+            self.workers.run_then_sleep(&cpus, job)
+        } else {
+            self.workers.run(&cpus, job)
+        };
         // A panic names the worker in the pool, not the job among the busy ones.
         let results = results.map_err(|e| match e {
             WorkerError::Panicked { job, cpu, message } => WorkerError::Panicked {
@@ -184,6 +208,10 @@ impl<E: CopyEngine> CopyEngine for Pool<E> {
 
     fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
         self.copy_with(batch, self.cpus.len())
+    }
+
+    fn copy_before_remap(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        self.copy_with_then_sleep(batch, self.cpus.len())
     }
 }
 

@@ -567,7 +567,7 @@ pub unsafe fn migrate_range(
                 )
             })
             .collect();
-        let stats = match tools.engine.copy(&ops) {
+        let stats = match tools.engine.copy_before_remap(&ops) {
             Ok(stats) => stats,
             Err(source) => {
                 let e = RemapError::Copy {

@@ -555,21 +555,28 @@ impl AutoEngine {
             .collect()
     }
 
-    fn run(&self, copier: Copier, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+    fn run(
+        &self,
+        copier: Copier,
+        batch: &[CopyOp<'_>],
+        before_remap: bool,
+    ) -> Result<CopyStats, CopyError> {
         match copier {
             Copier::Thread { engine } => self.threads[&engine].copy(batch),
+            Copier::Pool { engine, workers } if before_remap => {
+                self.pools[&engine].copy_with_then_sleep(batch, workers)
+            }
             Copier::Pool { engine, workers } => self.pools[&engine].copy_with(batch, workers),
             Copier::Dma { engine } => self.dmas[&engine].copy(batch),
         }
     }
-}
 
-impl CopyEngine for AutoEngine {
-    fn name(&self) -> String {
-        "auto".into()
-    }
-
-    fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+    /// Copies with the copier of the batch's size, timing it as the check needs.
+    fn copy_checked(
+        &self,
+        batch: &[CopyOp<'_>],
+        before_remap: bool,
+    ) -> Result<CopyStats, CopyError> {
         let bytes: usize = batch.iter().map(CopyOp::len).sum();
         let b = &self.buckets[Self::index(bytes as u64)];
         let at = b.current.load(Ordering::Relaxed);
@@ -580,14 +587,14 @@ impl CopyEngine for AutoEngine {
             b.timing(bytes)
         };
         if timing == Timing::No {
-            return self.run(copier, batch);
+            return self.run(copier, batch, before_remap);
         }
         if timing == Timing::Inside {
             b.add_to_group(bytes);
-            return self.run(copier, batch);
+            return self.run(copier, batch, before_remap);
         }
         let start = Instant::now();
-        let stats = self.run(copier, batch)?;
+        let stats = self.run(copier, batch, before_remap)?;
         let end = Instant::now();
         match timing {
             Timing::First => b.begin_group(start, at, bytes, end - start),
@@ -598,6 +605,20 @@ impl CopyEngine for AutoEngine {
             _ => b.record(at, gbps(bytes, end - start)),
         }
         Ok(stats)
+    }
+}
+
+impl CopyEngine for AutoEngine {
+    fn name(&self) -> String {
+        "auto".into()
+    }
+
+    fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        self.copy_checked(batch, false)
+    }
+
+    fn copy_before_remap(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        self.copy_checked(batch, true)
     }
 }
 

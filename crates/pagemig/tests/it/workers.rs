@@ -119,6 +119,49 @@ fn a_mask_set_from_outside_while_the_caller_runs_its_job_is_kept() {
     );
 }
 #[test]
+fn workers_that_sleep_after_their_job_wake_for_the_next_call() {
+    let workers = Arc::new(Workers::new());
+    let cpus = allowed();
+    // From each CPU in turn: on every CPU, so that the caller takes a share (the workers then
+    // sleep at once), and on the others only, so that it does not (they poll as usual).
+    for &here in &cpus {
+        let pinned = sys::Pinned::here(here).unwrap();
+        let others: Vec<u32> = cpus.iter().copied().filter(|&c| c != here).collect();
+        for round in 0..50u64 {
+            for on in [&cpus, &others] {
+                let out = workers
+                    .run_then_sleep(on, |i| round * 10 + i as u64)
+                    .unwrap();
+                let want: Vec<u64> = (0..on.len() as u64).map(|i| round * 10 + i).collect();
+                assert_eq!(out, want, "round {round} from cpu {here} on {on:?}");
+            }
+            // A plain call and a posted job right after find the sleepers too.
+            assert_eq!(workers.run(&cpus, |i| i).unwrap().len(), cpus.len());
+            let (tx, rx) = std::sync::mpsc::channel();
+            workers
+                .post(cpus[cpus.len() - 1], move || tx.send(round).unwrap())
+                .unwrap();
+            assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(round));
+        }
+        drop(pinned);
+    }
+    // A pool's copies before a remap: every byte arrives.
+    let pool = Pool::new(
+        &workers,
+        pagemig::copy::CpuEngine::new(EngineKind::Memcpy).unwrap(),
+        &cpus,
+    )
+    .unwrap();
+    let src: Vec<u8> = (0..1 << 20).map(|i| (i * 7) as u8).collect();
+    for _ in 0..20 {
+        let mut dst = vec![0u8; src.len()];
+        pool.copy_before_remap(&[CopyOp::new(&src, &mut dst)])
+            .unwrap();
+        assert!(dst == src);
+    }
+}
+
+#[test]
 fn a_cpu_listed_twice_gets_two_workers_running_at_once() {
     let workers = Workers::new();
     let cpu = allowed()[0];
