@@ -630,18 +630,20 @@ fn the_planners_own_reasons_are_marked_where_the_user_fixed_the_choice() {
         busy_cpus: 60.0,
         ..idle("0-63")
     };
-    let p = Planner::new(&t, Some(&m), busy);
     let (bytes, batch) = (1 << 30, 16 * MIB);
-    let auto = p.plan_kernel(job(bytes, 0, 1), batch).unwrap();
-    let fixed = p
-        .plan_kernel_as(
+    // The planner's own plan, and the plan with `--threads 2`.
+    let plans = |p: &Planner<'_>| {
+        let auto = p.plan_kernel(job(bytes, 0, 1), batch).unwrap();
+        let fixed = p.plan_kernel_as(
             job(bytes, 0, 1),
             batch,
             Threads::Count(2),
             None,
             "--threads",
-        )
-        .unwrap();
+        );
+        (auto, fixed.unwrap())
+    };
+    let (auto, fixed) = plans(&Planner::new(&t, Some(&m), busy));
     // Its count with its prediction, and the load's cap; then where the threads run.
     let [count, cap, place] = &auto.why[..] else {
         panic!("{:?}", auto.why)
@@ -661,17 +663,7 @@ fn the_planners_own_reasons_are_marked_where_the_user_fixed_the_choice() {
     );
 
     // Without a model, the planner's default count is its own choice too.
-    let p = Planner::new(&t, None, idle("0-63"));
-    let auto = p.plan_kernel(job(bytes, 0, 1), batch).unwrap();
-    let fixed = p
-        .plan_kernel_as(
-            job(bytes, 0, 1),
-            batch,
-            Threads::Count(2),
-            None,
-            "--threads",
-        )
-        .unwrap();
+    let (auto, fixed) = plans(&Planner::new(&t, None, idle("0-63")));
     assert!(
         auto.why[0].starts_with("kernel path not calibrated"),
         "{:?}",
