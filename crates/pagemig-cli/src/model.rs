@@ -158,14 +158,14 @@ pub fn summary(model: &CostModel) -> String {
     sizes.dedup();
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    // The planner plans with what a copier reliably does; the auto engine also tries one whose
-    // median is higher.
+    // The planner plans with what a copier reliably does; the auto engine also tries one that
+    // typically does better (its median; for a pool, the highest median up to this size).
     table.set_header([
         "batch",
         "fastest copier",
         "GB/s, reliably",
-        "median",
-        "highest median",
+        "typically",
+        "typically fastest",
         "one-thread memcpy GB/s",
     ]);
     for bytes in sizes {

@@ -193,16 +193,40 @@ impl CostModel {
     }
 
     /// Predicted GB/s of `copier` for a batch of `bytes`; `None` if it was not measured. An
-    /// observed figure replaces the calibrated one of the same size.
+    /// observed figure replaces the calibrated one of the same size. A pool pays its hand-off
+    /// once per batch, so it does at least what it did on a smaller batch: its figure is the
+    /// highest up to `bytes` (a pool's samples of one size can stall together on a virtual
+    /// machine; they must not keep larger batches off the pool).
     pub fn predict_copy(&self, copier: Copier, bytes: u64) -> Option<f64> {
-        predict(&self.copy, &self.observed, copier, bytes, Figure::gbps)
+        self.copy_figure(copier, bytes, Figure::gbps)
     }
 
     /// What `copier` typically does for a batch of `bytes` (medians where calibration kept
     /// them, [`CopyPoint::median_gbps`]), at least [`CostModel::predict_copy`]'s figure; `None`
-    /// if it was not measured.
+    /// if it was not measured. For a pool, the highest up to `bytes`, as there.
     pub fn typical_copy(&self, copier: Copier, bytes: u64) -> Option<f64> {
-        predict(&self.copy, &self.observed, copier, bytes, Figure::typical)
+        self.copy_figure(copier, bytes, Figure::typical)
+    }
+
+    fn copy_figure(
+        &self,
+        copier: Copier,
+        bytes: u64,
+        figure: fn(&CopyPoint) -> f64,
+    ) -> Option<f64> {
+        let at = |b| predict(&self.copy, &self.observed, copier, b, figure);
+        let here = at(bytes)?;
+        if copier.threads() < 2 {
+            return Some(here);
+        }
+        Some(
+            self.copy
+                .iter()
+                .chain(&self.observed)
+                .filter(|p| p.copier == copier && p.bytes < bytes)
+                .filter_map(|p| at(p.bytes))
+                .fold(here, f64::max),
+        )
     }
 
     /// Takes in figures measured while copying: each replaces the observed figure of the same
@@ -463,6 +487,28 @@ fn learn<F: Figure>(observed: &mut Vec<F>, points: &[F]) -> usize {
 mod tests {
     use super::*;
 
+    impl CostModel {
+        fn empty_for_tests() -> Self {
+            CostModel {
+                version: CostModel::VERSION,
+                machine: MachineId {
+                    cpu_model: "x".into(),
+                    online_cpus: 2,
+                    nodes: 1,
+                },
+                kernel: String::new(),
+                created_unix: 0,
+                effort: Effort::Quick,
+                copy: Vec::new(),
+                kernel_path: Vec::new(),
+                saturation: Vec::new(),
+                observed: Vec::new(),
+                observed_kernel: Vec::new(),
+                pool_handoff_us: None,
+            }
+        }
+    }
+
     #[test]
     fn observed_figures_replace_calibrated_ones_at_their_size() {
         let thread = Copier::Thread {
@@ -475,21 +521,8 @@ mod tests {
             median_gbps: None,
         };
         let mut m = CostModel {
-            version: CostModel::VERSION,
-            machine: MachineId {
-                cpu_model: "x".into(),
-                online_cpus: 2,
-                nodes: 1,
-            },
-            kernel: String::new(),
-            created_unix: 0,
-            effort: Effort::Quick,
             copy: vec![point(4096, 8.0), point(16384, 10.0)],
-            kernel_path: Vec::new(),
-            saturation: Vec::new(),
-            observed: Vec::new(),
-            observed_kernel: Vec::new(),
-            pool_handoff_us: None,
+            ..CostModel::empty_for_tests()
         };
         assert_eq!(m.predict_copy(thread, 4096), Some(8.0));
         // Typically: the median where calibration kept one, else the figure itself.
@@ -526,6 +559,54 @@ mod tests {
         m.copy[1].median_gbps = None;
         m.observed_kernel[0].gbps = -1.0;
         assert_eq!(m.validate().unwrap_err().0, "observed_kernel[0].gbps");
+    }
+
+    #[test]
+    fn a_pool_does_at_least_what_it_did_on_smaller_batches() {
+        let mib = 1u64 << 20;
+        let pool = Copier::Pool {
+            engine: EngineKind::Nt,
+            workers: 2,
+        };
+        let thread = Copier::Thread {
+            engine: EngineKind::Nt,
+        };
+        let point = |copier, bytes, gbps| CopyPoint {
+            copier,
+            bytes,
+            gbps,
+            median_gbps: Some(gbps),
+        };
+        // Calibration's samples of the pool at 16 MiB stalled; the calling thread's did not.
+        let mut m = CostModel {
+            copy: vec![
+                point(pool, mib, 12.0),
+                point(pool, 4 * mib, 20.0),
+                point(pool, 16 * mib, 6.0),
+                point(thread, 4 * mib, 16.0),
+                point(thread, 16 * mib, 12.0),
+            ],
+            ..CostModel::empty_for_tests()
+        };
+        assert_eq!(m.typical_copy(pool, mib), Some(12.0));
+        assert_eq!(m.typical_copy(pool, 16 * mib), Some(20.0));
+        assert_eq!(
+            m.typical_copy(pool, 64 * mib),
+            Some(20.0),
+            "beyond the largest size"
+        );
+        assert_eq!(m.predict_copy(pool, 16 * mib), Some(20.0), "the plan too");
+        for figure in [CostModel::typical_copy, CostModel::predict_copy] {
+            assert_eq!(
+                figure(&m, thread, 16 * mib),
+                Some(12.0),
+                "one thread: as measured"
+            );
+        }
+        // An observed figure replaces the calibrated one of its size here too.
+        m.learn(&[point(pool, 4 * mib, 9.0)]);
+        assert_eq!(m.typical_copy(pool, 16 * mib), Some(12.0));
+        assert_eq!(m.predict_copy(pool, 16 * mib), Some(12.0));
     }
 
     #[test]
