@@ -196,7 +196,8 @@ impl CostModel {
     /// observed figure replaces the calibrated one of the same size. A pool pays its hand-off
     /// once per batch, so it does at least what it did on a smaller batch: its figure is the
     /// highest up to `bytes` (a pool's samples of one size can stall together on a virtual
-    /// machine; they must not keep larger batches off the pool).
+    /// machine; they must not keep larger batches off the pool). A figure learned at a size
+    /// ([`CostModel::learn`]) is not lifted so: from its size up, the highest counts from it.
     pub fn predict_copy(&self, copier: Copier, bytes: u64) -> Option<f64> {
         self.copy_figure(copier, bytes, Figure::gbps)
     }
@@ -219,11 +220,21 @@ impl CostModel {
         if copier.threads() < 2 {
             return Some(here);
         }
+        // A figure learned while copying (the check's, taking turns with another copier) is
+        // what the pool does at its size under real use, not a stalled sample: the figures of
+        // smaller sizes do not lift it, nor the sizes above it.
+        let learned = self
+            .observed
+            .iter()
+            .filter(|p| p.copier == copier && p.bytes <= bytes)
+            .map(|p| p.bytes)
+            .max()
+            .unwrap_or(0);
         Some(
             self.copy
                 .iter()
                 .chain(&self.observed)
-                .filter(|p| p.copier == copier && p.bytes < bytes)
+                .filter(|p| p.copier == copier && (learned..bytes).contains(&p.bytes))
                 .filter_map(|p| at(p.bytes))
                 .fold(here, f64::max),
         )
@@ -603,10 +614,54 @@ mod tests {
                 "one thread: as measured"
             );
         }
-        // An observed figure replaces the calibrated one of its size here too.
+        // An observed figure replaces the calibrated one of its size here too, and the sizes
+        // below it no longer lift what the pool does from there up.
         m.learn(&[point(pool, 4 * mib, 9.0)]);
-        assert_eq!(m.typical_copy(pool, 16 * mib), Some(12.0));
-        assert_eq!(m.predict_copy(pool, 16 * mib), Some(12.0));
+        assert_eq!(m.typical_copy(pool, 16 * mib), Some(9.0));
+        assert_eq!(m.predict_copy(pool, 16 * mib), Some(9.0));
+        assert_eq!(
+            m.predict_copy(pool, 2 * mib),
+            Some(12.0),
+            "below it: from the smallest up"
+        );
+    }
+
+    /// What the check measured a pool at (a learned figure) is what it does at that size: a
+    /// faster calibrated figure of a smaller size must not lift it, or the next plan would
+    /// choose the pool the check just found slower.
+    #[test]
+    fn a_pool_figure_learned_at_a_size_is_not_lifted_by_smaller_calibrated_ones() {
+        let mib = 1u64 << 20;
+        let pool = Copier::Pool {
+            engine: EngineKind::Nt,
+            workers: 2,
+        };
+        let point = |bytes, gbps| CopyPoint {
+            copier: pool,
+            bytes,
+            gbps,
+            median_gbps: Some(gbps),
+        };
+        let mut m = CostModel {
+            copy: vec![
+                point(4 * mib, 20.0),
+                point(16 * mib, 22.0),
+                point(64 * mib, 24.0),
+            ],
+            ..CostModel::empty_for_tests()
+        };
+        assert_eq!(m.predict_copy(pool, 16 * mib), Some(22.0));
+        m.learn(&[CopyPoint {
+            median_gbps: None,
+            ..point(16 * mib, 8.0)
+        }]);
+        for figure in [CostModel::predict_copy, CostModel::typical_copy] {
+            assert_eq!(figure(&m, pool, 16 * mib), Some(8.0), "at the learned size");
+            let above = figure(&m, pool, 32 * mib).unwrap();
+            assert!((above - 16.0).abs() < 1e-9, "above it: from it up, {above}");
+            assert_eq!(figure(&m, pool, 64 * mib), Some(24.0));
+            assert_eq!(figure(&m, pool, 8 * mib), Some(20.0), "below it: as before");
+        }
     }
 
     #[test]

@@ -710,3 +710,36 @@ fn the_planners_own_reasons_are_marked_where_the_user_fixed_the_choice() {
         assert_eq!(plan.why[1..], expected, "{:?}", plan.why);
     }
 }
+
+/// The check measured every pool slower than one thread at 16 MiB, and the model learned it:
+/// the next plan for 16 MiB batches is not a pool, whatever the pools did on smaller batches.
+#[test]
+fn a_pool_the_check_found_slower_is_not_planned_again() {
+    let t = fake_sysfs::epyc_2s().read();
+    let mut m = model(&t);
+    let bytes = 16 * MIB;
+    let plan = |m: &CostModel| {
+        Planner::new(&t, Some(m), idle("0-63"))
+            .plan_copy(job(bytes, 0, 1))
+            .unwrap()
+    };
+    assert!(
+        matches!(plan(&m).copier, Copier::Pool { .. }),
+        "{:?}",
+        plan(&m)
+    );
+    let slow: Vec<CopyPoint> = m
+        .copiers()
+        .into_iter()
+        .filter(|c| matches!(c, Copier::Pool { .. }))
+        .map(|copier| CopyPoint {
+            copier,
+            bytes,
+            gbps: 1.0,
+            median_gbps: None,
+        })
+        .collect();
+    m.learn(&slow);
+    let after = plan(&m);
+    assert!(matches!(after.copier, Copier::Thread { .. }), "{after:?}");
+}
