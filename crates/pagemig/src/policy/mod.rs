@@ -287,12 +287,14 @@ impl<'a> Planner<'a> {
     }
 
     /// As [`Planner::plan_copy`], with `own` (empty or [`OWN`]) before the reasons for its
-    /// copier: its prediction, the load's cap, the DMA preference.
+    /// copier: its prediction (or default), the load's cap, the DMA preference.
     fn plan_copy_with(&self, job: Job, own: &str) -> Result<CopyPlan, PlacementError> {
         let (cap, cap_why) = self.worker_cap();
         let mut why: Vec<String> = self.model_note.iter().cloned().collect();
         let Some(model) = self.model else {
-            why.push("no cost model: one thread (run `pagemig calibrate` to measure)".into());
+            why.push(format!(
+                "{own}no cost model: one thread (run `pagemig calibrate` to measure)"
+            ));
             return Ok(CopyPlan {
                 copier: Copier::Thread {
                     engine: EngineKind::Memcpy,
@@ -586,6 +588,7 @@ impl<'a> Planner<'a> {
             own,
         )?;
         if let Threads::Count(n) = o.threads {
+            let planned_pool = matches!(copy.copier, Copier::Pool { .. });
             let (cap, cap_why) = self.hard_cap();
             let workers = n.min(cap);
             let engine = copy.copier.cpu_engine().unwrap_or(EngineKind::Memcpy);
@@ -603,6 +606,17 @@ impl<'a> Planner<'a> {
             } else {
                 format!("{workers} copy thread(s): --threads {n}")
             });
+            // Where the workers go: the planner's pool's placement (its last reason) is its own
+            // where the user's count has no workers; the user's workers are placed as it would.
+            match (planned_pool, copy.copier) {
+                (true, Copier::Pool { .. })
+                | (false, Copier::Thread { .. } | Copier::Dma { .. }) => {}
+                (true, _) => {
+                    let at = copy.why.len() - 2;
+                    copy.why[at] = format!("{OWN}{}", copy.why[at]);
+                }
+                (false, Copier::Pool { .. }) => copy.why.push(self.placement(route).1),
+            }
         }
         if let Some(engine) = o.engine {
             copy.copier = match copy.copier {

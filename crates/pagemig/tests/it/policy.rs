@@ -743,3 +743,89 @@ fn a_pool_the_check_found_slower_is_not_planned_again() {
     let after = plan(&m);
     assert!(matches!(after.copier, Copier::Thread { .. }), "{after:?}");
 }
+
+/// On the remap path with the user's thread count, no reason of the planner's own choice reads
+/// as the plan's: its no-model default, and the placement of workers it would have used where
+/// the user's count has none; and the placement of the user's workers is given where the
+/// planner would have used none.
+#[test]
+fn on_the_remap_path_the_users_count_leaves_no_reason_of_the_planner_unmarked() {
+    use pagemig::Request;
+    use pagemig::sys::Mapping;
+
+    let t = fake_sysfs::epyc_2s().read();
+    let m = model(&t);
+    let mut buffer = Mapping::anonymous(64 * MIB as usize).unwrap();
+    let scan = present(&buffer);
+    let mut request = Request::mapping(&mut buffer, 0..64 * MIB as usize, 1);
+    let placed = "workers on the target node 1's CPUs first";
+
+    // No model: the planner's one thread is its own choice, not the user's two.
+    request.options.threads = Threads::Count(2);
+    let p = Planner::new(&t, None, idle("0-63")).remap_support(Ok(()));
+    let plan = p.plan(&request, &scan).unwrap();
+    assert!(
+        matches!(plan.copier, Some(Copier::Pool { workers: 2, .. })),
+        "{plan:?}"
+    );
+    let own = "the planner's own choice: ";
+    assert!(
+        plan.why
+            .iter()
+            .any(|w| w.starts_with(&format!("{own}no cost model: one thread"))),
+        "{:?}",
+        plan.why
+    );
+    assert!(
+        plan.why.iter().any(|w| w.starts_with(placed)),
+        "the user's workers are placed: {:?}",
+        plan.why
+    );
+
+    let p = Planner::new(&t, Some(&m), idle("0-63")).remap_support(Ok(()));
+    // The planner's pool, the user's one thread: the pool's placement is the planner's own.
+    request.options.threads = Threads::Auto;
+    let auto = p.plan(&request, &scan).unwrap();
+    assert!(matches!(auto.copier, Some(Copier::Pool { .. })), "{auto:?}");
+    request.options.threads = Threads::Count(1);
+    let one = p.plan(&request, &scan).unwrap();
+    assert!(matches!(one.copier, Some(Copier::Thread { .. })), "{one:?}");
+    assert!(
+        !one.why.iter().any(|w| w.starts_with(placed)),
+        "{:?}",
+        one.why
+    );
+    assert!(
+        one.why
+            .iter()
+            .any(|w| w.starts_with(&format!("{own}{placed}"))),
+        "{:?}",
+        one.why
+    );
+
+    // The planner's one thread (4 KiB batches), the user's four workers: they are placed
+    // (the kernel path not calibrated, so that the remap path stays).
+    let m = CostModel {
+        kernel_path: Vec::new(),
+        ..m
+    };
+    let p = Planner::new(&t, Some(&m), idle("0-63")).remap_support(Ok(()));
+    request.options.batch = Some(1);
+    request.options.threads = Threads::Auto;
+    let auto = p.plan(&request, &scan).unwrap();
+    assert!(
+        matches!(auto.copier, Some(Copier::Thread { .. })),
+        "{auto:?}"
+    );
+    request.options.threads = Threads::Count(4);
+    let four = p.plan(&request, &scan).unwrap();
+    assert!(
+        matches!(four.copier, Some(Copier::Pool { workers: 4, .. })),
+        "{four:?}"
+    );
+    assert!(
+        four.why.iter().any(|w| w.starts_with(placed)),
+        "{:?}",
+        four.why
+    );
+}
