@@ -147,7 +147,7 @@ fn bad_input_names_the_problem() {
         ),
         (
             &["bench", "copy", "--engines", "dma"],
-            "unknown engine \"dma\" (expected memcpy, nt, movsb, nt512, offload, dsa or cuda)",
+            "unknown engine \"dma\" (expected memcpy, nt, movsb, movsq, nt512, offload, dsa or cuda)",
         ),
         (&["bench", "copy", "--threads", "0"], "at least one worker"),
         (

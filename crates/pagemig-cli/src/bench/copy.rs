@@ -26,7 +26,7 @@ use crate::values::{page_size_label, parse_placement};
 /// Arguments of `pagemig bench copy`, as given.
 #[derive(Debug, clap::Args)]
 pub struct CopyArgs {
-    /// Engines with a column each, whole batch per call: memcpy, nt, movsb, nt512 (AVX-512
+    /// Engines with a column each, whole batch per call: memcpy, nt, movsb, movsq, nt512 (AVX-512
     /// CPUs only; on the calling thread), offload (pinned copy threads fed through the asynchronous queue, as many as the
     /// largest mt_N), dsa, cuda (DMA engines, where built in and present).
     #[arg(
@@ -212,7 +212,7 @@ impl std::str::FromStr for BenchEngine {
             _ => s.parse().map(BenchEngine::Cpu).or_else(|_| {
                 s.parse().map(BenchEngine::Dma).map_err(|_| {
                     format!(
-                        "unknown engine {s:?} (expected memcpy, nt, movsb, nt512, offload, dsa or cuda)"
+                        "unknown engine {s:?} (expected memcpy, nt, movsb, movsq, nt512, offload, dsa or cuda)"
                     )
                 })
             }),

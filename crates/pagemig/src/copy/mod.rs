@@ -1,6 +1,7 @@
 //! Copy engines: one trait, several ways to move bytes.
 //!
-//! [`CpuEngine`] copies on the calling thread (memcpy, non-temporal stores, `rep movsb`);
+//! [`CpuEngine`] copies on the calling thread (memcpy, non-temporal stores, `rep movsb`,
+//! `rep movsq`);
 //! [`Pool`] splits a batch by bytes over the shared pinned [`crate::workers::Workers`], on CPUs
 //! chosen by a [`Placement`];
 //! [`AsyncCopyEngine`] is the asynchronous side (submit, poll, wait, cancel), served by the CPU
@@ -166,6 +167,10 @@ pub enum EngineKind {
     Nt,
     /// The x86 `rep movsb` string instruction.
     Movsb,
+    /// The x86 `rep movsq` string instruction: the kernel's own `copy_page` method, which the
+    /// `vanilla` baseline runs page by page ([`PageCopy`]), here over the whole batch; a kind of
+    /// its own, so that where it is this CPU's fastest copy, the planner can choose it too.
+    Movsq,
     /// Non-temporal stores 64 bytes at a time with AVX-512 (x86_64 CPUs with AVX-512F only): a
     /// separate kind, so that calibration decides whether it beats `nt` on this CPU.
     Nt512,
@@ -173,10 +178,11 @@ pub enum EngineKind {
 
 impl EngineKind {
     /// Every kind, in table order.
-    pub const ALL: [EngineKind; 4] = [
+    pub const ALL: [EngineKind; 5] = [
         EngineKind::Memcpy,
         EngineKind::Nt,
         EngineKind::Movsb,
+        EngineKind::Movsq,
         EngineKind::Nt512,
     ];
 }
@@ -188,6 +194,7 @@ impl fmt::Display for EngineKind {
             EngineKind::Memcpy => "memcpy",
             EngineKind::Nt => "nt",
             EngineKind::Movsb => "movsb",
+            EngineKind::Movsq => "movsq",
             EngineKind::Nt512 => "nt512",
         })
     }
@@ -200,7 +207,7 @@ impl FromStr for EngineKind {
             .into_iter()
             .find(|k| k.to_string() == s)
             .ok_or_else(|| {
-                format!("unknown copy engine {s:?} (expected memcpy, nt, movsb or nt512)")
+                format!("unknown copy engine {s:?} (expected memcpy, nt, movsb, movsq or nt512)")
             })
     }
 }
@@ -236,6 +243,10 @@ impl CpuEngine {
             EngineKind::Movsb => Ok(("movsb", kernels::rep_movsb)),
             #[cfg(not(target_arch = "x86_64"))]
             EngineKind::Movsb => Err("rep movsb is an x86_64 instruction".into()),
+            #[cfg(target_arch = "x86_64")]
+            EngineKind::Movsq => Ok(("movsq", kernels::rep_movsq)),
+            #[cfg(not(target_arch = "x86_64"))]
+            EngineKind::Movsq => Err("rep movsq is an x86_64 instruction".into()),
             #[cfg(target_arch = "x86_64")]
             EngineKind::Nt512 => kernels::avx512_stream_kernel().map(|k| ("nt-avx512", k)),
             #[cfg(not(target_arch = "x86_64"))]
