@@ -597,25 +597,24 @@ impl<'a> Planner<'a> {
             } else {
                 Copier::Pool { engine, workers }
             };
+            let user_pool = matches!(copy.copier, Copier::Pool { .. });
             copy.cpus = match copy.copier {
                 Copier::Pool { workers, .. } => self.worker_cpus(route, workers)?,
                 _ => Vec::new(),
             };
+            // The planner's pool's placement, its last reason, is its own choice where the
+            // user's count has no workers.
+            if let (true, false, Some(place)) = (planned_pool, user_pool, copy.why.last_mut()) {
+                *place = format!("{OWN}{place}");
+            }
             copy.why.push(if workers < n {
                 format!("{workers} copy thread(s): --threads {n}, but at most {cap}: {cap_why}")
             } else {
                 format!("{workers} copy thread(s): --threads {n}")
             });
-            // Where the workers go: the planner's pool's placement (its last reason) is its own
-            // where the user's count has no workers; the user's workers are placed as it would.
-            match (planned_pool, copy.copier) {
-                (true, Copier::Pool { .. })
-                | (false, Copier::Thread { .. } | Copier::Dma { .. }) => {}
-                (true, _) => {
-                    let at = copy.why.len() - 2;
-                    copy.why[at] = format!("{OWN}{}", copy.why[at]);
-                }
-                (false, Copier::Pool { .. }) => copy.why.push(self.placement(route).1),
+            // The user's workers, where the planner had none, are placed as it would place them.
+            if user_pool && !planned_pool {
+                copy.why.push(self.placement(route).1);
             }
         }
         if let Some(engine) = o.engine {
