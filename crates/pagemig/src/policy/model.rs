@@ -498,6 +498,22 @@ fn learn<F: Figure>(observed: &mut Vec<F>, points: &[F]) -> usize {
 mod tests {
     use super::*;
 
+    const MIB: u64 = 1 << 20;
+    const POOL: Copier = Copier::Pool {
+        engine: EngineKind::Nt,
+        workers: 2,
+    };
+
+    /// A calibrated figure whose median is the figure itself.
+    fn point(copier: Copier, bytes: u64, gbps: f64) -> CopyPoint {
+        CopyPoint {
+            copier,
+            bytes,
+            gbps,
+            median_gbps: Some(gbps),
+        }
+    }
+
     impl CostModel {
         fn empty_for_tests() -> Self {
             CostModel {
@@ -574,19 +590,9 @@ mod tests {
 
     #[test]
     fn a_pool_does_at_least_what_it_did_on_smaller_batches() {
-        let mib = 1u64 << 20;
-        let pool = Copier::Pool {
-            engine: EngineKind::Nt,
-            workers: 2,
-        };
+        let (mib, pool) = (MIB, POOL);
         let thread = Copier::Thread {
             engine: EngineKind::Nt,
-        };
-        let point = |copier, bytes, gbps| CopyPoint {
-            copier,
-            bytes,
-            gbps,
-            median_gbps: Some(gbps),
         };
         // Calibration's samples of the pool at 16 MiB stalled; the calling thread's did not.
         let mut m = CostModel {
@@ -631,17 +637,8 @@ mod tests {
     /// choose the pool the check just found slower.
     #[test]
     fn a_pool_figure_learned_at_a_size_is_not_lifted_by_smaller_calibrated_ones() {
-        let mib = 1u64 << 20;
-        let pool = Copier::Pool {
-            engine: EngineKind::Nt,
-            workers: 2,
-        };
-        let point = |bytes, gbps| CopyPoint {
-            copier: pool,
-            bytes,
-            gbps,
-            median_gbps: Some(gbps),
-        };
+        let (mib, pool) = (MIB, POOL);
+        let point = |bytes, gbps| point(pool, bytes, gbps);
         let mut m = CostModel {
             copy: vec![
                 point(4 * mib, 20.0),
