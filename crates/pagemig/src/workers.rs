@@ -2,17 +2,13 @@
 //! pagemig runs on: the copy [`Pool`](crate::copy::Pool), the [`Offload`](crate::copy::Offload)
 //! engine and the kernel path's `move_pages` calls.
 //!
-//! A worker for a CPU is started the first time that CPU is asked for and kept until the
-//! [`Workers`] is dropped, which stops and joins every worker: no thread is started per migration
-//! or per call. A CPU that cannot be pinned is an error ([`WorkerError::Pin`]), never a silent
-//! unpinned thread.
+//! A worker is started the first time its CPU is asked for and joined when the [`Workers`] is
+//! dropped: no thread is started per call. A CPU that cannot be pinned is an error
+//! ([`WorkerError::Pin`]), never a silent unpinned thread.
 //!
-//! The thread that calls [`Workers::run`] takes a share itself: where it runs on one of the CPUs
-//! asked for, it runs that CPU's (first) job, pinned there for the job, instead of waking the
-//! CPU's worker and waiting for it. One hand-off fewer, and one thread fewer sharing the CPUs: on
-//! a 2-CPU virtual machine two workers and a waiting caller are three threads on two CPUs, and
-//! 256 KiB copies split over two workers ran at 11-12 GB/s where the caller and one worker did
-//! 16-19.
+//! The thread that calls [`Workers::run`] runs the (first) job of the CPU it is on itself, pinned
+//! there for the job: one hand-off and one thread fewer (on a 2-CPU VM, 256 KiB copies over two
+//! workers ran at 11-12 GB/s, over the caller and one worker at 16-19).
 //!
 //! Deadlock rule: a job must not wait for a job queued behind it on its own worker.
 #![allow(unsafe_code)]
@@ -22,7 +18,7 @@ use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvError, Sender, TryRecvError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -30,10 +26,8 @@ use crate::sys::{self, SysError};
 use crate::topology::CpuId;
 
 /// How long a worker waiting for its next job, or a caller waiting for workers, polls before it
-/// sleeps. Waking a sleeping thread costs tens of microseconds on virtual machines (an IPI to a
-/// halted vCPU), more than copying a small batch; migrations come in bursts, so a short poll
-/// catches the next job or reply while the thread is still awake (a worker whose job asked it,
-/// [`Workers::run_then_sleep`], sleeps at once instead).
+/// sleeps: waking a sleeping thread costs tens of microseconds on VMs (an IPI to a halted vCPU),
+/// more than copying a small batch, and migrations come in bursts.
 const SPIN: Duration = Duration::from_micros(50);
 
 thread_local! {
@@ -117,17 +111,13 @@ impl Workers {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Vec<Worker>>> {
-        self.by_cpu.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Starts the workers a call on `cpus` would use, where not started yet, so that a CPU that
     /// cannot be pinned is found before any work is handed out.
     pub fn start(&self, cpus: &[CpuId]) -> Result<(), WorkerError> {
-        let mut workers = self.lock();
-        let mut repeats = Repeats::new();
+        let mut workers = lock(&self.by_cpu);
+        let mut seen = [0; 16];
         for (i, &cpu) in cpus.iter().enumerate() {
-            started(&mut workers, cpu, repeats.nth(cpus, i))?;
+            started(&mut workers, cpu, nth(&mut seen, cpus, i))?;
         }
         Ok(())
     }
@@ -146,12 +136,9 @@ impl Workers {
     }
 
     /// As [`Workers::run`], for a caller that changes its address space right after (`mremap`):
-    /// where the calling thread takes a share, the workers sleep as soon as their job is done
-    /// instead of polling for the next one. The kernel interrupts every CPU running a thread of
-    /// the process to flush its TLB, a polling worker included and a sleeping one not; waking
-    /// the workers for the next call costs tens of microseconds on a virtual machine, which the
-    /// caller's own share hides (where it only hands work off, it would wait for them: they
-    /// poll as usual then).
+    /// where the calling thread takes a share, the workers sleep as soon as their job is done,
+    /// so that the kernel need not interrupt them to flush their TLBs; the caller's own share
+    /// hides the cost of waking them next time (without one, they poll as usual).
     pub fn run_then_sleep<R, F>(&self, cpus: &[CpuId], f: F) -> Result<Vec<R>, WorkerError>
     where
         F: Fn(usize) -> R + Sync,
@@ -178,28 +165,20 @@ impl Workers {
             .iter()
             .position(|&c| c == here)
             .and_then(|i| sys::Pinned::here(here).ok().map(|pinned| (i, pinned)));
+        let sleep = sleep_after && own.is_some();
         {
             // Waits for every job handed out, also if something below panics.
             let _wait = Wait(&latch);
-            let mut workers = self.lock();
-            let mut repeats = Repeats::new();
+            let mut workers = lock(&self.by_cpu);
+            let mut seen = [0; 16];
             for (i, &cpu) in cpus.iter().enumerate() {
                 if own.as_ref().is_some_and(|o| o.0 == i) {
                     continue;
                 }
-                let worker = match started(&mut workers, cpu, repeats.nth(cpus, i)) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        failed.get_or_insert(e);
-                        latch.count_down();
-                        continue;
-                    }
-                };
                 let (f, slot, done) = (&f, &slots[i], Arc::clone(&latch));
-                let sleep = sleep_after && own.is_some();
                 let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
                     let result = catch_unwind(AssertUnwindSafe(|| f(i)));
-                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                    *lock(slot) = Some(result);
                     SLEEP_AFTER_JOB.set(sleep);
                     done.count_down();
                 });
@@ -209,15 +188,19 @@ impl Workers {
                 // (a panic in `f` is caught before it), and a job that is not handed out is
                 // dropped here, counted down, without running.
                 let job: Job = unsafe { std::mem::transmute::<_, Job>(job) };
-                if worker.jobs.send(job).is_err() {
-                    failed.get_or_insert(WorkerError::Stopped { job: i, cpu });
+                let sent = started(&mut workers, cpu, nth(&mut seen, cpus, i)).and_then(|w| {
+                    w.jobs
+                        .send(job)
+                        .map_err(|_| WorkerError::Stopped { job: i, cpu })
+                });
+                if let Err(e) = sent {
+                    failed.get_or_insert(e);
                     latch.count_down();
                 }
             }
             drop(workers);
             if let Some((i, pinned)) = own {
-                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(catch_unwind(AssertUnwindSafe(|| f(i))));
+                *lock(&slots[i]) = Some(catch_unwind(AssertUnwindSafe(|| f(i))));
                 drop(pinned);
                 latch.count_down();
             }
@@ -225,27 +208,25 @@ impl Workers {
         if let Some(e) = failed {
             return Err(e);
         }
-        let mut out = Vec::with_capacity(cpus.len());
-        for (job, (slot, &cpu)) in slots.into_iter().zip(cpus).enumerate() {
-            match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
-                Some(Ok(r)) => out.push(r),
-                Some(Err(panic)) => {
-                    return Err(WorkerError::Panicked {
-                        job,
-                        cpu,
-                        message: panic_message(&*panic),
-                    });
-                }
-                None => return Err(WorkerError::Stopped { job, cpu }),
+        let results = slots.into_iter().zip(cpus).enumerate();
+        let results = results.map(|(job, (slot, &cpu))| {
+            match slot.into_inner().unwrap_or_else(PoisonError::into_inner) {
+                Some(Ok(r)) => Ok(r),
+                Some(Err(panic)) => Err(WorkerError::Panicked {
+                    job,
+                    cpu,
+                    message: panic_message(&*panic),
+                }),
+                None => Err(WorkerError::Stopped { job, cpu }),
             }
-        }
-        Ok(out)
+        });
+        results.collect()
     }
 
     /// Hands `job` to the (first) worker of `cpu`, starting it if needed, and returns at once.
     /// A panic in the job is caught and dropped: the job reports its own outcome.
     pub fn post(&self, cpu: CpuId, job: impl FnOnce() + Send + 'static) -> Result<(), WorkerError> {
-        let mut workers = self.lock();
+        let mut workers = lock(&self.by_cpu);
         started(&mut workers, cpu, 0)?
             .jobs
             .send(Box::new(job))
@@ -256,8 +237,12 @@ impl Workers {
 impl Drop for Workers {
     /// Lets every worker finish the jobs handed to it, then joins it.
     fn drop(&mut self) {
-        let workers: Vec<Worker> = self.lock().drain(..).flatten().collect();
-        let threads: Vec<JoinHandle<()>> = workers.into_iter().map(|w| w.thread).collect();
+        // Dropping every worker's sender first lets them all finish at once.
+        let threads: Vec<JoinHandle<()>> = lock(&self.by_cpu)
+            .drain(..)
+            .flatten()
+            .map(|w| w.thread)
+            .collect();
         for t in threads {
             let _ = t.join();
         }
@@ -266,7 +251,7 @@ impl Drop for Workers {
 
 impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let started: Vec<(usize, usize)> = (self.lock().iter().map(Vec::len).enumerate())
+        let started: Vec<(usize, usize)> = (lock(&self.by_cpu).iter().map(Vec::len).enumerate())
             .filter(|&(_, n)| n > 0)
             .collect();
         f.debug_struct("Workers")
@@ -275,29 +260,18 @@ impl std::fmt::Debug for Workers {
     }
 }
 
-/// Which of its CPU's workers each entry of a list of CPUs runs on: the n-th time a CPU
-/// appears in the list, its n-th worker. Linear in the list's length, unless CPUs repeat.
-struct Repeats {
-    /// CPUs seen so far, for CPU numbers below 1024 (the kernel's usual CPU mask size).
-    seen: [u64; 16],
-}
-
-impl Repeats {
-    fn new() -> Self {
-        Repeats { seen: [0; 16] }
-    }
-
-    /// For entry `i` of `cpus`, called for `i` = 0, 1, 2 … in order.
-    fn nth(&mut self, cpus: &[CpuId], i: usize) -> usize {
-        let cpu = cpus[i];
-        let (word, bit) = (cpu as usize / 64, 1u64 << (cpu % 64));
-        match self.seen.get_mut(word) {
-            Some(w) if *w & bit == 0 => {
-                *w |= bit;
-                0
-            }
-            _ => cpus[..i].iter().filter(|&&c| c == cpu).count(),
+/// Which of its CPU's workers entry `i` of `cpus` runs on: the n-th time a CPU appears in the
+/// list, its n-th worker. Called for `i` = 0, 1, 2 … in order; `seen` marks the CPUs below 1024
+/// met so far, so that a list without repeats costs linear time.
+fn nth(seen: &mut [u64; 16], cpus: &[CpuId], i: usize) -> usize {
+    let cpu = cpus[i];
+    let (word, bit) = (cpu as usize / 64, 1u64 << (cpu % 64));
+    match seen.get_mut(word) {
+        Some(w) if *w & bit == 0 => {
+            *w |= bit;
+            0
         }
+        _ => cpus[..i].iter().filter(|&&c| c == cpu).count(),
     }
 }
 
@@ -309,7 +283,7 @@ fn started(workers: &mut Vec<Vec<Worker>>, cpu: CpuId, n: usize) -> Result<&Work
         if running > n {
             return Ok(&workers[at][n]);
         }
-        let worker = spawn((cpu, running))?;
+        let worker = spawn(cpu, running)?;
         // Pinned, so `cpu` is below the kernel's CPU mask size: the table stays small.
         if workers.len() <= at {
             workers.resize_with(at + 1, Vec::new);
@@ -318,7 +292,7 @@ fn started(workers: &mut Vec<Vec<Worker>>, cpu: CpuId, n: usize) -> Result<&Work
     }
 }
 
-fn spawn((cpu, n): (CpuId, usize)) -> Result<Worker, WorkerError> {
+fn spawn(cpu: CpuId, n: usize) -> Result<Worker, WorkerError> {
     let (jobs, rx) = mpsc::channel::<Job>();
     let (ready_tx, ready) = mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
@@ -327,30 +301,21 @@ fn spawn((cpu, n): (CpuId, usize)) -> Result<Worker, WorkerError> {
             let pinned = sys::pin_current_thread(cpu);
             let ok = pinned.is_ok();
             let _ = ready_tx.send(pinned);
-            if ok {
-                work(&rx);
+            // The worker's life: run jobs until the `Workers` is dropped.
+            while ok && let Ok(job) = recv_spinning(&rx) {
+                // Jobs of `run` catch their own panics; a posted job's panic must not end the
+                // worker.
+                let _ = catch_unwind(AssertUnwindSafe(job));
             }
         })
         .map_err(|source| WorkerError::Spawn { cpu, source })?;
-    match ready.recv() {
-        Ok(Ok(())) => Ok(Worker { jobs, thread }),
-        Ok(Err(source)) => {
-            let _ = thread.join();
-            Err(WorkerError::Pin { cpu, source })
-        }
-        Err(_) => {
-            let _ = thread.join();
-            Err(WorkerError::Stopped { job: 0, cpu })
-        }
-    }
-}
-
-/// A worker's life: run jobs until the [`Workers`] is dropped.
-fn work(jobs: &Receiver<Job>) {
-    while let Ok(job) = recv_spinning(jobs) {
-        // Jobs of `run` catch their own panics; a posted job's panic must not end the worker.
-        let _ = catch_unwind(AssertUnwindSafe(job));
-    }
+    let error = match ready.recv() {
+        Ok(Ok(())) => return Ok(Worker { jobs, thread }),
+        Ok(Err(source)) => WorkerError::Pin { cpu, source },
+        Err(_) => WorkerError::Stopped { job: 0, cpu },
+    };
+    let _ = thread.join();
+    Err(error)
 }
 
 /// `rx.recv()`, polling for up to `SPIN` before sleeping, unless the last job asked to sleep.
@@ -401,6 +366,11 @@ impl Drop for Wait<'_> {
             std::thread::park();
         }
     }
+}
+
+/// Locks `mutex`, also after a thread panicked while holding it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
