@@ -1,26 +1,22 @@
 //! Copy loops: plain memcpy, non-temporal stores (AVX-512, AVX2, SSE2), `rep movsb`, and the
 //! kernel's `copy_page` (`rep movsq`).
 //!
+//! # Safety
 //! Each has the contract of `ptr::copy_nonoverlapping(src, dst, len)` with the arguments in
-//! `(dst, src, len)` order: `src` readable and `dst` writable for `len` bytes, no overlap.
+//! `(dst, src, len)` order: `src` readable and `dst` writable for `len` bytes, no overlap; the
+//! CPU must have the instructions a kernel uses.
 #![allow(unsafe_code)]
 
 /// A copy loop: `(dst, src, len)`, with the contract of `ptr::copy_nonoverlapping`.
 pub(crate) type Kernel = unsafe fn(*mut u8, *const u8, usize);
 
 /// Plain `memcpy` from the C library (through `ptr::copy_nonoverlapping`).
-///
-/// # Safety
-/// As `ptr::copy_nonoverlapping`.
 pub(super) unsafe fn memcpy(dst: *mut u8, src: *const u8, len: usize) {
     // SAFETY: forwarded from the caller.
     unsafe { std::ptr::copy_nonoverlapping(src, dst, len) }
 }
 
 /// `rep movsb`, which CPUs with ERMS/FSRM run as a fast microcoded copy.
-///
-/// # Safety
-/// As `ptr::copy_nonoverlapping`.
 #[cfg(target_arch = "x86_64")]
 pub(super) unsafe fn rep_movsb(dst: *mut u8, src: *const u8, len: usize) {
     // SAFETY: rep movsb copies rcx bytes from [rsi] to [rdi] with the direction flag clear (the
@@ -38,9 +34,6 @@ pub(super) unsafe fn rep_movsb(dst: *mut u8, src: *const u8, len: usize) {
 
 /// `rep movsq` over the whole quadwords, then the remaining bytes: what Linux's x86-64
 /// `copy_page` (arch/x86/lib/copy_page_64.S) runs on CPUs with `REP_GOOD`, for one 4 KB page.
-///
-/// # Safety
-/// As `ptr::copy_nonoverlapping`.
 #[cfg(target_arch = "x86_64")]
 pub(super) unsafe fn rep_movsq(dst: *mut u8, src: *const u8, len: usize) {
     let words = len / 8;
@@ -63,9 +56,6 @@ pub(super) unsafe fn rep_movsq(dst: *mut u8, src: *const u8, len: usize) {
 macro_rules! stream_kernel {
     ($(#[$attr:meta])* $name:ident, $v:literal, $vec:ident, $load:ident, $store:ident) => {
         $(#[$attr])*
-        ///
-        /// # Safety
-        /// As `ptr::copy_nonoverlapping`, and the CPU must have the instructions used.
         #[cfg(target_arch = "x86_64")]
         pub(super) unsafe fn $name(dst: *mut u8, src: *const u8, len: usize) {
             use std::arch::x86_64::{$load, $store, $vec, _mm_sfence};
@@ -114,24 +104,3 @@ stream_kernel!(
     /// Non-temporal copy with 16-byte SSE2 streaming stores (every x86_64 CPU has SSE2).
     stream_sse2, 16, __m128i, _mm_loadu_si128, _mm_stream_si128
 );
-
-/// The AVX-512 kernel where the CPU has AVX-512F, or why not.
-#[cfg(target_arch = "x86_64")]
-pub(super) fn avx512_stream_kernel() -> Result<Kernel, String> {
-    if std::is_x86_feature_detected!("avx512f") {
-        Ok(stream_avx512 as Kernel)
-    } else {
-        Err("this CPU has no AVX-512F (cpuid leaf 7: avx512f not set)".into())
-    }
-}
-
-/// The AVX2 kernel where the CPU has AVX2 (a safe fn pointer to a `target_feature` fn needs the
-/// run-time check first), else the SSE2 one.
-#[cfg(target_arch = "x86_64")]
-pub(super) fn avx2_or_sse2_stream_kernel() -> (&'static str, Kernel) {
-    if std::is_x86_feature_detected!("avx2") {
-        ("nt-avx2", stream_avx2 as Kernel)
-    } else {
-        ("nt-sse2", stream_sse2)
-    }
-}

@@ -1,12 +1,7 @@
-//! Copy engines: one trait, several ways to move bytes.
-//!
-//! [`CpuEngine`] copies on the calling thread (memcpy, non-temporal stores, `rep movsb`,
-//! `rep movsq`);
-//! [`Pool`] splits a batch by bytes over the shared pinned [`crate::workers::Workers`], on CPUs
-//! chosen by a [`Placement`];
-//! [`AsyncCopyEngine`] is the asynchronous side (submit, poll, wait, cancel), served by the CPU
-//! [`Offload`] engine everywhere and by DMA engines where they exist.
-//! All engines give byte-identical results for any length and alignment.
+//! Copy engines: one trait, several ways to move bytes, all byte-identical for any length and
+//! alignment. [`CpuEngine`] copies on the calling thread; [`Pool`] splits a batch by bytes over
+//! the pinned [`crate::workers::Workers`] on CPUs chosen by a [`Placement`]; [`AsyncCopyEngine`]
+//! (submit, poll, wait, cancel) is served by the CPU [`Offload`] engine and by DMA engines.
 
 pub mod dma;
 mod kernels;
@@ -131,9 +126,8 @@ pub enum CopyError {
     /// No CPUs could be chosen for the copy workers.
     #[error("placing copy workers")]
     Placement(#[from] PlacementError),
-    /// The workers could not run a share: one could not be started or pinned, has stopped, or
-    /// panicked while copying (then the job is the worker's index in the pool, and its share of
-    /// the batch may be incomplete).
+    /// The workers could not run a share (a panic names the worker's index in the pool; its
+    /// share may be incomplete).
     #[error(transparent)]
     Workers(#[from] crate::workers::WorkerError),
 }
@@ -146,12 +140,9 @@ pub trait CopyEngine: Send + Sync {
     /// Copies every op of the batch; returns when all bytes are copied, or says what failed.
     fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError>;
 
-    /// As [`CopyEngine::copy`], for a caller that changes its address space right after (the
-    /// remap path's `mremap`): an engine whose threads poll for the next batch may let them
-    /// sleep at once instead, so that the kernel need not interrupt them to flush their TLBs
-    /// ([`Workers::run_then_sleep`]).
-    ///
-    /// [`Workers::run_then_sleep`]: crate::workers::Workers::run_then_sleep
+    /// As [`CopyEngine::copy`], for a caller that changes its address space right after
+    /// (`mremap`): polling threads may sleep at once instead, see
+    /// [`crate::workers::Workers::run_then_sleep`].
     fn copy_before_remap(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
         self.copy(batch)
     }
@@ -167,12 +158,11 @@ pub enum EngineKind {
     Nt,
     /// The x86 `rep movsb` string instruction.
     Movsb,
-    /// The x86 `rep movsq` string instruction: the kernel's own `copy_page` method, which the
-    /// `vanilla` baseline runs page by page ([`PageCopy`]), here over the whole batch; a kind of
-    /// its own, so that where it is this CPU's fastest copy, the planner can choose it too.
+    /// The x86 `rep movsq` string instruction, the kernel's `copy_page` ([`PageCopy`]) over the
+    /// whole batch: where it is this CPU's fastest copy, the planner can choose it.
     Movsq,
-    /// Non-temporal stores 64 bytes at a time with AVX-512 (x86_64 CPUs with AVX-512F only): a
-    /// separate kind, so that calibration decides whether it beats `nt` on this CPU.
+    /// Non-temporal stores with AVX-512 (AVX-512F CPUs only): calibration decides whether it
+    /// beats `nt`.
     Nt512,
 }
 
@@ -232,10 +222,15 @@ pub struct CpuEngine {
 impl CpuEngine {
     /// The best variant of `kind` for this CPU, or why there is none.
     pub fn new(kind: EngineKind) -> Result<Self, CopyError> {
+        // The vector kernels run only where the CPU has their instructions.
         let found: Result<(&'static str, Kernel), String> = match kind {
             EngineKind::Memcpy => Ok(("memcpy", kernels::memcpy)),
             #[cfg(target_arch = "x86_64")]
-            EngineKind::Nt => Ok(kernels::avx2_or_sse2_stream_kernel()),
+            EngineKind::Nt if std::is_x86_feature_detected!("avx2") => {
+                Ok(("nt-avx2", kernels::stream_avx2))
+            }
+            #[cfg(target_arch = "x86_64")]
+            EngineKind::Nt => Ok(("nt-sse2", kernels::stream_sse2)),
             // No streaming-store kernel for this architecture: plain copies, named honestly.
             #[cfg(not(target_arch = "x86_64"))]
             EngineKind::Nt => Ok(("nt-portable", kernels::memcpy)),
@@ -248,7 +243,13 @@ impl CpuEngine {
             #[cfg(not(target_arch = "x86_64"))]
             EngineKind::Movsq => Err("rep movsq is an x86_64 instruction".into()),
             #[cfg(target_arch = "x86_64")]
-            EngineKind::Nt512 => kernels::avx512_stream_kernel().map(|k| ("nt-avx512", k)),
+            EngineKind::Nt512 if std::is_x86_feature_detected!("avx512f") => {
+                Ok(("nt-avx512", kernels::stream_avx512))
+            }
+            #[cfg(target_arch = "x86_64")]
+            EngineKind::Nt512 => {
+                Err("this CPU has no AVX-512F (cpuid leaf 7: avx512f not set)".into())
+            }
             #[cfg(not(target_arch = "x86_64"))]
             EngineKind::Nt512 => Err("AVX-512 is an x86_64 extension".into()),
         };
@@ -269,11 +270,9 @@ impl CpuEngine {
     }
 }
 
-/// The kernel's folio copy, as `move_pages` runs it: every op is copied one base page at a time
-/// with the architecture's `copy_page` (on x86_64 `rep movsq`, what Linux's
-/// `arch/x86/lib/copy_page_64.S` runs on CPUs with `REP_GOOD`; elsewhere a plain copy per page),
-/// one call per page like `folio_copy()` → `copy_highpage()`. The `vanilla` column of the
-/// benchmarks: the baseline every speed-up is measured against.
+/// The kernel's folio copy, as `move_pages` runs it: one `copy_page` call per base page (on
+/// x86_64 `rep movsq`, as `arch/x86/lib/copy_page_64.S` with `REP_GOOD`; elsewhere a plain copy).
+/// The benchmarks' `vanilla` baseline.
 ///
 /// ```
 /// use pagemig::copy::{CopyEngine, CopyOp, PageCopy};
@@ -333,7 +332,9 @@ impl CopyEngine for CpuEngine {
     }
 
     fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
-        Ok(on_this_thread(batch, |op| op.run(self.kernel)))
+        Ok(on_this_thread(batch, |op| {
+            op.run_pieces(op.len(), self.kernel)
+        }))
     }
 }
 

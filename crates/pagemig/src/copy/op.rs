@@ -71,12 +71,8 @@ impl<'a> CopyOp<'a> {
         self.len == 0
     }
 
-    /// Copies with `kernel`, a function with the contract of `ptr::copy_nonoverlapping`.
-    pub(crate) fn run(&self, kernel: Kernel) {
-        self.run_pieces(self.len, kernel)
-    }
-
-    /// Copies with one call of `kernel` per `piece` bytes (the last call takes what is left).
+    /// Copies with one call of `kernel` (with the contract of `ptr::copy_nonoverlapping`) per
+    /// `piece` bytes (the last call takes what is left).
     pub(crate) fn run_pieces(&self, piece: usize, kernel: Kernel) {
         for (at, n) in self.pieces(piece) {
             // SAFETY: the constructors guarantee both ranges are valid, disjoint and exclusively
