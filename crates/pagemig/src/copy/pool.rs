@@ -64,16 +64,8 @@ pub fn split_by_bytes(lens: &[usize], shares: usize, align: usize) -> Vec<Vec<Pi
     out
 }
 
-/// One piece as raw addresses, so that the job of each worker can share it.
-struct Chunk {
-    src: usize,
-    dst: usize,
-    len: usize,
-}
-
-/// Copy workers, each pinned to one CPU, running engine `E` on their share of a batch: the
-/// workers of a shared [`Workers`] set, so that creating a pool starts a thread only for a CPU
-/// the set has no worker on yet, and copying starts none.
+/// Copy workers of a shared [`Workers`] set, each pinned to one CPU, running engine `E` on their
+/// share of a batch: creating a pool starts only the workers not running yet, copying none.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -119,9 +111,8 @@ impl<E: CopyEngine> Pool<E> {
     }
 
     /// Copies the batch with its bytes split over the first `workers` workers (at least one, at
-    /// most all); the calling thread copies the share of the CPU it runs on, if that is one of
-    /// theirs ([`Workers::run`]), and waits for the others. A worker that panics is reported,
-    /// the others finish.
+    /// most all), as [`Workers::run`] runs jobs. A worker that panics is reported, the others
+    /// finish.
     pub fn copy_with(&self, batch: &[CopyOp<'_>], workers: usize) -> Result<CopyStats, CopyError> {
         self.split(batch, workers, false)
     }
@@ -144,35 +135,28 @@ impl<E: CopyEngine> Pool<E> {
     ) -> Result<CopyStats, CopyError> {
         let n = workers.clamp(1, self.cpus.len());
         let lens: Vec<usize> = batch.iter().map(CopyOp::len).collect();
+        // The ops as raw addresses, so that the job of every worker can share them.
+        let addrs: Vec<(usize, usize)> = (batch.iter())
+            .map(|op| (op.src() as usize, op.dst() as usize))
+            .collect();
         // Workers whose share is empty (small batches) are not woken.
-        let (busy, shares): (Vec<usize>, Vec<Vec<Chunk>>) = split_by_bytes(&lens, n, SPLIT_ALIGN)
+        let (busy, shares): (Vec<usize>, Vec<Vec<Piece>>) = split_by_bytes(&lens, n, SPLIT_ALIGN)
             .into_iter()
             .enumerate()
             .filter(|(_, share)| !share.is_empty())
-            .map(|(index, share)| {
-                let chunks = share
-                    .iter()
-                    .map(|p| {
-                        let op = &batch[p.op];
-                        Chunk {
-                            src: op.src() as usize + p.offset,
-                            dst: op.dst() as usize + p.offset,
-                            len: p.len,
-                        }
-                    })
-                    .collect();
-                (index, chunks)
-            })
             .unzip();
         let cpus: Vec<CpuId> = busy.iter().map(|&i| self.cpus[i]).collect();
         let job = |job: usize| {
             let cpu_start = sys::thread_cpu_time();
             let ops: Vec<CopyOp<'_>> = shares[job]
                 .iter()
-                // SAFETY: each chunk is a piece of a CopyOp of the batch that this function
-                // borrows, and `run` returns only when every job is done; pieces of different
-                // shares are disjoint, so no other worker touches these bytes.
-                .map(|c| unsafe { CopyOp::from_raw(c.src as *const u8, c.dst as *mut u8, c.len) })
+                .map(|p| {
+                    let (src, dst) = (addrs[p.op].0 + p.offset, addrs[p.op].1 + p.offset);
+                    // SAFETY: each piece is part of a CopyOp of the batch that this function
+                    // borrows, and `run` returns only when every job is done; pieces of
+                    // different shares are disjoint, so no other worker touches these bytes.
+                    unsafe { CopyOp::from_raw(src as *const u8, dst as *mut u8, p.len) }
+                })
                 .collect();
             self.engine
                 .copy(&ops)
@@ -184,13 +168,11 @@ impl<E: CopyEngine> Pool<E> {
             self.workers.run(&cpus, job)
         };
         // A panic names the worker in the pool, not the job among the busy ones.
-        let results = results.map_err(|e| match e {
-            WorkerError::Panicked { job, cpu, message } => WorkerError::Panicked {
-                job: busy[job],
-                cpu,
-                message,
-            },
-            other => other,
+        let results = results.map_err(|mut e| {
+            if let WorkerError::Panicked { job, .. } = &mut e {
+                *job = busy[*job];
+            }
+            e
         })?;
         Ok(CopyStats {
             bytes: lens.iter().sum::<usize>() as u64,
