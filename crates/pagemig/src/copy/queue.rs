@@ -5,13 +5,13 @@
 #![allow(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::{CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind};
 use crate::sys;
 use crate::topology::CpuId;
-use crate::workers::Workers;
+use crate::workers::{Workers, lock};
 
 /// What happened to one op of a submission.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,23 +93,19 @@ pub struct Queue<'scope, 'env: 'scope> {
 }
 
 impl<'env> Queue<'_, 'env> {
-    fn pending(&self) -> MutexGuard<'_, VecDeque<Ticket>> {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Starts copying `batch`; the ops' memory stays borrowed until the scope ends.
     pub fn submit(&self, batch: &[CopyOp<'env>]) -> Result<Ticket, CopyError> {
         // SAFETY: the ops borrow their memory for 'env, which outlives the scope, and the scope
         // waits for every ticket before it returns.
         let ticket = unsafe { self.engine.submit(batch)? };
-        self.pending().push_back(ticket);
+        lock(&self.in_flight).push_back(ticket);
         Ok(ticket)
     }
 
     /// The completion of `ticket` if it has completed, without blocking.
     pub fn poll(&self, ticket: Ticket) -> Option<Completion> {
         let done = self.engine.poll(ticket)?;
-        self.pending().retain(|&t| t != ticket);
+        lock(&self.in_flight).retain(|&t| t != ticket);
         Some(done)
     }
 
@@ -118,7 +114,7 @@ impl<'env> Queue<'_, 'env> {
     /// # Panics
     /// If `ticket` is not in flight in this scope.
     pub fn wait(&self, ticket: Ticket) -> Completion {
-        let mut pending = self.pending();
+        let mut pending = lock(&self.in_flight);
         let at = pending
             .iter()
             .position(|&t| t == ticket)
@@ -131,7 +127,7 @@ impl<'env> Queue<'_, 'env> {
     /// The oldest submission still in flight, once it has completed: completions in the order
     /// of submission.
     pub fn next_in_order(&self) -> Option<(Ticket, Completion)> {
-        let mut pending = self.pending();
+        let mut pending = lock(&self.in_flight);
         let &oldest = pending.front()?;
         let done = self.engine.poll(oldest)?;
         pending.pop_front();
@@ -145,7 +141,7 @@ impl<'env> Queue<'_, 'env> {
 
     /// Submissions in flight.
     pub fn in_flight(&self) -> usize {
-        self.pending().len()
+        lock(&self.in_flight).len()
     }
 }
 
@@ -155,48 +151,35 @@ pub fn scope<'env, R>(
     engine: &dyn AsyncCopyEngine,
     f: impl for<'scope> FnOnce(&'scope Queue<'scope, 'env>) -> R,
 ) -> R {
-    struct Drain<'q, 'scope, 'env>(&'q Queue<'scope, 'env>);
-    impl Drop for Drain<'_, '_, '_> {
-        fn drop(&mut self) {
-            let left: Vec<Ticket> = self.0.pending().drain(..).collect();
-            for &t in &left {
-                self.0.engine.cancel(t);
-            }
-            for t in left {
-                self.0.engine.wait(t);
-            }
-        }
-    }
     let queue = Queue {
         engine,
         in_flight: Mutex::new(VecDeque::new()),
         _env: std::marker::PhantomData,
     };
-    let _drain = Drain(&queue);
     f(&queue)
 }
 
-/// A boxed engine (a DMA engine chosen at run time) is an engine.
-impl AsyncCopyEngine for Box<dyn AsyncCopyEngine> {
+impl Drop for Queue<'_, '_> {
+    /// Cancels and waits for the submissions still in flight, also when `f` panicked.
+    fn drop(&mut self) {
+        let left: Vec<Ticket> = lock(&self.in_flight).drain(..).collect();
+        for &t in &left {
+            self.engine.cancel(t);
+        }
+        for t in left {
+            self.engine.wait(t);
+        }
+    }
+}
+
+/// A boxed engine (a DMA engine chosen at run time) copies as the engine in it.
+impl CopyEngine for Box<dyn AsyncCopyEngine> {
     fn name(&self) -> String {
         (**self).name()
     }
 
-    unsafe fn submit(&self, batch: &[CopyOp<'_>]) -> Result<Ticket, CopyError> {
-        // SAFETY: the caller's promise is the boxed engine's.
-        unsafe { (**self).submit(batch) }
-    }
-
-    fn poll(&self, ticket: Ticket) -> Option<Completion> {
-        (**self).poll(ticket)
-    }
-
-    fn wait(&self, ticket: Ticket) -> Completion {
-        (**self).wait(ticket)
-    }
-
-    fn cancel(&self, ticket: Ticket) {
-        (**self).cancel(ticket)
+    fn copy(&self, batch: &[CopyOp<'_>]) -> Result<CopyStats, CopyError> {
+        copy_and_wait(&**self, batch)
     }
 }
 
@@ -263,12 +246,6 @@ struct Shared {
     done: Condvar,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// The CPU stand-in for a DMA engine: copy channels on workers pinned to chosen CPUs, fed
 /// through a queue, so that the caller submits and goes on with its own work. Pieces of a
 /// submission start in submission order. A submission hands each idle channel's worker a job
@@ -296,11 +273,9 @@ impl Offload {
                 reason: "the offload engine needs at least one CPU for its copy threads".into(),
             });
         }
-        for &cpu in cpus {
-            workers.start(&[cpu])?;
-        }
+        cpus.iter().try_for_each(|&cpu| workers.start(&[cpu]))?;
         let shared = Arc::new(Shared::default());
-        shared.lock().draining = vec![false; cpus.len()];
+        lock(&shared.state).draining = vec![false; cpus.len()];
         Ok(Offload {
             shared,
             workers: Arc::clone(workers),
@@ -317,7 +292,7 @@ impl Offload {
 
 /// One channel's job: copies queued pieces until the queue is empty.
 fn drain(shared: &Shared, engine: CpuEngine, channel: usize) {
-    let mut state = shared.lock();
+    let mut state = lock(&shared.state);
     while let Some(piece) = state.queue.pop_front() {
         let cancelled = state.subs.get(&piece.ticket).is_none_or(|s| s.cancelled);
         let mut cpu_time = Duration::ZERO;
@@ -332,7 +307,7 @@ fn drain(shared: &Shared, engine: CpuEngine, channel: usize) {
             // A CPU engine copies every op it is given.
             let _ = engine.copy(std::slice::from_ref(&op));
             cpu_time = sys::thread_cpu_time().saturating_sub(started);
-            state = shared.lock();
+            state = lock(&shared.state);
         }
         if let Some(sub) = state.subs.get_mut(&piece.ticket) {
             if !cancelled {
@@ -353,7 +328,7 @@ fn drain(shared: &Shared, engine: CpuEngine, channel: usize) {
 impl Drop for Offload {
     /// Lets the channels finish what is queued (submissions are waited for by their scope).
     fn drop(&mut self) {
-        let state = self.shared.lock();
+        let state = lock(&self.shared.state);
         drop((self.shared.done).wait_while(state, |s| s.draining.iter().any(|&d| d)));
     }
 }
@@ -388,7 +363,7 @@ impl AsyncCopyEngine for Offload {
     }
 
     unsafe fn submit(&self, batch: &[CopyOp<'_>]) -> Result<Ticket, CopyError> {
-        let mut state = self.shared.lock();
+        let mut state = lock(&self.shared.state);
         let ticket = state.next;
         state.next += 1;
         let mut pieces = 0;
@@ -428,7 +403,7 @@ impl AsyncCopyEngine for Offload {
                 .workers
                 .post(self.cpus[channel], move || drain(&shared, engine, channel));
             if let Err(e) = posted {
-                let mut state = self.shared.lock();
+                let mut state = lock(&self.shared.state);
                 state.draining[channel] = false;
                 if !state.draining.iter().any(|&d| d) {
                     // No channel would copy this submission: take it back.
@@ -442,7 +417,7 @@ impl AsyncCopyEngine for Offload {
     }
 
     fn poll(&self, ticket: Ticket) -> Option<Completion> {
-        let mut state = self.shared.lock();
+        let mut state = lock(&self.shared.state);
         let done = state.subs.get(&ticket.0)?.pieces_left == 0;
         done.then(|| completion(state.subs.remove(&ticket.0).expect("present")))
     }
@@ -450,14 +425,14 @@ impl AsyncCopyEngine for Offload {
     fn wait(&self, ticket: Ticket) -> Completion {
         let busy = |s: &mut State| s.subs.get(&ticket.0).is_some_and(|s| s.pieces_left > 0);
         let mut state = (self.shared.done)
-            .wait_while(self.shared.lock(), busy)
+            .wait_while(lock(&self.shared.state), busy)
             .unwrap_or_else(|p| p.into_inner());
         let sub = state.subs.remove(&ticket.0);
         completion(sub.unwrap_or_else(|| panic!("wait: ticket {} is not in flight", ticket.0)))
     }
 
     fn cancel(&self, ticket: Ticket) {
-        if let Some(sub) = self.shared.lock().subs.get_mut(&ticket.0) {
+        if let Some(sub) = lock(&self.shared.state).subs.get_mut(&ticket.0) {
             sub.cancelled = true;
         }
     }
