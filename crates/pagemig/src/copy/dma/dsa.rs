@@ -12,10 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::copy::{
-    AsyncCopyEngine, Completion, CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind,
-    OpStatus, Ticket,
-};
+use crate::copy::{AsyncCopyEngine, Completion, CopyError, CopyOp, CopyStats, OpStatus, Ticket};
+use crate::workers::lock;
 
 /// Descriptor opcodes.
 pub const OPCODE_BATCH: u8 = 0x01;
@@ -250,7 +248,6 @@ pub struct Dsa {
     next_queue: AtomicUsize,
     next_ticket: AtomicU64,
     subs: Mutex<HashMap<u64, Submission>>,
-    cpu: CpuEngine,
 }
 
 impl Dsa {
@@ -293,7 +290,6 @@ impl Dsa {
             next_queue: AtomicUsize::new(0),
             next_ticket: AtomicU64::new(0),
             subs: Mutex::new(HashMap::new()),
-            cpu: CpuEngine::new(EngineKind::Memcpy)?,
         })
     }
 
@@ -317,36 +313,19 @@ impl Dsa {
         }
         open.in_flight.fetch_add(1, Ordering::AcqRel);
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Submission>> {
-        self.subs.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// Finishes a piece the device stopped early (a page fault) on the CPU, or says why it failed.
-fn finish(
-    cpu: &CpuEngine,
-    src: usize,
-    dst: usize,
-    len: usize,
-    outcome: Outcome,
-) -> Result<(), (usize, String)> {
+fn finish(src: usize, dst: usize, len: usize, outcome: Outcome) -> Result<(), (usize, String)> {
     let done = outcome.bytes_completed as usize;
     match outcome.status {
         Status::Success => Ok(()),
         Status::PageFault if done <= len => {
-            // SAFETY: the submission's contract keeps both ranges valid and ours; the CPU's own
-            // access faults the page in.
-            let rest = unsafe {
-                CopyOp::from_raw(
-                    (src + done) as *const u8,
-                    (dst + done) as *mut u8,
-                    len - done,
-                )
-            };
-            cpu.copy(&[rest])
-                .map(|_| ())
-                .map_err(|e| (done, e.to_string()))
+            let (src, dst) = ((src + done) as *const u8, (dst + done) as *mut u8);
+            // SAFETY: the submission's contract keeps both ranges valid, disjoint and ours; the
+            // CPU's own access faults the page in.
+            unsafe { std::ptr::copy_nonoverlapping(src, dst, len - done) };
+            Ok(())
         }
         other => Err((done, format!("the device reported {other:?}"))),
     }
@@ -417,12 +396,12 @@ impl AsyncCopyEngine for Dsa {
             lists,
             ops: batch.len(),
         };
-        self.lock().insert(ticket, sub);
+        lock(&self.subs).insert(ticket, sub);
         Ok(Ticket(ticket))
     }
 
     fn poll(&self, ticket: Ticket) -> Option<Completion> {
-        let mut subs = self.lock();
+        let mut subs = lock(&self.subs);
         let sub = subs.get(&ticket.0)?;
         // A batch that failed as a whole writes no record of its own descriptors.
         let batch_failed = |p: &Piece| {
@@ -450,7 +429,7 @@ impl AsyncCopyEngine for Dsa {
                 (o, Some(b)) if o.status == Status::Pending => sub.lists[b].1.read(),
                 (o, _) => o,
             };
-            match finish(&self.cpu, p.src, p.dst, p.len, outcome) {
+            match finish(p.src, p.dst, p.len, outcome) {
                 Ok(()) => bytes += p.len as u64,
                 Err((done, reason)) => {
                     bytes += done as u64;
@@ -553,15 +532,14 @@ mod tests {
 
     #[test]
     fn a_page_fault_is_finished_on_the_cpu() {
-        let cpu = CpuEngine::new(EngineKind::Memcpy).unwrap();
         let src: Vec<u8> = (0..20_000).map(|i| i as u8 | 1).collect();
         let mut dst = vec![0u8; 20_000];
         // The device copied the first 8192 bytes, then faulted.
         dst[..8192].copy_from_slice(&src[..8192]);
         let (s, d) = (src.as_ptr() as usize, dst.as_mut_ptr() as usize);
-        finish(&cpu, s, d, 20_000, record(3, 8192, 0).read()).unwrap();
+        finish(s, d, 20_000, record(3, 8192, 0).read()).unwrap();
         assert_eq!(src, dst);
-        let err = finish(&cpu, s, d, 20_000, record(0x13, 100, 0).read()).unwrap_err();
+        let err = finish(s, d, 20_000, record(0x13, 100, 0).read()).unwrap_err();
         assert_eq!(err.0, 100);
         assert!(err.1.contains("Error(19)"), "{}", err.1);
     }
