@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use cudarc::driver::{DriverError, result, sys};
 
 use crate::copy::{AsyncCopyEngine, Completion, CopyError, CopyOp, CopyStats, OpStatus, Ticket};
+use crate::workers::lock;
 
 /// Streams copies are spread over.
 const STREAMS: usize = 4;
@@ -30,8 +31,9 @@ fn no_gpu(reason: impl Into<String>) -> CopyError {
     }
 }
 
-fn driver(what: &str, e: DriverError) -> CopyError {
-    no_gpu(format!("{what}: {e:?}"))
+/// What the driver answered to `what`.
+fn driver(what: &str) -> impl FnOnce(DriverError) -> CopyError + '_ {
+    move |e| no_gpu(format!("{what}: {e:?}"))
 }
 
 struct Submission {
@@ -81,15 +83,15 @@ impl Cuda {
                 "no CUDA driver found (libcuda.so is not installed: no NVIDIA driver on this machine)",
             ));
         }
-        result::init().map_err(|e| driver("cuInit", e))?;
-        let count = result::device::get_count().map_err(|e| driver("cuDeviceGetCount", e))?;
+        result::init().map_err(driver("cuInit"))?;
+        let count = result::device::get_count().map_err(driver("cuDeviceGetCount"))?;
         if count == 0 {
             return Err(no_gpu("the CUDA driver sees no GPU"));
         }
-        let device = result::device::get(0).map_err(|e| driver("cuDeviceGet", e))?;
+        let device = result::device::get(0).map_err(driver("cuDeviceGet"))?;
         // SAFETY: the device was just returned by the driver.
         let ctx = unsafe { result::primary_ctx::retain(device) }
-            .map_err(|e| driver("cuDevicePrimaryCtxRetain", e))?;
+            .map_err(driver("cuDevicePrimaryCtxRetain"))?;
         let mut cuda = Cuda {
             ctx,
             device,
@@ -101,7 +103,7 @@ impl Cuda {
         for _ in 0..STREAMS {
             cuda.streams.push(
                 result::stream::create(result::stream::StreamKind::NonBlocking)
-                    .map_err(|e| driver("cuStreamCreate", e))?,
+                    .map_err(driver("cuStreamCreate"))?,
             );
         }
         Ok(cuda)
@@ -110,11 +112,7 @@ impl Cuda {
     /// Makes the context current on the calling thread.
     fn current(&self) -> Result<(), CopyError> {
         // SAFETY: the primary context retained in `open`, alive until drop.
-        unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| driver("cuCtxSetCurrent", e))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Submission>> {
-        self.subs.lock().unwrap_or_else(|p| p.into_inner())
+        unsafe { result::ctx::set_current(self.ctx) }.map_err(driver("cuCtxSetCurrent"))
     }
 
     /// Pins the page-rounded, merged ranges of the batch; returns those this call pinned (a
@@ -145,6 +143,18 @@ impl Cuda {
             (rc == sys::CUresult::CUDA_SUCCESS).then_some(s as *mut c_void)
         };
         merged.into_iter().filter_map(pin).collect()
+    }
+
+    /// Allocates `len` bytes of GPU memory.
+    pub fn alloc(&self, len: usize) -> Result<DeviceBuffer<'_>, CopyError> {
+        self.current()?;
+        // SAFETY: a plain device allocation, freed by DeviceBuffer's drop.
+        let ptr = unsafe { result::malloc_sync(len.max(1)) }.map_err(driver("cuMemAlloc"))?;
+        Ok(DeviceBuffer {
+            gpu: self,
+            ptr,
+            len,
+        })
     }
 
     fn finish(&self, sub: Submission) -> Completion {
@@ -211,14 +221,14 @@ impl AsyncCopyEngine for Cuda {
         }
         let record = |&s: &sys::CUstream| -> Result<sys::CUevent, CopyError> {
             let e = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
-                .map_err(|e| driver("cuEventCreate", e))?;
+                .map_err(driver("cuEventCreate"))?;
             // SAFETY: an event and a stream of this context.
-            unsafe { result::event::record(e, s) }.map_err(|e| driver("cuEventRecord", e))?;
+            unsafe { result::event::record(e, s) }.map_err(driver("cuEventRecord"))?;
             Ok(e)
         };
         let events = self.streams.iter().map(record).collect::<Result<_, _>>()?;
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(
+        lock(&self.subs).insert(
             ticket,
             Submission {
                 events,
@@ -232,7 +242,7 @@ impl AsyncCopyEngine for Cuda {
 
     fn poll(&self, ticket: Ticket) -> Option<Completion> {
         let _ = self.current();
-        let mut subs = self.lock();
+        let mut subs = lock(&self.subs);
         let sub = subs.get(&ticket.0)?;
         let busy = |&e: &sys::CUevent| {
             // SAFETY: an event recorded by this engine, destroyed only in `finish`.
@@ -248,8 +258,7 @@ impl AsyncCopyEngine for Cuda {
 
     fn wait(&self, ticket: Ticket) -> Completion {
         let _ = self.current();
-        let events = self
-            .lock()
+        let events = lock(&self.subs)
             .get(&ticket.0)
             .map(|s| s.events.clone())
             .expect("wait: the ticket is not in flight");
@@ -287,21 +296,6 @@ pub struct DeviceBuffer<'a> {
     len: usize,
 }
 
-impl Cuda {
-    /// Allocates `len` bytes of GPU memory.
-    pub fn alloc(&self, len: usize) -> Result<DeviceBuffer<'_>, CopyError> {
-        self.current()?;
-        // SAFETY: a plain device allocation, freed by DeviceBuffer's drop.
-        let ptr =
-            unsafe { result::malloc_sync(len.max(1)) }.map_err(|e| driver("cuMemAlloc", e))?;
-        Ok(DeviceBuffer {
-            gpu: self,
-            ptr,
-            len,
-        })
-    }
-}
-
 impl DeviceBuffer<'_> {
     /// Moves host bytes to the start of the buffer.
     pub fn upload(&mut self, host: &[u8]) -> Result<(), CopyError> {
@@ -311,7 +305,7 @@ impl DeviceBuffer<'_> {
         );
         self.gpu.current()?;
         // SAFETY: `host` is a live slice; the device range is ours and large enough.
-        unsafe { result::memcpy_htod_sync(self.ptr, host) }.map_err(|e| driver("cuMemcpyHtoD", e))
+        unsafe { result::memcpy_htod_sync(self.ptr, host) }.map_err(driver("cuMemcpyHtoD"))
     }
 
     /// Moves the buffer's first `host.len()` bytes back to host memory.
@@ -322,7 +316,7 @@ impl DeviceBuffer<'_> {
         );
         self.gpu.current()?;
         // SAFETY: as above, in the other direction.
-        unsafe { result::memcpy_dtoh_sync(host, self.ptr) }.map_err(|e| driver("cuMemcpyDtoH", e))
+        unsafe { result::memcpy_dtoh_sync(host, self.ptr) }.map_err(driver("cuMemcpyDtoH"))
     }
 }
 
