@@ -283,11 +283,6 @@ impl Offload {
             engine,
         })
     }
-
-    /// The CPUs of the copy channels.
-    pub fn cpus(&self) -> &[CpuId] {
-        &self.cpus
-    }
 }
 
 /// One channel's job: copies queued pieces until the queue is empty.
