@@ -237,12 +237,9 @@ impl Workers {
 impl Drop for Workers {
     /// Lets every worker finish the jobs handed to it, then joins it.
     fn drop(&mut self) {
-        // Dropping every worker's sender first lets them all finish at once.
-        let threads: Vec<JoinHandle<()>> = lock(&self.by_cpu)
-            .drain(..)
-            .flatten()
-            .map(|w| w.thread)
-            .collect();
+        let workers: Vec<Worker> = lock(&self.by_cpu).drain(..).flatten().collect();
+        // Every worker's sender is dropped before the first join: they all finish at once.
+        let threads: Vec<JoinHandle<()>> = workers.into_iter().map(|w| w.thread).collect();
         for t in threads {
             let _ = t.join();
         }
