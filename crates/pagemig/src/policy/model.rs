@@ -19,12 +19,10 @@ pub struct CopyPoint {
     /// Bytes per batch.
     pub bytes: u64,
     /// GB/s the planner plans with: for a calibrated point what the copier reliably does (a
-    /// pessimistic figure of its samples, see [`super::calibrate`]), for an observed one the
-    /// median of what it did.
+    /// pessimistic figure of its samples), for an observed one the median of what it did.
     pub gbps: f64,
-    /// A calibrated point's median GB/s, what the copier typically does: the auto engine tries
-    /// a copier whose typical figure is above what the one in use delivers. `None` where `gbps`
-    /// is the median already (observed points, models saved before this was kept).
+    /// A calibrated point's median GB/s, what the copier typically does; `None` where `gbps` is
+    /// the median already (observed points, older models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub median_gbps: Option<f64>,
 }
@@ -157,13 +155,6 @@ pub enum ModelError {
     },
 }
 
-/// (bytes, GB/s) points sorted by size.
-fn curve(points: impl Iterator<Item = (u64, f64)>) -> Vec<(u64, f64)> {
-    let mut c: Vec<(u64, f64)> = points.collect();
-    c.sort_by_key(|p| p.0);
-    c
-}
-
 /// Bandwidth at `bytes` on a curve of (bytes, GB/s) points sorted by size: linear in log(bytes)
 /// between points, flat beyond the ends.
 fn interpolate(curve: &[(u64, f64)], bytes: u64) -> Option<f64> {
@@ -194,17 +185,14 @@ impl CostModel {
 
     /// Predicted GB/s of `copier` for a batch of `bytes`; `None` if it was not measured. An
     /// observed figure replaces the calibrated one of the same size. A pool pays its hand-off
-    /// once per batch, so it does at least what it did on a smaller batch: its figure is the
-    /// highest up to `bytes` (a pool's samples of one size can stall together on a virtual
-    /// machine; they must not keep larger batches off the pool). A figure learned at a size
-    /// ([`CostModel::learn`]) is not lifted so: from its size up, the highest counts from it.
+    /// once per batch, so its figure is the highest up to `bytes` (samples of one size can stall
+    /// together on a virtual machine), counting from the largest learned size up to `bytes`.
     pub fn predict_copy(&self, copier: Copier, bytes: u64) -> Option<f64> {
         self.copy_figure(copier, bytes, Figure::gbps)
     }
 
-    /// What `copier` typically does for a batch of `bytes` (medians where calibration kept
-    /// them, [`CopyPoint::median_gbps`]), at least [`CostModel::predict_copy`]'s figure; `None`
-    /// if it was not measured. For a pool, the highest up to `bytes`, as there.
+    /// What `copier` typically does for a batch of `bytes` ([`CopyPoint::median_gbps`]), as
+    /// [`CostModel::predict_copy`] does with its figure.
     pub fn typical_copy(&self, copier: Copier, bytes: u64) -> Option<f64> {
         self.copy_figure(copier, bytes, Figure::typical)
     }
@@ -220,9 +208,8 @@ impl CostModel {
         if copier.threads() < 2 {
             return Some(here);
         }
-        // A figure learned while copying (the check's, taking turns with another copier) is
-        // what the pool does at its size under real use, not a stalled sample: the figures of
-        // smaller sizes do not lift it, nor the sizes above it.
+        // A figure learned while copying is what the pool does at its size under real use: the
+        // figures of smaller sizes do not lift it.
         let learned = self
             .observed
             .iter()
@@ -246,9 +233,7 @@ impl CostModel {
         learn(&mut self.observed, points)
     }
 
-    /// Takes in `move_pages` figures measured while migrating (the kernel path's check of its
-    /// thread count): each replaces the observed figure of the same thread count and size, if
-    /// any. Returns how many were new or changed.
+    /// As [`CostModel::learn`], for `move_pages` figures measured while migrating.
     pub fn learn_kernel(&mut self, points: &[KernelPoint]) -> usize {
         learn(&mut self.observed_kernel, points)
     }
@@ -317,17 +302,18 @@ impl CostModel {
         };
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
-        match value.get("version").map(|v| v.as_u64()) {
-            None => return Err(format("no version field".into())),
-            Some(None) => return Err(format("the version is not a number".into())),
-            Some(Some(v)) if v != u64::from(Self::VERSION) => {
-                return Err(ModelError::Version {
-                    path: path.to_owned(),
-                    found: v,
-                    version: Self::VERSION,
-                });
-            }
-            Some(Some(_)) => {}
+        let version = value
+            .get("version")
+            .ok_or_else(|| format("no version field".into()))?;
+        let found = version
+            .as_u64()
+            .ok_or_else(|| format("the version is not a number".into()))?;
+        if found != u64::from(Self::VERSION) {
+            return Err(ModelError::Version {
+                path: path.to_owned(),
+                found,
+                version: Self::VERSION,
+            });
         }
         let model: CostModel = serde_json::from_value(value).map_err(|e| format(e.to_string()))?;
         model
@@ -341,10 +327,8 @@ impl CostModel {
         Ok(model)
     }
 
-    /// Checks every figure of the model: bandwidths are positive and finite, sizes and thread
-    /// or worker counts positive. A file edited by hand (or damaged) with a bandwidth of -5 or
-    /// 1e308 would make the planner choose nonsense. Returns the first bad field, its value and
-    /// what was expected. New fields get their check here.
+    /// Checks every figure of the model (a hand-edited bandwidth of -5 would make the planner
+    /// choose nonsense). Returns the first bad field, its value and what was expected.
     pub fn validate(&self) -> Result<(), (String, String, &'static str)> {
         const GBPS: &str = "a positive, finite number of GB/s, at most 100000";
         const COUNT: &str = "a positive count";
@@ -409,12 +393,10 @@ impl CostModel {
     }
 }
 
-/// A measured figure of a cost model: which curve it is on (a copier, a thread count), its size
-/// and GB/s.
+/// A measured figure of a cost model: its curve (a copier, a thread count) and size, and GB/s.
 trait Figure: Copy {
     type Curve: PartialEq;
-    fn on(&self) -> Self::Curve;
-    fn bytes(&self) -> u64;
+    fn key(&self) -> (Self::Curve, u64);
     fn gbps(&self) -> f64;
     /// What it typically does, where that is kept apart from `gbps`.
     fn typical(&self) -> f64 {
@@ -424,11 +406,8 @@ trait Figure: Copy {
 
 impl Figure for CopyPoint {
     type Curve = Copier;
-    fn on(&self) -> Copier {
-        self.copier
-    }
-    fn bytes(&self) -> u64 {
-        self.bytes
+    fn key(&self) -> (Copier, u64) {
+        (self.copier, self.bytes)
     }
     fn gbps(&self) -> f64 {
         self.gbps
@@ -440,11 +419,8 @@ impl Figure for CopyPoint {
 
 impl Figure for KernelPoint {
     type Curve = usize;
-    fn on(&self) -> usize {
-        self.threads
-    }
-    fn bytes(&self) -> u64 {
-        self.bytes
+    fn key(&self) -> (usize, u64) {
+        (self.threads, self.bytes)
     }
     fn gbps(&self) -> f64 {
         self.gbps
@@ -460,12 +436,15 @@ fn predict<F: Figure>(
     bytes: u64,
     figure: fn(&F) -> f64,
 ) -> Option<f64> {
-    let observed: Vec<&F> = observed.iter().filter(|p| p.on() == on).collect();
-    let points = calibrated
+    let observed: Vec<&F> = observed.iter().filter(|p| p.key().0 == on).collect();
+    let mut curve: Vec<(u64, f64)> = calibrated
         .iter()
-        .filter(|p| p.on() == on && !observed.iter().any(|o| o.bytes() == p.bytes()))
-        .chain(observed.iter().copied());
-    interpolate(&curve(points.map(|p| (p.bytes(), figure(p)))), bytes)
+        .filter(|p| p.key().0 == on && !observed.iter().any(|o| o.key() == p.key()))
+        .chain(observed.iter().copied())
+        .map(|p| (p.key().1, figure(p)))
+        .collect();
+    curve.sort_by_key(|p| p.0);
+    interpolate(&curve, bytes)
 }
 
 /// Puts each usable figure of `points` into `observed`, in place of the one on the same curve at
@@ -476,10 +455,7 @@ fn learn<F: Figure>(observed: &mut Vec<F>, points: &[F]) -> usize {
         .iter()
         .filter(|p| p.gbps().is_finite() && p.gbps() > 0.0)
     {
-        match observed
-            .iter_mut()
-            .find(|o| o.on() == p.on() && o.bytes() == p.bytes())
-        {
+        match observed.iter_mut().find(|o| o.key() == p.key()) {
             Some(o) if o.gbps() == p.gbps() => {}
             Some(o) => {
                 *o = *p;
