@@ -27,9 +27,8 @@ pub const IDLE_POOLS: Duration = Duration::from_micros(300);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Effort {
-    /// Batches up to 1 MiB, 3 samples each (three times as many up to 64 KiB, twice above,
-    /// as for every effort): well under a second, for commands that need a model
-    /// and find none saved (bandwidth is taken as flat beyond 1 MiB).
+    /// Batches up to 1 MiB, 3 samples (more for small batches): well under a second, for
+    /// commands that need a model and find none saved (flat beyond 1 MiB).
     Builtin,
     /// Batches up to 16 MiB, 5 samples (more for small batches): a few seconds.
     Quick,
@@ -138,10 +137,9 @@ pub fn worker_counts(max: usize) -> Vec<usize> {
     c
 }
 
-/// The figure a copier is credited with: its lower quartile less half its interquartile range.
-/// Pessimistic on purpose: an engine that is fast only sometimes (its samples spread wide, as
-/// `rep movsb` and pool workers do on a busy virtual machine) is taken at what it reliably does,
-/// not at its best or its mean. Never below the slowest sample; `None` for no samples.
+/// The figure a copier is credited with: its lower quartile less half its interquartile range,
+/// never below the slowest sample. Pessimistic on purpose: an engine fast only sometimes (as
+/// `rep movsb` and pool workers on a busy virtual machine) is taken at what it reliably does.
 pub(super) fn pessimistic(mut samples: Vec<f64>) -> Option<f64> {
     samples.sort_by(f64::total_cmp);
     let n = samples.len();
@@ -159,16 +157,13 @@ pub struct Turn {
     /// The candidate (a copier, a bench column) that measures in this turn.
     pub candidate: usize,
     /// 0, 1, 2 … in the order the turns are taken: which stretch of the working set the turn
-    /// copies, so that no turn copies the bytes that the turn before it has just left in the
-    /// cache.
+    /// copies, so that no turn copies what the turn before left in the cache.
     pub number: usize,
 }
 
 /// The turns of `reps` rounds over `candidates`: each candidate once a round, in reverse order
-/// every other round, so that no candidate always follows the same one and inherits its cache
-/// state (the dirty lines an engine with ordinary stores leaves for the next to write back).
-/// Samples taken in turns spread a burst of noise from elsewhere on the machine over every
-/// candidate instead of favouring one.
+/// every other round, so that no candidate always inherits the same one's cache state (dirty
+/// lines to write back), and a burst of noise is spread over every candidate.
 pub fn turns(reps: usize, candidates: usize) -> impl Iterator<Item = Turn> {
     (0..reps * candidates).map(move |number| {
         let (round, k) = (number / candidates, number % candidates);
@@ -181,11 +176,9 @@ pub fn turns(reps: usize, candidates: usize) -> impl Iterator<Item = Turn> {
     })
 }
 
-/// Samples per copier at a batch size, a multiple of the effort's count: three times up to
-/// 64 KiB, since a burst of noise moves small batches' figures more and they decide the copier
-/// of the most common migrations; twice above, where pool workers on a virtual machine stall
-/// now and then (a CPU taken away by the host) and the lower quartile of five samples is one of
-/// the two slowest.
+/// Samples per copier at a batch size: three times the effort's count up to 64 KiB, where noise
+/// moves the figures more and they decide the most common migrations; twice above, where pool
+/// workers on a virtual machine stall now and then.
 fn reps_at(reps: usize, bytes: u64) -> usize {
     match bytes {
         b if b <= 64 << 10 => 3 * reps,
@@ -199,6 +192,15 @@ fn buffer(len: usize, node: NodeId) -> Result<Mapping, CalibrateError> {
         .map_err(CalibrateError::Buffer)?;
     m.as_mut_slice().fill(0x5A);
     Ok(m)
+}
+
+/// The copy of batch `i` of `len` bytes, batches taking turns over the buffers.
+fn slot<'a>(src: &'a Mapping, dst: &'a mut Mapping, len: usize, i: usize) -> CopyOp<'a> {
+    let off = i % (src.len() / len) * len;
+    CopyOp::new(
+        &src.as_slice()[off..off + len],
+        &mut dst.as_mut_slice()[off..off + len],
+    )
 }
 
 /// Measures copy engines (and `move_pages` where two nodes have memory) on this machine.
@@ -222,13 +224,15 @@ pub fn calibrate(
         })
         .or_else(|| memory.iter().next())
         .ok_or(CalibrateError::NoMemory)?;
-    let need = 2 * budget.working_set as u64;
-    let free = topology::node_free_bytes(node).unwrap_or(0);
-    if free < need + need / 4 {
+    let free_bytes = |n| topology::node_free_bytes(n).unwrap_or(0);
+    // Both buffers, and a quarter more.
+    let need = 5 * budget.working_set as u64 / 2;
+    let free = free_bytes(node);
+    if free < need {
         return Err(CalibrateError::TooLittleMemory {
             node,
             free_mib: free >> 20,
-            need_mib: (need + need / 4) >> 20,
+            need_mib: need >> 20,
         });
     }
     let usable = allowed.intersection(&topology.online_cpus).len().max(1);
@@ -248,26 +252,15 @@ pub fn calibrate(
         .filter_map(|(k, e)| e.ok().map(|e| (k, e)))
         .collect();
     let kernel_route = (!options.no_kernel_path)
-        .then(|| {
-            let to = memory.iter().find(|&n| n != node)?;
-            Some((node, to))
-        })
+        .then(|| memory.iter().find(|&n| n != node).map(|to| (node, to)))
         .flatten();
-    let kernel_sizes: Vec<u64> = match kernel_route {
-        Some((a, b)) => {
-            let room = topology::node_free_bytes(a)
-                .unwrap_or(0)
-                .min(topology::node_free_bytes(b).unwrap_or(0))
-                / 2;
-            budget
-                .kernel_sizes
-                .iter()
-                .copied()
-                .filter(|&s| s <= room)
-                .collect()
-        }
-        None => Vec::new(),
-    };
+    let room = kernel_route.map_or(0, |(a, b)| free_bytes(a).min(free_bytes(b)) / 2);
+    let kernel_sizes: Vec<u64> = budget
+        .kernel_sizes
+        .iter()
+        .copied()
+        .filter(|&s| s <= room)
+        .collect();
     progress(Step::Planned(
         (budget.copy_sizes.len() * (engines.len() * (1 + workers.len()) + dmas.len())
             + kernel_sizes.len() * workers.len()) as u64,
@@ -282,13 +275,13 @@ pub fn calibrate(
         .map_err(CalibrateError::Pool)?;
     let mut copiers = Vec::new();
     for (e, engine) in engines.iter().enumerate() {
-        let kind = engine.kind();
-        copiers.push((e, Copier::Thread { engine: kind }));
-        let pool = |workers| Copier::Pool {
-            engine: kind,
-            workers,
-        };
-        copiers.extend(workers.iter().map(|&w| (e, pool(w))));
+        let engine = engine.kind();
+        copiers.push((e, Copier::Thread { engine }));
+        copiers.extend(
+            workers
+                .iter()
+                .map(|&workers| (e, Copier::Pool { engine, workers })),
+        );
     }
     for (d, (kind, _)) in dmas.iter().enumerate() {
         copiers.push((d, Copier::Dma { engine: *kind }));
@@ -296,14 +289,9 @@ pub fn calibrate(
     let mut copy = Vec::new();
     for &bytes in &budget.copy_sizes {
         let len = bytes as usize;
-        let slots = budget.working_set / len;
         let calls = budget.sample_bytes.div_ceil(len);
         let mut step = |e: usize, copier: Copier, i: usize| {
-            let off = (i % slots) * len;
-            let op = [CopyOp::new(
-                &src.as_slice()[off..off + len],
-                &mut dst.as_mut_slice()[off..off + len],
-            )];
+            let op = [slot(&src, &mut dst, len, i)];
             match copier {
                 Copier::Thread { .. } => engines[e].copy(&op),
                 Copier::Pool { workers, .. } => pools[e].copy_with(&op, workers),
@@ -399,9 +387,8 @@ pub fn calibrate(
             let best = at_largest.iter().map(|p| p.1).fold(0.0, f64::max);
             let near = at_largest.iter().filter(|p| p.1 >= 0.9 * best);
             let &(workers, gbps) = near.min_by_key(|p| p.0)?;
-            let engine = e.kind();
             Some(Saturation {
-                engine,
+                engine: e.kind(),
                 workers,
                 gbps,
                 best_gbps: best,
@@ -445,34 +432,24 @@ pub fn check_choices(
         from: Some(node),
         to: Some(node),
     };
-    let checks = {
-        let planner = Planner::new(topology, Some(model), resources);
-        let auto = AutoEngine::new(&planner, route, workers).map_err(CalibrateError::Check)?;
-        let src = buffer(budget.working_set, node)?;
-        let mut dst = buffer(budget.working_set, node)?;
-        for &bytes in &budget.copy_sizes {
-            let len = bytes as usize;
-            let slots = budget.working_set / len;
-            // Enough timed batches for every window the check may need at this size.
-            for i in 0..WINDOW * batches_per_figure(len) * MOST_WINDOWS {
-                let off = (i % slots) * len;
-                auto.copy(&[CopyOp::new(
-                    &src.as_slice()[off..off + len],
-                    &mut dst.as_mut_slice()[off..off + len],
-                )])?;
-            }
+    let planner = Planner::new(topology, Some(model), resources);
+    let auto = AutoEngine::new(&planner, route, workers).map_err(CalibrateError::Check)?;
+    let src = buffer(budget.working_set, node)?;
+    let mut dst = buffer(budget.working_set, node)?;
+    for &bytes in &budget.copy_sizes {
+        let len = bytes as usize;
+        // Enough timed batches for every window the check may need at this size.
+        for i in 0..WINDOW * batches_per_figure(len) * MOST_WINDOWS {
+            auto.copy(&[slot(&src, &mut dst, len, i)])?;
         }
-        let observed = auto.observed();
-        (auto.checks(), observed)
-    };
-    model.learn(&checks.1);
-    Ok(checks.0)
+    }
+    model.learn(&auto.observed());
+    Ok(auto.checks())
 }
 
-/// Median time, in microseconds, of handing a 64-byte copy to one pool worker and getting its
-/// reply, back to back (the worker is awake, as between the batches of a migration). The calling
-/// thread is held on another CPU meanwhile, where the process may use one: on the worker's CPU
-/// it would run the job itself ([`Workers::run`]), and there would be no hand-off to measure.
+/// Median time, in microseconds, of handing a 64-byte copy to an awake pool worker and getting
+/// its reply. The caller is held on another CPU where it may: on the worker's CPU it would run
+/// the job itself ([`Workers::run`]), with no hand-off to measure.
 fn handoff_us(pool: &Pool<CpuEngine>, src: &Mapping, dst: &mut Mapping) -> Result<f64, CopyError> {
     const CALLS: usize = 1000;
     let worker = pool.cpus().first().copied();
@@ -480,10 +457,7 @@ fn handoff_us(pool: &Pool<CpuEngine>, src: &Mapping, dst: &mut Mapping) -> Resul
         .ok()
         .and_then(|cpus| cpus.iter().find(|&c| Some(c) != worker))
         .and_then(|c| sys::Pinned::here(c).ok());
-    let op = [CopyOp::new(
-        &src.as_slice()[..64],
-        &mut dst.as_mut_slice()[..64],
-    )];
+    let op = [slot(src, dst, 64, 0)];
     pool.copy_with(&op, 1)?;
     let mut samples = Vec::with_capacity(CALLS);
     for _ in 0..CALLS {
@@ -496,11 +470,10 @@ fn handoff_us(pool: &Pool<CpuEngine>, src: &Mapping, dst: &mut Mapping) -> Resul
 
 #[cfg(test)]
 mod tests {
-    use super::worker_counts;
+    use super::*;
 
     #[test]
     fn erratic_samples_are_taken_low() {
-        use super::pessimistic;
         assert_eq!(pessimistic(vec![]), None);
         assert_eq!(pessimistic(vec![5.0]), Some(5.0));
         // Steady: the lower quartile.
@@ -514,9 +487,9 @@ mod tests {
 
     #[test]
     fn small_batches_get_more_samples() {
-        assert_eq!(super::reps_at(5, 4096), 15);
-        assert_eq!(super::reps_at(5, 1 << 20), 10);
-        assert_eq!(super::reps_at(5, 16 << 20), 10);
+        assert_eq!(reps_at(5, 4096), 15);
+        assert_eq!(reps_at(5, 1 << 20), 10);
+        assert_eq!(reps_at(5, 16 << 20), 10);
     }
 
     #[test]
