@@ -1,19 +1,13 @@
 //! A copy engine that copies each batch the way the planner chose for its size, and checks those
 //! choices while it runs.
 //!
-//! Every batch size (a power of two of bytes) keeps its plan's copier and a few alternatives:
-//! the copiers the model says typically do best, and plain `memcpy` on the calling thread.
-//! Batches are timed (every large one alone; small ones, where reading the clock is a visible
-//! share of the copy, in groups of consecutive batches timed as one, [`batches_per_figure`]);
-//! after [`WINDOW`] figures ([`LARGE_WINDOW`] from 1 MiB, where one batch takes long enough to
-//! time well and few come) their median is the copier's measured GB/s. When the copier runs more
-//! than 10% under what another was measured to do, or else typically does (its median figure:
-//! the plan is made with what each copier reliably does, so a fast but erratic one is tried
-//! where it typically does better), in two windows in a row (a burst of noise can fill one), the
-//! two take turns, figure by figure, until each has a window, and the faster of the two is kept:
-//! both are measured under the same conditions, so a burst of noise that slowed the first window
-//! cannot decide. At most [`MAX_TRIALS`] trials per size: exploration is bounded, and then the
-//! size settles.
+//! Each batch size (a power of two of bytes) keeps its plan's copier and a few alternatives: the
+//! copiers the model says typically do best, and `memcpy` on the calling thread. Batches are
+//! timed (small ones in groups, [`batches_per_figure`]) and the median of a window of figures is
+//! a copier's measured GB/s. When the copier in use runs more than 10% under what another
+//! measured, or else typically does, in two windows in a row, the two take turns until each has a
+//! window and the faster is kept: measured under the same conditions, a burst of noise cannot
+//! decide. At most [`MAX_TRIALS`] trials per size, then the size settles.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{CopyPlan, CopyPoint, Job, Planner};
+use super::{CopyPlan, CopyPoint, Job, MEMCPY, Planner};
 use crate::account::median;
 use crate::copy::Copier;
 use crate::copy::dma::{self, DmaKind};
@@ -39,33 +33,27 @@ const SLOWER: f64 = 0.90;
 pub const WINDOW: usize = 8;
 /// Timed batches per judgement from [`LARGE_FROM`] bytes.
 pub const LARGE_WINDOW: usize = 3;
-/// Slow windows in a row that start a trial: one slow window can be a burst of noise, and a
-/// trial costs a window of the slower copier.
+/// Slow windows in a row that start a trial: one slow window can be a burst of noise.
 const STRIKES: usize = 2;
 /// Batches of at least this many bytes are judged after [`LARGE_WINDOW`] timed batches.
 const LARGE_FROM: u64 = 1 << 20;
 /// Trials per batch size.
 const MAX_TRIALS: usize = 4;
-/// Windows of figures a size's check takes at most: each trial follows [`STRIKES`] slow windows
-/// and takes a window of each of two copiers, taking turns, with the figure after each turn's
-/// change dropped (as many figures again). A trial the challenger wins changes copier once more,
-/// and that figure is dropped too: one window more covers those of all but the last trial.
+/// Windows a size's check takes at most: per trial, [`STRIKES`] slow windows, a window of each
+/// of the two copiers and as many dropped figures after their changes; one more window covers
+/// the dropped figure after each trial the challenger won.
 pub const MOST_WINDOWS: usize = MAX_TRIALS * (STRIKES + 4) + 1;
 const _: () = assert!(MAX_TRIALS - 1 <= LARGE_WINDOW && LARGE_WINDOW <= WINDOW);
 /// Alternatives per batch size besides the plan's copier and `memcpy` on the calling thread.
 const ALTERNATIVES: usize = 2;
 /// Batches of at least this many bytes are all timed.
 const TIME_ALL_FROM: usize = 256 << 10;
-/// Smaller batches are timed in groups of at least this many consecutive ones, one figure a
-/// group: a small batch timed alone is unfair to its copier (on a Zen 4 host, 4 KB
-/// non-temporal copies timed one by one inside a stream of them ran at 0.5-0.7 of the stream's
-/// rate, and the batch after each of them faster than the rate), while a group takes in both.
+/// Smaller batches are timed in groups of at least this many, one figure a group: timed alone
+/// inside a stream, 4 KB non-temporal copies ran at 0.5-0.7 of the stream's rate (Zen 4).
 const GROUP: usize = 8;
-/// Bytes a group covers at least, so that a window of figures spans about half a millisecond
-/// of copying and a burst of noise (an interrupt, a CPU taken away for tens of microseconds)
-/// cannot fill it.
+/// Bytes a group covers at least: a window then spans about half a millisecond of copying, more
+/// than a burst of noise.
 const GROUP_BYTES: usize = 512 << 10;
-
 /// A group that took this many times as long as its first batch alone would have for its bytes
 /// had the caller pause between its batches: its first batch alone is taken instead.
 const PAUSED: f64 = 2.0;
@@ -222,8 +210,7 @@ impl Bucket {
     }
 
     /// Starts with an alternative predicted more than 10% faster than the plan, if one is: only
-    /// the load's worker cap keeps a plan from it, and runnable tasks share CPUs rather than take
-    /// them. The check goes back to the plan if it measures slower.
+    /// the load's worker cap keeps a plan from it. The check goes back if it measures slower.
     fn start_above_the_load_cap(&self) {
         let c = &self.candidates;
         if let Some(i) = (1..c.len()).find(|&i| SLOWER * c[i].predicted > c[0].predicted) {
@@ -238,7 +225,7 @@ impl Bucket {
 
     /// Whether and how to time this batch.
     fn timing(&self, bytes: usize) -> Timing {
-        if self.settled.load(Ordering::Relaxed) {
+        if bytes == 0 || self.settled.load(Ordering::Relaxed) {
             return Timing::No;
         }
         if bytes >= TIME_ALL_FROM {
@@ -335,13 +322,10 @@ impl Bucket {
         }
         let m = median(std::mem::take(&mut j.window)).unwrap_or(0.0);
         j.measured[at] = Some(m);
-        let (predicted, typical) = (
-            |i: usize| self.candidates[i].predicted,
-            |i: usize| self.candidates[i].typical,
-        );
+        let c = &self.candidates;
         // The fastest other copier, by what it measured or else what it typically does.
-        let figure = |i: usize| j.measured[i].unwrap_or(typical(i));
-        let other = (0..self.candidates.len())
+        let figure = |i: usize| j.measured[i].unwrap_or(c[i].typical);
+        let other = (0..c.len())
             .filter(|&i| i != at)
             .max_by(|&a, &b| figure(a).total_cmp(&figure(b)));
         let slow = other.filter(|&i| m < SLOWER * figure(i));
@@ -349,12 +333,12 @@ impl Bucket {
         if let Some(to) = slow.filter(|_| j.slow >= STRIKES) {
             let expected = match j.measured[to] {
                 Some(g) => format!("measured {g:.2}"),
-                None => format!("typically {:.2}", typical(to)),
+                None => format!("typically {:.2}", c[to].typical),
             };
             let why = format!(
                 "{} measured {m:.2} GB/s (predicted {:.2}), more than 10% under {} ({expected})",
                 name(at),
-                predicted(at),
+                c[at].predicted,
                 name(to)
             );
             j.slow = 0;
@@ -378,17 +362,14 @@ impl Bucket {
             .zip(&j.measured)
             .filter_map(|(c, m)| m.map(|g| (c.copier, g)))
             .collect();
+        // During a trial the two take turns: the copier it challenges stays unless the trial
+        // decides otherwise.
+        let current = (j.trial.as_ref()).map_or(self.current.load(Ordering::Relaxed), |t| t.from);
         (!measured.is_empty()).then(|| SizeCheck {
             bytes,
             planned: self.candidates[0].copier,
             predicted_gbps: self.candidates[0].predicted,
-            // During a trial the two take turns: the copier it challenges stays unless the
-            // trial decides otherwise.
-            current: self.candidates[j
-                .trial
-                .as_ref()
-                .map_or(self.current.load(Ordering::Relaxed), |t| t.from)]
-            .copier,
+            current: self.candidates[current].copier,
             measured,
             trials: j.trials,
             moves: j.moves.clone(),
@@ -396,19 +377,15 @@ impl Bucket {
     }
 
     /// Makes candidate `to` the copier in use. Its first figure is dropped: it paid for the
-    /// change (pool workers that fell asleep while another copier ran wake up, caches and
-    /// translations are cold), which a run of batches on one copier pays once, not per figure.
+    /// change (sleeping pool workers wake up, caches are cold), which a run pays only once.
     fn switch(&self, j: &mut Judge, to: usize) {
         j.warm_up = true;
         self.current.store(to, Ordering::Relaxed);
     }
 }
 
-/// Copies each batch on the calling thread or over pinned pool workers, with the engine and
-/// worker count the planner chose for the batch's size (planned once per power of two of bytes
-/// when the engine is made), and checks each choice against what it measures (see the module
-/// documentation). [`AutoEngine::checks`] reports what the check found;
-/// [`AutoEngine::observed`] gives the figures a cost model can learn from.
+/// Copies each batch with the copier the planner chose for its size (planned once per power of
+/// two of bytes) and checks each choice against what it measures (see the module documentation).
 pub struct AutoEngine {
     /// The plan for batches of `2^(SMALLEST + i)` bytes and up.
     plans: Vec<CopyPlan>,
@@ -437,9 +414,8 @@ impl AutoEngine {
         for k in SMALLEST..=LARGEST {
             let bytes = 1u64 << k;
             let plan = planner.plan_copy(Job { bytes, route })?;
-            // A copier's typical (median) figure where the model kept one: a copier that is fast
-            // but erratic is planned with what it reliably does, and tried where it typically
-            // does better than what runs.
+            // A fast but erratic copier is planned with what it reliably does, and tried where
+            // it typically (its median) does better than what runs.
             let candidate = |copier: Copier, predicted: f64| Candidate {
                 copier,
                 predicted,
@@ -471,13 +447,10 @@ impl AutoEngine {
                         .map(|(copier, predicted)| candidate(copier, predicted))
                         .collect();
                     ranked.sort_by(|a, b| b.typical.total_cmp(&a.typical));
-                    let memcpy = Copier::Thread {
-                        engine: EngineKind::Memcpy,
-                    };
                     let memcpy = ranked
                         .iter()
-                        .position(|c| c.copier == memcpy)
-                        .map_or_else(|| candidate(memcpy, 0.0), |i| ranked.remove(i));
+                        .position(|c| c.copier == MEMCPY)
+                        .map_or_else(|| candidate(MEMCPY, 0.0), |i| ranked.remove(i));
                     candidates.extend(
                         ranked
                             .into_iter()
@@ -534,9 +507,7 @@ impl AutoEngine {
     }
 
     /// The measured figures of every batch size where the check replaced the plan's copier by
-    /// one it measured faster (a finished comparison, not a trial still running), as points a
-    /// [`super::CostModel`] can learn from ([`super::CostModel::learn`]), so that the next plan
-    /// starts from what was measured.
+    /// one it measured faster (not a trial still running), for [`super::CostModel::learn`].
     pub fn observed(&self) -> Vec<CopyPoint> {
         self.checks()
             .into_iter()
@@ -581,16 +552,11 @@ impl AutoEngine {
         let b = &self.buckets[Self::index(bytes as u64)];
         let at = b.current.load(Ordering::Relaxed);
         let copier = b.candidates[at].copier;
-        let timing = if bytes == 0 {
-            Timing::No
-        } else {
-            b.timing(bytes)
-        };
-        if timing == Timing::No {
-            return self.run(copier, batch, before_remap);
-        }
+        let timing = b.timing(bytes);
         if timing == Timing::Inside {
             b.add_to_group(bytes);
+        }
+        if matches!(timing, Timing::No | Timing::Inside) {
             return self.run(copier, batch, before_remap);
         }
         let start = Instant::now();
@@ -654,9 +620,14 @@ mod tests {
         )
     }
 
+    /// The candidate in use.
+    fn current(b: &Bucket) -> usize {
+        b.current.load(Ordering::Relaxed)
+    }
+
     /// A window of figures of the copier in use (and the figure dropped after a change).
     fn window(b: &Bucket, gbps: f64) {
-        let at = b.current.load(Ordering::Relaxed);
+        let at = current(b);
         let warm_up = b.judge.lock().unwrap().warm_up;
         for _ in 0..b.window + usize::from(warm_up) {
             b.record(at, gbps);
@@ -669,7 +640,7 @@ mod tests {
     fn turns(b: &Bucket, from: f64, to: f64) {
         let challenger = b.judge.lock().unwrap().trial.as_ref().expect("a trial").to;
         for turn in 0..2 * b.window {
-            let at = b.current.load(Ordering::Relaxed);
+            let at = current(b);
             assert_eq!(at == challenger, turn % 2 == 0, "the two take turns");
             let gbps = if at == challenger { to } else { from };
             b.record(at, 0.001); // the first after a change: dropped, or it would decide
@@ -684,22 +655,18 @@ mod tests {
         for _ in 0..5 {
             window(&b, 9.8);
         }
-        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        assert_eq!(current(&b), 0);
     }
 
     #[test]
     fn a_slow_plan_tries_the_runner_up_and_keeps_the_faster() {
         let b = bucket(&[10.0, 9.5, 6.0]);
         window(&b, 7.0); // under 0.9 x 9.5, once: maybe a burst of noise
-        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        assert_eq!(current(&b), 0);
         window(&b, 7.0); // twice in a row: try the runner-up
-        assert_eq!(
-            b.current.load(Ordering::Relaxed),
-            1,
-            "the challenger goes first"
-        );
+        assert_eq!(current(&b), 1, "the challenger goes first");
         turns(&b, 7.0, 9.0); // faster than 7.0: kept
-        assert_eq!(b.current.load(Ordering::Relaxed), 1);
+        assert_eq!(current(&b), 1);
         let j = b.judge.lock().unwrap();
         assert_eq!(j.moves.len(), 1);
         assert!(j.moves[0].why.contains("taking turns"), "{:?}", j.moves);
@@ -712,9 +679,9 @@ mod tests {
         b.candidates[1].typical = 15.0; // erratic: reliably 9, typically 15
         window(&b, 10.5);
         window(&b, 10.5); // the plan does what it was predicted to, under 0.9 x 15
-        assert_eq!(b.current.load(Ordering::Relaxed), 1);
+        assert_eq!(current(&b), 1);
         turns(&b, 10.5, 14.0);
-        assert_eq!(b.current.load(Ordering::Relaxed), 1, "faster: kept");
+        assert_eq!(current(&b), 1, "faster: kept");
         let j = b.judge.lock().unwrap();
         assert!(j.moves[0].why.contains("typically 15.00"), "{:?}", j.moves);
         drop(j);
@@ -723,7 +690,7 @@ mod tests {
         for _ in 0..4 {
             window(&b, 10.5); // within 10% of what the other typically does: no trial
         }
-        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        assert_eq!(current(&b), 0);
     }
 
     #[test]
@@ -731,9 +698,9 @@ mod tests {
         let b = bucket_of(&[10.0, 9.5], 64 << 20);
         window(&b, 7.0);
         window(&b, 7.0);
-        assert_eq!(b.current.load(Ordering::Relaxed), 1);
+        assert_eq!(current(&b), 1);
         turns(&b, 9.8, 9.0); // taking turns, the plan does what it was predicted to
-        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        assert_eq!(current(&b), 0);
         assert!(b.judge.lock().unwrap().moves.is_empty());
     }
 
@@ -742,14 +709,14 @@ mod tests {
         let b = bucket(&[10.0, 9.5, 9.0]);
         window(&b, 7.0);
         window(&b, 7.0);
-        assert_eq!(b.current.load(Ordering::Relaxed), 1);
+        assert_eq!(current(&b), 1);
         turns(&b, 7.0, 5.0); // slower than 7.0: the plan stays
-        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        assert_eq!(current(&b), 0);
         window(&b, 9.5); // a fast window in between: the count of slow ones starts again
         window(&b, 7.0);
-        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        assert_eq!(current(&b), 0);
         window(&b, 7.0); // memcpy (predicted 9.0) not tried yet: try it
-        assert_eq!(b.current.load(Ordering::Relaxed), 2);
+        assert_eq!(current(&b), 2);
         turns(&b, 7.0, 6.0); // slower: the plan stays
         for _ in 2..MAX_TRIALS {
             assert!(!b.settled.load(Ordering::Relaxed));
@@ -757,17 +724,13 @@ mod tests {
             window(&b, 5.0);
             turns(&b, 7.0, 6.0);
         }
-        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        assert_eq!(current(&b), 0);
         assert!(
             b.settled.load(Ordering::Relaxed),
             "{MAX_TRIALS} trials: settled"
         );
         window(&b, 1.0);
-        assert_eq!(
-            b.current.load(Ordering::Relaxed),
-            0,
-            "no more trials once settled"
-        );
+        assert_eq!(current(&b), 0, "no more trials once settled");
         assert_eq!(b.timing(1 << 30), Timing::No, "a settled size is not timed");
         assert!(b.judge.lock().unwrap().moves.is_empty(), "no change kept");
     }
@@ -776,19 +739,15 @@ mod tests {
     fn a_copier_above_the_load_cap_starts_and_the_plan_is_its_fallback() {
         let b = bucket_of(&[10.0, 12.0, 6.0], 64 << 20);
         b.start_above_the_load_cap();
-        assert_eq!(b.current.load(Ordering::Relaxed), 1, "12 > 10 / 0.9");
+        assert_eq!(current(&b), 1, "12 > 10 / 0.9");
         window(&b, 7.0); // under 0.9 x the plan's 10, twice: the plan is tried
         window(&b, 7.0);
-        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        assert_eq!(current(&b), 0);
         turns(&b, 7.0, 9.0); // faster: kept
-        assert_eq!(b.current.load(Ordering::Relaxed), 0);
+        assert_eq!(current(&b), 0);
         let near = bucket(&[10.0, 10.5]);
         near.start_above_the_load_cap();
-        assert_eq!(
-            near.current.load(Ordering::Relaxed),
-            0,
-            "within 10%: the plan"
-        );
+        assert_eq!(current(&near), 0, "within 10%: the plan");
     }
 
     #[test]
@@ -797,7 +756,7 @@ mod tests {
         // copier, whose first figure is dropped, and the next trial follows two windows later.
         let b = bucket(&[10.0, 9.5, 9.0]);
         for _ in 0..b.window * MOST_WINDOWS {
-            let at = b.current.load(Ordering::Relaxed);
+            let at = current(&b);
             let gbps = match &b.judge.lock().unwrap().trial {
                 Some(t) if t.to == at => 100.0,
                 Some(_) => 1.0,
@@ -819,11 +778,7 @@ mod tests {
         turns(&b, 7.0, 5.0); // the runner-up measured slower: the plan stays
         window(&b, 4.0); // under 0.9 x the runner-up's 5.0, twice: it is tried again
         window(&b, 4.0);
-        assert_eq!(
-            b.current.load(Ordering::Relaxed),
-            1,
-            "the challenger's turn"
-        );
+        assert_eq!(current(&b), 1, "the challenger's turn");
         let check = b.check(4096).unwrap();
         let plan = b.candidates[0].copier;
         assert_eq!(check.measured.len(), 2, "{check:?}");
@@ -867,7 +822,7 @@ mod tests {
         for _ in 0..STRIKES * LARGE_WINDOW {
             b.record(0, 5.0);
         }
-        assert_eq!(b.current.load(Ordering::Relaxed), 1);
+        assert_eq!(current(&b), 1);
         assert_eq!(bucket(&[10.0, 9.5]).window, WINDOW);
     }
 
@@ -877,8 +832,7 @@ mod tests {
         let n = b.group_len;
         assert_eq!(n, batches_per_figure(4096));
         let timings: Vec<Timing> = (0..2 * n).map(|_| b.timing(4096)).collect();
-        let first = |t: &Timing| *t == Timing::First;
-        assert_eq!(timings.iter().filter(|t| first(t)).count(), 2);
+        assert_eq!(timings.iter().filter(|&&t| t == Timing::First).count(), 2);
         assert_eq!(timings[0], Timing::First);
         assert_eq!(timings[n - 1], Timing::Last);
         assert!(timings[1..n - 1].iter().all(|t| *t == Timing::Inside));

@@ -1,9 +1,8 @@
 //! Policy: which engine, worker count and placement a migration uses, and the cost model behind it.
 //!
 //! [`Planner`] is a pure function of the topology, a [`CostModel`] (measured by [`calibrate`]),
-//! the [`Resources`] this process may use (affinity mask, cgroup `cpu.max`, load) and the size of
-//! the job. Each plan says why it was chosen. It never picks a way of copying that the model
-//! predicts slower than one thread; without a model it uses one thread.
+//! the [`Resources`] this process may use and the size of the job; each plan says why. It never
+//! picks a way of copying the model predicts slower than one thread, the default without a model.
 
 mod auto;
 mod calibrate;
@@ -18,7 +17,7 @@ pub use calibrate::{
 };
 pub use model::{CopyPoint, CostModel, KernelPoint, MachineId, ModelError, Saturation};
 
-use crate::account::{Path, median};
+use crate::account::median;
 use crate::cgroup::Cgroup;
 use crate::copy::{Copier, EngineKind, Placement, PlacementError, Route};
 use crate::migrate::{Memory, PathChoice, Plan, Request, Scan, Threads};
@@ -27,17 +26,20 @@ use crate::sys::{self, SysError};
 use crate::topology::{CpuId, CpuSet, Topology};
 
 /// Bytes each extra `move_pages` thread gets at least when the kernel path is not calibrated:
-/// enough work (16384 pages of 4 KB) that starting the thread and sharing the process's locks
-/// are a small part of it.
+/// enough that starting the thread and sharing the process's locks are a small part of it.
 pub const DEFAULT_KERNEL_BYTES_PER_THREAD: u64 = 64 << 20;
 
 /// Options within this share of the best predicted bandwidth count as equal: the one with the
 /// fewest threads wins, since bandwidth that stops growing is not worth more CPUs.
 const NEAR_BEST: f64 = 0.98;
 
-/// Starts the reasons that give what the planner would choose where the user fixed the choice:
-/// they explain the planner, not the plan.
+/// Starts the reasons for what the planner would choose where the user fixed the choice.
 const OWN: &str = "the planner's own choice: ";
+
+/// One thread copying with `memcpy`: the baseline a plan must not lose to, and the default.
+const MEMCPY: Copier = Copier::Thread {
+    engine: EngineKind::Memcpy,
+};
 
 /// Among (option, GB/s), the fewest-threaded option predicted within [`NEAR_BEST`] of the best.
 fn fewest_near_best<T: Copy>(
@@ -67,8 +69,8 @@ pub struct Resources {
 }
 
 impl Resources {
-    /// This process's affinity mask, cgroup quota and the machine's current load (runnable
-    /// tasks other than the caller, median of a few samples of /proc/loadavg).
+    /// This process's affinity mask, cgroup quota and the machine's current load (median of a
+    /// few samples of /proc/loadavg).
     pub fn detect() -> Result<Self, SysError> {
         Self::sampled(5)
     }
@@ -117,8 +119,7 @@ pub struct Job {
     pub route: Route,
 }
 
-/// How to copy one batch of a given size, and why. Not a [`Plan`]: the auto engine keeps one
-/// per batch size for the life of a copy route, where a plan is one migration's.
+/// How to copy one batch of a given size, and why (the auto engine keeps one per batch size).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CopyPlan {
     /// The copier.
@@ -249,17 +250,10 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn place(&self, route: Route, workers: usize) -> Result<(Vec<CpuId>, String), PlacementError> {
-        let (placement, why) = self.placement(route);
-        let cpus = placement.choose(self.topology, route, &self.resources.allowed, workers)?;
-        Ok((cpus, why))
-    }
-
-    /// Every CPU copier the model measured that this process may run (affinity mask, cgroup
-    /// `cpu.max`), with its predicted GB/s for `bytes`, fastest first: the alternatives a running
-    /// copy may try when its plan does not deliver. Unlike the plan, they may use more workers
-    /// than the current load leaves idle CPUs: runnable tasks share CPUs rather than take them,
-    /// and a copier tried is kept only if it measures faster. Empty without a model.
+    /// Every CPU copier the model measured that this process may run, with its predicted GB/s
+    /// for `bytes`, fastest first: the alternatives a copy may try when its plan does not
+    /// deliver. They may use more workers than the load leaves idle CPUs: runnable tasks share
+    /// CPUs rather than take them. Empty without a model.
     pub fn ranked_copiers(&self, bytes: u64) -> Vec<(Copier, f64)> {
         let Some(model) = self.model else {
             return Vec::new();
@@ -278,7 +272,8 @@ impl<'a> Planner<'a> {
     /// CPUs for `workers` pool workers copying along `route`, placed as [`Planner::plan_copy`]
     /// places them.
     pub fn worker_cpus(&self, route: Route, workers: usize) -> Result<Vec<CpuId>, PlacementError> {
-        self.place(route, workers).map(|(cpus, _)| cpus)
+        let placement = self.placement(route).0;
+        placement.choose(self.topology, route, &self.resources.allowed, workers)
     }
 
     /// How to copy a batch of `job.bytes`.
@@ -296,9 +291,7 @@ impl<'a> Planner<'a> {
                 "{own}no cost model: one thread (run `pagemig calibrate` to measure)"
             ));
             return Ok(CopyPlan {
-                copier: Copier::Thread {
-                    engine: EngineKind::Memcpy,
-                },
+                copier: MEMCPY,
                 cpus: Vec::new(),
                 predicted_gbps: None,
                 baseline_gbps: None,
@@ -306,9 +299,7 @@ impl<'a> Planner<'a> {
             });
         };
         let predict = |c: Copier| model.predict_copy(c, job.bytes);
-        let baseline = predict(Copier::Thread {
-            engine: EngineKind::Memcpy,
-        });
+        let baseline = predict(MEMCPY);
         let best = fewest_near_best(
             model
                 .copiers()
@@ -320,12 +311,7 @@ impl<'a> Planner<'a> {
         );
         let (mut copier, mut gbps) = match (best, baseline) {
             (Some((c, g)), Some(b)) if g >= b => (c, g),
-            _ => (
-                Copier::Thread {
-                    engine: EngineKind::Memcpy,
-                },
-                baseline.unwrap_or(0.0),
-            ),
+            _ => (MEMCPY, baseline.unwrap_or(0.0)),
         };
         if self.prefer_dma && copier.threads() > 0 {
             // The fastest DMA engine that is not slower than one CPU thread, even if the CPU
@@ -360,8 +346,8 @@ impl<'a> Planner<'a> {
             .copiers()
             .into_iter()
             .filter(|c| c.threads() > cap)
-            .filter_map(|c| predict(c).map(|g| (c, g)))
-            .any(|(_, g)| g > gbps);
+            .filter_map(predict)
+            .any(|g| g > gbps);
         if more {
             why.push(format!(
                 "{own}more workers would be faster, but at most {cap}: {cap_why}"
@@ -370,8 +356,8 @@ impl<'a> Planner<'a> {
         let cpus = match copier {
             Copier::Thread { .. } | Copier::Dma { .. } => Vec::new(),
             Copier::Pool { workers, .. } => {
-                let (cpus, place_why) = self.place(job.route, workers)?;
-                why.push(place_why);
+                let cpus = self.worker_cpus(job.route, workers)?;
+                why.push(self.placement(job.route).1);
                 cpus
             }
         };
@@ -387,17 +373,21 @@ impl<'a> Planner<'a> {
     /// How many threads call `move_pages` for a migration of `job.bytes` in calls of
     /// `batch_bytes`, and where they run.
     pub fn plan_kernel(&self, job: Job, batch_bytes: u64) -> Result<Plan, PlacementError> {
-        self.plan_kernel_with(job, batch_bytes, "")
+        self.plan_kernel_as(job, batch_bytes, Threads::Auto, None, "")
     }
 
-    /// As [`Planner::plan_kernel`], with `own` (empty or [`OWN`]) before the reasons for its
-    /// count: its prediction (or default) and the load's cap.
-    fn plan_kernel_with(
+    /// As [`Planner::plan_kernel`], with the thread count and placement the user fixed, where
+    /// they did (`source` names the setting in the reasons, as `--threads`).
+    pub fn plan_kernel_as(
         &self,
         job: Job,
         batch_bytes: u64,
-        own: &str,
+        threads: Threads,
+        placement: Option<&Placement>,
+        source: &str,
     ) -> Result<Plan, PlacementError> {
+        let fixed = matches!(threads, Threads::Count(_));
+        let own = if fixed { OWN } else { "" };
         let (cap, cap_why) = self.worker_cap();
         let calls = job.bytes.div_ceil(batch_bytes.max(1)).max(1);
         let cap = cap.min(usize::try_from(calls).unwrap_or(usize::MAX));
@@ -406,7 +396,7 @@ impl<'a> Planner<'a> {
             .model
             .map(|m| m.kernel_threads())
             .filter(|t| !t.is_empty());
-        let (threads, predicted) = match (self.model, measured) {
+        let (planned, predicted) = match (self.model, measured) {
             (Some(model), Some(counts)) => {
                 let one = model.predict_kernel(1, job.bytes);
                 let best = fewest_near_best(
@@ -436,68 +426,44 @@ impl<'a> Planner<'a> {
                 (t, None)
             }
         };
-        if threads == cap && cap > 1 {
+        if planned == cap && cap > 1 {
             why.push(format!(
                 "{own}at most {cap}: {cap_why} (and one thread per call)"
             ));
         }
-        let (placement, place_why) = self.placement(job.route);
-        let cpus = placement.choose(self.topology, job.route, &self.resources.allowed, threads)?;
+        let (planned_placement, place_why) = self.placement(job.route);
+        let cpus =
+            planned_placement.choose(self.topology, job.route, &self.resources.allowed, planned)?;
         why.push(place_why);
         let page = sys::base_page_size() as u64;
         let batch = usize::try_from(batch_bytes / page)
             .unwrap_or(usize::MAX)
             .max(1);
-        Ok(Plan {
-            placement: Some(placement),
+        let mut choice = Plan {
+            placement: Some(planned_placement),
             predicted_gbps: predicted,
             baseline_gbps: self.model.and_then(|m| m.predict_kernel(1, job.bytes)),
             why,
             ..Plan::parallel(cpus, batch)
-        })
-    }
-
-    /// As [`Planner::plan_kernel`], with the thread count and placement the user fixed, where
-    /// they did (`source` names the setting in the reasons, as `--threads`).
-    pub fn plan_kernel_as(
-        &self,
-        job: Job,
-        batch_bytes: u64,
-        threads: Threads,
-        placement: Option<&Placement>,
-        source: &str,
-    ) -> Result<Plan, PlacementError> {
-        let fixed = matches!(threads, Threads::Count(_));
-        let mut choice = self.plan_kernel_with(job, batch_bytes, if fixed { OWN } else { "" })?;
-        let count = match threads {
-            // One pinned thread per CPU: more than the usable CPUs would only queue on them.
-            Threads::Count(n) => {
-                let usable = self.usable();
-                if n > usable {
-                    choice.why.insert(
-                        0,
-                        format!(
-                            "{usable} thread(s): {source} {n}, but only {usable} CPU(s) may be used, one thread each"
-                        ),
-                    );
-                    usable
-                } else {
-                    choice.why.insert(0, format!("{n} thread(s): {source} {n}"));
-                    n
-                }
-            }
-            Threads::Auto => choice.cpus.len(),
         };
-        if fixed {
+        let mut count = choice.cpus.len();
+        if let Threads::Count(n) = threads {
+            // One pinned thread per CPU: more than the usable CPUs would only queue on them.
+            count = n.min(self.usable());
+            let asked = if count < n {
+                format!(
+                    "{count} thread(s): {source} {n}, but only {count} CPU(s) may be used, one thread each"
+                )
+            } else {
+                format!("{n} thread(s): {source} {n}")
+            };
             // What the model predicts for the user's count, not for the one it would choose.
             choice.predicted_gbps = self.model.and_then(|m| m.predict_kernel(count, job.bytes));
-            choice.why.insert(
-                1,
-                match choice.predicted_gbps {
-                    Some(g) => format!("{count} thread(s): predicted {g:.2} GB/s"),
-                    None => format!("{count} thread(s): not calibrated, no prediction"),
-                },
-            );
+            let predicted = match choice.predicted_gbps {
+                Some(g) => format!("{count} thread(s): predicted {g:.2} GB/s"),
+                None => format!("{count} thread(s): not calibrated, no prediction"),
+            };
+            choice.why.splice(0..0, [asked, predicted]);
             choice.threads_fixed = true;
         }
         let placement = match placement {
@@ -517,14 +483,11 @@ impl<'a> Planner<'a> {
         Ok(choice)
     }
 
-    /// The plan of a migration: the path, then the threads (and the remap path's copier), their
-    /// placement and the batch, from what the scan found, the request's options, the cost model
-    /// and the resources. The remap path is chosen for the caller's own memory where it works
-    /// here and the model does not predict the kernel path faster; the kernel path otherwise.
-    /// Every choice says why.
+    /// The plan of a migration: the path, the threads (and the remap path's copier), their
+    /// placement and the batch. The remap path is chosen for the caller's own memory where it
+    /// works here and the model does not predict the kernel path faster. Every choice says why.
     pub fn plan(&self, request: &Request<'_>, scan: &Scan) -> Result<Plan, PlacementError> {
         let o = &request.options;
-        let page = sys::base_page_size() as u64;
         let from = match request.memory() {
             Memory::Process { from, .. } => from.as_ref().and_then(|f| f.iter().next()),
             Memory::Own(_) => None,
@@ -534,12 +497,13 @@ impl<'a> Planner<'a> {
             to: Some(request.to),
         };
         let batch = o.batch();
+        let batch_bytes = batch as u64 * sys::base_page_size() as u64;
         let mut kernel = self.plan_kernel_as(
             Job {
                 bytes: scan.bytes_to_move(),
                 route,
             },
-            batch as u64 * page,
+            batch_bytes,
             o.threads,
             o.placement.as_ref(),
             // The option's name in the command line, where users set it.
@@ -555,34 +519,28 @@ impl<'a> Planner<'a> {
             k.why.insert(0, format!("the kernel path: {why}"));
             k
         };
-        if !matches!(request.memory(), Memory::Own(_)) {
-            return Ok(kernel_because(
+        // The first reason the remap path cannot or must not run, if one does.
+        let kernel_only = if !matches!(request.memory(), Memory::Own(_)) {
+            Some(
                 "the pages of a process (the remap path moves only the caller's own memory)".into(),
-            ));
-        }
-        if o.path == PathChoice::Kernel {
-            return Ok(kernel_because("asked for".into()));
-        }
-        if o.dry_run {
-            return Ok(kernel_because(
-                "a dry run: the kernel path counts what would move, and where it is".into(),
-            ));
-        }
-        if o.move_all {
-            return Ok(kernel_because(
-                "shared pages are to move too (the remap path moves only private memory)".into(),
-            ));
-        }
-        if let Err(e) = &self.remap {
-            return Ok(kernel_because(format!(
-                "the remap path cannot run here: {e}"
-            )));
+            )
+        } else if o.path == PathChoice::Kernel {
+            Some("asked for".into())
+        } else if o.dry_run {
+            Some("a dry run: the kernel path counts what would move, and where it is".into())
+        } else if o.move_all {
+            Some("shared pages are to move too (the remap path moves only private memory)".into())
+        } else {
+            (self.remap.as_ref().err()).map(|e| format!("the remap path cannot run here: {e}"))
+        };
+        if let Some(why) = kernel_only {
+            return Ok(kernel_because(why));
         }
         let fixed = matches!(o.threads, Threads::Count(_));
         let own = if fixed || o.engine.is_some() { OWN } else { "" };
         let mut copy = self.plan_copy_with(
             Job {
-                bytes: batch as u64 * page,
+                bytes: batch_bytes,
                 route,
             },
             own,
@@ -592,15 +550,12 @@ impl<'a> Planner<'a> {
             let (cap, cap_why) = self.hard_cap();
             let workers = n.min(cap);
             let engine = copy.copier.cpu_engine().unwrap_or(EngineKind::Memcpy);
-            copy.copier = if workers <= 1 {
-                Copier::Thread { engine }
+            let user_pool = workers > 1;
+            (copy.copier, copy.cpus) = if user_pool {
+                let cpus = self.worker_cpus(route, workers)?;
+                (Copier::Pool { engine, workers }, cpus)
             } else {
-                Copier::Pool { engine, workers }
-            };
-            let user_pool = matches!(copy.copier, Copier::Pool { .. });
-            copy.cpus = match copy.copier {
-                Copier::Pool { workers, .. } => self.worker_cpus(route, workers)?,
-                _ => Vec::new(),
+                (Copier::Thread { engine }, Vec::new())
             };
             // The planner's pool's placement, its last reason, is its own choice where the
             // user's count has no workers.
@@ -629,7 +584,7 @@ impl<'a> Planner<'a> {
             // What the model predicts for the user's copier, not for the one it would choose.
             copy.predicted_gbps = self
                 .model
-                .and_then(|m| m.predict_copy(copy.copier, batch as u64 * page));
+                .and_then(|m| m.predict_copy(copy.copier, batch_bytes));
             copy.why.push(match copy.predicted_gbps {
                 Some(g) => format!("{}: predicted {g:.2} GB/s", copy.copier),
                 None => format!("{}: not calibrated, no prediction", copy.copier),
@@ -649,25 +604,18 @@ impl<'a> Planner<'a> {
             _ => "the remap path: the caller's own memory and userfaultfd write-protect works (no measurement of the kernel path says it is faster)".into(),
         }];
         why.extend(copy.why);
-        let placement = match copy.copier {
-            Copier::Pool { .. } => Some(self.placement(route).0),
-            _ => None,
-        };
+        let placement = matches!(copy.copier, Copier::Pool { .. }).then(|| self.placement(route).0);
         Ok(Plan {
-            path: Path::Remap,
             copier: Some(copy.copier),
             cpus: copy.cpus,
             placement,
-            batch,
-            max_stall: None,
-            move_all: false,
-            region: 0,
             charge: o.charge,
             verify: o.verify,
             predicted_gbps: copy.predicted_gbps,
             threads_fixed: fixed,
             baseline_gbps: copy.baseline_gbps,
             why,
+            ..Plan::remap(batch)
         })
     }
 }
