@@ -437,13 +437,11 @@ impl AutoEngine {
                         // The plan needs it: say why it cannot run.
                         CpuEngine::new(engine)?;
                     }
-                    let runs =
-                        |c: &Copier| c.cpu_engine().is_some_and(|e| threads.contains_key(&e));
                     // The alternatives most worth a trial: the highest typical figures.
                     let mut ranked: Vec<Candidate> = planner
                         .ranked_copiers(bytes)
                         .into_iter()
-                        .filter(|(c, _)| runs(c))
+                        .filter(|(c, _)| c.cpu_engine().is_some_and(|e| threads.contains_key(&e)))
                         .map(|(copier, predicted)| candidate(copier, predicted))
                         .collect();
                     ranked.sort_by(|a, b| b.typical.total_cmp(&a.typical));

@@ -358,11 +358,10 @@ pub fn calibrate(
                     )?;
                     samples.extend((r > 0).then(|| bytes as f64 / t.elapsed().as_secs_f64() / 1e9));
                 }
-                let gbps = median(samples).unwrap_or(0.0);
                 kernel_path.push(KernelPoint {
                     threads,
                     bytes,
-                    gbps,
+                    gbps: median(samples).unwrap_or(0.0),
                 });
                 progress(Step::Done);
             }
@@ -374,11 +373,9 @@ pub fn calibrate(
     let saturation = engines
         .iter()
         .filter_map(|e| {
-            let at_largest: Vec<(usize, f64)> = (copy.iter())
+            let at_largest: Vec<(usize, f64)> = (copy.iter().filter(|p| p.bytes == largest))
                 .filter_map(|p| match p.copier {
-                    Copier::Pool { engine, workers }
-                        if engine == e.kind() && p.bytes == largest =>
-                    {
+                    Copier::Pool { engine, workers } if engine == e.kind() => {
                         Some((workers, p.gbps))
                     }
                     _ => None,

@@ -94,11 +94,10 @@ impl Resources {
                 parse_running(&text)
             })
             .collect();
-        let busy_cpus = median(samples).unwrap_or(0.0);
         Ok(Resources {
             allowed,
             cpu_quota,
-            busy_cpus,
+            busy_cpus: median(samples).unwrap_or(0.0),
         })
     }
 }
@@ -227,8 +226,7 @@ impl<'a> Planner<'a> {
     /// Where workers for `route` go: near the target if it has CPUs, near the source for a
     /// memory-only target, spread over L3 domains when the route is unknown.
     pub fn placement(&self, route: Route) -> (Placement, String) {
-        let target = route.to.and_then(|n| self.topology.node(n));
-        match target {
+        match route.to.and_then(|n| self.topology.node(n)) {
             Some(t) if t.cpus.is_empty() && route.from.is_some() => (
                 Placement::NearSrc,
                 format!(
@@ -392,12 +390,9 @@ impl<'a> Planner<'a> {
         let calls = job.bytes.div_ceil(batch_bytes.max(1)).max(1);
         let cap = cap.min(usize::try_from(calls).unwrap_or(usize::MAX));
         let mut why: Vec<String> = self.model_note.iter().cloned().collect();
-        let measured = self
-            .model
-            .map(|m| m.kernel_threads())
-            .filter(|t| !t.is_empty());
-        let (planned, predicted) = match (self.model, measured) {
-            (Some(model), Some(counts)) => {
+        let measured = self.model.map(|m| (m, m.kernel_threads()));
+        let (planned, predicted) = match measured.filter(|(_, counts)| !counts.is_empty()) {
+            Some((model, counts)) => {
                 let one = model.predict_kernel(1, job.bytes);
                 let best = fewest_near_best(
                     counts
@@ -417,7 +412,7 @@ impl<'a> Planner<'a> {
                 ));
                 (best.0, Some(best.1))
             }
-            _ => {
+            None => {
                 let t = (job.bytes / DEFAULT_KERNEL_BYTES_PER_THREAD).clamp(1, cap as u64) as usize;
                 why.push(format!(
                     "{own}kernel path not calibrated: one thread per {} MiB, {t} thread(s) (run `pagemig calibrate` on a machine with two nodes to measure)",
