@@ -409,10 +409,9 @@ pub fn calibrate(
     })
 }
 
-/// Checks the choices a model makes on this machine and learns from what it finds: an
-/// [`AutoEngine`] planned from `model` copies batches of every calibrated size long enough for its
-/// check to try the alternatives of any size whose plan does not deliver, and the measured figures
-/// of those sizes are learned into the model ([`CostModel::learn`]). Returns what was checked.
+/// Checks the choices a model makes here: an [`AutoEngine`] planned from `model` copies batches
+/// of every calibrated size long enough to try the alternatives, and what it measured is learned
+/// into `model` ([`CostModel::learn`]). Returns what was checked.
 pub fn check_choices(
     topology: &Topology,
     model: &mut CostModel,

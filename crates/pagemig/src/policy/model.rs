@@ -86,19 +86,16 @@ pub struct CostModel {
     pub created_unix: u64,
     /// How long the measurement took: `builtin`, `quick` or `full`.
     pub effort: Effort,
-    /// Copy bandwidth of every engine, on the calling thread and on 1, 2, 4 … pool workers, at
-    /// batch sizes from 4 KB up.
+    /// Copy bandwidth per engine and batch size, on the calling thread and on 1, 2, 4 … workers.
     pub copy: Vec<CopyPoint>,
     /// `move_pages` bandwidth between two nodes (empty on one-node machines).
     pub kernel_path: Vec<KernelPoint>,
     /// Where copy bandwidth stops growing with workers, per engine.
     pub saturation: Vec<Saturation>,
-    /// Copy bandwidth measured while copying real batches (the auto engine's check of its own
-    /// choices), which replaces the calibrated figure of the same copier at the same size.
+    /// Copy figures measured on real batches; each replaces the calibrated one of its size.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub observed: Vec<CopyPoint>,
-    /// `move_pages` bandwidth measured while migrating (the kernel path's check of its thread
-    /// count), which replaces the calibrated figure of the same thread count at the same size.
+    /// `move_pages` figures measured while migrating; each replaces the calibrated one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub observed_kernel: Vec<KernelPoint>,
     /// How long handing one tiny batch to one pool worker and getting the reply takes, in
@@ -479,6 +476,9 @@ mod tests {
         engine: EngineKind::Nt,
         workers: 2,
     };
+    const THREAD: Copier = Copier::Thread {
+        engine: EngineKind::Nt,
+    };
 
     /// A calibrated figure whose median is the figure itself.
     fn point(copier: Copier, bytes: u64, gbps: f64) -> CopyPoint {
@@ -490,55 +490,46 @@ mod tests {
         }
     }
 
-    impl CostModel {
-        fn empty_for_tests() -> Self {
-            CostModel {
-                version: CostModel::VERSION,
-                machine: MachineId {
-                    cpu_model: "x".into(),
-                    online_cpus: 2,
-                    nodes: 1,
-                },
-                kernel: String::new(),
-                created_unix: 0,
-                effort: Effort::Quick,
-                copy: Vec::new(),
-                kernel_path: Vec::new(),
-                saturation: Vec::new(),
-                observed: Vec::new(),
-                observed_kernel: Vec::new(),
-                pool_handoff_us: None,
-            }
+    /// A model of these calibrated copy figures and nothing else.
+    fn model(copy: Vec<CopyPoint>) -> CostModel {
+        CostModel {
+            version: CostModel::VERSION,
+            machine: MachineId {
+                cpu_model: "x".into(),
+                online_cpus: 2,
+                nodes: 1,
+            },
+            kernel: String::new(),
+            created_unix: 0,
+            effort: Effort::Quick,
+            copy,
+            kernel_path: Vec::new(),
+            saturation: Vec::new(),
+            observed: Vec::new(),
+            observed_kernel: Vec::new(),
+            pool_handoff_us: None,
         }
     }
 
     #[test]
     fn observed_figures_replace_calibrated_ones_at_their_size() {
-        let thread = Copier::Thread {
-            engine: EngineKind::Nt,
-        };
         let point = |bytes, gbps| CopyPoint {
-            copier: thread,
-            bytes,
-            gbps,
             median_gbps: None,
+            ..point(THREAD, bytes, gbps)
         };
-        let mut m = CostModel {
-            copy: vec![point(4096, 8.0), point(16384, 10.0)],
-            ..CostModel::empty_for_tests()
-        };
-        assert_eq!(m.predict_copy(thread, 4096), Some(8.0));
+        let mut m = model(vec![point(4096, 8.0), point(16384, 10.0)]);
+        assert_eq!(m.predict_copy(THREAD, 4096), Some(8.0));
         // Typically: the median where calibration kept one, else the figure itself.
         m.copy[1].median_gbps = Some(14.0);
-        assert_eq!(m.typical_copy(thread, 16384), Some(14.0));
-        assert_eq!(m.predict_copy(thread, 16384), Some(10.0));
-        assert_eq!(m.typical_copy(thread, 4096), Some(8.0));
+        assert_eq!(m.typical_copy(THREAD, 16384), Some(14.0));
+        assert_eq!(m.predict_copy(THREAD, 16384), Some(10.0));
+        assert_eq!(m.typical_copy(THREAD, 4096), Some(8.0));
         assert_eq!(m.learn(&[point(4096, 5.0), point(8192, 4.0)]), 2);
-        assert_eq!(m.predict_copy(thread, 4096), Some(5.0));
-        assert_eq!(m.predict_copy(thread, 8192), Some(4.0));
-        assert_eq!(m.predict_copy(thread, 16384), Some(10.0));
+        assert_eq!(m.predict_copy(THREAD, 4096), Some(5.0));
+        assert_eq!(m.predict_copy(THREAD, 8192), Some(4.0));
+        assert_eq!(m.predict_copy(THREAD, 16384), Some(10.0));
         assert_eq!(
-            m.typical_copy(thread, 8192),
+            m.typical_copy(THREAD, 8192),
             Some(4.0),
             "an observed median"
         );
@@ -566,21 +557,15 @@ mod tests {
 
     #[test]
     fn a_pool_does_at_least_what_it_did_on_smaller_batches() {
-        let (mib, pool) = (MIB, POOL);
-        let thread = Copier::Thread {
-            engine: EngineKind::Nt,
-        };
+        let (mib, pool, thread) = (MIB, POOL, THREAD);
         // Calibration's samples of the pool at 16 MiB stalled; the calling thread's did not.
-        let mut m = CostModel {
-            copy: vec![
-                point(pool, mib, 12.0),
-                point(pool, 4 * mib, 20.0),
-                point(pool, 16 * mib, 6.0),
-                point(thread, 4 * mib, 16.0),
-                point(thread, 16 * mib, 12.0),
-            ],
-            ..CostModel::empty_for_tests()
-        };
+        let mut m = model(vec![
+            point(pool, mib, 12.0),
+            point(pool, 4 * mib, 20.0),
+            point(pool, 16 * mib, 6.0),
+            point(thread, 4 * mib, 16.0),
+            point(thread, 16 * mib, 12.0),
+        ]);
         assert_eq!(m.typical_copy(pool, mib), Some(12.0));
         assert_eq!(m.typical_copy(pool, 16 * mib), Some(20.0));
         assert_eq!(
@@ -615,14 +600,11 @@ mod tests {
     fn a_pool_figure_learned_at_a_size_is_not_lifted_by_smaller_calibrated_ones() {
         let (mib, pool) = (MIB, POOL);
         let point = |bytes, gbps| point(pool, bytes, gbps);
-        let mut m = CostModel {
-            copy: vec![
-                point(4 * mib, 20.0),
-                point(16 * mib, 22.0),
-                point(64 * mib, 24.0),
-            ],
-            ..CostModel::empty_for_tests()
-        };
+        let mut m = model(vec![
+            point(4 * mib, 20.0),
+            point(16 * mib, 22.0),
+            point(64 * mib, 24.0),
+        ]);
         assert_eq!(m.predict_copy(pool, 16 * mib), Some(22.0));
         m.learn(&[CopyPoint {
             median_gbps: None,
