@@ -623,12 +623,14 @@ mod tests {
         b.current.load(Ordering::Relaxed)
     }
 
-    /// A window of figures of the copier in use (and the figure dropped after a change).
-    fn window(b: &Bucket, gbps: f64) {
-        let at = current(b);
-        let warm_up = b.judge.lock().unwrap().warm_up;
-        for _ in 0..b.window + usize::from(warm_up) {
-            b.record(at, gbps);
+    /// `n` windows of figures of the copier in use (each with the figure dropped after a change).
+    fn windows(b: &Bucket, n: usize, gbps: f64) {
+        for _ in 0..n {
+            let at = current(b);
+            let warm_up = b.judge.lock().unwrap().warm_up;
+            for _ in 0..b.window + usize::from(warm_up) {
+                b.record(at, gbps);
+            }
         }
     }
 
@@ -650,18 +652,16 @@ mod tests {
     #[test]
     fn a_plan_that_delivers_is_kept() {
         let b = bucket(&[10.0, 9.5, 6.0]);
-        for _ in 0..5 {
-            window(&b, 9.8);
-        }
+        windows(&b, 5, 9.8);
         assert_eq!(current(&b), 0);
     }
 
     #[test]
     fn a_slow_plan_tries_the_runner_up_and_keeps_the_faster() {
         let b = bucket(&[10.0, 9.5, 6.0]);
-        window(&b, 7.0); // under 0.9 x 9.5, once: maybe a burst of noise
+        windows(&b, 1, 7.0); // under 0.9 x 9.5, once: maybe a burst of noise
         assert_eq!(current(&b), 0);
-        window(&b, 7.0); // twice in a row: try the runner-up
+        windows(&b, 1, 7.0); // twice in a row: try the runner-up
         assert_eq!(current(&b), 1, "the challenger goes first");
         turns(&b, 7.0, 9.0); // faster than 7.0: kept
         assert_eq!(current(&b), 1);
@@ -675,8 +675,7 @@ mod tests {
     fn a_plan_that_delivers_tries_an_alternative_that_typically_does_better() {
         let mut b = bucket(&[10.0, 9.0, 6.0]);
         b.candidates[1].typical = 15.0; // erratic: reliably 9, typically 15
-        window(&b, 10.5);
-        window(&b, 10.5); // the plan does what it was predicted to, under 0.9 x 15
+        windows(&b, 2, 10.5); // the plan does what it was predicted to, under 0.9 x 15
         assert_eq!(current(&b), 1);
         turns(&b, 10.5, 14.0);
         assert_eq!(current(&b), 1, "faster: kept");
@@ -685,17 +684,14 @@ mod tests {
         drop(j);
         let mut b = bucket(&[10.0, 9.0, 6.0]);
         b.candidates[1].typical = 11.0;
-        for _ in 0..4 {
-            window(&b, 10.5); // within 10% of what the other typically does: no trial
-        }
+        windows(&b, 4, 10.5); // within 10% of what the other typically does: no trial
         assert_eq!(current(&b), 0);
     }
 
     #[test]
     fn a_slow_window_that_was_noise_does_not_decide() {
         let b = bucket_of(&[10.0, 9.5], 64 << 20);
-        window(&b, 7.0);
-        window(&b, 7.0);
+        windows(&b, 2, 7.0);
         assert_eq!(current(&b), 1);
         turns(&b, 9.8, 9.0); // taking turns, the plan does what it was predicted to
         assert_eq!(current(&b), 0);
@@ -705,21 +701,19 @@ mod tests {
     #[test]
     fn a_slower_runner_up_is_left_and_exploration_stops() {
         let b = bucket(&[10.0, 9.5, 9.0]);
-        window(&b, 7.0);
-        window(&b, 7.0);
+        windows(&b, 2, 7.0);
         assert_eq!(current(&b), 1);
         turns(&b, 7.0, 5.0); // slower than 7.0: the plan stays
         assert_eq!(current(&b), 0);
-        window(&b, 9.5); // a fast window in between: the count of slow ones starts again
-        window(&b, 7.0);
+        windows(&b, 1, 9.5); // a fast window in between: the count of slow ones starts again
+        windows(&b, 1, 7.0);
         assert_eq!(current(&b), 0);
-        window(&b, 7.0); // memcpy (predicted 9.0) not tried yet: try it
+        windows(&b, 1, 7.0); // memcpy (predicted 9.0) not tried yet: try it
         assert_eq!(current(&b), 2);
         turns(&b, 7.0, 6.0); // slower: the plan stays
         for _ in 2..MAX_TRIALS {
             assert!(!b.settled.load(Ordering::Relaxed));
-            window(&b, 5.0); // under what memcpy measured (6.0): try it again
-            window(&b, 5.0);
+            windows(&b, 2, 5.0); // under what memcpy measured (6.0): try it again
             turns(&b, 7.0, 6.0);
         }
         assert_eq!(current(&b), 0);
@@ -727,7 +721,7 @@ mod tests {
             b.settled.load(Ordering::Relaxed),
             "{MAX_TRIALS} trials: settled"
         );
-        window(&b, 1.0);
+        windows(&b, 1, 1.0);
         assert_eq!(current(&b), 0, "no more trials once settled");
         assert_eq!(b.timing(1 << 30), Timing::No, "a settled size is not timed");
         assert!(b.judge.lock().unwrap().moves.is_empty(), "no change kept");
@@ -738,8 +732,7 @@ mod tests {
         let b = bucket_of(&[10.0, 12.0, 6.0], 64 << 20);
         b.start_above_the_load_cap();
         assert_eq!(current(&b), 1, "12 > 10 / 0.9");
-        window(&b, 7.0); // under 0.9 x the plan's 10, twice: the plan is tried
-        window(&b, 7.0);
+        windows(&b, 2, 7.0); // under 0.9 x the plan's 10, twice: the plan is tried
         assert_eq!(current(&b), 0);
         turns(&b, 7.0, 9.0); // faster: kept
         assert_eq!(current(&b), 0);
@@ -771,11 +764,9 @@ mod tests {
     #[test]
     fn a_trial_still_running_changes_nothing_in_the_report() {
         let b = bucket(&[10.0, 9.5]);
-        window(&b, 7.0);
-        window(&b, 7.0);
+        windows(&b, 2, 7.0);
         turns(&b, 7.0, 5.0); // the runner-up measured slower: the plan stays
-        window(&b, 4.0); // under 0.9 x the runner-up's 5.0, twice: it is tried again
-        window(&b, 4.0);
+        windows(&b, 2, 4.0); // under 0.9 x the runner-up's 5.0, twice: it is tried again
         assert_eq!(current(&b), 1, "the challenger's turn");
         let check = b.check(4096).unwrap();
         let plan = b.candidates[0].copier;
