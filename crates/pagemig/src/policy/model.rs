@@ -191,7 +191,7 @@ impl CostModel {
     /// What `copier` typically does for a batch of `bytes` ([`CopyPoint::median_gbps`]), as
     /// [`CostModel::predict_copy`] does with its figure.
     pub fn typical_copy(&self, copier: Copier, bytes: u64) -> Option<f64> {
-        self.copy_figure(copier, bytes, Figure::typical)
+        self.copy_figure(copier, bytes, typical)
     }
 
     fn copy_figure(
@@ -395,10 +395,6 @@ trait Figure: Copy {
     type Curve: PartialEq;
     fn key(&self) -> (Self::Curve, u64);
     fn gbps(&self) -> f64;
-    /// What it typically does, where that is kept apart from `gbps`.
-    fn typical(&self) -> f64 {
-        self.gbps()
-    }
 }
 
 impl Figure for CopyPoint {
@@ -409,9 +405,11 @@ impl Figure for CopyPoint {
     fn gbps(&self) -> f64 {
         self.gbps
     }
-    fn typical(&self) -> f64 {
-        self.median_gbps.unwrap_or(self.gbps).max(self.gbps)
-    }
+}
+
+/// What a copy figure typically does: its median where kept, at least its `gbps`.
+fn typical(p: &CopyPoint) -> f64 {
+    p.median_gbps.unwrap_or(p.gbps).max(p.gbps)
 }
 
 impl Figure for KernelPoint {
@@ -453,16 +451,11 @@ fn learn<F: Figure>(observed: &mut Vec<F>, points: &[F]) -> usize {
         .filter(|p| p.gbps().is_finite() && p.gbps() > 0.0)
     {
         match observed.iter_mut().find(|o| o.key() == p.key()) {
-            Some(o) if o.gbps() == p.gbps() => {}
-            Some(o) => {
-                *o = *p;
-                changed += 1;
-            }
-            None => {
-                observed.push(*p);
-                changed += 1;
-            }
+            Some(o) if o.gbps() == p.gbps() => continue,
+            Some(o) => *o = *p,
+            None => observed.push(*p),
         }
+        changed += 1;
     }
     changed
 }
