@@ -1,11 +1,9 @@
 //! The remap path: migrate memory of the calling process without the kernel's one-thread copy.
 //!
-//! Per batch: stop writers with userfaultfd, allocate new pages on the target node, copy the
-//! present pages with a copy engine (a pinned worker pool), `mremap` the new pages over the same
-//! addresses, and wake the writers. Writers are stopped by write-protecting the range (readers go
-//! on) or, for base pages with reservoirs, by moving the old pages out of it first (every access
-//! waits; no page-table entry is changed one by one). Addresses and contents stay the same; pages
-//! never touched stay untouched.
+//! Per batch: stop writers with userfaultfd (write-protect, or for base pages with reservoirs,
+//! move the old pages out so every access waits), allocate new pages on the target node, copy
+//! the present pages with a copy engine, `mremap` the new pages over the same addresses, and
+//! wake the writers. Addresses and contents stay the same; untouched pages stay untouched.
 // Replacing the caller's pages in place is the point of this path: its entry is an `unsafe fn`
 // whose contract the caller keeps, and the copy ops over raw addresses follow from it.
 #![allow(unsafe_code)]
@@ -16,7 +14,7 @@ use std::time::Duration;
 
 use super::plan::Plan;
 use super::reservoir::Reservoirs;
-use super::scan::{PageState, Runs, scan_own, scan_own_for};
+use super::scan::{PageState, Run, Runs, scan_own, scan_own_for};
 use crate::account::{
     CallStats, Charge, ChargeTo, FailureCause, Laps, Path, Phases, RemapFacts, Report, ScanMethod,
     SkipReason, Verification, Verify,
@@ -150,9 +148,8 @@ pub enum RemapError {
 /// Base pages asked about per batch by [`Verify::Sample`].
 pub const SAMPLE_BASE_PAGES: usize = 16;
 
-/// What the remap path keeps open between calls: the userfaultfd that write-protects batches,
-/// and the `/proc/self` files it asks about pages and mappings. Opened once (the
-/// [`crate::Migrator`] keeps one for its lifetime), so that a call does not open them again.
+/// What the remap path keeps open between calls (a [`crate::Migrator`] keeps one): the
+/// userfaultfd that write-protects batches, and the `/proc/self` files it asks about pages.
 #[derive(Debug)]
 pub struct Handles {
     uffd: Uffd,
@@ -243,19 +240,13 @@ fn check_range_in_maps(start: usize, end: usize) -> Result<(), RemapError> {
 }
 
 /// The parts of `0..len` not covered by `runs` (sorted, disjoint).
-fn holes(runs: &[Range<usize>], len: usize) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    for r in runs {
-        if r.start > pos {
-            out.push(pos..r.start);
-        }
-        pos = r.end;
-    }
-    if pos < len {
-        out.push(pos..len);
-    }
-    out
+fn holes(runs: &[Range<usize>], len: usize) -> impl Iterator<Item = Range<usize>> {
+    let starts = std::iter::once(0).chain(runs.iter().map(|r| r.end));
+    let ends = runs.iter().map(|r| r.start).chain([len]);
+    starts
+        .zip(ends)
+        .map(|(a, b)| a..b)
+        .filter(|h| !h.is_empty())
 }
 
 /// `runs`, scanned where pages were moved out to, as if scanned at `at`, where they came from.
@@ -319,38 +310,31 @@ fn new_pages(
     Ok((new, false))
 }
 
-/// The pages to ask about after a batch: every page of `runs` (absolute addresses) with
-/// [`Verify::Full`]; otherwise one page per huge page of `huge` runs and up to
-/// [`SAMPLE_BASE_PAGES`] base pages spread over the rest.
-fn pages_to_verify(runs: &[(Range<usize>, bool)], mode: Verify) -> Vec<usize> {
+/// The pages to ask about after a batch: every page with data in `scan` with [`Verify::Full`];
+/// otherwise one page per huge page and up to [`SAMPLE_BASE_PAGES`] base pages spread over the
+/// rest.
+fn pages_to_verify(scan: &Runs, mode: Verify) -> Vec<usize> {
     let page = sys::base_page_size();
-    let all = |r: &Range<usize>| r.clone().step_by(page);
+    let copied = scan.runs.iter().filter(|r| r.state.has_data());
+    let all = |r: &Run| r.range.clone().step_by(page);
     if mode == Verify::Full {
-        return runs.iter().flat_map(|(r, _)| all(r)).collect();
+        return copied.flat_map(all).collect();
     }
-    let mut out: Vec<usize> = runs
+    let (huge, base): (Vec<&Run>, Vec<&Run>) = copied.partition(|r| r.huge);
+    let mut out: Vec<usize> = huge
         .iter()
-        .filter(|(_, huge)| *huge)
         // A different subpage in each huge page: a split page shows up wherever it split.
-        .flat_map(|(r, _)| {
-            r.clone()
+        .flat_map(|r| {
+            r.range
+                .clone()
                 .step_by(HUGE_PAGE_SIZE)
                 .enumerate()
                 .map(|(i, h)| h + (i * 97 % (HUGE_PAGE_SIZE / page)) * page)
         })
         .collect();
-    let base: usize = runs
-        .iter()
-        .filter(|(_, huge)| !*huge)
-        .map(|(r, _)| r.len() / page)
-        .sum();
-    let step = base.div_ceil(SAMPLE_BASE_PAGES).max(1);
-    out.extend(
-        runs.iter()
-            .filter(|(_, huge)| !*huge)
-            .flat_map(|(r, _)| all(r))
-            .step_by(step),
-    );
+    let base_pages: usize = base.iter().map(|r| r.range.len() / page).sum();
+    let step = base_pages.div_ceil(SAMPLE_BASE_PAGES).max(1);
+    out.extend(base.into_iter().flat_map(all).step_by(step));
     out
 }
 
@@ -398,9 +382,8 @@ pub unsafe fn migrate_range(
         .ok_or(RemapError::Misaligned { start, len })?;
     super::check_target(topology, to)?;
     let verify = plan.verify;
-    let handles = tools.handles;
-    check_range(&handles.pagemap, start, end)?;
-    let (uffd, pagemap) = (&handles.uffd, &handles.pagemap);
+    let Handles { uffd, pagemap } = tools.handles;
+    check_range(pagemap, start, end)?;
     let aligned = start.is_multiple_of(HUGE_PAGE_SIZE) && len.is_multiple_of(HUGE_PAGE_SIZE);
     let page = sys::base_page_size();
     let unit = if aligned { HUGE_PAGE_SIZE } else { page };
@@ -434,18 +417,15 @@ pub unsafe fn migrate_range(
             source,
         };
 
-        // Before the protection: afterwards the kernel marks never-touched pages, and reports
-        // its markers as swapped.
+        // Before the protection, whose markers on never-touched pages read as swapped.
         let mut scan = scan_own(pagemap, pos..b_end).map_err(failed)?;
         laps.lap(&mut phases.scan);
 
-        // Writers wait from here until the wake; with reservoirs, so do accesses to pages that
-        // are not there.
+        // Writers wait from here until the wake; with reservoirs, so do accesses to absent pages.
         let reservoirs = tools.reservoirs.is_some();
         uffd.register(pos, b_len, reservoirs).map_err(failed)?;
-        // On any failure below, put back the old pages where they were moved out, and lift the
-        // protection, so that the batch stays usable where it is; the userfaultfd may outlive
-        // this call, so the range is unregistered too.
+        // On any failure below, put back the old pages moved out, lift the protection and
+        // unregister (the userfaultfd outlives this call): the batch stays usable where it is.
         let undo = |e: RemapError, moved_out: Option<Mapping>| {
             if let Some(old) = moved_out {
                 // SAFETY: [pos, b_end) was emptied by moving these very pages out, and accesses
@@ -454,23 +434,19 @@ pub unsafe fn migrate_range(
             }
             let _ = uffd.unprotect(pos, b_len);
             let _ = uffd.unregister(pos, b_len);
-            // Pages put back replace the registered range, so unregistering it finds nothing
-            // registered and wakes nobody: the accesses that waited for them are woken here.
+            // Pages put back replace the registered range, so unregistering wakes nobody.
             let _ = uffd.wake(pos, b_len);
             e
         };
         let huge = aligned && scan.has_huge();
-        // Base pages, with reservoirs: move the old pages out to a chunk of their own (`mremap`
-        // moves page tables, whole ones for a 2 MB-aligned batch) and copy from there; every
-        // access to the batch waits (missing pages) until the new pages are in. Write-protecting
-        // costs a page-table entry per page, and so does giving the old pages write access back
-        // before a reservoir hands them out again: together as much as the copy of a 4 KB page.
-        // Huge pages are write-protected (an entry per 2 MB), and their readers go on.
+        // Base pages, with reservoirs: move the old pages out (`mremap` moves whole page tables)
+        // and copy from there; every access waits until the new pages are in. Write-protecting
+        // and later restoring write access cost a page-table entry per page each: together as
+        // much as copying a 4 KB page. Huge pages are write-protected; their readers go on.
         let mut moved_out = None;
         if reservoirs && !huge {
             // SAFETY: [pos, b_end) is the caller's anonymous private memory, registered for
             // missing pages: accesses wait until the new pages, or these on failure, are back.
-            // Where one call cannot move it, it is write-protected instead.
             moved_out = unsafe { move_out(pos, b_len) }.map_err(|e| undo(failed(e), None))?;
         }
         if moved_out.is_none() {
@@ -479,7 +455,6 @@ pub unsafe fn migrate_range(
         }
         laps.lap(&mut phases.protect);
 
-        // Where the pages are copied from.
         let src = moved_out.as_ref().map_or(pos, |m| m.as_ptr() as usize);
         if moved_out.is_some() {
             // Nothing reaches the old pages any more: what is there now is what to copy.
@@ -503,8 +478,8 @@ pub unsafe fn migrate_range(
             .map(|r| r.start - pos..r.end - pos)
             .collect();
         let present: usize = runs.iter().map(|r| r.len()).sum();
-        // Old pages go to the reservoir of their node: only whole batches of data, whose chunk
-        // then has no hole that a later copy would fault in under an old memory policy.
+        // Only whole batches of data are recycled: a hole in a chunk would later fault in under
+        // the old memory policy.
         let recycle_to = match (tools.reservoirs, runs.as_slice()) {
             (Some(_), [r]) if r.len() == b_len && scan.bytes(PageState::Swapped) == 0 => {
                 match sys::query_page_nodes(0, &[src]) {
@@ -521,8 +496,8 @@ pub unsafe fn migrate_range(
 
         let reserved = tools.reservoirs.is_some_and(|r| r.holds(to, huge, b_len));
         if !reserved {
-            // Keep a margin above the node's watermarks: filling a node that a mapping is bound
-            // to invokes the OOM killer.
+            // A margin above the watermarks: filling a node a mapping is bound to calls the OOM
+            // killer.
             let left =
                 *free.get_or_insert_with(|| crate::topology::node_free_bytes(to).unwrap_or(0));
             let total = topology.node(to).map_or(0, |n| n.mem_total);
@@ -544,21 +519,16 @@ pub unsafe fn migrate_range(
             laps.lap(&mut phases.check);
         }
 
-        let new = match new_pages(tools.reservoirs, to, huge, b_len, unit, &runs) {
-            Ok((new, from_reservoir)) => {
-                facts.pages_from_reservoir += u64::from(from_reservoir) * (b_len / page) as u64;
-                new
-            }
-            Err(e) => return Err(undo(failed(e), moved_out.take())),
-        };
+        let (new, from_reservoir) = new_pages(tools.reservoirs, to, huge, b_len, unit, &runs)
+            .map_err(|e| undo(failed(e), moved_out.take()))?;
+        facts.pages_from_reservoir += u64::from(from_reservoir) * (b_len / page) as u64;
         laps.lap(&mut phases.alloc);
 
         let ops: Vec<CopyOp<'_>> = runs
             .iter()
-            // SAFETY: source pages are pages with data of the caller's range, or of the chunk
-            // they were moved out to (readable; writers are blocked); destinations are pages of
-            // `new`, which nothing else can reach; the mappings are distinct, so no op overlaps
-            // another.
+            // SAFETY: sources are pages of the caller's range or of the chunk they were moved
+            // out to (readable; writers are blocked); destinations are pages of `new`, which
+            // nothing else reaches; the mappings are distinct, so no ops overlap.
             .map(|r| unsafe {
                 CopyOp::from_raw(
                     (src + r.start) as *const u8,
@@ -567,30 +537,26 @@ pub unsafe fn migrate_range(
                 )
             })
             .collect();
-        let stats = match tools.engine.copy_before_remap(&ops) {
-            Ok(stats) => stats,
-            Err(source) => {
-                let e = RemapError::Copy {
-                    start,
-                    end,
-                    moved_until: pos,
-                    source,
-                };
-                return Err(undo(e, moved_out.take()));
-            }
-        };
+        let stats = tools.engine.copy_before_remap(&ops).map_err(|source| {
+            let e = RemapError::Copy {
+                start,
+                end,
+                moved_until: pos,
+                source,
+            };
+            undo(e, moved_out.take())
+        })?;
         worker_cpu += stats.worker_cpu;
         copy_threads = copy_threads.max(stats.threads);
         drop(ops);
         laps.lap(&mut phases.copy);
 
-        // With reservoirs, old pages still in place move out into a chunk for the source
-        // node's reservoir; the range stays mapped but empty, and accesses to it wait (MISSING).
+        // Old pages still in place move out into a chunk for the source node's reservoir;
+        // accesses to the emptied range wait (MISSING).
         let write_protected = moved_out.is_none();
         if let (None, Some(_)) = (&moved_out, recycle_to) {
             // SAFETY: [pos, b_end) is the caller's anonymous private memory, copied into `new`
-            // above; it gets `new`'s pages right below, and accesses wait until then. Where one
-            // call cannot move it, its old pages are freed by the remap instead of recycled.
+            // above; it gets `new`'s pages right below, and accesses wait until then.
             moved_out = unsafe { move_out(pos, b_len) }.map_err(|e| undo(failed(e), None))?;
         }
         // SAFETY: the caller owns [pos, b_end) (checked anonymous private above) and accepts
@@ -602,14 +568,14 @@ pub unsafe fn migrate_range(
         // The batch is now the new mapping, which is not registered: nothing to unregister.
         laps.lap(&mut phases.remap);
 
-        // Read the fault messages before waking: a woken fault takes its message with it. The
-        // waiting threads are woken even where reading them failed.
+        // Read the fault messages before waking (a woken fault takes its message); wake even
+        // where reading failed.
         let drained = uffd.drain();
         uffd.wake(pos, b_len).map_err(failed)?;
         facts.writes_waited += drained.map_err(failed)? as u64;
         if let (Some(r), Some(node), Some(old)) = (tools.reservoirs, recycle_to, moved_out) {
-            // After the wake: writers do not wait for this. Pages moved out of a write-protected
-            // range keep read-only entries, and every first write to one would fault.
+            // After the wake, so writers do not wait: pages moved out of a write-protected range
+            // keep read-only entries, and every first write to one would fault.
             if write_protected {
                 uffd.restore_write_access(old.as_ptr() as usize, old.len())
                     .map_err(failed)?;
@@ -621,17 +587,11 @@ pub unsafe fn migrate_range(
         }
         laps.lap(&mut phases.wake);
 
-        let copied: Vec<(Range<usize>, bool)> = scan
-            .runs
-            .iter()
-            .filter(|r| r.state.has_data())
-            .map(|r| (r.range.clone(), r.huge))
-            .collect();
         let on_target = |pages: &[usize]| -> Result<usize, RemapError> {
             let placed = sys::query_page_nodes(0, pages).map_err(failed)?;
             Ok(placed.iter().filter(|p| **p == PageNode::Node(to)).count())
         };
-        let asked = pages_to_verify(&copied, verify);
+        let asked = pages_to_verify(&scan, verify);
         let mut checked = asked.len();
         let mut found = on_target(&asked)?;
         let copied_pages = present / page;
@@ -639,7 +599,7 @@ pub unsafe fn migrate_range(
             if found == asked.len() {
                 found = copied_pages;
             } else {
-                let all = pages_to_verify(&copied, Verify::Full);
+                let all = pages_to_verify(&scan, Verify::Full);
                 checked += all.len();
                 found = on_target(&all)?;
                 facts.verification.batches_checked_in_full += 1;
@@ -654,14 +614,9 @@ pub unsafe fn migrate_range(
         laps.lap(&mut phases.verify);
     }
     let page = page as u64;
-    let mut pages_skipped = BTreeMap::new();
-    if untouched > 0 {
-        pages_skipped.insert(SkipReason::NothingToMove, untouched);
-    }
-    let mut pages_failed = BTreeMap::new();
-    if copied_total > on_target_total {
-        pages_failed.insert(FailureCause::StillElsewhere, copied_total - on_target_total);
-    }
+    let skipped = (untouched > 0).then_some((SkipReason::NothingToMove, untouched));
+    let elsewhere = copied_total.saturating_sub(on_target_total);
+    let failed = (elsewhere > 0).then_some((FailureCause::StillElsewhere, elsewhere));
     Ok(Report {
         path: Path::Remap,
         process: Process::Current,
@@ -671,8 +626,8 @@ pub unsafe fn migrate_range(
         pages_requested: len as u64 / page,
         pages_moved: on_target_total,
         pages_already_on_target: 0,
-        pages_skipped,
-        pages_failed,
+        pages_skipped: skipped.into_iter().collect(),
+        pages_failed: failed.into_iter().collect(),
         pages_left_by_node: BTreeMap::new(),
         bytes_moved: on_target_total * page,
         calls: CallStats {
