@@ -10,14 +10,11 @@ use crate::process::Process;
 use crate::sys::Mapping;
 use crate::topology::{NodeId, NodeSet};
 
-/// A migration: which memory moves to which node, and how the caller wants it done.
-///
-/// The lifetime is that of a [`Mapping`] whose pages move ([`Request::mapping`]): the request
-/// borrows it exclusively until it is dropped.
+/// A migration: which memory moves to which node, and how. The lifetime is that of a
+/// [`Mapping`] whose pages move ([`Request::mapping`]), borrowed exclusively.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
-    /// Which memory: private, so that ranges of own memory stay with the request (and the
-    /// borrow) that vouches for them.
+    /// Private: ranges of own memory stay with the request (and borrow) that vouches for them.
     memory: Memory,
     /// Target node.
     pub to: NodeId,
@@ -80,12 +77,10 @@ impl std::str::FromStr for Threads {
     type Err = String;
     /// `auto` or a positive number.
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Threads::Auto),
-            _ => match s.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(Threads::Count(n)),
-                _ => Err(format!("expected auto or a positive number, got {s:?}")),
-            },
+        match (s, s.parse::<usize>()) {
+            ("auto", _) => Ok(Threads::Auto),
+            (_, Ok(n)) if n > 0 => Ok(Threads::Count(n)),
+            _ => Err(format!("expected auto or a positive number, got {s:?}")),
         }
     }
 }
@@ -152,16 +147,8 @@ impl Request<'static> {
     /// them in place with the remap path.
     ///
     /// # Safety
-    /// Each range must be anonymous private memory of this process that no thread unmaps,
-    /// remaps or re-protects while the request runs, and that no live Rust reference covers
-    /// unless the caller accepts that the bytes behind it are replaced by identical ones. Other
-    /// threads may read and write it through raw pointers or atomics: writes wait for their
-    /// batch and are never lost; reads wait only where the remap path moves base pages out
-    /// before copying them (with reservoirs). System calls given a pointer into a range wait
-    /// likewise where the process may handle the kernel's faults with userfaultfd
-    /// (`CAP_SYS_PTRACE`, or `vm.unprivileged_userfaultfd = 1`); elsewhere, while its batch
-    /// moves, one that writes there, or with reservoirs one that reads a 4 KB page there, fails
-    /// with `EFAULT`.
+    /// Each range must keep the contract of [`super::remap::migrate_range`] while the request
+    /// runs.
     // An `unsafe fn` with no unsafe operation: its contract is what the remap path relies on.
     #[allow(unsafe_code)]
     pub unsafe fn own(ranges: Vec<Range<usize>>, to: NodeId) -> Self {
