@@ -430,7 +430,6 @@ pub fn execute(
 ) -> Result<Report, MigrateError> {
     let caller_cpu = sys::thread_cpu_time();
     let mut laps = Laps::start();
-    let mut phases = Phases::default();
     let process = request.process_moved();
     let to = request.to;
     let to_move = &pages.to_move;
@@ -463,73 +462,67 @@ pub fn execute(
         remap: None,
         why: plan.why.clone(),
     };
-    let finish = |mut report: Report, mut phases: Phases, mut laps: Laps| {
-        laps.lap(&mut phases.verify);
-        report.phases = phases;
-        report.wall = laps.wall();
-        report.caller_cpu = sys::thread_cpu_time().saturating_sub(caller_cpu);
-        report
-    };
     if request.options.dry_run {
         report.pages_moved = to_move.len() as u64;
-        report.bytes_moved = report.pages_moved * page_size;
-        return Ok(finish(report, phases, laps));
-    }
-
-    let usage = || paying.and_then(|c| c.usage_usec().ok());
-    report.charged_to.usage_before_usec = usage();
-    let targets = vec![to; to_move.len()];
-    let mut status = vec![0; to_move.len()];
-    laps.lap(&mut phases.check);
-    report.calls = mover(to_move, &targets, &mut status, &|n| {
-        progress(Progress::Moved(n))
-    })?;
-    laps.lap(&mut phases.moving);
-    report.charged_to.usage_after_usec = usage();
-    report.process_exited = process_exited(&status);
-    laps.lap(&mut phases.check);
-
-    // The status array is not the truth for huge pages (subpages of a THP that moved can say
-    // EBUSY), so ask again where every page is; only if the process is gone, trust the array.
-    let after = if report.process_exited {
-        None
     } else {
-        match query(process, to_move) {
-            Ok(a) => Some(a),
-            Err(MigrateError::NoSuchProcess { .. }) => {
-                report.process_exited = true;
-                None
+        let usage = || paying.and_then(|c| c.usage_usec().ok());
+        report.charged_to.usage_before_usec = usage();
+        let targets = vec![to; to_move.len()];
+        let mut status = vec![0; to_move.len()];
+        laps.lap(&mut report.phases.check);
+        report.calls = mover(to_move, &targets, &mut status, &|n| {
+            progress(Progress::Moved(n))
+        })?;
+        laps.lap(&mut report.phases.moving);
+        report.charged_to.usage_after_usec = usage();
+        report.process_exited = process_exited(&status);
+        laps.lap(&mut report.phases.check);
+
+        // The status array is not the truth for huge pages (subpages of a THP that moved can say
+        // EBUSY), so ask again where every page is; only if the process is gone, trust the array.
+        let after = if report.process_exited {
+            None
+        } else {
+            match query(process, to_move) {
+                Ok(a) => Some(a),
+                Err(MigrateError::NoSuchProcess { .. }) => {
+                    report.process_exited = true;
+                    None
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
-        }
-    };
-    for (i, &status) in status.iter().enumerate() {
-        let now = after
-            .as_ref()
-            .map_or(PageNode::from_status(status), |a| a[i]);
-        match now {
-            PageNode::Node(n) if n == to => {
-                report.pages_moved += 1;
-                continue;
-            }
-            // Without MPOL_MF_MOVE_ALL, shared pages stay by request, not by failure.
-            PageNode::Node(_) if status == -libc::EACCES && !plan.move_all => {
-                *report.pages_skipped.entry(SkipReason::Shared).or_default() += 1;
-                continue;
-            }
-            PageNode::Node(n) => *report.pages_left_by_node.entry(n).or_default() += 1,
-            PageNode::Error(_) => {}
-        }
-        // A failure: the call's errno says why, or else where the page is.
-        let cause = match now {
-            _ if status < 0 => FailureCause::from_errno(Errno::from_raw_os_error(-status)),
-            PageNode::Node(_) => FailureCause::StillElsewhere,
-            PageNode::Error(e) => FailureCause::from_errno(e),
         };
-        *report.pages_failed.entry(cause).or_default() += 1;
+        for (i, &status) in status.iter().enumerate() {
+            let now = after
+                .as_ref()
+                .map_or(PageNode::from_status(status), |a| a[i]);
+            match now {
+                PageNode::Node(n) if n == to => {
+                    report.pages_moved += 1;
+                    continue;
+                }
+                // Without MPOL_MF_MOVE_ALL, shared pages stay by request, not by failure.
+                PageNode::Node(_) if status == -libc::EACCES && !plan.move_all => {
+                    *report.pages_skipped.entry(SkipReason::Shared).or_default() += 1;
+                    continue;
+                }
+                PageNode::Node(n) => *report.pages_left_by_node.entry(n).or_default() += 1,
+                PageNode::Error(_) => {}
+            }
+            // A failure: the call's errno says why, or else where the page is.
+            let cause = match now {
+                _ if status < 0 => FailureCause::from_errno(Errno::from_raw_os_error(-status)),
+                PageNode::Node(_) => FailureCause::StillElsewhere,
+                PageNode::Error(e) => FailureCause::from_errno(e),
+            };
+            *report.pages_failed.entry(cause).or_default() += 1;
+        }
     }
     report.bytes_moved = report.pages_moved * page_size;
-    Ok(finish(report, phases, laps))
+    laps.lap(&mut report.phases.verify);
+    report.wall = laps.wall();
+    report.caller_cpu = sys::thread_cpu_time().saturating_sub(caller_cpu);
+    Ok(report)
 }
 
 #[cfg(test)]
