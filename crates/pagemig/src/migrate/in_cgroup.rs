@@ -1,10 +1,9 @@
 //! The kernel path with its CPU time charged as the plan says: under [`ChargeTo::Target`],
 //! helper processes make the `move_pages` calls from inside the target's cgroup.
 //!
-//! The helper is this program again (`/proc/self/exe`), started with [`HELPER_ENV`] set: a
-//! program that migrates with [`ChargeTo::Target`] checks for it first thing in `main` and then
-//! only calls [`serve`]. It is placed in the cgroup between fork and exec, reads its share of the work on
-//! stdin, reports progress and the per-page result on stdout.
+//! The helper is this program again (`/proc/self/exe`) with [`HELPER_ENV`] set, which `main`
+//! checks first thing and then only calls [`serve`]. Placed in the cgroup between fork and exec,
+//! it reads its work on stdin and reports progress and the per-page result on stdout.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -51,18 +50,29 @@ enum Failure {
     Other(String),
 }
 
-/// What the helper's calls did: the per-page status and [`CallStats`]'s parts.
+/// [`CallStats`] as the helper sends it (serde's mirror of a type of another module).
 #[derive(Serialize, Deserialize)]
-struct Moved {
-    status: Vec<i32>,
+#[serde(remote = "CallStats")]
+struct CallStatsDef {
     calls: u64,
     longest: Duration,
     median: Duration,
     final_batch: usize,
+    threads: usize,
+    cpu_time: Duration,
     thread_cpu: Vec<Duration>,
     left_behind: u64,
+    helper_cpu: Option<Duration>,
     thread_check: Vec<String>,
     thread_gbps: Vec<(usize, f64)>,
+}
+
+/// What the helper's calls did.
+#[derive(Serialize, Deserialize)]
+struct Moved {
+    status: Vec<i32>,
+    #[serde(with = "CallStatsDef")]
+    calls: CallStats,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -102,17 +112,7 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
         &progress,
     );
     let moved = match moved {
-        Ok(calls) => Ok(Moved {
-            status,
-            calls: calls.calls,
-            longest: calls.longest,
-            median: calls.median,
-            final_batch: calls.final_batch,
-            thread_cpu: calls.thread_cpu,
-            left_behind: calls.left_behind,
-            thread_check: calls.thread_check,
-            thread_gbps: calls.thread_gbps,
-        }),
+        Ok(calls) => Ok(Moved { status, calls }),
         Err(MigrateError::NoSuchProcess { .. }) => Err(Failure::NoSuchProcess),
         Err(MigrateError::PermissionDenied { .. }) => Err(Failure::PermissionDenied),
         Err(other) => Err(Failure::Other(format!("{other:#}"))),
@@ -151,15 +151,13 @@ pub fn execute(
             (Some(target), helper)
         }
     };
-    let direct = |p: &[usize], n: &[NodeId], st: &mut [i32], pr: &(dyn Fn(u64) + Sync)| {
-        kernel::move_pages(process, p, n, st, plan, workers, pr)
+    let helper = paying.as_ref().filter(|_| helper);
+    let mover = |p: &[usize], n: &[NodeId], st: &mut [i32], pr: &(dyn Fn(u64) + Sync)| match helper
+    {
+        Some(cgroup) => move_pages_in(cgroup, process, p, n, st, plan, pr),
+        None => kernel::move_pages(process, p, n, st, plan, workers, pr),
     };
-    let in_helper = |p: &[usize], n: &[NodeId], st: &mut [i32], pr: &(dyn Fn(u64) + Sync)| {
-        let cgroup = paying.as_ref().expect("a helper has a cgroup to enter");
-        move_pages_in(cgroup, process, p, n, st, plan, pr)
-    };
-    let mover: &kernel::Mover<'_> = if helper { &in_helper } else { &direct };
-    kernel::execute(request, pages, plan, paying.as_ref(), mover, progress)
+    kernel::execute(request, pages, plan, paying.as_ref(), &mover, progress)
 }
 
 /// Scans `request`, a request of a process's pages, and moves them by [`execute`]; the
@@ -255,17 +253,8 @@ fn move_pages_in(
     }
     status.copy_from_slice(&moved.status);
     Ok(CallStats {
-        calls: moved.calls,
-        longest: moved.longest,
-        median: moved.median,
-        final_batch: moved.final_batch,
-        threads: moved.thread_cpu.len(),
-        cpu_time: moved.thread_cpu.iter().sum(),
-        thread_cpu: moved.thread_cpu,
-        left_behind: moved.left_behind,
         helper_cpu: Some(reply.process_cpu),
-        thread_check: moved.thread_check,
-        thread_gbps: moved.thread_gbps,
+        ..moved.calls
     })
 }
 
@@ -313,22 +302,23 @@ mod tests {
             moved
         };
         let moved = run(false);
+        let calls = moved.calls;
         assert!(
-            moved.thread_check.iter().any(|n| n.contains("trying 1")),
+            calls.thread_check.iter().any(|n| n.contains("trying 1")),
             "{:?}",
-            moved.thread_check
+            calls.thread_check
         );
-        let counts: Vec<usize> = moved.thread_gbps.iter().map(|p| p.0).collect();
+        let counts: Vec<usize> = calls.thread_gbps.iter().map(|p| p.0).collect();
         assert_eq!(
             counts,
             [2, 1],
             "both counts measured, for the model to learn"
         );
-        let moved = run(true);
+        let calls = run(true).calls;
         assert!(
-            moved.thread_check.is_empty() && moved.thread_gbps.is_empty(),
+            calls.thread_check.is_empty() && calls.thread_gbps.is_empty(),
             "a count the user fixed is kept: {:?}",
-            moved.thread_check
+            calls.thread_check
         );
         assert!(m.as_slice().iter().all(|&b| b == 3));
     }
