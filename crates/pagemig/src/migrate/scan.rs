@@ -21,7 +21,7 @@ use crate::procfs::{self, ProcfsError, VmArea};
 use crate::sys::{
     self, Errno, PageCategories, PageNode, PageRegion, Pagemap, SysError, pagemap_entry,
 };
-use crate::topology::{NodeId, NodeSet, Topology};
+use crate::topology::{NodeSet, Topology};
 
 /// What the pages of a run are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -300,8 +300,39 @@ pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateE
                 check_node(topology, node)?;
             }
             laps.lap(&mut phases.check);
-            let from = from.as_ref();
-            let pages = scan_process(process, selection, from, request.to, &mut laps, &mut phases)?;
+            check_process(process)?;
+            let ranges = select(process, procfs::read_maps(process)?, selection)?;
+            let present = present_pages(process, ranges)?;
+            laps.lap(&mut phases.scan);
+            let before = query(process, &present)?;
+            laps.lap(&mut phases.query);
+            let mut pages = Pages::default();
+            for (&page, place) in present.iter().zip(&before) {
+                match *place {
+                    PageNode::Node(n) if from.as_ref().is_some_and(|f| !f.contains(n)) => {}
+                    PageNode::Node(n) if n == request.to => {
+                        pages.requested += 1;
+                        pages.already_on_target += 1;
+                    }
+                    PageNode::Node(_) => {
+                        pages.requested += 1;
+                        pages.to_move.push(page);
+                    }
+                    PageNode::Error(_) if from.is_some() => {}
+                    // Present in the page tables but no page the kernel can move: the shared zero
+                    // page of memory read but never written (`EFAULT`), or freed since the scan
+                    // (`ENOENT`).
+                    PageNode::Error(Errno::FAULT | Errno::NOENT) => {
+                        pages.requested += 1;
+                        *pages.skipped.entry(SkipReason::NothingToMove).or_default() += 1;
+                    }
+                    PageNode::Error(e) => {
+                        pages.requested += 1;
+                        *pages.failed.entry(FailureCause::from_errno(e)).or_default() += 1;
+                    }
+                }
+            }
+            laps.lap(&mut phases.scan);
             Found::Pages(pages)
         }
         Memory::Own(own) => {
@@ -320,51 +351,6 @@ pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateE
         phases,
         caller_cpu: sys::thread_cpu_time().saturating_sub(cpu),
     })
-}
-
-/// The present pages of `selection` of `process`, and where they are.
-pub fn scan_process(
-    process: Process,
-    selection: &Selection,
-    from: Option<&NodeSet>,
-    to: NodeId,
-    laps: &mut Laps,
-    phases: &mut Phases,
-) -> Result<Pages, MigrateError> {
-    check_process(process)?;
-    let ranges = select(process, procfs::read_maps(process)?, selection)?;
-    let present = present_pages(process, ranges)?;
-    laps.lap(&mut phases.scan);
-    let before = query(process, &present)?;
-    laps.lap(&mut phases.query);
-
-    let mut pages = Pages::default();
-    for (&page, place) in present.iter().zip(&before) {
-        match *place {
-            PageNode::Node(n) if from.is_some_and(|f| !f.contains(n)) => {}
-            PageNode::Node(n) if n == to => {
-                pages.requested += 1;
-                pages.already_on_target += 1;
-            }
-            PageNode::Node(_) => {
-                pages.requested += 1;
-                pages.to_move.push(page);
-            }
-            PageNode::Error(_) if from.is_some() => {}
-            // Present in the page tables but no page the kernel can move: the shared zero page
-            // of memory read but never written (`EFAULT`), or freed since the scan (`ENOENT`).
-            PageNode::Error(Errno::FAULT | Errno::NOENT) => {
-                pages.requested += 1;
-                *pages.skipped.entry(SkipReason::NothingToMove).or_default() += 1;
-            }
-            PageNode::Error(e) => {
-                pages.requested += 1;
-                *pages.failed.entry(FailureCause::from_errno(e)).or_default() += 1;
-            }
-        }
-    }
-    laps.lap(&mut phases.scan);
-    Ok(pages)
 }
 
 /// The present pages of `ranges` of `process`, in order (a mapping gone meanwhile has none).
