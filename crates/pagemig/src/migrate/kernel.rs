@@ -32,10 +32,9 @@ const MAX_ROUNDS: usize = 4;
 const ROUNDS: usize = 16;
 const CHECK_ROUNDS: usize = 3;
 
-/// The check of a planned thread count while it runs: it is measured over [`CHECK_ROUNDS`]
-/// rounds (their median GB/s); when it runs more than 10% under the plan's prediction, half as
-/// many threads are tried for as many rounds and the faster is kept. One trial at most: the
-/// exploration is bounded. Nothing is checked without a prediction or with one thread.
+/// The check of a planned thread count while it runs: the median GB/s of [`CHECK_ROUNDS`]
+/// rounds; more than 10% under the prediction, half as many threads are tried as long and the
+/// faster is kept. One trial at most; nothing is checked without a prediction or with one thread.
 struct ThreadCheck {
     /// The plan's thread count and the alternative; which of them runs.
     counts: [usize; 2],
@@ -127,14 +126,13 @@ impl Group<'_> {
     fn run(&self) -> ThreadResult {
         let mut out = ThreadResult::default();
         let cpu_start = sys::thread_cpu_time();
-        let mut targets = Vec::new();
         while !self.stop.load(Ordering::Relaxed) && !self.full.load(Ordering::Relaxed) {
             let want = self.batch.load(Ordering::Relaxed).max(1);
             let Some(Range { start, end }) = self.claim(want) else {
                 break;
             };
             let first_call = out.durations.len();
-            match self.move_batch(&self.pages[start..end], &mut targets, &mut out) {
+            match self.move_batch(&self.pages[start..end], &mut out) {
                 Ok(status) => {
                     out.pieces.push((start, status));
                     (self.progress)((end - start) as u64);
@@ -204,28 +202,21 @@ impl Group<'_> {
         }
     }
 
-    /// Moves one batch and returns a status per page. When the kernel leaves pages behind
-    /// (`move_pages` > 0), it stops at the failing run of pages and reports none of that run, not
-    /// even those that moved: ask where the unreported pages are, and try those still elsewhere
-    /// again, until no more move. Pages that never move are reported as busy.
-    fn move_batch(
-        &self,
-        pages: &[usize],
-        targets: &mut Vec<i32>,
-        out: &mut ThreadResult,
-    ) -> Result<Vec<i32>, SysError> {
+    /// Moves one batch and returns a status per page. Where the kernel leaves pages behind, it
+    /// reports none of the failing run, not even those that moved: ask where those are, and try
+    /// those still elsewhere again until no more move. Pages that never move are busy.
+    fn move_batch(&self, pages: &[usize], out: &mut ThreadResult) -> Result<Vec<i32>, SysError> {
         let mut status = vec![UNREPORTED; pages.len()];
         let mut pending: Vec<usize> = (0..pages.len()).collect();
         for round in 0..MAX_ROUNDS {
             let addrs: Vec<usize> = pending.iter().map(|&i| pages[i]).collect();
             let mut st = vec![UNREPORTED; addrs.len()];
-            targets.clear();
-            targets.resize(addrs.len(), self.node as i32);
+            let targets = vec![self.node as i32; addrs.len()];
             let t = Instant::now();
             let left = sys::move_pages(
                 self.process.raw(),
                 &addrs,
-                Some(targets),
+                Some(&targets),
                 &mut st,
                 self.plan.move_all,
             )?;
@@ -277,14 +268,12 @@ impl Group<'_> {
     }
 }
 
-/// Moves `pages[i]` of `process` to node `nodes[i]`: pages are grouped by target node, and each
-/// group is moved in batches by the `workers` of the plan's CPUs (one job per CPU, pulling
-/// batches until the group is done). `progress` is called with the number of pages of each
-/// completed call. As `move_pages(2)` does, `status[i]` says where `pages[i]` is
-/// afterwards (its node) or why it did not move (`-errno`); `-ESRCH` marks pages not attempted
-/// because the process exited (see [`process_exited`]), `-ENOMEM` pages not attempted because
-/// their target node filled up. An error means the move could not go on (no permission, a
-/// worker could not be pinned, a job panicked).
+/// Moves `pages[i]` of `process` to node `nodes[i]`, each node's group in batches pulled by the
+/// `workers` of the plan's CPUs; `progress` gets the pages of each completed call. As with
+/// `move_pages(2)`, `status[i]` is the node of `pages[i]` afterwards or `-errno`; `-ESRCH` marks
+/// pages not tried because the process exited (see [`process_exited`]), `-ENOMEM` those not
+/// tried because their node filled up. An error means the move could not go on (no permission,
+/// a worker could not be pinned, a job panicked).
 ///
 /// # Panics
 /// If `nodes` or `status` is not as long as `pages`.
@@ -381,8 +370,7 @@ pub fn move_pages(
                 durations.extend(r.durations);
             }
         }
-        // Pages no call reached: a full node left them behind for want of memory; otherwise
-        // the process exited (or the migration stopped) first.
+        // Pages no call reached: the node was full, or else the process exited (or we stopped).
         let untried = if group.full.load(Ordering::Relaxed) {
             -libc::ENOMEM
         } else {
@@ -410,16 +398,14 @@ pub fn process_exited(status: &[i32]) -> bool {
     status.contains(&-libc::ESRCH)
 }
 
-/// Makes the `move_pages` calls of [`execute`]: [`move_pages`] itself, or the same done by a
-/// helper process in another cgroup (see [`super::in_cgroup`]). Its arguments are those of
-/// [`move_pages`] without the process and the plan, which it knows.
+/// Makes the calls of [`execute`]: [`move_pages`] (without the process and plan, which it
+/// knows), itself or by a helper process in another cgroup (see [`super::in_cgroup`]).
 pub type Mover<'a> = dyn Fn(&[usize], &[NodeId], &mut [i32], &(dyn Fn(u64) + Sync)) -> Result<CallStats, MigrateError>
     + 'a;
 
-/// The kernel path: moves the pages a scan of `request`'s process found (`pages`) to its target
-/// as `plan` says, with `mover` making the calls, then asks the kernel again where each one is
-/// to count what moved. `paying` is the cgroup whose CPU usage is read before and after the
-/// move phase.
+/// The kernel path: moves the `pages` a scan of `request` found as `plan` says, with `mover`
+/// making the calls, then asks where each one is to count what moved. `paying` is the cgroup
+/// whose CPU usage is read around the move phase.
 pub fn execute(
     request: &Request<'_>,
     pages: &Pages,

@@ -1,12 +1,8 @@
-//! Moving pages between nodes, in steps: a [`Request`] (which memory, which node, options) →
-//! [`scan::scan`] (which pages, where they are) → a [`Plan`] (chosen by
-//! [`crate::policy::Planner::plan`]; nothing here chooses) → an executor → an
-//! [`crate::account::Report`].
-//!
-//! The executors: [`kernel`] moves pages of any process the caller may ptrace with
-//! `move_pages(2)`, in batches split over pinned threads, wrapped by [`in_cgroup`] which charges
-//! the CPU time as the plan says; [`remap`] moves the calling process's own memory with a copy
-//! engine and `mremap`, taking pages from [`reservoir`]s.
+//! Moving pages between nodes: a [`Request`] → [`scan::scan`] → a [`Plan`] (chosen by
+//! [`crate::policy::Planner::plan`]; nothing here chooses) → an executor → a
+//! [`crate::account::Report`]. The executors: [`kernel`] (`move_pages(2)` for any process, with
+//! [`in_cgroup`] charging the CPU time as planned) and [`remap`] (the caller's own memory, by
+//! copy and `mremap`, with pages from [`reservoir`]s).
 
 pub mod in_cgroup;
 pub mod kernel;

@@ -14,9 +14,8 @@ use crate::topology::CpuId;
 pub struct Plan {
     /// Which way the pages move.
     pub path: Path,
-    /// How the remap path copies, as the planner chose (`None` on the kernel path, where the
-    /// kernel copies, and where the caller gives the remap path its engine; the
-    /// [`crate::Migrator`] then copies with memcpy on the calling thread).
+    /// How the remap path copies (`None` on the kernel path, and where the caller gives the
+    /// remap path its engine: the [`crate::Migrator`] then copies with memcpy on its thread).
     pub copier: Option<Copier>,
     /// CPUs of the threads that call `move_pages` (kernel path) or copy (the remap path's pool
     /// workers), in order. Empty: on the calling thread.
@@ -24,19 +23,16 @@ pub struct Plan {
     /// Where those threads were placed (`None` on the calling thread).
     #[serde(skip)]
     pub placement: Option<Placement>,
-    /// Base pages per `move_pages` call (the most, when `max_stall` adapts it), or per batch of
-    /// the remap path (writers to a batch wait while it moves; rounded to 2 MB where the range
-    /// is 2 MB aligned).
+    /// Base pages per `move_pages` call (the most, under `max_stall`), or per batch of the remap
+    /// path (rounded to 2 MB where the range is 2 MB aligned).
     pub batch: usize,
-    /// Longest time one kernel call may hold the target's pages: batch sizes follow the
-    /// measured cost per page so that calls stay under it (kernel path).
+    /// Longest time one kernel call may hold the target's pages (kernel path; batches adapt).
     pub max_stall: Option<Duration>,
     /// Also move pages shared with other processes (`MPOL_MF_MOVE_ALL`, needs `CAP_SYS_NICE`).
     pub move_all: bool,
-    /// Kernel path: entries next to each other whose pages are in one aligned region of this
-    /// many bytes stay in one `move_pages` call, so that no two calls share a folio (the kernel
-    /// answers a folio's entries by each other: one queued for migration makes the next
-    /// `EBUSY`). Zero: batches are cut anywhere.
+    /// Kernel path: pages in one aligned region of this many bytes stay in one call, so that no
+    /// two calls share a folio (one entry queued for migration makes the folio's next `EBUSY`).
+    /// Zero: batches are cut anywhere.
     pub region: usize,
     /// Who pays: with [`ChargeTo::Target`] the kernel path's calls are made by a helper process
     /// in the target's cgroup (see [`super::in_cgroup`]).
@@ -45,8 +41,7 @@ pub struct Plan {
     pub verify: Verify,
     /// Predicted GB/s, when a cost model was used.
     pub predicted_gbps: Option<f64>,
-    /// The user fixed the thread count (kernel path): the executor keeps it, where it would
-    /// otherwise try fewer threads when they run more than 10% under the prediction.
+    /// The user fixed the thread count (kernel path): the executor does not try fewer threads.
     pub threads_fixed: bool,
     /// Predicted GB/s of the baseline the plan must not lose to (one thread).
     pub baseline_gbps: Option<f64>,

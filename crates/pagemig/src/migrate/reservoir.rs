@@ -8,11 +8,8 @@ use crate::sys::{HUGE_PAGE_SIZE, Mapping, SysError};
 use crate::topology::{NodeId, NodeSet};
 
 /// Chunks of pages already faulted in on their node, by (node, huge pages, length), up to a
-/// memory cap. Threads may share them.
-///
-/// Chunks hold stale data: the remap path hands a chunk out only to a batch whose present pages
-/// it overwrites by copying and whose other pages it drops first, so no byte of a previous owner
-/// is ever seen at a new address.
+/// memory cap; threads may share them. Chunks hold stale data: the remap path overwrites a
+/// chunk's pages by copying or drops them, so no byte of a previous owner is seen.
 #[derive(Debug)]
 pub struct Reservoirs {
     cap: usize,

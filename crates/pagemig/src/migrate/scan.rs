@@ -1,11 +1,7 @@
-//! The scan step: which pages a [`Request`] moves, and where they are.
-//!
-//! For a process: its mappings, the present pages of the selected ones, and the node of each
-//! ([`Pages`]). For the caller's own memory: which pages of each range hold data, as [`Runs`].
-//!
-//! One `PAGEMAP_SCAN` ioctl answers with runs of pages (Linux 6.7+); older kernels get the
-//! pagemap entries read page by page. Nothing here reads a file whose size grows with the
-//! process's mappings, except the fallback's huge-page check.
+//! The scan step: which pages a [`Request`] moves, and where they are: for a process, the
+//! present pages of the selected mappings and their nodes ([`Pages`]); for the caller's own
+//! memory, which pages of each range hold data ([`Runs`]), from one `PAGEMAP_SCAN` ioctl (Linux
+//! 6.7+) or else the pagemap entries page by page.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -394,9 +390,8 @@ pub fn query(process: Process, pages: &[usize]) -> Result<Vec<PageNode>, Migrate
     Ok(out)
 }
 
-/// Checks, before anything moves, that the process exists, has user memory (not a zombie or a
-/// kernel thread) and that the caller may move its pages (an empty `move_pages` call: the
-/// kernel's own checks of the pid and the caller's rights).
+/// Checks that the process exists, has user memory (not a zombie or a kernel thread) and that
+/// the caller may move its pages (by an empty `move_pages` call).
 pub fn check_process(process: Process) -> Result<(), MigrateError> {
     procfs::check_user_memory(process)?;
     sys::move_pages(process.raw(), &[], None, &mut [], false)
