@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::time::Duration;
 
 use super::plan::Plan;
 use super::reservoir::Reservoirs;
@@ -401,7 +400,8 @@ pub unsafe fn migrate_range(
         },
     };
     let (mut copied_total, mut untouched, mut on_target_total) = (0u64, 0u64, 0u64);
-    let (mut copy_threads, mut worker_cpu) = (0usize, Duration::ZERO);
+    // Only the copy's threads and their CPU time: no kernel calls.
+    let mut calls = CallStats::default();
     // Free memory on the target, read once where a batch first needs new pages, then counted
     // down: earlier batches of this call used some.
     let mut free: Option<u64> = None;
@@ -480,17 +480,16 @@ pub unsafe fn migrate_range(
         let present: usize = runs.iter().map(|r| r.len()).sum();
         // Only whole batches of data are recycled: a hole in a chunk would later fault in under
         // the old memory policy.
-        let recycle_to = match (tools.reservoirs, runs.as_slice()) {
-            (Some(_), [r]) if r.len() == b_len && scan.bytes(PageState::Swapped) == 0 => {
-                match sys::query_page_nodes(0, &[src]) {
-                    Ok(nodes) => match nodes[..] {
-                        [PageNode::Node(n)] => Some(n),
-                        _ => None,
-                    },
-                    Err(e) => return Err(undo(failed(e), moved_out.take())),
-                }
+        let whole = matches!(runs.as_slice(), [r] if r.len() == b_len);
+        let recycle_to = if reservoirs && whole && scan.bytes(PageState::Swapped) == 0 {
+            let nodes =
+                sys::query_page_nodes(0, &[src]).map_err(|e| undo(failed(e), moved_out.take()))?;
+            match nodes[..] {
+                [PageNode::Node(n)] => Some(n),
+                _ => None,
             }
-            _ => None,
+        } else {
+            None
         };
         laps.lap(&mut phases.scan);
 
@@ -546,8 +545,8 @@ pub unsafe fn migrate_range(
             };
             undo(e, moved_out.take())
         })?;
-        worker_cpu += stats.worker_cpu;
-        copy_threads = copy_threads.max(stats.threads);
+        calls.cpu_time += stats.worker_cpu;
+        calls.threads = calls.threads.max(stats.threads);
         drop(ops);
         laps.lap(&mut phases.copy);
 
@@ -630,11 +629,7 @@ pub unsafe fn migrate_range(
         pages_failed: failed.into_iter().collect(),
         pages_left_by_node: BTreeMap::new(),
         bytes_moved: on_target_total * page,
-        calls: CallStats {
-            threads: copy_threads,
-            cpu_time: worker_cpu,
-            ..CallStats::default()
-        },
+        calls,
         phases,
         wall: laps.wall(),
         caller_cpu: sys::thread_cpu_time().saturating_sub(caller_cpu_start),
