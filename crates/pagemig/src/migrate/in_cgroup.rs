@@ -5,6 +5,7 @@
 //! checks first thing and then only calls [`serve`]. Placed in the cgroup between fork and exec,
 //! it reads its work on stdin and reports progress and the per-page result on stdout.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -15,11 +16,13 @@ use super::MigrateError;
 use super::kernel;
 use super::plan::Plan;
 use super::request::{Progress, Request};
-use super::scan::{self, Found, Pages};
-use crate::account::{CallStats, ChargeTo, Report};
+use super::scan::{self, Found, Pages, query};
+use crate::account::{
+    CallStats, Charge, ChargeTo, FailureCause, Laps, Path, Phases, Report, SkipReason,
+};
 use crate::cgroup::Cgroup;
 use crate::process::Process;
-use crate::sys;
+use crate::sys::{self, Errno, PageNode};
 use crate::topology::{CpuId, NodeId, Topology};
 use crate::workers::Workers;
 
@@ -126,9 +129,10 @@ pub fn serve(mut input: impl Read, output: impl Write + Send) -> io::Result<()> 
     out.flush()
 }
 
-/// The kernel path ([`kernel::execute`]) for `pages` of `request`, charged as `plan.charge`
-/// says: to the caller's cgroup, or to the target's, whose cgroup then gets a helper process
-/// that makes the calls (unless the caller is in that cgroup already).
+/// The kernel path: moves the `pages` a scan of `request` found as `plan` says, then asks where
+/// each one is to count what moved. The CPU time is charged as `plan.charge` says: to the
+/// caller's cgroup, or to the target's, whose cgroup then gets a helper process that makes the
+/// calls (unless the caller is in it already).
 pub fn execute(
     request: &Request<'_>,
     pages: &Pages,
@@ -152,12 +156,118 @@ pub fn execute(
         }
     };
     let helper = paying.as_ref().filter(|_| helper);
-    let mover = |p: &[usize], n: &[NodeId], st: &mut [i32], pr: &(dyn Fn(u64) + Sync)| match helper
-    {
-        Some(cgroup) => move_pages_in(cgroup, process, p, n, st, plan, pr),
-        None => kernel::move_pages(process, p, n, st, plan, workers, pr),
+    let caller_cpu = sys::thread_cpu_time();
+    let mut laps = Laps::start();
+    let to = request.to;
+    let to_move = &pages.to_move;
+    progress(Progress::Planned(to_move.len() as u64));
+    let page_size = sys::base_page_size() as u64;
+    let mut report = Report {
+        path: Path::Kernel,
+        process,
+        to,
+        dry_run: request.options.dry_run,
+        page_size,
+        pages_requested: pages.requested,
+        pages_moved: 0,
+        pages_already_on_target: pages.already_on_target,
+        pages_skipped: pages.skipped.clone(),
+        pages_failed: pages.failed.clone(),
+        pages_left_by_node: BTreeMap::new(),
+        bytes_moved: 0,
+        calls: CallStats::default(),
+        phases: Phases::default(),
+        wall: Duration::ZERO,
+        caller_cpu: Duration::ZERO,
+        process_exited: false,
+        charged_to: Charge {
+            to: plan.charge,
+            cgroup: paying.as_ref().map(|c| c.path.clone()),
+            usage_before_usec: None,
+            usage_after_usec: None,
+        },
+        remap: None,
+        why: plan.why.clone(),
     };
-    kernel::execute(request, pages, plan, paying.as_ref(), &mover, progress)
+    if request.options.dry_run {
+        report.pages_moved = to_move.len() as u64;
+    } else {
+        let usage = || paying.as_ref().and_then(|c| c.usage_usec().ok());
+        report.charged_to.usage_before_usec = usage();
+        let targets = vec![to; to_move.len()];
+        let mut status = vec![0; to_move.len()];
+        laps.lap(&mut report.phases.check);
+        let moved = |n| progress(Progress::Moved(n));
+        report.calls = match helper {
+            Some(cgroup) => move_pages_in(
+                cgroup,
+                process,
+                to_move,
+                &targets,
+                &mut status,
+                plan,
+                &moved,
+            ),
+            None => kernel::move_pages(
+                process,
+                to_move,
+                &targets,
+                &mut status,
+                plan,
+                workers,
+                &moved,
+            ),
+        }?;
+        laps.lap(&mut report.phases.moving);
+        report.charged_to.usage_after_usec = usage();
+        report.process_exited = kernel::process_exited(&status);
+        laps.lap(&mut report.phases.check);
+
+        // The status array is not the truth for huge pages (subpages of a THP that moved can say
+        // EBUSY), so ask again where every page is; only if the process is gone, trust the array.
+        let after = if report.process_exited {
+            None
+        } else {
+            match query(process, to_move) {
+                Ok(a) => Some(a),
+                Err(MigrateError::NoSuchProcess { .. }) => {
+                    report.process_exited = true;
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        for (i, &status) in status.iter().enumerate() {
+            let now = after
+                .as_ref()
+                .map_or(PageNode::from_status(status), |a| a[i]);
+            match now {
+                PageNode::Node(n) if n == to => {
+                    report.pages_moved += 1;
+                    continue;
+                }
+                // Without MPOL_MF_MOVE_ALL, shared pages stay by request, not by failure.
+                PageNode::Node(_) if status == -libc::EACCES && !plan.move_all => {
+                    *report.pages_skipped.entry(SkipReason::Shared).or_default() += 1;
+                    continue;
+                }
+                PageNode::Node(n) => *report.pages_left_by_node.entry(n).or_default() += 1,
+                PageNode::Error(_) => {}
+            }
+            // A failure: the call's errno says why, or else where the page is.
+            let cause = match now {
+                _ if status < 0 => FailureCause::from_errno(Errno::from_raw_os_error(-status)),
+                PageNode::Node(_) => FailureCause::StillElsewhere,
+                PageNode::Error(e) => FailureCause::from_errno(e),
+            };
+            *report.pages_failed.entry(cause).or_default() += 1;
+        }
+    }
+    report.bytes_moved = report.pages_moved * page_size;
+    laps.lap(&mut report.phases.verify);
+    report.wall = laps.wall();
+    report.caller_cpu = sys::thread_cpu_time().saturating_sub(caller_cpu);
+    Ok(report)
 }
 
 /// Scans `request`, a request of a process's pages, and moves them by [`execute`]; the

@@ -1,18 +1,13 @@
 //! The kernel path: `move_pages(2)` for any process, batches split over pinned threads.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::MigrateError;
 use super::plan::Plan;
-use super::request::{Progress, Request};
-use super::scan::{Pages, is_gone, query, sys_error};
-use crate::account::{
-    CallStats, Charge, FailureCause, Laps, Path, Phases, Report, SkipReason, median,
-};
-use crate::cgroup::Cgroup;
+use super::scan::{is_gone, sys_error};
+use crate::account::{CallStats, median};
 use crate::process::Process;
 use crate::sys::{self, Errno, PageNode, SysError};
 use crate::topology::NodeId;
@@ -307,13 +302,11 @@ pub fn move_pages(
     let mut check = ThreadCheck::new(plan.cpus.len(), predicted);
 
     let mut lo = 0;
-    while lo < sorted.len() && !stop.load(Ordering::Relaxed) {
-        let node = nodes[order[lo]];
-        let hi = lo
-            + order[lo..]
-                .iter()
-                .take_while(|&&i| nodes[i] == node)
-                .count();
+    for same_node in order.chunk_by(|&a, &b| nodes[a] == nodes[b]) {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let (node, hi) = (nodes[same_node[0]], lo + same_node.len());
         sorted_status[lo..hi].fill(UNREPORTED);
         let group = Group {
             process,
@@ -398,119 +391,6 @@ pub fn process_exited(status: &[i32]) -> bool {
     status.contains(&-libc::ESRCH)
 }
 
-/// Makes the calls of [`execute`]: [`move_pages`] (without the process and plan, which it
-/// knows), itself or by a helper process in another cgroup (see [`super::in_cgroup`]).
-pub type Mover<'a> = dyn Fn(&[usize], &[NodeId], &mut [i32], &(dyn Fn(u64) + Sync)) -> Result<CallStats, MigrateError>
-    + 'a;
-
-/// The kernel path: moves the `pages` a scan of `request` found as `plan` says, with `mover`
-/// making the calls, then asks where each one is to count what moved. `paying` is the cgroup
-/// whose CPU usage is read around the move phase.
-pub fn execute(
-    request: &Request<'_>,
-    pages: &Pages,
-    plan: &Plan,
-    paying: Option<&Cgroup>,
-    mover: &Mover<'_>,
-    progress: &(dyn Fn(Progress) + Sync),
-) -> Result<Report, MigrateError> {
-    let caller_cpu = sys::thread_cpu_time();
-    let mut laps = Laps::start();
-    let process = request.process_moved();
-    let to = request.to;
-    let to_move = &pages.to_move;
-    progress(Progress::Planned(to_move.len() as u64));
-    let page_size = sys::base_page_size() as u64;
-    let mut report = Report {
-        path: Path::Kernel,
-        process,
-        to,
-        dry_run: request.options.dry_run,
-        page_size,
-        pages_requested: pages.requested,
-        pages_moved: 0,
-        pages_already_on_target: pages.already_on_target,
-        pages_skipped: pages.skipped.clone(),
-        pages_failed: pages.failed.clone(),
-        pages_left_by_node: BTreeMap::new(),
-        bytes_moved: 0,
-        calls: CallStats::default(),
-        phases: Phases::default(),
-        wall: Duration::ZERO,
-        caller_cpu: Duration::ZERO,
-        process_exited: false,
-        charged_to: Charge {
-            to: plan.charge,
-            cgroup: paying.map(|c| c.path.clone()),
-            usage_before_usec: None,
-            usage_after_usec: None,
-        },
-        remap: None,
-        why: plan.why.clone(),
-    };
-    if request.options.dry_run {
-        report.pages_moved = to_move.len() as u64;
-    } else {
-        let usage = || paying.and_then(|c| c.usage_usec().ok());
-        report.charged_to.usage_before_usec = usage();
-        let targets = vec![to; to_move.len()];
-        let mut status = vec![0; to_move.len()];
-        laps.lap(&mut report.phases.check);
-        report.calls = mover(to_move, &targets, &mut status, &|n| {
-            progress(Progress::Moved(n))
-        })?;
-        laps.lap(&mut report.phases.moving);
-        report.charged_to.usage_after_usec = usage();
-        report.process_exited = process_exited(&status);
-        laps.lap(&mut report.phases.check);
-
-        // The status array is not the truth for huge pages (subpages of a THP that moved can say
-        // EBUSY), so ask again where every page is; only if the process is gone, trust the array.
-        let after = if report.process_exited {
-            None
-        } else {
-            match query(process, to_move) {
-                Ok(a) => Some(a),
-                Err(MigrateError::NoSuchProcess { .. }) => {
-                    report.process_exited = true;
-                    None
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        for (i, &status) in status.iter().enumerate() {
-            let now = after
-                .as_ref()
-                .map_or(PageNode::from_status(status), |a| a[i]);
-            match now {
-                PageNode::Node(n) if n == to => {
-                    report.pages_moved += 1;
-                    continue;
-                }
-                // Without MPOL_MF_MOVE_ALL, shared pages stay by request, not by failure.
-                PageNode::Node(_) if status == -libc::EACCES && !plan.move_all => {
-                    *report.pages_skipped.entry(SkipReason::Shared).or_default() += 1;
-                    continue;
-                }
-                PageNode::Node(n) => *report.pages_left_by_node.entry(n).or_default() += 1,
-                PageNode::Error(_) => {}
-            }
-            // A failure: the call's errno says why, or else where the page is.
-            let cause = match now {
-                _ if status < 0 => FailureCause::from_errno(Errno::from_raw_os_error(-status)),
-                PageNode::Node(_) => FailureCause::StillElsewhere,
-                PageNode::Error(e) => FailureCause::from_errno(e),
-            };
-            *report.pages_failed.entry(cause).or_default() += 1;
-        }
-    }
-    report.bytes_moved = report.pages_moved * page_size;
-    laps.lap(&mut report.phases.verify);
-    report.wall = laps.wall();
-    report.caller_cpu = sys::thread_cpu_time().saturating_sub(caller_cpu);
-    Ok(report)
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     #![allow(
@@ -518,8 +398,9 @@ pub(super) mod tests {
         reason = "a selection is a list of ranges"
     )]
     use super::*;
-    use crate::migrate::request::Selection;
-    use crate::migrate::scan::{Found, scan};
+    use crate::account::{Report, SkipReason};
+    use crate::migrate::in_cgroup::scan_and_execute;
+    use crate::migrate::request::{Request, Selection};
     use crate::sys::Mapping;
     use crate::topology::Topology;
 
@@ -536,19 +417,7 @@ pub(super) mod tests {
         request: &Request<'_>,
         plan: &Plan,
     ) -> Result<Report, MigrateError> {
-        let scan = scan(topo, request)?;
-        let Found::Pages(pages) = &scan.found else {
-            panic!("a process request finds pages: {scan:?}");
-        };
-        let process = request.process_moved();
-        execute(
-            request,
-            pages,
-            plan,
-            None,
-            &|p, n, st, pr| move_pages(process, p, n, st, plan, &Workers::new(), pr),
-            &|_| {},
-        )
+        scan_and_execute(topo, request, plan, &Workers::new(), &|_| {})
     }
 
     #[test]
