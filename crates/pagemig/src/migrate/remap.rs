@@ -260,9 +260,8 @@ fn moved_to(mut runs: Runs, at: usize) -> Runs {
 }
 
 /// Moves the pages of `[pos, pos + len)` out into a chunk of their own, 2 MB-aligned so that
-/// `mremap` moves whole page tables where it can; the range stays mapped but empty. `None`
-/// where the range spans several mappings (earlier batches of other sizes), which one call
-/// cannot move.
+/// `mremap` moves whole page tables; the range stays mapped but empty. `None` where the range
+/// spans several mappings (earlier batches of other sizes), which one call cannot move.
 ///
 /// # Safety
 /// As [`Mapping::take_pages_from`]: `[pos, pos + len)` is page-aligned private anonymous memory
@@ -340,15 +339,13 @@ fn pages_to_verify(scan: &Runs, mode: Verify) -> Vec<usize> {
 /// What the remap path works with besides its [`Plan`].
 #[derive(Clone, Copy)]
 pub struct Tools<'a> {
-    /// Copies the pages, as the plan's copier says (a [`crate::copy::Pool`] for several
-    /// workers).
+    /// Copies the pages, as the plan's copier says.
     pub engine: &'a dyn CopyEngine,
     /// The userfaultfd and files, kept open between calls.
     pub handles: &'a Handles,
     /// Where new pages come from and old pages go, instead of being allocated and freed. With
-    /// them, accesses to a batch's pages that are not there (never touched, or moved out) wait
-    /// for the batch too, and base pages are moved out before the copy instead of being
-    /// write-protected.
+    /// them, base pages are moved out before the copy instead of being write-protected, and
+    /// every access to a batch's absent pages waits for the batch.
     pub reservoirs: Option<&'a Reservoirs>,
 }
 

@@ -432,12 +432,13 @@ fn select(
             let page = sys::base_page_size();
             let mut out = Vec::new();
             for r in ranges {
+                let bad = |reason| MigrateError::BadRange {
+                    start: r.start,
+                    end: r.end,
+                    reason,
+                };
                 if r.start >= r.end {
-                    return Err(MigrateError::BadRange {
-                        start: r.start,
-                        end: r.end,
-                        reason: "the end is not after the start",
-                    });
+                    return Err(bad("the end is not after the start"));
                 }
                 // An end in the last page of the address space cannot be rounded up: clamp it
                 // (no process maps that page).
@@ -454,11 +455,7 @@ fn select(
                         .map(|a| a.start.max(start)..a.end.min(end)),
                 );
                 if out.len() == before {
-                    return Err(MigrateError::BadRange {
-                        start: r.start,
-                        end: r.end,
-                        reason: "nothing is mapped there in this process",
-                    });
+                    return Err(bad("nothing is mapped there in this process"));
                 }
             }
             Ok(out)
