@@ -411,13 +411,12 @@ pub(super) mod tests {
         (t, n)
     }
 
-    /// Scans and moves with `plan`, calls made on this process's side.
-    fn migrate(
-        topo: &Topology,
-        request: &Request<'_>,
-        plan: &Plan,
-    ) -> Result<Report, MigrateError> {
-        scan_and_execute(topo, request, plan, &Workers::new(), &|_| {})
+    /// Scans the pages of `m`, as any process's, and moves them to `node` with `plan`.
+    fn migrate(topo: &Topology, m: &Mapping, node: NodeId, plan: &Plan) -> Report {
+        let start = m.as_ptr() as usize;
+        let selection = Selection::Ranges(vec![start..start + m.len()]);
+        let request = Request::process(Process::Current, selection, node);
+        scan_and_execute(topo, &request, plan, &Workers::new(), &|_| {}).unwrap()
     }
 
     #[test]
@@ -454,15 +453,9 @@ pub(super) mod tests {
         let (topo, node) = this_node();
         let mut m = Mapping::anonymous(32 * 4096).unwrap();
         m.as_mut_slice()[..20 * 4096].fill(9);
-        let start = m.as_ptr() as usize;
-        let req = Request::process(
-            Process::Current,
-            Selection::Ranges(vec![start..start + 32 * 4096]),
-            node,
-        );
         let cpus: Vec<u32> = sys::allowed_cpus().unwrap().iter().collect();
         for plan in [Plan::serial(4), Plan::parallel(cpus.clone(), 3)] {
-            let r = migrate(&topo, &req, &plan).unwrap();
+            let r = migrate(&topo, &m, node, &plan);
             assert_eq!(r.pages_requested, 20, "{r:?}");
             assert_eq!(r.pages_already_on_target, 20);
             assert_eq!(r.pages_moved, 0);
@@ -481,13 +474,7 @@ pub(super) mod tests {
             .map(|i| u64::from(std::hint::black_box(m.as_slice()[i * 4096])))
             .sum();
         assert_eq!(sum, 0);
-        let start = m.as_ptr() as usize;
-        let req = Request::process(
-            Process::Current,
-            Selection::Ranges(vec![start..start + 32 * 4096]),
-            node,
-        );
-        let r = migrate(&topo, &req, &Plan::serial(8)).unwrap();
+        let r = migrate(&topo, &m, node, &Plan::serial(8));
         assert_eq!(r.pages_not_moved(), 0, "{r:#?}");
         assert_eq!(r.pages_already_on_target, 8, "{r:#?}");
         assert_eq!(
@@ -574,7 +561,8 @@ pub(super) mod tests {
     fn a_missing_pid_is_refused() {
         let (topo, node) = this_node();
         let req = Request::process(Process::Pid(i32::MAX as u32 - 1), Selection::All, node);
-        let err = migrate(&topo, &req, &Plan::serial(64)).unwrap_err();
+        let err = scan_and_execute(&topo, &req, &Plan::serial(64), &Workers::new(), &|_| {});
+        let err = err.unwrap_err();
         assert!(matches!(err, MigrateError::NoSuchProcess { .. }), "{err}");
         assert!(err.to_string().contains("does not exist"));
     }

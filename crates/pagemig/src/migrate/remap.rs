@@ -377,7 +377,6 @@ pub unsafe fn migrate_range(
         .checked_add(len)
         .ok_or(RemapError::Misaligned { start, len })?;
     super::check_target(topology, to)?;
-    let verify = plan.verify;
     let Handles { uffd, pagemap } = tools.handles;
     check_range(pagemap, start, end)?;
     let aligned = start.is_multiple_of(HUGE_PAGE_SIZE) && len.is_multiple_of(HUGE_PAGE_SIZE);
@@ -391,7 +390,7 @@ pub unsafe fn migrate_range(
         writes_waited: 0,
         scan: ScanMethod::PagemapScan,
         verification: Verification {
-            mode: verify,
+            mode: plan.verify,
             pages_checked: 0,
             batches_checked_in_full: 0,
         },
@@ -587,11 +586,11 @@ pub unsafe fn migrate_range(
             let placed = sys::query_page_nodes(0, pages).map_err(failed)?;
             Ok(placed.iter().filter(|p| **p == PageNode::Node(to)).count())
         };
-        let asked = pages_to_verify(&scan, verify);
+        let asked = pages_to_verify(&scan, plan.verify);
         let mut checked = asked.len();
         let mut found = on_target(&asked)?;
         let copied_pages = present / page;
-        if verify == Verify::Sample {
+        if plan.verify == Verify::Sample {
             if found == asked.len() {
                 found = copied_pages;
             } else {

@@ -159,12 +159,8 @@ fn from_regions(range: Range<usize>, regions: &[PageRegion]) -> Runs {
         } else {
             PageState::Swapped
         };
-        push(
-            &mut runs,
-            r.range.clone(),
-            state,
-            c.contains(PageCategories::HUGE),
-        );
+        let huge = c.contains(PageCategories::HUGE);
+        push(&mut runs, r.range.clone(), state, huge);
         pos = r.range.end;
     }
     push(&mut runs, pos..range.end, PageState::Untouched, false);
