@@ -1,8 +1,8 @@
 //! Moving pages between nodes: a [`Request`] → [`scan::scan`] → a [`Plan`] (chosen by
 //! [`crate::policy::Planner::plan`]; nothing here chooses) → an executor → a
-//! [`crate::account::Report`]. The executors: [`kernel`] (`move_pages(2)` for any process, with
-//! [`in_cgroup`] charging the CPU time as planned) and [`remap`] (the caller's own memory, by
-//! copy and `mremap`, with pages from [`reservoir`]s).
+//! [`crate::account::Report`]. The executors: [`in_cgroup::execute`] ([`kernel`]'s
+//! `move_pages(2)` for any process, its CPU time charged as planned) and [`remap`] (the caller's
+//! own memory, by copy and `mremap`, with pages from [`reservoir`]s).
 
 pub mod in_cgroup;
 pub mod kernel;

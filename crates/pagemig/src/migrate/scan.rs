@@ -102,10 +102,8 @@ impl Runs {
                     Some(r) => (r.range.start.min(a.range.end), None),
                     None => (a.range.end, None),
                 };
-                match present {
-                    Some(huge) => push(&mut runs, pos..end, PageState::Present, huge),
-                    None => push(&mut runs, pos..end, a.state, a.huge),
-                }
+                let (state, huge) = present.map_or((a.state, a.huge), |h| (PageState::Present, h));
+                push(&mut runs, pos..end, state, huge);
                 pos = end;
             }
         }
@@ -591,20 +589,13 @@ mod tests {
         let ranges = |r: Range<usize>| pick(Selection::Ranges(vec![r]));
         let picked = ranges(start + 10..start + 4096 + 1).unwrap();
         assert_eq!(picked, [start..start + 2 * 4096]);
-        assert!(matches!(
-            ranges(start..start),
-            Err(MigrateError::BadRange {
-                reason: "the end is not after the start",
-                ..
-            })
-        ));
-        assert!(matches!(
-            ranges(4096..8192),
-            Err(MigrateError::BadRange {
-                reason: "nothing is mapped there in this process",
-                ..
-            })
-        ));
+        for (range, why) in [
+            (start..start, "the end is not after the start"),
+            (4096..8192, "nothing is mapped there in this process"),
+        ] {
+            let e = ranges(range);
+            assert!(matches!(e, Err(MigrateError::BadRange { reason, .. }) if reason == why));
+        }
         assert!(matches!(
             pick(Selection::Mappings("no-such-file".into())),
             Err(MigrateError::NoMatchingMapping { .. })
