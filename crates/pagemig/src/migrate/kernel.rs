@@ -127,40 +127,36 @@ impl Group<'_> {
                 break;
             };
             let first_call = out.durations.len();
-            match self.move_batch(&self.pages[start..end], &mut out) {
+            let batch = &self.pages[start..end];
+            let moved = match self.move_batch(batch, &mut out) {
                 Ok(status) => {
-                    out.pieces.push((start, status));
-                    (self.progress)((end - start) as u64);
                     // The first call of the batch had all its pages; retries had fewer.
                     if let Some(&took) = out.durations.get(first_call) {
                         self.adapt(took, end - start);
                     }
+                    Ok(status)
                 }
                 Err(e) if is_gone(self.process, &e) => {
                     self.stop.store(true, Ordering::Relaxed);
+                    continue;
                 }
+                // The target node is full: say so for the pages of this batch that did not get
+                // there, and for every page of the group not tried yet.
                 Err(e) if e.errno == Errno::NOMEM => {
-                    // The target node is full: say so for the pages of this batch that did not
-                    // get there, and for every page of the group not tried yet.
                     self.full.store(true, Ordering::Relaxed);
-                    let batch = &self.pages[start..end];
-                    match sys::query_page_nodes(self.process.raw(), batch) {
-                        Ok(now) => {
-                            let status = now
-                                .into_iter()
-                                .map(|p| match p {
-                                    PageNode::Node(n) if n == self.node => n as i32,
-                                    _ => -libc::ENOMEM,
-                                })
-                                .collect();
-                            out.pieces.push((start, status));
-                            (self.progress)((end - start) as u64);
-                        }
-                        Err(e) => {
-                            self.stop.store(true, Ordering::Relaxed);
-                            out.error = Some(sys_error(self.process, e));
-                        }
-                    }
+                    let status = |p| match p {
+                        PageNode::Node(n) if n == self.node => n as i32,
+                        _ => -libc::ENOMEM,
+                    };
+                    let now = sys::query_page_nodes(self.process.raw(), batch);
+                    now.map(|now| now.into_iter().map(status).collect())
+                }
+                Err(e) => Err(e),
+            };
+            match moved {
+                Ok(status) => {
+                    out.pieces.push((start, status));
+                    (self.progress)((end - start) as u64);
                 }
                 Err(e) => {
                     self.stop.store(true, Ordering::Relaxed);
