@@ -1,9 +1,10 @@
 //! The kernel path with its CPU time charged as the plan says: under [`ChargeTo::Target`],
 //! helper processes make the `move_pages` calls from inside the target's cgroup.
 //!
-//! The helper is this program again (`/proc/self/exe`) with [`HELPER_ENV`] set, which `main`
-//! checks first thing and then only calls [`serve`]. Placed in the cgroup between fork and exec,
-//! it reads its work on stdin and reports progress and the per-page result on stdout.
+//! The helper is this program again (`/proc/self/exe`) with [`HELPER_ENV`] set: the `main` of a
+//! program that migrates with [`ChargeTo::Target`] must check for it first thing and then only
+//! call [`serve`]. Placed in the cgroup between fork and exec, the helper reads its work on stdin
+//! and reports progress and the per-page result on stdout.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
