@@ -551,7 +551,8 @@ pub unsafe fn migrate_range(
         let write_protected = moved_out.is_none();
         if let (None, Some(_)) = (&moved_out, recycle_to) {
             // SAFETY: [pos, b_end) is the caller's anonymous private memory, copied into `new`
-            // above; it gets `new`'s pages right below, and accesses wait until then.
+            // above; it gets `new`'s pages right below, and accesses wait until then. Where one
+            // call cannot move it, its old pages are freed by the remap instead of recycled.
             moved_out = unsafe { move_out(pos, b_len) }.map_err(|e| undo(failed(e), None))?;
         }
         // SAFETY: the caller owns [pos, b_end) (checked anonymous private above) and accepts
