@@ -27,8 +27,9 @@ pub const IDLE_POOLS: Duration = Duration::from_micros(300);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Effort {
-    /// Batches up to 1 MiB, 3 samples (more for small batches): well under a second, for
-    /// commands that need a model and find none saved (flat beyond 1 MiB).
+    /// Batches up to 1 MiB, 3 samples (three times as many up to 64 KiB, twice above, as for
+    /// every effort): well under a second, for commands that need a model and find none saved
+    /// (flat beyond 1 MiB).
     Builtin,
     /// Batches up to 16 MiB, 5 samples (more for small batches): a few seconds.
     Quick,
