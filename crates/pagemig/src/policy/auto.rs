@@ -41,7 +41,8 @@ const LARGE_FROM: u64 = 1 << 20;
 const MAX_TRIALS: usize = 4;
 /// Windows a size's check takes at most: per trial, [`STRIKES`] slow windows, a window of each
 /// of the two copiers and as many dropped figures after their changes; one more window covers
-/// the dropped figure after each trial the challenger won.
+/// the dropped figure after each trial the challenger won, but the last (`MAX_TRIALS - 1`
+/// figures, at most a window).
 pub const MOST_WINDOWS: usize = MAX_TRIALS * (STRIKES + 4) + 1;
 const _: () = assert!(MAX_TRIALS - 1 <= LARGE_WINDOW && LARGE_WINDOW <= WINDOW);
 /// Alternatives per batch size besides the plan's copier and `memcpy` on the calling thread.
