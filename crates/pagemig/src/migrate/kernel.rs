@@ -128,12 +128,11 @@ impl Group<'_> {
             };
             let first_call = out.durations.len();
             let batch = &self.pages[start..end];
+            // The first call of a batch that moved had all its pages; retries had fewer.
+            let mut took = None;
             let moved = match self.move_batch(batch, &mut out) {
                 Ok(status) => {
-                    // The first call of the batch had all its pages; retries had fewer.
-                    if let Some(&took) = out.durations.get(first_call) {
-                        self.adapt(took, end - start);
-                    }
+                    took = out.durations.get(first_call).copied();
                     Ok(status)
                 }
                 Err(e) if is_gone(self.process, &e) => {
@@ -157,6 +156,9 @@ impl Group<'_> {
                 Ok(status) => {
                     out.pieces.push((start, status));
                     (self.progress)((end - start) as u64);
+                    if let Some(took) = took {
+                        self.adapt(took, end - start);
+                    }
                 }
                 Err(e) => {
                     self.stop.store(true, Ordering::Relaxed);
@@ -442,6 +444,44 @@ pub(super) mod tests {
         assert_eq!(claims(r, 1), [0..2, 2..4, 4..6, 6..8]);
         assert_eq!(claims(r, 3), [0..4, 4..8]);
         assert_eq!(claims(0, 3), [0..3, 3..6, 6..8]);
+    }
+
+    #[test]
+    fn a_batch_is_reported_before_the_next_batches_are_resized() {
+        let (_, node) = this_node();
+        let mut m = Mapping::anonymous(8 * 4096).unwrap();
+        m.as_mut_slice().fill(1);
+        let pages: Vec<usize> = (0..8).map(|i| m.as_ptr() as usize + i * 4096).collect();
+        let mut plan = Plan::serial(4);
+        // No call fits in a nanosecond: after the first, batches shrink to one page.
+        plan.max_stall = Some(Duration::from_nanos(1));
+        let (batch, stop) = (AtomicUsize::new(4), AtomicBool::new(false));
+        let seen = std::sync::Mutex::new(Vec::new());
+        let group = Group {
+            process: Process::Current,
+            pages: &pages,
+            node,
+            cursor: AtomicUsize::new(0),
+            end: AtomicUsize::new(usize::MAX),
+            batch: &batch,
+            plan: &plan,
+            stop: &stop,
+            full: AtomicBool::new(false),
+            progress: &|n| {
+                seen.lock()
+                    .unwrap()
+                    .push((n, batch.load(Ordering::Relaxed)))
+            },
+        };
+        let r = group.run();
+        assert!(r.error.is_none());
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(
+            seen[0],
+            (4, 4),
+            "progress comes first, then the batch size adapts: {seen:?}"
+        );
+        assert_eq!(seen[1], (1, 1), "{seen:?}");
     }
 
     #[test]
