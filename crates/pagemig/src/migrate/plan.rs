@@ -15,7 +15,8 @@ pub struct Plan {
     /// Which way the pages move.
     pub path: Path,
     /// How the remap path copies (`None` on the kernel path, and where the caller gives the
-    /// remap path its engine: the [`crate::Migrator`] then copies with memcpy on its thread).
+    /// remap path its engine; given such a plan, the [`crate::Migrator`] copies with memcpy on
+    /// the calling thread).
     pub copier: Option<Copier>,
     /// CPUs of the threads that call `move_pages` (kernel path) or copy (the remap path's pool
     /// workers), in order. Empty: on the calling thread.
