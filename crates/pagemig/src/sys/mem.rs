@@ -17,10 +17,8 @@ pub fn base_page_size() -> usize {
     rustix::param::page_size()
 }
 
-/// Private anonymous memory owned by this value, unmapped when it is dropped.
-///
-/// Like a `Vec<u8>` that the kernel zero-fills lazily: pages take memory on first touch, on the
-/// node that the mapping's memory policy ([`Mapping::bind`]) says.
+/// Private anonymous memory owned by this value, unmapped when it is dropped: like a `Vec<u8>`
+/// zero-filled lazily, on the node its memory policy ([`Mapping::bind`]) says.
 #[derive(Debug)]
 pub struct Mapping {
     ptr: NonNull<u8>,
@@ -63,15 +61,11 @@ impl Mapping {
         let start = base.next_multiple_of(align.max(1));
         let head = start - base;
         let tail = total - head - len.next_multiple_of(page);
-        // SAFETY: both pieces lie inside the mapping made above and outside [start, start+len).
-        unsafe {
-            if head > 0 {
-                rustix::mm::munmap(base as *mut c_void, head)
-                    .map_err(|e| SysError::new("munmap", e))?;
-            }
-            if tail > 0 {
-                let at = start + len.next_multiple_of(page);
-                rustix::mm::munmap(at as *mut c_void, tail)
+        for (at, piece) in [(base, head), (start + len.next_multiple_of(page), tail)] {
+            if piece > 0 {
+                // SAFETY: both pieces lie inside the mapping made above and outside
+                // [start, start+len).
+                unsafe { rustix::mm::munmap(at as *mut c_void, piece) }
                     .map_err(|e| SysError::new("munmap", e))?;
             }
         }
@@ -108,16 +102,16 @@ impl Mapping {
 
     /// Asks for transparent huge pages (`MADV_HUGEPAGE`); the kernel may still use small pages.
     pub fn advise_huge_pages(&self) -> Result<(), SysError> {
-        // SAFETY: the range is this mapping; MADV_HUGEPAGE changes no contents.
-        unsafe { rustix::mm::madvise(self.ptr.as_ptr().cast(), self.len, Advice::LinuxHugepage) }
-            .map_err(|e| SysError::new("madvise(MADV_HUGEPAGE)", e))
+        self.advise_range(0..self.len, Advice::LinuxHugepage, "madvise(MADV_HUGEPAGE)")
     }
 
     /// Asks for base pages only (`MADV_NOHUGEPAGE`), so that every page is a 4 KiB page.
     pub fn advise_no_huge_pages(&self) -> Result<(), SysError> {
-        // SAFETY: the range is this mapping; MADV_NOHUGEPAGE changes no contents.
-        unsafe { rustix::mm::madvise(self.ptr.as_ptr().cast(), self.len, Advice::LinuxNoHugepage) }
-            .map_err(|e| SysError::new("madvise(MADV_NOHUGEPAGE)", e))
+        self.advise_range(
+            0..self.len,
+            Advice::LinuxNoHugepage,
+            "madvise(MADV_NOHUGEPAGE)",
+        )
     }
 
     /// Binds the mapping's memory to `nodes` (`mbind(MPOL_BIND)`), moving pages that are already
@@ -126,11 +120,9 @@ impl Mapping {
         super::numa::mbind_bind(self.ptr.as_ptr() as usize, self.len, nodes)
     }
 
-    /// Allocates every page now, under the mapping's memory policy, without changing any byte.
-    ///
-    /// Faults the pages in for writing (`MADV_POPULATE_WRITE`, Linux 5.14+; older kernels get
-    /// each page written with its own value). Not read-then-write: reading first would map the
-    /// huge zero page, and writing then splits it into small pages.
+    /// Allocates every page now, under the mapping's memory policy, without changing any byte:
+    /// `MADV_POPULATE_WRITE` (Linux 5.14+), else each page written with its own value (not read
+    /// first: that would map the huge zero page, which a write then splits into small pages).
     pub fn populate(&mut self) {
         if self.populate_range(0..self.len).is_ok() {
             return;
@@ -153,8 +145,8 @@ impl Mapping {
         if range.start >= range.end || range.end > self.len {
             return Err(SysError::new(call, Errno::INVAL));
         }
-        // SAFETY: the range lies inside this mapping; the callers' advice either changes no byte
-        // or is taken under &mut self (discard).
+        // SAFETY: the range lies inside this mapping; the callers' advice (huge page hints,
+        // populate) changes no byte or is taken under &mut self (discard).
         unsafe {
             rustix::mm::madvise(
                 self.ptr.as_ptr().add(range.start).cast(),
@@ -181,11 +173,10 @@ impl Mapping {
         self.advise_range(range, Advice::LinuxDontNeed, "madvise(MADV_DONTNEED)")
     }
 
-    /// Moves the pages of `[src, src + len)` to offset `offset` of this mapping (`mremap` with
-    /// `MREMAP_FIXED` and `MREMAP_DONTUNMAP`): the pages there are dropped, and the source stays
-    /// mapped with no pages, so that its next access faults. The source must lie within one
-    /// mapping of the process (the kernel answers `EFAULT` otherwise). Moving a whole other
-    /// mapping over offset 0 keeps this one a single mapping, as [`Mapping::replace`] needs.
+    /// Moves the pages of `[src, src + len)` (within one mapping, else `EFAULT`) to `offset` of
+    /// this mapping (`mremap` with `MREMAP_FIXED | MREMAP_DONTUNMAP`), dropping the pages there;
+    /// the source stays mapped without pages, so that its next access faults. A whole mapping
+    /// moved over offset 0 keeps this one a single mapping, as [`Mapping::replace`] needs.
     ///
     /// # Safety
     /// `[src, src + len)` must be page-aligned private anonymous memory of this process that the

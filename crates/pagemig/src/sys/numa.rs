@@ -1,18 +1,18 @@
-//! NUMA memory policy and page placement: `mbind`, `move_pages`.
+//! NUMA memory policy and page placement: `mbind`, `move_pages`, `migrate_pages`.
 
-use std::ffi::{c_int, c_long, c_uint, c_ulong};
+use std::ffi::{c_int, c_long, c_ulong};
 
 use super::{Errno, ForeignOut, SysError};
 use crate::topology::NodeSet;
 
 const MPOL_BIND: c_int = 2;
-const MPOL_MF_STRICT: c_uint = 1 << 0;
-const MPOL_MF_MOVE: c_uint = 1 << 1;
+const MPOL_MF_STRICT: c_int = 1 << 0;
+const MPOL_MF_MOVE: c_int = 1 << 1;
+/// Also move pages mapped by other processes (needs `CAP_SYS_NICE`).
+const MPOL_MF_MOVE_ALL: c_int = 1 << 2;
 
-/// A node mask as the kernel reads it, and the `maxnode` argument that goes with it.
-///
-/// The kernel drops the last bit of `maxnode` (it decrements it before use), so like libnuma we
-/// pass one more than the number of bits in the mask.
+/// A node mask as the kernel reads it, and its `maxnode`: the kernel drops the last bit of
+/// `maxnode`, so like libnuma we pass one more than the bits in the mask.
 fn node_mask(nodes: &NodeSet) -> (Vec<c_ulong>, c_ulong) {
     let bits = c_ulong::BITS as usize;
     let words = nodes.max().map_or(1, |m| m as usize / bits + 1);
@@ -54,16 +54,23 @@ pub enum PageNode {
     Error(Errno),
 }
 
-/// `MPOL_MF_MOVE_ALL`: also move pages mapped by other processes (needs `CAP_SYS_NICE`).
-const MPOL_MF_MOVE_ALL: c_int = 1 << 2;
+impl PageNode {
+    /// Decodes one entry of a `move_pages` status array.
+    pub fn from_status(status: i32) -> Self {
+        if status >= 0 {
+            PageNode::Node(status as u32)
+        } else {
+            PageNode::Error(Errno::from_raw_os_error(-status))
+        }
+    }
+}
 
 /// `move_pages(2)`: moves page `pages[i]` of process `pid` (0: the caller) to node `nodes[i]`
-/// and writes the node it is on afterwards, or `-errno`, into `status[i]`. With `nodes`
-/// `None` it only reports where each page is.
+/// (`None`: only asks where it is) and writes its node, or `-errno`, into `status[i]`.
 ///
-/// Returns the number of pages left behind for transient reasons (busy, locked), which the
-/// status array details. `move_all` also moves pages shared with other processes. Moving pages
-/// changes where they are, never what they hold, so any address may be passed.
+/// Returns the number of pages left behind for transient reasons (busy, locked). `move_all`
+/// also moves pages shared with other processes. Moving pages never changes what they hold,
+/// so any address may be passed.
 ///
 /// # Panics
 /// If `status` (or `nodes`) is not as long as `pages`.
@@ -74,35 +81,25 @@ pub fn move_pages(
     status: &mut [i32],
     move_all: bool,
 ) -> Result<usize, SysError> {
-    assert_eq!(pages.len(), status.len(), "move_pages: status length");
     if let Some(n) = nodes {
         assert_eq!(pages.len(), n.len(), "move_pages: nodes length");
     }
     let flags = if move_all {
         MPOL_MF_MOVE_ALL
     } else {
-        MPOL_MF_MOVE as c_int
+        MPOL_MF_MOVE
     };
-    // SAFETY: the kernel reads `pages` and `nodes` and writes `status`, all `pages.len()` entries
-    // long and alive across the call; migration preserves the contents of every page.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_pages,
-            pid as c_long,
-            pages.len() as c_ulong,
-            pages.as_ptr(),
-            nodes.map_or(std::ptr::null(), <[i32]>::as_ptr),
-            status.as_mut_ptr(),
-            flags as c_long,
-        )
-    };
-    SysError::check("move_pages", rc)
+    let count = pages.len() as c_ulong;
+    let (pages, nodes) = (
+        pages.as_ptr() as usize,
+        nodes.map_or(0, |n| n.as_ptr() as usize),
+    );
+    move_pages_unchanged(pid, count, pages, nodes, status.into(), flags)
 }
 
-/// `migrate_pages(2)`: moves every page of process `pid` that is on a node of `old` to the node
-/// of `new` at the same position, as the kernel maps one set onto the other. `maxnode` is the
-/// kernel's argument (bits in the masks plus one). Returns the number of pages that could not be
-/// moved.
+/// `migrate_pages(2)`: moves every page of process `pid` on a node of `old` to the node of
+/// `new` at the same position. `maxnode` is the kernel's argument (bits in the masks plus one).
+/// Returns the number of pages that could not be moved.
 ///
 /// # Panics
 /// If a mask is shorter than `maxnode - 1` bits.
@@ -117,24 +114,12 @@ pub fn migrate_pages(
         old.len() >= words && new.len() >= words,
         "migrate_pages: masks shorter than maxnode"
     );
-    // SAFETY: the kernel reads `maxnode - 1` bits of each mask, which the assertion keeps within
-    // the slices; migration preserves the contents of every page.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_migrate_pages,
-            pid as c_long,
-            maxnode as c_ulong,
-            old.as_ptr(),
-            new.as_ptr(),
-        )
-    };
-    SysError::check("migrate_pages", rc)
+    migrate_pages_unchanged(pid, maxnode, old.as_ptr() as usize, new.as_ptr() as usize)
 }
 
-/// `move_pages(2)` with the caller's raw arguments, unchanged: for callers (the C library) that
-/// must give the kernel's own answer to arguments pagemig does not handle itself. `pages` and
-/// `nodes` are the addresses of the caller's arrays: the kernel checks them itself (`EFAULT`),
-/// and writes only `status`.
+/// `move_pages(2)` with the caller's raw arguments, for callers (the C library) that must give
+/// the kernel's own answer: `pages` and `nodes` are the addresses of the caller's arrays, which
+/// the kernel checks itself (`EFAULT`); it writes only `status`.
 pub fn move_pages_unchanged(
     pid: c_int,
     count: c_ulong,
@@ -160,14 +145,12 @@ pub fn move_pages_unchanged(
     SysError::check("move_pages", rc)
 }
 
-/// Where each page of a caller's array is (`move_pages` without nodes), asked before anything
-/// else of the call is mapped, for calls that must answer an address that was unmapped when
-/// they began with `EFAULT` whatever is mapped there later. `pages` is the address of the
-/// caller's array of `count` page addresses, as for [`move_pages_unchanged`].
+/// Where each page of a caller's array (`pages`: the address of `count` page addresses) is,
+/// asked before anything else of the call is mapped: an address unmapped when the call began
+/// must be `EFAULT` whatever is mapped there later.
 ///
-/// The answer is written into a mapping made for it: the one thing mapped before the kernel
-/// looks. Nothing of the caller's can be in it, so an address of this process inside it was
-/// unmapped when asked and its entry is `-EFAULT`.
+/// The answer goes into a mapping made for it, the one thing mapped before the kernel looks:
+/// an address of this process inside it was unmapped when asked, so its entry is `-EFAULT`.
 pub fn query_pages_unchanged(
     pid: c_int,
     count: usize,
@@ -198,8 +181,8 @@ pub fn query_pages_unchanged(
     Ok(out)
 }
 
-/// `migrate_pages(2)` with the caller's raw arguments, unchanged (see [`move_pages_unchanged`]):
-/// `old` and `new` are the addresses of the masks, which the kernel only reads, checking them.
+/// `migrate_pages(2)` with the caller's raw arguments (see [`move_pages_unchanged`]): `old` and
+/// `new` are the addresses of the masks, which the kernel only reads, checking them.
 pub fn migrate_pages_unchanged(
     pid: c_int,
     maxnode: c_ulong,
@@ -212,24 +195,11 @@ pub fn migrate_pages_unchanged(
     SysError::check("migrate_pages", rc)
 }
 
-/// Asks the kernel on which node each page is (`move_pages` with no target nodes).
-///
-/// `pid` 0 is the calling process. Addresses are page addresses in that process.
+/// Asks the kernel on which node each page (an address in process `pid`, 0: this one) is.
 pub fn query_page_nodes(pid: i32, pages: &[usize]) -> Result<Vec<PageNode>, SysError> {
     let mut status = vec![0; pages.len()];
     move_pages(pid, pages, None, &mut status, false)?;
     Ok(status.into_iter().map(PageNode::from_status).collect())
-}
-
-impl PageNode {
-    /// Decodes one entry of a `move_pages` status array.
-    pub fn from_status(status: i32) -> Self {
-        if status >= 0 {
-            PageNode::Node(status as u32)
-        } else {
-            PageNode::Error(Errno::from_raw_os_error(-status))
-        }
-    }
 }
 
 #[cfg(test)]

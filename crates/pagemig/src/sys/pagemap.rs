@@ -1,9 +1,7 @@
-//! What the kernel knows about this process's own pages and mappings, asked about one range at a
-//! time: `PAGEMAP_SCAN` on `/proc/self/pagemap` (runs of pages, Linux 6.7+), the pagemap entries
-//! themselves (any kernel), and `PROCMAP_QUERY` on `/proc/self/maps` (one mapping, Linux 6.11+).
-//!
-//! The files stay open in a [`Pagemap`], so that asking costs one system call and nothing grows
-//! with the number of mappings of the process.
+//! This process's own pages and mappings, one range at a time: `PAGEMAP_SCAN` (runs of pages,
+//! Linux 6.7+) and the entries of `/proc/self/pagemap`, `PROCMAP_QUERY` on `/proc/self/maps` (one
+//! mapping, Linux 6.11+). The files stay open in a [`Pagemap`]: one system call per question,
+//! whatever the number of mappings.
 
 use std::fs::File;
 use std::ops::Range;
@@ -16,6 +14,11 @@ use linux_raw_sys::general::{
 };
 
 use super::{Errno, SysError};
+
+/// An I/O error of `call` as a [`SysError`].
+fn io_error(call: &'static str, e: &std::io::Error) -> SysError {
+    SysError::new(call, Errno::from_io_error(e).unwrap_or(Errno::IO))
+}
 
 /// `_IOWR(ty, nr, size)` of the kernel's `ioctl.h` (x86_64 and arm64 layout).
 const fn iowr(ty: u8, nr: u8, size: usize) -> u32 {
@@ -94,14 +97,8 @@ pub struct Pagemap {
 impl Pagemap {
     /// Opens the two files of the calling process.
     pub fn open_own() -> Result<Self, SysError> {
-        let open = |path: &str| {
-            File::open(path).map_err(|e| {
-                SysError::new(
-                    "open(/proc/self/pagemap or maps)",
-                    Errno::from_io_error(&e).unwrap_or(Errno::IO),
-                )
-            })
-        };
+        let open =
+            |path| File::open(path).map_err(|e| io_error("open(/proc/self/pagemap or maps)", &e));
         Ok(Pagemap {
             pagemap: open("/proc/self/pagemap")?,
             maps: open("/proc/self/maps")?,
@@ -109,10 +106,8 @@ impl Pagemap {
     }
 
     /// Appends to `out` the runs of `range` (page-aligned) whose pages have any of the categories
-    /// `any_of`, each with its categories among `returned`; pages with none of `any_of` (never
-    /// touched, or not mapped) are left out. One `PAGEMAP_SCAN` ioctl per `out_max` runs.
-    ///
-    /// Fails with `ENOTTY` (or `EINVAL`) on kernels before 6.7, which do not have the ioctl.
+    /// `any_of`, each with its categories among `returned`: one `PAGEMAP_SCAN` ioctl per 256
+    /// runs. Fails with `ENOTTY` (or `EINVAL`) on kernels before 6.7.
     pub fn scan(
         &self,
         range: Range<usize>,
@@ -179,12 +174,7 @@ impl Pagemap {
         };
         self.pagemap
             .read_exact_at(bytes, (start / page * 8) as u64)
-            .map_err(|e| {
-                SysError::new(
-                    "pread(/proc/self/pagemap)",
-                    Errno::from_io_error(&e).unwrap_or(Errno::IO),
-                )
-            })
+            .map_err(|e| io_error("pread(/proc/self/pagemap)", &e))
     }
 
     /// The mapping that contains `addr`, or the first one above it (`PROCMAP_QUERY`); `None`

@@ -34,8 +34,7 @@ pub fn current_cpu() -> u32 {
 }
 
 /// The calling thread pinned to one CPU until this is dropped, which gives it back the
-/// affinity mask it had, unless its mask was changed meanwhile (by another thread of the
-/// program, `taskset -p`, or the kernel for a cpuset): that newer mask is kept.
+/// affinity mask it had, unless someone changed its mask meanwhile: that newer mask is kept.
 #[derive(Debug)]
 pub struct Pinned {
     saved: RawCpuSet,
@@ -61,9 +60,8 @@ impl Pinned {
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        // A mask someone set while the thread was pinned is theirs: putting back the one from
-        // before would undo it. The restore fails only where the thread's allowed CPUs changed
-        // meanwhile (a cpuset that no longer has them): the kernel then keeps it where it is.
+        // A mask someone set while the thread was pinned is theirs. The restore fails only where
+        // a cpuset no longer has the saved CPUs: the kernel then keeps the thread where it is.
         if sched_getaffinity(None).is_ok_and(|now| now == self.pinned) {
             let _ = sched_setaffinity(None, &self.saved);
         }

@@ -18,6 +18,14 @@ use super::{Errno, SysError};
 /// `UFFDIO_WRITEPROTECT_MODE_WP`.
 const MODE_WP: u64 = 1;
 
+/// `[start, start + len)` as the kernel's `uffdio_range`.
+fn range(start: usize, len: usize) -> uffdio_range {
+    uffdio_range {
+        start: start as u64,
+        len: len as u64,
+    }
+}
+
 /// A userfaultfd that can write-protect ranges of this process, unpopulated pages included.
 ///
 /// Writers to a protected range block in the kernel until [`Uffd::wake`]; readers never block.
@@ -77,10 +85,7 @@ impl Uffd {
             0
         };
         let mut reg = uffdio_register {
-            range: uffdio_range {
-                start: start as u64,
-                len: len as u64,
-            },
+            range: range(start, len),
             mode: (UFFDIO_REGISTER_MODE_WP | missing) as u64,
             ioctls: 0,
         };
@@ -90,11 +95,11 @@ impl Uffd {
     /// Unregisters `[start, start + len)`: faults there no longer wait, and those waiting for a
     /// missing page are woken. Parts of the range that are not registered are left as they are.
     pub fn unregister(&self, start: usize, len: usize) -> Result<(), SysError> {
-        let mut range = uffdio_range {
-            start: start as u64,
-            len: len as u64,
-        };
-        self.ioctl("ioctl(UFFDIO_UNREGISTER)", UFFDIO_UNREGISTER, &mut range)
+        self.ioctl(
+            "ioctl(UFFDIO_UNREGISTER)",
+            UFFDIO_UNREGISTER,
+            &mut range(start, len),
+        )
     }
 
     /// Write-protects a registered range: from now on writes to it wait for [`Uffd::wake`].
@@ -119,10 +124,7 @@ impl Uffd {
 
     fn set_write_protect(&self, start: usize, len: usize, mode: u64) -> Result<(), SysError> {
         let mut wp = uffdio_writeprotect {
-            range: uffdio_range {
-                start: start as u64,
-                len: len as u64,
-            },
+            range: range(start, len),
             mode,
         };
         self.ioctl("ioctl(UFFDIO_WRITEPROTECT)", UFFDIO_WRITEPROTECT, &mut wp)
@@ -130,11 +132,7 @@ impl Uffd {
 
     /// Wakes every writer waiting on `[start, start + len)`; they retry their write.
     pub fn wake(&self, start: usize, len: usize) -> Result<(), SysError> {
-        let mut range = uffdio_range {
-            start: start as u64,
-            len: len as u64,
-        };
-        self.ioctl("ioctl(UFFDIO_WAKE)", UFFDIO_WAKE, &mut range)
+        self.ioctl("ioctl(UFFDIO_WAKE)", UFFDIO_WAKE, &mut range(start, len))
     }
 
     /// Reads and discards the fault messages queued so far; returns how many were writes (the
