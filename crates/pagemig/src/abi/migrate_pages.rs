@@ -61,10 +61,8 @@ fn mask_nodes(words: &[c_ulong], bits: usize) -> NodeSet {
         .collect()
 }
 
-/// `migrate_pages(pid, maxnode, old_nodes, new_nodes)` with the system call's semantics.
-///
-/// The kernel only reads the masks and every address is checked, so this is safe to call with
-/// any arguments.
+/// `migrate_pages(pid, maxnode, old_nodes, new_nodes)` with the system call's semantics; safe
+/// with any arguments (the masks are only read, every address is checked).
 pub fn migrate_pages(
     ctx: &Context,
     pid: c_int,
@@ -156,8 +154,7 @@ fn prepare_migration(
     for &(s, d) in &pairs {
         let request =
             Request::process(process, Selection::All, d).from_nodes(NodeSet::from_iter([s]));
-        let workers = &ctx.workers;
-        match in_cgroup::scan_and_execute(topology, &request, &plan, workers, &|_| {}) {
+        match in_cgroup::scan_and_execute(topology, &request, &plan, &ctx.workers, &|_| {}) {
             Ok(report) => reports.push(report),
             Err(e) => {
                 stopped = Some(e.to_string());
@@ -205,12 +202,8 @@ mod tests {
 
     #[test]
     fn a_process_that_does_not_exist_gets_the_kernels_answer() {
-        let ctx = Context::with_topology(
-            Topology::detect().unwrap(),
-            Threads::Count(2),
-            None,
-            Default::default(),
-        );
+        let topology = Topology::detect().unwrap();
+        let ctx = Context::with_topology(topology, Threads::Count(2), None, Default::default());
         let call = migrate_pages(&ctx, i32::MAX, 2, [1].as_ptr(), [1].as_ptr());
         assert_eq!(call.result, Err(Errno::SRCH));
     }

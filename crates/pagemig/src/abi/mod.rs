@@ -1,15 +1,12 @@
-//! `move_pages(2)` and `migrate_pages(2)` as their man pages define them, executed by pagemig:
-//! what the C libraries (libpagemig and the `LD_PRELOAD` library) run.
+//! `move_pages(2)` and `migrate_pages(2)` as their man pages define them, executed by pagemig
+//! for the C libraries (libpagemig and the `LD_PRELOAD` library), with the kernel's own answer
+//! (return value, errno, every status entry).
 //!
-//! The answer (return value, errno, every status entry) is the kernel's own. [`move_pages`] is
-//! split into calls by target node and run by the kernel path's executor
-//! ([`crate::migrate::kernel::move_pages`]) only where the kernel answers each page of the split
-//! calls exactly as it would in the one call; anything else goes to the kernel unchanged, and
-//! the [`Execution`] says why. [`migrate_pages`] moves the pages with pagemig's threads first and
-//! then makes the caller's own call, which finds little left to do and gives the return value.
-//!
-//! The settings are values ([`Context::new`]): the C libraries read them from their environment
-//! and write the [`Call`]s to their log; this module neither reads the environment nor prints.
+//! [`move_pages`] is split by target node and run by the kernel path's executor only where the
+//! kernel answers each page of the split calls exactly as in the one call; anything else goes
+//! to the kernel unchanged, and the [`Execution`] says why. [`migrate_pages`] moves the pages
+//! with pagemig's threads, then makes the caller's own call, which gives the return value. The
+//! settings are values ([`Context::new`]): this module neither reads the environment nor prints.
 
 mod migrate_pages;
 mod move_pages;
@@ -82,13 +79,9 @@ impl Context {
         }
     }
 
-    /// The settings on a topology already read.
-    ///
-    /// [`Context::min_split_bytes`] is the smallest migration (a power of two, from one page)
-    /// for which the planner plans two or more threads with the most it could be given: every
-    /// CPU allowed now, no quota and no load. Resources only ever lower the planner's thread
-    /// count, so a call below it would be planned onto one thread and passed to the kernel
-    /// anyway: deciding that from its size spares it every file read and system call.
+    /// The settings on a topology already read. [`Context::min_split_bytes`] is the smallest
+    /// migration (a power of two) that the planner gives two threads with every CPU allowed now,
+    /// no quota and no load: resources only lower the count, so smaller calls skip planning.
     pub fn with_topology(
         topology: Topology,
         threads: Threads,
@@ -129,8 +122,7 @@ impl Context {
             .map_err(|why| format!("no topology: {why}"))
     }
 
-    /// The CPUs of the threads the planner (or the setting) gives a move of `bytes` along
-    /// `route`, or why it is one thread.
+    /// [`cpus_planned`] with the resources of now.
     fn threads_for(&self, bytes: u64, route: Route) -> Result<Vec<CpuId>, String> {
         let resources = Resources::snapshot().map_err(|e| e.to_string())?;
         let planner = Planner::new(self.usable()?, self.model.as_ref(), resources);
@@ -199,8 +191,7 @@ pub struct Call {
 }
 
 impl Call {
-    /// What a C function returns for this call: the result, or -1 with `errno` set. Call it
-    /// last: anything after it may change `errno`.
+    /// What a C function returns: the result, or -1 with `errno` set (call it last).
     pub fn c_return(&self) -> c_long {
         match self.result {
             Ok(n) => n as c_long,
@@ -219,12 +210,8 @@ impl fmt::Display for Call {
             Ok(n) => write!(f, "{} = {n}", self.request)?,
             Err(e) => write!(f, "{} = -1 ({e})", self.request)?,
         }
-        write!(
-            f,
-            " in {:.3} ms: {}",
-            self.took.as_secs_f64() * 1e3,
-            self.execution
-        )
+        let ms = self.took.as_secs_f64() * 1e3;
+        write!(f, " in {ms:.3} ms: {}", self.execution)
     }
 }
 

@@ -14,12 +14,11 @@ use crate::sys::{self, Errno, ForeignOut, HUGE_PAGE_SIZE};
 use crate::topology::{self, NodeId};
 
 /// More pages than this in one call go to the kernel unchanged (copying the arrays would take
-/// more memory than is reasonable: 16 bytes per page).
+/// 16 bytes per page).
 const MAX_PAGES: u64 = 1 << 26;
 
 /// Pages per call of the threads, at most.
 const MAX_CALL: usize = 16384;
-
 /// Pages per call of the threads, at least (unless a node's group is smaller).
 const MIN_CALL: usize = 32;
 
@@ -55,9 +54,8 @@ fn largest_folio() -> usize {
 }
 
 /// Whether splitting by node keeps every page's answer: the kernel's answer for a page depends
-/// on the other entries of its folio (a second entry of a folio already queued is `EBUSY`), so
-/// the entries of each folio-sized region must be next to each other in the array and go to
-/// the same node (the executor then keeps them in one call).
+/// on the other entries of its folio (a second entry of a queued folio is `EBUSY`), so the
+/// entries of each folio-sized region must be adjacent and go to one node (then one call).
 fn split_keeps_answers(pages: &[usize], nodes: &[c_int], region: usize) -> Result<(), String> {
     let mut seen = HashSet::new();
     for i in 0..pages.len() {
@@ -110,13 +108,11 @@ pub fn move_pages(
     flags: c_int,
 ) -> Call {
     let started = Instant::now();
-    let (result, execution) = match split_move(ctx, pid, count, pages, nodes, status, flags) {
-        Ok(done) => done,
-        Err(reason) => (
-            unchanged(pid, count, pages, nodes, status, flags),
-            Execution::Kernel(reason),
-        ),
-    };
+    let (result, execution) = split_move(ctx, pid, count, pages, nodes, status, flags)
+        .unwrap_or_else(|reason| {
+            let result = unchanged(pid, count, pages, nodes, status, flags);
+            (result, Execution::Kernel(reason))
+        });
     Call {
         request: format!("move_pages(pid {pid}, {count} pages, flags {flags:#x})"),
         result,
@@ -138,8 +134,7 @@ fn unchanged(
         .map_err(|e| e.errno)
 }
 
-type Answer = (Result<usize, Errno>, Execution);
-
+/// The call split and run by pagemig's threads: its result and execution, or why not.
 fn split_move(
     ctx: &Context,
     pid: c_int,
@@ -148,7 +143,7 @@ fn split_move(
     nodes: *const c_int,
     status: ForeignOut<'_>,
     flags: c_int,
-) -> Result<Answer, String> {
+) -> Result<(Result<usize, Errno>, Execution), String> {
     ctx.usable()?;
     if flags & !(MPOL_MF_MOVE | MPOL_MF_MOVE_ALL) != 0 {
         return Err(format!(
@@ -296,10 +291,10 @@ mod tests {
         assert!(split_keeps_answers(&[0, 4096], &[0, 1], r).is_err());
     }
 
-    fn context(threads: usize) -> Context {
+    fn context(threads: Threads) -> Context {
         Context::with_topology(
             Topology::detect().unwrap(),
-            Threads::Count(threads),
+            threads,
             None,
             Default::default(),
         )
@@ -349,7 +344,11 @@ mod tests {
             .map(|i| m.as_ptr().wrapping_add(i * 4 * 4096).cast())
             .collect();
         pages.push(8 as *const c_void);
-        let (k, kernel, o, ours) = kernel_and_ours(&context(2), &pages, &vec![node; pages.len()]);
+        let (k, kernel, o, ours) = kernel_and_ours(
+            &context(Threads::Count(2)),
+            &pages,
+            &vec![node; pages.len()],
+        );
         assert_eq!(k, o.result);
         assert_eq!(kernel, ours);
         assert!(
@@ -392,7 +391,7 @@ mod tests {
             .collect();
         let nodes = vec![node; pages.len() + 1];
         for threads in [2, 4] {
-            let ctx = context(threads);
+            let ctx = context(Threads::Count(threads));
             let freed = sys::Mapping::anonymous(4096).unwrap();
             pages.push(freed.as_ptr().cast());
             drop(freed);
@@ -407,19 +406,14 @@ mod tests {
 
     #[test]
     fn small_calls_go_to_the_kernel_decided_from_their_size() {
-        let auto = Context::with_topology(
-            Topology::detect().unwrap(),
-            Threads::Auto,
-            None,
-            Default::default(),
-        );
+        let auto = context(Threads::Auto);
         let page = sys::base_page_size() as u64;
         // Without a model, one thread per 64 MiB: the first size with two is 128 MiB.
         if sys::allowed_cpus().unwrap().len() >= 2 {
             assert_eq!(auto.min_split_bytes, 64 << 20, "{}", auto.min_split_bytes);
         }
-        assert_eq!(context(1).min_split_bytes, u64::MAX);
-        assert_eq!(context(2).min_split_bytes, 0);
+        assert_eq!(context(Threads::Count(1)).min_split_bytes, u64::MAX);
+        assert_eq!(context(Threads::Count(2)).min_split_bytes, 0);
         let mut m = sys::Mapping::anonymous(4 * page as usize).unwrap();
         m.as_mut_slice().fill(1);
         let node = match sys::query_page_nodes(0, &[m.as_ptr() as usize]).unwrap()[0] {
@@ -432,7 +426,10 @@ mod tests {
         let mut status = [0; 4];
         for (ctx, why) in [
             (&auto, "one thread planned (16 KiB: below 65536 KiB"),
-            (&context(2), "one kernel call: nothing to split"),
+            (
+                &context(Threads::Count(2)),
+                "one kernel call: nothing to split",
+            ),
         ] {
             let call = move_pages(
                 ctx,
@@ -456,7 +453,7 @@ mod tests {
 
     #[test]
     fn what_cannot_be_split_goes_to_the_kernel() {
-        let ctx = context(2);
+        let ctx = context(Threads::Count(2));
         let m = sys::Mapping::anonymous(4096).unwrap();
         let pages = [m.as_ptr().cast::<c_void>()];
         let mut status = [0];
