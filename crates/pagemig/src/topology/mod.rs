@@ -159,14 +159,7 @@ impl Topology {
             .filter(|n| !n.cpus.is_empty())
             .map(|n| n.id)
             .collect();
-        ids.sort_by_key(|&id| {
-            let d = if id == from {
-                0
-            } else {
-                self.distance(from, id).unwrap_or(u32::MAX)
-            };
-            (d, id)
-        });
+        ids.sort_by_key(|&id| (id != from, self.distance(from, id).unwrap_or(u32::MAX), id));
         ids
     }
 
@@ -188,8 +181,8 @@ pub fn node_free_bytes(node: NodeId) -> Option<u64> {
 
 /// The CPU's marketing name from `/proc/cpuinfo` (the machine architecture where there is none).
 pub fn cpu_model() -> String {
-    // Read once per process: it does not change, and /proc/cpuinfo costs tens of microseconds
-    // on a large machine, which callers planning every move_pages call cannot pay.
+    // Read once: /proc/cpuinfo costs tens of microseconds on a large machine, too much for
+    // callers planning every move_pages call.
     static MODEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let read = || {
         let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -8,14 +8,18 @@ use std::str::FromStr;
 
 use super::{CacheDomain, CpuSet, IdSet, MemoryTier, Node, NodeSet, Topology, TopologyError};
 
+fn read_error(path: &Path, source: std::io::Error) -> TopologyError {
+    TopologyError::Read {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 fn read_opt(path: &Path) -> Result<Option<String>, TopologyError> {
     match fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(TopologyError::Read {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(source) => Err(read_error(path, source)),
     }
 }
 
@@ -43,10 +47,7 @@ fn numbered(dir: &Path, prefix: &str) -> Result<Vec<u32>, TopologyError> {
     match fs::read_dir(dir) {
         Ok(entries) => Ok(numbered_entries(entries, prefix)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(TopologyError::Read {
-            path: dir.to_owned(),
-            source,
-        }),
+        Err(source) => Err(read_error(dir, source)),
     }
 }
 
@@ -99,10 +100,8 @@ pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
     let cpu_dir = root.join("devices/system/cpu");
     let node_dir = root.join("devices/system/node");
     let online_path = cpu_dir.join("online");
-    let online_text = fs::read_to_string(&online_path).map_err(|source| TopologyError::Read {
-        path: online_path.clone(),
-        source,
-    })?;
+    let online_text =
+        fs::read_to_string(&online_path).map_err(|source| read_error(&online_path, source))?;
     let online_cpus = parse_list(&online_path, &online_text)?;
 
     let nodes = match read_list(&node_dir.join("online"))? {
@@ -148,16 +147,11 @@ fn read_nodes(
             .unwrap_or_default()
             .intersection(online_cpus);
         let meminfo_path = dir.join("meminfo");
-        let mem = match read_opt(&meminfo_path)? {
-            Some(text) => {
-                let mem = parse_meminfo(&text);
-                if !mem.contains_key("MemTotal") {
-                    return Err(bad(&meminfo_path, "no \"Node N MemTotal: SIZE kB\" line"));
-                }
-                mem
-            }
-            None => BTreeMap::new(),
-        };
+        let meminfo = read_opt(&meminfo_path)?;
+        let mem = meminfo.as_deref().map(parse_meminfo).unwrap_or_default();
+        if meminfo.is_some() && !mem.contains_key("MemTotal") {
+            return Err(bad(&meminfo_path, "no \"Node N MemTotal: SIZE kB\" line"));
+        }
         let mem_total = mem.get("MemTotal").copied().unwrap_or(0);
         let distance_path = dir.join("distance");
         let distances = match read_opt(&distance_path)? {
@@ -216,12 +210,9 @@ fn read_l3_domains(
             }
         }
         let (cpus, size) = found.unwrap_or_else(|| {
-            let node_cpus = nodes
-                .iter()
-                .find(|n| n.cpus.contains(cpu))
-                .map(|n| n.cpus.clone());
+            let node = nodes.iter().find(|n| n.cpus.contains(cpu));
             (
-                node_cpus.unwrap_or_else(|| [cpu].into_iter().collect()),
+                node.map_or_else(|| CpuSet::from_iter([cpu]), |n| n.cpus.clone()),
                 None,
             )
         });
