@@ -11,14 +11,12 @@ use crate::process::Process;
 use crate::sys::Errno;
 use crate::topology::NodeId;
 
-/// Why a page did not move, from the kernel's per-page status. Serialized as its short name, a
-/// string also as a map key (JSON, CSV).
+/// Why a page did not move, from the kernel's per-page status; serialized as its short name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureCause {
-    /// Pinned (DMA, io_uring buffers, RDMA) or busy (locked, under writeback): `EBUSY`,
-    /// `EAGAIN`, or left behind by the kernel for a transient reason without a per-page status
-    /// (which also happens when the target node runs short of memory).
+    /// Pinned (DMA, io_uring, RDMA) or busy (locked, under writeback): `EBUSY`, `EAGAIN`, or left
+    /// behind by the kernel without a per-page status (also when the target runs short of memory).
     Busy,
     /// Not present: never touched, swapped out or freed meanwhile (`ENOENT`).
     NotPresent,
@@ -84,8 +82,8 @@ impl fmt::Display for FailureCause {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
-    /// No page of its own to move: read but never written (the kernel's shared zero page), or
-    /// no longer present when asked (`EFAULT`/`ENOENT` from the placement query).
+    /// No page of its own: never written (the shared zero page), or gone when asked (`EFAULT`,
+    /// `ENOENT`).
     NothingToMove,
     /// Shared with other processes (`EACCES`); `MPOL_MF_MOVE_ALL` (`--all`) moves it.
     Shared,
@@ -103,7 +101,6 @@ impl fmt::Display for SkipReason {
 }
 
 /// The middle sample (the upper one of the two middles for an even count); `None` for none.
-/// Calibration, the auto engine's check and the kernel path's thread check judge by it.
 pub(crate) fn median(mut samples: Vec<f64>) -> Option<f64> {
     samples.sort_by(f64::total_cmp);
     samples.get(samples.len() / 2).copied()
@@ -143,17 +140,16 @@ pub struct CallStats {
     #[serde(rename = "thread_cpu_ms", serialize_with = "millis_each")]
     pub thread_cpu: Vec<Duration>,
     /// What the first call of each batch returned, added up: pages the kernel could not migrate
-    /// and those after them in the call that it did not try (their status is what the retries
-    /// found).
+    /// or did not try (their status is what the retries found).
     pub left_behind: u64,
-    /// Under [`ChargeTo::Target`] with a helper process: the helper's whole CPU time (its start,
-    /// reading its work, its threads' calls and its reply), of which `cpu_time` is the calls'.
+    /// Under [`ChargeTo::Target`] with a helper process: the helper's whole CPU time, of which
+    /// `cpu_time` is the calls'.
     #[serde(rename = "helper_cpu_ms", serialize_with = "millis_opt")]
     pub helper_cpu: Option<Duration>,
     /// The kernel path's check of its thread count while it ran: what it measured and decided.
     pub thread_check: Vec<String>,
-    /// Where that check tried another thread count: GB/s measured with each (`[threads, GB/s]`
-    /// pairs), what a cost model learns from ([`crate::policy::CostModel::learn_kernel`]).
+    /// `[threads, GB/s]` measured where that check tried another thread count (what
+    /// [`crate::policy::CostModel::learn_kernel`] learns from).
     pub thread_gbps: Vec<(usize, f64)>,
 }
 
@@ -194,7 +190,6 @@ pub enum ChargeTo {
 
 impl std::str::FromStr for ChargeTo {
     type Err = String;
-    /// `caller` or `target`.
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "caller" => Ok(ChargeTo::Caller),
@@ -211,9 +206,9 @@ pub struct Charge {
     pub to: ChargeTo,
     /// The paying cgroup's path (`None` without a cgroup v2 hierarchy).
     pub cgroup: Option<String>,
-    /// Its `usage_usec` before and after the move phase.
+    /// Its `usage_usec` before the move phase.
     pub usage_before_usec: Option<u64>,
-    /// See `usage_before_usec`.
+    /// Its `usage_usec` after the move phase.
     pub usage_after_usec: Option<u64>,
 }
 
@@ -246,9 +241,8 @@ impl fmt::Display for Path {
     }
 }
 
-/// Wall time of each phase of a migration, for both paths: a phase a path does not have stays
-/// zero. Every instant of a migration belongs to exactly one phase (they are measured as laps of
-/// one [`Laps`] stopwatch), so they add up to [`Report::wall`].
+/// Wall time of each phase of a migration (zero for a phase the path does not have); laps of one
+/// [`Laps`] stopwatch, so they add up to [`Report::wall`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Phases {
     /// Reading the mappings and which pages hold data.
@@ -257,8 +251,7 @@ pub struct Phases {
     /// Sorting the pages and choosing how to move them.
     #[serde(rename = "plan_ms", serialize_with = "millis")]
     pub plan: Duration,
-    /// Checking the range, the target's free memory and the paying cgroup; opening what the
-    /// path needs.
+    /// Checking the range, the target's free memory and the paying cgroup; opening what is needed.
     #[serde(rename = "check_ms", serialize_with = "millis")]
     pub check: Duration,
     /// Asking where each page is.
@@ -331,8 +324,7 @@ impl Phases {
 }
 
 /// A stopwatch whose laps cover the time from its start without gaps: each lap adds the time
-/// since the previous one to a phase, and the wall time is the span of the laps, so the phases
-/// add up to it whatever preempts the thread between two lines.
+/// since the previous one to a phase, so the phases add up to the wall time.
 #[derive(Debug, Clone, Copy)]
 pub struct Laps {
     start: Instant,
@@ -349,14 +341,14 @@ impl Laps {
         }
     }
 
-    /// Adds the time since the previous lap (or the start) to `phase`.
+    /// Adds the time since the previous lap to `phase`.
     pub fn lap(&mut self, phase: &mut Duration) {
         let now = Instant::now();
         *phase += now - self.last;
         self.last = now;
     }
 
-    /// The time from the start to the last lap: the wall time of what the laps measured.
+    /// The time from the start to the last lap.
     pub fn wall(&self) -> Duration {
         self.last - self.start
     }
@@ -367,18 +359,16 @@ impl Laps {
 pub enum ScanMethod {
     /// One `PAGEMAP_SCAN` ioctl per 256 runs.
     PagemapScan,
-    /// Reading the pagemap entry of every page (kernels before 6.7); the shared zero page counts
-    /// as present there, and huge pages are found in `/proc/self/smaps`.
+    /// Reading the pagemap entry of every page (kernels before 6.7; huge pages from smaps).
     PagemapRead,
 }
 
 /// How the remap path checks that the new pages are on the target node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub enum Verify {
-    /// Ask about a bounded sample of each batch: one base page of every huge page and a fixed
-    /// number of base pages. The new pages were bound to the target and faulted in before the
-    /// remap, so a sample that is all on the target counts the whole batch there; a sample with
-    /// any page elsewhere makes the batch checked in full.
+    /// Ask about a sample of each batch (a page of every huge page and a few base pages): the new
+    /// pages were bound and faulted in before the remap, so a sample all on the target counts the
+    /// batch there; else the batch is checked in full.
     #[default]
     Sample,
     /// Ask about every page that was copied.
@@ -426,12 +416,11 @@ pub struct Report {
     pub dry_run: bool,
     /// Base page size; every count below is in pages of this size (a 2 MB THP counts 512).
     pub page_size: u64,
-    /// Pages selected: the present pages (on the `--from` nodes when given) for the kernel path,
-    /// every page of the range for the remap path. Moved, already on target, skipped and failed
-    /// add up to it.
+    /// Pages selected (kernel path: present ones, on the `--from` nodes; remap path: every page);
+    /// moved, already on target, skipped and failed add up to it.
     pub pages_requested: u64,
-    /// Pages that are on the target node now and were not before (the remap path: pages copied
-    /// and found on the target afterwards).
+    /// Pages that are on the target node now and were not before (remap path: copied, then found
+    /// there).
     pub pages_moved: u64,
     /// Pages that were on the target already.
     pub pages_already_on_target: u64,
@@ -450,8 +439,7 @@ pub struct Report {
     /// Wall time of the whole migration.
     #[serde(rename = "wall_ms", serialize_with = "millis")]
     pub wall: Duration,
-    /// CPU time of the calling thread during the migration (its thread CPU clock): scanning,
-    /// planning, checking, and the moves or copies it made itself.
+    /// CPU time of the calling thread during the migration (its thread CPU clock).
     #[serde(rename = "caller_cpu_ms", serialize_with = "millis")]
     pub caller_cpu: Duration,
     /// The process exited during the migration; counts are what moved before.
@@ -465,8 +453,7 @@ pub struct Report {
 }
 
 impl Report {
-    /// Pages that were requested but did not end up on the target and were not skipped on
-    /// purpose: failures.
+    /// Pages that failed to move (not skipped on purpose).
     pub fn pages_not_moved(&self) -> u64 {
         self.pages_failed.values().sum()
     }
@@ -481,8 +468,7 @@ impl Report {
         self.pages_skipped.values().sum()
     }
 
-    /// Bytes moved per second, in GB/s: of the move phase on the kernel path (what the cost
-    /// model predicts), of the whole migration on the remap path.
+    /// GB/s: bytes moved per second of the move phase (kernel path) or of the wall time (remap).
     pub fn gbps(&self) -> f64 {
         let secs = match self.path {
             Path::Kernel => self.phases.moving,

@@ -16,10 +16,8 @@ use crate::workers::Workers;
 /// Moves memory between nodes: request → scan → plan → execute → report.
 ///
 /// Built once, it holds what does not change between migrations: the topology, the cost model,
-/// the resources the planner may use, the pinned worker threads every migration runs on
-/// ([`Migrator::workers`]), the remap path's userfaultfd (opened once; where it cannot be,
-/// every migration takes the kernel path and the plan says why) and, when asked for,
-/// reservoirs of pre-faulted pages.
+/// the planner's resources, the pinned worker threads ([`Migrator::workers`]), the remap path's
+/// userfaultfd (where it cannot be opened, the plan says why) and reservoirs if asked for.
 ///
 /// Move this process's heap to the node it is on (a real migration on any machine; on a
 /// machine with several nodes, name another):
@@ -78,8 +76,7 @@ pub struct Migrator {
 
 impl Migrator {
     /// A migrator for this machine: its topology from sysfs, no cost model (the planner then
-    /// uses one thread where it would need measurements), the resources as they are now (an
-    /// affinity mask that cannot be read is a [`MigrateError::Sys`] of the calling process).
+    /// uses one thread where it would need measurements), the resources as they are now.
     pub fn new() -> Result<Self, MigrateError> {
         let topology = Topology::detect()?;
         let resources = Resources::snapshot().map_err(|source| MigrateError::Sys {
@@ -110,8 +107,7 @@ impl Migrator {
     }
 
     /// The pinned worker threads every migration of this migrator runs on (copy pools and
-    /// `move_pages` calls); started the first time each CPU is used, joined when the migrator
-    /// and every other holder are dropped.
+    /// `move_pages` calls), started on first use of each CPU.
     pub fn workers(&self) -> &Arc<Workers> {
         &self.workers
     }
@@ -141,9 +137,8 @@ impl Migrator {
         self.execute(request, &scan, &plan, &|_| {})
     }
 
-    /// Executes `plan` for `request`, whose scan is `scan` (both from [`Migrator::plan`]). The
-    /// report's phases and wall time include the scan's and the planning's, not the time
-    /// between planning and this call.
+    /// Executes `plan` for `request`, whose scan is `scan` (both from [`Migrator::plan`]); the
+    /// report's phases include the scan's and the planning's.
     pub fn execute(
         &self,
         request: &Request<'_>,
@@ -196,9 +191,9 @@ impl Migrator {
             handles,
             reservoirs: self.reservoirs.as_ref(),
         };
-        let total: u64 = own.ranges().iter().map(|r| r.len() as u64).sum();
+        let bytes: usize = own.ranges().iter().map(|r| r.len()).sum();
         progress(Progress::Planned(
-            total / crate::sys::base_page_size() as u64,
+            (bytes / crate::sys::base_page_size()) as u64,
         ));
         let mut reports = Vec::new();
         for r in own.ranges() {

@@ -47,10 +47,8 @@ pub enum ProcfsError {
 }
 
 /// Whether the process has exited or is exiting: gone from /proc, a zombie, or without memory
-/// any more (`VmSize` missing from its status). The kernel then answers `move_pages` with
-/// `EINVAL`, not `ESRCH`.
+/// any more (no `VmSize`, as a kernel thread); the kernel then answers `move_pages` with `EINVAL`.
 pub fn has_exited(process: Process) -> bool {
-    // A kernel thread, which `check_user_memory` refuses too, has no `VmSize` either.
     check_user_memory(process).is_err()
         || read_text(process, "status").map_or(true, |s| field(&s, "VmSize").is_none())
 }
@@ -58,8 +56,7 @@ pub fn has_exited(process: Process) -> bool {
 /// `PF_KTHREAD` in the flags of `/proc/PID/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-/// Checks that the process exists and has user memory to move or show: not a zombie, not a
-/// kernel thread.
+/// Checks that the process exists and has user memory: not a zombie, not a kernel thread.
 pub fn check_user_memory(process: Process) -> Result<(), ProcfsError> {
     let stat = read_text(process, "stat")?;
     // The fields after the command name, which is in parentheses and may contain spaces or
@@ -68,7 +65,7 @@ pub fn check_user_memory(process: Process) -> Result<(), ProcfsError> {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let bad = || invalid(process, "stat", format!("unexpected contents {stat:?}"));
+    let bad = || invalid(process, "stat", &format!("unexpected contents {stat:?}"));
     let state = *fields.first().ok_or_else(bad)?;
     let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
     // `X` and `x`: dead, a zombie being reaped.
@@ -105,8 +102,8 @@ impl VmArea {
         }
     }
 
-    /// Whether the pattern of `--mapping` selects this area: `anonymous` (no path), or the
-    /// path itself or any part of it (`[heap]`, `libc.so`, `/data/file`).
+    /// Whether the pattern of `--mapping` selects this area: `anonymous` (no path), or any part
+    /// of the path (`[heap]`, `libc.so`, `/data/file`).
     pub fn matches(&self, pattern: &str) -> bool {
         if pattern == "anonymous" {
             self.path.is_empty()
@@ -145,7 +142,7 @@ fn read_text(process: Process, file: &str) -> Result<String, ProcfsError> {
 }
 
 /// A file whose contents are not what the kernel writes.
-fn invalid(process: Process, file: &str, what: String) -> ProcfsError {
+fn invalid(process: Process, file: &str, what: &str) -> ProcfsError {
     ProcfsError::Read {
         path: process.proc_path(file),
         source: io::Error::new(ErrorKind::InvalidData, what),
@@ -181,14 +178,8 @@ pub struct Status {
 
 /// Reads `/proc/PID/status`.
 pub fn status(process: Process) -> Result<Status, ProcfsError> {
-    let text = read_text(process, "status")?;
-    parse_status(&text).ok_or_else(|| {
-        invalid(
-            process,
-            "status",
-            "no Mems_allowed_list or CapEff line".into(),
-        )
-    })
+    let missing = || invalid(process, "status", "no Mems_allowed_list or CapEff line");
+    parse_status(&read_text(process, "status")?).ok_or_else(missing)
 }
 
 fn parse_status(text: &str) -> Option<Status> {
@@ -219,7 +210,7 @@ pub fn read_maps(process: Process) -> Result<Vec<VmArea>, ProcfsError> {
             let perms = f.next().unwrap_or_default();
             let path = f.nth(3).unwrap_or_default().trim_start();
             let (start, end) = parse_hex_range(range)
-                .ok_or_else(|| invalid(process, "maps", format!("bad line {line:?}")))?;
+                .ok_or_else(|| invalid(process, "maps", &format!("bad line {line:?}")))?;
             Ok(VmArea {
                 start,
                 end,
@@ -260,8 +251,8 @@ pub fn present_pages(
     Ok(())
 }
 
-/// Each line of `/proc/PID/smaps` about a mapping that overlaps `range`, with that mapping,
-/// until `f` returns `Some`.
+/// `f` of each line of `/proc/PID/smaps` about a mapping that overlaps `range` (and of that
+/// mapping), until it returns `Some`.
 fn smaps_find<T>(
     process: Process,
     range: Range<usize>,
@@ -319,9 +310,8 @@ pub struct AreaPlacement {
 
 /// Where the memory of each mapping of a process is: what `numastat -p` shows.
 pub fn placement(process: Process) -> Result<Vec<AreaPlacement>, ProcfsError> {
-    // `maps` and `numa_maps` are two reads: a mapping made next to another and merged with it
-    // between them gives `numa_maps` a start that `maps` does not have, and the merged mapping
-    // would show no memory. Both are read again, a few times, until they agree.
+    // A mapping merged with its neighbour between the reads of `maps` and `numa_maps` would show
+    // no memory: both are read again (up to 3 times) until every start of `numa_maps` is known.
     let mut reads = 0;
     let (maps, mut by_start) = loop {
         let maps = read_maps(process)?;
@@ -349,29 +339,27 @@ pub fn placement(process: Process) -> Result<Vec<AreaPlacement>, ProcfsError> {
 
 /// Bytes per node and the kernel's page size of each mapping in `numa_maps`, by start address.
 fn parse_numa_maps(text: &str) -> BTreeMap<usize, (BTreeMap<NodeId, u64>, u64)> {
-    let mut by_start = BTreeMap::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let Some(start) = words.next().and_then(|w| usize::from_str_radix(w, 16).ok()) else {
-            continue;
-        };
-        let mut counts = BTreeMap::new();
-        let mut page_kb = 4;
-        for (key, value) in words.filter_map(|w| w.split_once('=')) {
-            if key == "kernelpagesize_kB" {
-                page_kb = value.parse().unwrap_or(4);
-            } else if let (Some(Ok(node)), Ok(n)) = (
-                key.strip_prefix('N').map(str::parse::<NodeId>),
-                value.parse::<u64>(),
-            ) {
-                counts.insert(node, n);
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let start = usize::from_str_radix(words.next()?, 16).ok()?;
+            let mut counts = BTreeMap::new();
+            let mut page_kb = 4;
+            for (key, value) in words.filter_map(|w| w.split_once('=')) {
+                if key == "kernelpagesize_kB" {
+                    page_kb = value.parse().unwrap_or(4);
+                } else if let (Some(Ok(node)), Ok(n)) = (
+                    key.strip_prefix('N').map(str::parse::<NodeId>),
+                    value.parse::<u64>(),
+                ) {
+                    counts.insert(node, n);
+                }
             }
-        }
-        let size = page_kb * 1024;
-        let bytes = counts.into_iter().map(|(n, c)| (n, c * size)).collect();
-        by_start.insert(start, (bytes, size));
-    }
-    by_start
+            let size = page_kb * 1024;
+            let bytes = counts.into_iter().map(|(n, c)| (n, c * size)).collect();
+            Some((start, (bytes, size)))
+        })
+        .collect()
 }
 
 #[cfg(test)]
