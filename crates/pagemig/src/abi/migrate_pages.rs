@@ -15,19 +15,15 @@ use crate::topology::{self, NodeId, NodeSet};
 /// The kernel's `node_remap`: the position of `node` among the set bits of `from` picks the bit
 /// at that position (modulo its weight) of `to`.
 fn node_remap(node: NodeId, from: &NodeSet, to: &NodeSet) -> NodeId {
-    let Some(pos) = from.iter().position(|n| n == node) else {
-        return node;
-    };
-    let weight = to.iter().count();
-    if weight == 0 {
-        return node;
+    match from.iter().position(|n| n == node) {
+        Some(pos) if !to.is_empty() => to.iter().nth(pos % to.len()).expect("within the weight"),
+        _ => node,
     }
-    to.iter().nth(pos % weight).expect("within the weight")
 }
 
 /// The (source, destination) pairs `do_migrate_pages` moves, in its order.
 fn kernel_pairs(from: &NodeSet, to: &NodeSet) -> Vec<(NodeId, NodeId)> {
-    let same_weight = from.iter().count() == to.iter().count();
+    let same_weight = from.len() == to.len();
     let mut left = from.clone();
     let mut pairs = Vec::new();
     loop {
@@ -122,10 +118,7 @@ fn prepare_migration(
         return Err(format!("the kernel refuses the call itself ({})", e.errno));
     }
     let own = procfs::status(Process::Current).map_err(|e| e.to_string())?;
-    let to: NodeSet = to
-        .iter()
-        .filter(|&n| own.mems_allowed.contains(n))
-        .collect();
+    let to = to.intersection(&own.mems_allowed);
     let pairs = kernel_pairs(&from, &to);
     if pairs.is_empty() {
         return Err("no node maps to another".into());

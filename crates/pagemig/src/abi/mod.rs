@@ -28,10 +28,7 @@ use crate::sys::{self, Errno};
 use crate::topology::{CpuId, CpuSet, NodeId, Topology};
 use crate::workers::Workers;
 
-/// `MPOL_MF_MOVE`: move pages mapped by this process only.
-pub const MPOL_MF_MOVE: c_int = 1 << 1;
-/// `MPOL_MF_MOVE_ALL`: also move pages shared with other processes (needs `CAP_SYS_NICE`).
-pub const MPOL_MF_MOVE_ALL: c_int = 1 << 2;
+pub use crate::sys::{MPOL_MF_MOVE, MPOL_MF_MOVE_ALL};
 
 /// Batch of the kernel path's calls: the planner's unit.
 const MIGRATE_BATCH: usize = 4096;

@@ -305,6 +305,18 @@ mod tests {
         nodes.iter().next().unwrap() as c_int
     }
 
+    /// pagemig's call on this process: `pages` to `nodes` (as many), answers in `status`.
+    fn call_here(
+        ctx: &Context,
+        pages: &[*const c_void],
+        nodes: &[c_int],
+        status: ForeignOut<'_>,
+        flags: c_int,
+    ) -> Call {
+        let count = pages.len() as c_ulong;
+        move_pages(ctx, 0, count, pages.as_ptr(), nodes.as_ptr(), status, flags)
+    }
+
     /// The same call (on this process, `MPOL_MF_MOVE`) made by the kernel and by pagemig: the
     /// kernel's result and status array, then pagemig's call and status array.
     fn kernel_and_ours(
@@ -322,15 +334,7 @@ mod tests {
             ForeignOut::from(&mut kernel[..]),
             MPOL_MF_MOVE,
         );
-        let o = move_pages(
-            ctx,
-            0,
-            count,
-            pages.as_ptr(),
-            nodes.as_ptr(),
-            ForeignOut::from(&mut ours[..]),
-            MPOL_MF_MOVE,
-        );
+        let o = call_here(ctx, pages, nodes, (&mut ours[..]).into(), MPOL_MF_MOVE);
         (k.map_err(|e| e.errno), kernel, o, ours)
     }
 
@@ -431,13 +435,11 @@ mod tests {
                 "one kernel call: nothing to split",
             ),
         ] {
-            let call = move_pages(
+            let call = call_here(
                 ctx,
-                0,
-                4,
-                pages.as_ptr(),
-                [node; 4].as_ptr(),
-                ForeignOut::from(&mut status[..]),
+                &pages,
+                &[node; 4],
+                (&mut status[..]).into(),
                 MPOL_MF_MOVE,
             );
             assert_eq!(call.result, Ok(0));
@@ -457,20 +459,12 @@ mod tests {
         let m = sys::Mapping::anonymous(4096).unwrap();
         let pages = [m.as_ptr().cast::<c_void>()];
         let mut status = [0];
-        let call = move_pages(
-            &ctx,
-            0,
-            1,
-            pages.as_ptr(),
-            [0].as_ptr(),
-            ForeignOut::from(&mut status[..]),
-            8,
-        );
+        let call = call_here(&ctx, &pages, &[0], (&mut status[..]).into(), 8);
         assert_eq!(call.result, Err(Errno::INVAL));
         assert!(matches!(call.execution, Execution::Kernel(ref r) if r.contains("flags")));
         // SAFETY: address 8 is never mapped: the kernel answers EFAULT.
         let bad = unsafe { ForeignOut::new(8 as *mut c_int, 1) };
-        let call = move_pages(&ctx, 0, 1, pages.as_ptr(), [0].as_ptr(), bad, MPOL_MF_MOVE);
+        let call = call_here(&ctx, &pages, &[0], bad, MPOL_MF_MOVE);
         assert_eq!(call.result, Err(Errno::FAULT));
         assert!(matches!(call.execution, Execution::Kernel(_)), "{call:?}");
     }

@@ -17,8 +17,8 @@ mod uffd;
 
 pub use mem::{HUGE_PAGE_SIZE, Mapping, base_page_size, lru_advice_allowed};
 pub use numa::{
-    PageNode, migrate_pages, migrate_pages_unchanged, move_pages, move_pages_unchanged,
-    query_page_nodes, query_pages_unchanged,
+    MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, PageNode, migrate_pages, migrate_pages_unchanged, move_pages,
+    move_pages_unchanged, query_page_nodes, query_pages_unchanged,
 };
 pub use own::{ForeignOut, Plain, read_own, set_errno};
 pub use pagemap::{PageCategories, PageRegion, Pagemap, Vma, entry as pagemap_entry};

@@ -7,9 +7,10 @@ use crate::topology::NodeSet;
 
 const MPOL_BIND: c_int = 2;
 const MPOL_MF_STRICT: c_int = 1 << 0;
-const MPOL_MF_MOVE: c_int = 1 << 1;
-/// Also move pages mapped by other processes (needs `CAP_SYS_NICE`).
-const MPOL_MF_MOVE_ALL: c_int = 1 << 2;
+/// `MPOL_MF_MOVE`: move pages mapped by this process only.
+pub const MPOL_MF_MOVE: c_int = 1 << 1;
+/// `MPOL_MF_MOVE_ALL`: also move pages shared with other processes (needs `CAP_SYS_NICE`).
+pub const MPOL_MF_MOVE_ALL: c_int = 1 << 2;
 
 /// A node mask as the kernel reads it, and its `maxnode`: the kernel drops the last bit of
 /// `maxnode`, so like libnuma we pass one more than the bits in the mask.

@@ -124,11 +124,8 @@ impl ForeignOut<'_> {
 impl<'a> From<&'a mut [c_int]> for ForeignOut<'a> {
     /// A Rust caller's status array.
     fn from(array: &'a mut [c_int]) -> Self {
-        ForeignOut {
-            addr: array.as_mut_ptr() as usize,
-            len: array.len(),
-            array: PhantomData,
-        }
+        // SAFETY: the exclusive borrow hands the array over for as long as the result lives.
+        unsafe { ForeignOut::new(array.as_mut_ptr(), array.len()) }
     }
 }
 
