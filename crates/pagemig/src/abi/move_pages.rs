@@ -11,7 +11,7 @@ use crate::migrate::Plan;
 use crate::migrate::kernel;
 use crate::procfs;
 use crate::sys::{self, Errno, ForeignOut, HUGE_PAGE_SIZE};
-use crate::topology::{self, NodeId};
+use crate::topology::{self, NodeId, parse_bytes};
 
 /// More pages than this in one call go to the kernel unchanged (copying the arrays would take
 /// 16 bytes per page).
@@ -34,19 +34,9 @@ fn largest_folio() -> usize {
         .flatten()
         .filter_map(|e| {
             let e = e.ok()?;
-            let kb: usize = e
-                .file_name()
-                .to_str()?
-                .strip_prefix("hugepages-")?
-                .strip_suffix("kB")?
-                .parse()
-                .ok()?;
-            let pages: u64 = std::fs::read_to_string(e.path().join("nr_hugepages"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            (pages > 0).then_some(kb * 1024)
+            let size = parse_bytes(e.file_name().to_str()?.strip_prefix("hugepages-")?)?;
+            let pages = std::fs::read_to_string(e.path().join("nr_hugepages")).ok()?;
+            (pages.trim().parse::<u64>().ok()? > 0).then_some(size as usize)
         })
         .max()
         .unwrap_or(0);
