@@ -236,9 +236,8 @@ impl Mapping {
 }
 
 /// Whether the kernel takes `madvise(MADV_COLD)` on `range` (page-aligned memory of this
-/// process): it refuses (`EINVAL`) where the range is locked in memory (mlock), hugetlb or a PFN
-/// map, which is all a caller learns; otherwise the advice only moves the range's pages to the
-/// back of the reclaim order, and splits a huge page the range covers in part.
+/// process): it refuses (`EINVAL`) a range locked in memory, hugetlb or a PFN map; otherwise the
+/// advice only moves the pages to the back of the reclaim order (splitting a huge page in part).
 pub fn lru_advice_allowed(range: std::ops::Range<usize>) -> bool {
     // SAFETY: MADV_COLD changes no byte and no mapping; a range that is not mapped is refused.
     unsafe { rustix::mm::madvise(range.start as *mut c_void, range.len(), Advice::LinuxCold) }

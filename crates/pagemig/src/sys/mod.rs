@@ -1,8 +1,5 @@
-//! Every raw system call pagemig makes, behind safe, typed wrappers.
-//!
-//! This is the only module that talks to the kernel directly (`mmap`, `mbind`, `move_pages`,
-//! `sched_setaffinity`, ...). Each wrapper documents what it needs from its caller and turns the
-//! kernel's errno into a [`SysError`] that names the call.
+//! Every raw system call pagemig makes (`mmap`, `mbind`, `move_pages`, ...), the only module that
+//! talks to the kernel directly: safe, typed wrappers that turn the errno into a [`SysError`].
 #![allow(unsafe_code)]
 
 #[cfg(all(feature = "dsa", target_arch = "x86_64"))]

@@ -26,11 +26,9 @@ fn range(start: usize, len: usize) -> uffdio_range {
     }
 }
 
-/// A userfaultfd that can write-protect ranges of this process, unpopulated pages included.
-///
-/// Writers to a protected range block in the kernel until [`Uffd::wake`]; readers never block.
-/// Registered for missing pages too, any access to a page that is not there blocks likewise.
-/// Closing it (drop) releases any writer still waiting.
+/// A userfaultfd that can write-protect ranges of this process, unpopulated pages included:
+/// writers to a protected range (and, registered for missing pages, any access to a missing
+/// page) block until [`Uffd::wake`] or drop; readers never block.
 #[derive(Debug)]
 pub struct Uffd {
     fd: OwnedFd,

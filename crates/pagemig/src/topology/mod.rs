@@ -1,8 +1,5 @@
-//! The machine's NUMA nodes, CPUs, L3 cache domains and memory tiers, read from sysfs.
-//!
-//! Everything is read from a sysfs root that tests point at a fake tree, so that any machine
-//! shape (a two-socket server, an EPYC with several L3 domains per node, CXL memory-only nodes)
-//! can be checked on any machine.
+//! The machine's NUMA nodes, CPUs, L3 cache domains and memory tiers, read from a sysfs root
+//! that tests point at a fake tree, so that any machine shape can be checked on any machine.
 
 mod list;
 mod sysfs;
