@@ -338,11 +338,8 @@ mod tests {
             .map(|i| m.as_ptr().wrapping_add(i * 4 * 4096).cast())
             .collect();
         pages.push(8 as *const c_void);
-        let (k, kernel, o, ours) = kernel_and_ours(
-            &context(Threads::Count(2)),
-            &pages,
-            &vec![node; pages.len()],
-        );
+        let ctx = context(Threads::Count(2));
+        let (k, kernel, o, ours) = kernel_and_ours(&ctx, &pages, &vec![node; pages.len()]);
         assert_eq!(k, o.result);
         assert_eq!(kernel, ours);
         assert!(
