@@ -228,7 +228,6 @@ pub fn present_pages(
     range: Range<usize>,
     out: &mut Vec<usize>,
 ) -> Result<(), ProcfsError> {
-    const PRESENT: u64 = 1 << 63;
     const CHUNK: usize = 1 << 16;
     let page = sys::base_page_size();
     let file =
@@ -242,7 +241,7 @@ pub fn present_pages(
             .map_err(|e| io_error(process, "pagemap", e))?;
         for (i, entry) in bytes.chunks_exact(8).enumerate() {
             let entry = u64::from_ne_bytes(entry.try_into().expect("8-byte chunk"));
-            if entry & PRESENT != 0 {
+            if entry & sys::pagemap_entry::PRESENT != 0 {
                 out.push(addr + i * page);
             }
         }
