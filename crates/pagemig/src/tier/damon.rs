@@ -2,17 +2,13 @@
 //! (`/sys/kernel/mm/damon/admin`, Documentation/admin-guide/mm/damon/usage.rst).
 //!
 //! [`Damon::start`] adds one kdamond per process (a kdamond's tried regions do not say which
-//! target they belong to, so each process gets its own), each with one `vaddr` context, one target
-//! and one DAMOS `stat` scheme that matches every region. [`Damon::sample`] asks each kdamond to
-//! `update_schemes_tried_regions` and reads back each region's address range, access frequency
-//! and age. Dropping the value (or [`Damon::stop`]) turns the kdamonds off and gives the
-//! `nr_kdamonds` count back its value from before the start.
+//! target they belong to), each with one `vaddr` context, one target and a `stat` scheme on every
+//! region; [`Damon::sample`] reads back each region's range, access frequency and age. Dropping
+//! it (or [`Damon::stop`]) turns the kdamonds off and restores `nr_kdamonds`.
 //!
 //! What is ours is recorded, never guessed: before a kdamond is turned on, a record (agent pid
-//! and start time, kdamond indices, target pids, kdamond thread pids once known) is written to a
-//! runtime directory the caller gives. A later start that finds a record whose agent is gone
-//! (killed) turns off exactly the recorded kdamonds that are still running for the recorded
-//! targets, restores `nr_kdamonds`, and says what it cleaned.
+//! and start time, kdamond indices, targets, thread pids once known) goes to a runtime directory,
+//! so that a later start turns off exactly what a killed agent left running ([`clean_stale`]).
 
 use std::fs;
 use std::io::{self, ErrorKind};
@@ -89,17 +85,6 @@ pub struct Scheme {
     pub accesses: RangeInclusive<u32>,
     /// Age in aggregation intervals.
     pub age: RangeInclusive<u32>,
-}
-
-impl Scheme {
-    /// `stat` on every region: what the tiering agent uses to read access frequencies.
-    pub fn stat_all() -> Self {
-        Scheme {
-            action: Action::Stat,
-            accesses: 0..=u32::MAX,
-            age: 0..=u32::MAX,
-        }
-    }
 }
 
 /// One kdamond this agent added.
@@ -219,18 +204,14 @@ fn errno(e: &TierError) -> Option<i32> {
 }
 
 /// Writes `command` to the `state` file of the kdamond in `dir`; `false` when the kernel
-/// refuses it (`EINVAL`, `EPERM`) because the kdamond has stopped.
+/// refuses it (`EINVAL`, `EPERM`) because the kdamond has stopped: one turned `off` then is
+/// where it should be.
 fn command(dir: &Path, command: &str) -> Result<bool, TierError> {
     match write(&dir.join("state"), command) {
         Ok(()) => Ok(true),
         Err(e) if matches!(errno(&e), Some(libc::EINVAL | libc::EPERM)) => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-/// Turns the kdamond in `dir` off; one that has already stopped is where it should be.
-fn turn_off(dir: &Path) -> Result<(), TierError> {
-    command(dir, "off").map(drop)
 }
 
 /// Numeric fields `ns` (numbered from 1 as in proc(5), each after the command, so 3 or more) of
@@ -286,8 +267,7 @@ pub fn node_ranges(sysfs: &Path, node: NodeId) -> Result<Vec<Range<u64>>, TierEr
 
 /// Whether DAMON can be driven from `admin`: the directory exists and offers `vaddr`.
 pub fn probe(admin: &Path) -> Result<(), TierError> {
-    let kdamonds = admin.join("kdamonds");
-    if !kdamonds.join("nr_kdamonds").exists() {
+    if !admin.join("kdamonds/nr_kdamonds").exists() {
         return Err(TierError::DamonMissing {
             path: admin.to_owned(),
         });
@@ -344,7 +324,7 @@ pub fn clean_stale(admin: &Path, runtime_dir: &Path) -> Result<Option<Cleaned>, 
             None => target == Some(k.target),
         };
         if on && ours {
-            turn_off(&dir)?;
+            command(&dir, "off")?;
             turned_off.push(k.index);
         } else if on {
             foreign = true;
@@ -383,7 +363,12 @@ impl Damon {
         pids: &[u32],
         attrs: DamonAttrs,
     ) -> Result<(Damon, Option<Cleaned>), TierError> {
-        Self::start_schemes(admin, runtime_dir, pids, attrs, &[Scheme::stat_all()])
+        let stat_all = Scheme {
+            action: Action::Stat,
+            accesses: 0..=u32::MAX,
+            age: 0..=u32::MAX,
+        };
+        Self::start_schemes(admin, runtime_dir, pids, attrs, &[stat_all])
     }
 
     /// As [`Damon::start`], with these schemes on every kdamond ([`Damon::sample`] reads the
@@ -574,11 +559,6 @@ impl Damon {
         Ok(())
     }
 
-    /// The monitoring attributes in use.
-    pub fn attrs(&self) -> DamonAttrs {
-        self.attrs
-    }
-
     /// The kdamond threads' pids, per monitored process (for their CPU time).
     pub fn threads(&self) -> Vec<(u32, u32)> {
         self.record
@@ -592,7 +572,7 @@ impl Damon {
     pub fn drop_target(&mut self, pid: u32) -> Result<(), TierError> {
         if let Some(i) = self.record.kdamonds.iter().position(|k| k.target == pid) {
             if self.record.kdamonds[i].thread.take().is_some() {
-                turn_off(&self.kdamond_dir(i))?;
+                command(&self.kdamond_dir(i), "off")?;
             }
             self.save()?;
         }
@@ -676,7 +656,7 @@ impl Damon {
         for k in &self.record.kdamonds {
             let dir = self.kdamonds_dir.join(k.index.to_string());
             if dir.join("state").exists()
-                && let Err(e) = turn_off(&dir)
+                && let Err(e) = command(&dir, "off")
             {
                 first_error.get_or_insert(e);
             }
