@@ -59,18 +59,11 @@ impl HeatMap {
         // Per chunk: sum of (frequency x covered bytes), covered bytes.
         let mut seen: BTreeMap<ChunkKey, (f64, f64)> = BTreeMap::new();
         for s in samples {
-            let mut chunk = s.start / g * g;
-            while chunk < s.end {
-                let covered = (s.end.min(chunk + g) - s.start.max(chunk)) as f64;
-                let e = seen
-                    .entry(ChunkKey {
-                        pid: s.pid,
-                        start: chunk,
-                    })
-                    .or_default();
+            for start in (s.start / g * g..s.end).step_by(g) {
+                let covered = (s.end.min(start + g) - s.start.max(start)) as f64;
+                let e = seen.entry(ChunkKey { pid: s.pid, start }).or_default();
                 e.0 += s.accesses * covered;
                 e.1 += covered;
-                chunk += g;
             }
         }
         let decay = self.decay;
@@ -121,20 +114,24 @@ mod tests {
         }
     }
 
+    /// The heat of the chunk of `pid` at `start`, if it was ever seen.
+    fn heat(map: &HeatMap, pid: u32, start: usize) -> Option<Heat> {
+        map.get(&ChunkKey { pid, start })
+    }
+
     #[test]
     fn heat_rises_and_decays() {
         let mut map = HeatMap::new(2 * MB, 0.5);
-        let key = ChunkKey { pid: 7, start: 0 };
         map.update(&[sample(7, 0, 2 * MB, 1.0)]);
-        assert_eq!(map.get(&key).unwrap().value, 0.5);
+        assert_eq!(heat(&map, 7, 0).unwrap().value, 0.5);
         map.update(&[sample(7, 0, 2 * MB, 1.0)]);
-        assert_eq!(map.get(&key).unwrap().value, 0.75);
-        assert_eq!(map.get(&key).unwrap().observed, 2);
+        assert_eq!(heat(&map, 7, 0).unwrap().value, 0.75);
+        assert_eq!(heat(&map, 7, 0).unwrap().observed, 2);
         // Not seen: it decays, by half per interval.
         map.update(&[]);
-        assert_eq!(map.get(&key).unwrap().value, 0.375);
+        assert_eq!(heat(&map, 7, 0).unwrap().value, 0.375);
         map.update(&[sample(7, 0, 2 * MB, 0.0)]);
-        assert_eq!(map.get(&key).unwrap().value, 0.1875);
+        assert_eq!(heat(&map, 7, 0).unwrap().value, 0.1875);
     }
 
     #[test]
@@ -142,18 +139,10 @@ mod tests {
         let mut map = HeatMap::new(2 * MB, 0.0);
         // A hot region over the first 1 MiB and a cold one over the next 3 MiB.
         map.update(&[sample(1, 0, MB, 1.0), sample(1, MB, 4 * MB, 0.0)]);
-        assert_eq!(map.get(&ChunkKey { pid: 1, start: 0 }).unwrap().value, 0.5);
-        assert_eq!(
-            map.get(&ChunkKey {
-                pid: 1,
-                start: 2 * MB
-            })
-            .unwrap()
-            .value,
-            0.0
-        );
+        assert_eq!(heat(&map, 1, 0).unwrap().value, 0.5);
+        assert_eq!(heat(&map, 1, 2 * MB).unwrap().value, 0.0);
         // Processes are kept apart.
-        assert!(map.get(&ChunkKey { pid: 2, start: 0 }).is_none());
+        assert!(heat(&map, 2, 0).is_none());
     }
 
     #[test]
@@ -161,7 +150,7 @@ mod tests {
         let mut map = HeatMap::new(2 * MB, 0.5);
         map.update(&[sample(1, 0, 2 * MB, 0.0), sample(2, 0, 2 * MB, 1.0)]);
         map.update(&[sample(2, 0, 2 * MB, 1.0)]);
-        assert!(map.get(&ChunkKey { pid: 1, start: 0 }).is_none());
+        assert!(heat(&map, 1, 0).is_none());
         map.remove_process(2);
         assert_eq!(map.iter().count(), 0);
     }
