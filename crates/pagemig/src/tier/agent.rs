@@ -1,10 +1,9 @@
 //! The tiering agent: one interval after another, track → heat → placement → decide → move.
 //!
-//! [`Agent::start`] checks everything it can before it touches DAMON or moves a page (nodes,
-//! tiers, budget, rate, the processes and the right to move their pages), then starts tracking.
-//! [`Agent::step`] runs one interval and returns it as an [`IntervalReport`]. Moves go through one
-//! function given by the caller, normally [`move_through`], so that the way pages move
-//! can change without touching the agent.
+//! [`Agent::start`] checks everything it can (nodes, tiers, budget, rate, the right to move the
+//! processes' pages) before it touches DAMON; [`Agent::step`] runs one interval and returns it as
+//! an [`IntervalReport`]. Pages move through a function the caller gives, normally
+//! [`move_through`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -156,9 +155,8 @@ fn check_tier(topology: &Topology, nodes: &NodeSet, tier: &'static str) -> Resul
     Ok(())
 }
 
-/// The memory the agent tiers: private anonymous memory (heap, stack, anonymous mappings).
-/// Files' pages are shared with the page cache and other processes; moving them is not the
-/// agent's business.
+/// The memory the agent tiers: private anonymous memory (heap, stack, anonymous mappings), not
+/// files' pages, which the page cache and other processes share.
 fn tiered_areas(pid: u32) -> Result<Vec<Range<usize>>, MigrateError> {
     Ok(procfs::read_maps(Process::Pid(pid))?
         .into_iter()
@@ -178,7 +176,7 @@ fn scan(
     granularity: usize,
 ) -> Result<Scan, MigrateError> {
     let process = Process::Pid(pid);
-    let page = sys::base_page_size();
+    let page = sys::base_page_size() as u64;
     let present = scan::present_pages(process, tiered_areas(pid)?)?;
     let nodes = scan::query(process, &present)?;
     let mut chunks: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
@@ -188,9 +186,9 @@ fn scan(
             *per_node.entry(n).or_default() += 1;
             let e = chunks.entry(addr / granularity * granularity).or_default();
             if fast.contains(n) {
-                e.0 += page as u64;
+                e.0 += page;
             } else if slow.contains(n) {
-                e.1 += page as u64;
+                e.1 += page;
             }
         }
     }
@@ -261,8 +259,9 @@ impl Agent {
             });
         }
         let margin = config.free_margin.of(fast_total);
-        let per_interval = |rate: u64| (rate as f64 * config.interval.as_secs_f64()) as u64;
-        let allowance = config.rate.map_or(u64::MAX, per_interval);
+        let allowance = config.rate.map_or(u64::MAX, |rate| {
+            (rate as f64 * config.interval.as_secs_f64()) as u64
+        });
         if let Some(rate) = config.rate
             && allowance < config.granularity as u64
         {
@@ -349,15 +348,11 @@ impl Agent {
         let samples = self.damon.sample()?;
         self.heat.update(&samples);
 
-        let (fast, slow, g) = (
-            self.config.fast.clone(),
-            self.config.slow.clone(),
-            self.config.granularity,
-        );
+        let g = self.config.granularity;
         let mut chunks = Vec::new();
         let mut placement = Vec::new();
         for pid in self.pids.clone() {
-            let (per_chunk, per_node) = match scan(pid, &fast, &slow, g) {
+            let (per_chunk, per_node) = match scan(pid, &self.config.fast, &self.config.slow, g) {
                 Ok(s) => s,
                 Err(e) if is_gone(&e) || procfs::has_exited(Process::Pid(pid)) => {
                     self.drop_process(pid, &mut dropped)?;
@@ -388,7 +383,7 @@ impl Agent {
                 slow_bytes: s,
             });
         }
-        let free: u64 = fast.iter().filter_map(node_free_bytes).sum();
+        let free: u64 = self.config.fast.iter().filter_map(node_free_bytes).sum();
         let limits = Limits {
             budget: self.budget,
             fast_headroom: free as i64 - self.margin as i64,
@@ -402,27 +397,13 @@ impl Agent {
         let mut moves = Vec::new();
         let planned = self.requests(&decisions);
         if !self.config.dry_run {
-            for request in planned.iter().cloned() {
-                match mover(&request) {
-                    Ok(report) => {
-                        for d in decisions.iter().filter(|d| {
-                            d.key.pid == request.pid && d.direction == request.direction
-                        }) {
-                            self.last_moved.insert(d.key, self.interval);
-                        }
-                        let exited = report.process_exited;
-                        moves.push(MoveOutcome {
-                            pid: request.pid,
-                            direction: request.direction,
-                            to: request.to,
-                            requested_bytes: request.bytes,
-                            report,
-                        });
-                        if exited {
-                            self.drop_process(request.pid, &mut dropped)?;
-                        }
+            for request in &planned {
+                let report = match mover(request) {
+                    Ok(report) => report,
+                    Err(e) if is_gone(&e) => {
+                        self.drop_process(request.pid, &mut dropped)?;
+                        continue;
                     }
-                    Err(e) if is_gone(&e) => self.drop_process(request.pid, &mut dropped)?,
                     Err(source) => {
                         return Err(TierError::Move {
                             pid: request.pid,
@@ -430,7 +411,22 @@ impl Agent {
                             source,
                         });
                     }
+                };
+                for d in &decisions {
+                    if d.key.pid == request.pid && d.direction == request.direction {
+                        self.last_moved.insert(d.key, self.interval);
+                    }
                 }
+                if report.process_exited {
+                    self.drop_process(request.pid, &mut dropped)?;
+                }
+                moves.push(MoveOutcome {
+                    pid: request.pid,
+                    direction: request.direction,
+                    to: request.to,
+                    requested_bytes: request.bytes,
+                    report,
+                });
             }
         }
         let kdamond_cpu = self.damon.cpu_time();
