@@ -1,13 +1,7 @@
 //! Tiering: keep each process's hot memory on the fast nodes and its cold memory on the slow
-//! ones, moved by pagemig's kernel path.
-//!
-//! - [`damon`]: access tracking with the kernel's DAMON through its sysfs interface, set up and
-//!   torn down by a RAII [`damon::Damon`], with what a killed agent left found and cleaned.
-//! - [`heat`]: heat per chunk of each process, with decay.
-//! - [`decide`]: promote and demote decisions under a budget, a free-memory margin, a rate and
-//!   hysteresis: a pure function.
-//! - [`agent`]: one interval after another: sample, heat, placement, decisions, moves, all
-//!   returned as data ([`agent::IntervalReport`]); the caller logs, exports and prints.
+//! ones, moved by pagemig's kernel path. [`damon`] tracks accesses, [`heat`] smooths them per
+//! chunk, [`decide`] chooses promotions and demotions, and [`agent`] runs one interval after
+//! another and returns each as data.
 
 pub mod agent;
 pub mod damon;
@@ -279,18 +273,9 @@ mod tests {
         assert_eq!("4096".parse(), Ok(Size::Bytes(4096)));
         assert_eq!("25%".parse(), Ok(Size::Percent(25.0)));
         assert_eq!(Size::Percent(25.0).of(400), 100);
-        assert!(
-            "150%"
-                .parse::<Size>()
-                .unwrap_err()
-                .contains("between 0 and 100")
-        );
-        assert!(
-            "12Q"
-                .parse::<Size>()
-                .unwrap_err()
-                .contains("bad size \"12Q\"")
-        );
+        let error = |text: &str| text.parse::<Size>().unwrap_err();
+        assert!(error("150%").contains("between 0 and 100"));
+        assert!(error("12Q").contains("bad size \"12Q\""));
         assert!("".parse::<Size>().is_err());
         assert!("99999999999T".parse::<Size>().is_err());
     }
