@@ -147,7 +147,7 @@ pub struct Agent {
 
 fn check_tier(topology: &Topology, nodes: &NodeSet, tier: &'static str) -> Result<(), TierError> {
     if nodes.is_empty() {
-        return Err(TierError::EmptyTier { tier });
+        return Err(TierError::EmptyTier(tier));
     }
     for node in nodes.iter() {
         check_target(topology, node).map_err(|source| TierError::BadNode { tier, source })?;
@@ -224,23 +224,18 @@ impl Agent {
                 both,
             });
         }
-        config
-            .policy
-            .check()
-            .map_err(|reason| TierError::BadSetting { reason })?;
+        config.policy.check().map_err(TierError::BadSetting)?;
         let page = sys::base_page_size();
         if !config.granularity.is_power_of_two() || config.granularity < page {
-            return Err(TierError::BadSetting {
-                reason: format!(
-                    "granularity {} must be a power of two of at least a page ({page} bytes)",
-                    config.granularity
-                ),
-            });
+            return Err(TierError::BadSetting(format!(
+                "granularity {} must be a power of two of at least a page ({page} bytes)",
+                config.granularity
+            )));
         }
         if config.interval.is_zero() {
-            return Err(TierError::BadSetting {
-                reason: "the interval must be longer than zero".into(),
-            });
+            return Err(TierError::BadSetting(
+                "the interval must be longer than zero".into(),
+            ));
         }
         let fast_total: u64 = config
             .fast
@@ -280,7 +275,7 @@ impl Agent {
         for &pid in &pids {
             scan(pid, &config.fast, &config.slow, config.granularity).map_err(|e| {
                 if is_gone(&e) {
-                    TierError::NoSuchProcess { pid }
+                    TierError::NoSuchProcess(pid)
                 } else {
                     TierError::Process { pid, source: e }
                 }

@@ -137,9 +137,7 @@ pub struct Damon {
 
 fn sysfs_error(path: &Path, op: &'static str, source: io::Error) -> TierError {
     if source.kind() == ErrorKind::PermissionDenied {
-        TierError::DamonPermission {
-            path: path.to_owned(),
-        }
+        TierError::DamonPermission(path.to_owned())
     } else {
         TierError::Damon {
             path: path.to_owned(),
@@ -268,9 +266,7 @@ pub fn node_ranges(sysfs: &Path, node: NodeId) -> Result<Vec<Range<u64>>, TierEr
 /// Whether DAMON can be driven from `admin`: the directory exists and offers `vaddr`.
 pub fn probe(admin: &Path) -> Result<(), TierError> {
     if !admin.join("kdamonds/nr_kdamonds").exists() {
-        return Err(TierError::DamonMissing {
-            path: admin.to_owned(),
-        });
+        return Err(TierError::DamonMissing(admin.to_owned()));
     }
     Ok(())
 }
@@ -406,20 +402,16 @@ impl Damon {
     ) -> Result<(Damon, Option<Cleaned>), TierError> {
         probe(admin)?;
         if attrs.sample.is_zero() || attrs.aggr < attrs.sample || attrs.update.is_zero() {
-            return Err(TierError::BadDamonAttrs {
-                reason: format!(
-                    "sampling {:?}, aggregation {:?}, update {:?}: each must be positive and aggregation at least one sample",
-                    attrs.sample, attrs.aggr, attrs.update
-                ),
-            });
+            return Err(TierError::BadDamonAttrs(format!(
+                "sampling {:?}, aggregation {:?}, update {:?}: each must be positive and aggregation at least one sample",
+                attrs.sample, attrs.aggr, attrs.update
+            )));
         }
         if attrs.min_regions < 3 || attrs.max_regions < attrs.min_regions {
-            return Err(TierError::BadDamonAttrs {
-                reason: format!(
-                    "regions {}..{}: DAMON needs at least 3, and the most at least the fewest",
-                    attrs.min_regions, attrs.max_regions
-                ),
-            });
+            return Err(TierError::BadDamonAttrs(format!(
+                "regions {}..{}: DAMON needs at least 3, and the most at least the fewest",
+                attrs.min_regions, attrs.max_regions
+            )));
         }
         let cleaned = clean_stale(admin, runtime_dir)?;
         let kdamonds_dir = admin.join("kdamonds");
@@ -472,7 +464,7 @@ impl Damon {
         for (i, &pid) in pids.iter().enumerate() {
             let dir = damon.kdamond_dir(i);
             write(&dir.join("state"), "on").map_err(|e| match errno(&e) {
-                Some(libc::ESRCH | libc::EINVAL) => TierError::NoSuchProcess { pid },
+                Some(libc::ESRCH | libc::EINVAL) => TierError::NoSuchProcess(pid),
                 _ => e,
             })?;
             let (_, thread) = kdamond_state(&damon.kdamonds_dir, damon.record.kdamonds[i].index)?;
@@ -543,9 +535,9 @@ impl Damon {
                 write(&dir.join("target_nid"), node)?;
             }
             write(&dir.join("action"), action).map_err(|e| match errno(&e) {
-                Some(libc::EINVAL) => TierError::BadDamonAttrs {
-                    reason: format!("this kernel's DAMON has no {action} action (Linux 6.11+)"),
-                },
+                Some(libc::EINVAL) => TierError::BadDamonAttrs(format!(
+                    "this kernel's DAMON has no {action} action (Linux 6.11+)"
+                )),
                 _ => e,
             })?;
             let pattern = dir.join("access_pattern");

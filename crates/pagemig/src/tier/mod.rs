@@ -110,12 +110,9 @@ pub enum TierError {
         /// Nodes in both.
         both: NodeSet,
     },
-    /// A tier has no node.
-    #[error("the {tier} tier has no node")]
-    EmptyTier {
-        /// `fast` or `slow`.
-        tier: &'static str,
-    },
+    /// The tier (`fast` or `slow`) has no node.
+    #[error("the {0} tier has no node")]
+    EmptyTier(&'static str),
     /// A node of a tier is offline or has no memory.
     #[error("{tier} tier: {source}")]
     BadNode {
@@ -149,21 +146,15 @@ pub enum TierError {
         /// The chunk size.
         granularity: usize,
     },
-    /// A setting is out of range.
-    #[error("bad setting: {reason}")]
-    BadSetting {
-        /// What is wrong.
-        reason: String,
-    },
+    /// A setting is out of range: what is wrong.
+    #[error("bad setting: {0}")]
+    BadSetting(String),
     /// No process was given.
     #[error("no process to track")]
     NoProcess,
-    /// A process does not exist.
-    #[error("process {pid} does not exist (or has exited)")]
-    NoSuchProcess {
-        /// The pid.
-        pid: u32,
-    },
+    /// The process with this pid does not exist.
+    #[error("process {0} does not exist (or has exited)")]
+    NoSuchProcess(u32),
     /// A process's memory cannot be read or moved.
     #[error("process {pid}: {source}")]
     Process {
@@ -173,15 +164,12 @@ pub enum TierError {
         #[source]
         source: MigrateError,
     },
-    /// DAMON's sysfs interface is not there.
+    /// DAMON's sysfs interface is not in this admin directory.
     #[error(
         "DAMON is not available: {} does not exist (a kernel built with CONFIG_DAMON_SYSFS and CONFIG_DAMON_VADDR is needed)",
-        path.display()
+        .0.display()
     )]
-    DamonMissing {
-        /// The admin directory.
-        path: PathBuf,
-    },
+    DamonMissing(PathBuf),
     /// DAMON lacks the operations set needed.
     #[error("DAMON has no {wanted} operations on this kernel (available: {available:?})")]
     DamonNoOperations {
@@ -190,15 +178,12 @@ pub enum TierError {
         /// What it offers.
         available: String,
     },
-    /// No permission to drive DAMON.
+    /// No permission to drive DAMON: this file cannot be changed.
     #[error(
         "no permission to drive DAMON: {} cannot be changed (DAMON's sysfs files belong to root; run as root)",
-        path.display()
+        .0.display()
     )]
-    DamonPermission {
-        /// The file.
-        path: PathBuf,
-    },
+    DamonPermission(PathBuf),
     /// Another program runs a kdamond.
     #[error(
         "DAMON is in use by another program: kdamond {index} is running{} (its kdamonds must be off before pagemig can add its own)",
@@ -210,12 +195,9 @@ pub enum TierError {
         /// Its thread's pid.
         pid: Option<u32>,
     },
-    /// DAMON's monitoring attributes are out of range.
-    #[error("bad DAMON attributes: {reason}")]
-    BadDamonAttrs {
-        /// What is wrong.
-        reason: String,
-    },
+    /// DAMON's monitoring attributes are out of range: what is wrong.
+    #[error("bad DAMON attributes: {0}")]
+    BadDamonAttrs(String),
     /// A DAMON sysfs file could not be used.
     #[error("DAMON: {op} {} failed", path.display())]
     Damon {
