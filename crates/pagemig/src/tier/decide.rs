@@ -241,6 +241,8 @@ mod tests {
 
     const MB: u64 = 1 << 20;
     const CHUNK: u64 = 2 * MB;
+    const FAST: bool = true;
+    const SLOW: bool = false;
 
     /// A chunk at index `i` of process 1, all its bytes on one tier.
     fn chunk(i: usize, heat: f64, on_fast: bool) -> ChunkView {
@@ -254,6 +256,14 @@ mod tests {
             slow_bytes: if on_fast { 0 } else { CHUNK },
             last_moved: None,
         }
+    }
+
+    /// Chunks 0, 1, … of process 1, each with its heat and tier.
+    fn chunks(spec: &[(f64, bool)]) -> Vec<ChunkView> {
+        spec.iter()
+            .enumerate()
+            .map(|(i, &(heat, on_fast))| chunk(i, heat, on_fast))
+            .collect()
     }
 
     fn limits(budget: u64) -> Limits {
@@ -274,8 +284,8 @@ mod tests {
     #[test]
     fn without_a_budget_only_memory_limits_the_fast_tier() {
         // No --fast-budget: the budget is u64::MAX, and cold chunks on the fast tier stay.
-        let mut chunks = vec![chunk(0, 0.9, false), chunk(1, 0.8, false)];
-        chunks.extend((2..6).map(|i| chunk(i, 0.0, true)));
+        let mut chunks = chunks(&[(0.9, SLOW), (0.8, SLOW)]);
+        chunks.extend((2..6).map(|i| chunk(i, 0.0, FAST)));
         let d = decide(&chunks, &limits(u64::MAX), &Policy::default(), 100);
         assert_eq!(moved(&d, Direction::Promote), [0, 1]);
         assert!(moved(&d, Direction::Demote).is_empty());
@@ -290,8 +300,8 @@ mod tests {
     #[test]
     fn over_budget_demotes_every_cold_chunk_and_keeps_the_hot() {
         // 4 hot chunks and 16 cold ones, all on the fast tier, budget 6 chunks.
-        let mut chunks: Vec<_> = (0..4).map(|i| chunk(i, 0.8, true)).collect();
-        chunks.extend((4..20).map(|i| chunk(i, 0.0, true)));
+        let mut chunks: Vec<_> = (0..4).map(|i| chunk(i, 0.8, FAST)).collect();
+        chunks.extend((4..20).map(|i| chunk(i, 0.0, FAST)));
         let d = decide(&chunks, &limits(6 * CHUNK), &Policy::default(), 100);
         assert_eq!(moved(&d, Direction::Demote), (4..20).collect::<Vec<_>>());
         assert!(moved(&d, Direction::Promote).is_empty());
@@ -300,12 +310,7 @@ mod tests {
 
     #[test]
     fn hot_chunks_are_promoted_hottest_first_up_to_the_budget() {
-        let chunks = vec![
-            chunk(0, 0.3, false),
-            chunk(1, 0.9, false),
-            chunk(2, 0.6, false),
-            chunk(3, 0.0, false),
-        ];
+        let chunks = chunks(&[(0.3, SLOW), (0.9, SLOW), (0.6, SLOW), (0.0, SLOW)]);
         let d = decide(&chunks, &limits(2 * CHUNK), &Policy::default(), 100);
         assert_eq!(moved(&d, Direction::Promote), vec![1, 2]);
         assert!(d.iter().all(|d| d.why == Why::Hot));
@@ -313,11 +318,11 @@ mod tests {
 
     #[test]
     fn cold_chunks_stay_on_the_fast_tier_while_it_has_room() {
-        let chunks = vec![chunk(0, 0.0, true), chunk(1, 0.0, true)];
+        let chunks = chunks(&[(0.0, FAST), (0.0, FAST)]);
         assert!(decide(&chunks, &limits(8 * CHUNK), &Policy::default(), 100).is_empty());
         // A hot chunk that needs room makes the cold ones leave.
         let mut chunks = chunks;
-        chunks.push(chunk(2, 0.9, false));
+        chunks.push(chunk(2, 0.9, SLOW));
         let d = decide(&chunks, &limits(2 * CHUNK), &Policy::default(), 100);
         assert_eq!(moved(&d, Direction::Demote), vec![0, 1]);
         assert_eq!(moved(&d, Direction::Promote), vec![2]);
@@ -326,11 +331,7 @@ mod tests {
 
     #[test]
     fn over_budget_warm_chunks_go_coldest_first_when_no_cold_one_is_left() {
-        let chunks = vec![
-            chunk(0, 0.03, true),
-            chunk(1, 0.02, true),
-            chunk(2, 0.9, true),
-        ];
+        let chunks = chunks(&[(0.03, FAST), (0.02, FAST), (0.9, FAST)]);
         let d = decide(&chunks, &limits(2 * CHUNK), &Policy::default(), 100);
         assert_eq!(moved(&d, Direction::Demote), vec![1]);
         assert_eq!(d[0].why, Why::OverBudget);
@@ -338,15 +339,10 @@ mod tests {
 
     #[test]
     fn low_free_memory_is_a_limit_like_the_budget() {
-        let chunks = vec![
-            chunk(0, 0.0, true),
-            chunk(1, 0.03, true),
-            chunk(2, 0.5, false),
-        ];
+        let chunks = chunks(&[(0.0, FAST), (0.03, FAST), (0.5, SLOW)]);
         let l = Limits {
-            budget: 100 * CHUNK,
             fast_headroom: -(CHUNK as i64),
-            allowance: u64::MAX,
+            ..limits(100 * CHUNK)
         };
         let d = decide(&chunks, &l, &Policy::default(), 100);
         // The cold chunk leaves (for the margin), then the warm one, and nothing is promoted:
@@ -366,30 +362,30 @@ mod tests {
     fn hysteresis_band_residency_and_warmup_hold_chunks_still() {
         let p = Policy::default();
         // Between the thresholds: neither promoted nor demoted, even when room is needed.
-        let mut chunks = vec![chunk(0, 0.03, false), chunk(1, 0.03, true)];
+        let mut chunks = chunks(&[(0.03, SLOW), (0.03, FAST)]);
         assert!(decide(&chunks, &limits(8 * CHUNK), &p, 100).is_empty());
-        chunks.push(chunk(2, 0.9, false));
+        chunks.push(chunk(2, 0.9, SLOW));
         let d = decide(&chunks, &limits(CHUNK), &p, 100);
         assert!(
             d.is_empty(),
             "a warm chunk is not pushed out for a hot one: {d:?}"
         );
-        let mut recent = chunk(0, 0.9, false);
+        let mut recent = chunk(0, 0.9, SLOW);
         recent.last_moved = Some(98);
         assert!(decide(std::slice::from_ref(&recent), &limits(8 * CHUNK), &p, 100).is_empty());
         recent.last_moved = Some(95);
         assert_eq!(decide(&[recent], &limits(8 * CHUNK), &p, 100).len(), 1);
-        let mut new = chunk(0, 0.9, false);
+        let mut new = chunk(0, 0.9, SLOW);
         new.observed = 2;
         assert!(decide(&[new], &limits(8 * CHUNK), &p, 100).is_empty());
     }
 
     #[test]
     fn the_rate_caps_each_interval_and_takes_the_coldest_and_hottest_first() {
-        let mut chunks: Vec<_> = (0..4).map(|i| chunk(i, 0.0, true)).collect();
+        let mut chunks: Vec<_> = (0..4).map(|i| chunk(i, 0.0, FAST)).collect();
         chunks[2].heat = 0.001;
-        chunks.push(chunk(4, 0.9, false));
-        chunks.push(chunk(5, 0.5, false));
+        chunks.push(chunk(4, 0.9, SLOW));
+        chunks.push(chunk(5, 0.5, SLOW));
         let l = Limits {
             allowance: 3 * CHUNK,
             ..limits(4 * CHUNK)
