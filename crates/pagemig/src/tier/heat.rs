@@ -22,7 +22,7 @@ pub struct ChunkKey {
 }
 
 /// The heat of one chunk.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Heat {
     /// Smoothed access frequency, 0 (never touched) to 1 (touched at every sample).
     pub value: f64,
@@ -66,17 +66,14 @@ impl HeatMap {
                 e.1 += covered;
             }
         }
-        let decay = self.decay;
+        // A chunk seen for the first time starts from no heat and no observation.
+        for key in seen.keys() {
+            self.chunks.entry(*key).or_default();
+        }
         for (key, heat) in self.chunks.iter_mut() {
             let sample = seen.get(key).map_or(0.0, |(w, c)| w / c);
-            heat.value = decay * heat.value + (1.0 - decay) * sample;
+            heat.value = self.decay * heat.value + (1.0 - self.decay) * sample;
             heat.observed = heat.observed.saturating_add(1);
-        }
-        for (key, (w, c)) in &seen {
-            self.chunks.entry(*key).or_insert(Heat {
-                value: (1.0 - decay) * (w / c),
-                observed: 1,
-            });
         }
         self.chunks
             .retain(|k, h| seen.contains_key(k) || h.value > FORGET);
