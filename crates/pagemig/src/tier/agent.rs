@@ -355,10 +355,7 @@ impl Agent {
                 }
                 Err(e) => return Err(TierError::Process { pid, source: e }),
             };
-            let (mut f, mut s) = (0, 0);
             for (&start, &(fast_bytes, slow_bytes)) in &per_chunk {
-                f += fast_bytes;
-                s += slow_bytes;
                 let key = ChunkKey { pid, start };
                 let heat = self.heat.get(&key);
                 chunks.push(ChunkView {
@@ -374,8 +371,8 @@ impl Agent {
             placement.push(ProcessPlacement {
                 pid,
                 pages_per_node: per_node,
-                fast_bytes: f,
-                slow_bytes: s,
+                fast_bytes: per_chunk.values().map(|c| c.0).sum(),
+                slow_bytes: per_chunk.values().map(|c| c.1).sum(),
             });
         }
         let free: u64 = self.config.fast.iter().filter_map(node_free_bytes).sum();
