@@ -263,7 +263,7 @@ pub fn node_ranges(sysfs: &Path, node: NodeId) -> Result<Vec<Range<u64>>, TierEr
     Ok(out)
 }
 
-/// Whether DAMON can be driven from `admin`: the directory exists and offers `vaddr`.
+/// Whether DAMON can be driven from `admin`: its `kdamonds/nr_kdamonds` file exists.
 pub fn probe(admin: &Path) -> Result<(), TierError> {
     if !admin.join("kdamonds/nr_kdamonds").exists() {
         return Err(TierError::DamonMissing(admin.to_owned()));
@@ -462,8 +462,7 @@ impl Damon {
             damon.configure(i)?;
         }
         for (i, &pid) in pids.iter().enumerate() {
-            let dir = damon.kdamond_dir(i);
-            write(&dir.join("state"), "on").map_err(|e| match errno(&e) {
+            write(&damon.kdamond_dir(i).join("state"), "on").map_err(|e| match errno(&e) {
                 Some(libc::ESRCH | libc::EINVAL) => TierError::NoSuchProcess(pid),
                 _ => e,
             })?;
