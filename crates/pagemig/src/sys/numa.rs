@@ -82,6 +82,8 @@ pub fn move_pages(
     status: &mut [i32],
     move_all: bool,
 ) -> Result<usize, SysError> {
+    // Checked here too, before the nodes: a call with both wrong names the status length.
+    assert_eq!(pages.len(), status.len(), "move_pages: status length");
     if let Some(n) = nodes {
         assert_eq!(pages.len(), n.len(), "move_pages: nodes length");
     }
@@ -236,5 +238,11 @@ mod tests {
         let placed = query_page_nodes(0, &[m.as_ptr() as usize, 4096]).unwrap();
         assert_eq!(placed[0], PageNode::Error(Errno::NOENT));
         assert_eq!(placed[1], PageNode::Error(Errno::FAULT));
+    }
+
+    #[test]
+    #[should_panic(expected = "move_pages: status length")]
+    fn the_status_length_is_checked_before_the_nodes_length() {
+        move_pages(0, &[4096], Some(&[]), &mut [], false).ok();
     }
 }
