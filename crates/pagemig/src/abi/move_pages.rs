@@ -11,7 +11,7 @@ use crate::migrate::Plan;
 use crate::migrate::kernel;
 use crate::procfs;
 use crate::sys::{self, Errno, ForeignOut, HUGE_PAGE_SIZE};
-use crate::topology::{self, NodeId, parse_bytes};
+use crate::topology::{self, NodeId};
 
 /// More pages than this in one call go to the kernel unchanged (copying the arrays would take
 /// 16 bytes per page).
@@ -34,13 +34,23 @@ fn largest_folio() -> usize {
         .flatten()
         .filter_map(|e| {
             let e = e.ok()?;
-            let size = parse_bytes(e.file_name().to_str()?.strip_prefix("hugepages-")?)?;
+            let size = hugetlb_page_size(e.file_name().to_str()?)?;
             let pages = std::fs::read_to_string(e.path().join("nr_hugepages")).ok()?;
-            (pages.trim().parse::<u64>().ok()? > 0).then_some(size as usize)
+            (pages.trim().parse::<u64>().ok()? > 0).then_some(size)
         })
         .max()
         .unwrap_or(0);
     pmd.max(hugetlb)
+}
+
+/// The page size of a hugetlb pool from the name of its sysfs directory (`hugepages-2048kB`).
+fn hugetlb_page_size(name: &str) -> Option<usize> {
+    let kb: usize = name
+        .strip_prefix("hugepages-")?
+        .strip_suffix("kB")?
+        .parse()
+        .ok()?;
+    kb.checked_mul(1024)
 }
 
 /// Whether splitting by node keeps every page's answer: the kernel's answer for a page depends
@@ -269,6 +279,21 @@ mod tests {
     use super::*;
     use crate::Threads;
     use crate::topology::Topology;
+
+    #[test]
+    fn hugetlb_sizes_are_read_from_the_kernels_directory_names() {
+        assert_eq!(hugetlb_page_size("hugepages-2048kB"), Some(2 << 20));
+        assert_eq!(hugetlb_page_size("hugepages-1048576kB"), Some(1 << 30));
+        // Only the kernel's own spelling: a number of kB.
+        for name in [
+            "hugepages-2048",
+            "hugepages-2M",
+            "hugepages-2048KB",
+            "hugepages-1GiB",
+        ] {
+            assert_eq!(hugetlb_page_size(name), None, "{name}");
+        }
+    }
 
     #[test]
     fn splitting_keeps_folio_regions_whole() {
