@@ -341,7 +341,7 @@ impl Laps {
         }
     }
 
-    /// Adds the time since the previous lap to `phase`.
+    /// Adds the time since the previous lap (or the start) to `phase`.
     pub fn lap(&mut self, phase: &mut Duration) {
         let now = Instant::now();
         *phase += now - self.last;
@@ -359,7 +359,8 @@ impl Laps {
 pub enum ScanMethod {
     /// One `PAGEMAP_SCAN` ioctl per 256 runs.
     PagemapScan,
-    /// Reading the pagemap entry of every page (kernels before 6.7; huge pages from smaps).
+    /// Reading the pagemap entry of every page (kernels before 6.7; huge pages from smaps); the
+    /// shared zero page counts as present there.
     PagemapRead,
 }
 
@@ -416,8 +417,8 @@ pub struct Report {
     pub dry_run: bool,
     /// Base page size; every count below is in pages of this size (a 2 MB THP counts 512).
     pub page_size: u64,
-    /// Pages selected (kernel path: present ones, on the `--from` nodes; remap path: every page);
-    /// moved, already on target, skipped and failed add up to it.
+    /// Pages selected (kernel path: present ones, on the `--from` nodes when given; remap path:
+    /// every page); moved, already on target, skipped and failed add up to it.
     pub pages_requested: u64,
     /// Pages that are on the target node now and were not before (remap path: copied, then found
     /// there).

@@ -76,7 +76,8 @@ pub struct Migrator {
 
 impl Migrator {
     /// A migrator for this machine: its topology from sysfs, no cost model (the planner then
-    /// uses one thread where it would need measurements), the resources as they are now.
+    /// uses one thread where it would need measurements), the resources as they are now (an
+    /// affinity mask that cannot be read is a [`MigrateError::Sys`] of the calling process).
     pub fn new() -> Result<Self, MigrateError> {
         let topology = Topology::detect()?;
         let resources = Resources::snapshot().map_err(|source| MigrateError::Sys {
@@ -107,7 +108,8 @@ impl Migrator {
     }
 
     /// The pinned worker threads every migration of this migrator runs on (copy pools and
-    /// `move_pages` calls), started on first use of each CPU.
+    /// `move_pages` calls), started on first use of each CPU, joined when the migrator and every
+    /// other holder are dropped.
     pub fn workers(&self) -> &Arc<Workers> {
         &self.workers
     }
@@ -138,7 +140,8 @@ impl Migrator {
     }
 
     /// Executes `plan` for `request`, whose scan is `scan` (both from [`Migrator::plan`]); the
-    /// report's phases include the scan's and the planning's.
+    /// report's phases include the scan's and the planning's, not the time between planning
+    /// and this call.
     pub fn execute(
         &self,
         request: &Request<'_>,

@@ -28,7 +28,7 @@ fn range(start: usize, len: usize) -> uffdio_range {
 
 /// A userfaultfd that can write-protect ranges of this process, unpopulated pages included:
 /// writers to a protected range (and, registered for missing pages, any access to a missing
-/// page) block until [`Uffd::wake`] or drop; readers never block.
+/// page) block until [`Uffd::wake`] or drop; reading a page that is there never blocks.
 #[derive(Debug)]
 pub struct Uffd {
     fd: OwnedFd,
