@@ -160,9 +160,15 @@ pub fn query_pages_unchanged(
     pages: usize,
 ) -> Result<Vec<c_int>, SysError> {
     let entry = std::mem::size_of::<c_int>();
-    let len = (count * entry)
-        .max(1)
-        .next_multiple_of(super::base_page_size());
+    // A count no answer array can hold is the kernel's ENOMEM, not a wrapped (too small) size.
+    let len = count
+        .checked_mul(entry)
+        .and_then(|bytes| {
+            bytes
+                .max(1)
+                .checked_next_multiple_of(super::base_page_size())
+        })
+        .ok_or(SysError::new("move_pages", Errno::NOMEM))?;
     let answers = super::Mapping::anonymous(len)?;
     let own = answers.as_ptr() as usize..answers.as_ptr() as usize + answers.len();
     // SAFETY: the mapping is this function's own, page-aligned and at least `count` ints long;
@@ -209,6 +215,18 @@ pub fn query_page_nodes(pid: i32, pages: &[usize]) -> Result<Vec<PageNode>, SysE
 mod tests {
     use super::*;
     use crate::sys::Mapping;
+
+    #[test]
+    fn a_count_no_answer_array_can_hold_is_refused() {
+        for count in [usize::MAX, usize::MAX / 4 + 1, usize::MAX / 4] {
+            let e = query_pages_unchanged(0, count, 0).unwrap_err();
+            assert_eq!(
+                (e.call, e.errno),
+                ("move_pages", Errno::NOMEM),
+                "count {count}"
+            );
+        }
+    }
 
     #[test]
     fn mask_has_one_extra_maxnode_bit() {
