@@ -446,12 +446,18 @@ pub(super) mod tests {
         assert_eq!(claims(0, 3), [0..3, 3..6, 6..8]);
     }
 
+    /// `n` written 4 KB pages of a new mapping (kept alive by the first value), and their addresses.
+    fn written_pages(n: usize) -> (Mapping, Vec<usize>) {
+        let mut m = Mapping::anonymous(n * 4096).unwrap();
+        m.as_mut_slice().fill(1);
+        let pages = (0..n).map(|i| m.as_ptr() as usize + i * 4096).collect();
+        (m, pages)
+    }
+
     #[test]
     fn a_batch_is_reported_before_the_next_batches_are_resized() {
         let (_, node) = this_node();
-        let mut m = Mapping::anonymous(8 * 4096).unwrap();
-        m.as_mut_slice().fill(1);
-        let pages: Vec<usize> = (0..8).map(|i| m.as_ptr() as usize + i * 4096).collect();
+        let (_m, pages) = written_pages(8);
         let mut plan = Plan::serial(4);
         // No call fits in a nanosecond: after the first, batches shrink to one page.
         plan.max_stall = Some(Duration::from_nanos(1));
@@ -527,9 +533,7 @@ pub(super) mod tests {
     #[test]
     fn moving_to_the_current_node_reports_every_page() {
         let (_, node) = this_node();
-        let mut m = Mapping::anonymous(64 * 4096).unwrap();
-        m.as_mut_slice().fill(1);
-        let pages: Vec<usize> = (0..64).map(|i| m.as_ptr() as usize + i * 4096).collect();
+        let (_m, pages) = written_pages(64);
         let calls = std::sync::atomic::AtomicU64::new(0);
         let mut plan = Plan::parallel(sys::allowed_cpus().unwrap().iter().collect(), 8);
         plan.max_stall = Some(Duration::from_secs(1));
