@@ -3,7 +3,7 @@
 //! [`Agent::start`] checks everything it can (nodes, tiers, budget, rate, the right to move the
 //! processes' pages) before it touches DAMON; [`Agent::step`] runs one interval and returns it as
 //! an [`IntervalReport`]. Pages move through a function the caller gives, normally
-//! [`move_through`].
+//! [`move_through`], so that the way pages move can change without touching the agent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
