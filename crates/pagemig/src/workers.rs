@@ -137,8 +137,9 @@ impl Workers {
 
     /// As [`Workers::run`], for a caller that changes its address space right after (`mremap`):
     /// where the calling thread takes a share, the workers sleep as soon as their job is done,
-    /// so that the kernel need not interrupt them to flush their TLBs; the caller's own share
-    /// hides the cost of waking them next time (without one, they poll as usual).
+    /// so that most TLB flushes skip their CPUs (not those of an `mremap` that moves page
+    /// tables: the kernel interrupts a sleeping CPU for those too); the caller's own share hides
+    /// the cost of waking them next time (without one, they poll as usual).
     pub fn run_then_sleep<R, F>(&self, cpus: &[CpuId], f: F) -> Result<Vec<R>, WorkerError>
     where
         F: Fn(usize) -> R + Sync,
