@@ -417,6 +417,29 @@ pub(super) mod tests {
         scan_and_execute(topo, &request, plan, &Workers::new(), &|_| {}).unwrap()
     }
 
+    /// A group of this process's `pages` with nothing claimed and no round end.
+    fn group<'a>(
+        pages: &'a [usize],
+        node: NodeId,
+        batch: &'a AtomicUsize,
+        plan: &'a Plan,
+        stop: &'a AtomicBool,
+        progress: &'a (dyn Fn(u64) + Sync),
+    ) -> Group<'a> {
+        Group {
+            process: Process::Current,
+            pages,
+            node,
+            cursor: AtomicUsize::new(0),
+            end: AtomicUsize::new(usize::MAX),
+            batch,
+            plan,
+            stop,
+            full: AtomicBool::new(false),
+            progress,
+        }
+    }
+
     #[test]
     fn batches_end_where_a_region_of_the_plan_ends() {
         let r = 1 << 21;
@@ -427,18 +450,7 @@ pub(super) mod tests {
             let mut plan = Plan::serial(want);
             plan.region = region;
             let batch = AtomicUsize::new(want);
-            let group = Group {
-                process: Process::Current,
-                pages: &pages,
-                node: 0,
-                cursor: AtomicUsize::new(0),
-                end: AtomicUsize::new(usize::MAX),
-                batch: &batch,
-                plan: &plan,
-                stop: &stop,
-                full: AtomicBool::new(false),
-                progress: &|_| {},
-            };
+            let group = group(&pages, 0, &batch, &plan, &stop, &|_| {});
             std::iter::from_fn(|| group.claim(want)).collect::<Vec<_>>()
         };
         assert_eq!(claims(r, 1), [0..2, 2..4, 4..6, 6..8]);
@@ -463,22 +475,12 @@ pub(super) mod tests {
         plan.max_stall = Some(Duration::from_nanos(1));
         let (batch, stop) = (AtomicUsize::new(4), AtomicBool::new(false));
         let seen = std::sync::Mutex::new(Vec::new());
-        let group = Group {
-            process: Process::Current,
-            pages: &pages,
-            node,
-            cursor: AtomicUsize::new(0),
-            end: AtomicUsize::new(usize::MAX),
-            batch: &batch,
-            plan: &plan,
-            stop: &stop,
-            full: AtomicBool::new(false),
-            progress: &|n| {
-                seen.lock()
-                    .unwrap()
-                    .push((n, batch.load(Ordering::Relaxed)))
-            },
+        let progress = |n| {
+            seen.lock()
+                .unwrap()
+                .push((n, batch.load(Ordering::Relaxed)))
         };
+        let group = group(&pages, node, &batch, &plan, &stop, &progress);
         let r = group.run();
         assert!(r.error.is_none());
         let seen = seen.into_inner().unwrap();
