@@ -232,6 +232,7 @@ impl Agent {
                 config.granularity
             )));
         }
+        let heat = HeatMap::new(config.granularity, config.policy.decay)?;
         if config.interval.is_zero() {
             return Err(TierError::BadSetting(
                 "the interval must be longer than zero".into(),
@@ -289,7 +290,7 @@ impl Agent {
         )?;
         Ok((
             Agent {
-                heat: HeatMap::new(config.granularity, config.policy.decay),
+                heat,
                 config,
                 budget,
                 margin,

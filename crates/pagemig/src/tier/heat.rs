@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::AccessSample;
+use super::{AccessSample, TierError};
 
 /// A chunk: a process and the start of an aligned range of the [`HeatMap`]'s granularity in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -42,15 +42,19 @@ pub struct HeatMap {
 const FORGET: f64 = 1e-6;
 
 impl HeatMap {
-    /// Chunks of `granularity` bytes (a power of two), heat kept with `decay` (0 to 1: the
-    /// weight of the past).
-    pub fn new(granularity: usize, decay: f64) -> Self {
-        debug_assert!(granularity.is_power_of_two());
-        HeatMap {
+    /// Chunks of `granularity` bytes, heat kept with `decay` (0 to 1: the weight of the past).
+    /// A granularity that is not a power of two is refused.
+    pub fn new(granularity: usize, decay: f64) -> Result<Self, TierError> {
+        if !granularity.is_power_of_two() {
+            return Err(TierError::BadSetting(format!(
+                "granularity {granularity} must be a power of two"
+            )));
+        }
+        Ok(HeatMap {
             granularity,
             decay,
             chunks: BTreeMap::new(),
-        }
+        })
     }
 
     /// Folds one interval's samples in.
@@ -117,8 +121,19 @@ mod tests {
     }
 
     #[test]
+    fn a_granularity_not_a_power_of_two_is_refused() {
+        for g in [0, 3 * MB] {
+            let e = HeatMap::new(g, 0.5).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("granularity {g} must be a power of two")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn heat_rises_and_decays() {
-        let mut map = HeatMap::new(2 * MB, 0.5);
+        let mut map = HeatMap::new(2 * MB, 0.5).unwrap();
         map.update(&[sample(7, 0, 2 * MB, 1.0)]);
         assert_eq!(heat(&map, 7, 0).unwrap().value, 0.5);
         map.update(&[sample(7, 0, 2 * MB, 1.0)]);
@@ -133,7 +148,7 @@ mod tests {
 
     #[test]
     fn regions_are_spread_over_chunks_by_coverage() {
-        let mut map = HeatMap::new(2 * MB, 0.0);
+        let mut map = HeatMap::new(2 * MB, 0.0).unwrap();
         // A hot region over the first 1 MiB and a cold one over the next 3 MiB.
         map.update(&[sample(1, 0, MB, 1.0), sample(1, MB, 4 * MB, 0.0)]);
         assert_eq!(heat(&map, 1, 0).unwrap().value, 0.5);
@@ -144,7 +159,7 @@ mod tests {
 
     #[test]
     fn cold_unseen_chunks_are_forgotten_and_exited_processes_removed() {
-        let mut map = HeatMap::new(2 * MB, 0.5);
+        let mut map = HeatMap::new(2 * MB, 0.5).unwrap();
         map.update(&[sample(1, 0, 2 * MB, 0.0), sample(2, 0, 2 * MB, 1.0)]);
         map.update(&[sample(2, 0, 2 * MB, 1.0)]);
         assert!(heat(&map, 1, 0).is_none());
