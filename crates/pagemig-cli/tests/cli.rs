@@ -975,6 +975,22 @@ fn tier_refuses_bad_input_before_anything_starts() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
     }
+    // Finite and positive, but more seconds than a Duration holds: an error, not a panic.
+    for flag in [
+        "--interval",
+        "--duration",
+        "--max-stall",
+        "--sample",
+        "--aggregate",
+    ] {
+        let args = [
+            "tier", "--pid", &me, "--fast", "0", "--slow", "1", flag, "1e300",
+        ];
+        let o = pagemig(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let want = format!("{flag} 1e300: too large");
+        assert!(stderr(&o).contains(&want), "{args:?}: {}", stderr(&o));
+    }
     let dir = tempfile::TempDir::new().unwrap();
     let config = dir.path().join("tier.toml");
     fs::write(&config, "fast = \"0\"\nslow = \"1\"\nfast-budgt = \"1G\"\n").unwrap();

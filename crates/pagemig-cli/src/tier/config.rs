@@ -168,8 +168,17 @@ fn positive(name: &str, v: Option<f64>) -> anyhow::Result<Option<f64>> {
     }
 }
 
-fn ms(v: f64) -> Duration {
-    Duration::from_secs_f64(v / 1e3)
+fn ms(name: &str, v: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v / 1e3).map_err(|_| too_long(name, v))
+}
+
+/// `v` seconds, or an error naming `name` where no `Duration` holds it (`1e300`).
+fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v).map_err(|_| too_long(name, v))
+}
+
+fn too_long(name: &str, v: f64) -> anyhow::Error {
+    anyhow::anyhow!("{name} {v:e}: too large")
 }
 
 /// Pids of the processes whose command name is `comm`.
@@ -264,10 +273,10 @@ impl TierArgs {
             Some(Size::Percent(_)) => bail!("--granularity must be a size (2M), not a percentage"),
         };
         let damon_defaults = DamonAttrs::default();
-        let sample =
-            positive("--sample", self.sample.or(file.sample))?.map_or(damon_defaults.sample, ms);
+        let sample = positive("--sample", self.sample.or(file.sample))?
+            .map_or(Ok(damon_defaults.sample), |v| ms("--sample", v))?;
         let aggr = positive("--aggregate", self.aggregate.or(file.aggregate))?
-            .map_or(damon_defaults.aggr, ms);
+            .map_or(Ok(damon_defaults.aggr), |v| ms("--aggregate", v))?;
         Ok(Settings {
             pids,
             fast,
@@ -277,10 +286,10 @@ impl TierArgs {
                 .free_margin
                 .or(file.free_margin)
                 .unwrap_or(Size::Percent(5.0)),
-            interval: Duration::from_secs_f64(interval),
-            duration: duration.map(Duration::from_secs_f64),
+            interval: seconds("--interval", interval)?,
+            duration: duration.map(|d| seconds("--duration", d)).transpose()?,
             once,
-            max_stall: max_stall.map(ms),
+            max_stall: max_stall.map(|m| ms("--max-stall", m)).transpose()?,
             rate: rate.map(|r| (r * 1e6) as u64),
             charge: self
                 .charge
