@@ -150,7 +150,10 @@ impl Config {
             anyhow::bail!("--batch must be at least one page");
         }
         let max_stall = match args.max_stall {
-            Some(ms) if ms > 0.0 && ms.is_finite() => Some(Duration::from_secs_f64(ms / 1e3)),
+            Some(ms) if ms > 0.0 && ms.is_finite() => Some(
+                Duration::try_from_secs_f64(ms / 1e3)
+                    .map_err(|_| anyhow::anyhow!("--max-stall {ms:e}: too large"))?,
+            ),
             Some(ms) => {
                 anyhow::bail!("--max-stall {ms}: must be a positive number of milliseconds")
             }

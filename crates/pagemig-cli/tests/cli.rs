@@ -667,6 +667,18 @@ fn odd_arguments_name_the_argument_and_the_problem() {
             "selects only the kernel's own mapping [vvar]",
         ),
         (
+            &[
+                "migrate",
+                "--pid",
+                "self",
+                "--to",
+                "0",
+                "--max-stall",
+                "1e300",
+            ],
+            "--max-stall 1e300: too large",
+        ),
+        (
             &["bench", "copy", "--plot", "/nonexistent/dir/x.png"],
             "the directory /nonexistent/dir does not exist",
         ),
