@@ -23,8 +23,13 @@ plain!(i32, u64, usize);
 
 /// Copies `len` values from address `addr` of this process, or fails with `EFAULT` where that
 /// memory is not readable (where a plain read would crash).
+///
+/// A `len` no buffer of this process can hold fails with `ENOMEM`.
 pub fn read_own<T: Plain>(addr: usize, len: usize) -> Result<Vec<T>, SysError> {
-    let mut out = vec![T::default(); len];
+    let mut out = Vec::new();
+    out.try_reserve_exact(len)
+        .map_err(|_| SysError::new("process_vm_readv", Errno::NOMEM))?;
+    out.resize(len, T::default());
     let bytes = std::mem::size_of_val(out.as_slice());
     if bytes == 0 {
         return Ok(out);
@@ -152,6 +157,10 @@ mod tests {
         assert_eq!(buf, [1, 7, 8, 4]);
         assert_eq!(read_own::<u64>(8, 1).unwrap_err().errno, Errno::FAULT);
         assert_eq!(read_own::<u64>(0, 0).unwrap(), Vec::<u64>::new());
+        // More than any buffer holds: an error, not a capacity-overflow panic or an abort.
+        for len in [usize::MAX, usize::MAX / 8 + 1, 1 << 60] {
+            assert_eq!(read_own::<u64>(8, len).unwrap_err().errno, Errno::NOMEM);
+        }
         // SAFETY: address 8 is never mapped; nothing is written.
         let bad = unsafe { ForeignOut::new(8 as *mut c_int, 1) };
         assert_eq!(bad.write(&[5]).unwrap_err().errno, Errno::FAULT);
