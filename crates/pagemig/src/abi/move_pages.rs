@@ -97,7 +97,8 @@ fn check_nodes(pid: c_int, nodes: &[c_int]) -> Result<(), String> {
 }
 
 /// `move_pages(pid, count, pages, nodes, status, flags)` with the system call's semantics
-/// (`status` holds `count` entries; pagemig writes them only where the kernel would have).
+/// (`status` holds `count` entries, `EINVAL` otherwise; pagemig writes them only where the
+/// kernel would have).
 pub fn move_pages(
     ctx: &Context,
     pid: c_int,
@@ -145,6 +146,9 @@ fn split_move(
     flags: c_int,
 ) -> Result<(Result<usize, Errno>, Execution), String> {
     ctx.usable()?;
+    if status.len() as u64 != count {
+        return Err(format!("a status array of {} entries", status.len()));
+    }
     if flags & !(MPOL_MF_MOVE | MPOL_MF_MOVE_ALL) != 0 {
         return Err(format!(
             "flags {flags:#x} are not MPOL_MF_MOVE or MPOL_MF_MOVE_ALL"
@@ -479,5 +483,26 @@ mod tests {
         let call = call_here(&ctx, &pages, &[0], bad, MPOL_MF_MOVE);
         assert_eq!(call.result, Err(Errno::FAULT));
         assert!(matches!(call.execution, Execution::Kernel(_)), "{call:?}");
+    }
+
+    #[test]
+    fn a_status_array_shorter_or_longer_than_count_is_einval() {
+        let node = first_memory_node();
+        let mut m = sys::Mapping::anonymous(1024 * 4096).unwrap();
+        m.as_mut_slice().fill(5);
+        let pages: Vec<*const c_void> = (0..1024)
+            .map(|i| m.as_ptr().wrapping_add(i * 4096).cast())
+            .collect();
+        let nodes = vec![node; pages.len()];
+        for threads in [Threads::Count(1), Threads::Count(2)] {
+            let ctx = context(threads);
+            for len in [1, pages.len() + 1] {
+                let mut status = vec![-7; len];
+                let call = call_here(&ctx, &pages, &nodes, (&mut status[..]).into(), MPOL_MF_MOVE);
+                assert_eq!(call.result, Err(Errno::INVAL), "{len}: {call}");
+                assert!(status.iter().all(|&s| s == -7), "{len}: {status:?}");
+            }
+        }
+        assert!(m.as_slice().iter().all(|&b| b == 5));
     }
 }

@@ -122,7 +122,8 @@ pub fn migrate_pages(
 
 /// `move_pages(2)` with the caller's raw arguments, for callers (the C library) that must give
 /// the kernel's own answer: `pages` and `nodes` are the addresses of the caller's arrays, which
-/// the kernel checks itself (`EFAULT`); it writes only `status`.
+/// the kernel checks itself (`EFAULT`); it writes only `status`, which must hold `count`
+/// entries (`EINVAL` otherwise, nothing written).
 pub fn move_pages_unchanged(
     pid: c_int,
     count: c_ulong,
@@ -131,7 +132,9 @@ pub fn move_pages_unchanged(
     status: ForeignOut<'_>,
     flags: c_int,
 ) -> Result<usize, SysError> {
-    assert_eq!(count as usize, status.len(), "move_pages: status length");
+    if count as usize != status.len() {
+        return Err(SysError::new("move_pages", Errno::INVAL));
+    }
     // SAFETY: the kernel reads `pages` and `nodes` with copy_from_user (EFAULT where bad) and
     // writes at most `count` entries of `status`, which was handed over to be written.
     let rc = unsafe {
@@ -225,6 +228,26 @@ mod tests {
                 ("move_pages", Errno::NOMEM),
                 "count {count}"
             );
+        }
+    }
+
+    #[test]
+    fn a_status_array_not_count_long_is_einval() {
+        let m = Mapping::anonymous(4 * 4096).unwrap();
+        let pages: Vec<usize> = (0..4).map(|i| m.as_ptr() as usize + i * 4096).collect();
+        for len in [0, 3, 5] {
+            let mut status = vec![-7; len];
+            let e = move_pages_unchanged(
+                0,
+                pages.len() as c_ulong,
+                pages.as_ptr() as usize,
+                0,
+                (&mut status[..]).into(),
+                0,
+            )
+            .unwrap_err();
+            assert_eq!((e.call, e.errno), ("move_pages", Errno::INVAL), "{len}");
+            assert!(status.iter().all(|&s| s == -7), "{len}");
         }
     }
 
