@@ -64,7 +64,7 @@ impl HeatMap {
         let mut seen: BTreeMap<ChunkKey, (f64, f64)> = BTreeMap::new();
         for s in samples {
             for start in (s.start / g * g..s.end).step_by(g) {
-                let covered = (s.end.min(start + g) - s.start.max(start)) as f64;
+                let covered = (s.end.min(start.saturating_add(g)) - s.start.max(start)) as f64;
                 let e = seen.entry(ChunkKey { pid: s.pid, start }).or_default();
                 e.0 += s.accesses * covered;
                 e.1 += covered;
@@ -129,6 +129,14 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn a_region_at_the_top_of_the_address_space_is_counted() {
+        let mut map = HeatMap::new(2 * MB, 0.0).unwrap();
+        map.update(&[sample(1, usize::MAX - MB, usize::MAX, 1.0)]);
+        let top = (usize::MAX - MB) / (2 * MB) * (2 * MB);
+        assert_eq!(heat(&map, 1, top).unwrap().value, 1.0);
     }
 
     #[test]
