@@ -907,6 +907,17 @@ fn nt512_column_runs_only_where_the_cpu_has_avx512() {
 }
 
 #[test]
+fn the_largest_batch_moves_as_one_call_per_thread() {
+    let max = usize::MAX.to_string();
+    for extra in [&["--dry-run"][..], &[], &["--threads", "2"]] {
+        let mut args = vec!["migrate", "--pid", "self", "--to", "0", "--batch", &max];
+        args.extend(extra);
+        let o = pagemig(&args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
 fn tier_refuses_bad_input_before_anything_starts() {
     let me = std::process::id().to_string();
     let cases: &[(&[&str], &str)] = &[

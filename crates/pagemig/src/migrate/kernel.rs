@@ -179,7 +179,7 @@ impl Group<'_> {
             if start >= pages.len().min(self.end.load(Ordering::Relaxed)) {
                 return None;
             }
-            let mut end = (start + want).min(pages.len());
+            let mut end = start.saturating_add(want).min(pages.len());
             while end < pages.len() && pages[end] / region == pages[end - 1] / region {
                 end += 1;
             }
@@ -321,7 +321,7 @@ pub fn move_pages(
         // Rounds, each run by the check's thread count and timed; one round once it settles.
         let round = (hi - lo)
             .div_ceil(ROUNDS)
-            .max(2 * plan.batch * plan.cpus.len());
+            .max(plan.batch.saturating_mul(2 * plan.cpus.len()));
         loop {
             let start = group.cursor.load(Ordering::Relaxed);
             if start >= hi - lo
@@ -333,7 +333,7 @@ pub fn move_pages(
             let end = if check.settled {
                 hi - lo
             } else {
-                start + round
+                start.saturating_add(round)
             };
             group.end.store(end, Ordering::Relaxed);
             let calls_needed = (end - start).div_ceil(batch.load(Ordering::Relaxed).max(1));
@@ -557,6 +557,28 @@ pub(super) mod tests {
         assert!(!process_exited(&status));
         assert!(stats.calls >= 8);
         assert!(stats.longest >= stats.median);
+    }
+
+    #[test]
+    fn the_largest_batch_is_one_call_per_group() {
+        let (_, node) = this_node();
+        let (_m, pages) = written_pages(16);
+        let cpus: Vec<u32> = sys::allowed_cpus().unwrap().iter().collect();
+        for plan in [Plan::serial(usize::MAX), Plan::parallel(cpus, usize::MAX)] {
+            let mut status = vec![0; 16];
+            let stats = move_pages(
+                Process::Current,
+                &pages,
+                &[node; 16],
+                &mut status,
+                &plan,
+                &Workers::new(),
+                &|_| {},
+            )
+            .unwrap();
+            assert!(status.iter().all(|&s| s == node as i32), "{status:?}");
+            assert_eq!(stats.calls, 1);
+        }
     }
 
     #[test]

@@ -492,7 +492,7 @@ impl<'a> Planner<'a> {
             to: Some(request.to),
         };
         let batch = o.batch();
-        let batch_bytes = batch as u64 * sys::base_page_size() as u64;
+        let batch_bytes = (batch as u64).saturating_mul(sys::base_page_size() as u64);
         let mut kernel = self.plan_kernel_as(
             Job {
                 bytes: scan.bytes_to_move(),
