@@ -131,7 +131,7 @@ impl Budget {
 
 /// Worker counts worth measuring with `max` CPUs: 1, 2, 4 … and `max`.
 pub fn worker_counts(max: usize) -> Vec<usize> {
-    let mut c: Vec<usize> = std::iter::successors(Some(1), |n| Some(n * 2))
+    let mut c: Vec<usize> = std::iter::successors(Some(1usize), |n| n.checked_mul(2))
         .take_while(|&n| n < max)
         .collect();
     c.push(max.max(1));
@@ -166,7 +166,7 @@ pub struct Turn {
 /// every other round, so that no candidate always inherits the same one's cache state (dirty
 /// lines to write back), and a burst of noise is spread over every candidate.
 pub fn turns(reps: usize, candidates: usize) -> impl Iterator<Item = Turn> {
-    (0..reps * candidates).map(move |number| {
+    (0..reps.saturating_mul(candidates)).map(move |number| {
         let (round, k) = (number / candidates, number % candidates);
         let candidate = if round % 2 == 0 {
             k
@@ -494,5 +494,36 @@ mod tests {
         assert_eq!(worker_counts(1), [1]);
         assert_eq!(worker_counts(2), [1, 2]);
         assert_eq!(worker_counts(6), [1, 2, 4, 6]);
+        // The doubling stops at the largest power of two instead of overflowing.
+        let most = worker_counts(usize::MAX);
+        assert_eq!(most.len(), 65);
+        assert_eq!(most[63..], [1 << 63, usize::MAX]);
+    }
+
+    #[test]
+    fn turns_of_more_rounds_than_a_count_holds_do_not_overflow() {
+        let mut t = turns(usize::MAX, 2);
+        assert_eq!(
+            t.next(),
+            Some(Turn {
+                candidate: 0,
+                number: 0
+            })
+        );
+        assert_eq!(
+            t.next(),
+            Some(Turn {
+                candidate: 1,
+                number: 1
+            })
+        );
+        assert_eq!(
+            t.next(),
+            Some(Turn {
+                candidate: 1,
+                number: 2
+            })
+        );
+        assert_eq!(turns(3, 0).count(), 0);
     }
 }
