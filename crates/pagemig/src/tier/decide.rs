@@ -163,7 +163,10 @@ pub fn decide(chunks: &[ChunkView], limits: &Limits, policy: &Policy, now: u64) 
             && c.last_moved
                 .is_none_or(|t| now.saturating_sub(t) >= policy.min_residency)
     };
-    let fast_used: u64 = chunks.iter().map(|c| c.fast_bytes).sum();
+    let fast_used = chunks
+        .iter()
+        .map(|c| c.fast_bytes)
+        .fold(0, u64::saturating_add);
     let limit = limits.fast_limit(fast_used);
     let over_budget = fast_used > limits.budget;
 
@@ -173,7 +176,10 @@ pub fn decide(chunks: &[ChunkView], limits: &Limits, policy: &Policy, now: u64) 
         .filter(|c| c.slow_bytes > 0 && c.heat >= policy.hot)
         .collect();
     promote.sort_by(|a, b| by_heat(b, a));
-    let wanted: u64 = promote.iter().map(|c| c.slow_bytes).sum();
+    let wanted = promote
+        .iter()
+        .map(|c| c.slow_bytes)
+        .fold(0, u64::saturating_add);
 
     let mut demote: Vec<&ChunkView> = chunks
         .iter()
@@ -185,7 +191,7 @@ pub fn decide(chunks: &[ChunkView], limits: &Limits, policy: &Policy, now: u64) 
     let mut out = Vec::new();
     let mut allowance = limits.allowance;
     let mut fast = fast_used;
-    let needs_room = fast > limit || fast + wanted > limit;
+    let needs_room = fast > limit || fast.saturating_add(wanted) > limit;
     let mut rest = Vec::new();
     for c in demote {
         if needs_room && c.heat <= policy.cold && c.fast_bytes <= allowance {
@@ -211,11 +217,11 @@ pub fn decide(chunks: &[ChunkView], limits: &Limits, policy: &Policy, now: u64) 
         out.push(decision(c, Direction::Demote, why));
     }
     for c in promote {
-        if fast + c.slow_bytes > limit || c.slow_bytes > allowance {
+        if fast.saturating_add(c.slow_bytes) > limit || c.slow_bytes > allowance {
             break;
         }
         allowance -= c.slow_bytes;
-        fast += c.slow_bytes;
+        fast = fast.saturating_add(c.slow_bytes);
         out.push(decision(c, Direction::Promote, Why::Hot));
     }
     out
@@ -279,6 +285,24 @@ mod tests {
             .filter(|d| d.direction == dir)
             .map(|d| d.key.start / CHUNK as usize)
             .collect()
+    }
+
+    #[test]
+    fn byte_counts_that_add_up_past_u64_do_not_overflow() {
+        let half = u64::MAX / 2 + 1;
+        let mut chunks = chunks(&[(0.9, SLOW), (0.8, SLOW), (0.0, FAST), (0.0, FAST)]);
+        for c in &mut chunks {
+            if c.fast_bytes > 0 {
+                c.fast_bytes = half;
+            } else {
+                c.slow_bytes = half;
+            }
+        }
+        let d = decide(&chunks, &limits(u64::MAX), &Policy::default(), 100);
+        assert!(moved(&d, Direction::Demote).is_empty(), "{d:?}");
+        let d = decide(&chunks, &limits(1 << 40), &Policy::default(), 100);
+        // The allowance (u64::MAX) holds one of the two.
+        assert_eq!(moved(&d, Direction::Demote), [2]);
     }
 
     #[test]
