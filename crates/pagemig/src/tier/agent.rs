@@ -199,6 +199,13 @@ fn is_gone(e: &MigrateError) -> bool {
     matches!(e, MigrateError::NoSuchProcess { .. })
 }
 
+/// Free bytes on the fast nodes above the margin, negative below it; a margin of more bytes
+/// than an `i64` holds (`--free-margin 9223372036854775808`) is as large as one can be.
+fn headroom(free: u64, margin: u64) -> i64 {
+    let clamp = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+    clamp(free).saturating_sub(clamp(margin))
+}
+
 /// The node of `nodes` with the most free memory now.
 fn roomiest(nodes: &NodeSet) -> NodeId {
     nodes
@@ -379,7 +386,7 @@ impl Agent {
         let free: u64 = self.config.fast.iter().filter_map(node_free_bytes).sum();
         let limits = Limits {
             budget: self.budget,
-            fast_headroom: free as i64 - self.margin as i64,
+            fast_headroom: headroom(free, self.margin),
             allowance: self.allowance,
         };
         let decisions = decide::decide(&chunks, &limits, &self.config.policy, self.interval);
@@ -508,4 +515,18 @@ pub fn move_through(
         ..Options::default()
     });
     migrator.migrate(&request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_margin_beyond_i64_leaves_no_headroom_instead_of_overflowing() {
+        assert_eq!(headroom(10 << 30, 1 << 30), 9 << 30);
+        assert_eq!(headroom(1 << 30, 3 << 30), -(2 << 30));
+        assert_eq!(headroom(1 << 30, 1 << 63), (1 << 30) - i64::MAX);
+        assert_eq!(headroom(1 << 30, u64::MAX), (1 << 30) - i64::MAX);
+        assert_eq!(headroom(u64::MAX, 0), i64::MAX);
+    }
 }
