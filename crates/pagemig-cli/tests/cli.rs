@@ -1014,6 +1014,16 @@ fn tier_refuses_bad_input_before_anything_starts() {
         let want = format!("{flag} 1e300: too large");
         assert!(stderr(&o).contains(&want), "{args:?}: {}", stderr(&o));
     }
+    // A Duration, but no deadline that far from now: `now + interval` would overflow later.
+    for flag in ["--interval", "--duration"] {
+        let args = [
+            "tier", "--pid", &me, "--fast", "0", "--slow", "1", flag, "1e19",
+        ];
+        let o = pagemig(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let want = format!("{flag} 1e19: too large");
+        assert!(stderr(&o).contains(&want), "{args:?}: {}", stderr(&o));
+    }
     let dir = tempfile::TempDir::new().unwrap();
     let config = dir.path().join("tier.toml");
     fs::write(&config, "fast = \"0\"\nslow = \"1\"\nfast-budgt = \"1G\"\n").unwrap();

@@ -1,7 +1,7 @@
 //! `pagemig tier`'s settings: the flags, a TOML file with the same names, and the merged result.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use pagemig::Threads;
@@ -169,12 +169,17 @@ fn positive(name: &str, v: Option<f64>) -> anyhow::Result<Option<f64>> {
 }
 
 fn ms(name: &str, v: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v / 1e3).map_err(|_| too_long(name, v))
+    within_a_clock(Duration::try_from_secs_f64(v / 1e3)).ok_or_else(|| too_long(name, v))
 }
 
-/// `v` seconds, or an error naming `name` where no `Duration` holds it (`1e300`).
+/// `v` seconds, or an error naming `name` where no `Duration` holds it (`1e300`), or no clock
+/// time that far from now exists (`1e19`: the deadline `now + v` would overflow).
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v).map_err(|_| too_long(name, v))
+    within_a_clock(Duration::try_from_secs_f64(v)).ok_or_else(|| too_long(name, v))
+}
+
+fn within_a_clock<E>(d: Result<Duration, E>) -> Option<Duration> {
+    d.ok().filter(|&d| Instant::now().checked_add(d).is_some())
 }
 
 fn too_long(name: &str, v: f64) -> anyhow::Error {
