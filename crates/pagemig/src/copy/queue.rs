@@ -93,10 +93,53 @@ pub struct Queue<'scope, 'env: 'scope> {
 }
 
 impl<'env> Queue<'_, 'env> {
-    /// Starts copying `batch`; the ops' memory stays borrowed until the scope ends.
-    pub fn submit(&self, batch: &[CopyOp<'env>]) -> Result<Ticket, CopyError> {
-        // SAFETY: the ops borrow their memory for 'env, which outlives the scope, and the scope
-        // waits for every ticket before it returns.
+    /// Starts copying `batch`; the ops' memory stays borrowed until the scope ends. The ops are
+    /// taken: one that is copying cannot be submitted again, or copied otherwise, meanwhile
+    /// (two copies writing one destination at once).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use pagemig::copy::{scope, CopyOp, EngineKind, Offload};
+    /// # use pagemig::workers::Workers;
+    /// # let cpu = pagemig::sys::allowed_cpus().unwrap().iter().next().unwrap();
+    /// # let engine = Offload::new(&Arc::new(Workers::new()), EngineKind::Memcpy, &[cpu]).unwrap();
+    /// let (src, mut dst) = (vec![1u8; 4096], vec![0u8; 4096]);
+    /// scope(&engine, |q| {
+    ///     let ops = vec![CopyOp::new(&src, &mut dst)];
+    ///     let ticket = q.submit(ops).unwrap();
+    ///     q.wait(ticket).into_result().unwrap();
+    /// });
+    /// assert_eq!(dst, src);
+    /// ```
+    ///
+    /// Submitting the same ops twice does not compile:
+    ///
+    /// ```compile_fail,E0382
+    /// # use std::sync::Arc;
+    /// # use pagemig::copy::{scope, CopyOp, EngineKind, Offload};
+    /// # use pagemig::workers::Workers;
+    /// # let cpu = pagemig::sys::allowed_cpus().unwrap().iter().next().unwrap();
+    /// # let engine = Offload::new(&Arc::new(Workers::new()), EngineKind::Memcpy, &[cpu]).unwrap();
+    /// let (src, mut dst) = (vec![1u8; 4096], vec![0u8; 4096]);
+    /// scope(&engine, |q| {
+    ///     let ops = vec![CopyOp::new(&src, &mut dst)];
+    ///     q.submit(ops).unwrap();
+    ///     q.submit(ops).unwrap();
+    /// });
+    /// ```
+    pub fn submit(&self, batch: Vec<CopyOp<'env>>) -> Result<Ticket, CopyError> {
+        // SAFETY: the ops borrow their memory for 'env, which outlives the scope, they are
+        // consumed here, and the scope waits for every ticket before it returns.
+        unsafe { self.submit_borrowed(&batch) }
+    }
+
+    /// [`Queue::submit`] of ops the caller keeps.
+    ///
+    /// # Safety
+    /// Nothing copies or submits any op of `batch` again until its ticket completes.
+    unsafe fn submit_borrowed(&self, batch: &[CopyOp<'env>]) -> Result<Ticket, CopyError> {
+        // SAFETY: the ops borrow their memory for 'env, which outlives the scope, the caller
+        // keeps them from other copies, and the scope waits for every ticket before it returns.
         let ticket = unsafe { self.engine.submit(batch)? };
         lock(&self.in_flight).push_back(ticket);
         Ok(ticket)
@@ -201,7 +244,9 @@ pub fn copy_and_wait(
     batch: &[CopyOp<'_>],
 ) -> Result<CopyStats, CopyError> {
     scope(engine, |q| {
-        let t = q.submit(batch)?;
+        // SAFETY: `batch` stays borrowed by this call, which waits for the ticket, and cannot
+        // reach another thread (a `CopyOp` is not `Sync`).
+        let t = unsafe { q.submit_borrowed(batch)? };
         q.wait(t).into_result()
     })
 }

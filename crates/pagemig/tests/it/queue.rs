@@ -48,7 +48,7 @@ fn offload_copies_every_byte_sync_and_async() {
     let src = pattern(16 << 20, 3);
     let mut dst = vec![0u8; 16 << 20];
     let done = scope(&engine, |q| {
-        let t = q.submit(&[CopyOp::new(&src, &mut dst)]).unwrap();
+        let t = q.submit(vec![CopyOp::new(&src, &mut dst)]).unwrap();
         let mut spins = 0u64;
         let done = loop {
             if let Some(c) = q.poll(t) {
@@ -71,8 +71,8 @@ fn one_channel_starts_submissions_in_order_and_reports_them_in_order() {
     let small = pattern(4096, 2);
     let (mut big_dst, mut small_dst) = (vec![0u8; big.len()], vec![0u8; small.len()]);
     scope(&engine, |q| {
-        let b = q.submit(&[CopyOp::new(&big, &mut big_dst)]).unwrap();
-        let s = q.submit(&[CopyOp::new(&small, &mut small_dst)]).unwrap();
+        let b = q.submit(vec![CopyOp::new(&big, &mut big_dst)]).unwrap();
+        let s = q.submit(vec![CopyOp::new(&small, &mut small_dst)]).unwrap();
         // The small copy waited behind every piece of the big one.
         let mut order = Vec::new();
         while order.len() < 2 {
@@ -88,8 +88,8 @@ fn one_channel_starts_submissions_in_order_and_reports_them_in_order() {
 
     let (mut big_dst, mut small_dst) = (vec![0u8; big.len()], vec![0u8; small.len()]);
     scope(&engine, |q| {
-        let b = q.submit(&[CopyOp::new(&big, &mut big_dst)]).unwrap();
-        let s = q.submit(&[CopyOp::new(&small, &mut small_dst)]).unwrap();
+        let b = q.submit(vec![CopyOp::new(&big, &mut big_dst)]).unwrap();
+        let s = q.submit(vec![CopyOp::new(&small, &mut small_dst)]).unwrap();
         q.wait(s);
         assert!(
             q.poll(b).is_some(),
@@ -111,8 +111,8 @@ fn cancelled_ops_say_how_much_was_copied_and_nothing_more_is() {
     let mut a_dst = vec![0u8; a.len()];
     let mut b_dst = vec![0u8; b.len()];
     let (done_a, done_b) = scope(&engine, |q| {
-        let ta = q.submit(&[CopyOp::new(&a, &mut a_dst)]).unwrap();
-        let tb = q.submit(&[CopyOp::new(&b, &mut b_dst)]).unwrap();
+        let ta = q.submit(vec![CopyOp::new(&a, &mut a_dst)]).unwrap();
+        let tb = q.submit(vec![CopyOp::new(&b, &mut b_dst)]).unwrap();
         q.cancel(tb);
         (q.wait(ta), q.wait(tb))
     });
@@ -136,7 +136,7 @@ fn leaving_the_scope_cancels_and_waits_for_what_is_in_flight() {
     let src = pattern(64 << 20, 11);
     let mut dst = vec![0u8; src.len()];
     scope(&engine, |q| {
-        q.submit(&[CopyOp::new(&src, &mut dst)]).unwrap();
+        q.submit(vec![CopyOp::new(&src, &mut dst)]).unwrap();
         // Returns with the submission in flight.
     });
     let after = dst.clone();
@@ -162,7 +162,7 @@ fn an_engine_is_dropped_only_after_its_queue_is_drained() {
     {
         let engine = Offload::new(&crate::workers(), EngineKind::Nt, &cpus(2)).unwrap();
         scope(&engine, |q| {
-            q.submit(&[CopyOp::new(&src, &mut dst)]).unwrap();
+            q.submit(vec![CopyOp::new(&src, &mut dst)]).unwrap();
         });
     }
     let before = dst.clone();
