@@ -998,30 +998,25 @@ fn tier_refuses_bad_input_before_anything_starts() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
     }
-    // Finite and positive, but more seconds than a Duration holds: an error, not a panic.
-    for flag in [
+    // More seconds than a Duration holds (1e300), or a Duration past any deadline from now
+    // (1e19, where `now + interval` would overflow later): an error, not a panic.
+    let too_large = [
         "--interval",
         "--duration",
         "--max-stall",
         "--sample",
         "--aggregate",
-    ] {
+    ]
+    .map(|flag| (flag, "1e300"))
+    .into_iter()
+    .chain([("--interval", "1e19"), ("--duration", "1e19")]);
+    for (flag, value) in too_large {
         let args = [
-            "tier", "--pid", &me, "--fast", "0", "--slow", "1", flag, "1e300",
+            "tier", "--pid", &me, "--fast", "0", "--slow", "1", flag, value,
         ];
         let o = pagemig(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        let want = format!("{flag} 1e300: too large");
-        assert!(stderr(&o).contains(&want), "{args:?}: {}", stderr(&o));
-    }
-    // A Duration, but no deadline that far from now: `now + interval` would overflow later.
-    for flag in ["--interval", "--duration"] {
-        let args = [
-            "tier", "--pid", &me, "--fast", "0", "--slow", "1", flag, "1e19",
-        ];
-        let o = pagemig(&args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        let want = format!("{flag} 1e19: too large");
+        let want = format!("{flag} {value}: too large");
         assert!(stderr(&o).contains(&want), "{args:?}: {}", stderr(&o));
     }
     let dir = tempfile::TempDir::new().unwrap();
