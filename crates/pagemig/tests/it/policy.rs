@@ -80,6 +80,11 @@ fn idle(allowed: &str) -> Resources {
     }
 }
 
+/// Whether a plan gives a reason that starts with `prefix`.
+fn gives(why: &[String], prefix: &str) -> bool {
+    why.iter().any(|w| w.starts_with(prefix))
+}
+
 fn job(bytes: u64, from: u32, to: u32) -> Job {
     Job {
         bytes,
@@ -606,11 +611,7 @@ fn a_thread_count_the_user_fixed_is_predicted_for_itself_and_kept() {
     assert_eq!(fixed.why[0], "2 thread(s): --threads 2");
     assert_eq!(fixed.why[1], format!("2 thread(s): predicted {g:.2} GB/s"));
     let own = format!("the planner's own choice: {chosen} thread(s): predicted");
-    assert!(
-        fixed.why.iter().any(|w| w.starts_with(&own)),
-        "{:?}",
-        fixed.why
-    );
+    assert!(gives(&fixed.why, &own), "{:?}", fixed.why);
 }
 
 /// Where the user fixed the thread count (or, on the remap path, the engine), every reason the
@@ -769,15 +770,10 @@ fn on_the_remap_path_the_users_count_leaves_no_reason_of_the_planner_unmarked() 
         "{plan:?}"
     );
     let own = "the planner's own choice: ";
+    let no_model = format!("{own}no cost model: one thread");
+    assert!(gives(&plan.why, &no_model), "{:?}", plan.why);
     assert!(
-        plan.why
-            .iter()
-            .any(|w| w.starts_with(&format!("{own}no cost model: one thread"))),
-        "{:?}",
-        plan.why
-    );
-    assert!(
-        plan.why.iter().any(|w| w.starts_with(placed)),
+        gives(&plan.why, placed),
         "the user's workers are placed: {:?}",
         plan.why
     );
@@ -790,18 +786,8 @@ fn on_the_remap_path_the_users_count_leaves_no_reason_of_the_planner_unmarked() 
     request.options.threads = Threads::Count(1);
     let one = p.plan(&request, &scan).unwrap();
     assert!(matches!(one.copier, Some(Copier::Thread { .. })), "{one:?}");
-    assert!(
-        !one.why.iter().any(|w| w.starts_with(placed)),
-        "{:?}",
-        one.why
-    );
-    assert!(
-        one.why
-            .iter()
-            .any(|w| w.starts_with(&format!("{own}{placed}"))),
-        "{:?}",
-        one.why
-    );
+    assert!(!gives(&one.why, placed), "{:?}", one.why);
+    assert!(gives(&one.why, &format!("{own}{placed}")), "{:?}", one.why);
 
     // The planner's one thread (4 KiB batches), the user's four workers: they are placed
     // (the kernel path not calibrated, so that the remap path stays).
@@ -823,9 +809,5 @@ fn on_the_remap_path_the_users_count_leaves_no_reason_of_the_planner_unmarked() 
         matches!(four.copier, Some(Copier::Pool { workers: 4, .. })),
         "{four:?}"
     );
-    assert!(
-        four.why.iter().any(|w| w.starts_with(placed)),
-        "{:?}",
-        four.why
-    );
+    assert!(gives(&four.why, placed), "{:?}", four.why);
 }
