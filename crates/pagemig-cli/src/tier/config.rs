@@ -168,22 +168,23 @@ fn positive(name: &str, v: Option<f64>) -> anyhow::Result<Option<f64>> {
     }
 }
 
+/// `v` milliseconds, as [`seconds`].
 fn ms(name: &str, v: f64) -> anyhow::Result<Duration> {
-    within_a_clock(Duration::try_from_secs_f64(v / 1e3)).ok_or_else(|| too_long(name, v))
+    duration(name, v, 1e3)
 }
 
 /// `v` seconds, or an error naming `name` where no `Duration` holds it (`1e300`), or no clock
 /// time that far from now exists (`1e19`: the deadline `now + v` would overflow).
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
-    within_a_clock(Duration::try_from_secs_f64(v)).ok_or_else(|| too_long(name, v))
+    duration(name, v, 1.0)
 }
 
-fn within_a_clock<E>(d: Result<Duration, E>) -> Option<Duration> {
-    d.ok().filter(|&d| Instant::now().checked_add(d).is_some())
-}
-
-fn too_long(name: &str, v: f64) -> anyhow::Error {
-    anyhow::anyhow!("{name} {v:e}: too large")
+/// `v` units of which `per_second` make a second, checked as [`seconds`] says.
+fn duration(name: &str, v: f64, per_second: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v / per_second)
+        .ok()
+        .filter(|&d| Instant::now().checked_add(d).is_some())
+        .ok_or_else(|| anyhow::anyhow!("{name} {v:e}: too large"))
 }
 
 /// Pids of the processes whose command name is `comm`.
