@@ -93,6 +93,21 @@ fn share_on(pid: u32, start: usize, len: usize, node: NodeId) -> f64 {
         / pages.len() as f64
 }
 
+/// What holds a node's memory, from its `meminfo` (to say why a workload did not fit).
+fn node_usage(node: NodeId) -> String {
+    let path = format!("/sys/devices/system/node/node{node}/meminfo");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            ["MemUsed", "FilePages", "Shmem:", "AnonPages"]
+                .iter()
+                .any(|k| l.contains(k))
+        })
+        .map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The workload, seen from the test.
 struct Workload {
     child: Child,
@@ -107,7 +122,14 @@ impl Workload {
         // to a small memory-only node that does not fit yet is killed before it is ready.
         let need = (HOT + COLD + 32 * MIB) as u64;
         let free = || pagemig::topology::node_free_bytes(node).unwrap_or(0);
-        wait_for(Duration::from_secs(30), || free() >= need);
+        if wait_for(Duration::from_secs(30), || free() >= need).is_none() {
+            panic!(
+                "node {node} has {} MiB free after 30 s, the workload needs {} MiB: {}",
+                free() >> 20,
+                need >> 20,
+                node_usage(node)
+            );
+        }
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -127,9 +149,10 @@ impl Workload {
             .find_map(|l| l.split_once("READY ").map(|(_, rest)| rest.to_owned()))
             .unwrap_or_else(|| {
                 panic!(
-                    "the workload ended before it was ready ({}), node {node} has {} MiB free",
+                    "the workload ended before it was ready ({}), node {node} has {} MiB free: {}",
                     child.wait().unwrap(),
-                    free() >> 20
+                    free() >> 20,
+                    node_usage(node)
                 )
             });
         let mut f = ready

@@ -363,7 +363,8 @@ fn measure(config: &TierBenchConfig, start_on: NodeId, with_pagemig: bool) -> an
         let sysfs = std::path::Path::new("/sys");
         // The kernel's own tiering: one kdamond on the fast node's physical memory demoting
         // what was not accessed for 5 aggregation intervals (0.5 s), one on the slow node's
-        // promoting what was accessed at all.
+        // promoting what was accessed at all; anonymous pages only, so that the host's page
+        // cache and tmpfs files (a guest's whole root file system) stay where they are.
         let kdamonds = [
             (
                 damon::node_ranges(sysfs, fast)?,
@@ -371,6 +372,7 @@ fn measure(config: &TierBenchConfig, start_on: NodeId, with_pagemig: bool) -> an
                     action: Action::MigrateCold(slow),
                     accesses: 0..=0,
                     age: 5..=u32::MAX,
+                    anon_only: true,
                 }],
             ),
             (
@@ -379,6 +381,7 @@ fn measure(config: &TierBenchConfig, start_on: NodeId, with_pagemig: bool) -> an
                     action: Action::MigrateHot(fast),
                     accesses: 1..=max,
                     age: 0..=u32::MAX,
+                    anon_only: true,
                 }],
             ),
         ];
@@ -431,7 +434,7 @@ pub fn run(bench: &TierBench, out: &mut dyn Write) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "note: pagemig tier tracks the workload (DAMON vaddr) with --fast-budget {}; DAMON's migrate_hot/migrate_cold run in the kernel on all memory of the two nodes (paddr: Linux 6.11-6.15 offer them there only), demoting what saw no access for 0.5 s and promoting what saw any",
+        "note: pagemig tier tracks the workload (DAMON vaddr) with --fast-budget {}; DAMON's migrate_hot/migrate_cold run in the kernel on all anonymous memory of the two nodes (paddr: Linux 6.11-6.15 offer them there only), demoting what saw no access for 0.5 s and promoting what saw any",
         config.fast_budget
     )?;
     let mut table = Table::new();

@@ -85,6 +85,9 @@ pub struct Scheme {
     pub accesses: RangeInclusive<u32>,
     /// Age in aggregation intervals.
     pub age: RangeInclusive<u32>,
+    /// Act on anonymous pages only (a DAMOS `anon` filter that drops the others). Physical-address
+    /// schemes otherwise also move the page cache and tmpfs files of every process on the node.
+    pub anon_only: bool,
 }
 
 /// One kdamond this agent added.
@@ -363,6 +366,7 @@ impl Damon {
             action: Action::Stat,
             accesses: 0..=u32::MAX,
             age: 0..=u32::MAX,
+            anon_only: false,
         };
         Self::start_schemes(admin, runtime_dir, pids, attrs, &[stat_all])
     }
@@ -546,6 +550,13 @@ impl Damon {
             write(&pattern.join("nr_accesses/max"), scheme.accesses.end())?;
             write(&pattern.join("age/min"), scheme.age.start())?;
             write(&pattern.join("age/max"), scheme.age.end())?;
+            if scheme.anon_only {
+                // A filter drops the pages it matches when `matching` is Y; N drops the others.
+                let filters = dir.join("filters");
+                write(&filters.join("nr_filters"), 1)?;
+                write(&filters.join("0/type"), "anon")?;
+                write(&filters.join("0/matching"), "N")?;
+            }
         }
         Ok(())
     }

@@ -265,6 +265,7 @@ fn migrate_schemes_are_written_and_their_applied_bytes_summed() {
             "access_pattern/nr_accesses",
             "access_pattern/age",
             "stats",
+            "filters/0",
         ] {
             fs::create_dir_all(s.join(d)).unwrap();
         }
@@ -275,11 +276,13 @@ fn migrate_schemes_are_written_and_their_applied_bytes_summed() {
             action: Action::MigrateCold(2),
             accesses: 0..=0,
             age: 5..=u32::MAX,
+            anon_only: true,
         },
         Scheme {
             action: Action::MigrateHot(0),
             accesses: 1..=20,
             age: 0..=u32::MAX,
+            anon_only: false,
         },
     ];
     let (d, _) = Damon::start_schemes(a, run.path(), &[42], attrs(), &schemes).unwrap();
@@ -292,6 +295,11 @@ fn migrate_schemes_are_written_and_their_applied_bytes_summed() {
     assert_eq!(read(s.join("1/action")), "migrate_hot");
     assert_eq!(read(s.join("1/target_nid")), "0");
     assert_eq!(read(s.join("1/access_pattern/nr_accesses/min")), "1");
+    // Only the first is limited to anonymous pages: a filter that drops what is not anonymous.
+    assert_eq!(read(s.join("0/filters/nr_filters")), "1");
+    assert_eq!(read(s.join("0/filters/0/type")), "anon");
+    assert_eq!(read(s.join("0/filters/0/matching")), "N");
+    assert!(!s.join("1/filters/nr_filters").exists());
     fs::write(s.join("0/stats/sz_applied"), "4096\n").unwrap();
     fs::write(s.join("1/stats/sz_applied"), "8192\n").unwrap();
     assert_eq!(d.applied_bytes().unwrap(), 12288);
