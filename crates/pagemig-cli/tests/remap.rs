@@ -1170,3 +1170,48 @@ fn the_migrator_chooses_the_path_and_says_why() {
         plan.why
     );
 }
+
+/// `Migrator::with_reservoirs`: the front door's remap path keeps each move's old pages and
+/// takes the next move's new ones from them.
+#[test]
+fn a_migrator_with_reservoirs_takes_new_pages_from_old_ones() {
+    let Some((topo, a, b)) = setup("a_migrator_with_reservoirs_takes_new_pages_from_old_ones")
+    else {
+        return;
+    };
+    let pages = 256;
+    let migrator =
+        Migrator::with(topo, None, Resources::snapshot().unwrap()).with_reservoirs(4 << 20);
+    let mut m = Mapping::anonymous_aligned(pages * PAGE, HUGE_PAGE_SIZE).unwrap();
+    m.advise_no_huge_pages().unwrap();
+    m.bind(&NodeSet::from_iter([a])).unwrap();
+    for (i, page) in m.as_mut_slice().chunks_exact_mut(PAGE).enumerate() {
+        page.fill(i as u8 ^ 0x5a);
+    }
+    let (start, len) = (m.as_ptr() as usize, m.len());
+    let mut from_reservoir = 0;
+    for to in [b, a, b, a] {
+        let r = migrator
+            .migrate(&Request::mapping(&mut m, 0..len, to))
+            .unwrap();
+        assert_eq!(r.path, Path::Remap, "{r:#?}");
+        assert_eq!(r.pages_moved, pages as u64, "{r:#?}");
+        from_reservoir += facts(&r).pages_from_reservoir;
+        assert!(
+            on_node(start, len, PAGE)
+                .iter()
+                .all(|p| *p == PageNode::Node(to))
+        );
+        for (i, page) in m.as_slice().chunks_exact(PAGE).enumerate() {
+            assert!(
+                page.iter().all(|&x| x == i as u8 ^ 0x5a),
+                "page {i} moving to {to}"
+            );
+        }
+    }
+    // The first two moves allocate (one per node); the next two take the old pages back.
+    assert!(
+        from_reservoir >= 2 * pages as u64,
+        "{from_reservoir} pages from the reservoirs"
+    );
+}
