@@ -84,6 +84,21 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The error and its causes, `: `-separated as anyhow's `{:#}`, leaving out a cause whose text
+/// is already in the message: several library errors say their cause in their own text.
+fn message(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 /// Whether the error is a write to a closed pipe, from a table, JSON or CSV writer.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     let pipe = Some(io::ErrorKind::BrokenPipe);
@@ -119,8 +134,34 @@ fn main() -> ExitCode {
         // Output piped into `head`: the reader is gone, nothing went wrong.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pagemig::migrate::MigrateError;
+    use pagemig::tier::TierError;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let e = anyhow::Error::from(TierError::BadNode {
+            tier: "slow",
+            source: MigrateError::NoSuchNode {
+                node: 1,
+                online: pagemig::topology::NodeSet::from_iter([0]),
+            },
+        })
+        .context("starting pagemig tier");
+        let text = super::message(&e);
+        assert_eq!(text.matches("node 1 does not exist").count(), 1, "{text}");
+        assert!(
+            text.starts_with("starting pagemig tier: slow tier: node 1"),
+            "{text}"
+        );
+        let io = anyhow::Error::from(std::io::Error::other("disk on fire")).context("writing x");
+        assert_eq!(super::message(&io), "writing x: disk on fire");
     }
 }

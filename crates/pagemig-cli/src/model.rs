@@ -53,9 +53,9 @@ impl ModelArgs {
                     path: Some(path),
                 },
                 Err(e) => {
-                    let why = anyhow::Error::from(e);
+                    let why = crate::message(&anyhow::Error::from(e));
                     eprintln!(
-                        "warning: the saved cost model is not used: {why:#}; using the built-in defaults (`pagemig calibrate` replaces it)"
+                        "warning: the saved cost model is not used: {why}; using the built-in defaults (`pagemig calibrate` replaces it)"
                     );
                     LoadedModel {
                         model: None,
