@@ -1020,6 +1020,28 @@ fn tier_refuses_bad_input_before_anything_starts() {
         assert!(stderr(&o).contains(&want), "{args:?}: {}", stderr(&o));
     }
     let dir = tempfile::TempDir::new().unwrap();
+    // Refused before anything starts: no log file is created, and the cause is said once.
+    let log = dir.path().join("tier.jsonl");
+    let args = [
+        "tier",
+        "--pid",
+        &me,
+        "--fast",
+        "0",
+        "--slow",
+        "63",
+        "--log",
+        log.to_str().unwrap(),
+    ];
+    let o = pagemig(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).matches("does not exist").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+    assert!(!log.exists(), "the refused agent created its log");
     let config = dir.path().join("tier.toml");
     fs::write(&config, "fast = \"0\"\nslow = \"1\"\nfast-budgt = \"1G\"\n").unwrap();
     let o = pagemig(&["tier", "--pid", &me, "--config", config.to_str().unwrap()]);

@@ -130,16 +130,6 @@ pub fn run(args: &TierArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         max_stall: s.max_stall,
         charge: s.charge,
     };
-    let mut log = match &s.log {
-        Some(path) => Some(LineWriter::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("--log {}: cannot open it", path.display()))?,
-        )),
-        None => None,
-    };
     let metrics = Arc::new(metrics::Metrics::new());
     let _server = match &s.metrics {
         Some(addr) => Some(metrics::Server::start(addr, Arc::clone(&metrics))?),
@@ -166,6 +156,18 @@ pub fn run(args: &TierArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         dry_run: s.dry_run,
     };
     let (mut agent, cleaned) = Agent::start(config, &topo).context("starting pagemig tier")?;
+    // Opened once the agent has started, so that a refusal leaves no file behind; an error here
+    // drops the agent, which removes its kdamonds.
+    let mut log = match &s.log {
+        Some(path) => Some(LineWriter::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("--log {}: cannot open it", path.display()))?,
+        )),
+        None => None,
+    };
     if let Some(c) = &cleaned {
         eprintln!(
             "pagemig tier: an earlier agent (pid {}) did not stop cleanly; its kdamonds {:?} were removed ({:?} were still running and were turned off)",
