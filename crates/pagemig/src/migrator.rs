@@ -34,12 +34,13 @@ use crate::workers::Workers;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// Move a buffer of its own, keeping its addresses:
+/// Move a buffer of its own, keeping its addresses (with reservoirs: later moves reuse the
+/// pages earlier ones freed):
 /// ```
 /// use pagemig::{Migrator, Request};
 /// use pagemig::sys::Mapping;
 ///
-/// let migrator = Migrator::new()?;
+/// let migrator = Migrator::new()?.with_reservoirs(64 << 20);
 /// let node = migrator.topology().memory_nodes().iter().next().unwrap();
 /// let mut buffer = Mapping::anonymous(4 << 20)?;
 /// buffer.as_mut_slice().fill(7);
