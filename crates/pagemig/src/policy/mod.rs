@@ -517,7 +517,7 @@ impl<'a> Planner<'a> {
         // The first reason the remap path cannot or must not run, if one does.
         let kernel_only = if !matches!(request.memory(), Memory::Own(_)) {
             Some(
-                "the pages of a process (the remap path moves only the caller's own memory)".into(),
+                "the pages of a process (the remap path moves only ranges a program hands the library as its own memory)".into(),
             )
         } else if o.path == PathChoice::Kernel {
             Some("asked for".into())
