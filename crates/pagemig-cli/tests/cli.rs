@@ -635,6 +635,41 @@ fn every_pid_is_checked_before_any_moves() {
     assert_eq!(json[1]["process"].to_string(), b, "{json}");
 }
 
+/// A range over exactly the kernel's own mappings ([vvar] … [vdso]) is refused with the reason
+/// `--mapping '[vdso]'` gives, not as a range where nothing is mapped.
+#[test]
+fn a_range_over_the_kernels_own_mappings_says_so() {
+    let sleeper = Sleeper::new();
+    let pid = sleeper.0.id().to_string();
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let kernel: Vec<&str> = maps
+        .lines()
+        .filter(|l| l.ends_with("[vvar]") || l.ends_with("[vvar_vclock]") || l.ends_with("[vdso]"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let (start, _) = kernel.first().unwrap().split_once('-').unwrap();
+    let (_, end) = kernel.last().unwrap().split_once('-').unwrap();
+    let range = format!("0x{start}-0x{end}");
+    let o = pagemig(&[
+        "migrate",
+        "--pid",
+        &pid,
+        "--to",
+        "0",
+        "--dry-run",
+        "--range",
+        &range,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("only the kernel's own mapping(s)")
+            && stderr(&o).contains("[vdso]")
+            && stderr(&o).contains("whose pages cannot move"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn odd_arguments_name_the_argument_and_the_problem() {
     let cases: &[(&[&str], &str)] = &[

@@ -91,6 +91,20 @@ pub enum MigrateError {
         /// The kernel's mapping it matches.
         mapping: String,
     },
+    /// An address range where only kernel-provided mappings (`[vvar]`, `[vdso]`) are.
+    #[error(
+        "bad range {start:#x}-{end:#x}: only the kernel's own mapping(s) {mappings} of {process} are there, whose pages cannot move"
+    )]
+    KernelRange {
+        /// The process.
+        process: Process,
+        /// First address.
+        start: usize,
+        /// End address.
+        end: usize,
+        /// The kernel's mappings in the range, comma-separated.
+        mappings: String,
+    },
     /// The topology could not be read (building a [`crate::Migrator`]).
     #[error(transparent)]
     Topology(#[from] crate::topology::TopologyError),

@@ -442,13 +442,27 @@ fn select(
                     .unwrap_or(usize::MAX / page * page);
                 let start = r.start / page * page;
                 let before = out.len();
+                let overlaps = |a: &&VmArea| a.start < end && start < a.end;
                 out.extend(
                     areas
                         .iter()
-                        .filter(|a| a.start < end && start < a.end)
+                        .filter(overlaps)
                         .map(|a| a.start.max(start)..a.end.min(end)),
                 );
                 if out.len() == before {
+                    let kernel: Vec<&str> = special
+                        .iter()
+                        .filter(overlaps)
+                        .map(|a| a.path.as_str())
+                        .collect();
+                    if !kernel.is_empty() {
+                        return Err(MigrateError::KernelRange {
+                            process,
+                            start: r.start,
+                            end: r.end,
+                            mappings: kernel.join(", "),
+                        });
+                    }
                     return Err(bad("nothing is mapped there in this process"));
                 }
             }
@@ -600,6 +614,17 @@ mod tests {
             pick(Selection::Mappings("no-such-file".into())),
             Err(MigrateError::NoMatchingMapping { .. })
         ));
+        // A range over the kernel's own mappings alone says so, not that nothing is mapped.
+        let kernel: Vec<&VmArea> = areas
+            .iter()
+            .filter(|a| a.is_special() && a.path != "[vsyscall]")
+            .collect();
+        let (first, last) = (kernel[0], kernel[kernel.len() - 1]);
+        let e = ranges(first.start..last.end).unwrap_err();
+        assert!(
+            matches!(e, MigrateError::KernelRange { ref mappings, .. } if mappings.contains("[vdso]")),
+            "{e}"
+        );
         let e = pick(Selection::Mappings("[vdso]".into())).unwrap_err();
         assert!(
             e.to_string()
