@@ -536,6 +536,68 @@ fn thread_counts_are_bounded_by_the_cpus() {
     }
 }
 
+/// `--placement` is named in the reasons as the user wrote it, after the planner's own
+/// placement marked as such, and a CPU list holds one thread per CPU listed.
+#[test]
+fn a_placement_the_user_chose_is_explained_and_caps_the_threads() {
+    let sleeper = Sleeper::new();
+    let pid = sleeper.0.id().to_string();
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap();
+    let cpu = allowed.trim().split([',', '-']).next().unwrap();
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "migrate",
+            "--pid",
+            &pid,
+            "--to",
+            "0",
+            "--dry-run",
+            "--explain",
+        ];
+        args.extend(extra);
+        let o = pagemig(&args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    let out = explain(&["--placement", cpu, "--threads", "2"]);
+    assert!(
+        out.contains(&format!(
+            "plan for process {pid}: 1 thread(s) on CPUs {cpu},"
+        )),
+        "{out}"
+    );
+    if std::thread::available_parallelism().unwrap().get() > 1 {
+        assert!(
+            out.contains(&format!(
+                "why: 1 thread(s): --threads 2, but placement CPUs {cpu} has 1 CPU(s), one thread each"
+            )),
+            "{out}"
+        );
+    }
+    assert!(
+        out.contains(&format!("why: placement CPUs {cpu}: chosen by the user")),
+        "{out}"
+    );
+    assert!(
+        out.contains("why: the planner's own choice: workers on the target node 0's CPUs first"),
+        "{out}"
+    );
+    assert!(!out.contains("why: workers on"), "{out}");
+    for name in ["near-src", "spread", "near-dst"] {
+        let out = explain(&["--placement", name]);
+        assert!(
+            out.contains(&format!(
+                "why: placement {name}: chosen by the user: workers "
+            )),
+            "{out}"
+        );
+    }
+}
+
 /// Runs pagemig with its standard output closed before it writes.
 fn with_stdout_closed(args: &[&str]) -> Output {
     use std::process::Stdio;
@@ -641,13 +703,21 @@ fn every_pid_is_checked_before_any_moves() {
 fn a_range_over_the_kernels_own_mappings_says_so() {
     let sleeper = Sleeper::new();
     let pid = sleeper.0.id().to_string();
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    // Right after the spawn, the child may not show the new program's mappings yet.
+    let mut maps = String::new();
+    for _ in 0..100 {
+        maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        if maps.contains("[vdso]") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let kernel: Vec<&str> = maps
         .lines()
         .filter(|l| l.ends_with("[vvar]") || l.ends_with("[vvar_vclock]") || l.ends_with("[vdso]"))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    let (start, _) = kernel.first().unwrap().split_once('-').unwrap();
+    let (start, _) = kernel.first().expect(&maps).split_once('-').unwrap();
     let (_, end) = kernel.last().unwrap().split_once('-').unwrap();
     let range = format!("0x{start}-0x{end}");
     let o = pagemig(&[

@@ -20,6 +20,18 @@ pub enum Placement {
     Explicit(CpuSet),
 }
 
+/// As the command line spells it: `spread`, `near-dst`, `near-src`, or `CPUs 0-3`.
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placement::SpreadL3 => f.write_str("spread"),
+            Placement::NearDst => f.write_str("near-dst"),
+            Placement::NearSrc => f.write_str("near-src"),
+            Placement::Explicit(cpus) => write!(f, "CPUs {cpus}"),
+        }
+    }
+}
+
 /// Where the memory being copied comes from and goes to, when known.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Route {

@@ -23,7 +23,7 @@ use crate::copy::{Copier, EngineKind, Placement, PlacementError, Route};
 use crate::migrate::{Memory, PathChoice, Plan, Request, Scan, Threads};
 use crate::process::Process;
 use crate::sys::{self, SysError};
-use crate::topology::{CpuId, CpuSet, Topology};
+use crate::topology::{CpuId, CpuSet, NodeId, Topology};
 
 /// Bytes each extra `move_pages` thread gets at least when the kernel path is not calibrated:
 /// enough that starting the thread and sharing the process's locks are a small part of it.
@@ -248,6 +248,24 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Why the workers run where the user's placement `p` puts them along `route`.
+    fn placement_reason(&self, p: &Placement, route: Route) -> String {
+        let spread = "workers spread over L3 domains, one per domain before two in any";
+        let near = |node: Option<NodeId>, which: &str| match node {
+            Some(n) => {
+                format!("workers on the {which} node {n}'s CPUs first, spread over its L3 domains")
+            }
+            None => format!("{spread} (the {which} node is not known)"),
+        };
+        let how = match p {
+            Placement::SpreadL3 => spread.to_string(),
+            Placement::NearDst => near(route.to, "target"),
+            Placement::NearSrc => near(route.from, "source"),
+            Placement::Explicit(_) => return format!("placement {p}: chosen by the user"),
+        };
+        format!("placement {p}: chosen by the user: {how}")
+    }
+
     /// Every CPU copier the model measured that this process may run, with its predicted GB/s
     /// for `bytes`, fastest first: the alternatives a copy may try when its plan does not
     /// deliver. They may use more workers than the load leaves idle CPUs: runnable tasks share
@@ -387,6 +405,17 @@ impl<'a> Planner<'a> {
         let fixed = matches!(threads, Threads::Count(_));
         let own = if fixed { OWN } else { "" };
         let (cap, cap_why) = self.worker_cap();
+        // One pinned thread per CPU: a CPU list the user gave holds no more than its CPUs.
+        let listed = match placement {
+            Some(p @ Placement::Explicit(cpus)) => Some((cpus.len().max(1), p)),
+            _ => None,
+        };
+        let (cap, cap_why) = match listed {
+            Some((k, p)) if k < cap => {
+                (k, format!("placement {p} has {k} CPU(s), one thread each"))
+            }
+            _ => (cap, cap_why),
+        };
         let calls = job.bytes.div_ceil(batch_bytes.max(1)).max(1);
         let cap = cap.min(usize::try_from(calls).unwrap_or(usize::MAX));
         let mut why: Vec<String> = self.model_note.iter().cloned().collect();
@@ -429,7 +458,11 @@ impl<'a> Planner<'a> {
         let (planned_placement, place_why) = self.placement(job.route);
         let cpus =
             planned_placement.choose(self.topology, job.route, &self.resources.allowed, planned)?;
-        why.push(place_why);
+        // Where the user chose the placement, the planner's would contradict it.
+        why.push(match placement {
+            Some(_) => format!("{OWN}{place_why}"),
+            None => place_why,
+        });
         let page = sys::base_page_size() as u64;
         let batch = usize::try_from(batch_bytes / page)
             .unwrap_or(usize::MAX)
@@ -443,9 +476,15 @@ impl<'a> Planner<'a> {
         };
         let mut count = choice.cpus.len();
         if let Threads::Count(n) = threads {
-            // One pinned thread per CPU: more than the usable CPUs would only queue on them.
+            // One pinned thread per CPU: more than the usable CPUs (or those the user listed)
+            // would only queue on them.
             count = n.min(self.usable());
-            let asked = if count < n {
+            let asked = if let Some((k, p)) = listed.filter(|&(k, _)| k < count) {
+                count = k;
+                format!(
+                    "{count} thread(s): {source} {n}, but placement {p} has {count} CPU(s), one thread each"
+                )
+            } else if count < n {
                 format!(
                     "{count} thread(s): {source} {n}, but only {count} CPU(s) may be used, one thread each"
                 )
@@ -463,9 +502,7 @@ impl<'a> Planner<'a> {
         }
         let placement = match placement {
             Some(p) => {
-                choice
-                    .why
-                    .push(format!("placement {p:?}: chosen by the user"));
+                choice.why.push(self.placement_reason(p, job.route));
                 Some(p.clone())
             }
             None if count != choice.cpus.len() => Some(self.placement(job.route).0),

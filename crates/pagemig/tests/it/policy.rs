@@ -811,3 +811,59 @@ fn on_the_remap_path_the_users_count_leaves_no_reason_of_the_planner_unmarked() 
     );
     assert!(gives(&four.why, placed), "{:?}", four.why);
 }
+
+/// A placement the user chose is named as text among the reasons, after the planner's own
+/// placement marked as such; a CPU list caps the threads at one per CPU listed, whether the
+/// count is the user's or the planner's.
+#[test]
+fn a_placement_the_user_chose_reads_as_text_and_caps_the_threads() {
+    let t = fake_sysfs::epyc_2s().read();
+    let m = model(&t);
+    let p = Planner::new(&t, Some(&m), idle("0-63"));
+    let (bytes, batch) = (1 << 30, 16 * MIB);
+    let plan = |threads, placement: &Placement| {
+        p.plan_kernel_as(
+            job(bytes, 0, 1),
+            batch,
+            threads,
+            Some(placement),
+            "--threads",
+        )
+        .unwrap()
+    };
+    let one_cpu = Placement::Explicit("3".parse().unwrap());
+    let fixed = plan(Threads::Count(4), &one_cpu);
+    assert_eq!(fixed.cpus, [3], "{:?}", fixed.why);
+    assert_eq!(
+        fixed.why[0],
+        "1 thread(s): --threads 4, but placement CPUs 3 has 1 CPU(s), one thread each"
+    );
+    assert_eq!(fixed.predicted_gbps, m.predict_kernel(1, bytes));
+    let user = "placement CPUs 3: chosen by the user";
+    assert_eq!(fixed.why.last().unwrap(), user, "{:?}", fixed.why);
+    let planners = "the planner's own choice: workers on the target node 1's CPUs first";
+    assert!(gives(&fixed.why, planners), "{:?}", fixed.why);
+    assert!(!gives(&fixed.why, "workers on"), "{:?}", fixed.why);
+    // The planner's own count stays within the CPUs listed.
+    let two_cpus = Placement::Explicit("3,5".parse().unwrap());
+    let auto = plan(Threads::Auto, &two_cpus);
+    assert!(auto.cpus.len() <= 2, "{:?}", auto.why);
+    assert_eq!(
+        auto.predicted_gbps,
+        m.predict_kernel(auto.cpus.len(), bytes)
+    );
+    for (placement, name) in [
+        (Placement::NearSrc, "near-src"),
+        (Placement::SpreadL3, "spread"),
+        (Placement::NearDst, "near-dst"),
+    ] {
+        let why = plan(Threads::Auto, &placement).why;
+        let user = format!("placement {name}: chosen by the user: workers ");
+        assert!(gives(&why, &user), "{why:?}");
+        assert!(
+            !why.iter()
+                .any(|w| w.contains("Near") || w.contains("Spread")),
+            "{why:?}"
+        );
+    }
+}
