@@ -37,7 +37,7 @@ pub struct MigrateArgs {
     range: Vec<Range<usize>>,
     /// Only mappings whose path contains this (`[heap]`, `[stack]`, `libfoo.so`), or
     /// `anonymous` for memory without a file.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_mapping)]
     mapping: Option<String>,
     /// Threads calling move_pages: `auto` (the planner's choice from the migration's size, the
     /// cost model, the affinity mask, cgroup cpu.max and load) or a number.
@@ -89,13 +89,35 @@ pub fn parse_node(text: &str) -> Result<NodeId, String> {
     Err(format!("expected one node number, got {text:?}"))
 }
 
-/// A node list that selects at least one node (`--from`).
+/// A node list that selects at least one node, each once (`--from`).
 pub fn parse_nodes(text: &str) -> Result<NodeSet, String> {
     let nodes: NodeSet = text.parse().map_err(|e| format!("{e}"))?;
     if nodes.is_empty() {
         return Err("an empty node list selects no page (expected nodes as in 0-2,4)".into());
     }
+    // The list parsed whole, so every item parses alone.
+    let mut seen = NodeSet::new();
+    for item in text.split(',') {
+        let item: NodeSet = item.parse().map_err(|e| format!("{e}"))?;
+        if let Some(node) = item.intersection(&seen).iter().next() {
+            return Err(format!("bad list {text:?}: node {node} is given twice"));
+        }
+        for node in item.iter() {
+            seen.insert(node);
+        }
+    }
     Ok(nodes)
+}
+
+/// A `--mapping` pattern: an empty one would match every mapping with a path.
+fn parse_mapping(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err(
+            "an empty --mapping selects every named mapping (expected part of a path, as in [heap] or libfoo.so, or anonymous)"
+                .into(),
+        );
+    }
+    Ok(text.to_owned())
 }
 
 fn parse_address(text: &str) -> Result<usize, String> {
@@ -168,6 +190,16 @@ impl Config {
                 "--all moves pages shared with other processes (MPOL_MF_MOVE_ALL), which needs \
                  CAP_SYS_NICE, and this process does not have it"
             );
+        }
+        // `self` and this program's pid are one process: its pages would move twice.
+        let own = |p: Process| match p {
+            Process::Current => std::process::id(),
+            Process::Pid(pid) => pid,
+        };
+        if let Some((_, &p)) = (args.pid.iter().enumerate())
+            .find(|&(i, &p)| args.pid[..i].iter().any(|&q| own(q) == own(p)))
+        {
+            anyhow::bail!("--pid: {p} is given twice");
         }
         // Every process is checked before any moves, so that a bad pid later in the list does
         // not stop a migration half done.
@@ -643,6 +675,18 @@ mod tests {
         assert!(parse_nodes("").unwrap_err().contains("empty node list"));
         assert!(parse_nodes("0,,1").unwrap_err().contains("empty item"));
         assert_eq!(parse_nodes("0-1"), Ok("0-1".parse().unwrap()));
+        assert!(
+            parse_nodes("0,0")
+                .unwrap_err()
+                .contains("node 0 is given twice")
+        );
+        assert!(
+            parse_nodes("0-2,1")
+                .unwrap_err()
+                .contains("node 1 is given twice")
+        );
+        assert!(parse_mapping("").unwrap_err().contains("empty --mapping"));
+        assert_eq!(parse_mapping("[heap]"), Ok("[heap]".into()));
         assert_eq!("auto".parse(), Ok(Threads::Auto));
         assert_eq!("3".parse(), Ok(Threads::Count(3)));
         assert!("0".parse::<Threads>().is_err());
