@@ -324,11 +324,13 @@ impl Phases {
 }
 
 /// A stopwatch whose laps cover the time from its start without gaps: each lap adds the time
-/// since the previous one to a phase, so the phases add up to the wall time.
+/// since the previous one to a phase, so the phases add up to the wall time. It also reads the
+/// calling thread's CPU clock at its start, for [`Laps::cpu`].
 #[derive(Debug, Clone, Copy)]
 pub struct Laps {
     start: Instant,
     last: Instant,
+    cpu: Duration,
 }
 
 impl Laps {
@@ -338,7 +340,16 @@ impl Laps {
         Laps {
             start: now,
             last: now,
+            cpu: crate::sys::thread_cpu_time(),
         }
+    }
+
+    /// CPU time of the calling thread since the start, at most [`Laps::wall`]: one thread cannot
+    /// use more, and in a VM its CPU clock and the wall clock can disagree by microseconds.
+    pub fn cpu(&self) -> Duration {
+        crate::sys::thread_cpu_time()
+            .saturating_sub(self.cpu)
+            .min(self.wall())
     }
 
     /// Adds the time since the previous lap (or the start) to `phase`.
@@ -440,7 +451,8 @@ pub struct Report {
     /// Wall time of the whole migration.
     #[serde(rename = "wall_ms", serialize_with = "millis")]
     pub wall: Duration,
-    /// CPU time of the calling thread during the migration (its thread CPU clock).
+    /// CPU time of the calling thread during the migration (its thread CPU clock), at most
+    /// `wall` (see [`Laps::cpu`]).
     #[serde(rename = "caller_cpu_ms", serialize_with = "millis")]
     pub caller_cpu: Duration,
     /// The process exited during the migration; counts are what moved before.
@@ -481,5 +493,25 @@ impl Report {
         } else {
             0.0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_threads_cpu_time_is_never_more_than_the_wall_time() {
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(2) {}
+        // A CPU clock read long before the wall clock: the thread's CPU time so far (2 ms and
+        // more) against no wall time at all.
+        let now = Instant::now();
+        let laps = Laps {
+            start: now,
+            last: now,
+            cpu: Duration::ZERO,
+        };
+        assert_eq!(laps.cpu(), Duration::ZERO);
     }
 }

@@ -124,13 +124,12 @@ impl Migrator {
     /// scan's `plan` phase, its CPU time is in the scan's.
     pub fn plan(&self, request: &Request<'_>) -> Result<(Scan, Plan), MigrateError> {
         let mut scan = scan::scan(&self.topology, request)?;
-        let cpu = crate::sys::thread_cpu_time();
         let mut laps = Laps::start();
         let plan = Planner::new(&self.topology, self.model.as_ref(), self.resources.clone())
             .remap_support(self.handles.as_ref().map(drop).map_err(Clone::clone))
             .plan(request, &scan)?;
         laps.lap(&mut scan.phases.plan);
-        scan.caller_cpu += crate::sys::thread_cpu_time().saturating_sub(cpu);
+        scan.caller_cpu += laps.cpu();
         Ok((scan, plan))
     }
 

@@ -157,7 +157,6 @@ pub fn execute(
         }
     };
     let helper = paying.as_ref().filter(|_| helper);
-    let caller_cpu = sys::thread_cpu_time();
     let mut laps = Laps::start();
     let to = request.to;
     let to_move = &pages.to_move;
@@ -267,7 +266,7 @@ pub fn execute(
     report.bytes_moved = report.pages_moved * page_size;
     laps.lap(&mut report.phases.verify);
     report.wall = laps.wall();
-    report.caller_cpu = sys::thread_cpu_time().saturating_sub(caller_cpu);
+    report.caller_cpu = laps.cpu();
     Ok(report)
 }
 

@@ -370,7 +370,6 @@ pub unsafe fn migrate_range(
     plan: &Plan,
     tools: Tools<'_>,
 ) -> Result<Report, RemapError> {
-    let caller_cpu_start = sys::thread_cpu_time();
     let mut laps = Laps::start();
     let mut phases = Phases::default();
     let end = start
@@ -629,7 +628,7 @@ pub unsafe fn migrate_range(
         calls,
         phases,
         wall: laps.wall(),
-        caller_cpu: sys::thread_cpu_time().saturating_sub(caller_cpu_start),
+        caller_cpu: laps.cpu(),
         process_exited: false,
         charged_to: Charge {
             to: ChargeTo::Caller,

@@ -277,7 +277,6 @@ impl Scan {
 /// The scan step of `request`: the process's pages and where they are, or the runs of the
 /// caller's own ranges. Checks the target and the `from` nodes first.
 pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateError> {
-    let cpu = sys::thread_cpu_time();
     let mut laps = Laps::start();
     let mut phases = Phases::default();
     check_target(topology, request.to)?;
@@ -339,7 +338,7 @@ pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateE
         process,
         found,
         phases,
-        caller_cpu: sys::thread_cpu_time().saturating_sub(cpu),
+        caller_cpu: laps.cpu(),
     })
 }
 
