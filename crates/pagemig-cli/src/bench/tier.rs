@@ -29,25 +29,25 @@ use crate::machine::Host;
 #[derive(Debug, clap::Args)]
 pub struct TierBenchArgs {
     /// The fast node [default: the first node with CPUs and memory].
-    #[arg(long)]
+    #[arg(long, value_name = "NODE")]
     fast: Option<NodeId>,
     /// The slow node [default: a memory-only node, or the farthest node with memory].
-    #[arg(long)]
+    #[arg(long, value_name = "NODE")]
     slow: Option<NodeId>,
     /// Size of the hot set, written all the time.
-    #[arg(long, default_value = "32M")]
+    #[arg(long, value_name = "SIZE", default_value = "32M")]
     hot: Size,
     /// Size of the cold set, written once.
-    #[arg(long, default_value = "160M")]
+    #[arg(long, value_name = "SIZE", default_value = "160M")]
     cold: Size,
     /// pagemig tier's --fast-budget.
-    #[arg(long, default_value = "64M")]
+    #[arg(long, value_name = "SIZE|PCT", default_value = "64M")]
     fast_budget: Size,
     /// Seconds between pagemig's decisions and between placement checks.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, value_name = "S", default_value_t = 0.5)]
     interval: f64,
     /// Give up on a run after this many seconds.
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, value_name = "S", default_value_t = 120.0)]
     timeout: f64,
     /// Print JSON instead of a table.
     #[arg(long)]
