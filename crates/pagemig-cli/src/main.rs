@@ -84,17 +84,28 @@ fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The error and its causes, `: `-separated as anyhow's `{:#}`, leaving out a cause whose text
-/// is already in the message: several library errors say their cause in their own text.
+/// The error and its causes, `: `-separated as anyhow's `{:#}`, leaving out a cause that the
+/// error it causes already says: several library errors say their cause in their own text, as
+/// `…: {source}` or `{source} while …`. Text that merely contains the cause's (a path, a
+/// number) does not count.
 fn message(e: &anyhow::Error) -> String {
     let mut text = String::new();
+    let mut outer: Option<String> = None;
     for cause in e.chain().map(ToString::to_string) {
-        if !text.contains(&cause) {
+        let said = outer.as_deref().is_some_and(|o| {
+            o == cause
+                || o.strip_suffix(cause.as_str())
+                    .is_some_and(|head| head.ends_with(": "))
+                || o.strip_prefix(cause.as_str())
+                    .is_some_and(|tail| tail.starts_with(' '))
+        });
+        if !said {
             if !text.is_empty() {
                 text.push_str(": ");
             }
             text.push_str(&cause);
         }
+        outer = Some(cause);
     }
     text
 }
@@ -163,5 +174,32 @@ mod tests {
         );
         let io = anyhow::Error::from(std::io::Error::other("disk on fire")).context("writing x");
         assert_eq!(super::message(&io), "writing x: disk on fire");
+        // A cause said first: `{source} while moving …`.
+        let e = anyhow::Error::from(pagemig::migrate::remap::RemapError::Failed {
+            start: 0x1000,
+            end: 0x3000,
+            moved_until: 0x2000,
+            source: pagemig::sys::SysError {
+                call: "mremap",
+                errno: pagemig::sys::Errno::PERM,
+            },
+        })
+        .context("moving");
+        let text = super::message(&e);
+        assert_eq!(text.matches("mremap failed").count(), 1, "{text}");
+        assert!(text.ends_with("the others where they were"), "{text}");
+    }
+
+    #[test]
+    fn a_cause_that_only_happens_to_be_in_the_message_is_kept() {
+        // The io error's text is part of the path, not the message's own account of the cause.
+        let e = anyhow::Error::from(std::io::Error::other("denied"))
+            .context("--log /srv/denied/tier.jsonl: cannot open it");
+        assert_eq!(
+            super::message(&e),
+            "--log /srv/denied/tier.jsonl: cannot open it: denied"
+        );
+        let e = anyhow::Error::from(std::io::Error::other("1")).context("reading node 1");
+        assert_eq!(super::message(&e), "reading node 1: 1");
     }
 }
