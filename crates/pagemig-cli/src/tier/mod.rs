@@ -156,6 +156,13 @@ pub fn run(args: &TierArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         dry_run: s.dry_run,
     };
     let (mut agent, cleaned) = Agent::start(config, &topo).context("starting pagemig tier")?;
+    // Said before anything else can fail: the earlier agent's record is gone once it is cleaned.
+    if let Some(c) = &cleaned {
+        eprintln!(
+            "pagemig tier: an earlier agent (pid {}) did not stop cleanly; its kdamonds {:?} were removed ({:?} were still running and were turned off)",
+            c.agent, c.kdamonds, c.turned_off
+        );
+    }
     // Opened once the agent has started, so that a refusal leaves no file behind; an error here
     // drops the agent, which removes its kdamonds.
     let mut log = match &s.log {
@@ -168,12 +175,6 @@ pub fn run(args: &TierArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    if let Some(c) = &cleaned {
-        eprintln!(
-            "pagemig tier: an earlier agent (pid {}) did not stop cleanly; its kdamonds {:?} were removed ({:?} were still running and were turned off)",
-            c.agent, c.kdamonds, c.turned_off
-        );
-    }
     if let Some(log) = log.as_mut() {
         writeln!(
             log,
