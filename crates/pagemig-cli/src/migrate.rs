@@ -91,20 +91,9 @@ pub fn parse_node(text: &str) -> Result<NodeId, String> {
 
 /// A node list that selects at least one node, each once (`--from`).
 pub fn parse_nodes(text: &str) -> Result<NodeSet, String> {
-    let nodes: NodeSet = text.parse().map_err(|e| format!("{e}"))?;
+    let nodes = crate::values::once_each(text, "node")?;
     if nodes.is_empty() {
         return Err("an empty node list selects no page (expected nodes as in 0-2,4)".into());
-    }
-    // The list parsed whole, so every item parses alone.
-    let mut seen = NodeSet::new();
-    for item in text.split(',') {
-        let item: NodeSet = item.parse().map_err(|e| format!("{e}"))?;
-        if let Some(node) = item.intersection(&seen).iter().next() {
-            return Err(format!("bad list {text:?}: node {node} is given twice"));
-        }
-        for node in item.iter() {
-            seen.insert(node);
-        }
     }
     Ok(nodes)
 }

@@ -2,7 +2,7 @@
 //! placements (`spread`, `near-dst`, a CPU list). Several commands take them.
 
 use pagemig::copy::Placement;
-use pagemig::topology::CpuSet;
+use pagemig::topology::IdSet;
 
 /// A page size given as `4k`, `64K`, `2m` or a number of bytes.
 pub fn parse_page_size(text: &str) -> Result<usize, String> {
@@ -45,11 +45,25 @@ pub fn parse_placement(text: &str) -> Result<Placement, String> {
         list if list.trim().is_empty() => {
             Err("empty: expected spread, near-dst, near-src or a CPU list".into())
         }
-        list => list
-            .parse::<CpuSet>()
+        list => once_each(list, "CPU")
             .map(Placement::Explicit)
             .map_err(|e| format!("expected spread, near-dst, near-src or a CPU list: {e}")),
     }
+}
+
+/// A list of nodes or CPUs (`0-2,4`) that names each `what` once: `0,0` and `0-2,1` are errors.
+pub fn once_each(text: &str, what: &str) -> Result<IdSet, String> {
+    let ids: IdSet = text.parse().map_err(|e| format!("{e}"))?;
+    // The list parsed whole, so every item parses alone.
+    let mut seen = IdSet::new();
+    for item in text.split(',') {
+        let item: IdSet = item.parse().map_err(|e| format!("{e}"))?;
+        if let Some(id) = item.intersection(&seen).iter().next() {
+            return Err(format!("bad list {text:?}: {what} {id} is given twice"));
+        }
+        seen = item.iter().chain(seen.iter()).collect();
+    }
+    Ok(ids)
 }
 
 #[cfg(test)]
@@ -79,6 +93,16 @@ mod tests {
             parse_placement("near")
                 .unwrap_err()
                 .contains("expected spread")
+        );
+        assert!(
+            parse_placement("0,0")
+                .unwrap_err()
+                .contains("bad list \"0,0\": CPU 0 is given twice")
+        );
+        assert!(
+            parse_placement("0-1,1")
+                .unwrap_err()
+                .contains("CPU 1 is given twice")
         );
     }
 }

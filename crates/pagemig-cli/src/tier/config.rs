@@ -16,7 +16,7 @@ use serde::Deserialize;
 #[derive(Debug, Default, clap::Args)]
 pub struct TierArgs {
     /// Processes to tier: pids, comma-separated or repeated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = parse_pid)]
     pub pid: Vec<u32>,
     /// Processes to tier by command name (`/proc/PID/comm`), found at start; repeatable.
     #[arg(long)]
@@ -159,6 +159,16 @@ where
             .map_err(|e| anyhow::anyhow!("{key} = {t:?}: {e}"))
     })
     .transpose()
+}
+
+/// A process id on the command line: a positive number (`tier` moves other processes' memory,
+/// so `migrate`'s `self` is not one).
+fn parse_pid(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(p) if p > 0 && p <= i32::MAX as u32 => Ok(p),
+        _ if text == "self" => Err("tier watches other processes: expected a pid, not self".into()),
+        _ => Err("expected a process id (a positive number)".into()),
+    }
 }
 
 fn positive(name: &str, v: Option<f64>) -> anyhow::Result<Option<f64>> {
@@ -358,6 +368,18 @@ mod tests {
         assert_eq!(s.interval, Duration::from_millis(500));
         assert_eq!(s.policy.hot, 0.2);
         assert_eq!(s.free_margin, Size::Percent(5.0));
+    }
+
+    #[test]
+    fn pids_on_the_command_line_are_positive_numbers() {
+        assert_eq!(parse_pid("42"), Ok(42));
+        assert!(parse_pid("self").unwrap_err().contains("not self"));
+        for bad in ["0", "-1", "x", "4294967295"] {
+            assert!(
+                parse_pid(bad).unwrap_err().contains("positive number"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
