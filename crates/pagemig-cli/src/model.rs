@@ -139,7 +139,8 @@ pub fn describe_checks(checks: &[SizeCheck]) -> Vec<String> {
         .collect()
 }
 
-/// The fastest copier per batch size, where bandwidth stops growing, and the kernel path.
+/// The fastest copier per batch size, the fewest workers that reach 90% of each engine's best
+/// bandwidth, and the kernel path.
 pub fn summary(model: &CostModel) -> String {
     let mut s = format!(
         "cost model: {} ({} CPUs, {} nodes), kernel {}, {}\n",
@@ -201,7 +202,7 @@ pub fn summary(model: &CostModel) -> String {
     s += &format!("{table}\n");
     for sat in &model.saturation {
         s += &format!(
-            "{}: bandwidth stops growing at {} worker(s): {:.2} GB/s (best {:.2})\n",
+            "{}: {} worker(s) reach 90% of its best bandwidth: {:.2} GB/s (best {:.2})\n",
             sat.engine, sat.workers, sat.gbps, sat.best_gbps
         );
     }

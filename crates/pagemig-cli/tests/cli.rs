@@ -243,7 +243,7 @@ fn calibrate_saves_a_model_that_topo_and_bench_use() {
         stdout(&o)
     );
     assert!(
-        stdout(&o).contains("bandwidth stops growing at"),
+        stdout(&o).contains("reach 90% of its best bandwidth"),
         "{}",
         stdout(&o)
     );
