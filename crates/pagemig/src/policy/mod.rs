@@ -364,9 +364,8 @@ impl<'a> Planner<'a> {
         let cpus = match copier {
             Copier::Thread { .. } | Copier::Dma { .. } => Vec::new(),
             Copier::Pool { workers, .. } => {
-                let cpus = self.worker_cpus(job.route, workers)?;
                 why.push(self.placement(job.route).1);
-                cpus
+                self.worker_cpus(job.route, workers)?
             }
         };
         Ok(CopyPlan {
