@@ -381,7 +381,6 @@ mod tests {
 
     #[test]
     fn hysteresis_band_residency_and_warmup_hold_chunks_still() {
-        let p = Policy::default();
         // Between the thresholds: neither promoted nor demoted, even when room is needed.
         let mut chunks = chunks(&[(0.03, SLOW), (0.03, FAST)]);
         assert!(run(&chunks, limits(8 * CHUNK)).0.is_empty());
@@ -393,12 +392,12 @@ mod tests {
         );
         let mut recent = chunk(0, 0.9, SLOW);
         recent.last_moved = Some(98);
-        assert!(decide(std::slice::from_ref(&recent), &limits(8 * CHUNK), &p, 100).is_empty());
+        assert!(run(&[recent.clone()], limits(8 * CHUNK)).0.is_empty());
         recent.last_moved = Some(95);
-        assert_eq!(decide(&[recent], &limits(8 * CHUNK), &p, 100).len(), 1);
+        assert_eq!(run(&[recent], limits(8 * CHUNK)).0.len(), 1);
         let mut new = chunk(0, 0.9, SLOW);
         new.observed = 2;
-        assert!(decide(&[new], &limits(8 * CHUNK), &p, 100).is_empty());
+        assert!(run(&[new], limits(8 * CHUNK)).0.is_empty());
     }
 
     #[test]
