@@ -16,11 +16,11 @@ use pagemig::policy::Resources;
 use pagemig::process::Process;
 use pagemig::sys::{self, Mapping, PageNode};
 use pagemig::tier::Size;
-use pagemig::tier::agent::{self, Agent, AgentConfig, MoveOptions};
+use pagemig::tier::agent::{self, Agent, AgentConfig};
 use pagemig::tier::damon::{self, Action, Damon, DamonAttrs, Scheme};
 use pagemig::tier::decide::Policy;
 use pagemig::topology::{NodeId, NodeSet, Topology};
-use pagemig::{Migrator, Threads};
+use pagemig::{Migrator, Options, Threads};
 use serde::Serialize;
 
 use crate::machine::Host;
@@ -318,11 +318,12 @@ fn measure(config: &TierBenchConfig, start_on: NodeId, with_pagemig: bool) -> an
     };
     if with_pagemig {
         let migrator = Migrator::with(topo.clone(), None, Resources::detect()?);
-        let options = MoveOptions {
+        let options = Options {
             threads: Threads::Auto,
-            batch: 4096,
+            batch: Some(4096),
             max_stall: None,
             charge: ChargeTo::Caller,
+            ..Options::default()
         };
         let config = AgentConfig {
             pids: vec![pid],

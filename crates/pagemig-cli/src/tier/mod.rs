@@ -12,11 +12,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use pagemig::Migrator;
 use pagemig::policy::Resources;
-use pagemig::tier::agent::{self, Agent, AgentConfig, IntervalReport, MoveOptions};
+use pagemig::tier::agent::{self, Agent, AgentConfig, IntervalReport};
 use pagemig::tier::decide::Direction;
 use pagemig::topology::Topology;
+use pagemig::{Migrator, Options};
 use serde_json::json;
 
 pub use config::TierArgs;
@@ -124,11 +124,12 @@ pub fn run(args: &TierArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let topo = Topology::detect().context("reading the topology from /sys")?;
     let loaded = ModelArgs { model: None }.load()?;
     let migrator = Migrator::with(topo.clone(), loaded.model, Resources::detect()?);
-    let options = MoveOptions {
+    let options = Options {
         threads: s.threads,
-        batch: s.batch,
+        batch: Some(s.batch),
         max_stall: s.max_stall,
         charge: s.charge,
+        ..Options::default()
     };
     let metrics = Arc::new(metrics::Metrics::new());
     let _server = match &s.metrics {

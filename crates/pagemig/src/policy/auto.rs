@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -21,7 +21,7 @@ use crate::account::median;
 use crate::copy::Copier;
 use crate::copy::dma::{self, DmaKind};
 use crate::copy::{CopyEngine, CopyError, CopyOp, CopyStats, CpuEngine, EngineKind, Pool, Route};
-use crate::workers::Workers;
+use crate::workers::{Workers, lock};
 
 /// Batch sizes planned for: one plan per power of two from 4 KiB to 1 TiB.
 const SMALLEST: u32 = 12;
@@ -215,7 +215,7 @@ impl Bucket {
     fn start_above_the_load_cap(&self) {
         let c = &self.candidates;
         if let Some(i) = (1..c.len()).find(|&i| SLOWER * c[i].predicted > c[0].predicted) {
-            self.judge.lock().unwrap_or_else(PoisonError::into_inner).moves.push(Move {
+            lock(&self.judge).moves.push(Move {
                 from: c[0].copier,
                 to: c[i].copier,
                 why: format!("predicted {:.2} GB/s against the plan's {:.2}, which the load's worker cap chose: started with it", c[i].predicted, c[0].predicted),
@@ -246,7 +246,7 @@ impl Bucket {
     /// Starts a group with its first batch, `bytes` copied by candidate `at` in `first`.
     fn begin_group(&self, start: Instant, at: usize, bytes: usize, first: Duration) {
         self.group_bytes.store(0, Ordering::Relaxed);
-        *self.group.lock().unwrap_or_else(PoisonError::into_inner) = Some(Group {
+        *lock(&self.group) = Some(Group {
             start,
             at,
             first_bytes: bytes,
@@ -262,11 +262,7 @@ impl Bucket {
 
     /// Ends the group at its last batch (candidate `at`, done at `end`) and takes in its figure.
     fn end_group(&self, at: usize, end: Instant) {
-        let group = self
-            .group
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let group = lock(&self.group).take();
         if let Some(g) = group.filter(|g| g.at == at) {
             let bytes = g.first_bytes + self.group_bytes.load(Ordering::Relaxed);
             self.record(at, group_gbps(bytes, end - g.start, g.first_bytes, g.first));
@@ -275,7 +271,7 @@ impl Bucket {
 
     /// Takes in one timed batch of candidate `at`; judges after a window.
     fn record(&self, at: usize, gbps: f64) {
-        let mut j = self.judge.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut j = lock(&self.judge);
         if self.settled.load(Ordering::Relaxed) || self.current.load(Ordering::Relaxed) != at {
             return; // timed while another thread changed copier: it belongs to neither window
         }
@@ -356,7 +352,7 @@ impl Bucket {
 
     /// What the check found for these batches of `bytes`, once a copier had a full window.
     fn check(&self, bytes: u64) -> Option<SizeCheck> {
-        let j = self.judge.lock().unwrap_or_else(PoisonError::into_inner);
+        let j = lock(&self.judge);
         let measured: Vec<(Copier, f64)> = self
             .candidates
             .iter()

@@ -181,10 +181,7 @@ pub fn turns(reps: usize, candidates: usize) -> impl Iterator<Item = Turn> {
 /// moves the figures more and they decide the most common migrations; twice above, where pool
 /// workers on a virtual machine stall now and then.
 fn reps_at(reps: usize, bytes: u64) -> usize {
-    match bytes {
-        b if b <= 64 << 10 => 3 * reps,
-        _ => 2 * reps,
-    }
+    reps * if bytes <= 64 << 10 { 3 } else { 2 }
 }
 
 fn buffer(len: usize, node: NodeId) -> Result<Mapping, CalibrateError> {
@@ -212,7 +209,7 @@ pub fn calibrate(
     worker_set: &Arc<Workers>,
     progress: &dyn Fn(Step),
 ) -> Result<CostModel, CalibrateError> {
-    let budget = Budget::new(options.effort);
+    let mut budget = Budget::new(options.effort);
     let memory = topology.memory_nodes();
     let node = options
         .node
@@ -256,15 +253,10 @@ pub fn calibrate(
         .then(|| memory.iter().find(|&n| n != node).map(|to| (node, to)))
         .flatten();
     let room = kernel_route.map_or(0, |(a, b)| free_bytes(a).min(free_bytes(b)) / 2);
-    let kernel_sizes: Vec<u64> = budget
-        .kernel_sizes
-        .iter()
-        .copied()
-        .filter(|&s| s <= room)
-        .collect();
+    budget.kernel_sizes.retain(|&s| s <= room);
     progress(Step::Planned(
         (budget.copy_sizes.len() * (engines.len() * (1 + workers.len()) + dmas.len())
-            + kernel_sizes.len() * workers.len()) as u64,
+            + budget.kernel_sizes.len() * workers.len()) as u64,
     ));
 
     let src = buffer(budget.working_set, node)?;
@@ -330,13 +322,12 @@ pub fn calibrate(
 
     let mut kernel_path = Vec::new();
     if let Some((a, b)) = kernel_route {
-        for &bytes in &kernel_sizes {
+        for &bytes in &budget.kernel_sizes {
             let mut buf = buffer(bytes as usize, a)?;
             buf.populate();
-            let page = sys::base_page_size();
             let start = buf.as_ptr() as usize;
-            let pages: Vec<usize> = (0..bytes as usize / page)
-                .map(|i| start + i * page)
+            let pages: Vec<usize> = (start..start + bytes as usize)
+                .step_by(sys::base_page_size())
                 .collect();
             let mut at = a;
             for &threads in &workers {
@@ -502,28 +493,10 @@ mod tests {
 
     #[test]
     fn turns_of_more_rounds_than_a_count_holds_do_not_overflow() {
-        let mut t = turns(usize::MAX, 2);
-        assert_eq!(
-            t.next(),
-            Some(Turn {
-                candidate: 0,
-                number: 0
-            })
-        );
-        assert_eq!(
-            t.next(),
-            Some(Turn {
-                candidate: 1,
-                number: 1
-            })
-        );
-        assert_eq!(
-            t.next(),
-            Some(Turn {
-                candidate: 1,
-                number: 2
-            })
-        );
+        let first: Vec<Turn> = turns(usize::MAX, 2).take(3).collect();
+        let expected =
+            [(0, 0), (1, 1), (1, 2)].map(|(candidate, number)| Turn { candidate, number });
+        assert_eq!(first, expected);
         assert_eq!(turns(3, 0).count(), 0);
     }
 }

@@ -57,6 +57,30 @@ fn fewest_near_best<T: Copy>(
         .min_by(|a, b| threads(&a.0).cmp(&threads(&b.0)).then(b.1.total_cmp(&a.1)))
 }
 
+/// Where [`Placement::SpreadL3`] puts workers.
+const SPREAD: &str = "workers spread over L3 domains, one per domain before two in any";
+
+/// Where workers near the `which` node `node` go.
+fn near(node: Option<NodeId>, which: &str) -> String {
+    match node {
+        Some(n) => {
+            format!("workers on the {which} node {n}'s CPUs first, spread over its L3 domains")
+        }
+        None => format!("{SPREAD} (the {which} node is not known)"),
+    }
+}
+
+/// Why the workers run where the user's placement `p` puts them along `route`.
+fn placement_reason(p: &Placement, route: Route) -> String {
+    let how = match p {
+        Placement::SpreadL3 => SPREAD.to_string(),
+        Placement::NearDst => near(route.to, "target"),
+        Placement::NearSrc => near(route.from, "source"),
+        Placement::Explicit(_) => return format!("placement {p}: chosen by the user"),
+    };
+    format!("placement {p}: chosen by the user: {how}")
+}
+
 /// The CPUs this process may use for migration work.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Resources {
@@ -181,11 +205,6 @@ impl<'a> Planner<'a> {
         self.model
     }
 
-    /// The topology planned for.
-    pub fn topology(&self) -> &'a Topology {
-        self.topology
-    }
-
     /// The most workers the resources allow, and why.
     pub fn worker_cap(&self) -> (usize, String) {
         let (mut cap, mut why) = self.hard_cap();
@@ -234,36 +253,9 @@ impl<'a> Planner<'a> {
                     t.id
                 ),
             ),
-            Some(t) if !t.cpus.is_empty() => (
-                Placement::NearDst,
-                format!(
-                    "workers on the target node {}'s CPUs first, spread over its L3 domains",
-                    t.id
-                ),
-            ),
-            _ => (
-                Placement::SpreadL3,
-                "workers spread over L3 domains, one per domain before two in any".into(),
-            ),
+            Some(t) if !t.cpus.is_empty() => (Placement::NearDst, near(Some(t.id), "target")),
+            _ => (Placement::SpreadL3, SPREAD.into()),
         }
-    }
-
-    /// Why the workers run where the user's placement `p` puts them along `route`.
-    fn placement_reason(&self, p: &Placement, route: Route) -> String {
-        let spread = "workers spread over L3 domains, one per domain before two in any";
-        let near = |node: Option<NodeId>, which: &str| match node {
-            Some(n) => {
-                format!("workers on the {which} node {n}'s CPUs first, spread over its L3 domains")
-            }
-            None => format!("{spread} (the {which} node is not known)"),
-        };
-        let how = match p {
-            Placement::SpreadL3 => spread.to_string(),
-            Placement::NearDst => near(route.to, "target"),
-            Placement::NearSrc => near(route.from, "source"),
-            Placement::Explicit(_) => return format!("placement {p}: chosen by the user"),
-        };
-        format!("placement {p}: chosen by the user: {how}")
     }
 
     /// Every CPU copier the model measured that this process may run, with its predicted GB/s
@@ -372,9 +364,8 @@ impl<'a> Planner<'a> {
         let cpus = match copier {
             Copier::Thread { .. } | Copier::Dma { .. } => Vec::new(),
             Copier::Pool { workers, .. } => {
-                let cpus = self.worker_cpus(job.route, workers)?;
                 why.push(self.placement(job.route).1);
-                cpus
+                self.worker_cpus(job.route, workers)?
             }
         };
         Ok(CopyPlan {
@@ -502,7 +493,7 @@ impl<'a> Planner<'a> {
         }
         let placement = match placement {
             Some(p) => {
-                choice.why.push(self.placement_reason(p, job.route));
+                choice.why.push(placement_reason(p, job.route));
                 Some(p.clone())
             }
             None if count != choice.cpus.len() => Some(self.placement(job.route).0),
@@ -538,7 +529,6 @@ impl<'a> Planner<'a> {
             batch_bytes,
             o.threads,
             o.placement.as_ref(),
-            // The option's name in the command line, where users set it.
             "--threads",
         )?;
         kernel.batch = batch;

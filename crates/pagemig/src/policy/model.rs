@@ -1,5 +1,6 @@
 //! The cost model: copy and migration bandwidth measured on this machine, saved as JSON.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
@@ -174,10 +175,8 @@ impl CostModel {
 
     /// Every copier measured.
     pub fn copiers(&self) -> Vec<Copier> {
-        let mut c: Vec<Copier> = self.copy.iter().map(|p| p.copier).collect();
-        c.sort();
-        c.dedup();
-        c
+        let distinct: BTreeSet<Copier> = self.copy.iter().map(|p| p.copier).collect();
+        distinct.into_iter().collect()
     }
 
     /// Predicted GB/s of `copier` for a batch of `bytes`; `None` if it was not measured. An
@@ -237,10 +236,8 @@ impl CostModel {
 
     /// Thread counts measured on the kernel path.
     pub fn kernel_threads(&self) -> Vec<usize> {
-        let mut t: Vec<usize> = self.kernel_path.iter().map(|p| p.threads).collect();
-        t.sort_unstable();
-        t.dedup();
-        t
+        let distinct: BTreeSet<usize> = self.kernel_path.iter().map(|p| p.threads).collect();
+        distinct.into_iter().collect()
     }
 
     /// Predicted `move_pages` GB/s with `threads` threads for `bytes`; `None` if not measured.

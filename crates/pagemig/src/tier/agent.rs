@@ -17,10 +17,9 @@ use super::decide::{self, ChunkView, Decision, Direction, Limits, Policy};
 use super::heat::{ChunkKey, HeatMap};
 use super::{Size, TierError};
 use crate::Migrator;
-use crate::account::ChargeTo;
 use crate::account::Report;
 use crate::migrate::scan;
-use crate::migrate::{MigrateError, Options, Request, Selection, Threads, check_target};
+use crate::migrate::{MigrateError, Options, Request, Selection, check_target};
 use crate::process::Process;
 use crate::procfs;
 use crate::sys::{self, PageNode};
@@ -155,39 +154,31 @@ fn check_tier(topology: &Topology, nodes: &NodeSet, tier: &'static str) -> Resul
     Ok(())
 }
 
-/// The memory the agent tiers: private anonymous memory (heap, stack, anonymous mappings), not
-/// files' pages, which the page cache and other processes share.
-fn tiered_areas(pid: u32) -> Result<Vec<Range<usize>>, MigrateError> {
-    Ok(procfs::read_maps(Process::Pid(pid))?
-        .into_iter()
-        .filter(|a| !a.is_special() && !a.is_shared())
-        .filter(|a| a.path.is_empty() || a.path.starts_with('['))
-        .map(|a| a.start..a.end)
-        .collect())
-}
-
 /// Per chunk: bytes on the fast and slow tiers; and pages per node.
 type Scan = (BTreeMap<usize, (u64, u64)>, BTreeMap<NodeId, u64>);
 
-fn scan(
-    pid: u32,
-    fast: &NodeSet,
-    slow: &NodeSet,
-    granularity: usize,
-) -> Result<Scan, MigrateError> {
+/// Where the pages of the memory the agent tiers are: private anonymous memory (heap, stack,
+/// anonymous mappings), not files' pages, which the page cache and other processes share.
+fn scan(pid: u32, config: &AgentConfig) -> Result<Scan, MigrateError> {
     let process = Process::Pid(pid);
     let page = sys::base_page_size() as u64;
-    let present = scan::present_pages(process, tiered_areas(pid)?)?;
+    let areas = procfs::read_maps(process)?
+        .into_iter()
+        .filter(|a| !a.is_special() && !a.is_shared())
+        .filter(|a| a.path.is_empty() || a.path.starts_with('['))
+        .map(|a| a.start..a.end);
+    let present = scan::present_pages(process, areas)?;
     let nodes = scan::query(process, &present)?;
     let mut chunks: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
     let mut per_node: BTreeMap<NodeId, u64> = BTreeMap::new();
     for (addr, place) in present.iter().zip(nodes) {
         if let PageNode::Node(n) = place {
             *per_node.entry(n).or_default() += 1;
-            let e = chunks.entry(addr / granularity * granularity).or_default();
-            if fast.contains(n) {
+            let g = config.granularity;
+            let e = chunks.entry(addr / g * g).or_default();
+            if config.fast.contains(n) {
                 e.0 += page;
-            } else if slow.contains(n) {
+            } else if config.slow.contains(n) {
                 e.1 += page;
             }
         }
@@ -281,7 +272,7 @@ impl Agent {
         }
         // The right to read and move each process's pages, before DAMON is touched.
         for &pid in &pids {
-            scan(pid, &config.fast, &config.slow, config.granularity).map_err(|e| {
+            scan(pid, &config).map_err(|e| {
                 if is_gone(&e) {
                     TierError::NoSuchProcess(pid)
                 } else {
@@ -355,7 +346,7 @@ impl Agent {
         let mut chunks = Vec::new();
         let mut placement = Vec::new();
         for pid in self.pids.clone() {
-            let (per_chunk, per_node) = match scan(pid, &self.config.fast, &self.config.slow, g) {
+            let (per_chunk, per_node) = match scan(pid, &self.config) {
                 Ok(s) => s,
                 Err(e) if is_gone(&e) || procfs::has_exited(Process::Pid(pid)) => {
                     self.drop_process(pid, &mut dropped)?;
@@ -481,24 +472,11 @@ impl Agent {
     }
 }
 
-/// How the kernel path moves the agent's pages.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MoveOptions {
-    /// Threads calling `move_pages`.
-    pub threads: Threads,
-    /// Pages per call (the most, under `max_stall`).
-    pub batch: usize,
-    /// Longest one kernel call may stall the process.
-    pub max_stall: Option<Duration>,
-    /// Who pays for the moving.
-    pub charge: ChargeTo,
-}
-
-/// Moves one request's pages through `migrator` (the kernel path: the pages are another
-/// process's), threads and placement planned for its size.
+/// Moves one request's pages through `migrator` with `options` (the kernel path: the pages are
+/// another process's), threads and placement planned for its size unless `options` say.
 pub fn move_through(
     migrator: &Migrator,
-    options: &MoveOptions,
+    options: &Options,
     request: &MoveRequest,
 ) -> Result<Report, MigrateError> {
     let request = Request::process(
@@ -507,13 +485,7 @@ pub fn move_through(
         request.to,
     )
     .from_nodes(request.from.clone())
-    .with(Options {
-        batch: Some(options.batch),
-        max_stall: options.max_stall,
-        charge: options.charge,
-        threads: options.threads,
-        ..Options::default()
-    });
+    .with(options.clone());
     migrator.migrate(&request)
 }
 

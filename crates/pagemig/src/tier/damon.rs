@@ -233,14 +233,6 @@ fn start_time(pid: u32) -> Option<u64> {
     stat_fields(pid, [22]).map(|[start]| start)
 }
 
-/// CPU time of a thread from `/proc/PID/stat` (user + system: fields 14 and 15).
-fn thread_cpu(pid: u32) -> Option<Duration> {
-    let [user, system] = stat_fields(pid, [14, 15])?;
-    let ticks = user + system;
-    let hz = rustix::param::clock_ticks_per_second().max(1);
-    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
-}
-
 /// The physical address ranges of a node's memory, from its memory blocks
 /// (`SYSFS/devices/system/node/nodeN/memoryM`, `SYSFS/devices/system/memory/block_size_bytes`),
 /// adjacent blocks merged.
@@ -636,9 +628,11 @@ impl Damon {
 
     /// CPU time of the kdamond threads so far (user and system, from `/proc/PID/stat`).
     pub fn cpu_time(&self) -> Duration {
+        let hz = rustix::param::clock_ticks_per_second().max(1) as f64;
         self.threads()
             .iter()
-            .filter_map(|&(_, t)| thread_cpu(t))
+            .filter_map(|&(_, t)| stat_fields(t, [14, 15]))
+            .map(|[user, system]| Duration::from_secs_f64((user + system) as f64 / hz))
             .sum()
     }
 

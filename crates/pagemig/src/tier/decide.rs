@@ -280,11 +280,18 @@ mod tests {
         }
     }
 
-    fn moved(d: &[Decision], dir: Direction) -> Vec<usize> {
-        d.iter()
-            .filter(|d| d.direction == dir)
-            .map(|d| d.key.start / CHUNK as usize)
-            .collect()
+    /// `decide` at interval 100 with the default policy: the decisions, and the chunks demoted
+    /// and promoted.
+    fn run(chunks: &[ChunkView], limits: Limits) -> (Vec<Decision>, Vec<usize>, Vec<usize>) {
+        let d = decide(chunks, &limits, &Policy::default(), 100);
+        let moved = |dir| {
+            d.iter()
+                .filter(|d| d.direction == dir)
+                .map(|d| d.key.start / CHUNK as usize)
+                .collect()
+        };
+        let (demoted, promoted) = (moved(Direction::Demote), moved(Direction::Promote));
+        (d, demoted, promoted)
     }
 
     #[test]
@@ -298,11 +305,10 @@ mod tests {
                 c.slow_bytes = half;
             }
         }
-        let d = decide(&chunks, &limits(u64::MAX), &Policy::default(), 100);
-        assert!(moved(&d, Direction::Demote).is_empty(), "{d:?}");
-        let d = decide(&chunks, &limits(1 << 40), &Policy::default(), 100);
+        let (d, demoted, _) = run(&chunks, limits(u64::MAX));
+        assert!(demoted.is_empty(), "{d:?}");
         // The allowance (u64::MAX) holds one of the two.
-        assert_eq!(moved(&d, Direction::Demote), [2]);
+        assert_eq!(run(&chunks, limits(1 << 40)).1, [2]);
     }
 
     #[test]
@@ -310,9 +316,8 @@ mod tests {
         // No --fast-budget: the budget is u64::MAX, and cold chunks on the fast tier stay.
         let mut chunks = chunks(&[(0.9, SLOW), (0.8, SLOW)]);
         chunks.extend((2..6).map(|i| chunk(i, 0.0, FAST)));
-        let d = decide(&chunks, &limits(u64::MAX), &Policy::default(), 100);
-        assert_eq!(moved(&d, Direction::Promote), [0, 1]);
-        assert!(moved(&d, Direction::Demote).is_empty());
+        let (_, demoted, promoted) = run(&chunks, limits(u64::MAX));
+        assert_eq!((demoted, promoted), (vec![], vec![0, 1]));
         let tight = Limits {
             fast_headroom: -(CHUNK as i64),
             ..limits(u64::MAX)
@@ -326,82 +331,73 @@ mod tests {
         // 4 hot chunks and 16 cold ones, all on the fast tier, budget 6 chunks.
         let mut chunks: Vec<_> = (0..4).map(|i| chunk(i, 0.8, FAST)).collect();
         chunks.extend((4..20).map(|i| chunk(i, 0.0, FAST)));
-        let d = decide(&chunks, &limits(6 * CHUNK), &Policy::default(), 100);
-        assert_eq!(moved(&d, Direction::Demote), (4..20).collect::<Vec<_>>());
-        assert!(moved(&d, Direction::Promote).is_empty());
+        let (d, demoted, promoted) = run(&chunks, limits(6 * CHUNK));
+        assert_eq!((demoted, promoted), ((4..20).collect(), vec![]));
         assert!(d.iter().all(|d| d.why == Why::Cold && d.bytes == CHUNK));
     }
 
     #[test]
     fn hot_chunks_are_promoted_hottest_first_up_to_the_budget() {
         let chunks = chunks(&[(0.3, SLOW), (0.9, SLOW), (0.6, SLOW), (0.0, SLOW)]);
-        let d = decide(&chunks, &limits(2 * CHUNK), &Policy::default(), 100);
-        assert_eq!(moved(&d, Direction::Promote), vec![1, 2]);
+        let (d, _, promoted) = run(&chunks, limits(2 * CHUNK));
+        assert_eq!(promoted, [1, 2]);
         assert!(d.iter().all(|d| d.why == Why::Hot));
     }
 
     #[test]
     fn cold_chunks_stay_on_the_fast_tier_while_it_has_room() {
-        let chunks = chunks(&[(0.0, FAST), (0.0, FAST)]);
-        assert!(decide(&chunks, &limits(8 * CHUNK), &Policy::default(), 100).is_empty());
+        let mut chunks = chunks(&[(0.0, FAST), (0.0, FAST)]);
+        assert!(run(&chunks, limits(8 * CHUNK)).0.is_empty());
         // A hot chunk that needs room makes the cold ones leave.
-        let mut chunks = chunks;
         chunks.push(chunk(2, 0.9, SLOW));
-        let d = decide(&chunks, &limits(2 * CHUNK), &Policy::default(), 100);
-        assert_eq!(moved(&d, Direction::Demote), vec![0, 1]);
-        assert_eq!(moved(&d, Direction::Promote), vec![2]);
+        let (d, demoted, promoted) = run(&chunks, limits(2 * CHUNK));
+        assert_eq!((demoted, promoted), (vec![0, 1], vec![2]));
         assert_eq!(d[0].direction, Direction::Demote, "demotions come first");
     }
 
     #[test]
     fn over_budget_warm_chunks_go_coldest_first_when_no_cold_one_is_left() {
         let chunks = chunks(&[(0.03, FAST), (0.02, FAST), (0.9, FAST)]);
-        let d = decide(&chunks, &limits(2 * CHUNK), &Policy::default(), 100);
-        assert_eq!(moved(&d, Direction::Demote), vec![1]);
+        let (d, demoted, _) = run(&chunks, limits(2 * CHUNK));
+        assert_eq!(demoted, [1]);
         assert_eq!(d[0].why, Why::OverBudget);
     }
 
     #[test]
     fn low_free_memory_is_a_limit_like_the_budget() {
         let chunks = chunks(&[(0.0, FAST), (0.03, FAST), (0.5, SLOW)]);
-        let l = Limits {
-            fast_headroom: -(CHUNK as i64),
+        let below = |below_margin: i64| Limits {
+            fast_headroom: -below_margin * CHUNK as i64,
             ..limits(100 * CHUNK)
         };
-        let d = decide(&chunks, &l, &Policy::default(), 100);
         // The cold chunk leaves (for the margin), then the warm one, and nothing is promoted:
         // the margin leaves no room.
-        assert_eq!(moved(&d, Direction::Demote), vec![0]);
-        assert!(moved(&d, Direction::Promote).is_empty());
-        let l = Limits {
-            fast_headroom: -(2 * CHUNK as i64),
-            ..l
-        };
-        let d = decide(&chunks, &l, &Policy::default(), 100);
-        assert_eq!(moved(&d, Direction::Demote), vec![0, 1]);
+        let (_, demoted, promoted) = run(&chunks, below(1));
+        assert_eq!((demoted, promoted), (vec![0], vec![]));
+        let (d, demoted, _) = run(&chunks, below(2));
+        assert_eq!(demoted, [0, 1]);
         assert_eq!(d[1].why, Why::LowFreeMemory);
     }
 
     #[test]
     fn hysteresis_band_residency_and_warmup_hold_chunks_still() {
-        let p = Policy::default();
         // Between the thresholds: neither promoted nor demoted, even when room is needed.
         let mut chunks = chunks(&[(0.03, SLOW), (0.03, FAST)]);
-        assert!(decide(&chunks, &limits(8 * CHUNK), &p, 100).is_empty());
+        assert!(run(&chunks, limits(8 * CHUNK)).0.is_empty());
         chunks.push(chunk(2, 0.9, SLOW));
-        let d = decide(&chunks, &limits(CHUNK), &p, 100);
+        let d = run(&chunks, limits(CHUNK)).0;
         assert!(
             d.is_empty(),
             "a warm chunk is not pushed out for a hot one: {d:?}"
         );
         let mut recent = chunk(0, 0.9, SLOW);
         recent.last_moved = Some(98);
-        assert!(decide(std::slice::from_ref(&recent), &limits(8 * CHUNK), &p, 100).is_empty());
+        assert!(run(&[recent.clone()], limits(8 * CHUNK)).0.is_empty());
         recent.last_moved = Some(95);
-        assert_eq!(decide(&[recent], &limits(8 * CHUNK), &p, 100).len(), 1);
+        assert_eq!(run(&[recent], limits(8 * CHUNK)).0.len(), 1);
         let mut new = chunk(0, 0.9, SLOW);
         new.observed = 2;
-        assert!(decide(&[new], &limits(8 * CHUNK), &p, 100).is_empty());
+        assert!(run(&[new], limits(8 * CHUNK)).0.is_empty());
     }
 
     #[test]
@@ -414,11 +410,10 @@ mod tests {
             allowance: 3 * CHUNK,
             ..limits(4 * CHUNK)
         };
-        let d = decide(&chunks, &l, &Policy::default(), 100);
+        let (d, demoted, promoted) = run(&chunks, l);
         let total: u64 = d.iter().map(|d| d.bytes).sum();
         assert!(total <= 3 * CHUNK);
-        assert_eq!(moved(&d, Direction::Demote), vec![0, 1, 3]);
-        assert!(moved(&d, Direction::Promote).is_empty());
+        assert_eq!((demoted, promoted), (vec![0, 1, 3], vec![]));
     }
 
     #[test]
