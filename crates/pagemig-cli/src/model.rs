@@ -114,23 +114,34 @@ pub fn default_path() -> Option<PathBuf> {
 }
 
 /// One line per batch size where the auto engine's check tried another copier: what it
-/// measured, what it changed and what it uses now.
+/// measured (in its trials, where the copiers took turns, and in the latest windows), what it
+/// changed and what it uses now.
 pub fn describe_checks(checks: &[SizeCheck]) -> Vec<String> {
+    let list = |figures: &[(Copier, f64)]| -> String {
+        let figures: Vec<String> = figures
+            .iter()
+            .map(|(copier, g)| format!("{copier} {g:.2}"))
+            .collect();
+        figures.join(", ")
+    };
     checks
         .iter()
         .filter(|c| c.trials > 0 || !c.moves.is_empty())
         .map(|c| {
-            let measured: Vec<String> = c
-                .measured
-                .iter()
-                .map(|(copier, g)| format!("{copier} {g:.2}"))
-                .collect();
+            let measured = if c.in_turns.is_empty() {
+                format!("measured GB/s: {}", list(&c.measured))
+            } else {
+                format!(
+                    "measured in turns GB/s: {} (latest windows: {})",
+                    list(&c.in_turns),
+                    list(&c.measured)
+                )
+            };
             format!(
-                "{} batches: planned {} (predicted {:.2} GB/s), measured GB/s: {}; {} trial(s), {} change(s), now {}",
+                "{} batches: planned {} (predicted {:.2} GB/s), {measured}; {} trial(s), {} change(s), now {}",
                 page_size_label(c.bytes as usize),
                 c.planned,
                 c.predicted_gbps,
-                measured.join(", "),
                 c.trials,
                 c.moves.len(),
                 c.current

@@ -92,10 +92,32 @@ pub struct SizeCheck {
     pub current: Copier,
     /// Measured GB/s (median of the last window of timed batches) of every copier that ran.
     pub measured: Vec<(Copier, f64)>,
+    /// GB/s of every copier that took part in a trial, in the last one it took part in: measured
+    /// in turns with the other copier, so under the same conditions. The check decided by
+    /// these, and a model learns them ([`AutoEngine::observed`]); a later window can differ.
+    pub in_turns: Vec<(Copier, f64)>,
     /// Trials: another copier and the one in use took turns.
     pub trials: usize,
     /// Changes of copier, in order.
     pub moves: Vec<Move>,
+}
+
+impl SizeCheck {
+    /// The figures measured in turns, where the check replaced the plan's copier by one it
+    /// measured faster in a trial with it (not a trial still running); none otherwise.
+    fn learned(&self) -> impl Iterator<Item = CopyPoint> + '_ {
+        let in_turns = |copier| self.in_turns.iter().any(|m| m.0 == copier);
+        let changed =
+            self.current != self.planned && in_turns(self.current) && in_turns(self.planned);
+        (self.in_turns.iter())
+            .filter(move |_| changed)
+            .map(|&(copier, gbps)| CopyPoint {
+                copier,
+                bytes: self.bytes,
+                gbps,
+                median_gbps: None,
+            })
+    }
 }
 
 struct Candidate {
@@ -121,6 +143,7 @@ struct Trial {
 struct Judge {
     window: Vec<f64>,
     measured: Vec<Option<f64>>,
+    in_turns: Vec<Option<f64>>,
     trial: Option<Trial>,
     /// Windows in a row in which the copier in use ran slow.
     slow: usize,
@@ -203,6 +226,7 @@ impl Bucket {
             settled: AtomicBool::new(n < 2),
             judge: Mutex::new(Judge {
                 measured: vec![None; n],
+                in_turns: vec![None; n],
                 ..Judge::default()
             }),
             group: Mutex::new(None),
@@ -290,8 +314,10 @@ impl Bucket {
         // A trial still here has a window of each: decide it.
         if let Some(t) = j.trial.take() {
             let [before, after] = t.samples.map(|s| median(s).unwrap_or(0.0));
-            j.measured[t.from] = Some(before);
-            j.measured[t.to] = Some(after);
+            for (i, g) in [(t.from, before), (t.to, after)] {
+                j.measured[i] = Some(g);
+                j.in_turns[i] = Some(g);
+            }
             let keep = if after > before { t.to } else { t.from };
             if keep == t.to {
                 j.moves.push(Move {
@@ -353,12 +379,12 @@ impl Bucket {
     /// What the check found for these batches of `bytes`, once a copier had a full window.
     fn check(&self, bytes: u64) -> Option<SizeCheck> {
         let j = lock(&self.judge);
-        let measured: Vec<(Copier, f64)> = self
-            .candidates
-            .iter()
-            .zip(&j.measured)
-            .filter_map(|(c, m)| m.map(|g| (c.copier, g)))
-            .collect();
+        let figures = |of: &[Option<f64>]| -> Vec<(Copier, f64)> {
+            (self.candidates.iter().zip(of))
+                .filter_map(|(c, m)| m.map(|g| (c.copier, g)))
+                .collect()
+        };
+        let measured = figures(&j.measured);
         // During a trial the two take turns: the copier it challenges stays unless the trial
         // decides otherwise.
         let current = (j.trial.as_ref()).map_or(self.current.load(Ordering::Relaxed), |t| t.from);
@@ -368,6 +394,7 @@ impl Bucket {
             predicted_gbps: self.candidates[0].predicted,
             current: self.candidates[current].copier,
             measured,
+            in_turns: figures(&j.in_turns),
             trials: j.trials,
             moves: j.moves.clone(),
         })
@@ -501,24 +528,10 @@ impl AutoEngine {
             .collect()
     }
 
-    /// The measured figures of every batch size where the check replaced the plan's copier by
-    /// one it measured faster (not a trial still running), for [`super::CostModel::learn`].
+    /// What the check measured in turns ([`SizeCheck::in_turns`]) at every batch size where it
+    /// replaced the plan's copier by one it measured faster, for [`super::CostModel::learn`].
     pub fn observed(&self) -> Vec<CopyPoint> {
-        self.checks()
-            .into_iter()
-            .filter(|c| {
-                let measured = |copier| c.measured.iter().any(|m| m.0 == copier);
-                c.current != c.planned && measured(c.current) && measured(c.planned)
-            })
-            .flat_map(|c| {
-                c.measured.into_iter().map(move |(copier, gbps)| CopyPoint {
-                    copier,
-                    bytes: c.bytes,
-                    gbps,
-                    median_gbps: None,
-                })
-            })
-            .collect()
+        self.checks().iter().flat_map(SizeCheck::learned).collect()
     }
 
     fn run(
@@ -771,6 +784,33 @@ mod tests {
         // Reported (and learned, by `observed`) as the copier in use, the challenger's turn
         // would look like a change the check made.
         assert_eq!(check.current, plan, "{check:?}");
+    }
+
+    #[test]
+    fn what_is_learned_is_what_the_turns_measured_not_a_later_window() {
+        let b = bucket(&[10.0, 9.5]);
+        windows(&b, 2, 7.0);
+        turns(&b, 7.0, 9.0); // the runner-up wins, taking turns
+        windows(&b, 1, 6.5); // then one slower window: not 10% under 7.0, no new trial
+        let check = b.check(4096).unwrap();
+        let [plan, runner_up] = [0, 1].map(|i| b.candidates[i].copier);
+        assert_eq!(check.current, runner_up);
+        assert_eq!(
+            check.measured,
+            [(plan, 7.0), (runner_up, 6.5)],
+            "latest windows"
+        );
+        assert_eq!(check.in_turns, [(plan, 7.0), (runner_up, 9.0)]);
+        let learned: Vec<(Copier, f64)> = check.learned().map(|p| (p.copier, p.gbps)).collect();
+        assert_eq!(
+            learned, check.in_turns,
+            "the figures that decided, not the later window"
+        );
+        // Without a change of copier nothing is learned: the calibrated figures stand.
+        let kept = bucket(&[10.0, 9.5]);
+        windows(&kept, 2, 7.0);
+        turns(&kept, 7.0, 5.0);
+        assert_eq!(kept.check(4096).unwrap().learned().count(), 0);
     }
 
     #[test]
