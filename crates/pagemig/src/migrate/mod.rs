@@ -13,7 +13,7 @@ pub mod reservoir;
 pub mod scan;
 
 pub use plan::Plan;
-pub use request::{Memory, Options, OwnRanges, PathChoice, Progress, Request, Selection, Threads};
+pub use request::{Memory, Options, PathChoice, Progress, Request, Selection, Threads};
 pub use scan::{Found, Pages, Scan};
 
 use crate::copy::PlacementError;

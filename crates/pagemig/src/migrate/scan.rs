@@ -328,7 +328,7 @@ pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateE
             let sys_error = |source| MigrateError::Sys { process, source };
             let pagemap = Pagemap::open_own().map_err(sys_error)?;
             laps.lap(&mut phases.check);
-            let runs = own.ranges().iter().map(|r| scan_own(&pagemap, r.clone()));
+            let runs = own.iter().map(|r| scan_own(&pagemap, r.clone()));
             let runs = runs.collect::<Result<_, _>>().map_err(sys_error)?;
             laps.lap(&mut phases.scan);
             Found::Runs(runs)
