@@ -452,10 +452,9 @@ pub unsafe fn migrate_range(
         let src = moved_out.as_ref().map_or(pos, |m| m.as_ptr() as usize);
         if moved_out.is_some() {
             // Nothing reaches the old pages any more: what is there now is what to copy.
-            match scan_own(pagemap, src..src + b_len) {
-                Ok(old) => scan = moved_to(old, pos),
-                Err(e) => return Err(undo(failed(e), moved_out.take())),
-            }
+            let old = scan_own(pagemap, src..src + b_len)
+                .map_err(|e| undo(failed(e), moved_out.take()))?;
+            scan = moved_to(old, pos);
         } else {
             // Pages written between the scan and the protection have data too.
             let later = scan_own_for(pagemap, pos..b_end, PageCategories::PRESENT)
