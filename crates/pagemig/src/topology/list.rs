@@ -119,8 +119,7 @@ impl FromStr for IdSet {
         if trimmed.is_empty() {
             return Ok(set);
         }
-        for raw in trimmed.split(',') {
-            let part = raw.trim();
+        for part in trimmed.split(',').map(str::trim) {
             let err = |reason| ListError {
                 input: input.to_owned(),
                 part: part.to_owned(),

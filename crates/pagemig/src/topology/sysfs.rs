@@ -110,13 +110,11 @@ pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
         }],
     };
 
-    let l3_domains = read_l3_domains(&cpu_dir, &online_cpus, &nodes)?;
-    let tiers = read_tiers(&root.join("devices/virtual/memory_tiering"))?;
     Ok(Topology {
+        l3_domains: read_l3_domains(&cpu_dir, &online_cpus, &nodes)?,
+        tiers: read_tiers(&root.join("devices/virtual/memory_tiering"))?,
         nodes,
         online_cpus,
-        l3_domains,
-        tiers,
     })
 }
 
@@ -204,10 +202,8 @@ fn read_l3_domains(
         }
         let (cpus, size) = found.unwrap_or_else(|| {
             let node = nodes.iter().find(|n| n.cpus.contains(cpu));
-            (
-                node.map_or_else(|| CpuSet::from_iter([cpu]), |n| n.cpus.clone()),
-                None,
-            )
+            let cpus = node.map_or_else(|| CpuSet::from_iter([cpu]), |n| n.cpus.clone());
+            (cpus, None)
         });
         let first = cpus.iter().next().unwrap_or(cpu);
         groups.entry(first).or_insert((cpus, size));
