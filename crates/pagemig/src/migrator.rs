@@ -153,12 +153,9 @@ impl Migrator {
             (Found::Pages(pages), _) => {
                 in_cgroup::execute(request, pages, plan, &self.workers, progress)?
             }
-            (Found::Runs(_), Path::Kernel) => {
+            (Found::Runs(runs), Path::Kernel) => {
                 // The caller's own memory by the kernel path: its present pages and their nodes.
-                let ranges = match request.memory() {
-                    Memory::Own(own) => own.ranges().to_vec(),
-                    Memory::Process { .. } => Vec::new(),
-                };
+                let ranges = runs.iter().map(|r| r.range.clone()).collect();
                 let as_process =
                     Request::process(Process::Current, Selection::Ranges(ranges), request.to)
                         .with(request.options.clone());
@@ -194,12 +191,12 @@ impl Migrator {
             handles,
             reservoirs: self.reservoirs.as_ref(),
         };
-        let bytes: usize = own.ranges().iter().map(|r| r.len()).sum();
+        let bytes: usize = own.iter().map(|r| r.len()).sum();
         progress(Progress::Planned(
             (bytes / crate::sys::base_page_size()) as u64,
         ));
         let mut reports = Vec::new();
-        for r in own.ranges() {
+        for r in own {
             // SAFETY: own ranges are made only by `Request::own`, whose caller keeps
             // `migrate_range`'s contract, and `Request::mapping`, which borrows the mapping
             // exclusively for as long as the request lives.

@@ -277,22 +277,21 @@ unsafe fn move_out(pos: usize, len: usize) -> Result<Option<Mapping>, SysError> 
 }
 
 /// New pages for a batch of `len` bytes on `to` (`huge` pages or base pages, aligned to
-/// `unit`): a reservoir's chunk with the pages the copy will not overwrite dropped, or a new
-/// mapping with the pages of `runs` (offsets) faulted in. The flag says which.
+/// `unit`): the reservoir's `chunk` with the pages the copy will not overwrite dropped, or a
+/// new mapping with the pages of `runs` (offsets) faulted in.
 fn new_pages(
-    reservoirs: Option<&Reservoirs>,
+    chunk: Option<Mapping>,
     to: NodeId,
     huge: bool,
     len: usize,
     unit: usize,
     runs: &[Range<usize>],
-) -> Result<(Mapping, bool), SysError> {
-    if let Some(mut m) = reservoirs.and_then(|r| r.take(to, huge, len)) {
-        // Drop the stale pages the copy will not overwrite.
+) -> Result<Mapping, SysError> {
+    if let Some(mut m) = chunk {
         for h in holes(runs, len) {
             m.discard(h)?;
         }
-        return Ok((m, true));
+        return Ok(m);
     }
     let new = Mapping::anonymous_aligned(len, unit)?;
     // The new pages have the size of the old ones.
@@ -305,7 +304,7 @@ fn new_pages(
     for r in runs {
         new.populate_range(r.clone())?;
     }
-    Ok((new, false))
+    Ok(new)
 }
 
 /// The pages to ask about after a batch: every page with data in `scan` with [`Verify::Full`];
@@ -453,10 +452,9 @@ pub unsafe fn migrate_range(
         let src = moved_out.as_ref().map_or(pos, |m| m.as_ptr() as usize);
         if moved_out.is_some() {
             // Nothing reaches the old pages any more: what is there now is what to copy.
-            match scan_own(pagemap, src..src + b_len) {
-                Ok(old) => scan = moved_to(old, pos),
-                Err(e) => return Err(undo(failed(e), moved_out.take())),
-            }
+            let old = scan_own(pagemap, src..src + b_len)
+                .map_err(|e| undo(failed(e), moved_out.take()))?;
+            scan = moved_to(old, pos);
         } else {
             // Pages written between the scan and the protection have data too.
             let later = scan_own_for(pagemap, pos..b_end, PageCategories::PRESENT)
@@ -488,8 +486,8 @@ pub unsafe fn migrate_range(
         };
         laps.lap(&mut phases.scan);
 
-        let reserved = tools.reservoirs.is_some_and(|r| r.holds(to, huge, b_len));
-        if !reserved {
+        let chunk = tools.reservoirs.and_then(|r| r.take(to, huge, b_len));
+        if chunk.is_none() {
             // A margin above the watermarks: filling a node a mapping is bound to calls the OOM
             // killer.
             let left =
@@ -513,9 +511,9 @@ pub unsafe fn migrate_range(
             laps.lap(&mut phases.check);
         }
 
-        let (new, from_reservoir) = new_pages(tools.reservoirs, to, huge, b_len, unit, &runs)
+        facts.pages_from_reservoir += u64::from(chunk.is_some()) * (b_len / page) as u64;
+        let new = new_pages(chunk, to, huge, b_len, unit, &runs)
             .map_err(|e| undo(failed(e), moved_out.take()))?;
-        facts.pages_from_reservoir += u64::from(from_reservoir) * (b_len / page) as u64;
         laps.lap(&mut phases.alloc);
 
         let ops: Vec<CopyOp<'_>> = runs

@@ -35,21 +35,10 @@ pub enum Memory {
         /// Only pages now on these nodes.
         from: Option<NodeSet>,
     },
-    /// Ranges of the caller's own memory, which the remap path may move in place.
-    Own(OwnRanges),
-}
-
-/// Ranges of the calling process's anonymous private memory that a [`Request`] may replace in
-/// place: made only by [`Request::own`] (whose caller keeps its contract) and
-/// [`Request::mapping`] (which borrows the [`Mapping`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnRanges(Vec<Range<usize>>);
-
-impl OwnRanges {
-    /// The ranges, page-aligned.
-    pub fn ranges(&self) -> &[Range<usize>] {
-        &self.0
-    }
+    /// Page-aligned ranges of the caller's anonymous private memory, which the remap path may
+    /// replace in place: in a [`Request`] only by [`Request::own`] (whose caller keeps its
+    /// contract) and [`Request::mapping`] (which borrows the [`Mapping`]).
+    Own(Vec<Range<usize>>),
 }
 
 /// Which memory of a process to move.
@@ -132,7 +121,7 @@ impl Options {
     }
 }
 
-impl Request<'static> {
+impl<'a> Request<'a> {
     /// Moves `selection` of `process` to node `to`, with the default options.
     pub fn process(process: Process, selection: Selection, to: NodeId) -> Self {
         let memory = Memory::Process {
@@ -152,11 +141,9 @@ impl Request<'static> {
     // An `unsafe fn` with no unsafe operation: its contract is what the remap path relies on.
     #[allow(unsafe_code)]
     pub unsafe fn own(ranges: Vec<Range<usize>>, to: NodeId) -> Self {
-        Request::new(Memory::Own(OwnRanges(ranges)), to)
+        Request::new(Memory::Own(ranges), to)
     }
-}
 
-impl<'a> Request<'a> {
     fn new(memory: Memory, to: NodeId) -> Self {
         Request {
             memory,
@@ -174,7 +161,7 @@ impl<'a> Request<'a> {
         let end = range.end.min(mapping.len()).next_multiple_of(page);
         let start = (range.start / page * page).min(end);
         let range = base + start..base + end;
-        Request::new(Memory::Own(OwnRanges(Vec::from([range]))), to)
+        Request::new(Memory::Own(Vec::from([range])), to)
     }
 
     /// Which memory moves.

@@ -68,15 +68,6 @@ impl Reservoirs {
         Ok(added)
     }
 
-    /// Whether a chunk of exactly `len` bytes on `node` is held.
-    pub(crate) fn holds(&self, node: NodeId, huge: bool, len: usize) -> bool {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner
-            .chunks
-            .get(&(node, huge, len))
-            .is_some_and(|v| !v.is_empty())
-    }
-
     /// A chunk of exactly `len` bytes on `node`, if one is held.
     pub(crate) fn take(&self, node: NodeId, huge: bool, len: usize) -> Option<Mapping> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());

@@ -296,27 +296,22 @@ pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateE
             let before = query(process, &present)?;
             laps.lap(&mut phases.query);
             let mut pages = Pages::default();
-            for (&page, place) in present.iter().zip(&before) {
+            let selected = |place: &PageNode| match *place {
+                PageNode::Node(n) => from.as_ref().is_none_or(|f| f.contains(n)),
+                PageNode::Error(_) => from.is_none(),
+            };
+            for (&page, place) in present.iter().zip(&before).filter(|(_, p)| selected(p)) {
+                pages.requested += 1;
                 match *place {
-                    PageNode::Node(n) if from.as_ref().is_some_and(|f| !f.contains(n)) => {}
-                    PageNode::Node(n) if n == request.to => {
-                        pages.requested += 1;
-                        pages.already_on_target += 1;
-                    }
-                    PageNode::Node(_) => {
-                        pages.requested += 1;
-                        pages.to_move.push(page);
-                    }
-                    PageNode::Error(_) if from.is_some() => {}
+                    PageNode::Node(n) if n == request.to => pages.already_on_target += 1,
+                    PageNode::Node(_) => pages.to_move.push(page),
                     // Present in the page tables but no page the kernel can move: the shared zero
                     // page of memory read but never written (`EFAULT`), or freed since the scan
                     // (`ENOENT`).
                     PageNode::Error(Errno::FAULT | Errno::NOENT) => {
-                        pages.requested += 1;
                         *pages.skipped.entry(SkipReason::NothingToMove).or_default() += 1;
                     }
                     PageNode::Error(e) => {
-                        pages.requested += 1;
                         *pages.failed.entry(FailureCause::from_errno(e)).or_default() += 1;
                     }
                 }
@@ -328,7 +323,7 @@ pub fn scan(topology: &Topology, request: &Request<'_>) -> Result<Scan, MigrateE
             let sys_error = |source| MigrateError::Sys { process, source };
             let pagemap = Pagemap::open_own().map_err(sys_error)?;
             laps.lap(&mut phases.check);
-            let runs = own.ranges().iter().map(|r| scan_own(&pagemap, r.clone()));
+            let runs = own.iter().map(|r| scan_own(&pagemap, r.clone()));
             let runs = runs.collect::<Result<_, _>>().map_err(sys_error)?;
             laps.lap(&mut phases.scan);
             Found::Runs(runs)
@@ -501,26 +496,20 @@ mod tests {
                     .windows(2)
                     .all(|w| w[0].range.end == w[1].range.start)
             );
-            assert_eq!(
-                s.bytes(PageState::Present),
-                5 * page + zero_as_present(&s, page)
-            );
+            // The fallback cannot tell the zero page from a page of data.
+            let zero_as_present = match s.method {
+                ScanMethod::PagemapScan => {
+                    assert_eq!(s.bytes(PageState::Zero), page);
+                    0
+                }
+                ScanMethod::PagemapRead => page,
+            };
+            assert_eq!(s.bytes(PageState::Present), 5 * page + zero_as_present);
             assert_eq!(
                 s.data_runs()[..2],
                 [start..start + 4 * page, start + 8 * page..start + 9 * page]
             );
             assert!(!s.has_huge());
-        }
-    }
-
-    /// The fallback cannot tell the zero page from a page of data.
-    fn zero_as_present(s: &Runs, page: usize) -> usize {
-        match s.method {
-            ScanMethod::PagemapScan => {
-                assert_eq!(s.bytes(PageState::Zero), page);
-                0
-            }
-            ScanMethod::PagemapRead => page,
         }
     }
 
@@ -533,23 +522,20 @@ mod tests {
 
     #[test]
     fn a_later_scan_adds_pages_that_gained_data() {
-        let p = PageCategories::PRESENT;
+        let (p, swapped) = (PageCategories::PRESENT, PageCategories::SWAPPED);
         let mut first = from_regions(
-            0x0..0x10000,
-            &[
-                r(0x1000, 0x2000, p),
-                r(0x4000, 0x5000, PageCategories::SWAPPED),
-            ],
+            0..0x10000,
+            &[r(0x1000, 0x2000, p), r(0x4000, 0x5000, swapped)],
         );
         // Later: page 3 was written before the protection; the rest are markers ("swapped").
         let later = from_regions(
-            0x0..0x10000,
+            0..0x10000,
             &[
-                r(0x0, 0x1000, PageCategories::SWAPPED),
+                r(0x0, 0x1000, swapped),
                 r(0x1000, 0x2000, p),
-                r(0x2000, 0x3000, PageCategories::SWAPPED),
+                r(0x2000, 0x3000, swapped),
                 r(0x3000, 0x4000, p),
-                r(0x4000, 0x10000, PageCategories::SWAPPED),
+                r(0x4000, 0x10000, swapped),
             ],
         );
         first.merge_present(&later);

@@ -58,10 +58,9 @@ impl Mapping {
             )
         }
         .map_err(|e| SysError::new("mmap", e))? as usize;
-        let start = base.next_multiple_of(align.max(1));
-        let head = start - base;
-        let tail = total - head - len.next_multiple_of(page);
-        for (at, piece) in [(base, head), (start + len.next_multiple_of(page), tail)] {
+        let start = base.next_multiple_of(align);
+        let end = start + len.next_multiple_of(page);
+        for (at, piece) in [(base, start - base), (end, base + total - end)] {
             if piece > 0 {
                 // SAFETY: both pieces lie inside the mapping made above and outside
                 // [start, start+len).

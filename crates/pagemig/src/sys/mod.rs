@@ -52,3 +52,19 @@ impl SysError {
         usize::try_from(rc).map_err(|_| Self::last(call))
     }
 }
+
+/// `ioctl(fd, request, arg)`, named `call` in its error.
+///
+/// # Safety
+/// `arg` is the struct that `request` is defined with, and any memory it points at is valid for
+/// what the kernel does with it.
+unsafe fn ioctl<T>(
+    fd: &impl std::os::fd::AsRawFd,
+    call: &'static str,
+    request: u32,
+    arg: &mut T,
+) -> Result<usize, SysError> {
+    // SAFETY: the caller vouches for the argument.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, std::ptr::from_mut(arg)) };
+    SysError::check(call, rc.into())
+}

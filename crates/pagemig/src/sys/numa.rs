@@ -93,10 +93,8 @@ pub fn move_pages(
         MPOL_MF_MOVE
     };
     let count = pages.len() as c_ulong;
-    let (pages, nodes) = (
-        pages.as_ptr() as usize,
-        nodes.map_or(0, |n| n.as_ptr() as usize),
-    );
+    let pages = pages.as_ptr() as usize;
+    let nodes = nodes.map_or(0, |n| n.as_ptr() as usize);
     move_pages_unchanged(pid, count, pages, nodes, status.into(), flags)
 }
 

@@ -1,7 +1,7 @@
 //! The caller's own memory at addresses a C caller handed over, read and written through
 //! `process_vm_readv`/`process_vm_writev`: a bad address gives `EFAULT` instead of a crash.
 
-use std::ffi::{c_int, c_void};
+use std::ffi::{c_int, c_long, c_void};
 use std::marker::PhantomData;
 
 use super::{Errno, SysError};
@@ -46,11 +46,10 @@ pub fn read_own<T: Plain>(addr: usize, len: usize) -> Result<Vec<T>, SysError> {
     // values; it only reads the remote range, through the page tables, failing where it is not
     // mapped or readable.
     let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    match n {
-        n if n < 0 => Err(SysError::last("process_vm_readv")),
-        n if n as usize != bytes => Err(SysError::new("process_vm_readv", Errno::FAULT)),
-        _ => Ok(out),
+    if SysError::check("process_vm_readv", n as c_long)? != bytes {
+        return Err(SysError::new("process_vm_readv", Errno::FAULT));
     }
+    Ok(out)
 }
 
 /// An array of ints that a C caller handed over to be written (a status array): pagemig reads
@@ -118,11 +117,10 @@ impl ForeignOut<'_> {
         // SAFETY: the kernel only reads `values`; the array was handed over to be written (see
         // `new`), and the kernel fails with EFAULT where it is not mapped writable.
         let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
-        match n {
-            n if n < 0 => Err(SysError::last("process_vm_writev")),
-            n if n as usize != bytes => Err(SysError::new("process_vm_writev", Errno::FAULT)),
-            _ => Ok(()),
+        if SysError::check("process_vm_writev", n as c_long)? != bytes {
+            return Err(SysError::new("process_vm_writev", Errno::FAULT));
         }
+        Ok(())
     }
 }
 

@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use linux_raw_sys::general::{
@@ -121,36 +120,21 @@ impl Pagemap {
             end: 0,
             categories: 0,
         }; 256];
+        // SAFETY: pm_scan_arg is plain integers; all zero is a valid value.
+        let mut arg: pm_scan_arg = unsafe { std::mem::zeroed() };
+        arg.size = size_of::<pm_scan_arg>() as u64;
+        arg.end = range.end as u64;
+        arg.vec = regions.as_mut_ptr() as u64;
+        arg.vec_len = regions.len() as u64;
+        arg.category_anyof_mask = any_of.0;
+        arg.return_mask = returned.0;
         let mut start = range.start;
         while start < range.end {
-            let mut arg = pm_scan_arg {
-                size: size_of::<pm_scan_arg>() as u64,
-                flags: 0,
-                start: start as u64,
-                end: range.end as u64,
-                walk_end: 0,
-                vec: regions.as_mut_ptr() as u64,
-                vec_len: regions.len() as u64,
-                max_pages: 0,
-                category_inverted: 0,
-                category_mask: 0,
-                category_anyof_mask: any_of.0,
-                return_mask: returned.0,
-            };
-            // SAFETY: `arg` is the pm_scan_arg the request is defined with, and `vec` points at
-            // `regions`, which holds `vec_len` page_region structs for the kernel to fill; the
-            // kernel only reads this process's page tables.
-            let n = unsafe {
-                libc::ioctl(
-                    self.pagemap.as_raw_fd(),
-                    PAGEMAP_SCAN as _,
-                    &mut arg as *mut pm_scan_arg,
-                )
-            };
-            if n < 0 {
-                return Err(SysError::last(CALL));
-            }
-            out.extend(regions[..n as usize].iter().map(|r| PageRegion {
+            arg.start = start as u64;
+            // SAFETY: `arg` is the request's struct; its `vec` points at `regions`, which holds
+            // `vec_len` page_region structs for the kernel to fill.
+            let n = unsafe { super::ioctl(&self.pagemap, CALL, PAGEMAP_SCAN, &mut arg) }?;
+            out.extend(regions[..n].iter().map(|r| PageRegion {
                 range: r.start as usize..r.end as usize,
                 categories: PageCategories(r.categories),
             }));
@@ -185,23 +169,12 @@ impl Pagemap {
         q.size = size_of::<procmap_query>() as u64;
         q.query_flags = procmap_query_flags::PROCMAP_QUERY_COVERING_OR_NEXT_VMA as u64;
         q.query_addr = addr as u64;
-        // SAFETY: `q` is the procmap_query the request is defined with; its name and build-id
-        // sizes are zero, so the kernel writes into nothing but `q`.
-        let rc = unsafe {
-            libc::ioctl(
-                self.maps.as_raw_fd(),
-                PROCMAP_QUERY as _,
-                &mut q as *mut procmap_query,
-            )
+        // SAFETY: `q` is the request's struct; its name and build-id sizes are zero, so the kernel
+        // writes into nothing but `q`.
+        match unsafe { super::ioctl(&self.maps, "ioctl(PROCMAP_QUERY)", PROCMAP_QUERY, &mut q) } {
+            Err(e) if e.errno == Errno::NOENT => return Ok(None),
+            done => done?,
         };
-        if rc < 0 {
-            let e = SysError::last("ioctl(PROCMAP_QUERY)");
-            return if e.errno == Errno::NOENT {
-                Ok(None)
-            } else {
-                Err(e)
-            };
-        }
         Ok(Some(Vma {
             range: q.vma_start as usize..q.vma_end as usize,
             writable: q.vma_flags & procmap_query_flags::PROCMAP_QUERY_VMA_WRITABLE as u64 != 0,

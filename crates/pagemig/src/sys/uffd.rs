@@ -64,13 +64,9 @@ impl Uffd {
     }
 
     fn ioctl<T>(&self, call: &'static str, request: u32, arg: &mut T) -> Result<(), SysError> {
-        // SAFETY: every caller passes the argument struct that `request` is defined with.
-        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), request as _, arg as *mut T) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(SysError::last(call))
-        }
+        // SAFETY: every caller passes the argument struct that `request` is defined with, which
+        // points at no memory.
+        unsafe { super::ioctl(&self.fd, call, request, arg) }.map(drop)
     }
 
     /// Registers `[start, start + len)` for write-protect faults, and with `missing` also for

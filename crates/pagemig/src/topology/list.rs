@@ -119,8 +119,7 @@ impl FromStr for IdSet {
         if trimmed.is_empty() {
             return Ok(set);
         }
-        for raw in trimmed.split(',') {
-            let part = raw.trim();
+        for part in trimmed.split(',').map(str::trim) {
             let err = |reason| ListError {
                 input: input.to_owned(),
                 part: part.to_owned(),
@@ -129,13 +128,8 @@ impl FromStr for IdSet {
             if part.is_empty() {
                 return Err(err("empty item (two commas in a row, or one at an end)"));
             }
-            let (lo, hi) = match part.split_once('-') {
-                Some((a, b)) => (parse_id(a).map_err(err)?, parse_id(b).map_err(err)?),
-                None => {
-                    let id = parse_id(part).map_err(err)?;
-                    (id, id)
-                }
-            };
+            let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+            let (lo, hi) = (parse_id(lo).map_err(err)?, parse_id(hi).map_err(err)?);
             if lo > hi {
                 return Err(err("range goes backwards"));
             }

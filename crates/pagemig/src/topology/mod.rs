@@ -102,7 +102,8 @@ pub enum TopologyError {
 /// The nodes the running kernel lists now in `/sys/devices/system/node/STATE`, for a STATE such
 /// as `possible`, `online` or `has_memory` (empty when the file is missing: no NUMA support).
 pub fn node_state(state: &str) -> Result<NodeSet, TopologyError> {
-    sysfs::node_state(Path::new("/sys"), state)
+    let path = Path::new("/sys/devices/system/node").join(state);
+    Ok(sysfs::read_list(&path)?.unwrap_or_default())
 }
 
 impl Topology {

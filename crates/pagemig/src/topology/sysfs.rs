@@ -34,12 +34,8 @@ fn parse_list(path: &Path, text: &str) -> Result<IdSet, TopologyError> {
     text.parse().map_err(|e: super::ListError| bad(path, e))
 }
 
-fn read_list(path: &Path) -> Result<Option<IdSet>, TopologyError> {
+pub(super) fn read_list(path: &Path) -> Result<Option<IdSet>, TopologyError> {
     read_opt(path)?.map(|t| parse_list(path, &t)).transpose()
-}
-
-pub(super) fn node_state(root: &Path, state: &str) -> Result<NodeSet, TopologyError> {
-    Ok(read_list(&root.join("devices/system/node").join(state))?.unwrap_or_default())
 }
 
 /// `numbered(dir, "node")` lists the ids N of entries `dirN` under `dir`, sorted.
@@ -86,12 +82,9 @@ pub(super) fn parse_meminfo(text: &str) -> BTreeMap<String, u64> {
 pub(crate) fn parse_bytes(text: &str) -> Option<u64> {
     let upper = text.trim().to_ascii_uppercase();
     let digits = upper.trim_end_matches("IB").trim_end_matches('B');
-    let (number, shift) = match digits.chars().last() {
-        Some('K') => (&digits[..digits.len() - 1], 10),
-        Some('M') => (&digits[..digits.len() - 1], 20),
-        Some('G') => (&digits[..digits.len() - 1], 30),
-        Some('T') => (&digits[..digits.len() - 1], 40),
-        _ => (digits, 0),
+    let (number, shift) = match digits.strip_suffix(['K', 'M', 'G', 'T']) {
+        Some(number) => (number, 10 * (1 + "KMGT".find(&digits[number.len()..])?)),
+        None => (digits, 0),
     };
     number.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
 }
@@ -117,13 +110,11 @@ pub(super) fn read(root: &Path) -> Result<Topology, TopologyError> {
         }],
     };
 
-    let l3_domains = read_l3_domains(&cpu_dir, &online_cpus, &nodes)?;
-    let tiers = read_tiers(&root.join("devices/virtual/memory_tiering"))?;
     Ok(Topology {
+        l3_domains: read_l3_domains(&cpu_dir, &online_cpus, &nodes)?,
+        tiers: read_tiers(&root.join("devices/virtual/memory_tiering"))?,
         nodes,
         online_cpus,
-        l3_domains,
-        tiers,
     })
 }
 
@@ -211,10 +202,8 @@ fn read_l3_domains(
         }
         let (cpus, size) = found.unwrap_or_else(|| {
             let node = nodes.iter().find(|n| n.cpus.contains(cpu));
-            (
-                node.map_or_else(|| CpuSet::from_iter([cpu]), |n| n.cpus.clone()),
-                None,
-            )
+            let cpus = node.map_or_else(|| CpuSet::from_iter([cpu]), |n| n.cpus.clone());
+            (cpus, None)
         });
         let first = cpus.iter().next().unwrap_or(cpu);
         groups.entry(first).or_insert((cpus, size));
