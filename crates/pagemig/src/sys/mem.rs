@@ -45,8 +45,10 @@ impl Mapping {
         }
         let page = base_page_size();
         let slack = if align > page { align } else { 0 };
+        // The kernel maps whole pages: `total` counts them, so the tail unmapped below is too.
         let total = len
-            .checked_add(slack)
+            .checked_next_multiple_of(page)
+            .and_then(|whole| whole.checked_add(slack))
             .ok_or(SysError::new("mmap", Errno::NOMEM))?;
         // SAFETY: a new anonymous mapping at an address the kernel picks aliases nothing.
         let base = unsafe {
@@ -264,6 +266,14 @@ mod tests {
         assert!(m.as_slice().iter().all(|&b| b == 7));
         m.advise_huge_pages().unwrap();
         m.advise_no_huge_pages().unwrap();
+        // Not a whole number of pages, no alignment beyond a page's: the kernel maps whole pages.
+        let mut odd = Mapping::anonymous(10).unwrap();
+        odd.as_mut_slice().fill(3);
+        assert_eq!(odd.as_slice(), [3; 10]);
+        assert_eq!(
+            Mapping::anonymous(usize::MAX).unwrap_err().errno,
+            Errno::NOMEM
+        );
     }
 
     #[test]
