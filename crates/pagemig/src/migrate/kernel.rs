@@ -250,7 +250,6 @@ impl<'a> Group<'a> {
             pending.retain(|&i| status[i] == UNREPORTED);
             let addrs: Vec<usize> = pending.iter().map(|&i| pages[i]).collect();
             let now = sys::query_page_nodes(self.process.raw(), &addrs)?;
-            let before = pending.len();
             let mut still = Vec::new();
             for (&i, place) in pending.iter().zip(now) {
                 match place {
@@ -259,7 +258,7 @@ impl<'a> Group<'a> {
                     PageNode::Error(e) => status[i] = -e.raw_os_error(),
                 }
             }
-            if still.is_empty() || still.len() == before {
+            if still.is_empty() || still.len() == pending.len() {
                 break;
             }
             pending = still;
@@ -367,9 +366,7 @@ pub fn move_pages(
             };
             let moved = group.cursor.load(Ordering::Relaxed).min(hi - lo) - start;
             check.record((moved * page) as f64 / t.elapsed().as_secs_f64().max(1e-9) / 1e9);
-            if thread_cpu.len() < results.len() {
-                thread_cpu.resize(results.len(), Duration::ZERO);
-            }
+            thread_cpu.resize(thread_cpu.len().max(results.len()), Duration::ZERO);
             for (k, r) in results.into_iter().enumerate() {
                 thread_cpu[k] += r.cpu_time;
                 left_behind += r.left_behind;
@@ -469,7 +466,7 @@ pub(super) mod tests {
     }
 
     /// `n` written 4 KB pages of a new mapping (kept alive by the first value), and their addresses.
-    fn written_pages(n: usize) -> (Mapping, Vec<usize>) {
+    pub(in crate::migrate) fn written_pages(n: usize) -> (Mapping, Vec<usize>) {
         let mut m = Mapping::anonymous(n * 4096).unwrap();
         m.as_mut_slice().fill(1);
         let pages = (0..n).map(|i| m.as_ptr() as usize + i * 4096).collect();
