@@ -153,30 +153,6 @@ pub struct CallStats {
     pub thread_gbps: Vec<(usize, f64)>,
 }
 
-impl CallStats {
-    /// Summarises call durations, with the CPU time of each thread that made calls.
-    pub fn new(
-        mut durations: Vec<Duration>,
-        final_batch: usize,
-        thread_cpu: Vec<Duration>,
-    ) -> Self {
-        durations.sort_unstable();
-        CallStats {
-            calls: durations.len() as u64,
-            longest: durations.last().copied().unwrap_or_default(),
-            median: durations
-                .get(durations.len() / 2)
-                .copied()
-                .unwrap_or_default(),
-            final_batch,
-            threads: thread_cpu.len(),
-            cpu_time: thread_cpu.iter().sum(),
-            thread_cpu,
-            ..CallStats::default()
-        }
-    }
-}
-
 /// Who pays for the CPU time of a migration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -283,18 +259,22 @@ pub struct Phases {
 impl Phases {
     /// Each phase with its name, in the order a migration goes through them.
     pub fn named(&self) -> [(&'static str, Duration); 11] {
+        self.clone().named_mut().map(|(name, d)| (name, *d))
+    }
+
+    fn named_mut(&mut self) -> [(&'static str, &mut Duration); 11] {
         [
-            ("scan", self.scan),
-            ("plan", self.plan),
-            ("check", self.check),
-            ("query", self.query),
-            ("protect", self.protect),
-            ("alloc", self.alloc),
-            ("copy", self.copy),
-            ("remap", self.remap),
-            ("wake", self.wake),
-            ("move", self.moving),
-            ("verify", self.verify),
+            ("scan", &mut self.scan),
+            ("plan", &mut self.plan),
+            ("check", &mut self.check),
+            ("query", &mut self.query),
+            ("protect", &mut self.protect),
+            ("alloc", &mut self.alloc),
+            ("copy", &mut self.copy),
+            ("remap", &mut self.remap),
+            ("wake", &mut self.wake),
+            ("move", &mut self.moving),
+            ("verify", &mut self.verify),
         ]
     }
 
@@ -305,19 +285,7 @@ impl Phases {
 
     /// Adds `other`'s phases to these.
     pub fn add(&mut self, other: &Phases) {
-        for (mine, theirs) in [
-            (&mut self.scan, other.scan),
-            (&mut self.plan, other.plan),
-            (&mut self.check, other.check),
-            (&mut self.query, other.query),
-            (&mut self.protect, other.protect),
-            (&mut self.alloc, other.alloc),
-            (&mut self.copy, other.copy),
-            (&mut self.remap, other.remap),
-            (&mut self.wake, other.wake),
-            (&mut self.moving, other.moving),
-            (&mut self.verify, other.verify),
-        ] {
+        for ((_, mine), (_, theirs)) in self.named_mut().into_iter().zip(other.named()) {
             *mine += theirs;
         }
     }

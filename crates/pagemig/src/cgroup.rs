@@ -65,7 +65,6 @@ pub fn parse_proc_cgroup(text: &str) -> Option<String> {
 /// half a CPU.
 pub fn parse_cpu_max(text: &str) -> Option<f64> {
     let mut fields = text.split_whitespace();
-    // `max` is no number: no limit.
     let quota: f64 = fields.next()?.parse().ok()?;
     let period: f64 = fields
         .next()

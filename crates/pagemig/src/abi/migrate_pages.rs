@@ -97,9 +97,7 @@ fn prepare_migration(
         if ptr.is_null() {
             return Ok(vec![0; words]);
         }
-        sys::read_own::<u64>(ptr as usize, words)
-            .map(|v| v.into_iter().map(|w| w as c_ulong).collect())
-            .map_err(kernel_answers(what))
+        sys::read_own(ptr as usize, words).map_err(kernel_answers(what))
     };
     let old = read(old_nodes, "the old mask cannot be read")?;
     let new = read(new_nodes, "the new mask cannot be read")?;

@@ -194,12 +194,12 @@ fn split_move(
         .map_err(kernel_answers("the pages array cannot be read"))?;
     let all_nodes: Vec<c_int> = sys::read_own(nodes as usize, count)
         .map_err(kernel_answers("the nodes array cannot be read"))?;
-    let mut answers = status
+    let held = status
         .read()
         .map_err(kernel_answers("the status array cannot be read"))?;
     // Writing back what it holds tells whether it is writable before anything moves.
     status
-        .write(&answers)
+        .write(&held)
         .map_err(kernel_answers("the status array is not writable"))?;
     check_nodes(pid, &all_nodes)?;
     let region = largest_folio();
@@ -257,9 +257,8 @@ fn split_move(
             if exited { ", the process exited" } else { "" }
         ));
     }
-    for i in (0..count).filter(|&i| unmapped(i)) {
-        answers[i] = -libc::EFAULT;
-    }
+    // Every entry either was unmapped (EFAULT) or moved.
+    let mut answers = vec![-libc::EFAULT; count];
     for (&i, &s) in moving.iter().zip(&moved) {
         answers[i] = s;
     }

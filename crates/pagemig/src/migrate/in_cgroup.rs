@@ -47,6 +47,27 @@ struct Work {
     threads_fixed: bool,
 }
 
+impl Work {
+    /// The work of moving `pages` of `process` to `nodes` as `plan` says.
+    fn new(process: Process, pages: &[usize], nodes: &[NodeId], plan: &Plan) -> Self {
+        Work {
+            pid: match process {
+                Process::Current => std::process::id(),
+                Process::Pid(p) => p,
+            },
+            pages: pages.to_vec(),
+            nodes: nodes.to_vec(),
+            cpus: plan.cpus.clone(),
+            batch: plan.batch,
+            max_stall: plan.max_stall,
+            move_all: plan.move_all,
+            region: plan.region,
+            predicted_gbps: plan.predicted_gbps,
+            threads_fixed: plan.threads_fixed,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 enum Failure {
     NoSuchProcess,
@@ -306,21 +327,7 @@ fn move_pages_in(
         .write(true)
         .open(cgroup.dir.join("cgroup.procs"))
         .map_err(enter)?;
-    let work = Work {
-        pid: match process {
-            Process::Current => std::process::id(),
-            Process::Pid(p) => p,
-        },
-        pages: pages.to_vec(),
-        nodes: nodes.to_vec(),
-        cpus: plan.cpus.clone(),
-        batch: plan.batch,
-        max_stall: plan.max_stall,
-        move_all: plan.move_all,
-        region: plan.region,
-        predicted_gbps: plan.predicted_gbps,
-        threads_fixed: plan.threads_fixed,
-    };
+    let work = Work::new(process, pages, nodes, plan);
     let mut command = Command::new("/proc/self/exe");
     command
         .env(HELPER_ENV, "1")
@@ -371,8 +378,7 @@ fn move_pages_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migrate::kernel::tests::this_node;
-    use crate::sys::Mapping;
+    use crate::migrate::kernel::tests::{this_node, written_pages};
 
     #[test]
     fn the_helper_checks_its_thread_count_and_says_so() {
@@ -382,24 +388,14 @@ mod tests {
             return;
         }
         let (_, node) = this_node();
-        let mut m = Mapping::anonymous(256 * 4096).unwrap();
-        m.as_mut_slice().fill(3);
-        let pages: Vec<usize> = (0..256).map(|i| m.as_ptr() as usize + i * 4096).collect();
+        let (m, pages) = written_pages(256);
         let run = |threads_fixed| {
-            let work = Work {
-                pid: std::process::id(),
-                nodes: vec![node; pages.len()],
-                pages: pages.clone(),
-                cpus: cpus.clone(),
-                batch: 2,
-                max_stall: None,
-                move_all: false,
-                region: 0,
-                // Far above any machine: the plan's count runs under it, so half as many are
-                // tried, unless the user fixed it.
-                predicted_gbps: Some(1e6),
-                threads_fixed,
-            };
+            let mut plan = Plan::parallel(cpus.clone(), 2);
+            // Far above any machine: the plan's count runs under it, so half as many are
+            // tried, unless the user fixed it.
+            plan.predicted_gbps = Some(1e6);
+            plan.threads_fixed = threads_fixed;
+            let work = Work::new(Process::Current, &pages, &vec![node; pages.len()], &plan);
             let mut out = Vec::new();
             serve(serde_json::to_vec(&work).unwrap().as_slice(), &mut out).unwrap();
             let text = String::from_utf8(out).unwrap();
@@ -430,6 +426,6 @@ mod tests {
             "a count the user fixed is kept: {:?}",
             calls.thread_check
         );
-        assert!(m.as_slice().iter().all(|&b| b == 3));
+        assert!(m.as_slice().iter().all(|&b| b == 1));
     }
 }

@@ -117,7 +117,31 @@ struct ThreadResult {
     error: Option<MigrateError>,
 }
 
-impl Group<'_> {
+impl<'a> Group<'a> {
+    /// A group of `pages` going to `node`, with nothing claimed and no round end.
+    fn new(
+        process: Process,
+        pages: &'a [usize],
+        node: NodeId,
+        batch: &'a AtomicUsize,
+        plan: &'a Plan,
+        stop: &'a AtomicBool,
+        progress: &'a (dyn Fn(u64) + Sync),
+    ) -> Self {
+        Group {
+            process,
+            pages,
+            node,
+            cursor: AtomicUsize::new(0),
+            end: AtomicUsize::new(usize::MAX),
+            batch,
+            plan,
+            stop,
+            full: AtomicBool::new(false),
+            progress,
+        }
+    }
+
     fn run(&self) -> ThreadResult {
         let mut out = ThreadResult::default();
         let cpu_start = sys::thread_cpu_time();
@@ -226,7 +250,6 @@ impl Group<'_> {
             pending.retain(|&i| status[i] == UNREPORTED);
             let addrs: Vec<usize> = pending.iter().map(|&i| pages[i]).collect();
             let now = sys::query_page_nodes(self.process.raw(), &addrs)?;
-            let before = pending.len();
             let mut still = Vec::new();
             for (&i, place) in pending.iter().zip(now) {
                 match place {
@@ -235,7 +258,7 @@ impl Group<'_> {
                     PageNode::Error(e) => status[i] = -e.raw_os_error(),
                 }
             }
-            if still.is_empty() || still.len() == before {
+            if still.is_empty() || still.len() == pending.len() {
                 break;
             }
             pending = still;
@@ -306,18 +329,15 @@ pub fn move_pages(
         }
         let (node, hi) = (nodes[same_node[0]], lo + same_node.len());
         sorted_status[lo..hi].fill(UNREPORTED);
-        let group = Group {
+        let group = Group::new(
             process,
-            pages: &sorted[lo..hi],
+            &sorted[lo..hi],
             node,
-            cursor: AtomicUsize::new(0),
-            end: AtomicUsize::new(0),
-            batch: &batch,
+            &batch,
             plan,
-            stop: &stop,
-            full: AtomicBool::new(false),
+            &stop,
             progress,
-        };
+        );
         // Rounds, each run by the check's thread count and timed; one round once it settles.
         let round = (hi - lo)
             .div_ceil(ROUNDS)
@@ -346,9 +366,7 @@ pub fn move_pages(
             };
             let moved = group.cursor.load(Ordering::Relaxed).min(hi - lo) - start;
             check.record((moved * page) as f64 / t.elapsed().as_secs_f64().max(1e-9) / 1e9);
-            if thread_cpu.len() < results.len() {
-                thread_cpu.resize(results.len(), Duration::ZERO);
-            }
+            thread_cpu.resize(thread_cpu.len().max(results.len()), Duration::ZERO);
             for (k, r) in results.into_iter().enumerate() {
                 thread_cpu[k] += r.cpu_time;
                 left_behind += r.left_behind;
@@ -377,11 +395,23 @@ pub fn move_pages(
     for (k, &i) in order.iter().enumerate() {
         status[i] = sorted_status[k];
     }
-    let mut stats = CallStats::new(durations, batch.load(Ordering::Relaxed), thread_cpu);
-    stats.left_behind = left_behind;
-    stats.thread_check = check.notes;
-    stats.thread_gbps = check.measured;
-    Ok(stats)
+    durations.sort_unstable();
+    Ok(CallStats {
+        calls: durations.len() as u64,
+        longest: durations.last().copied().unwrap_or_default(),
+        median: durations
+            .get(durations.len() / 2)
+            .copied()
+            .unwrap_or_default(),
+        final_batch: batch.load(Ordering::Relaxed),
+        threads: thread_cpu.len(),
+        cpu_time: thread_cpu.iter().sum(),
+        thread_cpu,
+        left_behind,
+        helper_cpu: None,
+        thread_check: check.notes,
+        thread_gbps: check.measured,
+    })
 }
 
 /// Whether a [`move_pages`] status says the process exited before every page was attempted.
@@ -417,29 +447,6 @@ pub(super) mod tests {
         scan_and_execute(topo, &request, plan, &Workers::new(), &|_| {}).unwrap()
     }
 
-    /// A group of this process's `pages` with nothing claimed and no round end.
-    fn group<'a>(
-        pages: &'a [usize],
-        node: NodeId,
-        batch: &'a AtomicUsize,
-        plan: &'a Plan,
-        stop: &'a AtomicBool,
-        progress: &'a (dyn Fn(u64) + Sync),
-    ) -> Group<'a> {
-        Group {
-            process: Process::Current,
-            pages,
-            node,
-            cursor: AtomicUsize::new(0),
-            end: AtomicUsize::new(usize::MAX),
-            batch,
-            plan,
-            stop,
-            full: AtomicBool::new(false),
-            progress,
-        }
-    }
-
     #[test]
     fn batches_end_where_a_region_of_the_plan_ends() {
         let r = 1 << 21;
@@ -450,7 +457,7 @@ pub(super) mod tests {
             let mut plan = Plan::serial(want);
             plan.region = region;
             let batch = AtomicUsize::new(want);
-            let group = group(&pages, 0, &batch, &plan, &stop, &|_| {});
+            let group = Group::new(Process::Current, &pages, 0, &batch, &plan, &stop, &|_| {});
             std::iter::from_fn(|| group.claim(want)).collect::<Vec<_>>()
         };
         assert_eq!(claims(r, 1), [0..2, 2..4, 4..6, 6..8]);
@@ -459,7 +466,7 @@ pub(super) mod tests {
     }
 
     /// `n` written 4 KB pages of a new mapping (kept alive by the first value), and their addresses.
-    fn written_pages(n: usize) -> (Mapping, Vec<usize>) {
+    pub(in crate::migrate) fn written_pages(n: usize) -> (Mapping, Vec<usize>) {
         let mut m = Mapping::anonymous(n * 4096).unwrap();
         m.as_mut_slice().fill(1);
         let pages = (0..n).map(|i| m.as_ptr() as usize + i * 4096).collect();
@@ -480,7 +487,15 @@ pub(super) mod tests {
                 .unwrap()
                 .push((n, batch.load(Ordering::Relaxed)))
         };
-        let group = group(&pages, node, &batch, &plan, &stop, &progress);
+        let group = Group::new(
+            Process::Current,
+            &pages,
+            node,
+            &batch,
+            &plan,
+            &stop,
+            &progress,
+        );
         let r = group.run();
         assert!(r.error.is_none());
         let seen = seen.into_inner().unwrap();
