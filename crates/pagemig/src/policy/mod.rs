@@ -594,6 +594,40 @@ impl<'a> Planner<'a> {
                 copy.why.push(self.placement(route).1);
             }
         }
+        // The user's placement puts the copy's workers; a CPU list holds one worker per CPU.
+        let mut placement = None;
+        if let Some(p) = &o.placement {
+            if let Copier::Pool { engine, workers } = copy.copier {
+                let planned = self.placement(route).1;
+                for w in copy.why.iter_mut().filter(|w| **w == planned) {
+                    *w = format!("{OWN}{w}");
+                }
+                let listed = match p {
+                    Placement::Explicit(cpus) => cpus.len().max(1),
+                    _ => workers,
+                };
+                if listed < workers {
+                    // The planner's pool is its own choice now, not the plan.
+                    let planned = format!("{}: predicted", copy.copier);
+                    for w in copy.why.iter_mut().filter(|w| w.starts_with(&planned)) {
+                        *w = format!("{OWN}{w}");
+                    }
+                    copy.why.push(format!(
+                        "{listed} copy thread(s): placement {p} has {listed} CPU(s), one worker each"
+                    ));
+                }
+                let workers = workers.min(listed);
+                copy.copier = Copier::Pool { engine, workers };
+                copy.cpus = p.choose(self.topology, route, &self.resources.allowed, workers)?;
+                copy.why.push(placement_reason(p, route));
+                placement = Some(p.clone());
+            } else {
+                copy.why.push(format!(
+                    "placement {p}: not used: the copy runs on the calling thread"
+                ));
+            }
+        }
+        let placed = placement.is_some();
         if let Some(engine) = o.engine {
             copy.copier = match copy.copier {
                 Copier::Pool { workers, .. } => Copier::Pool { engine, workers },
@@ -602,7 +636,7 @@ impl<'a> Planner<'a> {
             copy.why
                 .push(format!("engine {engine}: chosen by the user"));
         }
-        if fixed || o.engine.is_some() {
+        if fixed || o.engine.is_some() || placed {
             // What the model predicts for the user's copier, not for the one it would choose.
             copy.predicted_gbps = self
                 .model
@@ -626,7 +660,9 @@ impl<'a> Planner<'a> {
             _ => "the remap path: the caller's own memory and userfaultfd write-protect works (no measurement of the kernel path says it is faster)".into(),
         }];
         why.extend(copy.why);
-        let placement = matches!(copy.copier, Copier::Pool { .. }).then(|| self.placement(route).0);
+        let placement = placement.or_else(|| {
+            matches!(copy.copier, Copier::Pool { .. }).then(|| self.placement(route).0)
+        });
         Ok(Plan {
             copier: Some(copy.copier),
             cpus: copy.cpus,

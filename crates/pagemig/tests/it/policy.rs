@@ -867,3 +867,94 @@ fn a_placement_the_user_chose_reads_as_text_and_caps_the_threads() {
         );
     }
 }
+
+/// On the remap path too, a placement the user chose puts the copy's workers where it says (a
+/// CPU list caps them at one per CPU listed, their prediction for that count), after the
+/// planner's own placement marked as such; where the copy runs on the calling thread, the
+/// reasons say the placement is not used.
+#[test]
+fn on_the_remap_path_the_users_placement_places_the_workers() {
+    use pagemig::Request;
+    use pagemig::sys::Mapping;
+
+    let t = fake_sysfs::epyc_2s().read();
+    let m = CostModel {
+        kernel_path: Vec::new(),
+        ..model(&t)
+    };
+    let mut buffer = Mapping::anonymous(64 * MIB as usize).unwrap();
+    let scan = present(&buffer);
+    let mut request = Request::mapping(&mut buffer, 0..64 * MIB as usize, 1);
+    let p = Planner::new(&t, Some(&m), idle("0-63")).remap_support(Ok(()));
+    request.options.threads = Threads::Count(4);
+    request.options.placement = Some(Placement::Explicit("3,5".parse().unwrap()));
+    let plan = p.plan(&request, &scan).unwrap();
+    assert_eq!(plan.cpus, [3, 5], "{:?}", plan.why);
+    let Some(Copier::Pool { workers: 2, engine }) = plan.copier else {
+        panic!("{plan:?}")
+    };
+    let copier = Copier::Pool { engine, workers: 2 };
+    assert_eq!(
+        plan.predicted_gbps,
+        m.predict_copy(copier, plan.batch as u64 * 4096)
+    );
+    assert_eq!(
+        plan.placement,
+        Some(Placement::Explicit("3,5".parse().unwrap()))
+    );
+    assert!(
+        gives(
+            &plan.why,
+            "2 copy thread(s): placement CPUs 3,5 has 2 CPU(s), one worker each"
+        ),
+        "{:?}",
+        plan.why
+    );
+    assert!(
+        gives(&plan.why, "placement CPUs 3,5: chosen by the user"),
+        "{:?}",
+        plan.why
+    );
+    assert!(!gives(&plan.why, "workers on"), "{:?}", plan.why);
+    assert!(
+        gives(
+            &plan.why,
+            "the planner's own choice: workers on the target node 1's CPUs first"
+        ),
+        "{:?}",
+        plan.why
+    );
+    // The planner's own count, capped by the list: its pool reads as its own choice.
+    request.options.threads = Threads::Auto;
+    let plan = p.plan(&request, &scan).unwrap();
+    assert_eq!(plan.cpus, [3, 5], "{:?}", plan.why);
+    let own = "the planner's own choice: memcpy on 8 pool worker(s): predicted";
+    assert!(gives(&plan.why, own), "{:?}", plan.why);
+    assert!(!gives(&plan.why, "memcpy on 8"), "{:?}", plan.why);
+    // A named placement, the planner's own count.
+    request.options.placement = Some(Placement::NearSrc);
+    let plan = p.plan(&request, &scan).unwrap();
+    assert!(matches!(plan.copier, Some(Copier::Pool { .. })), "{plan:?}");
+    assert_eq!(plan.placement, Some(Placement::NearSrc));
+    assert!(
+        gives(&plan.why, "placement near-src: chosen by the user: "),
+        "{:?}",
+        plan.why
+    );
+    // One thread copies: no worker to place.
+    request.options.threads = Threads::Count(1);
+    let plan = p.plan(&request, &scan).unwrap();
+    assert!(
+        matches!(plan.copier, Some(Copier::Thread { .. })),
+        "{plan:?}"
+    );
+    assert_eq!(plan.placement, None);
+    assert!(
+        gives(
+            &plan.why,
+            "placement near-src: not used: the copy runs on the calling thread"
+        ),
+        "{:?}",
+        plan.why
+    );
+}
