@@ -327,13 +327,9 @@ fn drain(shared: &Shared, engine: CpuEngine, channel: usize) {
         if !cancelled {
             drop(state);
             let started = sys::thread_cpu_time();
-            // SAFETY: `submit`'s contract keeps both ranges valid and exclusively the engine's
-            // until the submission's completion is returned, which waits for this piece.
-            let op = unsafe {
-                CopyOp::from_raw(piece.src as *const u8, piece.dst as *mut u8, piece.len)
-            };
-            // A CPU engine copies every op it is given.
-            let _ = engine.copy(std::slice::from_ref(&op));
+            // SAFETY: `submit`'s contract keeps both ranges valid, disjoint and exclusively the
+            // engine's until the submission's completion is returned, which waits for this piece.
+            unsafe { (engine.kernel)(piece.dst as *mut u8, piece.src as *const u8, piece.len) };
             cpu_time = sys::thread_cpu_time().saturating_sub(started);
             state = lock(&shared.state);
         }
