@@ -1,14 +1,12 @@
 //! The one set of long-lived worker threads, each pinned to one CPU, that every parallel part of
 //! pagemig runs on: the copy [`Pool`](crate::copy::Pool), the [`Offload`](crate::copy::Offload)
-//! engine and the kernel path's `move_pages` calls.
+//! engine and the kernel path's `move_pages` calls. A worker starts the first time its CPU is
+//! asked for (no thread per call) and is joined when the [`Workers`] is dropped; a CPU that
+//! cannot be pinned is an error ([`WorkerError::Pin`]), never a silent unpinned thread.
 //!
-//! A worker is started the first time its CPU is asked for and joined when the [`Workers`] is
-//! dropped: no thread is started per call. A CPU that cannot be pinned is an error
-//! ([`WorkerError::Pin`]), never a silent unpinned thread.
-//!
-//! The thread that calls [`Workers::run`] runs the (first) job of the CPU it is on itself, pinned
-//! there for the job: one hand-off and one thread fewer (on a 2-CPU VM, 256 KiB copies over two
-//! workers ran at 11-12 GB/s, over the caller and one worker at 16-19).
+//! The caller of [`Workers::run`] runs the (first) job of its own CPU itself, pinned there: one
+//! hand-off fewer (on a 2-CPU VM, 256 KiB copies over two workers ran at 11-12 GB/s, over the
+//! caller and one worker at 16-19).
 //!
 //! Deadlock rule: a job must not wait for a job queued behind it on its own worker.
 #![allow(unsafe_code)]
@@ -100,8 +98,7 @@ struct Worker {
 /// ```
 #[derive(Default)]
 pub struct Workers {
-    /// `by_cpu[c][n]`: the `n`-th worker of CPU `c` (only CPUs that could be pinned, so the
-    /// index stays below the kernel's CPU mask size).
+    /// `by_cpu[c][n]`: the `n`-th worker of CPU `c`.
     by_cpu: Mutex<Vec<Vec<Worker>>>,
 }
 
@@ -345,10 +342,6 @@ impl Latch {
             self.caller.unpark();
         }
     }
-
-    fn done(&self) -> bool {
-        self.left.load(Ordering::Acquire) == 0
-    }
 }
 
 /// Blocks, when dropped, until its latch reaches zero: polls for up to `SPIN`, then parks.
@@ -356,11 +349,12 @@ struct Wait<'a>(&'a Latch);
 
 impl Drop for Wait<'_> {
     fn drop(&mut self) {
+        let done = || self.0.left.load(Ordering::Acquire) == 0;
         let start = Instant::now();
-        while !self.0.done() && start.elapsed() < SPIN {
+        while !done() && start.elapsed() < SPIN {
             std::thread::yield_now();
         }
-        while !self.0.done() {
+        while !done() {
             std::thread::park();
         }
     }

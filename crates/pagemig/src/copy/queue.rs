@@ -130,17 +130,7 @@ impl<'env> Queue<'_, 'env> {
     pub fn submit(&self, batch: Vec<CopyOp<'env>>) -> Result<Ticket, CopyError> {
         // SAFETY: the ops borrow their memory for 'env, which outlives the scope, they are
         // consumed here, and the scope waits for every ticket before it returns.
-        unsafe { self.submit_borrowed(&batch) }
-    }
-
-    /// [`Queue::submit`] of ops the caller keeps.
-    ///
-    /// # Safety
-    /// Nothing copies or submits any op of `batch` again until its ticket completes.
-    unsafe fn submit_borrowed(&self, batch: &[CopyOp<'env>]) -> Result<Ticket, CopyError> {
-        // SAFETY: the ops borrow their memory for 'env, which outlives the scope, the caller
-        // keeps them from other copies, and the scope waits for every ticket before it returns.
-        let ticket = unsafe { self.engine.submit(batch)? };
+        let ticket = unsafe { self.engine.submit(&batch)? };
         lock(&self.in_flight).push_back(ticket);
         Ok(ticket)
     }
@@ -243,12 +233,10 @@ pub fn copy_and_wait(
     engine: &dyn AsyncCopyEngine,
     batch: &[CopyOp<'_>],
 ) -> Result<CopyStats, CopyError> {
-    scope(engine, |q| {
-        // SAFETY: `batch` stays borrowed by this call, which waits for the ticket, and cannot
-        // reach another thread (a `CopyOp` is not `Sync`).
-        let t = unsafe { q.submit_borrowed(batch)? };
-        q.wait(t).into_result()
-    })
+    // SAFETY: `batch` stays borrowed by this call, which waits for the ticket, and cannot
+    // reach another thread (a `CopyOp` is not `Sync`).
+    let ticket = unsafe { engine.submit(batch)? };
+    engine.wait(ticket).into_result()
 }
 
 /// Bytes per piece handed to one channel of the [`Offload`] engine.
@@ -339,13 +327,9 @@ fn drain(shared: &Shared, engine: CpuEngine, channel: usize) {
         if !cancelled {
             drop(state);
             let started = sys::thread_cpu_time();
-            // SAFETY: `submit`'s contract keeps both ranges valid and exclusively the engine's
-            // until the submission's completion is returned, which waits for this piece.
-            let op = unsafe {
-                CopyOp::from_raw(piece.src as *const u8, piece.dst as *mut u8, piece.len)
-            };
-            // A CPU engine copies every op it is given.
-            let _ = engine.copy(std::slice::from_ref(&op));
+            // SAFETY: `submit`'s contract keeps both ranges valid, disjoint and exclusively the
+            // engine's until the submission's completion is returned, which waits for this piece.
+            unsafe { (engine.kernel)(piece.dst as *mut u8, piece.src as *const u8, piece.len) };
             cpu_time = sys::thread_cpu_time().saturating_sub(started);
             state = lock(&shared.state);
         }

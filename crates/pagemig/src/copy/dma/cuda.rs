@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use cudarc::driver::{DriverError, result, sys};
 
+use super::{DmaKind, unavailable};
 use crate::copy::{AsyncCopyEngine, Completion, CopyError, CopyOp, CopyStats, OpStatus, Ticket};
 use crate::workers::lock;
 
@@ -24,18 +25,12 @@ const PIECE: usize = 8 << 20;
 /// `CU_MEMHOSTREGISTER_PORTABLE`.
 const REGISTER_PORTABLE: u32 = 0x01;
 
-fn no_gpu(reason: impl Into<String>) -> CopyError {
-    CopyError::NoDevice {
-        device: "CUDA GPU",
-        reason: reason.into(),
-    }
-}
-
 /// What the driver answered to `what`.
 fn driver(what: &str) -> impl FnOnce(DriverError) -> CopyError + '_ {
-    move |e| no_gpu(format!("{what}: {e:?}"))
+    move |e| unavailable(DmaKind::Cuda, format!("{what}: {e:?}"))
 }
 
+#[derive(Debug)]
 struct Submission {
     events: Vec<sys::CUevent>,
     /// Host ranges this submission pinned (unpinned at completion).
@@ -50,6 +45,7 @@ struct Submission {
 unsafe impl Send for Submission {}
 
 /// GPU 0's copy engines.
+#[derive(Debug)]
 pub struct Cuda {
     ctx: sys::CUcontext,
     device: sys::CUdevice,
@@ -64,29 +60,21 @@ unsafe impl Send for Cuda {}
 // SAFETY: as above; the mutable state is behind the mutex.
 unsafe impl Sync for Cuda {}
 
-impl std::fmt::Debug for Cuda {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cuda")
-            .field("device", &self.device)
-            .field("streams", &self.streams.len())
-            .finish()
-    }
-}
-
 impl Cuda {
     /// GPU 0 with its streams, or which check failed: no CUDA driver library, the driver does not
     /// start, no GPU.
     pub fn open() -> Result<Self, CopyError> {
         // SAFETY: looks for libcuda.so without loading any symbol from it.
         if !unsafe { sys::is_culib_present() } {
-            return Err(no_gpu(
+            return Err(unavailable(
+                DmaKind::Cuda,
                 "no CUDA driver found (libcuda.so is not installed: no NVIDIA driver on this machine)",
             ));
         }
         result::init().map_err(driver("cuInit"))?;
         let count = result::device::get_count().map_err(driver("cuDeviceGetCount"))?;
         if count == 0 {
-            return Err(no_gpu("the CUDA driver sees no GPU"));
+            return Err(unavailable(DmaKind::Cuda, "the CUDA driver sees no GPU"));
         }
         let device = result::device::get(0).map_err(driver("cuDeviceGet"))?;
         // SAFETY: the device was just returned by the driver.

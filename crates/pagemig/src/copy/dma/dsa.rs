@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use super::{DmaKind, unavailable};
 use crate::copy::{AsyncCopyEngine, Completion, CopyError, CopyOp, CopyStats, OpStatus, Ticket};
 use crate::workers::lock;
 
@@ -131,14 +132,6 @@ impl Record {
     }
 }
 
-/// Why no DSA work queue can be used.
-fn unavailable(reason: impl Into<String>) -> CopyError {
-    CopyError::NoDevice {
-        device: "Intel DSA",
-        reason: reason.into(),
-    }
-}
-
 /// A user work queue from sysfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkQueue {
@@ -161,10 +154,13 @@ pub struct WorkQueue {
 pub fn work_queues(sysfs: &Path, dev: &Path) -> Result<Vec<WorkQueue>, CopyError> {
     let bus = sysfs.join("bus/dsa/devices");
     let entries = std::fs::read_dir(&bus).map_err(|_| {
-        unavailable(format!(
-            "no idxd driver ({} does not exist; modprobe idxd, on a CPU with DSA)",
-            bus.display()
-        ))
+        unavailable(
+            DmaKind::Dsa,
+            format!(
+                "no idxd driver ({} does not exist; modprobe idxd, on a CPU with DSA)",
+                bus.display()
+            ),
+        )
     })?;
     let read = |dir: &Path, f: &str| {
         std::fs::read_to_string(dir.join(f))
@@ -195,14 +191,17 @@ pub fn work_queues(sysfs: &Path, dev: &Path) -> Result<Vec<WorkQueue>, CopyError
     }
     queues.sort_by(|a, b| a.name.cmp(&b.name));
     if queues.is_empty() {
-        return Err(unavailable(format!(
-            "no enabled user work queue (configure one with accel-config){}",
-            if seen.is_empty() {
-                String::new()
-            } else {
-                format!("; found {}", seen.join("; "))
-            }
-        )));
+        return Err(unavailable(
+            DmaKind::Dsa,
+            format!(
+                "no enabled user work queue (configure one with accel-config){}",
+                if seen.is_empty() {
+                    String::new()
+                } else {
+                    format!("; found {}", seen.join("; "))
+                }
+            ),
+        ));
     }
     Ok(queues)
 }
@@ -283,7 +282,7 @@ impl Dsa {
             }
         }
         if queues.is_empty() {
-            return Err(unavailable(refused.join("; ")));
+            return Err(unavailable(DmaKind::Dsa, refused.join("; ")));
         }
         Ok(Dsa {
             queues,

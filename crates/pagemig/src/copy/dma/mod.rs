@@ -64,12 +64,9 @@ pub fn open(kind: DmaKind) -> Result<Engine, CopyError> {
             unreachable_patterns,
             reason = "reached when a backend is not built in"
         )]
-        _ => Err(CopyError::NoDevice {
-            device: match kind {
-                DmaKind::Dsa => "Intel DSA",
-                DmaKind::Cuda => "CUDA GPU",
-            },
-            reason: format!(
+        _ => Err(unavailable(
+            kind,
+            format!(
                 "pagemig was built without the `{kind}` feature{}",
                 if kind == DmaKind::Dsa && !cfg!(target_arch = "x86_64") {
                     " (and DSA is an x86_64 device)"
@@ -77,7 +74,18 @@ pub fn open(kind: DmaKind) -> Result<Engine, CopyError> {
                     ""
                 }
             ),
-        }),
+        )),
+    }
+}
+
+/// Why the engine of `kind` cannot run here.
+fn unavailable(kind: DmaKind, reason: impl Into<String>) -> CopyError {
+    CopyError::NoDevice {
+        device: match kind {
+            DmaKind::Dsa => "Intel DSA",
+            DmaKind::Cuda => "CUDA GPU",
+        },
+        reason: reason.into(),
     }
 }
 
