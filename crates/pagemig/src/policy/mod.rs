@@ -595,7 +595,7 @@ impl<'a> Planner<'a> {
             }
         }
         // The user's placement puts the copy's workers; a CPU list holds one worker per CPU.
-        let mut placement = None;
+        let (mut placement, mut capped) = (None, false);
         if let Some(p) = &o.placement {
             if let Copier::Pool { engine, workers } = copy.copier {
                 let planned = self.placement(route).1;
@@ -606,7 +606,8 @@ impl<'a> Planner<'a> {
                     Placement::Explicit(cpus) => cpus.len().max(1),
                     _ => workers,
                 };
-                if listed < workers {
+                capped = listed < workers;
+                if capped {
                     // The planner's pool is its own choice now, not the plan.
                     let planned = format!("{}: predicted", copy.copier);
                     for w in copy.why.iter_mut().filter(|w| w.starts_with(&planned)) {
@@ -622,12 +623,14 @@ impl<'a> Planner<'a> {
                 copy.why.push(placement_reason(p, route));
                 placement = Some(p.clone());
             } else {
-                copy.why.push(format!(
-                    "placement {p}: not used: the copy runs on the calling thread"
-                ));
+                let on = match copy.copier {
+                    Copier::Dma { engine } => format!("the DMA engine {engine}"),
+                    _ => "the calling thread".into(),
+                };
+                copy.why
+                    .push(format!("placement {p}: not used: the copy runs on {on}"));
             }
         }
-        let placed = placement.is_some();
         if let Some(engine) = o.engine {
             copy.copier = match copy.copier {
                 Copier::Pool { workers, .. } => Copier::Pool { engine, workers },
@@ -636,7 +639,7 @@ impl<'a> Planner<'a> {
             copy.why
                 .push(format!("engine {engine}: chosen by the user"));
         }
-        if fixed || o.engine.is_some() || placed {
+        if fixed || o.engine.is_some() || capped {
             // What the model predicts for the user's copier, not for the one it would choose.
             copy.predicted_gbps = self
                 .model

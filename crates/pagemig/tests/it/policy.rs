@@ -941,6 +941,13 @@ fn on_the_remap_path_the_users_placement_places_the_workers() {
         "{:?}",
         plan.why
     );
+    let predictions = plan.why.iter().filter(|w| w.contains("predicted"));
+    assert_eq!(
+        predictions.count(),
+        1,
+        "the planner's count, once: {:?}",
+        plan.why
+    );
     // One thread copies: no worker to place.
     request.options.threads = Threads::Count(1);
     let plan = p.plan(&request, &scan).unwrap();
@@ -953,6 +960,22 @@ fn on_the_remap_path_the_users_placement_places_the_workers() {
         gives(
             &plan.why,
             "placement near-src: not used: the copy runs on the calling thread"
+        ),
+        "{:?}",
+        plan.why
+    );
+    // A DMA engine copies: no worker either.
+    request.options.threads = Threads::Auto;
+    let dma = model_with_dma(&t, 1000.0);
+    let p = Planner::new(&t, Some(&dma), idle("0-63"))
+        .remap_support(Ok(()))
+        .prefer_dma(true);
+    let plan = p.plan(&request, &scan).unwrap();
+    assert!(matches!(plan.copier, Some(Copier::Dma { .. })), "{plan:?}");
+    assert!(
+        gives(
+            &plan.why,
+            "placement near-src: not used: the copy runs on the DMA engine dsa"
         ),
         "{:?}",
         plan.why
