@@ -128,9 +128,18 @@ impl<'env> Queue<'_, 'env> {
     /// });
     /// ```
     pub fn submit(&self, batch: Vec<CopyOp<'env>>) -> Result<Ticket, CopyError> {
-        // SAFETY: the ops borrow their memory for 'env, which outlives the scope, they are
-        // consumed here, and the scope waits for every ticket before it returns.
-        let ticket = unsafe { self.engine.submit(&batch)? };
+        // SAFETY: the ops are consumed here: nothing copies or submits them again.
+        unsafe { self.submit_borrowed(&batch) }
+    }
+
+    /// [`Queue::submit`] of ops the caller keeps.
+    ///
+    /// # Safety
+    /// Nothing copies or submits any op of `batch` again until its ticket completes.
+    unsafe fn submit_borrowed(&self, batch: &[CopyOp<'env>]) -> Result<Ticket, CopyError> {
+        // SAFETY: the ops borrow their memory for 'env, which outlives the scope, the caller
+        // keeps them from other copies, and the scope waits for every ticket before it returns.
+        let ticket = unsafe { self.engine.submit(batch)? };
         lock(&self.in_flight).push_back(ticket);
         Ok(ticket)
     }
@@ -147,14 +156,15 @@ impl<'env> Queue<'_, 'env> {
     /// # Panics
     /// If `ticket` is not in flight in this scope.
     pub fn wait(&self, ticket: Ticket) -> Completion {
-        let mut pending = lock(&self.in_flight);
-        let at = pending
-            .iter()
-            .position(|&t| t == ticket)
-            .expect("wait: the ticket is not in flight in this scope");
-        pending.remove(at);
-        drop(pending);
-        self.engine.wait(ticket)
+        assert!(
+            lock(&self.in_flight).contains(&ticket),
+            "wait: the ticket is not in flight in this scope"
+        );
+        // In flight until the engine says it completed: where its wait panics (a device that
+        // failed may still write), the scope's end waits for it again.
+        let done = self.engine.wait(ticket);
+        lock(&self.in_flight).retain(|&t| t != ticket);
+        done
     }
 
     /// The oldest submission still in flight, once it has completed: completions in the order
@@ -233,10 +243,13 @@ pub fn copy_and_wait(
     engine: &dyn AsyncCopyEngine,
     batch: &[CopyOp<'_>],
 ) -> Result<CopyStats, CopyError> {
-    // SAFETY: `batch` stays borrowed by this call, which waits for the ticket, and cannot
-    // reach another thread (a `CopyOp` is not `Sync`).
-    let ticket = unsafe { engine.submit(batch)? };
-    engine.wait(ticket).into_result()
+    scope(engine, |q| {
+        // SAFETY: `batch` stays borrowed by this call, which waits for the ticket (again at the
+        // scope's end where the wait panicked), and cannot reach another thread (a `CopyOp` is
+        // not `Sync`).
+        let t = unsafe { q.submit_borrowed(batch)? };
+        q.wait(t).into_result()
+    })
 }
 
 /// Bytes per piece handed to one channel of the [`Offload`] engine.

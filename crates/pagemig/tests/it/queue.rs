@@ -2,7 +2,9 @@
 //! (ordering, partial failure, cancellation, leaving a scope while copies are in flight).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pagemig::copy::{
@@ -254,4 +256,67 @@ fn a_partial_failure_is_reported_per_op() {
 fn an_offload_engine_needs_a_cpu() {
     let err = Offload::new(&crate::workers(), EngineKind::Memcpy, &[]).unwrap_err();
     assert!(err.to_string().contains("at least one CPU"), "{err}");
+}
+
+/// An engine whose first wait panics, as a device that fails while copying may: what it was
+/// copying into can still be written, so the wait is made again before the memory is let go.
+#[derive(Default)]
+struct PanicsOnFirstWait {
+    waits: AtomicUsize,
+}
+
+impl AsyncCopyEngine for PanicsOnFirstWait {
+    fn name(&self) -> String {
+        "panics-on-first-wait".into()
+    }
+
+    unsafe fn submit(&self, _: &[CopyOp<'_>]) -> Result<Ticket, CopyError> {
+        Ok(Ticket(7))
+    }
+
+    fn poll(&self, _: Ticket) -> Option<Completion> {
+        None
+    }
+
+    fn wait(&self, _: Ticket) -> Completion {
+        if self.waits.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("the device failed");
+        }
+        Completion {
+            ops: Vec::new(),
+            stats: CopyStats {
+                bytes: 0,
+                ops: 0,
+                threads: 1,
+                worker_cpu: Duration::ZERO,
+            },
+        }
+    }
+
+    fn cancel(&self, _: Ticket) {}
+}
+
+#[test]
+fn a_wait_that_panics_is_made_again_before_the_memory_is_let_go() {
+    let engine = PanicsOnFirstWait::default();
+    let panicked = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        scope(&engine, |q| {
+            let t = q.submit(Vec::new()).unwrap();
+            q.wait(t)
+        })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(
+        engine.waits.load(Ordering::SeqCst),
+        2,
+        "the scope waited again"
+    );
+    let engine = PanicsOnFirstWait::default();
+    let panicked = std::panic::catch_unwind(AssertUnwindSafe(|| copy_and_wait(&engine, &[])));
+    assert!(panicked.is_err());
+    assert_eq!(
+        engine.waits.load(Ordering::SeqCst),
+        2,
+        "copy_and_wait waited again"
+    );
 }
