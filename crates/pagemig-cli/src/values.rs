@@ -45,9 +45,11 @@ pub fn parse_placement(text: &str) -> Result<Placement, String> {
         list if list.trim().is_empty() => {
             Err("empty: expected spread, near-dst, near-src or a CPU list".into())
         }
-        list => once_each(list, "CPU")
-            .map(Placement::Explicit)
-            .map_err(|e| format!("expected spread, near-dst, near-src or a CPU list: {e}")),
+        list => {
+            list.parse::<IdSet>()
+                .map_err(|e| format!("expected spread, near-dst, near-src or a CPU list: {e}"))?;
+            once_each(list, "CPU").map(Placement::Explicit)
+        }
     }
 }
 
@@ -94,10 +96,9 @@ mod tests {
                 .unwrap_err()
                 .contains("expected spread")
         );
-        assert!(
-            parse_placement("0,0")
-                .unwrap_err()
-                .contains("bad list \"0,0\": CPU 0 is given twice")
+        assert_eq!(
+            parse_placement("0,0").unwrap_err(),
+            "bad list \"0,0\": CPU 0 is given twice"
         );
         assert!(
             parse_placement("0-1,1")
