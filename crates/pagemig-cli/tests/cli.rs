@@ -862,6 +862,22 @@ fn arguments_are_checked_before_anything_runs() {
             &["bench", "copy", "--engines", "nt,nt"],
             "--engines: nt is given twice",
         ),
+        (
+            &[
+                "migrate",
+                "--pid",
+                "self",
+                "--to",
+                "0",
+                "--placement",
+                "0-1,1",
+            ],
+            "bad list \"0-1,1\": CPU 1 is given twice",
+        ),
+        (
+            &["tier", "--pid", "self", "--fast", "0", "--slow", "1"],
+            "tier watches other processes: expected a pid, not self",
+        ),
         (&["bench", "copy", "--json", "--csv"], "cannot be used with"),
         (
             &["bench", "tier", "--hot", "10%"],
