@@ -91,11 +91,14 @@ pub fn parse_node(text: &str) -> Result<NodeId, String> {
 
 /// A node list that selects at least one node, each once (`--from`).
 pub fn parse_nodes(text: &str) -> Result<NodeSet, String> {
-    let nodes = crate::values::once_each(text, "node")?;
+    let nodes: NodeSet = text.parse().map_err(|e| format!("{e}"))?;
     if nodes.is_empty() {
         return Err("an empty node list selects no page (expected nodes as in 0-2,4)".into());
     }
-    Ok(nodes)
+    match crate::values::given_twice(text) {
+        Some(node) => Err(format!("bad list {text:?}: node {node} is given twice")),
+        None => Ok(nodes),
+    }
 }
 
 /// A `--mapping` pattern: an empty one would match every mapping with a path.

@@ -46,26 +46,32 @@ pub fn parse_placement(text: &str) -> Result<Placement, String> {
             Err("empty: expected spread, near-dst, near-src or a CPU list".into())
         }
         list => {
-            list.parse::<IdSet>()
+            let cpus: IdSet = list
+                .parse()
                 .map_err(|e| format!("expected spread, near-dst, near-src or a CPU list: {e}"))?;
-            once_each(list, "CPU").map(Placement::Explicit)
+            match given_twice(list) {
+                Some(cpu) => Err(format!("bad list {list:?}: CPU {cpu} is given twice")),
+                None => Ok(Placement::Explicit(cpus)),
+            }
         }
     }
 }
 
-/// A list of nodes or CPUs (`0-2,4`) that names each `what` once: `0,0` and `0-2,1` are errors.
-pub fn once_each(text: &str, what: &str) -> Result<IdSet, String> {
-    let ids: IdSet = text.parse().map_err(|e| format!("{e}"))?;
-    // The list parsed whole, so every item parses alone.
+/// The first node or CPU that a list which parsed (`0-2,4`) names twice, as `0,0` and `0-2,1`
+/// do.
+pub fn given_twice(list: &str) -> Option<u32> {
     let mut seen = IdSet::new();
-    for item in text.split(',') {
-        let item: IdSet = item.parse().map_err(|e| format!("{e}"))?;
+    for item in list.split(',') {
+        // The list parsed whole, so every item parses alone.
+        let item: IdSet = item.parse().ok()?;
         if let Some(id) = item.intersection(&seen).iter().next() {
-            return Err(format!("bad list {text:?}: {what} {id} is given twice"));
+            return Some(id);
         }
-        seen = item.iter().chain(seen.iter()).collect();
+        for id in item.iter() {
+            seen.insert(id);
+        }
     }
-    Ok(ids)
+    None
 }
 
 #[cfg(test)]
