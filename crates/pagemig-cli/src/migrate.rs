@@ -184,12 +184,8 @@ impl Config {
             );
         }
         // `self` and this program's pid are one process: its pages would move twice.
-        let own = |p: Process| match p {
-            Process::Current => std::process::id(),
-            Process::Pid(pid) => pid,
-        };
         if let Some((_, &p)) = (args.pid.iter().enumerate())
-            .find(|&(i, &p)| args.pid[..i].iter().any(|&q| own(q) == own(p)))
+            .find(|&(i, &p)| args.pid[..i].iter().any(|&q| q.id() == p.id()))
         {
             anyhow::bail!("--pid: {p} is given twice");
         }

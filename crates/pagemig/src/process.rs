@@ -26,6 +26,14 @@ impl Process {
         }
     }
 
+    /// The pid: this process's own for [`Process::Current`].
+    pub fn id(self) -> u32 {
+        match self {
+            Process::Current => std::process::id(),
+            Process::Pid(p) => p,
+        }
+    }
+
     /// `/proc/self/FILE` or `/proc/PID/FILE`.
     pub fn proc_path(self, file: &str) -> PathBuf {
         match self {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use pagemig::Threads;
 use pagemig::account::ChargeTo;
+use pagemig::process::Process;
 use pagemig::tier::Size;
 use pagemig::tier::damon::DamonAttrs;
 use pagemig::tier::decide::Policy;
@@ -164,10 +165,12 @@ where
 /// A process id on the command line: a positive number (`tier` moves other processes' memory,
 /// so `migrate`'s `self` is not one).
 fn parse_pid(text: &str) -> Result<u32, String> {
-    match text.parse::<u32>() {
-        Ok(p) if p > 0 && p <= i32::MAX as u32 => Ok(p),
-        _ if text == "self" => Err("tier watches other processes: expected a pid, not self".into()),
-        _ => Err("expected a process id (a positive number)".into()),
+    match text.parse::<Process>() {
+        Ok(Process::Pid(p)) => Ok(p),
+        Ok(Process::Current) => {
+            Err("tier watches other processes: expected a pid, not self".into())
+        }
+        Err(_) => Err("expected a process id (a positive number)".into()),
     }
 }
 

@@ -51,10 +51,7 @@ impl Work {
     /// The work of moving `pages` of `process` to `nodes` as `plan` says.
     fn new(process: Process, pages: &[usize], nodes: &[NodeId], plan: &Plan) -> Self {
         Work {
-            pid: match process {
-                Process::Current => std::process::id(),
-                Process::Pid(p) => p,
-            },
+            pid: process.id(),
             pages: pages.to_vec(),
             nodes: nodes.to_vec(),
             cpus: plan.cpus.clone(),
