@@ -120,14 +120,20 @@ impl Pagemap {
             end: 0,
             categories: 0,
         }; 256];
-        // SAFETY: pm_scan_arg is plain integers; all zero is a valid value.
-        let mut arg: pm_scan_arg = unsafe { std::mem::zeroed() };
-        arg.size = size_of::<pm_scan_arg>() as u64;
-        arg.end = range.end as u64;
-        arg.vec = regions.as_mut_ptr() as u64;
-        arg.vec_len = regions.len() as u64;
-        arg.category_anyof_mask = any_of.0;
-        arg.return_mask = returned.0;
+        let mut arg = pm_scan_arg {
+            size: size_of::<pm_scan_arg>() as u64,
+            flags: 0,
+            start: range.start as u64,
+            end: range.end as u64,
+            walk_end: 0,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            max_pages: 0,
+            category_inverted: 0,
+            category_mask: 0,
+            category_anyof_mask: any_of.0,
+            return_mask: returned.0,
+        };
         let mut start = range.start;
         while start < range.end {
             arg.start = start as u64;
